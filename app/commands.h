@@ -1,0 +1,17 @@
+// The subcommands of the `moeatlas` CLI. Each registers itself on the app and returns the
+// callback that runs it; main() maps errors to messages and exit codes.
+#pragma once
+
+#include <functional>
+
+namespace CLI { class App; }
+
+namespace moeatlas::cli {
+
+using Command = std::function<int()>;
+
+Command addInspectCommand(CLI::App& app);
+Command addCaptureCommand(CLI::App& app);
+Command addTokenizeCommand(CLI::App& app);
+
+} // namespace moeatlas::cli

@@ -1,0 +1,90 @@
+// Architecture-neutral description of a decoder-only MoE model, read from a Hugging Face
+// config.json (see hf_config.h). Everything the runtime needs to execute a checkpoint lives here;
+// the architecture adapter only maps tensor names onto it.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace moeatlas {
+
+enum class Architecture { Mixtral, Qwen2Moe, Qwen3Moe, Olmoe };
+
+// How q/k are normalised before RoPE.
+enum class QkNorm {
+    None,
+    PerHead,   // Qwen3: RMSNorm over head_dim, weight [head_dim]
+    Full,      // OLMoE: RMSNorm over the whole projection, weight [heads * head_dim]
+};
+
+// How the router turns logits into expert weights. All four current architectures use
+// softmax over all experts, then top-k, then optionally renormalise the k weights.
+struct RouterSpec {
+    int numExperts = 0;
+    int topK = 0;
+    bool normTopkProb = false;
+};
+
+// Rotary position embedding, as transformers' rope_parameters / rope_scaling describe it.
+struct RopeSpec {
+    std::string type = "default";   // default | linear | dynamic | yarn | llama3
+    double theta = 10000.0;
+    double factor = 1.0;
+    double partialRotaryFactor = 1.0;
+    int64_t originalMaxPositionEmbeddings = 0;
+    // yarn
+    std::optional<double> attentionFactor;
+    double betaFast = 32.0;
+    double betaSlow = 1.0;
+    bool truncate = true;
+    // llama3
+    double lowFreqFactor = 1.0;
+    double highFreqFactor = 4.0;
+};
+
+struct LayerSpec {
+    bool moe = true;                 // false: a dense MLP of denseIntermediate
+    bool slidingWindow = false;      // attention restricted to the last `slidingWindow` keys
+    int64_t denseIntermediate = 0;
+};
+
+struct ModelSpec {
+    Architecture arch = Architecture::Mixtral;
+    std::string modelType;          // config.json "model_type"
+    int64_t vocabSize = 0;
+    int64_t hiddenSize = 0;
+    int numLayers = 0;
+    int numHeads = 0;
+    int numKvHeads = 0;
+    int64_t headDim = 0;
+    int64_t maxPositionEmbeddings = 0;
+    double rmsNormEps = 1e-6;
+    std::string hiddenAct = "silu";
+    bool tieWordEmbeddings = false;
+
+    // attention
+    bool qkvBias = false;            // biases on q/k/v projections
+    bool oBias = false;              // bias on o_proj
+    QkNorm qkNorm = QkNorm::None;
+    std::optional<double> clipQkv;   // OLMoE: clamp q, k, v to [-clip, clip]
+    std::optional<int64_t> slidingWindow;
+    RopeSpec rope;
+
+    // experts
+    RouterSpec router;
+    int64_t moeIntermediate = 0;     // width of every routed expert
+    int64_t sharedIntermediate = 0;  // Qwen2-MoE shared expert width; 0 = no shared expert
+    bool sharedExpertGate = false;   // Qwen2-MoE: sigmoid(Linear(H, 1)) scales the shared expert
+
+    std::vector<LayerSpec> layers;
+    std::string torchDtype;          // config "torch_dtype"/"dtype", informational
+
+    int numMoeLayers() const;
+    std::vector<int> moeLayerIndices() const;
+};
+
+const char* architectureName(Architecture a);
+
+} // namespace moeatlas

@@ -1,0 +1,28 @@
+// Helpers shared by the test suites: locating the reference Python and running its scripts.
+#pragma once
+
+#include <QString>
+#include <QStringList>
+
+namespace moeatlas::test {
+
+// The project venv's python (MOEATLAS_PYTHON); empty when the variable is unset.
+QString pythonExecutable();
+// Absolute path of a file in the source tree (MOEATLAS_SOURCE_DIR).
+QString sourcePath(const QString& relative);
+// The moeatlas CLI (MOEATLAS_CLI).
+QString cliExecutable();
+
+struct ProcessResult {
+    int exitCode = -1;
+    QString stdOut;
+    QString stdErr;
+};
+
+// Runs a program to completion (timeout in ms); crashes and time-outs give exitCode -1.
+ProcessResult runProcess(const QString& program, const QStringList& args, int timeoutMs = 600000);
+// Runs `python <script> args...` with the reference python; QFAILs (via the caller checking
+// exitCode) print stderr. Script paths are relative to the source tree.
+ProcessResult runPython(const QString& script, const QStringList& args, int timeoutMs = 600000);
+
+} // namespace moeatlas::test
