@@ -1,1 +1,73 @@
+#include "cli_progress.h"
 
+#include <csignal>
+#include <cstdio>
+#include <unistd.h>
+
+namespace moeatlas::cli {
+
+namespace {
+
+StopToken g_stop;
+
+void onSignal(int sig)
+{
+    g_stop.requestStop();
+    std::signal(sig, SIG_DFL);   // a second signal ends the process the default way
+}
+
+} // namespace
+
+StopToken& installStopHandler()
+{
+    std::signal(SIGINT, onSignal);
+    std::signal(SIGTERM, onSignal);
+    return g_stop;
+}
+
+std::string formatDuration(double seconds)
+{
+    if (seconds < 0 || seconds > 1e7)
+        return "--:--";
+    const long s = static_cast<long>(seconds + 0.5);
+    char buf[32];
+    if (s >= 3600)
+        std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", s / 3600, (s / 60) % 60, s % 60);
+    else
+        std::snprintf(buf, sizeof buf, "%02ld:%02ld", s / 60, s % 60);
+    return buf;
+}
+
+ProgressBar::ProgressBar(std::string label, std::string unit, double unitsPerItem)
+    : m_label(std::move(label)), m_unit(std::move(unit)), m_unitsPerItem(unitsPerItem),
+      m_tty(::isatty(STDERR_FILENO) != 0), m_start(std::chrono::steady_clock::now()), m_lastDraw{}
+{
+}
+
+bool ProgressBar::update(const Progress& p)
+{
+    const auto now = std::chrono::steady_clock::now();
+    const auto interval = m_tty ? std::chrono::milliseconds(100) : std::chrono::milliseconds(5000);
+    if (now - m_lastDraw >= interval || p.done == p.total) {
+        m_lastDraw = now;
+        const double elapsed = std::chrono::duration<double>(now - m_start).count();
+        const double frac = p.total > 0 ? static_cast<double>(p.done) / static_cast<double>(p.total) : 0.0;
+        const double rate = elapsed > 0 ? static_cast<double>(p.done) * m_unitsPerItem / elapsed : 0.0;
+        const double eta = frac > 0 ? elapsed * (1.0 - frac) / frac : -1.0;
+        constexpr int width = 30;
+        std::string bar(static_cast<std::size_t>(frac * width), '#');
+        bar.resize(width, '.');
+        std::fprintf(stderr, "%s%s [%s] %5.1f%% %s  %.0f %s/s  elapsed %s  ETA %s%s", m_tty ? "\r\033[K" : "",
+                     m_label.c_str(), bar.c_str(), frac * 100.0, p.stage.c_str(), rate, m_unit.c_str(),
+                     formatDuration(elapsed).c_str(), formatDuration(eta).c_str(), m_tty ? "" : "\n");
+        std::fflush(stderr);
+    }
+    return !g_stop.stopRequested();
+}
+
+void ProgressBar::finish(const std::string& message)
+{
+    std::fprintf(stderr, "%s%s\n", m_tty ? "\r\033[K" : "", message.c_str());
+}
+
+} // namespace moeatlas::cli

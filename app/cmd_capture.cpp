@@ -1,13 +1,112 @@
+// moeatlas capture <checkpoint> --domain NAME=FILE ... -o run.atlas.h5
 #include "commands.h"
+
+#include "cli_progress.h"
+#include "runtime/capture.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
 
 #include <CLI/CLI.hpp>
 
+#include <cstdio>
+#include <memory>
+
 namespace moeatlas::cli {
+
+namespace {
+
+struct CaptureArgs {
+    std::string checkpoint;
+    std::vector<std::string> domains;
+    std::string output;
+    std::string device = "cpu";
+    std::string dtype = "float32";
+    std::string logitsDtype = "float32";
+    int64_t seqLen = 512;
+    int64_t maxSamples = 0;
+    int64_t batchTokens = 8192;
+    int threads = 0;
+    uint64_t seed = 0;
+    int bos = -1;
+    bool expertNorms = false;
+    int hiddenSamples = 0;
+    bool resume = false;
+    bool force = false;
+    bool noResumeState = false;
+    bool resident = false;
+};
+
+int runCaptureCommand(const CaptureArgs& a)
+{
+    CaptureParams p;
+    p.checkpoint = a.checkpoint;
+    for (const std::string& d : a.domains)
+        p.domains.push_back(parseDomainArgument(d));
+    p.output = a.output;
+    p.packing.seqLen = a.seqLen;
+    if (a.maxSamples > 0)
+        p.packing.maxSamplesPerDomain = a.maxSamples;
+    p.packing.seed = a.seed;
+    if (a.bos >= 0)
+        p.packing.bosToken = a.bos;
+    p.executor.device = a.device;
+    p.executor.computeDtype = a.dtype;
+    p.executor.batchTokens = a.batchTokens;
+    p.executor.threads = a.threads;
+    p.executor.recordExpertNorms = a.expertNorms;
+    p.executor.keepWeightsResident = a.resident;
+    if (a.logitsDtype == "float16" || a.logitsDtype == "fp16")
+        p.logitStorage = LogitStorage::Float16;
+    else if (a.logitsDtype != "float32" && a.logitsDtype != "fp32")
+        throw InputError("--logits-dtype: '" + a.logitsDtype + "' (expected float32 or float16)");
+    p.hiddenSamplesPerLayer = a.hiddenSamples;
+    p.resume = a.resume;
+    p.overwrite = a.force;
+    p.saveResumeState = !a.noResumeState;
+
+    StopToken& stop = installStopHandler();
+    ProgressBar bar("capture", "tok");
+    try {
+        const CaptureSummary s = runCapture(p, [&](const Progress& pr) { return bar.update(pr); }, &stop);
+        const double rate = s.seconds > 0 ? static_cast<double>(s.tokens) * s.layersRun / s.seconds : 0.0;
+        bar.finish("capture: " + std::to_string(s.tokens) + " tokens x " + std::to_string(s.layersRun) + " layers in "
+                   + formatDuration(s.seconds) + " (" + std::to_string(static_cast<long long>(rate))
+                   + " token-layers/s)" + (s.layersSkipped ? ", resumed after layer " + std::to_string(s.layersSkipped - 1) : ""));
+        std::printf("%s\n", s.atlas.c_str());
+        return 0;
+    } catch (const Cancelled&) {
+        bar.finish("capture interrupted: " + partialPathFor(p.output).string()
+                   + " keeps every completed layer; continue with --resume");
+        return 130;
+    }
+}
+
+} // namespace
 
 Command addCaptureCommand(CLI::App& app)
 {
-    (void)app;
-    return {};
+    auto a = std::make_shared<CaptureArgs>();
+    CLI::App* sub = app.add_subcommand("capture", "Run a checkpoint over calibration data and record routing into an atlas");
+    sub->add_option("checkpoint", a->checkpoint, "Hugging Face checkpoint directory")->required();
+    sub->add_option("--domain,-d", a->domains, "NAME=FILE[:N] calibration domain (JSONL with input_ids); repeatable")
+        ->required();
+    sub->add_option("--output,-o", a->output, "Atlas file to write (e.g. run.atlas.h5)")->required();
+    sub->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
+    sub->add_option("--dtype", a->dtype, "Compute dtype: float32, bfloat16, float16")->capture_default_str();
+    sub->add_option("--logits-dtype", a->logitsDtype, "Stored router logits: float32 or float16")->capture_default_str();
+    sub->add_option("--seq-len", a->seqLen, "Tokens per packed sequence")->capture_default_str();
+    sub->add_option("--max-samples", a->maxSamples, "Sequences per domain at most (0 = all)");
+    sub->add_option("--batch-tokens", a->batchTokens, "Tokens per micro-batch")->capture_default_str();
+    sub->add_option("--threads", a->threads, "Intra-op threads (0 = LibTorch default)");
+    sub->add_option("--seed", a->seed, "Seed for document order and hidden-state samples")->capture_default_str();
+    sub->add_option("--bos", a->bos, "Token id prepended to every document");
+    sub->add_flag("--expert-norms", a->expertNorms, "Record L2 norms of routed expert outputs (needed for REAP)");
+    sub->add_option("--hidden-samples", a->hiddenSamples, "Tokens whose MoE input is stored per layer");
+    sub->add_flag("--resume", a->resume, "Continue an interrupted capture of the same output");
+    sub->add_flag("--force", a->force, "Replace an existing atlas");
+    sub->add_flag("--no-resume-state", a->noResumeState, "Do not keep hidden states between layers for --resume");
+    sub->add_flag("--resident", a->resident, "Keep all layers in memory (small models)");
+    return [a] { return runCaptureCommand(*a); };
 }
 
 } // namespace moeatlas::cli

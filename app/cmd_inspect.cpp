@@ -1,13 +1,139 @@
+// moeatlas inspect <checkpoint>: architecture, layers, experts, memory by component.
 #include "commands.h"
 
+#include "checkpoint/checkpoint.h"
+#include "checkpoint/hf_config.h"
+#include "checkpoint/inventory.h"
+
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <memory>
+#include <string>
 
 namespace moeatlas::cli {
 
+namespace {
+
+struct InspectArgs {
+    std::string checkpoint;
+    bool json = false;
+};
+
+std::string human(uint64_t bytes)
+{
+    char buf[32];
+    const double b = static_cast<double>(bytes);
+    if (b >= 1024.0 * 1024 * 1024)
+        std::snprintf(buf, sizeof buf, "%.2f GiB", b / (1024.0 * 1024 * 1024));
+    else if (b >= 1024.0 * 1024)
+        std::snprintf(buf, sizeof buf, "%.2f MiB", b / (1024.0 * 1024));
+    else
+        std::snprintf(buf, sizeof buf, "%.1f KiB", b / 1024.0);
+    return buf;
+}
+
+std::string count(int64_t n)
+{
+    char buf[32];
+    const double v = static_cast<double>(n);
+    if (v >= 1e9)
+        std::snprintf(buf, sizeof buf, "%.2fB", v / 1e9);
+    else if (v >= 1e6)
+        std::snprintf(buf, sizeof buf, "%.2fM", v / 1e6);
+    else
+        std::snprintf(buf, sizeof buf, "%.1fK", v / 1e3);
+    return buf;
+}
+
+std::string layerPattern(const ModelSpec& s)
+{
+    std::string out;
+    for (const LayerSpec& l : s.layers)
+        out += l.moe ? 'M' : 'D';
+    return out;
+}
+
+int runInspect(const InspectArgs& a)
+{
+    const Checkpoint ckpt(a.checkpoint);
+    const ModelSpec spec = parseModelSpec(ckpt.config(), (ckpt.dir() / "config.json").string());
+    const Inventory inv = takeInventory(ckpt, spec);
+    std::string dtype;
+    for (const std::string& n : ckpt.names())
+        if (componentOf(n) == Component::RoutedExperts) {
+            dtype = std::string(dtypeName(ckpt.info(n).dtype));
+            break;
+        }
+
+    if (a.json) {
+        nlohmann::json j;
+        j["checkpoint"] = ckpt.dir().string();
+        j["model_type"] = spec.modelType;
+        j["num_layers"] = spec.numLayers;
+        j["moe_layers"] = spec.moeLayerIndices();
+        j["num_experts"] = spec.router.numExperts;
+        j["top_k"] = spec.router.topK;
+        j["norm_topk_prob"] = spec.router.normTopkProb;
+        j["hidden_size"] = spec.hiddenSize;
+        j["moe_intermediate_size"] = spec.moeIntermediate;
+        j["shared_expert_intermediate_size"] = spec.sharedIntermediate;
+        j["expert_dtype"] = dtype;
+        j["shards"] = ckpt.shardPaths().size();
+        for (int c = 0; c < kComponentCount; ++c) {
+            const Amount& am = inv.byComponent[static_cast<std::size_t>(c)];
+            j["components"][componentName(static_cast<Component>(c))] = {{"params", am.params}, {"bytes", am.bytes}};
+        }
+        j["total"] = {{"params", inv.total.params}, {"bytes", inv.total.bytes}};
+        j["active_params_per_token"] = inv.activeParamsPerToken;
+        for (double kept : {0.75, 0.5, 0.25}) {
+            const Amount after = sizeAfterExpertPruning(inv, kept);
+            j["expert_pruning"].push_back({{"kept_fraction", kept}, {"params", after.params}, {"bytes", after.bytes}});
+        }
+        std::printf("%s\n", j.dump(2).c_str());
+        return 0;
+    }
+
+    std::printf("checkpoint      %s (%zu shard%s)\n", ckpt.dir().c_str(), ckpt.shardPaths().size(),
+                ckpt.shardPaths().size() == 1 ? "" : "s");
+    std::printf("architecture    %s\n", spec.modelType.c_str());
+    std::printf("layers          %d (%d MoE): %s\n", spec.numLayers, spec.numMoeLayers(), layerPattern(spec).c_str());
+    std::printf("experts         %d routed per MoE layer, top-%d, %s%s\n", spec.router.numExperts, spec.router.topK,
+                spec.router.normTopkProb ? "top-k weights renormalised" : "top-k weights not renormalised",
+                spec.sharedIntermediate > 0 ? ", 1 shared expert (sigmoid gate)" : "");
+    std::printf("hidden          %lld, heads %d (kv %d) x %lld, expert width %lld\n",
+                static_cast<long long>(spec.hiddenSize), spec.numHeads, spec.numKvHeads,
+                static_cast<long long>(spec.headDim), static_cast<long long>(spec.moeIntermediate));
+    std::printf("expert dtype    %s\n\n", dtype.c_str());
+    std::printf("%-16s %12s %12s %7s\n", "component", "params", "bytes", "share");
+    for (int c = 0; c < kComponentCount; ++c) {
+        const Amount& am = inv.byComponent[static_cast<std::size_t>(c)];
+        if (am.params == 0)
+            continue;
+        std::printf("%-16s %12s %12s %6.1f%%\n", componentName(static_cast<Component>(c)), count(am.params).c_str(),
+                    human(am.bytes).c_str(), 100.0 * static_cast<double>(am.bytes) / static_cast<double>(inv.total.bytes));
+    }
+    std::printf("%-16s %12s %12s\n", "total", count(inv.total.params).c_str(), human(inv.total.bytes).c_str());
+    std::printf("active/token    %s params\n\n", count(inv.activeParamsPerToken).c_str());
+    std::printf("pruning routed experts (same count in every MoE layer):\n");
+    for (double kept : {0.75, 0.5, 0.25}) {
+        const Amount after = sizeAfterExpertPruning(inv, kept);
+        std::printf("  keep %3.0f%%  -> %12s, %12s (saves %s)\n", kept * 100.0, count(after.params).c_str(),
+                    human(after.bytes).c_str(), human(inv.total.bytes - after.bytes).c_str());
+    }
+    return 0;
+}
+
+} // namespace
+
 Command addInspectCommand(CLI::App& app)
 {
-    (void)app;
-    return {};
+    auto args = std::make_shared<InspectArgs>();
+    CLI::App* sub = app.add_subcommand("inspect", "Architecture, experts and memory by component of a checkpoint");
+    sub->add_option("checkpoint", args->checkpoint, "Hugging Face checkpoint directory")->required();
+    sub->add_flag("--json", args->json, "Print machine-readable JSON");
+    return [args] { return runInspect(*args); };
 }
 
 } // namespace moeatlas::cli

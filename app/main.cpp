@@ -14,10 +14,16 @@ int main(int argc, char** argv)
     CLI::App app{"MoE Atlas: analyse and compress Mixture-of-Experts LLMs"};
     app.require_subcommand(1);
     app.set_version_flag("--version", "moeatlas 0.1.0");
-    std::vector<moeatlas::cli::Command> commands;
-    commands.push_back(moeatlas::cli::addInspectCommand(app));
-    commands.push_back(moeatlas::cli::addCaptureCommand(app));
-    commands.push_back(moeatlas::cli::addTokenizeCommand(app));
+    // Each add*Command registers one subcommand; remember which callback belongs to which.
+    std::vector<std::pair<CLI::App*, moeatlas::cli::Command>> commands;
+    const auto registerCommand = [&](moeatlas::cli::Command cmd) {
+        auto subs = app.get_subcommands([](CLI::App*) { return true; });
+        if (cmd && !subs.empty())
+            commands.emplace_back(subs.back(), std::move(cmd));
+    };
+    registerCommand(moeatlas::cli::addInspectCommand(app));
+    registerCommand(moeatlas::cli::addCaptureCommand(app));
+    registerCommand(moeatlas::cli::addTokenizeCommand(app));
 
     try {
         app.parse(argc, argv);
@@ -25,17 +31,10 @@ int main(int argc, char** argv)
         return app.exit(e);
     }
     try {
-        for (std::size_t i = 0; i < app.get_subcommands().size(); ++i) {
-            (void)i;
-        }
-        for (auto* sub : app.get_subcommands()) {
-            (void)sub;
-        }
-        for (const auto& cmd : commands) {
-            if (cmd)
-                (void)0;
-        }
-        return 0;
+        for (const auto& [sub, run] : commands)
+            if (sub->parsed())
+                return run();
+        return 2;
     } catch (const moeatlas::Cancelled&) {
         std::fprintf(stderr, "moeatlas: cancelled\n");
         return 130;

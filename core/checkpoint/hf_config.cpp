@@ -1,1 +1,313 @@
-#include "checkpoint/model_spec.h"
+#include "checkpoint/hf_config.h"
+
+#include "util/error.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+
+namespace moeatlas {
+
+namespace {
+
+using nlohmann::json;
+
+// Typed access to config fields with messages that name the file and the field.
+class ConfigReader {
+public:
+    ConfigReader(const json& j, std::string source) : m_json(j), m_source(std::move(source)) {}
+
+    bool has(const char* key) const { return m_json.contains(key) && !m_json.at(key).is_null(); }
+
+    int64_t integer(const char* key) const
+    {
+        if (!has(key))
+            fail(key, "is missing (expected an integer)");
+        return integerAt(m_json.at(key), key);
+    }
+    int64_t integer(const char* key, int64_t fallback) const { return has(key) ? integer(key) : fallback; }
+
+    // The first of several spellings that is present (hub configs and transformers v5 differ,
+    // e.g. num_experts vs num_local_experts); must be > 0.
+    int64_t positiveAnyOf(std::initializer_list<const char*> keys) const
+    {
+        for (const char* k : keys)
+            if (has(k))
+                return positive(k);
+        std::string names;
+        for (const char* k : keys)
+            names += (names.empty() ? "'" : " or '") + std::string(k) + "'";
+        throw InputError(m_source + ": field " + names + " is missing (expected an integer)");
+    }
+
+    int64_t positive(const char* key) const
+    {
+        const int64_t v = integer(key);
+        if (v <= 0)
+            fail(key, "must be > 0, got " + std::to_string(v));
+        return v;
+    }
+
+    double number(const char* key, double fallback) const
+    {
+        if (!has(key))
+            return fallback;
+        const json& v = m_json.at(key);
+        if (!v.is_number())
+            fail(key, "must be a number, got " + v.dump());
+        return v.get<double>();
+    }
+
+    bool boolean(const char* key, bool fallback) const
+    {
+        if (!has(key))
+            return fallback;
+        const json& v = m_json.at(key);
+        if (!v.is_boolean())
+            fail(key, "must be true or false, got " + v.dump());
+        return v.get<bool>();
+    }
+
+    std::string string(const char* key, const std::string& fallback) const
+    {
+        if (!has(key))
+            return fallback;
+        const json& v = m_json.at(key);
+        if (!v.is_string())
+            fail(key, "must be a string, got " + v.dump());
+        return v.get<std::string>();
+    }
+
+    std::vector<int64_t> integerList(const char* key) const
+    {
+        std::vector<int64_t> out;
+        if (!has(key))
+            return out;
+        const json& v = m_json.at(key);
+        if (!v.is_array())
+            fail(key, "must be a list of integers, got " + v.dump());
+        for (const json& e : v)
+            out.push_back(integerAt(e, key));
+        return out;
+    }
+
+    [[noreturn]] void fail(const std::string& key, const std::string& what) const
+    {
+        throw InputError(m_source + ": field '" + key + "' " + what);
+    }
+
+    const json& raw() const { return m_json; }
+
+private:
+    int64_t integerAt(const json& v, const char* key) const
+    {
+        if (!v.is_number_integer())
+            fail(key, "must be an integer, got " + v.dump());
+        return v.get<int64_t>();
+    }
+
+    const json& m_json;
+    std::string m_source;
+};
+
+Architecture architectureOf(const std::string& modelType, const std::string& source)
+{
+    if (modelType == "mixtral")
+        return Architecture::Mixtral;
+    if (modelType == "qwen2_moe")
+        return Architecture::Qwen2Moe;
+    if (modelType == "qwen3_moe")
+        return Architecture::Qwen3Moe;
+    if (modelType == "olmoe")
+        return Architecture::Olmoe;
+    throw InputError(source + ": field 'model_type' is '" + modelType
+                     + "', which MoE Atlas does not support (supported: mixtral, qwen2_moe, "
+                       "qwen3_moe, olmoe)");
+}
+
+RopeSpec parseRope(const ConfigReader& cfg, const std::string& source)
+{
+    // v5 writes rope_parameters {rope_type, rope_theta, ...}; hub configs write rope_theta at the
+    // top level and an optional rope_scaling {type|rope_type, factor, ...}.
+    RopeSpec rope;
+    rope.theta = cfg.number("rope_theta", 10000.0);
+    const json* params = nullptr;
+    if (cfg.has("rope_parameters"))
+        params = &cfg.raw().at("rope_parameters");
+    else if (cfg.has("rope_scaling"))
+        params = &cfg.raw().at("rope_scaling");
+    if (!params)
+        return rope;
+    if (!params->is_object())
+        throw InputError(source + ": field 'rope_parameters' must be an object, got " + params->dump());
+    const std::string field = cfg.has("rope_parameters") ? "rope_parameters" : "rope_scaling";
+    ConfigReader p(*params, source + " (" + field + ")");
+    rope.type = p.string("rope_type", p.string("type", "default"));
+    rope.theta = p.number("rope_theta", rope.theta);
+    rope.factor = p.number("factor", 1.0);
+    rope.partialRotaryFactor = p.number("partial_rotary_factor", cfg.number("partial_rotary_factor", 1.0));
+    rope.originalMaxPositionEmbeddings = p.integer("original_max_position_embeddings", 0);
+    if (p.has("attention_factor"))
+        rope.attentionFactor = p.number("attention_factor", 1.0);
+    rope.mscale = p.number("mscale", 0.0);
+    rope.mscaleAllDim = p.number("mscale_all_dim", 0.0);
+    rope.betaFast = p.number("beta_fast", 32.0);
+    rope.betaSlow = p.number("beta_slow", 1.0);
+    rope.truncate = p.boolean("truncate", true);
+    rope.lowFreqFactor = p.number("low_freq_factor", 1.0);
+    rope.highFreqFactor = p.number("high_freq_factor", 4.0);
+    static const char* kSupported[] = {"default", "linear", "dynamic", "yarn", "llama3"};
+    if (std::find_if(std::begin(kSupported), std::end(kSupported),
+                     [&](const char* s) { return rope.type == s; }) == std::end(kSupported))
+        throw InputError(source + ": field '" + field + ".rope_type' is '" + rope.type
+                         + "' (supported: default, linear, dynamic, yarn, llama3)");
+    if ((rope.type == "yarn" || rope.type == "llama3") && rope.originalMaxPositionEmbeddings <= 0)
+        throw InputError(source + ": field '" + field
+                         + ".original_max_position_embeddings' is required for rope_type '" + rope.type + "'");
+    return rope;
+}
+
+} // namespace
+
+int ModelSpec::numMoeLayers() const
+{
+    return static_cast<int>(std::count_if(layers.begin(), layers.end(), [](const LayerSpec& l) { return l.moe; }));
+}
+
+std::vector<int> ModelSpec::moeLayerIndices() const
+{
+    std::vector<int> out;
+    for (int i = 0; i < static_cast<int>(layers.size()); ++i)
+        if (layers[i].moe)
+            out.push_back(i);
+    return out;
+}
+
+const char* architectureName(Architecture a)
+{
+    switch (a) {
+    case Architecture::Mixtral: return "mixtral";
+    case Architecture::Qwen2Moe: return "qwen2_moe";
+    case Architecture::Qwen3Moe: return "qwen3_moe";
+    case Architecture::Olmoe: return "olmoe";
+    }
+    return "?";
+}
+
+ModelSpec parseModelSpec(const json& config, const std::string& source)
+{
+    if (!config.is_object())
+        throw InputError(source + ": expected a JSON object at the top level");
+    ConfigReader cfg(config, source);
+    ModelSpec s;
+    s.modelType = cfg.string("model_type", "");
+    if (s.modelType.empty())
+        cfg.fail("model_type", "is missing (expected e.g. \"mixtral\")");
+    s.arch = architectureOf(s.modelType, source);
+
+    s.vocabSize = cfg.positive("vocab_size");
+    s.hiddenSize = cfg.positive("hidden_size");
+    s.numLayers = static_cast<int>(cfg.positive("num_hidden_layers"));
+    s.numHeads = static_cast<int>(cfg.positive("num_attention_heads"));
+    s.numKvHeads = static_cast<int>(cfg.integer("num_key_value_heads", s.numHeads));
+    if (s.numKvHeads <= 0 || s.numHeads % s.numKvHeads != 0)
+        cfg.fail("num_key_value_heads", "must divide num_attention_heads (" + std::to_string(s.numHeads)
+                                            + "), got " + std::to_string(s.numKvHeads));
+    const int64_t headDim = cfg.integer("head_dim", 0);
+    if (headDim > 0) {
+        s.headDim = headDim;
+    } else {
+        if (s.hiddenSize % s.numHeads != 0)
+            cfg.fail("hidden_size", "must be divisible by num_attention_heads when head_dim is absent");
+        s.headDim = s.hiddenSize / s.numHeads;
+    }
+    s.maxPositionEmbeddings = cfg.integer("max_position_embeddings", 4096);
+    s.rmsNormEps = cfg.number("rms_norm_eps", 1e-6);
+    s.hiddenAct = cfg.string("hidden_act", "silu");
+    if (s.hiddenAct != "silu")
+        cfg.fail("hidden_act", "is '" + s.hiddenAct + "' (only silu is supported)");
+    s.tieWordEmbeddings = cfg.boolean("tie_word_embeddings", false);
+    s.torchDtype = cfg.string("dtype", cfg.string("torch_dtype", ""));
+    s.rope = parseRope(cfg, source);
+    s.router.topK = static_cast<int>(cfg.positive("num_experts_per_tok"));
+
+    // Which decoder layers are MoE, and the widths.
+    std::vector<int64_t> mlpOnly;
+    int64_t sparseStep = 1;
+    switch (s.arch) {
+    case Architecture::Mixtral:
+        s.router.numExperts = static_cast<int>(cfg.positiveAnyOf({"num_local_experts", "num_experts"}));
+        s.moeIntermediate = cfg.positive("intermediate_size");
+        s.router.normTopkProb = true;   // MixtralTopKRouter always renormalises
+        if (cfg.has("sliding_window"))
+            s.slidingWindow = cfg.positive("sliding_window");
+        break;
+    case Architecture::Qwen2Moe:
+        s.router.numExperts = static_cast<int>(cfg.positiveAnyOf({"num_experts", "num_local_experts"}));
+        s.moeIntermediate = cfg.positive("moe_intermediate_size");
+        s.sharedIntermediate = cfg.integer("shared_expert_intermediate_size", 0);
+        s.sharedExpertGate = s.sharedIntermediate > 0;
+        s.router.normTopkProb = cfg.boolean("norm_topk_prob", false);
+        s.qkvBias = cfg.boolean("qkv_bias", true);
+        mlpOnly = cfg.integerList("mlp_only_layers");
+        sparseStep = cfg.integer("decoder_sparse_step", 1);
+        if (cfg.boolean("use_sliding_window", false) && cfg.has("sliding_window"))
+            s.slidingWindow = cfg.positive("sliding_window");
+        break;
+    case Architecture::Qwen3Moe:
+        s.router.numExperts = static_cast<int>(cfg.positiveAnyOf({"num_experts", "num_local_experts"}));
+        s.moeIntermediate = cfg.positive("moe_intermediate_size");
+        s.router.normTopkProb = cfg.boolean("norm_topk_prob", false);
+        s.qkvBias = s.oBias = cfg.boolean("attention_bias", false);
+        s.qkNorm = QkNorm::PerHead;
+        mlpOnly = cfg.integerList("mlp_only_layers");
+        sparseStep = cfg.integer("decoder_sparse_step", 1);
+        if (cfg.boolean("use_sliding_window", false) && cfg.has("sliding_window"))
+            s.slidingWindow = cfg.positive("sliding_window");
+        break;
+    case Architecture::Olmoe:
+        s.router.numExperts = static_cast<int>(cfg.positiveAnyOf({"num_experts", "num_local_experts"}));
+        s.moeIntermediate = cfg.positive("intermediate_size");
+        s.router.normTopkProb = cfg.boolean("norm_topk_prob", false);
+        s.qkvBias = s.oBias = cfg.boolean("attention_bias", false);
+        s.qkNorm = QkNorm::Full;
+        if (cfg.has("clip_qkv"))
+            s.clipQkv = cfg.number("clip_qkv", 0.0);
+        break;
+    }
+    if (s.router.topK > s.router.numExperts)
+        cfg.fail("num_experts_per_tok", "(" + std::to_string(s.router.topK) + ") exceeds the number of experts ("
+                                            + std::to_string(s.router.numExperts) + ")");
+    if (sparseStep <= 0)
+        cfg.fail("decoder_sparse_step", "must be > 0");
+
+    // Sliding-window layers: Qwen2-MoE names them in layer_types (or derives them from
+    // max_window_layers); the others apply the window to every layer when it is set.
+    std::vector<std::string> layerTypes;
+    if (cfg.has("layer_types")) {
+        const json& lt = config.at("layer_types");
+        if (!lt.is_array() || static_cast<int>(lt.size()) != s.numLayers)
+            cfg.fail("layer_types", "must be a list of num_hidden_layers strings");
+        for (const json& t : lt)
+            layerTypes.push_back(t.is_string() ? t.get<std::string>() : std::string());
+    }
+    const int64_t maxWindowLayers = cfg.integer("max_window_layers", s.numLayers);
+    s.layers.resize(s.numLayers);
+    for (int i = 0; i < s.numLayers; ++i) {
+        LayerSpec& l = s.layers[i];
+        l.moe = std::find(mlpOnly.begin(), mlpOnly.end(), i) == mlpOnly.end() && (i + 1) % sparseStep == 0;
+        if (!l.moe)
+            l.denseIntermediate = cfg.positive("intermediate_size");
+        if (s.arch == Architecture::Qwen2Moe) {
+            if (!layerTypes.empty())
+                l.slidingWindow = layerTypes[i] == "sliding_attention" && s.slidingWindow.has_value();
+            else
+                l.slidingWindow = s.slidingWindow.has_value() && (i + 1) % 2 != 0 && i < maxWindowLayers;
+        } else {
+            l.slidingWindow = s.slidingWindow.has_value();
+        }
+    }
+    return s;
+}
+
+} // namespace moeatlas

@@ -36,6 +36,8 @@ struct RopeSpec {
     int64_t originalMaxPositionEmbeddings = 0;
     // yarn
     std::optional<double> attentionFactor;
+    double mscale = 0.0;
+    double mscaleAllDim = 0.0;
     double betaFast = 32.0;
     double betaSlow = 1.0;
     bool truncate = true;

@@ -1,0 +1,49 @@
+// Forward computation of one decoder layer, written to match the transformers modeling files of
+// the supported architectures operation by operation (same dtype casts, same reduction order
+// where it matters). Engine-internal header (LibTorch types).
+#pragma once
+
+#include "checkpoint/model_spec.h"
+#include "model/layer_weights.h"
+#include "model/rope.h"
+
+#include <ATen/core/Tensor.h>
+
+namespace moeatlas {
+
+// cos/sin tables [seqLen, headDim] in the compute dtype, HF layout (freqs concatenated twice).
+struct RotaryCache {
+    at::Tensor cos, sin;
+    int64_t seqLen = 0;
+};
+RotaryCache buildRotaryCache(const ModelSpec& spec, int64_t seqLen, const at::TensorOptions& options);
+
+at::Tensor rmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+// Self-attention over `numSeqs` sequences of equal length packed as [numSeqs * seqLen, H].
+at::Tensor attention(const ModelSpec& spec, const LayerWeights& w, const at::Tensor& x, int64_t numSeqs,
+                     const RotaryCache& rope, bool slidingWindow);
+
+// What the router decided for a block of tokens, in fp32 on the CPU, ready for observers.
+struct RoutingRecord {
+    at::Tensor logits;        // [N, E] float32, raw router logits computed in fp32
+    at::Tensor topkIds;       // [N, k] int32
+    at::Tensor topkWeights;   // [N, k] float32
+    at::Tensor expertNorms;   // [N, k] float32 (undefined unless requested)
+};
+
+struct MoeOptions {
+    bool recordExpertNorms = false;
+    // Expert mask for evaluation of pruning plans: [E] bool, true = kept. Undefined = all kept.
+    at::Tensor keptExperts;
+};
+
+// The MoE block (router + routed experts + shared expert). Tokens are grouped by expert and each
+// expert runs once on its tokens.
+at::Tensor moeForward(const ModelSpec& spec, const LayerWeights& w, const at::Tensor& x,
+                      const MoeOptions& options, RoutingRecord* record);
+
+// The dense SwiGLU MLP of non-MoE layers (and the shared expert).
+at::Tensor denseMlp(const LayerWeights& w, const at::Tensor& x);
+
+} // namespace moeatlas

@@ -1,0 +1,330 @@
+#include "model/layer_weights.h"
+
+#include "util/error.h"
+
+#include <ATen/ATen.h>
+
+#include <array>
+#include <cmath>
+#include <cstring>
+
+namespace moeatlas {
+
+namespace {
+
+std::string shapeText(const std::vector<int64_t>& shape)
+{
+    std::string s = "[";
+    for (std::size_t i = 0; i < shape.size(); ++i)
+        s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + "]";
+}
+
+c10::ScalarType scalarTypeOf(DType t)
+{
+    switch (t) {
+    case DType::F64: return c10::kDouble;
+    case DType::F32: return c10::kFloat;
+    case DType::F16: return c10::kHalf;
+    case DType::BF16: return c10::kBFloat16;
+    case DType::I64: return c10::kLong;
+    case DType::I32: return c10::kInt;
+    case DType::I16: return c10::kShort;
+    case DType::I8: return c10::kChar;
+    case DType::U8: return c10::kByte;
+    case DType::BOOL: return c10::kBool;
+    case DType::F8_E4M3:
+    case DType::F8_E5M2: break;
+    }
+    return c10::kFloat;
+}
+
+// FP8 decoding tables (OCP formats as torch.float8_e4m3fn / float8_e5m2 define them);
+// LibTorch 1.13 has no float8 type, so these tensors are widened to float32 here.
+float decodeE4M3(uint8_t v)
+{
+    const int sign = v >> 7, exp = (v >> 3) & 0xF, man = v & 0x7;
+    float mag;
+    if (exp == 0xF && man == 0x7)
+        mag = NAN;
+    else if (exp == 0)
+        mag = std::ldexp(static_cast<float>(man) / 8.0f, -6);
+    else
+        mag = std::ldexp(1.0f + static_cast<float>(man) / 8.0f, exp - 7);
+    return sign ? -mag : mag;
+}
+
+float decodeE5M2(uint8_t v)
+{
+    const int sign = v >> 7, exp = (v >> 2) & 0x1F, man = v & 0x3;
+    float mag;
+    if (exp == 0x1F)
+        mag = man ? NAN : INFINITY;
+    else if (exp == 0)
+        mag = std::ldexp(static_cast<float>(man) / 4.0f, -14);
+    else
+        mag = std::ldexp(1.0f + static_cast<float>(man) / 4.0f, exp - 15);
+    return sign ? -mag : mag;
+}
+
+const std::array<float, 256>& fp8Table(DType t)
+{
+    static const auto build = [](float (*decode)(uint8_t)) {
+        std::array<float, 256> table{};
+        for (int i = 0; i < 256; ++i)
+            table[static_cast<std::size_t>(i)] = decode(static_cast<uint8_t>(i));
+        return table;
+    };
+    static const std::array<float, 256> e4m3 = build(decodeE4M3);
+    static const std::array<float, 256> e5m2 = build(decodeE5M2);
+    return t == DType::F8_E4M3 ? e4m3 : e5m2;
+}
+
+} // namespace
+
+at::Tensor tensorFromBytes(const void* data, DType dtype, const std::vector<int64_t>& shape,
+                           c10::ScalarType target, c10::Device device)
+{
+    if (dtype == DType::F8_E4M3 || dtype == DType::F8_E5M2) {
+        int64_t n = 1;
+        for (int64_t d : shape)
+            n *= d;
+        at::Tensor wide = at::empty(shape, at::TensorOptions().dtype(c10::kFloat));
+        const auto& table = fp8Table(dtype);
+        const auto* src = static_cast<const uint8_t*>(data);
+        float* dst = wide.data_ptr<float>();
+        for (int64_t i = 0; i < n; ++i)
+            dst[i] = table[src[i]];
+        return wide.to(device, target);
+    }
+    // from_blob does not own or modify the bytes; .to(..., copy=true) makes the owned copy.
+    at::Tensor view = at::from_blob(const_cast<void*>(data), shape,
+                                    at::TensorOptions().dtype(scalarTypeOf(dtype)));
+    return view.to(device, target, /*non_blocking=*/false, /*copy=*/true);
+}
+
+WeightLoader::WeightLoader(const Checkpoint& checkpoint, const ModelSpec& spec, WeightLoadOptions options)
+    : m_ckpt(checkpoint), m_spec(spec), m_opt(options)
+{
+    const std::vector<int> moeLayers = spec.moeLayerIndices();
+    if (!moeLayers.empty()) {
+        const std::string p = layerPrefix(moeLayers.front());
+        if (m_ckpt.contains(p + "mlp.experts.gate_up_proj")) {
+            m_layout = ExpertLayout::Fused;
+            m_moePrefix = "mlp";
+        } else if (spec.arch == Architecture::Mixtral && m_ckpt.contains(p + "block_sparse_moe.gate.weight")) {
+            m_layout = ExpertLayout::PerExpert;
+            m_moePrefix = "block_sparse_moe";
+        } else {
+            m_layout = ExpertLayout::PerExpert;
+            m_moePrefix = "mlp";
+        }
+    }
+    // Validate every tensor of every layer up front: a checkpoint that would fail at layer 40
+    // after an hour of capture must fail now.
+    for (int l = 0; l < spec.numLayers; ++l)
+        (void)layerBytes(l);
+    checkShape("model.embed_tokens.weight", {spec.vocabSize, spec.hiddenSize});
+    checkShape("model.norm.weight", {spec.hiddenSize});
+    if (!spec.tieWordEmbeddings)
+        checkShape("lm_head.weight", {spec.vocabSize, spec.hiddenSize});
+}
+
+std::string WeightLoader::layerPrefix(int layer) const
+{
+    return "model.layers." + std::to_string(layer) + ".";
+}
+
+std::string WeightLoader::routerName(int layer) const
+{
+    return layerPrefix(layer) + m_moePrefix + ".gate.weight";
+}
+
+void WeightLoader::checkShape(const std::string& name, const std::vector<int64_t>& shape) const
+{
+    const TensorInfo& info = m_ckpt.info(name);   // throws "missing tensor" naming it
+    if (info.shape != shape)
+        throw InputError(m_ckpt.fileOf(name).path().string() + ": tensor '" + name + "' has shape "
+                         + shapeText(info.shape) + ", expected " + shapeText(shape) + " from config.json");
+    if (!isFloatingPoint(info.dtype))
+        throw InputError(m_ckpt.fileOf(name).path().string() + ": tensor '" + name + "' has dtype "
+                         + std::string(dtypeName(info.dtype)) + ", expected a floating-point type");
+}
+
+at::Tensor WeightLoader::load(const std::string& name, const std::vector<int64_t>& shape) const
+{
+    checkShape(name, shape);
+    const TensorInfo& info = m_ckpt.info(name);
+    at::Tensor t = tensorFromBytes(m_ckpt.bytes(name).data(), info.dtype, shape, m_opt.dtype, m_opt.device);
+    if (m_opt.releaseSourcePages)
+        m_ckpt.release(name);
+    return t;
+}
+
+std::optional<at::Tensor> WeightLoader::loadOptional(const std::string& name, const std::vector<int64_t>& shape) const
+{
+    if (!m_ckpt.contains(name))
+        return std::nullopt;
+    return load(name, shape);
+}
+
+Linear WeightLoader::loadLinear(const std::string& prefix, int64_t out, int64_t in, bool bias) const
+{
+    Linear l;
+    l.weight = load(prefix + ".weight", {out, in});
+    if (bias)
+        l.bias = load(prefix + ".bias", {out});
+    return l;
+}
+
+std::vector<std::string> WeightLoader::layerTensorNames(int layer) const
+{
+    const ModelSpec& s = m_spec;
+    const std::string p = layerPrefix(layer);
+    std::vector<std::string> names = {p + "input_layernorm.weight", p + "post_attention_layernorm.weight"};
+    for (const char* proj : {"q_proj", "k_proj", "v_proj", "o_proj"}) {
+        names.push_back(p + "self_attn." + proj + ".weight");
+        const bool isO = std::strcmp(proj, "o_proj") == 0;
+        if (isO ? s.oBias : s.qkvBias)
+            names.push_back(p + "self_attn." + proj + ".bias");
+    }
+    if (s.qkNorm != QkNorm::None) {
+        names.push_back(p + "self_attn.q_norm.weight");
+        names.push_back(p + "self_attn.k_norm.weight");
+    }
+    const LayerSpec& ls = s.layers[static_cast<std::size_t>(layer)];
+    if (!ls.moe) {
+        for (const char* proj : {"gate_proj", "up_proj", "down_proj"})
+            names.push_back(p + "mlp." + proj + ".weight");
+        return names;
+    }
+    const std::string m = p + m_moePrefix + ".";
+    names.push_back(m + "gate.weight");
+    if (m_layout == ExpertLayout::Fused) {
+        names.push_back(m + "experts.gate_up_proj");
+        names.push_back(m + "experts.down_proj");
+    } else {
+        const bool mixtral = s.arch == Architecture::Mixtral;
+        for (int e = 0; e < s.router.numExperts; ++e) {
+            const std::string ep = m + "experts." + std::to_string(e) + ".";
+            for (const char* proj : mixtral ? std::array<const char*, 3>{"w1", "w3", "w2"}
+                                            : std::array<const char*, 3>{"gate_proj", "up_proj", "down_proj"})
+                names.push_back(ep + proj + ".weight");
+        }
+    }
+    if (s.sharedIntermediate > 0) {
+        for (const char* proj : {"gate_proj", "up_proj", "down_proj"})
+            names.push_back(m + "shared_expert." + proj + ".weight");
+        names.push_back(m + "shared_expert_gate.weight");
+    }
+    return names;
+}
+
+uint64_t WeightLoader::layerBytes(int layer) const
+{
+    uint64_t total = 0;
+    for (const std::string& n : layerTensorNames(layer))
+        total += m_ckpt.info(n).byteSize();   // throws naming the first missing tensor
+    return total;
+}
+
+void WeightLoader::loadExperts(int layer, LayerWeights& w) const
+{
+    const ModelSpec& s = m_spec;
+    const int64_t E = s.router.numExperts, H = s.hiddenSize, I = s.moeIntermediate;
+    const std::string m = layerPrefix(layer) + m_moePrefix + ".";
+    w.router = load(m + "gate.weight", {E, H});
+    if (m_layout == ExpertLayout::Fused) {
+        w.gateUp = load(m + "experts.gate_up_proj", {E, 2 * I, H});
+        w.down = load(m + "experts.down_proj", {E, H, I});
+        return;
+    }
+    const bool mixtral = s.arch == Architecture::Mixtral;
+    const char* gateName = mixtral ? "w1" : "gate_proj";
+    const char* upName = mixtral ? "w3" : "up_proj";
+    const char* downName = mixtral ? "w2" : "down_proj";
+    w.gateUp = at::empty({E, 2 * I, H}, at::TensorOptions().dtype(m_opt.dtype).device(m_opt.device));
+    w.down = at::empty({E, H, I}, at::TensorOptions().dtype(m_opt.dtype).device(m_opt.device));
+    for (int64_t e = 0; e < E; ++e) {
+        const std::string ep = m + "experts." + std::to_string(e) + ".";
+        w.gateUp[e].narrow(0, 0, I).copy_(load(ep + gateName + ".weight", {I, H}));
+        w.gateUp[e].narrow(0, I, I).copy_(load(ep + upName + ".weight", {I, H}));
+        w.down[e].copy_(load(ep + downName + ".weight", {H, I}));
+    }
+}
+
+LayerWeights WeightLoader::loadLayer(int layer) const
+{
+    const ModelSpec& s = m_spec;
+    const int64_t H = s.hiddenSize, hd = s.headDim;
+    const std::string p = layerPrefix(layer);
+    LayerWeights w;
+    w.layer = layer;
+    w.sourceBytes = layerBytes(layer);
+    w.inputNorm = load(p + "input_layernorm.weight", {H});
+    w.postAttentionNorm = load(p + "post_attention_layernorm.weight", {H});
+    w.q = loadLinear(p + "self_attn.q_proj", s.numHeads * hd, H, s.qkvBias);
+    w.k = loadLinear(p + "self_attn.k_proj", s.numKvHeads * hd, H, s.qkvBias);
+    w.v = loadLinear(p + "self_attn.v_proj", s.numKvHeads * hd, H, s.qkvBias);
+    w.o = loadLinear(p + "self_attn.o_proj", H, s.numHeads * hd, s.oBias);
+    if (s.qkNorm == QkNorm::PerHead) {
+        w.qNorm = load(p + "self_attn.q_norm.weight", {hd});
+        w.kNorm = load(p + "self_attn.k_norm.weight", {hd});
+    } else if (s.qkNorm == QkNorm::Full) {
+        w.qNorm = load(p + "self_attn.q_norm.weight", {s.numHeads * hd});
+        w.kNorm = load(p + "self_attn.k_norm.weight", {s.numKvHeads * hd});
+    }
+    const LayerSpec& ls = s.layers[static_cast<std::size_t>(layer)];
+    w.moe = ls.moe;
+    if (!ls.moe) {
+        const int64_t I = ls.denseIntermediate;
+        w.mlpGate = loadLinear(p + "mlp.gate_proj", I, H, false);
+        w.mlpUp = loadLinear(p + "mlp.up_proj", I, H, false);
+        w.mlpDown = loadLinear(p + "mlp.down_proj", H, I, false);
+        return w;
+    }
+    loadExperts(layer, w);
+    if (s.sharedIntermediate > 0) {
+        const std::string m = p + m_moePrefix + ".";
+        const int64_t I = s.sharedIntermediate;
+        w.mlpGate = loadLinear(m + "shared_expert.gate_proj", I, H, false);
+        w.mlpUp = loadLinear(m + "shared_expert.up_proj", I, H, false);
+        w.mlpDown = loadLinear(m + "shared_expert.down_proj", H, I, false);
+        w.sharedExpertGate = load(m + "shared_expert_gate.weight", {1, H});
+    }
+    return w;
+}
+
+at::Tensor WeightLoader::embed(const std::vector<int32_t>& ids) const
+{
+    const std::string name = "model.embed_tokens.weight";
+    const TensorInfo& info = m_ckpt.info(name);
+    const int64_t H = m_spec.hiddenSize;
+    const std::size_t rowBytes = static_cast<std::size_t>(H) * dtypeSize(info.dtype);
+    const std::byte* base = m_ckpt.bytes(name).data();
+    std::vector<std::byte> rows(rowBytes * ids.size());
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+        const int32_t id = ids[i];
+        if (id < 0 || id >= m_spec.vocabSize)
+            throw InputError("token id " + std::to_string(id) + " at position " + std::to_string(i)
+                             + " is outside the vocabulary [0, " + std::to_string(m_spec.vocabSize) + ")");
+        std::memcpy(rows.data() + i * rowBytes, base + static_cast<std::size_t>(id) * rowBytes, rowBytes);
+    }
+    if (m_opt.releaseSourcePages)
+        m_ckpt.release(name);
+    return tensorFromBytes(rows.data(), info.dtype, {static_cast<int64_t>(ids.size()), H}, m_opt.dtype,
+                           m_opt.device);
+}
+
+at::Tensor WeightLoader::finalNorm() const
+{
+    return load("model.norm.weight", {m_spec.hiddenSize});
+}
+
+at::Tensor WeightLoader::lmHead() const
+{
+    const std::string name = m_spec.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+    return load(name, {m_spec.vocabSize, m_spec.hiddenSize});
+}
+
+} // namespace moeatlas

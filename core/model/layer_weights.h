@@ -1,0 +1,88 @@
+// Loading one decoder layer's weights from a checkpoint into compute tensors.
+// The architecture adapter: tensor names per model_type, in both layouts found in the wild —
+// routed experts stored one by one (hub layout) or fused per layer (transformers v5 layout).
+// Engine-internal header (LibTorch types).
+#pragma once
+
+#include "checkpoint/checkpoint.h"
+#include "checkpoint/model_spec.h"
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace moeatlas {
+
+struct Linear {
+    at::Tensor weight;   // [out, in]
+    at::Tensor bias;     // [out] or undefined
+};
+
+enum class ExpertLayout { PerExpert, Fused };
+
+struct LayerWeights {
+    int layer = 0;
+    at::Tensor inputNorm;            // [H]
+    at::Tensor postAttentionNorm;    // [H]
+    Linear q, k, v, o;
+    at::Tensor qNorm, kNorm;         // undefined when the architecture has none
+
+    bool moe = false;
+    at::Tensor router;               // [E, H]
+    at::Tensor gateUp;               // [E, 2I, H], gate rows first
+    at::Tensor down;                 // [E, H, I]
+    // Shared expert (Qwen2-MoE) or the dense MLP of a non-MoE layer.
+    Linear mlpGate, mlpUp, mlpDown;
+    at::Tensor sharedExpertGate;     // [1, H] or undefined
+    uint64_t sourceBytes = 0;        // bytes read from the checkpoint
+};
+
+struct WeightLoadOptions {
+    c10::Device device = c10::Device(c10::kCPU);
+    c10::ScalarType dtype = c10::kFloat;
+    bool releaseSourcePages = true;  // madvise the mapped bytes away after copying
+};
+
+class WeightLoader {
+public:
+    // Detects the expert layout and checks that every tensor the spec needs exists with the
+    // expected shape, naming the first missing or misshapen tensor in an InputError.
+    WeightLoader(const Checkpoint& checkpoint, const ModelSpec& spec, WeightLoadOptions options);
+
+    ExpertLayout expertLayout() const { return m_layout; }
+    LayerWeights loadLayer(int layer) const;
+    // Rows of the embedding matrix for the given ids, gathered straight from the mapping,
+    // as [ids.size(), H] in the compute dtype.
+    at::Tensor embed(const std::vector<int32_t>& ids) const;
+    at::Tensor finalNorm() const;
+    at::Tensor lmHead() const;       // [V, H]; the embedding when tied
+    // Bytes of one layer's tensors in the checkpoint (for memory plans and inspect).
+    uint64_t layerBytes(int layer) const;
+
+    std::string layerPrefix(int layer) const;
+    std::string routerName(int layer) const;
+
+private:
+    at::Tensor load(const std::string& name, const std::vector<int64_t>& shape) const;
+    std::optional<at::Tensor> loadOptional(const std::string& name, const std::vector<int64_t>& shape) const;
+    void checkShape(const std::string& name, const std::vector<int64_t>& shape) const;
+    Linear loadLinear(const std::string& prefix, int64_t out, int64_t in, bool bias) const;
+    void loadExperts(int layer, LayerWeights& w) const;
+    std::vector<std::string> layerTensorNames(int layer) const;
+
+    const Checkpoint& m_ckpt;
+    const ModelSpec& m_spec;
+    WeightLoadOptions m_opt;
+    ExpertLayout m_layout = ExpertLayout::PerExpert;
+    std::string m_moePrefix;         // "block_sparse_moe" (Mixtral hub layout) or "mlp"
+};
+
+// Converts checkpoint bytes of `dtype` into a new tensor of `shape` in the target dtype/device.
+at::Tensor tensorFromBytes(const void* data, DType dtype, const std::vector<int64_t>& shape,
+                           c10::ScalarType target, c10::Device device);
+
+} // namespace moeatlas

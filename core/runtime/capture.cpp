@@ -1,0 +1,221 @@
+#include "runtime/capture.h"
+
+#include "checkpoint/checkpoint.h"
+#include "checkpoint/hf_config.h"
+#include "checkpoint/safetensors.h"
+#include "checkpoint/safetensors_writer.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+#include "util/sha256.h"
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <set>
+
+namespace fs = std::filesystem;
+
+namespace moeatlas {
+
+namespace {
+
+// Writes routing records into the atlas and, after each layer, the resume state.
+class AtlasObserver : public ExecutionObserver {
+public:
+    AtlasObserver(AtlasFile& atlas, fs::path resumePath, int64_t hiddenSize, bool saveResume)
+        : m_atlas(atlas), m_resumePath(std::move(resumePath)), m_hidden(hiddenSize), m_saveResume(saveResume)
+    {
+    }
+
+    void onRouterBlock(const RouterBlock& block) override { m_atlas.writeRouterBlock(block); }
+
+    void onHiddenSamples(int layer, std::span<const int64_t> idx, std::span<const float> values) override
+    {
+        auto& acc = m_samples[layer];
+        acc.first.insert(acc.first.end(), idx.begin(), idx.end());
+        acc.second.insert(acc.second.end(), values.begin(), values.end());
+    }
+
+    bool wantsHiddenSnapshots() const override { return m_saveResume; }
+
+    void onLayerComplete(int layer, std::span<const float> hidden) override
+    {
+        const auto it = m_samples.find(layer);
+        if (it != m_samples.end()) {
+            m_atlas.writeHiddenSamples(layer, it->second.first, it->second.second);
+            m_samples.erase(it);
+        }
+        if (m_moeLayers.count(layer))
+            m_atlas.markLayerComplete(layer);   // flushes: the records are on disk first
+        if (m_saveResume) {
+            SafetensorsWriter w(m_resumePath);
+            w.setMetadata({{"completed_layer", std::to_string(layer)}});
+            const int64_t tokens = static_cast<int64_t>(hidden.size()) / m_hidden;
+            w.declare("hidden", DType::F32, {tokens, m_hidden});
+            w.write("hidden", std::as_bytes(hidden));
+            w.finish();
+        }
+    }
+
+    void setMoeLayers(const std::vector<int>& layers) { m_moeLayers = {layers.begin(), layers.end()}; }
+
+private:
+    AtlasFile& m_atlas;
+    fs::path m_resumePath;
+    int64_t m_hidden;
+    bool m_saveResume;
+    std::set<int> m_moeLayers;
+    std::map<int, std::pair<std::vector<int64_t>, std::vector<float>>> m_samples;
+};
+
+std::string readFile(const fs::path& p)
+{
+    std::ifstream in(p, std::ios::binary);
+    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+std::vector<int64_t> chooseSampleTokens(int64_t totalTokens, int count, uint64_t seed)
+{
+    if (count <= 0 || totalTokens <= 0)
+        return {};
+    std::mt19937_64 rng(seed ^ 0x9e3779b97f4a7c15ull);
+    std::set<int64_t> chosen;
+    const int64_t want = std::min<int64_t>(count, totalTokens);
+    while (static_cast<int64_t>(chosen.size()) < want)
+        chosen.insert(static_cast<int64_t>(rng() % static_cast<uint64_t>(totalTokens)));
+    return {chosen.begin(), chosen.end()};
+}
+
+} // namespace
+
+fs::path resumeStatePath(const fs::path& output)
+{
+    fs::path p = output;
+    p += ".resume.safetensors";
+    return p;
+}
+
+CalibrationSet loadCalibration(const std::vector<DomainSource>& domains, const PackingOptions& packing,
+                               int64_t vocabSize)
+{
+    if (domains.empty())
+        throw InputError("no calibration data: give at least one --domain NAME=FILE");
+    CalibrationSet set;
+    set.packing = packing;
+    std::set<std::string> names;
+    for (const DomainSource& d : domains) {
+        if (!names.insert(d.name).second)
+            throw InputError("--domain " + d.name + ": the domain name is given twice");
+        PackedDomain pd;
+        pd.name = d.name;
+        pd.source = d.path;
+        pd.format = "input_ids-jsonl";
+        auto docs = readInputIdsJsonl(d.path, vocabSize);
+        pd.numDocuments = static_cast<int64_t>(docs.size());
+        const std::optional<int64_t> cap = d.maxSamples ? d.maxSamples : packing.maxSamplesPerDomain;
+        pd.sequences = packDocuments(std::move(docs), packing, cap);
+        if (pd.sequences.empty())
+            throw InputError(d.path + ": domain '" + d.name + "' has fewer tokens than one sequence of --seq-len "
+                             + std::to_string(packing.seqLen));
+        set.domains.push_back(std::move(pd));
+    }
+    return set;
+}
+
+CaptureSummary runCapture(const CaptureParams& params, const ProgressFn& progress, const StopToken* stop)
+{
+    const Checkpoint ckpt(params.checkpoint);
+    const fs::path configPath = ckpt.dir() / "config.json";
+    const ModelSpec spec = parseModelSpec(ckpt.config(), configPath.string());
+    if (spec.numMoeLayers() == 0)
+        throw InputError(configPath.string() + ": the model has no MoE layer to record");
+    if (!params.resume && fs::exists(params.output) && !params.overwrite)
+        throw InputError(params.output.string() + ": already exists (use --force to replace it)");
+    ensureWritableDirectory(params.output);
+
+    const CalibrationSet calib = loadCalibration(params.domains, params.packing, spec.vocabSize);
+    std::vector<int32_t> tokens;
+    std::vector<int16_t> domainIds;
+    std::vector<int64_t> offsets{0};
+    for (std::size_t d = 0; d < calib.domains.size(); ++d)
+        for (const auto& seq : calib.domains[d].sequences) {
+            tokens.insert(tokens.end(), seq.begin(), seq.end());
+            domainIds.insert(domainIds.end(), seq.size(), static_cast<int16_t>(d));
+            offsets.push_back(static_cast<int64_t>(tokens.size()));
+        }
+
+    ExecutorOptions execOptions = params.executor;
+    execOptions.hiddenSampleTokens =
+        chooseSampleTokens(static_cast<int64_t>(tokens.size()), params.hiddenSamplesPerLayer, params.packing.seed);
+    Executor executor(ckpt, spec, execOptions);   // validates every tensor before any output exists
+
+    AtlasModelInfo model;
+    model.checkpointPath = fs::absolute(ckpt.dir()).string();
+    model.configJson = readFile(configPath);
+    model.configSha256 = sha256Hex(model.configJson);
+    model.modelType = spec.modelType;
+    model.numLayers = spec.numLayers;
+    model.moeLayers = spec.moeLayerIndices();
+    model.numExperts = spec.router.numExperts;
+    model.topK = spec.router.topK;
+    model.hiddenSize = spec.hiddenSize;
+
+    AtlasCalibration calibration;
+    for (const PackedDomain& d : calib.domains)
+        calibration.domains.push_back({d.name, d.source, d.format, static_cast<int64_t>(d.sequences.size()),
+                                       static_cast<int64_t>(d.sequences.size()) * calib.packing.seqLen});
+    calibration.seqLen = calib.packing.seqLen;
+    calibration.seed = calib.packing.seed;
+    calibration.packing = calib.describePacking();
+    calibration.device = executor.deviceName();
+    calibration.computeDtype = execOptions.computeDtype;
+
+    ExecutionStart start;
+    std::optional<AtlasFile> atlas;
+    const fs::path resumePath = resumeStatePath(params.output);
+    if (params.resume) {
+        atlas.emplace(AtlasFile::openForResume(params.output));
+        if (atlas->model().configSha256 != model.configSha256)
+            throw InputError(partialPathFor(params.output).string() + ": was recorded from a different config.json "
+                             "(sha256 " + atlas->model().configSha256 + ")");
+        if (atlas->tokens() != tokens)
+            throw InputError(partialPathFor(params.output).string() + ": its tokens differ from this calibration "
+                             "set; resume with the same --domain, --seq-len, --max-samples and --seed");
+        if (fs::exists(resumePath)) {
+            const SafetensorsFile state(resumePath);
+            const int layer = std::stoi(state.metadata().at("completed_layer"));
+            const auto bytes = state.bytes("hidden");
+            start.firstLayer = layer + 1;
+            start.hidden.resize(bytes.size() / sizeof(float));
+            std::memcpy(start.hidden.data(), bytes.data(), bytes.size());
+        }
+    } else {
+        AtlasCreateOptions createOptions;
+        createOptions.logitStorage = params.logitStorage;
+        createOptions.storeExpertNorms = execOptions.recordExpertNorms;
+        createOptions.hiddenSampleCount = static_cast<int>(execOptions.hiddenSampleTokens.size());
+        std::error_code ec;
+        fs::remove(resumePath, ec);
+        atlas.emplace(AtlasFile::create(params.output, model, calibration, tokens, domainIds, offsets, createOptions));
+    }
+
+    AtlasObserver observer(*atlas, resumePath, spec.hiddenSize, params.saveResumeState);
+    observer.setMoeLayers(model.moeLayers);
+    CaptureSummary summary;
+    summary.tokens = static_cast<int64_t>(tokens.size());
+    summary.layersSkipped = start.firstLayer;
+    if (start.firstLayer < spec.numLayers) {
+        const ExecutionResult r = executor.run(tokens, offsets, observer, start, progress, stop);
+        summary.seconds = r.seconds;
+        summary.peakLayerBytes = r.peakLayerBytes;
+    }
+    summary.layersRun = spec.numLayers - start.firstLayer;
+    atlas->finalize();
+    std::error_code ec;
+    fs::remove(resumePath, ec);
+    summary.atlas = params.output;
+    return summary;
+}
+
+} // namespace moeatlas

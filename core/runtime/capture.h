@@ -1,0 +1,49 @@
+// The capture job: checkpoint + domain-labelled calibration data -> atlas file.
+// Shared by the CLI (`moeatlas capture`) and the GUI; progress and cancellation by callbacks.
+#pragma once
+
+#include "atlas/atlas_file.h"
+#include "runtime/executor.h"
+#include "text/calibration.h"
+#include "util/progress.h"
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace moeatlas {
+
+struct CaptureParams {
+    std::filesystem::path checkpoint;
+    std::vector<DomainSource> domains;
+    std::filesystem::path output;            // final atlas path, e.g. run.atlas.h5
+    PackingOptions packing;
+    ExecutorOptions executor;
+    LogitStorage logitStorage = LogitStorage::Float32;
+    int hiddenSamplesPerLayer = 0;           // tokens whose MoE input is stored per layer
+    bool resume = false;                     // continue "<output>.partial"
+    bool saveResumeState = true;             // keep "<output>.resume.safetensors" between layers
+    bool overwrite = false;                  // replace an existing final atlas
+};
+
+struct CaptureSummary {
+    std::filesystem::path atlas;
+    int64_t tokens = 0;
+    int layersRun = 0;
+    int layersSkipped = 0;                   // already complete when resuming
+    double seconds = 0.0;
+    uint64_t peakLayerBytes = 0;
+};
+
+// Loads and packs every domain (InputError naming the file on bad input).
+CalibrationSet loadCalibration(const std::vector<DomainSource>& domains, const PackingOptions& packing,
+                               int64_t vocabSize);
+
+// Runs the capture. On cancellation (Cancelled thrown) the partial atlas stays valid with the
+// layers completed so far; rerun with resume = true to continue it.
+CaptureSummary runCapture(const CaptureParams& params, const ProgressFn& progress, const StopToken* stop);
+
+// Path of the resume state kept next to a partial atlas.
+std::filesystem::path resumeStatePath(const std::filesystem::path& output);
+
+} // namespace moeatlas

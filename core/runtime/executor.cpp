@@ -1,0 +1,302 @@
+#include "runtime/executor.h"
+
+#include "model/blocks.h"
+#include "model/layer_weights.h"
+#include "util/error.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+namespace moeatlas {
+
+namespace {
+
+c10::ScalarType parseComputeDtype(const std::string& name)
+{
+    if (name == "float32" || name == "fp32")
+        return at::kFloat;
+    if (name == "bfloat16" || name == "bf16")
+        return at::kBFloat16;
+    if (name == "float16" || name == "fp16")
+        return at::kHalf;
+    throw InputError("--dtype: '" + name + "' is not a compute dtype (expected float32, bfloat16 or float16)");
+}
+
+c10::Device parseDevice(const std::string& name)
+{
+    if (name == "cpu")
+        return c10::Device(c10::kCPU);
+    if (name.rfind("cuda", 0) == 0) {
+        if (!cudaAvailable())
+            throw InputError("--device " + name + ": this build of LibTorch has no usable CUDA device "
+                             "(build with a CUDA-enabled LibTorch via Torch_DIR, and check nvidia-smi)");
+        int index = 0;
+        if (name.size() > 4) {
+            if (name[4] != ':')
+                throw InputError("--device: '" + name + "' (expected cpu, cuda or cuda:N)");
+            index = std::stoi(name.substr(5));
+        }
+        return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+    }
+    throw InputError("--device: '" + name + "' (expected cpu, cuda or cuda:N)");
+}
+
+uint64_t memAvailableBytes()
+{
+    std::ifstream in("/proc/meminfo");
+    std::string key;
+    uint64_t value = 0;
+    std::string unit;
+    while (in >> key >> value >> unit) {
+        if (key == "MemAvailable:")
+            return value * 1024;
+    }
+    return 0;
+}
+
+std::string formatBytes(uint64_t bytes)
+{
+    std::ostringstream s;
+    s.precision(3);
+    s << static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0) << " GiB";
+    return s.str();
+}
+
+// A micro-batch: consecutive sequences of equal length.
+struct MicroBatch {
+    int64_t tokenBegin = 0;
+    int64_t numSeqs = 0;
+    int64_t seqLen = 0;
+    int64_t tokens() const { return numSeqs * seqLen; }
+};
+
+std::vector<MicroBatch> planMicroBatches(std::span<const int64_t> offsets, int64_t batchTokens)
+{
+    std::vector<MicroBatch> out;
+    for (std::size_t i = 0; i + 1 < offsets.size(); ++i) {
+        const int64_t len = offsets[i + 1] - offsets[i];
+        if (len <= 0)
+            throw InputError("sequence " + std::to_string(i) + " is empty");
+        if (!out.empty() && out.back().seqLen == len && out.back().tokens() + len <= batchTokens) {
+            ++out.back().numSeqs;
+            continue;
+        }
+        out.push_back({offsets[i], 1, len});
+    }
+    return out;
+}
+
+} // namespace
+
+bool cudaAvailable()
+{
+    return at::hasCUDA();
+}
+
+struct Executor::Impl {
+    const Checkpoint& ckpt;
+    const ModelSpec& spec;
+    ExecutorOptions options;
+    c10::Device device;
+    c10::ScalarType dtype;
+    WeightLoader loader;
+    std::map<int, LayerWeights> resident;
+
+    Impl(const Checkpoint& c, const ModelSpec& s, ExecutorOptions o)
+        : ckpt(c), spec(s), options(std::move(o)), device(parseDevice(options.device)),
+          dtype(parseComputeDtype(options.computeDtype)),
+          loader(c, s, WeightLoadOptions{device, dtype, !options.keepWeightsResident})
+    {
+        if (options.batchTokens <= 0)
+            throw InputError("--batch-tokens must be > 0");
+        if (options.threads > 0)
+            at::set_num_threads(options.threads);
+    }
+
+    const LayerWeights& layer(int l, LayerWeights& scratch)
+    {
+        if (!options.keepWeightsResident) {
+            scratch = loader.loadLayer(l);
+            return scratch;
+        }
+        auto it = resident.find(l);
+        if (it == resident.end())
+            it = resident.emplace(l, loader.loadLayer(l)).first;
+        return it->second;
+    }
+
+    uint64_t computeBytes(uint64_t sourceBytes, DType sourceType) const
+    {
+        return sourceBytes / dtypeSize(sourceType) * c10::elementSize(dtype);
+    }
+};
+
+Executor::Executor(const Checkpoint& checkpoint, const ModelSpec& spec, ExecutorOptions options)
+    : m_impl(std::make_unique<Impl>(checkpoint, spec, std::move(options)))
+{
+}
+
+Executor::~Executor() = default;
+
+std::string Executor::deviceName() const
+{
+    return m_impl->device.str();
+}
+
+uint64_t Executor::plannedPeakBytes(int64_t numTokens, int64_t longestSequence) const
+{
+    const ModelSpec& s = m_impl->spec;
+    const uint64_t es = c10::elementSize(m_impl->dtype);
+    const DType src = m_impl->ckpt.info("model.norm.weight").dtype;
+    uint64_t maxLayer = 0;
+    for (int l = 0; l < s.numLayers; ++l)
+        maxLayer = std::max(maxLayer, m_impl->computeBytes(m_impl->loader.layerBytes(l), src));
+    const uint64_t H = static_cast<uint64_t>(s.hiddenSize);
+    const uint64_t T = static_cast<uint64_t>(numTokens);
+    const uint64_t B = static_cast<uint64_t>(std::min<int64_t>(m_impl->options.batchTokens, numTokens));
+    const uint64_t K = static_cast<uint64_t>(s.router.topK), I = static_cast<uint64_t>(s.moeIntermediate);
+    const uint64_t S = static_cast<uint64_t>(longestSequence);
+    uint64_t peak = T * H * es                                  // residual stream
+                    + maxLayer                                  // one layer of weights
+                    + B * es * (10 * H + K * (4 * I + 2 * H))   // micro-batch activations
+                    + static_cast<uint64_t>(s.numHeads) * S * S * 8;  // one sequence's scores
+    if (m_impl->options.keepWeightsResident)
+        peak += maxLayer * static_cast<uint64_t>(s.numLayers - 1);
+    if (m_impl->options.computeLogits)
+        peak += T * static_cast<uint64_t>(s.vocabSize) * 4 + static_cast<uint64_t>(s.vocabSize) * H * es;
+    return peak;
+}
+
+ExecutionResult Executor::run(std::span<const int32_t> tokens, std::span<const int64_t> seqOffsets,
+                              ExecutionObserver& observer, const ExecutionStart& start,
+                              const ProgressFn& progress, const StopToken* stop)
+{
+    Impl& d = *m_impl;
+    const ModelSpec& s = d.spec;
+    const auto t0 = std::chrono::steady_clock::now();
+    c10::InferenceMode inferenceMode;
+    const int64_t T = static_cast<int64_t>(tokens.size());
+    const int64_t H = s.hiddenSize;
+    if (seqOffsets.size() < 2 || seqOffsets.front() != 0 || seqOffsets.back() != T)
+        throw InputError("sequence offsets must start at 0 and end at the token count");
+    const std::vector<MicroBatch> batches = planMicroBatches(seqOffsets, d.options.batchTokens);
+    int64_t longest = 0;
+    for (const MicroBatch& b : batches)
+        longest = std::max(longest, b.seqLen);
+
+    const uint64_t budget = d.options.memoryBudgetBytes ? d.options.memoryBudgetBytes : memAvailableBytes();
+    const uint64_t planned = plannedPeakBytes(T, longest);
+    if (budget > 0 && planned > budget)
+        throw InputError("memory plan: " + std::to_string(T) + " tokens need about " + formatBytes(planned)
+                         + " (hidden states " + formatBytes(static_cast<uint64_t>(T * H) * c10::elementSize(d.dtype))
+                         + " + one layer + activations) but only " + formatBytes(budget)
+                         + " are available; lower --max-samples, --seq-len or --batch-tokens");
+
+    const at::TensorOptions opts = at::TensorOptions().dtype(d.dtype).device(d.device);
+    at::Tensor hidden;
+    if (start.firstLayer > 0) {
+        if (static_cast<int64_t>(start.hidden.size()) != T * H)
+            throw InputError("resume state holds " + std::to_string(start.hidden.size()) + " values, expected "
+                             + std::to_string(T * H));
+        hidden = at::from_blob(const_cast<float*>(start.hidden.data()), {T, H}, at::kFloat).to(d.device, d.dtype);
+    } else {
+        hidden = d.loader.embed(std::vector<int32_t>(tokens.begin(), tokens.end()));
+    }
+
+    std::map<int64_t, RotaryCache> rotary;
+    for (const MicroBatch& b : batches)
+        if (!rotary.count(b.seqLen))
+            rotary.emplace(b.seqLen, buildRotaryCache(s, b.seqLen, opts));
+
+    std::vector<int64_t> samples = d.options.hiddenSampleTokens;
+    std::sort(samples.begin(), samples.end());
+
+    ExecutionResult result;
+    const int layersToRun = s.numLayers - start.firstLayer;
+    const int64_t totalWork = static_cast<int64_t>(layersToRun) * T;
+    MoeOptions moeOptions;
+    moeOptions.recordExpertNorms = d.options.recordExpertNorms;
+
+    for (int l = start.firstLayer; l < s.numLayers; ++l) {
+        LayerWeights scratch;
+        const LayerWeights& w = d.layer(l, scratch);
+        result.peakLayerBytes = std::max(result.peakLayerBytes, w.sourceBytes);
+        const bool sliding = s.layers[static_cast<std::size_t>(l)].slidingWindow;
+        int64_t doneInLayer = 0;
+        for (const MicroBatch& b : batches) {
+            if (stop && stop->stopRequested())
+                throw Cancelled();
+            at::Tensor x = hidden.narrow(0, b.tokenBegin, b.tokens());
+            at::Tensor h = x + attention(s, w, rmsNorm(x, w.inputNorm, s.rmsNormEps), b.numSeqs,
+                                         rotary.at(b.seqLen), sliding);
+            at::Tensor hn = rmsNorm(h, w.postAttentionNorm, s.rmsNormEps);
+            if (w.moe) {
+                RoutingRecord rec;
+                h = h + moeForward(s, w, hn, moeOptions, &rec);
+                RouterBlock block;
+                block.layer = l;
+                block.tokenBegin = b.tokenBegin;
+                block.numTokens = b.tokens();
+                block.numExperts = s.router.numExperts;
+                block.topK = s.router.topK;
+                block.logits = rec.logits.data_ptr<float>();
+                block.topkIds = rec.topkIds.data_ptr<int32_t>();
+                block.topkWeights = rec.topkWeights.data_ptr<float>();
+                block.expertNorms = rec.expertNorms.defined() ? rec.expertNorms.data_ptr<float>() : nullptr;
+                observer.onRouterBlock(block);
+            } else {
+                h = h + denseMlp(w, hn);
+            }
+            // Hidden-state samples that fall into this micro-batch.
+            auto lo = std::lower_bound(samples.begin(), samples.end(), b.tokenBegin);
+            auto hi = std::lower_bound(lo, samples.end(), b.tokenBegin + b.tokens());
+            if (lo != hi) {
+                std::vector<int64_t> idx(lo, hi);
+                std::vector<int64_t> local(idx.size());
+                std::transform(idx.begin(), idx.end(), local.begin(), [&](int64_t t) { return t - b.tokenBegin; });
+                at::Tensor rows = hn.index_select(0, at::tensor(local, at::kLong).to(d.device))
+                                      .to(at::kCPU, at::kFloat).contiguous();
+                observer.onHiddenSamples(l, idx, {rows.data_ptr<float>(), static_cast<std::size_t>(rows.numel())});
+            }
+            x.copy_(h);
+            doneInLayer += b.tokens();
+            if (progress) {
+                Progress p;
+                p.stage = "layer " + std::to_string(l + 1) + "/" + std::to_string(s.numLayers);
+                p.done = static_cast<int64_t>(l - start.firstLayer) * T + doneInLayer;
+                p.total = totalWork;
+                if (!progress(p))
+                    throw Cancelled();
+            }
+        }
+        if (observer.wantsHiddenSnapshots()) {
+            at::Tensor snap = hidden.to(at::kCPU, at::kFloat).contiguous();
+            observer.onLayerComplete(l, {snap.data_ptr<float>(), static_cast<std::size_t>(snap.numel())});
+        } else {
+            observer.onLayerComplete(l, {});
+        }
+    }
+
+    if (d.options.computeLogits) {
+        const at::Tensor norm = d.loader.finalNorm();
+        const at::Tensor head = d.loader.lmHead();
+        at::Tensor logits = at::empty({T, s.vocabSize}, at::kFloat);
+        for (int64_t b = 0; b < T; b += d.options.batchTokens) {
+            const int64_t n = std::min(d.options.batchTokens, T - b);
+            at::Tensor hn = rmsNorm(hidden.narrow(0, b, n), norm, s.rmsNormEps);
+            logits.narrow(0, b, n).copy_(at::linear(hn, head).to(at::kCPU, at::kFloat));
+        }
+        result.logits.assign(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
+    }
+    result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return result;
+}
+
+} // namespace moeatlas

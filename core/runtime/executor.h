@@ -1,0 +1,89 @@
+// The layer-streaming executor: runs a checkpoint over a token set one decoder layer at a time.
+// For each layer it loads only that layer's weights (mmap -> compute dtype/device), pushes every
+// sequence through it in micro-batches, keeps the hidden states and drops the layer, so peak
+// memory is about one layer plus the activations whatever the model size.
+// Public API: no LibTorch types.
+#pragma once
+
+#include "atlas/atlas_file.h"
+#include "checkpoint/checkpoint.h"
+#include "checkpoint/model_spec.h"
+#include "util/progress.h"
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace moeatlas {
+
+struct ExecutorOptions {
+    std::string device = "cpu";          // "cpu", "cuda", "cuda:N"
+    std::string computeDtype = "float32"; // "float32", "bfloat16", "float16"
+    int64_t batchTokens = 8192;          // tokens per micro-batch (whole sequences)
+    int threads = 0;                     // intra-op threads; 0 = LibTorch's default
+    bool recordExpertNorms = false;
+    std::vector<int64_t> hiddenSampleTokens;  // token indices whose MoE input is reported per layer
+    bool computeLogits = false;          // final norm + lm_head at the end (tests, evaluation)
+    bool keepWeightsResident = false;    // load every layer once and keep it (small models)
+    uint64_t memoryBudgetBytes = 0;      // 0 = MemAvailable; plans above it are refused up front
+};
+
+// Receives what the executor observes. Callbacks run on the executor's thread.
+class ExecutionObserver {
+public:
+    virtual ~ExecutionObserver() = default;
+    virtual void onRouterBlock(const RouterBlock& block) { (void)block; }
+    // values: [tokenIndices.size(), hidden] fp32, the post-attention-norm input of the MoE block.
+    virtual void onHiddenSamples(int layer, std::span<const int64_t> tokenIndices, std::span<const float> values)
+    {
+        (void)layer; (void)tokenIndices; (void)values;
+    }
+    // Called once a decoder layer has processed every token. `hidden` is the residual stream
+    // after the layer ([T, H] fp32) when wantsHiddenSnapshots(), else empty.
+    virtual void onLayerComplete(int layer, std::span<const float> hidden) { (void)layer; (void)hidden; }
+    virtual bool wantsHiddenSnapshots() const { return false; }
+};
+
+struct ExecutionResult {
+    std::vector<float> logits;           // [T, V] when computeLogits
+    double seconds = 0.0;
+    uint64_t peakLayerBytes = 0;         // largest layer read from the checkpoint
+};
+
+// Where a run starts: from the embeddings, or (resume) after `completedLayers` layers with the
+// residual stream saved then.
+struct ExecutionStart {
+    int firstLayer = 0;
+    std::vector<float> hidden;           // [T, H] fp32; empty when firstLayer == 0
+};
+
+class Executor {
+public:
+    // Validates the checkpoint against the spec (every tensor of every layer, shapes, dtypes)
+    // and the options (device available, dtype known); throws InputError naming what is wrong.
+    Executor(const Checkpoint& checkpoint, const ModelSpec& spec, ExecutorOptions options);
+    ~Executor();
+
+    // Runs the token set through the model. Sequences are [seqOffsets[i], seqOffsets[i+1]).
+    // progress is called after every micro-batch (units: tokens x layers); a false return or a
+    // stop request throws Cancelled before the current layer is reported complete.
+    ExecutionResult run(std::span<const int32_t> tokens, std::span<const int64_t> seqOffsets,
+                        ExecutionObserver& observer, const ExecutionStart& start = {},
+                        const ProgressFn& progress = {}, const StopToken* stop = nullptr);
+
+    // Bytes the run would hold at its peak (hidden states + one layer + activations).
+    uint64_t plannedPeakBytes(int64_t numTokens, int64_t longestSequence) const;
+    std::string deviceName() const;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> m_impl;
+};
+
+// True when this LibTorch build can run on CUDA and a device is present.
+bool cudaAvailable();
+
+} // namespace moeatlas
