@@ -13,5 +13,6 @@ using Command = std::function<int()>;
 Command addInspectCommand(CLI::App& app);
 Command addCaptureCommand(CLI::App& app);
 Command addTokenizeCommand(CLI::App& app);
+Command addGenerateCommand(CLI::App& app);
 
 } // namespace moeatlas::cli

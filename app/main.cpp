@@ -24,6 +24,7 @@ int main(int argc, char** argv)
     registerCommand(moeatlas::cli::addInspectCommand(app));
     registerCommand(moeatlas::cli::addCaptureCommand(app));
     registerCommand(moeatlas::cli::addTokenizeCommand(app));
+    registerCommand(moeatlas::cli::addGenerateCommand(app));
 
     try {
         app.parse(argc, argv);

@@ -65,10 +65,18 @@ struct RouterBlock {
     const float* expertNorms = nullptr;  // [numTokens, topK] or nullptr
 };
 
+// Hidden-state samples of one layer as stored under /layers/<layer>/hidden_samples.
+struct AtlasHiddenSamples {
+    std::vector<int64_t> tokenIndices;   // [n]
+    std::vector<float> values;           // [n, hiddenSize]
+};
+
 // Writer/reader of an atlas file. A new atlas is created under "<path>.partial"; finalize()
 // marks it complete and renames it to <path>. An interrupted capture leaves the .partial file
 // valid (flushed after every layer) with "/progress" saying which layers are complete, and
 // openForResume() continues it.
+// Thread safety: the HDF5 library in use is not thread-safe; every method takes one
+// process-wide lock, so distinct AtlasFile objects may be used from different threads.
 class AtlasFile {
 public:
     ~AtlasFile();
@@ -82,11 +90,23 @@ public:
                             const AtlasCalibration& calibration, std::span<const int32_t> tokens,
                             std::span<const int16_t> domainIds, std::span<const int64_t> seqOffsets,
                             const AtlasCreateOptions& options);
-    // Opens "<finalPath>.partial" to continue a capture; throws InputError when it is missing,
-    // not an atlas, or was made from a different model/calibration (compare configSha256, tokens).
+    // Opens "<finalPath>.partial" to continue a capture; throws InputError when it is missing
+    // or not an atlas. The caller compares model()/tokens() with its run, or uses the overload.
+    // Layers not marked complete are emptied (recreated): resume rewrites them whole.
     static AtlasFile openForResume(const std::filesystem::path& finalPath);
-    // Opens a finished atlas read-only.
+    // As above, and throws InputError when the partial atlas was made from a different model
+    // (configSha256, moeLayers, numExperts, topK) or different calibration tokens.
+    static AtlasFile openForResume(const std::filesystem::path& finalPath,
+                                   const AtlasModelInfo& expectedModel,
+                                   std::span<const int32_t> expectedTokens);
+    // Opens an atlas read-only: a finished one, or a .partial one (isComplete() false; only
+    // completedLayers() hold meaningful records).
     static AtlasFile openReadOnly(const std::filesystem::path& path);
+
+    // The file currently open (the .partial path while writing, the final path after finalize).
+    const std::filesystem::path& path() const;
+    // True once finalize() has run (root attribute complete = 1).
+    bool isComplete() const;
 
     const AtlasModelInfo& model() const;
     const AtlasCalibration& calibration() const;
@@ -96,9 +116,12 @@ public:
     std::vector<int16_t> domainIds() const;
     std::vector<int64_t> seqOffsets() const;
 
-    // Writes one block of routing records into /layers/<layer>/...
+    // Writes one block of routing records into /layers/<layer>/... Blocks may come in any
+    // order; a block into a layer already marked complete throws. expertNorms is required when
+    // options().storeExpertNorms and ignored otherwise.
     void writeRouterBlock(const RouterBlock& block);
     // Hidden-state samples of one layer: token indices [n] and values [n, hidden] (fp32).
+    // Replaces samples written before for that layer; throws once the layer is complete.
     void writeHiddenSamples(int layer, std::span<const int64_t> tokenIndices,
                             std::span<const float> values);
     // Records that a layer's records are complete and flushes the file to disk.
@@ -106,7 +129,7 @@ public:
     std::vector<int> completedLayers() const;
 
     // Marks the atlas complete (attribute "complete" = 1), closes it and renames .partial to the
-    // final path. The object is closed afterwards.
+    // final path. The object is closed afterwards. Throws Error when a MoE layer is not complete.
     void finalize();
 
     // Reading back (for tests, score, GUI): whole datasets of one layer.
@@ -114,6 +137,11 @@ public:
     std::vector<int32_t> readTopkIds(int layer) const;     // [T, k]
     std::vector<float> readTopkWeights(int layer) const;   // [T, k]
     std::vector<float> readExpertNorms(int layer) const;   // [T, k]; empty when not stored
+    // Rows [tokenBegin, tokenBegin + numTokens) of router_logits as fp32, for files too large
+    // to read a whole layer at once.
+    std::vector<float> readLogits(int layer, int64_t tokenBegin, int64_t numTokens) const;
+    // Empty when none were written for the layer.
+    AtlasHiddenSamples readHiddenSamples(int layer) const;
 
 private:
     struct Impl;

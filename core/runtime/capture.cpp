@@ -28,7 +28,15 @@ public:
     {
     }
 
-    void onRouterBlock(const RouterBlock& block) override { m_atlas.writeRouterBlock(block); }
+    // Layers already complete in a resumed atlas may be recomputed (the resume state can lag the
+    // atlas by one layer); their records are identical and are not written again.
+    void skipLayers(const std::vector<int>& layers) { m_skip.insert(layers.begin(), layers.end()); }
+
+    void onRouterBlock(const RouterBlock& block) override
+    {
+        if (!m_skip.count(block.layer))
+            m_atlas.writeRouterBlock(block);
+    }
 
     void onHiddenSamples(int layer, std::span<const int64_t> idx, std::span<const float> values) override
     {
@@ -42,11 +50,11 @@ public:
     void onLayerComplete(int layer, std::span<const float> hidden) override
     {
         const auto it = m_samples.find(layer);
-        if (it != m_samples.end()) {
+        if (it != m_samples.end() && !m_skip.count(layer)) {
             m_atlas.writeHiddenSamples(layer, it->second.first, it->second.second);
             m_samples.erase(it);
         }
-        if (m_moeLayers.count(layer))
+        if (m_moeLayers.count(layer) && !m_skip.count(layer))
             m_atlas.markLayerComplete(layer);   // flushes: the records are on disk first
         if (m_saveResume) {
             SafetensorsWriter w(m_resumePath);
@@ -66,6 +74,7 @@ private:
     int64_t m_hidden;
     bool m_saveResume;
     std::set<int> m_moeLayers;
+    std::set<int> m_skip;
     std::map<int, std::pair<std::vector<int64_t>, std::vector<float>>> m_samples;
 };
 
@@ -175,13 +184,9 @@ CaptureSummary runCapture(const CaptureParams& params, const ProgressFn& progres
     std::optional<AtlasFile> atlas;
     const fs::path resumePath = resumeStatePath(params.output);
     if (params.resume) {
-        atlas.emplace(AtlasFile::openForResume(params.output));
-        if (atlas->model().configSha256 != model.configSha256)
-            throw InputError(partialPathFor(params.output).string() + ": was recorded from a different config.json "
-                             "(sha256 " + atlas->model().configSha256 + ")");
-        if (atlas->tokens() != tokens)
-            throw InputError(partialPathFor(params.output).string() + ": its tokens differ from this calibration "
-                             "set; resume with the same --domain, --seq-len, --max-samples and --seed");
+        // Refuses a partial atlas of another model or other tokens (resume needs the same
+        // --domain, --seq-len, --max-samples and --seed).
+        atlas.emplace(AtlasFile::openForResume(params.output, model, tokens));
         if (fs::exists(resumePath)) {
             const SafetensorsFile state(resumePath);
             const int layer = std::stoi(state.metadata().at("completed_layer"));
@@ -202,6 +207,7 @@ CaptureSummary runCapture(const CaptureParams& params, const ProgressFn& progres
 
     AtlasObserver observer(*atlas, resumePath, spec.hiddenSize, params.saveResumeState);
     observer.setMoeLayers(model.moeLayers);
+    observer.skipLayers(atlas->completedLayers());
     CaptureSummary summary;
     summary.tokens = static_cast<int64_t>(tokens.size());
     summary.layersSkipped = start.firstLayer;

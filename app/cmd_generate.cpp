@@ -1,0 +1,89 @@
+// moeatlas generate: random-weight MoE checkpoints (and random calibration files) for tests,
+// benchmarks and trying the tool without downloading a model.
+#include "commands.h"
+
+#include "checkpoint/random_model.h"
+#include "util/error.h"
+
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <map>
+#include <memory>
+
+namespace moeatlas::cli {
+
+namespace {
+
+struct GenerateArgs {
+    RandomModelOptions model;
+    std::string arch = "qwen3_moe";
+    std::string dtype = "float32";
+    std::string output;
+    std::string calibration;
+    int calibrationDocs = 16;
+    int64_t calibrationDocTokens = 256;
+    int64_t shardMiB = 1024;
+    bool force = false;
+};
+
+int runGenerate(GenerateArgs a)
+{
+    static const std::map<std::string, Architecture> archs = {{"mixtral", Architecture::Mixtral},
+                                                              {"qwen2_moe", Architecture::Qwen2Moe},
+                                                              {"qwen3_moe", Architecture::Qwen3Moe},
+                                                              {"olmoe", Architecture::Olmoe}};
+    static const std::map<std::string, DType> dtypes = {
+        {"float32", DType::F32}, {"bfloat16", DType::BF16}, {"float16", DType::F16}};
+    if (!archs.count(a.arch))
+        throw InputError("--arch '" + a.arch + "' (expected mixtral, qwen2_moe, qwen3_moe or olmoe)");
+    if (!dtypes.count(a.dtype))
+        throw InputError("--dtype '" + a.dtype + "' (expected float32, bfloat16 or float16)");
+    a.model.arch = archs.at(a.arch);
+    a.model.dtype = dtypes.at(a.dtype);
+    a.model.maxShardBytes = static_cast<uint64_t>(a.shardMiB) << 20;
+    if (!a.output.empty()) {
+        writeRandomModel(a.model, a.output, a.force);
+        std::printf("%s\n", a.output.c_str());
+    }
+    if (!a.calibration.empty()) {
+        writeRandomCalibration(a.calibration, a.model.vocabSize, a.calibrationDocs, a.calibrationDocTokens, a.model.seed);
+        std::printf("%s\n", a.calibration.c_str());
+    }
+    if (a.output.empty() && a.calibration.empty())
+        throw InputError("nothing to do: give --output and/or --calibration");
+    return 0;
+}
+
+} // namespace
+
+Command addGenerateCommand(CLI::App& app)
+{
+    auto a = std::make_shared<GenerateArgs>();
+    CLI::App* sub = app.add_subcommand("generate", "Write a random-weight MoE checkpoint in Hugging Face layout");
+    sub->add_option("--output,-o", a->output, "Checkpoint directory to create");
+    sub->add_option("--arch", a->arch, "mixtral, qwen2_moe, qwen3_moe or olmoe")->capture_default_str();
+    sub->add_option("--dtype", a->dtype, "float32, bfloat16 or float16")->capture_default_str();
+    sub->add_option("--layers", a->model.numLayers)->capture_default_str();
+    sub->add_option("--hidden", a->model.hiddenSize)->capture_default_str();
+    sub->add_option("--heads", a->model.numHeads)->capture_default_str();
+    sub->add_option("--kv-heads", a->model.numKvHeads)->capture_default_str();
+    sub->add_option("--head-dim", a->model.headDim)->capture_default_str();
+    sub->add_option("--experts", a->model.numExperts)->capture_default_str();
+    sub->add_option("--top-k", a->model.topK)->capture_default_str();
+    sub->add_option("--expert-width", a->model.moeIntermediate, "moe_intermediate_size")->capture_default_str();
+    sub->add_option("--shared-width", a->model.sharedIntermediate, "qwen2_moe shared expert width")->capture_default_str();
+    sub->add_option("--dense-width", a->model.denseIntermediate, "width of dense (mlp_only) layers")->capture_default_str();
+    sub->add_option("--mlp-only-layers", a->model.mlpOnlyLayers, "layers with a dense MLP (qwen2_moe, qwen3_moe)");
+    sub->add_option("--vocab", a->model.vocabSize)->capture_default_str();
+    sub->add_flag("--fused", a->model.fusedExperts, "Store experts fused per layer (transformers v5 layout)");
+    sub->add_option("--seed", a->model.seed)->capture_default_str();
+    sub->add_option("--shard-mib", a->shardMiB, "Largest shard in MiB")->capture_default_str();
+    sub->add_option("--calibration", a->calibration, "Also write a random input_ids JSONL calibration file");
+    sub->add_option("--calibration-docs", a->calibrationDocs)->capture_default_str();
+    sub->add_option("--calibration-doc-tokens", a->calibrationDocTokens)->capture_default_str();
+    sub->add_flag("--force", a->force, "Replace an existing output directory");
+    return [a] { return runGenerate(*a); };
+}
+
+} // namespace moeatlas::cli

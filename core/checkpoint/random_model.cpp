@@ -1,0 +1,255 @@
+#include "checkpoint/random_model.h"
+
+#include "checkpoint/checkpoint_writer.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <sstream>
+
+namespace moeatlas {
+
+namespace {
+
+// splitmix64: small, fast and identical on every platform (std distributions are not).
+struct Rng {
+    uint64_t state;
+    uint64_t next()
+    {
+        uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        return z ^ (z >> 31);
+    }
+    double uniform() { return (static_cast<double>(next() >> 11) + 0.5) * 0x1.0p-53; }
+};
+
+uint16_t toBf16(float f)
+{
+    uint32_t bits;
+    std::memcpy(&bits, &f, 4);
+    bits += 0x7fff + ((bits >> 16) & 1);   // round to nearest even
+    return static_cast<uint16_t>(bits >> 16);
+}
+
+uint16_t toF16(float f)
+{
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000;
+    int32_t exp = static_cast<int32_t>((x >> 23) & 0xff) - 127 + 15;
+    uint32_t man = x & 0x7fffff;
+    if (exp <= 0)
+        return static_cast<uint16_t>(sign);   // weights here never reach the subnormal range
+    if (exp >= 31)
+        return static_cast<uint16_t>(sign | 0x7c00);
+    uint32_t h = sign | (static_cast<uint32_t>(exp) << 10) | (man >> 13);
+    const uint32_t rest = man & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (h & 1)))
+        ++h;
+    return static_cast<uint16_t>(h);
+}
+
+class TensorFactory {
+public:
+    TensorFactory(CheckpointWriter& w, DType dtype, uint64_t seed) : m_writer(w), m_dtype(dtype), m_rng{seed} {}
+
+    void declare(const std::string& name, std::vector<int64_t> shape) { m_writer.declare(name, m_dtype, std::move(shape)); }
+
+    // Writes a tensor of `count` values, normal(mean, std) (std 0 gives a constant).
+    void write(const std::string& name, int64_t count, double mean, double std)
+    {
+        std::vector<std::byte> buf(static_cast<std::size_t>(count) * dtypeSize(m_dtype));
+        for (int64_t i = 0; i < count; ++i) {
+            float v = static_cast<float>(mean);
+            if (std > 0) {
+                const double u1 = m_rng.uniform(), u2 = m_rng.uniform();
+                v = static_cast<float>(mean + std * std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2));
+            }
+            const auto at = static_cast<std::size_t>(i) * dtypeSize(m_dtype);
+            if (m_dtype == DType::F32) {
+                std::memcpy(buf.data() + at, &v, 4);
+            } else {
+                const uint16_t h = m_dtype == DType::BF16 ? toBf16(v) : toF16(v);
+                std::memcpy(buf.data() + at, &h, 2);
+            }
+        }
+        m_writer.write(name, buf);
+    }
+
+private:
+    CheckpointWriter& m_writer;
+    DType m_dtype;
+    Rng m_rng;
+};
+
+struct Entry {
+    std::string name;
+    std::vector<int64_t> shape;
+    double mean;
+    double std;
+};
+
+bool isMoeLayer(const RandomModelOptions& o, int layer)
+{
+    for (int l : o.mlpOnlyLayers)
+        if (l == layer)
+            return false;
+    return true;
+}
+
+std::vector<Entry> tensorList(const RandomModelOptions& o)
+{
+    const int64_t H = o.hiddenSize, hd = o.headDim, E = o.numExperts, I = o.moeIntermediate;
+    const double s = o.initStd;
+    std::vector<Entry> t;
+    t.push_back({"model.embed_tokens.weight", {o.vocabSize, H}, 0.0, 1.0});
+    const bool mixtral = o.arch == Architecture::Mixtral;
+    for (int l = 0; l < o.numLayers; ++l) {
+        const std::string p = "model.layers." + std::to_string(l) + ".";
+        t.push_back({p + "input_layernorm.weight", {H}, 1.0, 0.0});
+        t.push_back({p + "post_attention_layernorm.weight", {H}, 1.0, 0.0});
+        const int64_t qOut = static_cast<int64_t>(o.numHeads) * hd, kvOut = static_cast<int64_t>(o.numKvHeads) * hd;
+        t.push_back({p + "self_attn.q_proj.weight", {qOut, H}, 0.0, s});
+        t.push_back({p + "self_attn.k_proj.weight", {kvOut, H}, 0.0, s});
+        t.push_back({p + "self_attn.v_proj.weight", {kvOut, H}, 0.0, s});
+        if (o.arch == Architecture::Qwen2Moe) {
+            t.push_back({p + "self_attn.q_proj.bias", {qOut}, 0.0, s});
+            t.push_back({p + "self_attn.k_proj.bias", {kvOut}, 0.0, s});
+            t.push_back({p + "self_attn.v_proj.bias", {kvOut}, 0.0, s});
+        }
+        t.push_back({p + "self_attn.o_proj.weight", {H, qOut}, 0.0, s});
+        if (o.arch == Architecture::Qwen3Moe) {
+            t.push_back({p + "self_attn.q_norm.weight", {hd}, 1.0, 0.0});
+            t.push_back({p + "self_attn.k_norm.weight", {hd}, 1.0, 0.0});
+        } else if (o.arch == Architecture::Olmoe) {
+            t.push_back({p + "self_attn.q_norm.weight", {qOut}, 1.0, 0.0});
+            t.push_back({p + "self_attn.k_norm.weight", {kvOut}, 1.0, 0.0});
+        }
+        if (!isMoeLayer(o, l)) {
+            t.push_back({p + "mlp.gate_proj.weight", {o.denseIntermediate, H}, 0.0, s});
+            t.push_back({p + "mlp.up_proj.weight", {o.denseIntermediate, H}, 0.0, s});
+            t.push_back({p + "mlp.down_proj.weight", {H, o.denseIntermediate}, 0.0, s});
+            continue;
+        }
+        const std::string m = p + (mixtral && !o.fusedExperts ? "block_sparse_moe." : "mlp.");
+        t.push_back({m + "gate.weight", {E, H}, 0.0, o.routerStd / std::sqrt(static_cast<double>(H))});
+        if (o.fusedExperts) {
+            t.push_back({m + "experts.gate_up_proj", {E, 2 * I, H}, 0.0, s});
+            t.push_back({m + "experts.down_proj", {E, H, I}, 0.0, s});
+        } else {
+            for (int64_t e = 0; e < E; ++e) {
+                const std::string ep = m + "experts." + std::to_string(e) + ".";
+                t.push_back({ep + (mixtral ? "w1" : "gate_proj") + ".weight", {I, H}, 0.0, s});
+                t.push_back({ep + (mixtral ? "w2" : "down_proj") + ".weight", {H, I}, 0.0, s});
+                t.push_back({ep + (mixtral ? "w3" : "up_proj") + ".weight", {I, H}, 0.0, s});
+            }
+        }
+        if (o.arch == Architecture::Qwen2Moe && o.sharedIntermediate > 0) {
+            const int64_t SI = o.sharedIntermediate;
+            t.push_back({m + "shared_expert.gate_proj.weight", {SI, H}, 0.0, s});
+            t.push_back({m + "shared_expert.up_proj.weight", {SI, H}, 0.0, s});
+            t.push_back({m + "shared_expert.down_proj.weight", {H, SI}, 0.0, s});
+            t.push_back({m + "shared_expert_gate.weight", {1, H}, 0.0, s});
+        }
+    }
+    t.push_back({"model.norm.weight", {H}, 1.0, 0.0});
+    t.push_back({"lm_head.weight", {o.vocabSize, H}, 0.0, s});
+    return t;
+}
+
+} // namespace
+
+std::string randomModelConfig(const RandomModelOptions& o)
+{
+    nlohmann::json c;
+    c["model_type"] = architectureName(o.arch);
+    c["vocab_size"] = o.vocabSize;
+    c["hidden_size"] = o.hiddenSize;
+    c["num_hidden_layers"] = o.numLayers;
+    c["num_attention_heads"] = o.numHeads;
+    c["num_key_value_heads"] = o.numKvHeads;
+    c["head_dim"] = o.headDim;
+    c["hidden_act"] = "silu";
+    c["max_position_embeddings"] = 4096;
+    c["rms_norm_eps"] = 1e-6;
+    c["rope_theta"] = 10000.0;
+    c["tie_word_embeddings"] = false;
+    c["num_experts_per_tok"] = o.topK;
+    c["torch_dtype"] = o.dtype == DType::F32 ? "float32" : o.dtype == DType::BF16 ? "bfloat16" : "float16";
+    switch (o.arch) {
+    case Architecture::Mixtral:
+        c["architectures"] = {"MixtralForCausalLM"};
+        c["num_local_experts"] = o.numExperts;
+        c["intermediate_size"] = o.moeIntermediate;
+        break;
+    case Architecture::Qwen2Moe:
+        c["architectures"] = {"Qwen2MoeForCausalLM"};
+        c["num_experts"] = o.numExperts;
+        c["moe_intermediate_size"] = o.moeIntermediate;
+        c["shared_expert_intermediate_size"] = o.sharedIntermediate;
+        c["intermediate_size"] = o.denseIntermediate;
+        c["norm_topk_prob"] = o.normTopkProb;
+        c["mlp_only_layers"] = o.mlpOnlyLayers;
+        c["qkv_bias"] = true;
+        break;
+    case Architecture::Qwen3Moe:
+        c["architectures"] = {"Qwen3MoeForCausalLM"};
+        c["num_experts"] = o.numExperts;
+        c["moe_intermediate_size"] = o.moeIntermediate;
+        c["intermediate_size"] = o.denseIntermediate;
+        c["norm_topk_prob"] = o.normTopkProb;
+        c["mlp_only_layers"] = o.mlpOnlyLayers;
+        break;
+    case Architecture::Olmoe:
+        c["architectures"] = {"OlmoeForCausalLM"};
+        c["num_experts"] = o.numExperts;
+        c["intermediate_size"] = o.moeIntermediate;
+        c["norm_topk_prob"] = o.normTopkProb;
+        break;
+    }
+    return c.dump(2) + "\n";
+}
+
+void writeRandomModel(const RandomModelOptions& o, const std::filesystem::path& dir, bool overwrite)
+{
+    if (o.arch == Architecture::Olmoe && !o.mlpOnlyLayers.empty())
+        throw InputError("olmoe has no dense layers (mlp_only_layers must be empty)");
+    if (o.dtype != DType::F32 && o.dtype != DType::BF16 && o.dtype != DType::F16)
+        throw InputError("random models are written in F32, BF16 or F16");
+    CheckpointWriterOptions wo;
+    wo.maxShardBytes = o.maxShardBytes;
+    wo.overwrite = overwrite;
+    CheckpointWriter writer(dir, wo);
+    writer.setConfig(nlohmann::json::parse(randomModelConfig(o)));
+    const std::vector<Entry> tensors = tensorList(o);
+    TensorFactory factory(writer, o.dtype, o.seed);
+    for (const Entry& e : tensors)
+        factory.declare(e.name, e.shape);
+    for (const Entry& e : tensors) {
+        int64_t n = 1;
+        for (int64_t d : e.shape)
+            n *= d;
+        factory.write(e.name, n, e.mean, e.std);
+    }
+    writer.finish();
+}
+
+void writeRandomCalibration(const std::filesystem::path& path, int64_t vocabSize, int numDocs, int64_t docTokens,
+                            uint64_t seed)
+{
+    Rng rng{seed};
+    std::ostringstream out;
+    for (int d = 0; d < numDocs; ++d) {
+        out << "{\"input_ids\": [";
+        for (int64_t t = 0; t < docTokens; ++t)
+            out << (t ? ", " : "") << rng.next() % static_cast<uint64_t>(vocabSize);
+        out << "]}\n";
+    }
+    writeFileAtomically(path, out.str());
+}
+
+} // namespace moeatlas

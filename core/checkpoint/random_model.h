@@ -1,0 +1,46 @@
+// Writes random-weight MoE checkpoints in stock Hugging Face layout (config.json + sharded
+// safetensors), for tests, benchmarks and the streaming proof. transformers loads them.
+#pragma once
+
+#include "checkpoint/dtype.h"
+#include "checkpoint/model_spec.h"
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace moeatlas {
+
+struct RandomModelOptions {
+    Architecture arch = Architecture::Qwen3Moe;
+    int numLayers = 4;
+    int64_t hiddenSize = 256;
+    int numHeads = 4;
+    int numKvHeads = 2;
+    int64_t headDim = 64;
+    int numExperts = 16;
+    int topK = 2;
+    int64_t moeIntermediate = 128;
+    int64_t sharedIntermediate = 0;        // qwen2_moe only
+    int64_t denseIntermediate = 512;       // for mlp_only_layers
+    std::vector<int> mlpOnlyLayers;        // qwen2_moe / qwen3_moe
+    int64_t vocabSize = 1024;
+    DType dtype = DType::F32;              // F32, BF16 or F16
+    bool fusedExperts = false;             // transformers v5 fused layout instead of the hub's per-expert one
+    bool normTopkProb = true;
+    double initStd = 0.02;
+    double routerStd = 0.5;                // larger, so routing is far from uniform
+    uint64_t seed = 0;
+    uint64_t maxShardBytes = 1ull << 30;
+};
+
+// The config.json object for these options.
+std::string randomModelConfig(const RandomModelOptions& options);
+void writeRandomModel(const RandomModelOptions& options, const std::filesystem::path& dir, bool overwrite);
+
+// A JSONL file of `numDocs` documents of random token ids ({"input_ids": [...]}) for calibration.
+void writeRandomCalibration(const std::filesystem::path& path, int64_t vocabSize, int numDocs, int64_t docTokens,
+                            uint64_t seed);
+
+} // namespace moeatlas

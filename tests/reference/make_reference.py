@@ -1,0 +1,613 @@
+#!/usr/bin/env python3
+"""Build a tiny random Hugging Face MoE checkpoint with transformers and record reference outputs.
+
+Usage:
+  make_reference.py --arch {mixtral,qwen2_moe,qwen3_moe,olmoe} --variant NAME \
+                    --dtype {float32,bfloat16} --out DIR [--seed N] [--layout {saved,per-expert,fused}]
+  make_reference.py --list-variants          # one "arch variant" per line
+
+DIR receives a SHARDED safetensors checkpoint (config.json, generation_config.json,
+model-0000k-of-0000N.safetensors, model.safetensors.index.json), plus
+  reference.safetensors  input_ids [B,S] int64; logits [B,S,V] f32; embeddings [B,S,H] f32;
+                         hidden.<i> [B,S,H] f32 = output of decoder layer i (before the final norm);
+                         final_norm [B,S,H] f32 = model.norm(hidden.<L-1>) (= last_hidden_state);
+                         router_logits.<i> [B*S,E] f32, topk_ids.<i> [B*S,k] i64, topk_weights.<i> [B*S,k] f32
+                         for every decoder layer i that has a router (dense layers have none);
+                         topk_margin.<i> [B*S] f32 = p_k - p_(k+1) of the float32 softmax per token: tokens
+                         with a tiny margin (0 = exact tie, happens in bf16) may legitimately route
+                         differently under a different summation order, so mask them when comparing ids;
+                         alt_logits [B,S,V] f32 = logits with the other experts implementation
+                         (see reference.json "alt_experts_implementation").
+  reference.json         arch, variant, dtype, seed, layout, moe_layers, dense_layers, num_experts, top_k, ...
+All outputs are computed by a model re-loaded with AutoModelForCausalLM.from_pretrained(DIR) (i.e. from
+what is on disk), in eval mode, attn_implementation="eager", output_router_logits=True; bf16 outputs are
+cast to float32 losslessly. The script asserts that every layout (saved / per-expert / fused) loads with
+no missing/unexpected keys, yields bit-identical parameters and bit-identical logits.
+
+Observed with transformers 5.24.0 / torch 2.15 (save_pretrained, safe_serialization=True)
+==========================================================================================
+In memory, v5 models hold the experts FUSED (experts.gate_up_proj [E,2I,H] with the gate rows first,
+experts.down_proj [E,H,I]) and Mixtral's MoE block lives under `.mlp.`; but save_pretrained REVERTS the
+load-time conversion (conversion_mapping.py) and writes the classic PER-EXPERT hub layout:
+
+mixtral (MixtralForCausalLM):
+  model.embed_tokens.weight [V,H]            lm_head.weight [V,H] (absent when tie_word_embeddings)
+  model.norm.weight [H]
+  model.layers.{i}.input_layernorm.weight [H]   model.layers.{i}.post_attention_layernorm.weight [H]
+  model.layers.{i}.self_attn.{q,k,v,o}_proj.weight   q [nH*D,H] k,v [nKV*D,H] o [H,nH*D]   (no biases)
+  model.layers.{i}.block_sparse_moe.gate.weight [E,H]
+  model.layers.{i}.block_sparse_moe.experts.{j}.w1.weight [I,H] (gate)  .w3.weight [I,H] (up)
+  model.layers.{i}.block_sparse_moe.experts.{j}.w2.weight [H,I] (down)
+  router: softmax(float32(logits)) -> topk -> ALWAYS renormalised, weights stay float32.
+qwen2_moe (Qwen2MoeForCausalLM):
+  ... self_attn.{q,k,v}_proj.{weight,bias} (bias iff qkv_bias, default true), o_proj.weight (no bias)
+  MoE layer:   mlp.gate.weight [E,H]; mlp.experts.{j}.{gate_proj,up_proj}.weight [I,H], down_proj.weight [H,I]
+               mlp.shared_expert.{gate_proj,up_proj}.weight [Is,H], mlp.shared_expert.down_proj.weight [H,Is]
+               mlp.shared_expert_gate.weight [1,H]   (out = experts + sigmoid(x @ g^T) * shared(x))
+  dense layer: mlp.{gate_proj,up_proj}.weight [Id,H], mlp.down_proj.weight [H,Id]   (Id = intermediate_size)
+  A layer is MoE iff i not in mlp_only_layers and (i+1) % decoder_sparse_step == 0.
+  router: softmax(logits, dtype=float32) -> topk -> renormalise iff norm_topk_prob -> cast to logits dtype.
+qwen3_moe (Qwen3MoeForCausalLM): like qwen2_moe without shared expert, plus
+  self_attn.q_norm.weight [D], self_attn.k_norm.weight [D] (RMSNorm per head, before RoPE);
+  {q,k,v,o}_proj.bias only if attention_bias. head_dim is explicit (nH*D may differ from H).
+  Same layer-selection rule and router as qwen2_moe.
+  NOTE: config.json says "num_local_experts" (attribute_map alias), NOT "num_experts" as hub Qwen3 files do.
+olmoe (OlmoeForCausalLM):
+  self_attn.q_norm.weight [nH*D], self_attn.k_norm.weight [nKV*D] (RMSNorm over the FULL projection, before
+  the head split), then clamp q,k,v to [-clip_qkv, clip_qkv] if clip_qkv is set, then RoPE.
+  mlp.gate.weight [E,H]; mlp.experts.{j}.{gate_proj,up_proj,down_proj}.weight; every layer is MoE.
+  router: as qwen2_moe (norm_topk_prob default false).
+Fused layout (--layout fused, also accepted by from_pretrained for all four archs):
+  model.layers.{i}.mlp.gate.weight [E,H]  (Mixtral too: `.mlp.`, not `.block_sparse_moe.`)
+  model.layers.{i}.mlp.experts.gate_up_proj [E,2I,H] = cat([gate_j], [up_j]) along dim 1 (gate rows first)
+  model.layers.{i}.mlp.experts.down_proj [E,H,I]
+RoPE: config.json stores "rope_parameters": {"rope_type", "rope_theta", ...} (v5 name; v4 had rope_theta
+  + rope_scaling). Sliding window (Mixtral): key j visible from query i iff i-W < j <= i.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections import OrderedDict
+
+import torch
+import transformers
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, MixtralConfig, OlmoeConfig, Qwen2MoeConfig, Qwen3MoeConfig
+
+ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+CONFIG_CLASSES = {
+    "mixtral": MixtralConfig,
+    "qwen2_moe": Qwen2MoeConfig,
+    "qwen3_moe": Qwen3MoeConfig,
+    "olmoe": OlmoeConfig,
+}
+
+BATCH = 3
+SEQ_LEN = 24
+WEIGHT_STD = 0.2
+NORM_STD = 0.2
+
+COMMON = dict(
+    vocab_size=256,
+    hidden_size=64,
+    num_experts_per_tok=2,
+    hidden_act="silu",
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=None,
+    tie_word_embeddings=False,
+    initializer_range=WEIGHT_STD,
+)
+
+# Every variant: hidden 64, 8 experts, top-2, vocab 256, head_dim 16.
+VARIANTS: dict[str, dict[str, dict]] = {
+    "mixtral": {
+        # GQA (4 q heads / 2 kv heads) + sliding window 8 < seq len 24.
+        "gqa_swa": dict(
+            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            intermediate_size=32, num_local_experts=8, sliding_window=8,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+        ),
+        # MQA (1 kv head), tied embeddings, linear RoPE scaling.
+        "mqa_tied_linear_rope": dict(
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+            intermediate_size=32, num_local_experts=8, sliding_window=None, tie_word_embeddings=True,
+            rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+        ),
+    },
+    "qwen2_moe": {
+        # Shared expert + gate, qkv bias, norm_topk_prob false, layer 1 dense via mlp_only_layers.
+        "shared_mlp_only": dict(
+            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=96, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+            num_experts=8, qkv_bias=True, norm_topk_prob=False, mlp_only_layers=[1], decoder_sparse_step=1,
+        ),
+        # decoder_sparse_step 2 -> layers 1,3 MoE, 0,2 dense; norm_topk_prob true; tied; llama3 RoPE.
+        "sparse_step2_tied_llama3_rope": dict(
+            num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+            intermediate_size=96, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+            num_experts=8, qkv_bias=True, norm_topk_prob=True, mlp_only_layers=[], decoder_sparse_step=2,
+            tie_word_embeddings=True, max_position_embeddings=65536,
+            rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                             "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                             "original_max_position_embeddings": 8192},
+        ),
+    },
+    "qwen3_moe": {
+        # GQA 8 q heads / 2 kv heads, head_dim 16 -> q width 128 != hidden 64; norm_topk_prob true.
+        "gqa_norm_topk": dict(
+            num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=2, head_dim=16,
+            intermediate_size=96, moe_intermediate_size=32, num_experts=8, norm_topk_prob=True,
+            mlp_only_layers=[],
+        ),
+        # norm_topk_prob false, layer 0 dense via mlp_only_layers.
+        "mlp_only_no_norm_topk": dict(
+            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            intermediate_size=96, moe_intermediate_size=32, num_experts=8, norm_topk_prob=False,
+            mlp_only_layers=[0],
+        ),
+        # YaRN RoPE (attention factor != 1 scales cos/sin), tied embeddings, norm_topk_prob true.
+        "yarn_tied": dict(
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            intermediate_size=96, moe_intermediate_size=32, num_experts=8, norm_topk_prob=True,
+            mlp_only_layers=[], tie_word_embeddings=True, max_position_embeddings=128,
+            rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                             "original_max_position_embeddings": 32},
+        ),
+        # attention_bias true: biases on q,k,v AND o_proj.
+        "attn_bias": dict(
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            intermediate_size=96, moe_intermediate_size=32, num_experts=8, norm_topk_prob=True,
+            mlp_only_layers=[], attention_bias=True,
+        ),
+    },
+    "olmoe": {
+        # Full-width q/k RMSNorm + clip_qkv (clips a good fraction of q, k, v), norm_topk_prob false, MHA.
+        "clip_qk_norm": dict(
+            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
+            intermediate_size=32, num_experts=8, clip_qkv=1.5, norm_topk_prob=False,
+        ),
+        # GQA (k_norm over nKV*D), no clipping, norm_topk_prob true.
+        "gqa_norm_topk": dict(
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=32, num_experts=8, clip_qkv=None, norm_topk_prob=True,
+        ),
+    },
+}
+
+transformers.utils.logging.disable_progress_bar()
+transformers.utils.logging.set_verbosity_error()
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+LAYOUTS = ("saved", "per-expert", "fused")
+
+
+# ----------------------------------------------------------------------------------------------
+# model construction
+# ----------------------------------------------------------------------------------------------
+
+def make_config(arch: str, variant: str):
+    params = dict(COMMON)
+    params.update(copy.deepcopy(VARIANTS[arch][variant]))
+    return CONFIG_CLASSES[arch](**params)
+
+
+def is_norm_weight(name: str) -> bool:
+    return name.endswith("norm.weight")  # input/post_attention layernorm, q_norm, k_norm, model.norm
+
+
+@torch.no_grad()
+def init_weights(model: torch.nn.Module, seed: int) -> None:
+    """Deterministic, deliberately large init: N(0, 0.2) everywhere, norms 1 + N(0, 0.2), random biases."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, param in model.named_parameters():  # tied lm_head is deduplicated here
+        noise = torch.randn(param.shape, generator=gen, dtype=torch.float32)
+        if is_norm_weight(name):
+            param.copy_(1.0 + NORM_STD * noise)
+        else:
+            param.copy_(WEIGHT_STD * noise)
+
+
+def router_modules(model) -> list[tuple[int, torch.nn.Module]]:
+    out = []
+    for i, layer in enumerate(model.model.layers):
+        gate = getattr(layer.mlp, "gate", None)
+        if gate is not None and type(gate).__name__.endswith("TopKRouter"):
+            out.append((i, gate))
+    return out
+
+
+def route(arch: str, logits: torch.Tensor, top_k: int, norm_topk_prob: bool):
+    """Exactly the arch's TopKRouter formula (transformers 5.24), returns (ids int64, weights float32)."""
+    if arch == "mixtral":
+        probs = torch.nn.functional.softmax(logits.float(), dim=-1)
+        weights, ids = torch.topk(probs, top_k, dim=-1)
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    else:
+        probs = torch.nn.functional.softmax(logits, dtype=torch.float, dim=-1)
+        weights, ids = torch.topk(probs, top_k, dim=-1)
+        if norm_topk_prob:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        weights = weights.to(logits.dtype)
+    return ids.to(torch.int64), weights.float()
+
+
+def topk_margin(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Per token: gap between the k-th and (k+1)-th routing probability (0 = exact tie; small = tie risk)."""
+    probs = torch.nn.functional.softmax(logits.float(), dim=-1)
+    top = torch.topk(probs, top_k + 1, dim=-1).values
+    return (top[:, top_k - 1] - top[:, top_k]).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoint layout rewriting
+# ----------------------------------------------------------------------------------------------
+
+def natural_key(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def read_checkpoint(ckpt_dir: str) -> "OrderedDict[str, torch.Tensor]":
+    with open(os.path.join(ckpt_dir, "model.safetensors.index.json")) as f:
+        index = json.load(f)
+    tensors: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for shard in sorted(set(index["weight_map"].values())):
+        with safe_open(os.path.join(ckpt_dir, shard), framework="pt") as f:
+            for key in f.keys():
+                tensors[key] = f.get_tensor(key)
+    assert set(tensors) == set(index["weight_map"]), "index.json and shards disagree"
+    return tensors
+
+
+def expert_names(arch: str):
+    """(moe prefix in the per-expert layout, gate name, up name, down name)."""
+    if arch == "mixtral":
+        return "block_sparse_moe", "w1", "w3", "w2"
+    return "mlp", "gate_proj", "up_proj", "down_proj"
+
+
+PER_EXPERT_RE = re.compile(
+    r"^(?P<layer>model\.layers\.\d+)\.(?P<block>mlp|block_sparse_moe)\.experts\.(?P<j>\d+)\."
+    r"(?P<proj>w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
+FUSED_RE = re.compile(r"^(?P<layer>model\.layers\.\d+)\.mlp\.experts\.(?P<proj>gate_up_proj|down_proj)$")
+GATE_RE = re.compile(r"^(?P<layer>model\.layers\.\d+)\.(?P<block>mlp|block_sparse_moe)\.gate\.weight$")
+
+
+def to_fused(arch: str, tensors):
+    _, g_name, u_name, d_name = expert_names(arch)
+    out, experts = {}, {}
+    for key, t in tensors.items():
+        m = PER_EXPERT_RE.match(key)
+        if m:
+            experts.setdefault(m["layer"], {}).setdefault(m["proj"], {})[int(m["j"])] = t
+            continue
+        m = GATE_RE.match(key)
+        if m:
+            out[f"{m['layer']}.mlp.gate.weight"] = t
+            continue
+        out[key] = t  # already fused keys or non-expert weights
+    for layer, projs in experts.items():
+        n = len(projs[g_name])
+        assert sorted(projs[g_name]) == list(range(n)) == sorted(projs[u_name]) == sorted(projs[d_name])
+        gate = torch.stack([projs[g_name][j] for j in range(n)])
+        up = torch.stack([projs[u_name][j] for j in range(n)])
+        out[f"{layer}.mlp.experts.gate_up_proj"] = torch.cat([gate, up], dim=1).contiguous()
+        out[f"{layer}.mlp.experts.down_proj"] = torch.stack([projs[d_name][j] for j in range(n)]).contiguous()
+    return out
+
+
+def to_per_expert(arch: str, tensors):
+    block, g_name, u_name, d_name = expert_names(arch)
+    fused = to_fused(arch, tensors)  # canonicalise first
+    out = {}
+    for key, t in fused.items():
+        m = FUSED_RE.match(key)
+        if m:
+            layer = m["layer"]
+            if m["proj"] == "gate_up_proj":
+                inter = t.shape[1] // 2
+                for j in range(t.shape[0]):
+                    out[f"{layer}.{block}.experts.{j}.{g_name}.weight"] = t[j, :inter].contiguous()
+                    out[f"{layer}.{block}.experts.{j}.{u_name}.weight"] = t[j, inter:].contiguous()
+            else:
+                for j in range(t.shape[0]):
+                    out[f"{layer}.{block}.experts.{j}.{d_name}.weight"] = t[j].contiguous()
+            continue
+        m = GATE_RE.match(key)
+        if m:
+            out[f"{m['layer']}.{block}.gate.weight"] = t
+            continue
+        out[key] = t
+    return out
+
+
+def write_sharded(ckpt_dir: str, tensors, shard_bytes: int) -> int:
+    for name in os.listdir(ckpt_dir):
+        if name.startswith("model") and (name.endswith(".safetensors") or name.endswith(".index.json")):
+            os.remove(os.path.join(ckpt_dir, name))
+    keys = sorted(tensors, key=natural_key)
+    shards, cur, cur_bytes = [], [], 0
+    for k in keys:
+        nbytes = tensors[k].numel() * tensors[k].element_size()
+        if cur and cur_bytes + nbytes > shard_bytes:
+            shards.append(cur)
+            cur, cur_bytes = [], 0
+        cur.append(k)
+        cur_bytes += nbytes
+    if cur:
+        shards.append(cur)
+    weight_map, total = {}, 0
+    for n, shard_keys in enumerate(shards, start=1):
+        fname = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
+        save_file({k: tensors[k].contiguous() for k in shard_keys}, os.path.join(ckpt_dir, fname),
+                  metadata={"format": "pt"})
+        for k in shard_keys:
+            weight_map[k] = fname
+            total += tensors[k].numel() * tensors[k].element_size()
+    with open(os.path.join(ckpt_dir, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2, sort_keys=True)
+        f.write("\n")
+    return len(shards)
+
+
+def rewrite_layout(arch: str, ckpt_dir: str, layout: str, shard_bytes: int) -> None:
+    if layout == "saved":
+        return
+    tensors = read_checkpoint(ckpt_dir)
+    new = to_fused(arch, tensors) if layout == "fused" else to_per_expert(arch, tensors)
+    n = write_sharded(ckpt_dir, new, shard_bytes)
+    assert n >= 2, f"expected a sharded checkpoint, got {n} shard(s)"
+
+
+def classify_layout(arch: str, ckpt_dir: str) -> str:
+    with open(os.path.join(ckpt_dir, "model.safetensors.index.json")) as f:
+        keys = json.load(f)["weight_map"]
+    fused = any(FUSED_RE.match(k) for k in keys)
+    per_expert = any(PER_EXPERT_RE.match(k) for k in keys)
+    assert fused != per_expert, "mixed expert layout"
+    return "fused" if fused else "per-expert"
+
+
+# ----------------------------------------------------------------------------------------------
+# running
+# ----------------------------------------------------------------------------------------------
+
+def load(ckpt_dir: str, dtype, experts_impl: str):
+    model, info = AutoModelForCausalLM.from_pretrained(
+        ckpt_dir, dtype=dtype, attn_implementation="eager", experts_implementation=experts_impl,
+        output_loading_info=True)
+    problems = {k: v for k, v in info.items() if v}
+    assert not problems, f"loading {ckpt_dir}: {problems}"
+    model.eval()
+    return model
+
+
+@torch.inference_mode()
+def forward_capture(model, input_ids: torch.Tensor):
+    layers = model.model.layers
+    hidden: dict[int, torch.Tensor] = {}
+    routers: dict[int, tuple] = {}
+    handles = []
+
+    def layer_hook(i):
+        def hook(_mod, _inp, out):
+            hidden[i] = (out[0] if isinstance(out, tuple) else out).detach().clone()
+        return hook
+
+    def router_hook(i):
+        def hook(_mod, _inp, out):
+            routers[i] = tuple(t.detach().clone() for t in out)
+        return hook
+
+    for i, layer in enumerate(layers):
+        handles.append(layer.register_forward_hook(layer_hook(i)))
+    for i, gate in router_modules(model):
+        handles.append(gate.register_forward_hook(router_hook(i)))
+    try:
+        out = model(input_ids=input_ids, output_router_logits=True, output_hidden_states=True, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return out, hidden, routers
+
+
+def run_reference(arch, model, input_ids):
+    cfg = model.config
+    out, hidden, routers = forward_capture(model, input_ids)
+    n_layers = cfg.num_hidden_layers
+    moe_layers = [i for i, _ in router_modules(model)]
+    top_k = cfg.num_experts_per_tok
+    norm_topk = True if arch == "mixtral" else bool(cfg.norm_topk_prob)
+
+    assert len(hidden) == n_layers
+    assert out.router_logits is not None and len(out.router_logits) == len(moe_layers), \
+        (len(out.router_logits or ()), moe_layers)
+    # hidden_states = (embeddings, out_0, ..., out_{L-2}, norm(out_{L-1}))
+    hs = out.hidden_states
+    assert len(hs) == n_layers + 1
+    for i in range(n_layers - 1):
+        assert torch.equal(hs[i + 1], hidden[i]), f"hook/hidden_states mismatch at layer {i}"
+    assert torch.equal(hs[-1], model.model.norm(hidden[n_layers - 1]))
+
+    ref = OrderedDict()
+    ref["input_ids"] = input_ids.to(torch.int64).contiguous()
+    ref["logits"] = out.logits.float().contiguous()
+    ref["embeddings"] = hs[0].float().contiguous()
+    for i in range(n_layers):
+        ref[f"hidden.{i}"] = hidden[i].float().contiguous()
+    ref["final_norm"] = hs[-1].float().contiguous()
+    margins = {}
+    for (i, logits), (j, (hook_logits, hook_w, hook_ids)) in zip(zip(moe_layers, out.router_logits),
+                                                                 sorted(routers.items())):
+        assert i == j and torch.equal(logits, hook_logits)
+        ids, weights = route(arch, logits, top_k, norm_topk)
+        assert torch.equal(ids, hook_ids.to(torch.int64)), f"topk ids recompute mismatch at layer {i}"
+        assert torch.equal(weights, hook_w.float()), f"topk weights recompute mismatch at layer {i}"
+        assert logits.shape == (input_ids.numel(), cfg.num_experts)
+        ref[f"router_logits.{i}"] = logits.float().contiguous()
+        ref[f"topk_ids.{i}"] = ids.contiguous()
+        ref[f"topk_weights.{i}"] = weights.contiguous()
+        ref[f"topk_margin.{i}"] = topk_margin(logits, top_k)
+        margins[str(i)] = float(ref[f"topk_margin.{i}"].min())
+    return ref, moe_layers, margins
+
+
+def params_equal(a, b) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys(), set(sa.keys()) ^ set(sb.keys())
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), f"parameter {k} differs"
+
+
+def clean_out_dir(out_dir: str) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    for name in os.listdir(out_dir):
+        if (name.startswith("model") and (name.endswith(".safetensors") or name.endswith(".index.json"))) or \
+                name in ("config.json", "generation_config.json", "reference.safetensors", "reference.json"):
+            os.remove(os.path.join(out_dir, name))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", choices=ARCHS)
+    ap.add_argument("--variant")
+    ap.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    ap.add_argument("--out")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layout", choices=LAYOUTS, default="saved",
+                    help="saved: as written by save_pretrained; per-expert: hub layout; fused: gate_up_proj/down_proj")
+    ap.add_argument("--experts-impl", default="grouped_mm", choices=("grouped_mm", "eager", "batched_mm"),
+                    help="transformers experts implementation for the main outputs (grouped_mm = transformers "
+                         "default); alt_logits use eager (or grouped_mm if eager is the main one)")
+    ap.add_argument("--skip-layout-check", action="store_true",
+                    help="only verify the requested layout, not all three")
+    ap.add_argument("--list-variants", action="store_true")
+    args = ap.parse_args(argv)
+
+    if args.list_variants:
+        for arch in ARCHS:
+            for variant in VARIANTS[arch]:
+                print(f"{arch} {variant}")
+        return 0
+    if not (args.arch and args.variant and args.out):
+        ap.error("--arch, --variant and --out are required")
+    if args.variant not in VARIANTS[args.arch]:
+        ap.error(f"unknown variant {args.variant!r} for {args.arch}; known: {', '.join(VARIANTS[args.arch])}")
+
+    dtype = DTYPES[args.dtype]
+    alt_impl = "eager" if args.experts_impl != "eager" else "grouped_mm"
+    out_dir = os.path.abspath(args.out)
+    clean_out_dir(out_dir)
+
+    # 1. build with transformers, deterministic big init, save sharded.
+    config = make_config(args.arch, args.variant)
+    torch.manual_seed(args.seed)
+    built = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager",
+                                             experts_implementation=args.experts_impl)
+    init_weights(built, args.seed)
+    built = built.to(dtype)
+    built.config.dtype = dtype
+    built.eval()
+    total_bytes = sum(p.numel() * p.element_size() for p in built.parameters())
+    shard_bytes = max(16 * 1024, total_bytes // 3)  # -> 3-4 shards
+    built.save_pretrained(out_dir, safe_serialization=True, max_shard_size=f"{shard_bytes // 1024}KB")
+    n_shards = len([n for n in os.listdir(out_dir) if n.endswith(".safetensors")])
+    assert n_shards >= 2 and os.path.exists(os.path.join(out_dir, "model.safetensors.index.json")), n_shards
+    saved_layout = classify_layout(args.arch, out_dir)
+
+    # 2. reference outputs from the checkpoint as saved (re-loaded from disk).
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    input_ids = torch.randint(0, config.vocab_size, (BATCH, SEQ_LEN), generator=gen, dtype=torch.int64)
+    base = load(out_dir, dtype, args.experts_impl)
+    if dtype == torch.float32:
+        params_equal(built, base)
+    ref, moe_layers, margins = run_reference(args.arch, base, input_ids)
+    with torch.inference_mode():
+        base.set_experts_implementation(alt_impl)
+        alt_logits = base(input_ids=input_ids, use_cache=False).logits.float()
+        base.set_experts_implementation(args.experts_impl)
+    ref["alt_logits"] = alt_logits.contiguous()
+    alt_diff = float((alt_logits - ref["logits"]).abs().max())
+
+    # 3. every layout must load and give bit-identical weights and logits.
+    layouts = [args.layout] if args.skip_layout_check else list(LAYOUTS)
+    for layout in layouts:
+        with tempfile.TemporaryDirectory(prefix=f"moeref_{layout}_") as tmp:
+            for name in os.listdir(out_dir):
+                if name.startswith("model") or name.endswith("config.json"):
+                    shutil.copy2(os.path.join(out_dir, name), tmp)
+            rewrite_layout(args.arch, tmp, layout, shard_bytes)
+            if layout != "saved":
+                assert classify_layout(args.arch, tmp) == layout
+            other = load(tmp, dtype, args.experts_impl)
+            params_equal(base, other)
+            with torch.inference_mode():
+                logits = other(input_ids=input_ids, use_cache=False).logits.float()
+            assert torch.equal(logits, ref["logits"]), f"layout {layout}: logits differ"
+            del other
+
+    # 4. final layout in DIR (verified once more in place).
+    rewrite_layout(args.arch, out_dir, args.layout, shard_bytes)
+    final_layout = classify_layout(args.arch, out_dir)
+    if args.layout != "saved":
+        other = load(out_dir, dtype, args.experts_impl)
+        with torch.inference_mode():
+            assert torch.equal(other(input_ids=input_ids, use_cache=False).logits.float(), ref["logits"])
+        del other
+
+    cfg = base.config
+    n_layers = cfg.num_hidden_layers
+    meta = OrderedDict(
+        arch=args.arch,
+        variant=args.variant,
+        dtype=args.dtype,
+        seed=args.seed,
+        layout=args.layout,
+        expert_layout=final_layout,
+        saved_expert_layout=saved_layout,
+        moe_layers=moe_layers,
+        dense_layers=[i for i in range(n_layers) if i not in moe_layers],
+        num_layers=n_layers,
+        num_experts=cfg.num_experts,
+        top_k=cfg.num_experts_per_tok,
+        norm_topk_prob=True if args.arch == "mixtral" else bool(cfg.norm_topk_prob),
+        batch=BATCH,
+        seq_len=SEQ_LEN,
+        hidden_size=cfg.hidden_size,
+        vocab_size=cfg.vocab_size,
+        tie_word_embeddings=bool(cfg.tie_word_embeddings),
+        rope_parameters=dict(cfg.rope_parameters),
+        sliding_window=getattr(cfg, "sliding_window", None) or None,
+        attn_implementation="eager",
+        experts_implementation=args.experts_impl,
+        alt_experts_implementation=alt_impl,
+        alt_logits_max_abs_diff=alt_diff,
+        min_topk_margin=margins,
+        hidden_semantics="hidden.<i> = output of decoder layer i before the final norm; "
+                         "final_norm = model.norm(hidden.<L-1>); embeddings = embed_tokens(input_ids)",
+        tensors=list(ref.keys()),
+        num_shards=len([n for n in os.listdir(out_dir) if n.endswith(".safetensors")]),
+        transformers_version=transformers.__version__,
+        torch_version=torch.__version__,
+    )
+    save_file(ref, os.path.join(out_dir, "reference.safetensors"),
+              metadata={"arch": args.arch, "variant": args.variant, "dtype": args.dtype})
+    with open(os.path.join(out_dir, "reference.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+        f.write("\n")
+    print(json.dumps({k: meta[k] for k in ("arch", "variant", "dtype", "layout", "moe_layers", "num_shards",
+                                           "alt_logits_max_abs_diff", "min_topk_margin")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

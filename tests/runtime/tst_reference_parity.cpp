@@ -1,0 +1,264 @@
+// Parity of the executor with Hugging Face transformers: tiny random models of every supported
+// architecture, built and run by transformers itself (tests/reference/make_reference.py), must give
+// the same router logits, routing decisions and final logits in our engine.
+#include "checkpoint/checkpoint.h"
+#include "checkpoint/hf_config.h"
+#include "checkpoint/safetensors.h"
+#include "runtime/executor.h"
+#include "test_support.h"
+
+#include <QTemporaryDir>
+#include <QTest>
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <set>
+
+using namespace moeatlas;
+
+namespace {
+
+std::vector<float> floats(const SafetensorsFile& f, const std::string& name)
+{
+    const auto b = f.bytes(name);
+    std::vector<float> v(b.size() / sizeof(float));
+    std::memcpy(v.data(), b.data(), b.size());
+    return v;
+}
+
+std::vector<int64_t> int64s(const SafetensorsFile& f, const std::string& name)
+{
+    const auto b = f.bytes(name);
+    std::vector<int64_t> v(b.size() / sizeof(int64_t));
+    std::memcpy(v.data(), b.data(), b.size());
+    return v;
+}
+
+double maxAbsDiff(const std::vector<float>& a, const std::vector<float>& b)
+{
+    if (a.size() != b.size())
+        return INFINITY;
+    double m = 0;
+    for (std::size_t i = 0; i < a.size(); ++i)
+        m = std::max(m, static_cast<double>(std::fabs(a[i] - b[i])));
+    return m;
+}
+
+double maxAbs(const std::vector<float>& a)
+{
+    double m = 0;
+    for (float x : a)
+        m = std::max(m, static_cast<double>(std::fabs(x)));
+    return m;
+}
+
+// Collects every router block into whole per-layer arrays.
+class Collector : public ExecutionObserver {
+public:
+    explicit Collector(int64_t tokens) : m_tokens(tokens) {}
+    void onRouterBlock(const RouterBlock& b) override
+    {
+        auto& l = m_layers[b.layer];
+        if (l.logits.empty()) {
+            l.logits.resize(static_cast<std::size_t>(m_tokens * b.numExperts));
+            l.ids.resize(static_cast<std::size_t>(m_tokens * b.topK));
+            l.weights.resize(static_cast<std::size_t>(m_tokens * b.topK));
+        }
+        std::memcpy(l.logits.data() + b.tokenBegin * b.numExperts, b.logits,
+                    static_cast<std::size_t>(b.numTokens * b.numExperts) * sizeof(float));
+        std::memcpy(l.ids.data() + b.tokenBegin * b.topK, b.topkIds, static_cast<std::size_t>(b.numTokens * b.topK) * 4);
+        std::memcpy(l.weights.data() + b.tokenBegin * b.topK, b.topkWeights,
+                    static_cast<std::size_t>(b.numTokens * b.topK) * 4);
+    }
+    bool wantsHiddenSnapshots() const override { return true; }
+    void onLayerComplete(int layer, std::span<const float> hidden) override
+    {
+        m_hidden[layer].assign(hidden.begin(), hidden.end());
+    }
+    std::map<int, std::vector<float>> m_hidden;
+    struct Layer {
+        std::vector<float> logits;
+        std::vector<int32_t> ids;
+        std::vector<float> weights;
+    };
+    std::map<int, Layer> m_layers;
+
+private:
+    int64_t m_tokens;
+};
+
+// fp32: everything within the bar (1e-4 max abs error), routing decisions identical
+// wherever the k-th and (k+1)-th probabilities are not tied.
+void checkFloat32(const ModelSpec& spec, const SafetensorsFile& ref, const Collector& got,
+                  const ExecutionResult& result, int64_t T)
+{
+    for (int l = 0; l < spec.numLayers; ++l) {
+        const double err = maxAbsDiff(got.m_hidden.at(l), floats(ref, "hidden." + std::to_string(l)));
+        qInfo("  layer %d hidden state max abs error %.3g", l, err);
+        QVERIFY2(err <= 1e-4, qPrintable(QStringLiteral("layer %1 hidden error %2").arg(l).arg(err)));
+    }
+    const double logitErr = maxAbsDiff(result.logits, floats(ref, "logits"));
+    qInfo("  final logits max abs error %.3g", logitErr);
+    QVERIFY2(logitErr <= 1e-4, qPrintable(QStringLiteral("final logits error %1").arg(logitErr)));
+    const int K = spec.router.topK;
+    for (int l : spec.moeLayerIndices()) {
+        const std::string key = std::to_string(l);
+        const auto& layer = got.m_layers.at(l);
+        const double routerErr = maxAbsDiff(layer.logits, floats(ref, "router_logits." + key));
+        qInfo("  layer %d router logits max abs error %.3g", l, routerErr);
+        QVERIFY2(routerErr <= 1e-4, qPrintable(QStringLiteral("layer %1 router error %2").arg(l).arg(routerErr)));
+        const std::vector<int64_t> refIds = int64s(ref, "topk_ids." + key);
+        const std::vector<float> refWeights = floats(ref, "topk_weights." + key);
+        const std::vector<float> margin = floats(ref, "topk_margin." + key);
+        int compared = 0;
+        for (int64_t t = 0; t < T; ++t) {
+            if (margin[static_cast<std::size_t>(t)] < 1e-5f)
+                continue;
+            ++compared;
+            for (int k = 0; k < K; ++k) {
+                const auto i = static_cast<std::size_t>(t * K + k);
+                QCOMPARE(static_cast<int64_t>(layer.ids[i]), refIds[i]);
+                QVERIFY(std::fabs(layer.weights[i] - refWeights[i]) <= 1e-4);
+            }
+        }
+        QVERIFY2(compared >= T * 9 / 10, "too many near-ties to check routing decisions");
+    }
+}
+
+std::set<int64_t> slotSet(const int32_t* ids, int K) { return {ids, ids + K}; }
+std::set<int64_t> slotSet(const int64_t* ids, int K) { return {ids, ids + K}; }
+
+// bf16: both sides round every op to 8 mantissa bits, in different kernels, so values differ by a
+// few ulps and a token whose top-k is nearly tied may pick another expert; in these tiny random
+// models one flipped token changes its sequence from there on. So: the first router (before any
+// routing decision) within 2% of its largest logit; at least 90% of (token, layer) expert sets
+// identical; and final logits within 5% on every token whose sequence routed identically so far.
+void checkBfloat16(const ModelSpec& spec, const SafetensorsFile& ref, const Collector& got,
+                   const ExecutionResult& result, int64_t B, int64_t S)
+{
+    const std::vector<int> moeLayers = spec.moeLayerIndices();
+    const int K = spec.router.topK;
+    const int first = moeLayers.front();
+    const std::vector<float> refRouter0 = floats(ref, "router_logits." + std::to_string(first));
+    const double router0 = maxAbsDiff(got.m_layers.at(first).logits, refRouter0) / maxAbs(refRouter0);
+    qInfo("  first router (layer %d) max rel error %.3g", first, router0);
+    QVERIFY2(router0 <= 0.02, qPrintable(QStringLiteral("first router error %1").arg(router0)));
+
+    std::vector<int64_t> firstFlip(static_cast<std::size_t>(B), S);
+    int64_t same = 0, total = 0;
+    for (int l : moeLayers) {
+        const std::vector<int64_t> refIds = int64s(ref, "topk_ids." + std::to_string(l));
+        const auto& layer = got.m_layers.at(l);
+        for (int64_t t = 0; t < B * S; ++t) {
+            const bool equal = slotSet(layer.ids.data() + t * K, K) == slotSet(refIds.data() + t * K, K);
+            same += equal;
+            ++total;
+            auto& flip = firstFlip[static_cast<std::size_t>(t / S)];
+            if (!equal)
+                flip = std::min(flip, t % S);
+        }
+    }
+    const double agreement = static_cast<double>(same) / static_cast<double>(total);
+    const std::vector<float> refLogits = floats(ref, "logits");
+    const int64_t V = spec.vocabSize;
+    double worst = 0, scale = maxAbs(refLogits);
+    int64_t clean = 0;
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t p = 0; p < firstFlip[static_cast<std::size_t>(b)]; ++p, ++clean)
+            for (int64_t v = 0; v < V; ++v) {
+                const auto i = static_cast<std::size_t>((b * S + p) * V + v);
+                worst = std::max(worst, static_cast<double>(std::fabs(result.logits[i] - refLogits[i])));
+            }
+    qInfo("  routing agreement %.1f%%; final logits on %lld/%lld identically routed tokens: max rel error %.3g",
+          100.0 * agreement, static_cast<long long>(clean), static_cast<long long>(B * S), worst / scale);
+    QVERIFY2(agreement >= 0.9, qPrintable(QStringLiteral("routing agreement %1").arg(agreement)));
+    QVERIFY2(worst / scale <= 0.05, qPrintable(QStringLiteral("final logits error %1").arg(worst / scale)));
+}
+
+} // namespace
+
+class TestReferenceParity : public QObject {
+    Q_OBJECT
+
+private Q_SLOTS:
+    void initTestCase()
+    {
+        QVERIFY2(!test::pythonExecutable().isEmpty(),
+                 "MOEATLAS_PYTHON is unset: the reference tests need the project venv (packaging/setup.sh test)");
+    }
+
+    void parity_data()
+    {
+        QTest::addColumn<QString>("arch");
+        QTest::addColumn<QString>("variant");
+        QTest::addColumn<QString>("dtype");
+        QTest::addColumn<QString>("layout");
+        const auto list = test::runPython(QStringLiteral("tests/reference/make_reference.py"),
+                                          {QStringLiteral("--list-variants")});
+        QVERIFY2(list.exitCode == 0, qPrintable(list.stdErr));
+        QSet<QString> fusedDone;
+        for (const QString& line : list.stdOut.split(QLatin1Char('\n'), Qt::SkipEmptyParts)) {
+            const QStringList parts = line.split(QLatin1Char(' '));
+            const QString arch = parts.value(0), variant = parts.value(1);
+            for (const char* dtype : {"float32", "bfloat16"})
+                QTest::addRow("%s/%s/%s", qPrintable(arch), qPrintable(variant), dtype)
+                    << arch << variant << QString::fromLatin1(dtype) << QStringLiteral("saved");
+            // The transformers v5 fused expert layout, once per architecture.
+            if (!fusedDone.contains(arch)) {
+                fusedDone.insert(arch);
+                QTest::addRow("%s/%s/float32/fused", qPrintable(arch), qPrintable(variant))
+                    << arch << variant << QStringLiteral("float32") << QStringLiteral("fused");
+            }
+        }
+    }
+
+    void parity()
+    {
+        QFETCH(QString, arch);
+        QFETCH(QString, variant);
+        QFETCH(QString, dtype);
+        QFETCH(QString, layout);
+        QTemporaryDir dir;
+        QVERIFY(dir.isValid());
+        // bf16: the reference uses the eager expert loop, the semantics of the modeling file
+        // (the grouped_mm kernel sums Mixtral's expert outputs in fp32 instead; see decisions.md).
+        const auto made = test::runPython(
+            QStringLiteral("tests/reference/make_reference.py"),
+            {QStringLiteral("--arch"), arch, QStringLiteral("--variant"), variant, QStringLiteral("--dtype"), dtype,
+             QStringLiteral("--layout"), layout, QStringLiteral("--experts-impl"), QStringLiteral("eager"),
+             QStringLiteral("--skip-layout-check"), QStringLiteral("--out"), dir.filePath(QStringLiteral("model"))});
+        QVERIFY2(made.exitCode == 0, qPrintable(made.stdErr));
+
+        const std::string modelDir = dir.filePath(QStringLiteral("model")).toStdString();
+        const Checkpoint ckpt(modelDir);
+        const ModelSpec spec = parseModelSpec(ckpt.config(), modelDir + "/config.json");
+        const SafetensorsFile ref(modelDir + "/reference.safetensors");
+        const std::vector<int64_t> ids64 = int64s(ref, "input_ids");
+        const auto& idsShape = ref.info("input_ids").shape;
+        const int64_t B = idsShape[0], S = idsShape[1], T = B * S;
+        std::vector<int32_t> tokens(ids64.begin(), ids64.end());
+        std::vector<int64_t> offsets;
+        for (int64_t b = 0; b <= B; ++b)
+            offsets.push_back(b * S);
+
+        ExecutorOptions options;
+        options.computeDtype = dtype.toStdString();
+        options.computeLogits = true;
+        options.batchTokens = 2 * S;   // two micro-batches: exercises batching across sequences
+        Executor executor(ckpt, spec, options);
+        Collector collector(T);
+        const ExecutionResult result = executor.run(tokens, offsets, collector);
+
+        if (dtype == QLatin1String("float32"))
+            checkFloat32(spec, ref, collector, result, T);
+        else
+            checkBfloat16(spec, ref, collector, result, B, S);
+    }
+};
+
+QTEST_GUILESS_MAIN(TestReferenceParity)
+#include "tst_reference_parity.moc"
