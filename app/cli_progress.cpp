@@ -1,6 +1,8 @@
 #include "cli_progress.h"
 
+#include <algorithm>
 #include <csignal>
+#include <cstdlib>
 #include <cstdio>
 #include <unistd.h>
 
@@ -47,7 +49,12 @@ ProgressBar::ProgressBar(std::string label, std::string unit, double unitsPerIte
 bool ProgressBar::update(const Progress& p)
 {
     const auto now = std::chrono::steady_clock::now();
-    const auto interval = m_tty ? std::chrono::milliseconds(100) : std::chrono::milliseconds(5000);
+    // Logs (not a terminal) get a line every 5 s unless MOEATLAS_PROGRESS_INTERVAL_MS says otherwise.
+    static const long logInterval = [] {
+        const char* v = std::getenv("MOEATLAS_PROGRESS_INTERVAL_MS");
+        return v ? std::max(1L, std::atol(v)) : 5000L;
+    }();
+    const auto interval = m_tty ? std::chrono::milliseconds(100) : std::chrono::milliseconds(logInterval);
     if (now - m_lastDraw >= interval || p.done == p.total) {
         m_lastDraw = now;
         const double elapsed = std::chrono::duration<double>(now - m_start).count();

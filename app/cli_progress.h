@@ -13,7 +13,8 @@ class ProgressBar {
 public:
     // `unit` names what Progress::done counts ("tok" for tokens x layers ...).
     ProgressBar(std::string label, std::string unit, double unitsPerItem = 1.0);
-    // Draws at most every 100 ms (every 5 s when stderr is not a terminal); returns false when a
+    // Draws at most every 100 ms (every 5 s, or MOEATLAS_PROGRESS_INTERVAL_MS, when stderr is not a
+    // terminal); returns false when a
     // stop was requested through the signal handler.
     bool update(const Progress& p);
     void finish(const std::string& message);

@@ -71,7 +71,9 @@ int runCaptureCommand(const CaptureArgs& a)
         const double rate = s.seconds > 0 ? static_cast<double>(s.tokens) * s.layersRun / s.seconds : 0.0;
         bar.finish("capture: " + std::to_string(s.tokens) + " tokens x " + std::to_string(s.layersRun) + " layers in "
                    + formatDuration(s.seconds) + " (" + std::to_string(static_cast<long long>(rate))
-                   + " token-layers/s)" + (s.layersSkipped ? ", resumed after layer " + std::to_string(s.layersSkipped - 1) : ""));
+                   + " token-layers/s)" + (s.layersSkipped ? ", resumed after layer " + std::to_string(s.layersSkipped - 1) : "")
+                   + "; peak RSS " + std::to_string(s.peakRssBytes >> 20) + " MiB, largest layer "
+                   + std::to_string(s.peakLayerBytes >> 20) + " MiB");
         std::printf("%s\n", s.atlas.c_str());
         return 0;
     } catch (const Cancelled&) {

@@ -14,6 +14,8 @@
 #include <random>
 #include <set>
 
+#include <sys/resource.h>
+
 namespace fs = std::filesystem;
 
 namespace moeatlas {
@@ -221,6 +223,9 @@ CaptureSummary runCapture(const CaptureParams& params, const ProgressFn& progres
     std::error_code ec;
     fs::remove(resumePath, ec);
     summary.atlas = params.output;
+    rusage usage{};
+    if (getrusage(RUSAGE_SELF, &usage) == 0)
+        summary.peakRssBytes = static_cast<uint64_t>(usage.ru_maxrss) * 1024;   // Linux reports KiB
     return summary;
 }
 

@@ -32,7 +32,8 @@ struct CaptureSummary {
     int layersRun = 0;
     int layersSkipped = 0;                   // already complete when resuming
     double seconds = 0.0;
-    uint64_t peakLayerBytes = 0;
+    uint64_t peakLayerBytes = 0;            // largest decoder layer read from the checkpoint
+    uint64_t peakRssBytes = 0;              // peak resident memory of this process so far
 };
 
 // Loads and packs every domain (InputError naming the file on bad input).
