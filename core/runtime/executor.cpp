@@ -254,10 +254,10 @@ ExecutionResult Executor::run(std::span<const int32_t> tokens, std::span<const i
             } else {
                 h = h + denseMlp(w, hn);
             }
-            // Hidden-state samples that fall into this micro-batch.
+            // Hidden-state samples (the MoE block's input) that fall into this micro-batch.
             auto lo = std::lower_bound(samples.begin(), samples.end(), b.tokenBegin);
             auto hi = std::lower_bound(lo, samples.end(), b.tokenBegin + b.tokens());
-            if (lo != hi) {
+            if (w.moe && lo != hi) {
                 std::vector<int64_t> idx(lo, hi);
                 std::vector<int64_t> local(idx.size());
                 std::transform(idx.begin(), idx.end(), local.begin(), [&](int64_t t) { return t - b.tokenBegin; });

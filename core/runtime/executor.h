@@ -25,7 +25,7 @@ struct ExecutorOptions {
     int64_t batchTokens = 8192;          // tokens per micro-batch (whole sequences)
     int threads = 0;                     // intra-op threads; 0 = LibTorch's default
     bool recordExpertNorms = false;
-    std::vector<int64_t> hiddenSampleTokens;  // token indices whose MoE input is reported per layer
+    std::vector<int64_t> hiddenSampleTokens;  // token indices whose MoE input is reported per MoE layer
     bool computeLogits = false;          // final norm + lm_head at the end (tests, evaluation)
     bool keepWeightsResident = false;    // load every layer once and keep it (small models)
     uint64_t memoryBudgetBytes = 0;      // 0 = MemAvailable; plans above it are refused up front
