@@ -4,6 +4,7 @@
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/hf_config.h"
 #include "checkpoint/inventory.h"
+#include "checkpoint/tensor_layout.h"
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -59,6 +60,7 @@ int runInspect(const InspectArgs& a)
 {
     const Checkpoint ckpt(a.checkpoint);
     const ModelSpec spec = parseModelSpec(ckpt.config(), (ckpt.dir() / "config.json").string());
+    TensorLayout(ckpt, spec).validate(ckpt);   // the same checks capture makes before it runs
     const Inventory inv = takeInventory(ckpt, spec);
     std::string dtype;
     for (const std::string& n : ckpt.names())

@@ -2,6 +2,12 @@
 # so a missing one fails configuration with a message saying what to install.
 include(FeatureSummary)
 
+# A LibTorch named by Torch_DIR (e.g. the CUDA build inside PyPI's torch wheel) must win over
+# Debian's libtorch-dev in /usr/lib: TorchConfig's find_library would otherwise pick the system copy.
+if(Torch_DIR)
+  get_filename_component(_torch_prefix "${Torch_DIR}/../../.." ABSOLUTE)
+  list(PREPEND CMAKE_PREFIX_PATH "${_torch_prefix}")
+endif()
 find_package(Torch)
 set_package_properties(Torch PROPERTIES TYPE REQUIRED
   PURPOSE "tensor compute (Debian: libtorch-dev, or Torch_DIR=<torch wheel>/share/cmake/Torch for CUDA)")
@@ -30,7 +36,7 @@ if(Torch_FOUND)
   separate_arguments(_torch_flags UNIX_COMMAND "${TORCH_CXX_FLAGS}")
   target_compile_options(moeatlas_torch INTERFACE ${_torch_flags})
   set(MOEATLAS_TORCH_HAS_CUDA OFF)
-  if(TARGET torch_cuda OR CUDA_FOUND OR CAFFE2_USE_CUDA)
+  if(C10_CUDA_LIBRARY OR TARGET torch_cuda OR CAFFE2_USE_CUDA)
     set(MOEATLAS_TORCH_HAS_CUDA ON)
   endif()
   if(MOEATLAS_ENABLE_CUDA AND NOT MOEATLAS_TORCH_HAS_CUDA)

@@ -4,7 +4,6 @@
 
 #include <ATen/ATen.h>
 
-#include <array>
 #include <cmath>
 #include <cstring>
 
@@ -104,68 +103,40 @@ at::Tensor tensorFromBytes(const void* data, DType dtype, const std::vector<int6
 }
 
 WeightLoader::WeightLoader(const Checkpoint& checkpoint, const ModelSpec& spec, WeightLoadOptions options)
-    : m_ckpt(checkpoint), m_spec(spec), m_opt(options)
+    : m_ckpt(checkpoint), m_spec(spec), m_opt(options), m_layout(checkpoint, spec)
 {
-    const std::vector<int> moeLayers = spec.moeLayerIndices();
-    if (!moeLayers.empty()) {
-        const std::string p = layerPrefix(moeLayers.front());
-        if (m_ckpt.contains(p + "mlp.experts.gate_up_proj")) {
-            m_layout = ExpertLayout::Fused;
-            m_moePrefix = "mlp";
-        } else if (spec.arch == Architecture::Mixtral && m_ckpt.contains(p + "block_sparse_moe.gate.weight")) {
-            m_layout = ExpertLayout::PerExpert;
-            m_moePrefix = "block_sparse_moe";
-        } else {
-            m_layout = ExpertLayout::PerExpert;
-            m_moePrefix = "mlp";
-        }
-    }
-    // Validate every tensor of every layer up front: a checkpoint that would fail at layer 40
-    // after an hour of capture must fail now.
-    for (int l = 0; l < spec.numLayers; ++l)
-        (void)layerBytes(l);
-    checkShape("model.embed_tokens.weight", {spec.vocabSize, spec.hiddenSize});
-    checkShape("model.norm.weight", {spec.hiddenSize});
-    if (!spec.tieWordEmbeddings)
-        checkShape("lm_head.weight", {spec.vocabSize, spec.hiddenSize});
-}
-
-std::string WeightLoader::layerPrefix(int layer) const
-{
-    return "model.layers." + std::to_string(layer) + ".";
-}
-
-std::string WeightLoader::routerName(int layer) const
-{
-    return layerPrefix(layer) + m_moePrefix + ".gate.weight";
-}
-
-void WeightLoader::checkShape(const std::string& name, const std::vector<int64_t>& shape) const
-{
-    const TensorInfo& info = m_ckpt.info(name);   // throws "missing tensor" naming it
-    if (info.shape != shape)
-        throw InputError(m_ckpt.fileOf(name).path().string() + ": tensor '" + name + "' has shape "
-                         + shapeText(info.shape) + ", expected " + shapeText(shape) + " from config.json");
-    if (!isFloatingPoint(info.dtype))
-        throw InputError(m_ckpt.fileOf(name).path().string() + ": tensor '" + name + "' has dtype "
-                         + std::string(dtypeName(info.dtype)) + ", expected a floating-point type");
+    // Every tensor of every layer up front: a checkpoint that would fail at layer 40 after an
+    // hour of capture must fail before any output exists.
+    m_layout.validate(checkpoint);
 }
 
 at::Tensor WeightLoader::load(const std::string& name, const std::vector<int64_t>& shape) const
 {
-    checkShape(name, shape);
     const TensorInfo& info = m_ckpt.info(name);
+    if (info.shape != shape)   // validated up front; this guards the loader's own bookkeeping
+        throw InputError(m_ckpt.fileOf(name).path().string() + ": tensor '" + name + "' has shape "
+                         + shapeText(info.shape) + ", expected " + shapeText(shape));
     at::Tensor t = tensorFromBytes(m_ckpt.bytes(name).data(), info.dtype, shape, m_opt.dtype, m_opt.device);
     if (m_opt.releaseSourcePages)
         m_ckpt.release(name);
     return t;
 }
 
-std::optional<at::Tensor> WeightLoader::loadOptional(const std::string& name, const std::vector<int64_t>& shape) const
+void WeightLoader::loadInto(const std::string& name, at::Tensor destination) const
 {
-    if (!m_ckpt.contains(name))
-        return std::nullopt;
-    return load(name, shape);
+    const TensorInfo& info = m_ckpt.info(name);
+    if (info.dtype == DType::F8_E4M3 || info.dtype == DType::F8_E5M2 || !destination.device().is_cpu()) {
+        destination.copy_(load(name, destination.sizes().vec()));
+        return;
+    }
+    if (info.shape != destination.sizes().vec())
+        throw InputError(m_ckpt.fileOf(name).path().string() + ": tensor '" + name + "' has shape "
+                         + shapeText(info.shape) + ", expected " + shapeText(destination.sizes().vec()));
+    const at::Tensor view = at::from_blob(const_cast<std::byte*>(m_ckpt.bytes(name).data()), info.shape,
+                                          at::TensorOptions().dtype(scalarTypeOf(info.dtype)));
+    destination.copy_(view);
+    if (m_opt.releaseSourcePages)
+        m_ckpt.release(name);
 }
 
 Linear WeightLoader::loadLinear(const std::string& prefix, int64_t out, int64_t in, bool bias) const
@@ -177,79 +148,23 @@ Linear WeightLoader::loadLinear(const std::string& prefix, int64_t out, int64_t 
     return l;
 }
 
-std::vector<std::string> WeightLoader::layerTensorNames(int layer) const
-{
-    const ModelSpec& s = m_spec;
-    const std::string p = layerPrefix(layer);
-    std::vector<std::string> names = {p + "input_layernorm.weight", p + "post_attention_layernorm.weight"};
-    for (const char* proj : {"q_proj", "k_proj", "v_proj", "o_proj"}) {
-        names.push_back(p + "self_attn." + proj + ".weight");
-        const bool isO = std::strcmp(proj, "o_proj") == 0;
-        if (isO ? s.oBias : s.qkvBias)
-            names.push_back(p + "self_attn." + proj + ".bias");
-    }
-    if (s.qkNorm != QkNorm::None) {
-        names.push_back(p + "self_attn.q_norm.weight");
-        names.push_back(p + "self_attn.k_norm.weight");
-    }
-    const LayerSpec& ls = s.layers[static_cast<std::size_t>(layer)];
-    if (!ls.moe) {
-        for (const char* proj : {"gate_proj", "up_proj", "down_proj"})
-            names.push_back(p + "mlp." + proj + ".weight");
-        return names;
-    }
-    const std::string m = p + m_moePrefix + ".";
-    names.push_back(m + "gate.weight");
-    if (m_layout == ExpertLayout::Fused) {
-        names.push_back(m + "experts.gate_up_proj");
-        names.push_back(m + "experts.down_proj");
-    } else {
-        const bool mixtral = s.arch == Architecture::Mixtral;
-        for (int e = 0; e < s.router.numExperts; ++e) {
-            const std::string ep = m + "experts." + std::to_string(e) + ".";
-            for (const char* proj : mixtral ? std::array<const char*, 3>{"w1", "w3", "w2"}
-                                            : std::array<const char*, 3>{"gate_proj", "up_proj", "down_proj"})
-                names.push_back(ep + proj + ".weight");
-        }
-    }
-    if (s.sharedIntermediate > 0) {
-        for (const char* proj : {"gate_proj", "up_proj", "down_proj"})
-            names.push_back(m + "shared_expert." + proj + ".weight");
-        names.push_back(m + "shared_expert_gate.weight");
-    }
-    return names;
-}
-
-uint64_t WeightLoader::layerBytes(int layer) const
-{
-    uint64_t total = 0;
-    for (const std::string& n : layerTensorNames(layer))
-        total += m_ckpt.info(n).byteSize();   // throws naming the first missing tensor
-    return total;
-}
-
 void WeightLoader::loadExperts(int layer, LayerWeights& w) const
 {
     const ModelSpec& s = m_spec;
     const int64_t E = s.router.numExperts, H = s.hiddenSize, I = s.moeIntermediate;
-    const std::string m = layerPrefix(layer) + m_moePrefix + ".";
-    w.router = load(m + "gate.weight", {E, H});
-    if (m_layout == ExpertLayout::Fused) {
-        w.gateUp = load(m + "experts.gate_up_proj", {E, 2 * I, H});
-        w.down = load(m + "experts.down_proj", {E, H, I});
+    w.router = load(m_layout.routerName(layer), {E, H});
+    if (m_layout.expertLayout() == ExpertLayout::Fused) {
+        w.gateUp = load(m_layout.fusedGateUpName(layer), {E, 2 * I, H});
+        w.down = load(m_layout.fusedDownName(layer), {E, H, I});
         return;
     }
-    const bool mixtral = s.arch == Architecture::Mixtral;
-    const char* gateName = mixtral ? "w1" : "gate_proj";
-    const char* upName = mixtral ? "w3" : "up_proj";
-    const char* downName = mixtral ? "w2" : "down_proj";
-    w.gateUp = at::empty({E, 2 * I, H}, at::TensorOptions().dtype(m_opt.dtype).device(m_opt.device));
-    w.down = at::empty({E, H, I}, at::TensorOptions().dtype(m_opt.dtype).device(m_opt.device));
-    for (int64_t e = 0; e < E; ++e) {
-        const std::string ep = m + "experts." + std::to_string(e) + ".";
-        w.gateUp[e].narrow(0, 0, I).copy_(load(ep + gateName + ".weight", {I, H}));
-        w.gateUp[e].narrow(0, I, I).copy_(load(ep + upName + ".weight", {I, H}));
-        w.down[e].copy_(load(ep + downName + ".weight", {H, I}));
+    const auto options = at::TensorOptions().dtype(m_opt.dtype).device(m_opt.device);
+    w.gateUp = at::empty({E, 2 * I, H}, options);
+    w.down = at::empty({E, H, I}, options);
+    for (int e = 0; e < E; ++e) {
+        loadInto(m_layout.expertName(layer, e, ExpertProj::Gate), w.gateUp[e].narrow(0, 0, I));
+        loadInto(m_layout.expertName(layer, e, ExpertProj::Up), w.gateUp[e].narrow(0, I, I));
+        loadInto(m_layout.expertName(layer, e, ExpertProj::Down), w.down[e]);
     }
 }
 
@@ -257,7 +172,7 @@ LayerWeights WeightLoader::loadLayer(int layer) const
 {
     const ModelSpec& s = m_spec;
     const int64_t H = s.hiddenSize, hd = s.headDim;
-    const std::string p = layerPrefix(layer);
+    const std::string p = m_layout.layerPrefix(layer);
     LayerWeights w;
     w.layer = layer;
     w.sourceBytes = layerBytes(layer);
@@ -285,7 +200,7 @@ LayerWeights WeightLoader::loadLayer(int layer) const
     }
     loadExperts(layer, w);
     if (s.sharedIntermediate > 0) {
-        const std::string m = p + m_moePrefix + ".";
+        const std::string m = m_layout.moePrefix(layer);
         const int64_t I = s.sharedIntermediate;
         w.mlpGate = loadLinear(m + "shared_expert.gate_proj", I, H, false);
         w.mlpUp = loadLinear(m + "shared_expert.up_proj", I, H, false);

@@ -1,11 +1,10 @@
-// Loading one decoder layer's weights from a checkpoint into compute tensors.
-// The architecture adapter: tensor names per model_type, in both layouts found in the wild —
-// routed experts stored one by one (hub layout) or fused per layer (transformers v5 layout).
-// Engine-internal header (LibTorch types).
+// Loading one decoder layer's weights from a checkpoint into compute tensors, by the names and
+// shapes TensorLayout (the architecture adapter) gives. Engine-internal header (LibTorch types).
 #pragma once
 
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/model_spec.h"
+#include "checkpoint/tensor_layout.h"
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
@@ -21,8 +20,6 @@ struct Linear {
     at::Tensor weight;   // [out, in]
     at::Tensor bias;     // [out] or undefined
 };
-
-enum class ExpertLayout { PerExpert, Fused };
 
 struct LayerWeights {
     int layer = 0;
@@ -49,36 +46,31 @@ struct WeightLoadOptions {
 
 class WeightLoader {
 public:
-    // Detects the expert layout and checks that every tensor the spec needs exists with the
-    // expected shape, naming the first missing or misshapen tensor in an InputError.
+    // Detects the expert layout and checks that every tensor of every layer exists with the
+    // expected shape and a floating-point dtype, naming the first bad tensor in an InputError.
     WeightLoader(const Checkpoint& checkpoint, const ModelSpec& spec, WeightLoadOptions options);
 
-    ExpertLayout expertLayout() const { return m_layout; }
+    const TensorLayout& layout() const { return m_layout; }
     LayerWeights loadLayer(int layer) const;
     // Rows of the embedding matrix for the given ids, gathered straight from the mapping,
     // as [ids.size(), H] in the compute dtype.
     at::Tensor embed(const std::vector<int32_t>& ids) const;
     at::Tensor finalNorm() const;
     at::Tensor lmHead() const;       // [V, H]; the embedding when tied
-    // Bytes of one layer's tensors in the checkpoint (for memory plans and inspect).
-    uint64_t layerBytes(int layer) const;
-
-    std::string layerPrefix(int layer) const;
-    std::string routerName(int layer) const;
+    // Bytes of one layer's tensors in the checkpoint (for memory plans).
+    uint64_t layerBytes(int layer) const { return m_layout.layerBytes(m_ckpt, layer); }
 
 private:
     at::Tensor load(const std::string& name, const std::vector<int64_t>& shape) const;
-    std::optional<at::Tensor> loadOptional(const std::string& name, const std::vector<int64_t>& shape) const;
-    void checkShape(const std::string& name, const std::vector<int64_t>& shape) const;
+    // Converts the tensor straight into `destination` (a slice of a fused buffer), no temporary.
+    void loadInto(const std::string& name, at::Tensor destination) const;
     Linear loadLinear(const std::string& prefix, int64_t out, int64_t in, bool bias) const;
     void loadExperts(int layer, LayerWeights& w) const;
-    std::vector<std::string> layerTensorNames(int layer) const;
 
     const Checkpoint& m_ckpt;
     const ModelSpec& m_spec;
     WeightLoadOptions m_opt;
-    ExpertLayout m_layout = ExpertLayout::PerExpert;
-    std::string m_moePrefix;         // "block_sparse_moe" (Mixtral hub layout) or "mlp"
+    TensorLayout m_layout;
 };
 
 // Converts checkpoint bytes of `dtype` into a new tensor of `shape` in the target dtype/device.

@@ -4,6 +4,7 @@
 #include "checkpoint/hf_config.h"
 #include "checkpoint/safetensors.h"
 #include "checkpoint/safetensors_writer.h"
+#include "text/tokenizer.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 #include "util/sha256.h"
@@ -110,28 +111,47 @@ fs::path resumeStatePath(const fs::path& output)
 CalibrationSet loadCalibration(const std::vector<DomainSource>& domains, const PackingOptions& packing,
                                int64_t vocabSize)
 {
-    if (domains.empty())
-        throw InputError("no calibration data: give at least one --domain NAME=FILE");
-    CalibrationSet set;
-    set.packing = packing;
-    std::set<std::string> names;
-    for (const DomainSource& d : domains) {
-        if (!names.insert(d.name).second)
-            throw InputError("--domain " + d.name + ": the domain name is given twice");
-        PackedDomain pd;
-        pd.name = d.name;
-        pd.source = d.path;
-        pd.format = "input_ids-jsonl";
-        auto docs = readInputIdsJsonl(d.path, vocabSize);
-        pd.numDocuments = static_cast<int64_t>(docs.size());
-        const std::optional<int64_t> cap = d.maxSamples ? d.maxSamples : packing.maxSamplesPerDomain;
-        pd.sequences = packDocuments(std::move(docs), packing, cap);
-        if (pd.sequences.empty())
-            throw InputError(d.path + ": domain '" + d.name + "' has fewer tokens than one sequence of --seq-len "
-                             + std::to_string(packing.seqLen));
-        set.domains.push_back(std::move(pd));
+    return buildCalibrationSet(domains, packing, TextOptions{}, nullptr, {}, vocabSize);
+}
+
+CalibrationSet loadCalibration(const CaptureParams& params, int64_t vocabSize)
+{
+    // Decide first whether a tokenizer is needed, so that input_ids-only runs never read one.
+    std::string textDomain;
+    for (const DomainSource& d : params.domains)
+        if (textDomain.empty() && isTextFormat(detectFormat(d.path, params.text)))
+            textDomain = d.name + " (" + d.path + ")";
+    const bool needBos = params.addBos && !params.packing.bosToken;
+    if (textDomain.empty() && !needBos)
+        return buildCalibrationSet(params.domains, params.packing, params.text, nullptr, {}, vocabSize);
+
+    fs::path path = params.tokenizer;
+    std::error_code ec;
+    if (!path.empty()) {
+        if (fs::is_directory(path, ec))
+            path /= "tokenizer.json";
+        if (!fs::exists(path, ec))
+            throw InputError("--tokenizer " + params.tokenizer.string() + ": no such file");
+    } else {
+        path = params.checkpoint / "tokenizer.json";
+        if (!fs::exists(path, ec))
+            throw InputError((textDomain.empty() ? "--add-bos takes the BOS token from the tokenizer"
+                                                 : "domain " + textDomain + " is text and needs a tokenizer")
+                             + ", but " + path.string() + " does not exist; pass --tokenizer PATH"
+                             + (textDomain.empty() ? " or --bos ID" : ""));
     }
-    return set;
+    path = fs::absolute(path);
+    const Tokenizer tokenizer = Tokenizer::fromFile(path.string());
+    PackingOptions packing = params.packing;
+    if (needBos) {
+        packing.bosToken = tokenizer.bosTokenId();
+        if (!packing.bosToken)
+            throw InputError("--add-bos: " + path.string()
+                             + " names no BOS token (no bos_token in a tokenizer_config.json beside it, none in its "
+                               "template); pass --bos ID");
+    }
+    const std::string description = path.string() + " (sha256 " + sha256Hex(readFile(path)) + ")";
+    return buildCalibrationSet(params.domains, packing, params.text, &tokenizer, description, vocabSize);
 }
 
 CaptureSummary runCapture(const CaptureParams& params, const ProgressFn& progress, const StopToken* stop)
@@ -145,7 +165,7 @@ CaptureSummary runCapture(const CaptureParams& params, const ProgressFn& progres
         throw InputError(params.output.string() + ": already exists (use --force to replace it)");
     ensureWritableDirectory(params.output);
 
-    const CalibrationSet calib = loadCalibration(params.domains, params.packing, spec.vocabSize);
+    const CalibrationSet calib = loadCalibration(params, spec.vocabSize);
     std::vector<int32_t> tokens;
     std::vector<int16_t> domainIds;
     std::vector<int64_t> offsets{0};

@@ -18,6 +18,10 @@ struct CaptureParams {
     std::vector<DomainSource> domains;
     std::filesystem::path output;            // final atlas path, e.g. run.atlas.h5
     PackingOptions packing;
+    TextOptions text;                        // --text-field, --whole-file
+    std::filesystem::path tokenizer;         // tokenizer.json (or its directory) for text domains;
+                                             // empty: <checkpoint>/tokenizer.json when present
+    bool addBos = false;                     // BOS per document = the tokenizer's, unless packing.bosToken
     ExecutorOptions executor;
     LogitStorage logitStorage = LogitStorage::Float32;
     int hiddenSamplesPerLayer = 0;           // tokens whose MoE input is stored per layer
@@ -36,7 +40,11 @@ struct CaptureSummary {
     uint64_t peakRssBytes = 0;              // peak resident memory of this process so far
 };
 
-// Loads and packs every domain (InputError naming the file on bad input).
+// Loads, tokenizes and packs every domain of params (InputError naming the file on bad input).
+// The tokenizer is params.tokenizer or <checkpoint>/tokenizer.json; it is read only when a
+// domain is text or addBos needs its BOS, and a text domain without one is an InputError.
+CalibrationSet loadCalibration(const CaptureParams& params, int64_t vocabSize);
+// input_ids domains only (a text domain is an InputError: there is no tokenizer).
 CalibrationSet loadCalibration(const std::vector<DomainSource>& domains, const PackingOptions& packing,
                                int64_t vocabSize);
 

@@ -1,5 +1,6 @@
-// Domain-labelled calibration data: reading a domain's source file and packing its documents
-// into fixed-length token sequences. Sequences never mix domains.
+// Domain-labelled calibration data: reading a domain's source (plain text, JSONL with a text
+// field, chat messages or input_ids), tokenizing it and packing its documents into fixed-length
+// token sequences. Sequences never mix domains. Formats and rules: docs/calibration.md.
 #pragma once
 
 #include <cstdint>
@@ -8,6 +9,8 @@
 #include <vector>
 
 namespace moeatlas {
+
+class Tokenizer;
 
 // "--domain NAME=PATH[:N]" parsed: N caps the number of packed sequences of this domain.
 struct DomainSource {
@@ -27,10 +30,22 @@ struct PackingOptions {
     bool dropRemainder = true;                    // a last, short sequence is dropped
 };
 
+// How text sources are read into documents.
+struct TextOptions {
+    std::string textField = "text";   // field of a text JSONL record holding the document
+    bool wholeFile = false;           // a plain text file is one document, not blank-line blocks
+};
+
+// Format names, as recorded in the atlas (AtlasDomain.format).
+inline constexpr const char* kFormatText = "text";                  // plain text file or directory of .txt
+inline constexpr const char* kFormatTextJsonlPrefix = "text-jsonl:"; // + the field name
+inline constexpr const char* kFormatMessagesJsonl = "messages-jsonl";
+inline constexpr const char* kFormatInputIdsJsonl = "input_ids-jsonl";
+
 struct PackedDomain {
     std::string name;
     std::string source;
-    std::string format;                           // "input_ids-jsonl", ...
+    std::string format;                           // one of the format names above
     int64_t numDocuments = 0;
     std::vector<std::vector<int32_t>> sequences;  // each exactly seqLen tokens
 };
@@ -38,20 +53,67 @@ struct PackedDomain {
 struct CalibrationSet {
     std::vector<PackedDomain> domains;
     PackingOptions packing;
+    TextOptions text;
+    // The tokenizer that encoded the text domains ("path (sha256 ...)"); empty when none did.
+    std::string tokenizer;
     int64_t totalTokens() const;
+    bool hasTextDomain() const;
     // Human-readable description of the packing choices, recorded in the atlas provenance.
     std::string describePacking() const;
 };
+
+// One document of a text source before tokenization.
+struct TextDocument {
+    std::string text;
+    std::string origin;   // "file:line" where it starts, or the file of a whole-file document
+};
+
+// The format of a domain source: a directory -> "text" (its .txt files); a file ending in
+// .jsonl/.ndjson/.json -> decided by its first record: "input_ids" -> "input_ids-jsonl", else
+// the text field -> "text-jsonl:FIELD", else "messages" -> "messages-jsonl"; any other file ->
+// "text". Throws InputError naming file:line when a JSONL's first record fits none of them.
+std::string detectFormat(const std::string& path, const TextOptions& options);
+// True for the formats whose documents are text and need a tokenizer.
+bool isTextFormat(const std::string& format);
+
+// Plain text: one document per block of lines separated by blank (whitespace-only) lines, or
+// the whole file as one document. A UTF-8 BOM is dropped and "\r\n" read as "\n".
+std::vector<TextDocument> readTextFile(const std::string& path, bool wholeFile);
+// Every regular file ending in .txt directly inside `path`, in byte order of the names, one
+// document per file (read as readTextFile(..., true)).
+std::vector<TextDocument> readTextDirectory(const std::string& path);
+// JSONL whose records hold the document as a string in `field`.
+std::vector<TextDocument> readTextJsonl(const std::string& path, const std::string& field);
+// JSONL whose records hold "messages": [{"role": R, "content": C}, ...], rendered as the lines
+// "R: C" joined by "\n" (no chat template; see docs/calibration.md).
+std::vector<TextDocument> readMessagesJsonl(const std::string& path);
+// The documents of a text format source (any format for which isTextFormat() is true).
+std::vector<TextDocument> readTextDocuments(const std::string& path, const std::string& format,
+                                            const TextOptions& options);
 
 // Documents of a JSONL file whose lines are objects with an "input_ids" array of integers.
 // Throws InputError naming file and line for: unreadable file, invalid JSON, missing or
 // non-integer "input_ids", ids outside [0, vocabSize) when vocabSize > 0, and a file with no documents.
 std::vector<std::vector<int32_t>> readInputIdsJsonl(const std::string& path, int64_t vocabSize);
 
+// Encodes each document without the tokenizer's special-token template (BOS is the packer's
+// job). Documents that encode to no token are dropped. Throws InputError naming the document's
+// origin when an id is outside [0, vocabSize) (vocabSize > 0): tokenizer and model disagree.
+std::vector<std::vector<int32_t>> tokenizeDocuments(const std::vector<TextDocument>& documents,
+                                                    const Tokenizer& tokenizer, int64_t vocabSize);
+
 // Packs documents into sequences of exactly seqLen tokens (documents concatenated in an order
 // shuffled by seed, optional BOS per document). Deterministic for a given seed.
 std::vector<std::vector<int32_t>> packDocuments(std::vector<std::vector<int32_t>> documents,
                                                 const PackingOptions& options,
                                                 std::optional<int64_t> maxSequences);
+
+// Reads, tokenizes and packs every domain, each on its own. `tokenizer` may be null when no
+// domain is text; `tokenizerDescription` is recorded as CalibrationSet::tokenizer. Throws
+// InputError for a repeated domain name, a text domain without tokenizer, a BOS outside the
+// vocabulary, a domain with fewer tokens than one sequence, and any reader error.
+CalibrationSet buildCalibrationSet(const std::vector<DomainSource>& domains, const PackingOptions& packing,
+                                   const TextOptions& text, const Tokenizer* tokenizer,
+                                   const std::string& tokenizerDescription, int64_t vocabSize);
 
 } // namespace moeatlas

@@ -1,0 +1,55 @@
+// The architecture adapter as data: which tensors a checkpoint of a given ModelSpec must hold,
+// under which names and with which shapes, in either expert layout found in the wild —
+// routed experts stored one by one (hub layout) or fused per layer (transformers v5 layout).
+#pragma once
+
+#include "checkpoint/checkpoint.h"
+#include "checkpoint/model_spec.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace moeatlas {
+
+enum class ExpertLayout { PerExpert, Fused };
+enum class ExpertProj { Gate, Up, Down };
+
+struct ExpectedTensor {
+    std::string name;
+    std::vector<int64_t> shape;
+};
+
+class TensorLayout {
+public:
+    // Detects the expert layout from the first MoE layer's tensor names.
+    TensorLayout(const Checkpoint& checkpoint, const ModelSpec& spec);
+
+    ExpertLayout expertLayout() const { return m_layout; }
+
+    std::string layerPrefix(int layer) const;          // "model.layers.<l>."
+    std::string moePrefix(int layer) const;            // "...block_sparse_moe." or "...mlp."
+    std::string routerName(int layer) const;
+    // Per-expert layout: one expert's projection ("w1"/"w3"/"w2" for Mixtral).
+    std::string expertName(int layer, int expert, ExpertProj proj) const;
+    // Fused layout: [E, 2I, H] (gate rows first) and [E, H, I].
+    std::string fusedGateUpName(int layer) const;
+    std::string fusedDownName(int layer) const;
+
+    // Every tensor of one decoder layer / outside the layers, with the shape config.json implies.
+    std::vector<ExpectedTensor> layerTensors(int layer) const;
+    std::vector<ExpectedTensor> globalTensors() const;
+
+    // Checks that every expected tensor exists, has the expected shape and a floating-point
+    // dtype; throws InputError naming the shard file, the tensor, and both shapes.
+    void validate(const Checkpoint& checkpoint) const;
+    // Bytes of one layer's tensors in the checkpoint.
+    uint64_t layerBytes(const Checkpoint& checkpoint, int layer) const;
+
+private:
+    const ModelSpec& m_spec;
+    ExpertLayout m_layout = ExpertLayout::PerExpert;
+    bool m_blockSparseMoe = false;   // Mixtral hub layout names the MoE block "block_sparse_moe"
+};
+
+} // namespace moeatlas
