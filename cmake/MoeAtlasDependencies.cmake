@@ -39,6 +39,14 @@ if(Torch_FOUND)
   if(C10_CUDA_LIBRARY OR TARGET torch_cuda OR CAFFE2_USE_CUDA)
     set(MOEATLAS_TORCH_HAS_CUDA ON)
   endif()
+  # The torch wheel's CUDA libraries link against the CUDA/NCCL libraries of the nvidia-* wheels
+  # installed beside it (site-packages/nvidia/*/lib), which may be newer than the system's.
+  if(MOEATLAS_TORCH_HAS_CUDA AND _torch_prefix AND IS_DIRECTORY "${_torch_prefix}/../nvidia")
+    file(GLOB _nvidia_libs LIST_DIRECTORIES true "${_torch_prefix}/../nvidia/*/lib" "${_torch_prefix}/../nvidia/cu*/lib")
+    foreach(_dir IN LISTS _nvidia_libs)
+      target_link_options(moeatlas_torch INTERFACE "LINKER:-rpath-link,${_dir}" "LINKER:-rpath,${_dir}")
+    endforeach()
+  endif()
   if(MOEATLAS_ENABLE_CUDA AND NOT MOEATLAS_TORCH_HAS_CUDA)
     message(FATAL_ERROR "MOEATLAS_ENABLE_CUDA=ON but the LibTorch at ${Torch_DIR} has no CUDA. "
       "Point Torch_DIR at a CUDA build, e.g. $(python -c 'import torch;print(torch.utils.cmake_prefix_path)')/Torch")
