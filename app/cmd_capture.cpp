@@ -75,7 +75,7 @@ int runCaptureCommand(const CaptureArgs& a)
     p.saveResumeState = !a.noResumeState;
 
     StopToken& stop = installStopHandler();
-    ProgressBar bar("capture", "tok");
+    ProgressBar bar("capture", "token-layers");
     try {
         const CaptureSummary s = runCapture(p, [&](const Progress& pr) { return bar.update(pr); }, &stop);
         const double rate = s.seconds > 0 ? static_cast<double>(s.tokens) * s.layersRun / s.seconds : 0.0;
