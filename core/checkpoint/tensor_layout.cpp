@@ -4,17 +4,13 @@
 
 namespace moeatlas {
 
-namespace {
-
-std::string shapeText(const std::vector<int64_t>& shape)
+std::string formatShape(const std::vector<int64_t>& shape)
 {
     std::string s = "[";
     for (std::size_t i = 0; i < shape.size(); ++i)
         s += (i ? ", " : "") + std::to_string(shape[i]);
     return s + "]";
 }
-
-} // namespace
 
 TensorLayout::TensorLayout(const Checkpoint& checkpoint, const ModelSpec& spec) : m_spec(spec)
 {
@@ -136,8 +132,8 @@ void TensorLayout::validate(const Checkpoint& checkpoint) const
         const TensorInfo& info = checkpoint.info(e.name);   // throws "missing tensor" naming it
         const std::string file = checkpoint.fileOf(e.name).path().string();
         if (info.shape != e.shape)
-            throw InputError(file + ": tensor '" + e.name + "' has shape " + shapeText(info.shape) + ", expected "
-                             + shapeText(e.shape) + " from config.json");
+            throw InputError(file + ": tensor '" + e.name + "' has shape " + formatShape(info.shape) + ", expected "
+                             + formatShape(e.shape) + " from config.json");
         if (!isFloatingPoint(info.dtype))
             throw InputError(file + ": tensor '" + e.name + "' has dtype " + std::string(dtypeName(info.dtype))
                              + ", expected a floating-point type");

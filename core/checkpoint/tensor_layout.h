@@ -15,6 +15,9 @@ namespace moeatlas {
 enum class ExpertLayout { PerExpert, Fused };
 enum class ExpertProj { Gate, Up, Down };
 
+// "[8, 16]": shapes as error messages print them.
+std::string formatShape(const std::vector<int64_t>& shape);
+
 struct ExpectedTensor {
     std::string name;
     std::vector<int64_t> shape;

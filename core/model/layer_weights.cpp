@@ -11,14 +11,6 @@ namespace moeatlas {
 
 namespace {
 
-std::string shapeText(const std::vector<int64_t>& shape)
-{
-    std::string s = "[";
-    for (std::size_t i = 0; i < shape.size(); ++i)
-        s += (i ? ", " : "") + std::to_string(shape[i]);
-    return s + "]";
-}
-
 c10::ScalarType scalarTypeOf(DType t)
 {
     switch (t) {
@@ -115,7 +107,7 @@ at::Tensor WeightLoader::load(const std::string& name, const std::vector<int64_t
     const TensorInfo& info = m_ckpt.info(name);
     if (info.shape != shape)   // validated up front; this guards the loader's own bookkeeping
         throw InputError(m_ckpt.fileOf(name).path().string() + ": tensor '" + name + "' has shape "
-                         + shapeText(info.shape) + ", expected " + shapeText(shape));
+                         + formatShape(info.shape) + ", expected " + formatShape(shape));
     at::Tensor t = tensorFromBytes(m_ckpt.bytes(name).data(), info.dtype, shape, m_opt.dtype, m_opt.device);
     if (m_opt.releaseSourcePages)
         m_ckpt.release(name);
@@ -131,7 +123,7 @@ void WeightLoader::loadInto(const std::string& name, at::Tensor destination) con
     }
     if (info.shape != destination.sizes().vec())
         throw InputError(m_ckpt.fileOf(name).path().string() + ": tensor '" + name + "' has shape "
-                         + shapeText(info.shape) + ", expected " + shapeText(destination.sizes().vec()));
+                         + formatShape(info.shape) + ", expected " + formatShape(destination.sizes().vec()));
     const at::Tensor view = at::from_blob(const_cast<std::byte*>(m_ckpt.bytes(name).data()), info.shape,
                                           at::TensorOptions().dtype(scalarTypeOf(info.dtype)));
     destination.copy_(view);

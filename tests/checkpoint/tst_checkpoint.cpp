@@ -6,6 +6,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "test_io.h"
+
 #include <QTemporaryDir>
 #include <QTest>
 
@@ -15,6 +17,7 @@
 #include <sstream>
 
 using namespace moeatlas;
+using namespace moeatlas::test;
 namespace fs = std::filesystem;
 
 namespace {
@@ -44,19 +47,7 @@ bool sameBytes(std::span<const std::byte> a, const std::vector<std::byte>& b)
     return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size()) == 0);
 }
 
-std::string readText(const fs::path& p)
-{
-    std::ifstream in(p, std::ios::binary);
-    std::stringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
 
-void writeText(const fs::path& p, const std::string& text)
-{
-    std::ofstream out(p, std::ios::binary | std::ios::trunc);
-    out << text;
-}
 
 std::string tensorName(int i)
 {

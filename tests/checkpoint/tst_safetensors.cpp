@@ -4,6 +4,8 @@
 #include "checkpoint/safetensors_writer.h"
 #include "util/error.h"
 
+#include "test_io.h"
+
 #include <QFile>
 #include <QTemporaryDir>
 #include <QTest>
@@ -13,22 +15,11 @@
 #include <unistd.h>
 
 using namespace moeatlas;
+using namespace moeatlas::test;
 namespace fs = std::filesystem;
 
 namespace {
 
-// The message of the InputError `f` throws; a null QString when it throws nothing (or another type).
-QString inputErrorOf(const std::function<void()>& f)
-{
-    try {
-        f();
-    } catch (const InputError& e) {
-        return QString::fromStdString(e.what());
-    } catch (...) {
-        return QStringLiteral("<wrong exception type>");
-    }
-    return {};
-}
 
 bool throwsError(const std::function<void()>& f)
 {

@@ -3,6 +3,7 @@
 #include "checkpoint/checkpoint_writer.h"
 #include "checkpoint/safetensors.h"
 #include "checkpoint/safetensors_writer.h"
+#include "test_io.h"
 #include "test_support.h"
 
 #include <nlohmann/json.hpp>
@@ -17,25 +18,14 @@
 #include <sstream>
 
 using namespace moeatlas;
+using namespace moeatlas::test;
 namespace fs = std::filesystem;
 
 namespace {
 
 const QString kScript = QStringLiteral("tests/checkpoint/safetensors_interop.py");
 
-std::string readText(const fs::path& p)
-{
-    std::ifstream in(p, std::ios::binary);
-    std::stringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
 
-void writeText(const fs::path& p, const std::string& text)
-{
-    std::ofstream out(p, std::ios::binary | std::ios::trunc);
-    out << text;
-}
 
 QString describe(const test::ProcessResult& r)
 {
