@@ -22,18 +22,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-QString inputErrorOf(const std::function<void()>& f)
-{
-    try {
-        f();
-    } catch (const InputError& e) {
-        return QString::fromStdString(e.what());
-    } catch (...) {
-        return QStringLiteral("<wrong exception type>");
-    }
-    return {};
-}
-
 std::vector<std::byte> pattern(std::size_t n, unsigned seed)
 {
     std::vector<std::byte> v(n);
