@@ -210,7 +210,7 @@ private Q_SLOTS:
         QTemporaryDir dir;
         const QString model = generateModel(dir, QStringLiteral("model"), kInterruptModel);
         QVERIFY(!model.isEmpty());
-        const QString cal = generateCalibration(dir, QStringLiteral("cal.jsonl"), 96, 256, 3);
+        const QString cal = generateCalibration(dir, QStringLiteral("cal.jsonl"), 48, 256, 3);
         QVERIFY(!cal.isEmpty());
         const QStringList common = {QStringLiteral("capture"), model, QStringLiteral("--domain"), QStringLiteral("d=") + cal,
                                     QStringLiteral("--seq-len"), QStringLiteral("128"), QStringLiteral("--batch-tokens"),
