@@ -14,5 +14,7 @@ Command addInspectCommand(CLI::App& app);
 Command addCaptureCommand(CLI::App& app);
 Command addTokenizeCommand(CLI::App& app);
 Command addGenerateCommand(CLI::App& app);
+Command addScoreCommand(CLI::App& app);
+Command addMergeCommand(CLI::App& app);
 
 } // namespace moeatlas::cli

@@ -25,6 +25,8 @@ int main(int argc, char** argv)
     registerCommand(moeatlas::cli::addCaptureCommand(app));
     registerCommand(moeatlas::cli::addTokenizeCommand(app));
     registerCommand(moeatlas::cli::addGenerateCommand(app));
+    registerCommand(moeatlas::cli::addScoreCommand(app));
+    registerCommand(moeatlas::cli::addMergeCommand(app));
 
     try {
         app.parse(argc, argv);

@@ -38,6 +38,7 @@ std::string joinInts(const std::vector<int>& values)
 struct AtlasState {
     fs::path path;              // the file open now (.partial while writing)
     fs::path finalPath;         // where finalize() moves it; empty for read-only
+    bool updating = false;      // openForUpdate(): path is a copy that commitUpdate() renames
     bool writable = false;
     bool complete = false;      // root attribute "complete"
     AtlasModelInfo model;
@@ -185,6 +186,10 @@ AtlasFile::~AtlasFile()
     // Without finalize() the .partial file stays behind, closed cleanly, ready for resume.
     Lock lock(h5::libraryMutex());
     m_impl->close();
+    if (m_impl->updating) {   // an update never committed: the original stays untouched
+        std::error_code ec;
+        fs::remove(m_impl->path, ec);
+    }
     m_impl.reset();
 }
 
@@ -555,6 +560,229 @@ AtlasHiddenSamples AtlasFile::readHiddenSamples(int layer) const
     samples.values = h5::readVector<float>(
         values.id(), static_cast<int64_t>(samples.tokenIndices.size()) * m_impl->model.hiddenSize);
     return samples;
+}
+
+// ---- derived results (issue 6: /scores and /statistics) ------------------------------------
+
+const AtlasArray* AtlasResults::find(const std::string& name) const
+{
+    for (const AtlasArray& a : arrays)
+        if (a.name == name)
+            return &a;
+    return nullptr;
+}
+
+AtlasFile AtlasFile::openForUpdate(const fs::path& path)
+{
+    {
+        AtlasFile probe = openReadOnly(path);
+        if (!probe.isComplete())
+            throw InputError(path.string() + ": the atlas is not complete (capture still running "
+                                             "or interrupted); finish it before scoring");
+    }
+    ensureWritableDirectory(path);
+    const fs::path copy = partialPathFor(path);
+    std::error_code ec;
+    fs::copy_file(path, copy, fs::copy_options::overwrite_existing, ec);
+    if (ec)
+        throw Error(copy.string() + ": cannot copy the atlas for updating: " + ec.message());
+    Lock lock(h5::libraryMutex());
+    auto impl = std::make_unique<Impl>();
+    try {
+        loadExisting(impl.get(), copy, true);
+    } catch (...) {
+        impl->close();
+        fs::remove(copy, ec);
+        throw;
+    }
+    impl->finalPath = path;
+    impl->updating = true;
+    return AtlasFile(std::move(impl));
+}
+
+namespace {
+
+// Opens (or, when `create`, creates) every component of a relative group path "a/b/c".
+h5::Group openGroupPath(hid_t file, const std::string& group, bool create)
+{
+    h5::Group current;
+    hid_t location = file;
+    size_t begin = 0;
+    while (begin < group.size()) {
+        size_t end = group.find('/', begin);
+        if (end == std::string::npos)
+            end = group.size();
+        const std::string part = group.substr(begin, end - begin);
+        if (part.empty())
+            throw Error("empty component in result group path \"" + group + "\"");
+        h5::Group next;
+        if (h5::exists(location, part))
+            next = h5::openGroup(location, part);
+        else if (create)
+            next = h5::createGroup(location, part);
+        else
+            return {};
+        current = std::move(next);
+        location = current.id();
+        begin = end + 1;
+    }
+    return current;
+}
+
+herr_t collectGroupName(hid_t location, const char* name, const H5L_info_t*, void* out)
+{
+    H5O_info_t info;
+    if (H5Oget_info_by_name(location, name, &info, H5P_DEFAULT) >= 0 && info.type == H5O_TYPE_GROUP)
+        static_cast<std::vector<std::string>*>(out)->emplace_back(name);
+    return 0;
+}
+
+} // namespace
+
+void AtlasFile::writeResults(const std::string& group, const AtlasResults& results)
+{
+    Lock lock(h5::libraryMutex());
+    AtlasState& impl = checked(m_impl);
+    impl.requireWritable();
+    const size_t slash = group.rfind('/');
+    h5::Group parent = slash == std::string::npos
+                           ? h5::openGroup(impl.file.id(), "/")
+                           : openGroupPath(impl.file.id(), group.substr(0, slash), true);
+    const std::string leaf = slash == std::string::npos ? group : group.substr(slash + 1);
+    if (h5::exists(parent.id(), leaf))
+        h5::unlink(parent.id(), leaf);   // replaced whole: stale arrays must not survive
+    h5::Group g = h5::createGroup(parent.id(), leaf);
+    h5::writeAttribute(g.id(), "params", results.paramsJson);
+    h5::writeAttribute(g.id(), "inputs_hash", results.inputsHash);
+    for (const AtlasArray& a : results.arrays) {
+        std::vector<hsize_t> dims(a.dims.begin(), a.dims.end());
+        size_t n = 1;
+        for (hsize_t d : dims)
+            n *= static_cast<size_t>(d);
+        if (n != a.values.size())
+            throw Error(impl.path.string() + ": /" + group + "/" + a.name + ": "
+                        + std::to_string(a.values.size()) + " values for shape of "
+                        + std::to_string(n));
+        h5::Dataset d = h5::createDataset(g.id(), a.name, H5T_IEEE_F64LE, dims);
+        if (n > 0)
+            h5::writeAll(d.id(), H5T_NATIVE_DOUBLE, a.values.data());
+    }
+    h5::flushFile(impl.file.id(), false);
+}
+
+std::optional<AtlasResults> AtlasFile::readResults(const std::string& group) const
+{
+    Lock lock(h5::libraryMutex());
+    AtlasState& impl = checked(m_impl);
+    impl.requireOpen();
+    h5::Group g = openGroupPath(impl.file.id(), group, false);
+    if (!g)
+        return std::nullopt;
+    AtlasResults results;
+    if (h5::hasAttribute(g.id(), "params"))
+        results.paramsJson = h5::readStringAttribute(g.id(), "params");
+    if (h5::hasAttribute(g.id(), "inputs_hash"))
+        results.inputsHash = h5::readStringAttribute(g.id(), "inputs_hash");
+    std::vector<std::string> names;
+    hsize_t index = 0;
+    H5Literate(g.id(), H5_INDEX_NAME, H5_ITER_INC, &index,
+               [](hid_t loc, const char* name, const H5L_info_t*, void* out) -> herr_t {
+                   H5O_info_t info;
+                   if (H5Oget_info_by_name(loc, name, &info, H5P_DEFAULT) >= 0
+                       && info.type == H5O_TYPE_DATASET)
+                       static_cast<std::vector<std::string>*>(out)->emplace_back(name);
+                   return 0;
+               },
+               &names);
+    for (const std::string& name : names) {
+        h5::Dataset d = h5::openDataset(g.id(), name);
+        AtlasArray a;
+        a.name = name;
+        for (hsize_t dim : h5::shape(d.id()))
+            a.dims.push_back(dim);
+        size_t n = 1;
+        for (uint64_t dim : a.dims)
+            n *= static_cast<size_t>(dim);
+        a.values.resize(n);
+        if (n > 0)
+            h5::readAll(d.id(), H5T_NATIVE_DOUBLE, a.values.data());
+        results.arrays.push_back(std::move(a));
+    }
+    return results;
+}
+
+std::vector<std::string> AtlasFile::resultGroups(const std::string& group) const
+{
+    Lock lock(h5::libraryMutex());
+    AtlasState& impl = checked(m_impl);
+    impl.requireOpen();
+    std::vector<std::string> names;
+    h5::Group g = openGroupPath(impl.file.id(), group, false);
+    if (!g)
+        return names;
+    hsize_t index = 0;
+    H5Literate(g.id(), H5_INDEX_NAME, H5_ITER_INC, &index, collectGroupName, &names);
+    return names;
+}
+
+void AtlasFile::commitUpdate()
+{
+    Lock lock(h5::libraryMutex());
+    AtlasState& impl = checked(m_impl);
+    impl.requireWritable();
+    if (!impl.updating)
+        throw Error(impl.path.string() + ": commitUpdate() needs an atlas from openForUpdate()");
+    h5::flushFile(impl.file.id(), true);
+    if (!impl.close())
+        throw Error(impl.path.string() + ": closing the updated atlas failed");
+    commitFile(impl.path, impl.finalPath);
+    impl.path = impl.finalPath;
+    impl.updating = false;
+    impl.writable = false;
+    // Reopen read-only so the object stays usable for reading back what was written.
+    loadExisting(&impl, impl.path, false);
+}
+
+std::vector<int32_t> AtlasFile::readTopkIds(int layer, int64_t tokenBegin, int64_t numTokens) const
+{
+    Lock lock(h5::libraryMutex());
+    AtlasState& impl = checked(m_impl);
+    impl.requireOpen();
+    LayerHandles& handles = impl.openLayer(layer);
+    if (tokenBegin < 0 || numTokens < 0 || tokenBegin > impl.numTokens
+        || numTokens > impl.numTokens - tokenBegin)
+        throw InputError(impl.path.string() + ": token range [" + std::to_string(tokenBegin)
+                         + ", " + std::to_string(tokenBegin + numTokens) + ") is outside [0, "
+                         + std::to_string(impl.numTokens) + ")");
+    std::vector<int32_t> ids(static_cast<size_t>(numTokens * impl.model.topK));
+    if (!ids.empty())
+        h5::readRows(handles.topkIds.id(), H5T_NATIVE_INT32, static_cast<hsize_t>(tokenBegin),
+                     static_cast<hsize_t>(numTokens), ids.data());
+    return ids;
+}
+
+std::vector<float> AtlasFile::readTopkWeights(int layer, int64_t tokenBegin,
+                                              int64_t numTokens) const
+{
+    Lock lock(h5::libraryMutex());
+    AtlasState& impl = checked(m_impl);
+    impl.requireOpen();
+    LayerHandles& handles = impl.openLayer(layer);
+    return impl.readFloatRows(handles.topkWeights.id(), false, tokenBegin, numTokens,
+                              impl.model.topK);
+}
+
+std::vector<float> AtlasFile::readExpertNorms(int layer, int64_t tokenBegin,
+                                              int64_t numTokens) const
+{
+    Lock lock(h5::libraryMutex());
+    AtlasState& impl = checked(m_impl);
+    impl.requireOpen();
+    LayerHandles& handles = impl.openLayer(layer);
+    if (!handles.expertNorms)
+        return {};
+    return impl.readFloatRows(handles.expertNorms.id(), false, tokenBegin, numTokens,
+                              impl.model.topK);
 }
 
 } // namespace moeatlas

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -69,6 +70,22 @@ struct RouterBlock {
 struct AtlasHiddenSamples {
     std::vector<int64_t> tokenIndices;   // [n]
     std::vector<float> values;           // [n, hiddenSize]
+};
+
+// One float64 array of derived results (scores, statistics) stored under /scores or /statistics.
+struct AtlasArray {
+    std::string name;                // dataset name inside the result group (no '/')
+    std::vector<uint64_t> dims;      // row-major shape
+    std::vector<double> values;      // product(dims) values
+};
+
+// A result group: /scores/<criterion> or /statistics (docs/atlas-format.md, "Scores and
+// statistics"). paramsJson and inputsHash are string attributes; arrays are float64 datasets.
+struct AtlasResults {
+    std::string paramsJson;
+    std::string inputsHash;
+    std::vector<AtlasArray> arrays;
+    const AtlasArray* find(const std::string& name) const;
 };
 
 // Writer/reader of an atlas file. A new atlas is created under "<path>.partial"; finalize()
@@ -142,6 +159,27 @@ public:
     std::vector<float> readLogits(int layer, int64_t tokenBegin, int64_t numTokens) const;
     // Empty when none were written for the layer.
     AtlasHiddenSamples readHiddenSamples(int layer) const;
+
+    // ---- derived results (scores and statistics; appended for issue 6) ----------------------
+    // Opens a complete atlas to add results. Writes go to a copy ("<path>.partial"), which
+    // commitUpdate() renames over the original: HDF5 1.10 has no journal, so writing in place
+    // (H5F_ACC_RDWR) and crashing mid-flush could make the whole file unreadable, and with it
+    // the capture that produced it. The copy costs one sequential read+write of the file,
+    // small next to the capture. Dropping the object without commitUpdate() removes the copy.
+    static AtlasFile openForUpdate(const std::filesystem::path& path);
+    // Replaces the group `group` ("scores/peu", "statistics"), creating parents as needed.
+    void writeResults(const std::string& group, const AtlasResults& results);
+    // The results stored under `group`; empty optional when the group does not exist.
+    std::optional<AtlasResults> readResults(const std::string& group) const;
+    // Names of the subgroups of `group` (e.g. the criteria under "scores"); empty when absent.
+    std::vector<std::string> resultGroups(const std::string& group) const;
+    // Flushes, closes and atomically renames the updated copy over the original path.
+    void commitUpdate();
+    // Rows [tokenBegin, tokenBegin + numTokens) of topk_ids / topk_weights / expert_norms
+    // (norms: empty when not stored).
+    std::vector<int32_t> readTopkIds(int layer, int64_t tokenBegin, int64_t numTokens) const;
+    std::vector<float> readTopkWeights(int layer, int64_t tokenBegin, int64_t numTokens) const;
+    std::vector<float> readExpertNorms(int layer, int64_t tokenBegin, int64_t numTokens) const;
 
 private:
     struct Impl;
