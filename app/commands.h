@@ -16,5 +16,7 @@ Command addTokenizeCommand(CLI::App& app);
 Command addGenerateCommand(CLI::App& app);
 Command addScoreCommand(CLI::App& app);
 Command addMergeCommand(CLI::App& app);
+Command addPlanCommand(CLI::App& app);
+Command addExportCommand(CLI::App& app);
 
 } // namespace moeatlas::cli

@@ -27,6 +27,8 @@ int main(int argc, char** argv)
     registerCommand(moeatlas::cli::addGenerateCommand(app));
     registerCommand(moeatlas::cli::addScoreCommand(app));
     registerCommand(moeatlas::cli::addMergeCommand(app));
+    registerCommand(moeatlas::cli::addPlanCommand(app));
+    registerCommand(moeatlas::cli::addExportCommand(app));
 
     try {
         app.parse(argc, argv);

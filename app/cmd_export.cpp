@@ -1,0 +1,63 @@
+// moeatlas export: writes the pruned checkpoint a plan describes, streaming tensors from the
+// source checkpoint into a new directory (never into the source).
+#include "commands.h"
+
+#include "export/exporter.h"
+#include "plan/plan.h"
+
+#include <CLI/CLI.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+
+namespace moeatlas::cli {
+
+namespace {
+
+struct ExportArgs {
+    std::string checkpoint;
+    std::string plan;
+    std::string output;
+    std::string atlas;
+    int64_t shardMiB = 5000;
+    bool force = false;
+};
+
+int runExport(const ExportArgs& a)
+{
+    const Plan plan = readPlan(a.plan);
+    ExportOptions o;
+    o.force = a.force;
+    o.maxShardBytes = static_cast<uint64_t>(a.shardMiB) << 20;
+    o.planPath = a.plan;
+    o.atlasPath = a.atlas;
+    const auto start = std::chrono::steady_clock::now();
+    const ExportResult r = exportCheckpoint(a.checkpoint, plan, a.output, o);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::printf("%s\n", r.uniform
+                            ? "wrote a UNIFORM export: loads in stock transformers (AutoModelForCausalLM)"
+                            : "wrote a NON-UNIFORM export (per-layer expert counts): load with trust_remote_code=True "
+                              "(modeling_moeatlas.py)");
+    std::printf("%lld tensors, %.1f MB in %.2f s (%.0f MB/s)\n", static_cast<long long>(r.tensors),
+                static_cast<double>(r.tensorBytes) / 1e6, s, s > 0 ? static_cast<double>(r.tensorBytes) / 1e6 / s : 0.0);
+    std::printf("%s\n", r.dir.string().c_str());
+    return 0;
+}
+
+} // namespace
+
+Command addExportCommand(CLI::App& app)
+{
+    auto a = std::make_shared<ExportArgs>();
+    CLI::App* sub = app.add_subcommand("export", "Write the pruned checkpoint a plan describes");
+    sub->add_option("checkpoint", a->checkpoint, "Source Hugging Face checkpoint directory")->required();
+    sub->add_option("--plan", a->plan, "Plan JSON from `moeatlas plan`")->required();
+    sub->add_option("--output,-o", a->output, "Output directory (must be empty or absent)")->required();
+    sub->add_option("--atlas", a->atlas, "Atlas the scores came from (recorded in the model card)");
+    sub->add_option("--max-shard-mib", a->shardMiB, "Largest shard in MiB")->capture_default_str();
+    sub->add_flag("--force", a->force, "Replace a non-empty output directory");
+    return [a] { return runExport(*a); };
+}
+
+} // namespace moeatlas::cli

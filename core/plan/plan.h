@@ -1,0 +1,104 @@
+// Compression plans: which routed experts each MoE layer keeps, how that was derived (criterion,
+// domains and weights, budget) and what it is predicted to save. Compiled from per-domain expert
+// scores (PreMoE, arXiv 2505.17639: specialist, generalist, global ranking; "trivial union" baseline).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <nlohmann/json_fwd.hpp>
+#include <string>
+#include <vector>
+
+namespace moeatlas {
+
+// Scores of one domain: values[i][e] for MoE layer layers[i] and expert e (higher = more useful).
+struct ScoreTable {
+    std::string criterion;   // "peu", "frequency", "reap", ...
+    std::string domain;
+    std::vector<int> layers;
+    int numExperts = 0;
+    std::vector<std::vector<double>> values;
+    double tokenCount = 0;   // calibration tokens behind the scores; 0 = unknown
+};
+
+// The --scores file: {"criterion", "layers", "domains": {name: [[...]]}, "token_counts": {name: N}}.
+// `source` names the file in errors. Throws InputError on a malformed or inconsistent document.
+std::vector<ScoreTable> parseScores(const nlohmann::json& doc, const std::string& source);
+
+enum class BudgetScope { Uniform, Global };
+enum class BudgetUnit { Experts, Fraction, Bytes, Params };
+
+// Uniform: the same count in every MoE layer (Experts: per layer). Global: (layer, expert) pairs
+// ranked together (Experts: in all layers), each layer keeping at least minPerLayer.
+// Bytes/Params: the largest plan whose whole checkpoint fits the target.
+struct Budget {
+    BudgetScope scope = BudgetScope::Uniform;
+    BudgetUnit unit = BudgetUnit::Experts;
+    double amount = 0;
+    int minPerLayer = 0;   // raised to the router's top-k
+};
+
+// What keeping experts costs, from the checkpoint's Inventory (see costsFromCheckpoint in
+// plan_costs.h): bytes and params outside the routed experts, and per MoE layer one expert's
+// weights plus its router row.
+struct PlanCosts {
+    uint64_t fixedBytes = 0;
+    int64_t fixedParams = 0;
+    std::vector<uint64_t> expertBytes;   // per MoE layer (same order as the score tables)
+    std::vector<int64_t> expertParams;
+    int64_t activeParamsBefore = 0;      // per token, unpruned
+    int64_t routerRowParams = 0;         // one router row (hidden size), counted in active params
+};
+
+struct PlanContext {
+    int topK = 1;
+    int numGroups = 1;   // group-limited routers (DeepSeek n_group); 1 = none
+    PlanCosts costs;
+    std::string modelType;
+    std::string checkpoint;
+    int numLayers = 0;
+};
+
+struct Plan {
+    std::string method;                         // specialist | generalist | union
+    std::string criterion;
+    std::map<std::string, double> domainWeights;
+    Budget budget;
+    std::string scoresSource;
+    std::string checkpoint;
+    std::string modelType;
+    int numExperts = 0;
+    int topK = 0;
+    int numLayers = 0;
+    std::vector<int> layers;                    // MoE layer indices
+    std::vector<std::vector<int>> keep;         // per MoE layer, sorted expert indices
+    // Predicted whole-checkpoint sizes.
+    uint64_t bytesBefore = 0, bytesAfter = 0;
+    int64_t paramsBefore = 0, paramsAfter = 0;
+    int64_t activeParamsBefore = 0, activeParamsAfter = 0;
+
+    bool uniform() const;
+    int keptIn(std::size_t i) const { return static_cast<int>(keep[i].size()); }
+};
+
+// Picks experts of one combined score table under a budget. Ties go to the lower layer, then
+// the lower expert index, so a plan never depends on sort stability.
+std::vector<std::vector<int>> selectExperts(const ScoreTable& scores, const Budget& budget, const PlanContext& ctx);
+
+// Weighted mean of the domains' tables; empty weights = token counts (PreMoE's pooled generalist
+// equals the token-weighted mean of per-domain means), or equal weights when counts are unknown.
+ScoreTable combineScores(const std::vector<ScoreTable>& domains, std::map<std::string, double>& weights);
+
+Plan compileSpecialist(const std::vector<ScoreTable>& domains, const std::string& domain, const Budget& budget,
+                       const PlanContext& ctx);
+Plan compileGeneralist(const std::vector<ScoreTable>& domains, std::map<std::string, double> weights,
+                       const Budget& budget, const PlanContext& ctx);
+// Union of each domain's top-`perDomain` experts per layer (non-uniform in general).
+Plan compileUnion(const std::vector<ScoreTable>& domains, int perDomain, const PlanContext& ctx);
+
+nlohmann::json planToJson(const Plan& plan);
+// Throws InputError naming `source` and the field on a malformed plan.
+Plan planFromJson(const nlohmann::json& doc, const std::string& source);
+Plan readPlan(const std::string& path);
+
+} // namespace moeatlas
