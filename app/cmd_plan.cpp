@@ -3,17 +3,21 @@
 #include "commands.h"
 
 #include "checkpoint/checkpoint.h"
+#include "plan/atlas_scores.h"
 #include "plan/plan.h"
 #include "plan/plan_costs.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/sha256.h"
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 
 namespace moeatlas::cli {
 
@@ -22,6 +26,8 @@ namespace {
 struct PlanArgs {
     std::string checkpoint;
     std::string scores;
+    std::string atlas;
+    std::string criterion;
     std::string output = "plan.json";
     std::string domain;
     std::vector<std::string> weights;   // name=weight
@@ -54,16 +60,44 @@ Budget budgetOf(const PlanArgs& a)
     return b;
 }
 
-int runPlan(const PlanArgs& a)
+std::vector<ScoreTable> readScoresFile(const std::string& path)
 {
-    std::ifstream in(a.scores);
+    std::ifstream in(path);
     if (!in)
-        throw InputError(a.scores + ": cannot open scores file");
+        throw InputError(path + ": cannot open scores file");
     const nlohmann::json doc = nlohmann::json::parse(in, nullptr, false);
     if (doc.is_discarded())
-        throw InputError(a.scores + ": not valid JSON");
-    const std::vector<ScoreTable> domains = parseScores(doc, a.scores);
-    const Checkpoint ckpt(a.checkpoint);
+        throw InputError(path + ": not valid JSON");
+    return parseScores(doc, path);
+}
+
+int runPlan(const PlanArgs& a)
+{
+    if (a.scores.empty() == a.atlas.empty())
+        throw InputError("give exactly one score source: --atlas ATLAS --criterion NAME, or --scores FILE");
+    if (!a.atlas.empty() && a.criterion.empty())
+        throw InputError("--atlas needs --criterion (peu, frequency, reap, ...: see moeatlas score)");
+    if (!a.scores.empty() && !a.criterion.empty())
+        throw InputError("--criterion selects scores inside an --atlas; a --scores file names its own criterion");
+    std::optional<AtlasScores> atlasScores;
+    if (!a.atlas.empty())
+        atlasScores = readAtlasScores(a.atlas, a.criterion);
+    const std::vector<ScoreTable> domains = atlasScores ? atlasScores->domains : readScoresFile(a.scores);
+    // With an atlas the checkpoint defaults to the one it was captured from.
+    const std::string checkpoint = !a.checkpoint.empty() ? a.checkpoint
+                                   : atlasScores         ? atlasScores->checkpointPath
+                                                         : std::string();
+    if (checkpoint.empty())
+        throw InputError("give the checkpoint directory (needed for costs without --atlas)");
+    const Checkpoint ckpt(checkpoint);
+    if (atlasScores) {
+        // Refused here as export would refuse it: scores of one model cannot plan another.
+        const std::string sha = sha256File(ckpt.dir() / "config.json");
+        if (sha != atlasScores->configSha256)
+            throw InputError(checkpoint + ": config.json differs from the one " + a.atlas
+                             + " was captured from (sha256 " + sha.substr(0, 12) + "... vs "
+                             + atlasScores->configSha256.substr(0, 12) + "...)");
+    }
     const PlanContext ctx = planContextFor(ckpt);
 
     const int modes = (a.domain.empty() ? 0 : 1) + (a.generalist || !a.weights.empty() ? 1 : 0) + (a.unionPerDomain > 0 ? 1 : 0);
@@ -86,9 +120,18 @@ int runPlan(const PlanArgs& a)
                 throw InputError("--weight '" + w + "': weight is not a number");
             }
         }
-        plan = compileGeneralist(domains, weights, budgetOf(a), ctx);
+        // Token-weighted default from an atlas: its pooled row is the exact pooled score (a
+        // token-weighted mean of per-domain values only for criteria averaged per token).
+        plan = atlasScores && weights.empty() ? compilePooledGeneralist(domains, atlasScores->pooled, budgetOf(a), ctx)
+                                              : compileGeneralist(domains, weights, budgetOf(a), ctx);
     }
-    plan.scoresSource = a.scores;
+    if (atlasScores) {
+        plan.scoresSource = a.atlas + ":/scores/" + a.criterion;
+        plan.atlas = std::filesystem::absolute(a.atlas).string();
+        plan.configSha256 = atlasScores->configSha256;
+    } else {
+        plan.scoresSource = a.scores;
+    }
     writeFileAtomically(a.output, planToJson(plan).dump(2) + "\n");
 
     std::string counts;
@@ -110,8 +153,11 @@ Command addPlanCommand(CLI::App& app)
 {
     auto a = std::make_shared<PlanArgs>();
     CLI::App* sub = app.add_subcommand("plan", "Compile an expert-pruning plan from expert scores and a budget");
-    sub->add_option("checkpoint", a->checkpoint, "Hugging Face checkpoint directory")->required();
-    sub->add_option("--scores", a->scores, "Scores JSON (see docs/plans.md)")->required();
+    sub->add_option("checkpoint", a->checkpoint,
+                    "Hugging Face checkpoint directory (default with --atlas: the one it was captured from)");
+    sub->add_option("--atlas", a->atlas, "Scored atlas: read /scores/<criterion> (moeatlas score)");
+    sub->add_option("--criterion", a->criterion, "Criterion to plan by with --atlas (peu, frequency, reap, ...)");
+    sub->add_option("--scores", a->scores, "Scores JSON instead of an atlas (see docs/plans.md)");
     sub->add_option("--output,-o", a->output, "Plan file to write")->capture_default_str();
     sub->add_option("--domain", a->domain, "Specialist plan for this domain");
     sub->add_flag("--generalist", a->generalist, "Generalist plan (token-weighted unless --weight is given)");

@@ -82,6 +82,7 @@ struct CheckpointWriter::Impl {
     std::map<std::string, std::size_t> indexOf;
     std::size_t shardCount = 0;  // 0 until shards are assigned
     std::size_t next = 0;        // next tensor to write
+    uint64_t writtenInNext = 0;  // bytes of tensors[next] already written (chunked writes)
     std::size_t openShard = 0;
     std::optional<SafetensorsWriter> writer;
     std::vector<std::pair<std::string, std::string>> files;        // relative name, contents
@@ -178,6 +179,20 @@ void CheckpointWriter::declare(const std::string& name, DType dtype, std::vector
 void CheckpointWriter::write(const std::string& name, std::span<const std::byte> bytes)
 {
     Impl& d = *m_impl;
+    // A whole write must not land in the middle of a tensor begun with writeChunk().
+    if (d.writtenInNext != 0)
+        throw Error(d.dir.string() + ": whole write of '" + name + "' while tensor '" + d.tensors[d.next].name
+                    + "' is partly written");
+    if (!d.finished && d.next < d.tensors.size() && d.tensors[d.next].name == name
+        && bytes.size() != d.tensors[d.next].bytes)
+        throw Error(d.dir.string() + ": tensor '" + name + "': got " + std::to_string(bytes.size())
+                    + " bytes, declared " + std::to_string(d.tensors[d.next].bytes));
+    writeChunk(name, bytes);
+}
+
+void CheckpointWriter::writeChunk(const std::string& name, std::span<const std::byte> bytes)
+{
+    Impl& d = *m_impl;
     if (d.finished)
         throw Error(d.dir.string() + ": write of '" + name + "' after finish()");
     if (d.shardCount == 0)
@@ -187,16 +202,20 @@ void CheckpointWriter::write(const std::string& name, std::span<const std::byte>
     const Impl::Tensor& t = d.tensors[d.next];
     if (t.name != name)
         throw Error(d.dir.string() + ": write of tensor '" + name + "' out of order; expected '" + t.name + "'");
-    if (bytes.size() != t.bytes)
-        throw Error(d.dir.string() + ": tensor '" + name + "': got " + std::to_string(bytes.size())
-                    + " bytes, declared " + std::to_string(t.bytes));
+    if (bytes.size() > t.bytes - d.writtenInNext)
+        throw Error(d.dir.string() + ": tensor '" + name + "': " + std::to_string(d.writtenInNext + bytes.size())
+                    + " bytes written, declared " + std::to_string(t.bytes));
     if (!d.writer || d.openShard != t.shard) {
         if (d.writer)
             d.writer->finish();
         d.openWriter(t.shard);
     }
     d.writer->write(name, bytes);
-    ++d.next;
+    d.writtenInNext += bytes.size();
+    if (d.writtenInNext == t.bytes) {
+        ++d.next;
+        d.writtenInNext = 0;
+    }
 }
 
 void CheckpointWriter::addFile(const std::string& relativeName, std::string contents)
@@ -227,7 +246,10 @@ void CheckpointWriter::finish()
     if (d.shardCount == 0)
         d.assignShards();
     if (d.next < d.tensors.size())
-        throw Error(d.dir.string() + ": tensor '" + d.tensors[d.next].name + "' was declared but never written");
+        throw Error(d.dir.string() + ": tensor '" + d.tensors[d.next].name + "' was declared but "
+                    + (d.writtenInNext ? "only " + std::to_string(d.writtenInNext) + " of "
+                                             + std::to_string(d.tensors[d.next].bytes) + " bytes were written"
+                                       : std::string("never written")));
     if (!d.writer)
         d.openWriter(0);  // no tensors at all: still a valid (empty) model.safetensors
     d.writer->finish();

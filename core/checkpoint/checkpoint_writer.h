@@ -32,6 +32,10 @@ public:
     void declare(const std::string& name, DType dtype, std::vector<int64_t> shape);
     // Writes the next declared tensor (whole). Shards are assigned at the first write.
     void write(const std::string& name, std::span<const std::byte> bytes);
+    // Appends part of the next declared tensor; call repeatedly until its declared bytes are
+    // all written, so a tensor assembled from pieces (rows sliced out of a mapping) needs no
+    // staging buffer. Throws Error on a wrong name or more bytes than declared.
+    void writeChunk(const std::string& name, std::span<const std::byte> bytes);
     // Extra file in the output (config.json, tokenizer.json, README.md ...), written at finish().
     void addFile(const std::string& relativeName, std::string contents);
     void copyFile(const std::filesystem::path& source, const std::string& relativeName);

@@ -5,6 +5,7 @@
 #include "checkpoint/hf_config.h"
 #include "checkpoint/tensor_layout.h"
 #include "util/error.h"
+#include "util/sha256.h"
 
 #include <nlohmann/json.hpp>
 
@@ -109,7 +110,9 @@ std::string modelCard(const Plan& plan, const fs::path& source, const ExportOpti
                          "router's softmax runs over the kept experts only. Top-k is unchanged.\n\n"
                          "## Provenance\n\n"
                          "- Source checkpoint: `" + source.string() + "`\n"
-                         "- Atlas: `" + (options.atlasPath.empty() ? std::string("(not recorded)") : options.atlasPath) + "`\n"
+                         "- Atlas: `" + (!options.atlasPath.empty() ? options.atlasPath
+                                         : !plan.atlas.empty() ? plan.atlas
+                                                               : std::string("(not recorded)")) + "`\n"
                          "- Plan: `" + (options.planPath.empty() ? std::string("(in memory)") : options.planPath) + "`\n"
                          "- Method: " + plan.method + ", criterion: " + plan.criterion + "\n"
                          "- Domain weights: " + (weights.empty() ? std::string("-") : weights) + "\n"
@@ -131,6 +134,17 @@ ExportResult exportCheckpoint(const fs::path& sourceDir, const Plan& plan, const
                          + sourceDir.string());
     const Checkpoint ckpt(sourceDir);
     const std::string configName = (sourceDir / "config.json").string();
+    // A plan from an atlas ranks experts of the model the atlas recorded; another config (even
+    // one with the same shapes) would prune by someone else's routing statistics.
+    if (!plan.configSha256.empty()) {
+        const std::string sha = sha256File(sourceDir / "config.json");
+        if (sha != plan.configSha256)
+            throw InputError(configName + ": config.json (sha256 " + sha.substr(0, 12)
+                             + "...) is not the one the plan's atlas was captured from (sha256 "
+                             + plan.configSha256.substr(0, 12) + "..."
+                             + (plan.atlas.empty() ? std::string() : ", atlas " + plan.atlas)
+                             + "): refusing to export a plan for a different checkpoint");
+    }
     const ModelSpec spec = parseModelSpec(ckpt.config(), configName);
     const TensorLayout layout(ckpt, spec);
     layout.validate(ckpt);
@@ -220,7 +234,6 @@ ExportResult exportCheckpoint(const fs::path& sourceDir, const Plan& plan, const
     ExportResult result;
     result.uniform = uniform;
     result.dir = outDir;
-    std::vector<std::byte> buffer;
     int64_t done = 0;
     for (const OutTensor& t : out) {
         const std::span<const std::byte> src = ckpt.bytes(t.source);
@@ -229,15 +242,21 @@ ExportResult exportCheckpoint(const fs::path& sourceDir, const Plan& plan, const
             writer.write(t.name, src);
             result.tensorBytes += src.size();
         } else {
+            // Kept rows go from the mapping straight to the file, one chunk per run of
+            // consecutive kept rows (keep lists are sorted): no staging copy, few write calls.
             const std::size_t rowBytes = src.size() / static_cast<std::size_t>(ckpt.info(t.source).shape[0]);
-            buffer.resize(rowBytes * t.rows->size());
-            for (std::size_t r = 0; r < t.rows->size(); ++r) {
-                prefault(src.subspan(static_cast<std::size_t>((*t.rows)[r]) * rowBytes, rowBytes));
-                std::memcpy(buffer.data() + r * rowBytes, src.data() + static_cast<std::size_t>((*t.rows)[r]) * rowBytes,
-                            rowBytes);
+            const std::vector<int>& rows = *t.rows;
+            for (std::size_t r = 0; r < rows.size();) {
+                std::size_t end = r + 1;
+                while (end < rows.size() && rows[end] == rows[end - 1] + 1)
+                    ++end;
+                const std::span<const std::byte> run =
+                    src.subspan(static_cast<std::size_t>(rows[r]) * rowBytes, (end - r) * rowBytes);
+                prefault(run);
+                writer.writeChunk(t.name, run);
+                result.tensorBytes += run.size();
+                r = end;
             }
-            writer.write(t.name, buffer);
-            result.tensorBytes += buffer.size();
         }
         ckpt.release(t.source);   // keep resident memory near one tensor on huge checkpoints
         ++done;

@@ -344,6 +344,17 @@ Plan compileGeneralist(const std::vector<ScoreTable>& domains, std::map<std::str
     return p;
 }
 
+Plan compilePooledGeneralist(const std::vector<ScoreTable>& domains, const ScoreTable& pooled, const Budget& budget,
+                             const PlanContext& ctx)
+{
+    Plan p = basePlan("generalist", pooled, budget, ctx);
+    for (const ScoreTable& t : domains)
+        p.domainWeights[t.domain] = t.tokenCount;
+    p.keep = selectExperts(pooled, budget, ctx);
+    fillPrediction(p, ctx);
+    return p;
+}
+
 Plan compileUnion(const std::vector<ScoreTable>& domains, int perDomain, const PlanContext& ctx)
 {
     if (domains.empty())
@@ -372,11 +383,16 @@ nlohmann::json planToJson(const Plan& p)
     nlohmann::json layers = nlohmann::json::array();
     for (std::size_t i = 0; i < p.keep.size(); ++i)
         layers.push_back({{"layer", p.layers[i]}, {"keep", p.keep[i]}});
+    nlohmann::json source = {{"checkpoint", p.checkpoint}, {"model_type", p.modelType}, {"num_experts", p.numExperts},
+                             {"top_k", p.topK}, {"num_hidden_layers", p.numLayers}};
+    if (!p.atlas.empty())
+        source["atlas"] = p.atlas;
+    if (!p.configSha256.empty())
+        source["config_sha256"] = p.configSha256;
     return {
         {"format", "moeatlas-plan"},
         {"version", 1},
-        {"source", {{"checkpoint", p.checkpoint}, {"model_type", p.modelType}, {"num_experts", p.numExperts},
-                    {"top_k", p.topK}, {"num_hidden_layers", p.numLayers}}},
+        {"source", source},
         {"derivation",
          {{"method", p.method}, {"criterion", p.criterion}, {"domain_weights", p.domainWeights},
           {"scores", p.scoresSource},
@@ -404,6 +420,8 @@ Plan planFromJson(const nlohmann::json& doc, const std::string& source)
         p.numExperts = src.at("num_experts").get<int>();
         p.topK = src.value("top_k", 0);
         p.numLayers = src.value("num_hidden_layers", 0);
+        p.atlas = src.value("atlas", std::string());
+        p.configSha256 = src.value("config_sha256", std::string());
         const auto& d = doc.at("derivation");
         p.method = d.value("method", std::string());
         p.criterion = d.value("criterion", std::string());

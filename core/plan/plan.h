@@ -66,6 +66,10 @@ struct Plan {
     Budget budget;
     std::string scoresSource;
     std::string checkpoint;
+    // When the scores came from an atlas: its path and the SHA-256 of the config.json it was
+    // captured from; export refuses a checkpoint whose config.json hashes differently.
+    std::string atlas;
+    std::string configSha256;
     std::string modelType;
     int numExperts = 0;
     int topK = 0;
@@ -93,6 +97,12 @@ Plan compileSpecialist(const std::vector<ScoreTable>& domains, const std::string
                        const PlanContext& ctx);
 Plan compileGeneralist(const std::vector<ScoreTable>& domains, std::map<std::string, double> weights,
                        const Budget& budget, const PlanContext& ctx);
+// Default (token-weighted) generalist from a pooled table computed over all domains' tokens at
+// once (the atlas's pooled row: sums over domains / counts over domains). Equals compileGeneralist
+// with token weights for per-token means such as PEU, and is the exact pooled value for criteria
+// whose denominators are not token counts (reap). Weights recorded = the domains' token counts.
+Plan compilePooledGeneralist(const std::vector<ScoreTable>& domains, const ScoreTable& pooled, const Budget& budget,
+                             const PlanContext& ctx);
 // Union of each domain's top-`perDomain` experts per layer (non-uniform in general).
 Plan compileUnion(const std::vector<ScoreTable>& domains, int perDomain, const PlanContext& ctx);
 

@@ -11,6 +11,7 @@
 #include <QTemporaryDir>
 #include <QTest>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -80,6 +81,7 @@ private Q_SLOTS:
     void destroyedBeforeFinishLeavesNothing();
     void copiesExtraFiles();
     void writerRejectsMisuse();
+    void chunkedWrites();
 };
 
 void TstCheckpoint::sharding_data()
@@ -356,6 +358,53 @@ void TstCheckpoint::writerRejectsMisuse()
     QVERIFY_THROWS_EXCEPTION(Error, w.write("a", pattern(4, 0)));   // not the whole tensor
     w.write("a", pattern(8, 0));
     QVERIFY_THROWS_EXCEPTION(Error, w.finish());                     // b never written
+}
+
+// Tensors written in several writeChunk() calls (uneven pieces, an empty one, across a shard
+// boundary) read back byte-identical to whole writes; misuse mid-tensor is refused.
+void TstCheckpoint::chunkedWrites()
+{
+    QTemporaryDir tmp;
+    const fs::path dir = fs::path(tmp.path().toStdString()) / "chunked";
+    const std::vector<std::byte> a = pattern(40, 1), b = pattern(24, 2), c = pattern(8, 3);
+    {
+        CheckpointWriter w(dir, {.maxShardBytes = 48});   // a alone, then b + c
+        w.declare("a", DType::F32, {10});
+        w.declare("b", DType::F32, {2, 3});
+        w.declare("c", DType::F32, {2});
+        const std::span<const std::byte> sa(a), sb(b);
+        w.writeChunk("a", sa.subspan(0, 12));
+        w.writeChunk("a", sa.subspan(12, 0));
+        QVERIFY_THROWS_EXCEPTION(Error, w.write("a", sa.subspan(12)));      // whole write mid-tensor
+        QVERIFY_THROWS_EXCEPTION(Error, w.writeChunk("b", sb));             // a is not complete
+        w.writeChunk("a", sa.subspan(12, 27));
+        QVERIFY_THROWS_EXCEPTION(Error, w.writeChunk("a", sa.subspan(38))); // 2 bytes past the end
+        w.writeChunk("a", sa.subspan(39));
+        for (std::size_t r = 0; r < 2; ++r)
+            w.writeChunk("b", sb.subspan(r * 12, 12));
+        w.writeChunk("c", std::span<const std::byte>(c).subspan(0, 4));
+        QVERIFY_THROWS_EXCEPTION(Error, w.finish());                         // c half written
+    }
+    QVERIFY(!fs::exists(dir));
+    {
+        CheckpointWriter w(dir, {.maxShardBytes = 48});
+        w.declare("a", DType::F32, {10});
+        w.declare("b", DType::F32, {2, 3});
+        w.declare("c", DType::F32, {2});
+        for (std::size_t i = 0; i < a.size(); i += 7)
+            w.writeChunk("a", std::span<const std::byte>(a).subspan(i, std::min<std::size_t>(7, a.size() - i)));
+        w.writeChunk("b", std::span<const std::byte>(b).subspan(0, 20));
+        w.writeChunk("b", std::span<const std::byte>(b).subspan(20));
+        w.write("c", c);
+        w.setConfig({{"model_type", "mixtral"}});
+        w.finish();
+    }
+    const Checkpoint ck(dir);
+    QCOMPARE(ck.shardPaths().size(), std::size_t{2});
+    QVERIFY(sameBytes(ck.bytes("a"), a));
+    QVERIFY(sameBytes(ck.bytes("b"), b));
+    QVERIFY(sameBytes(ck.bytes("c"), c));
+    QCOMPARE(ck.info("b").shape, (std::vector<int64_t>{2, 3}));
 }
 
 QTEST_GUILESS_MAIN(TstCheckpoint)
