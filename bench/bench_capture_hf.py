@@ -2,14 +2,18 @@
 """Transformers baseline for MoE Atlas capture throughput.
 
 Bench mode:
-  bench_capture_hf.py --model DIR [--seq-len 512] [--num-seqs N] [--threads T] [--batch B]
-                      [--attn {eager,sdpa,both}] [--experts {grouped_mm,eager,batched_mm}] [--repeats R] [--seed S]
+  bench_capture_hf.py --model DIR [--seq-len 512] [--num-seqs N] [--input-jsonl FILE] [--threads T]
+                      [--batch B[,B...]] [--attn {eager,sdpa,both}]
+                      [--experts {default,grouped_mm,eager,batched_mm}[,...]] [--repeats R] [--seed S]
   Loads DIR with AutoModelForCausalLM.from_pretrained (float32), runs the BASE model (model.model(...), no
-  lm_head) under torch.inference_mode() with output_router_logits=True over N random sequences in batches of
-  B (one extra warm-up batch, not timed), for each requested attention implementation, and prints one JSON
-  line for the fastest one:
+  lm_head) under torch.inference_mode() with output_router_logits=True over N sequences in batches of
+  B (one extra warm-up batch, not timed), for each requested experts implementation x attention
+  implementation x batch size, and prints one JSON line for the fastest one:
     {"tokens_per_s", "seconds", "attn", "batch", "threads", "seq_len", "num_seqs", "experts", "results": [...]}
-  ("results" holds every attention implementation measured).
+  ("results" holds every combination measured). The sequences are random ids (--seed), or the first N
+  documents of --input-jsonl ({"input_ids": [...]} per line, each cut to --seq-len tokens), so that another
+  engine can be fed exactly the same ids. "default" is transformers' own choice (experts_implementation
+  not given; grouped_mm in transformers 5).
 
 Make-model mode:
   bench_capture_hf.py --make-model DIR [--seed S]
@@ -82,46 +86,79 @@ def run_batches(base, batches):
     return out
 
 
+def load_ids(args, vocab):
+    gen = torch.Generator().manual_seed(args.seed)
+    if not args.input_jsonl:
+        ids = torch.randint(0, vocab, (args.num_seqs, args.seq_len), generator=gen, dtype=torch.int64)
+    else:
+        rows = []
+        with open(args.input_jsonl, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    doc = json.loads(line)["input_ids"]
+                    if len(doc) >= args.seq_len:
+                        rows.append(doc[:args.seq_len])
+                if len(rows) == args.num_seqs:
+                    break
+        if len(rows) < args.num_seqs:
+            sys.exit(f"{args.input_jsonl}: only {len(rows)} documents of >= {args.seq_len} tokens, "
+                     f"{args.num_seqs} wanted")
+        ids = torch.tensor(rows, dtype=torch.int64)
+    warmup = torch.randint(0, vocab, (1, args.seq_len), generator=gen, dtype=torch.int64)
+    return ids, warmup
+
+
 def bench(args) -> None:
     torch.set_num_threads(args.threads)
-    model = AutoModelForCausalLM.from_pretrained(
-        args.model, dtype=torch.float32, attn_implementation="eager", experts_implementation=args.experts)
+    experts_list = args.experts.split(",")
+    batches_list = [int(b) for b in str(args.batch).split(",")]
+    first = experts_list[0]
+    kwargs = {} if first == "default" else {"experts_implementation": first}
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, attn_implementation="eager", **kwargs)
     model.eval()
+    default_experts = model.config._experts_implementation if first == "default" else None
     base = model.model  # the base model: no lm_head
     vocab = model.config.vocab_size
-
-    gen = torch.Generator().manual_seed(args.seed)
-    ids = torch.randint(0, vocab, (args.num_seqs, args.seq_len), generator=gen, dtype=torch.int64)
-    batches = [ids[i:i + args.batch] for i in range(0, args.num_seqs, args.batch)]
-    warmup = torch.randint(0, vocab, (min(args.batch, args.num_seqs), args.seq_len), generator=gen,
-                           dtype=torch.int64)
+    ids, warmup1 = load_ids(args, vocab)
 
     attns = ["eager", "sdpa"] if args.attn == "both" else [args.attn]
     results = []
+    tokens = args.num_seqs * args.seq_len
     with torch.inference_mode():
-        for attn in attns:
-            model.set_attn_implementation(attn)
-            run_batches(base, [warmup])
-            seconds = float("inf")
-            for _ in range(args.repeats):  # best of R: the machine may be shared
-                t0 = time.perf_counter()
-                run_batches(base, batches)
-                seconds = min(seconds, time.perf_counter() - t0)
-            tokens = args.num_seqs * args.seq_len
-            results.append({"attn": attn, "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 2)})
-            print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+        for experts in experts_list:
+            impl = default_experts if experts == "default" else experts
+            if impl is None:  # "default" asked after another implementation was loaded
+                impl = model.get_correct_experts_implementation(None)
+            model.set_experts_implementation(impl)
+            for attn in attns:
+                model.set_attn_implementation(attn)
+                for batch in batches_list:
+                    batches = [ids[i:i + batch] for i in range(0, args.num_seqs, batch)]
+                    run_batches(base, [warmup1.expand(min(batch, args.num_seqs), -1).contiguous()])
+                    seconds = float("inf")
+                    for _ in range(args.repeats):  # best of R: the machine may be shared
+                        t0 = time.perf_counter()
+                        run_batches(base, batches)
+                        seconds = min(seconds, time.perf_counter() - t0)
+                    results.append({"experts": experts if experts != "default" else f"default ({impl})",
+                                    "experts_impl": model.config._experts_implementation, "attn": attn,
+                                    "batch": batch, "seconds": round(seconds, 3),
+                                    "tokens_per_s": round(tokens / seconds, 2)})
+                    print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     best = max(results, key=lambda r: r["tokens_per_s"])
     print(json.dumps({
         "tokens_per_s": best["tokens_per_s"],
         "seconds": best["seconds"],
         "attn": best["attn"],
-        "batch": args.batch,
+        "batch": best["batch"],
         "threads": args.threads,
+        "torch_threads": torch.get_num_threads(),
         "seq_len": args.seq_len,
         "num_seqs": args.num_seqs,
         "repeats": args.repeats,
-        "experts": model.config._experts_implementation,
+        "experts": best["experts"],
         "dtype": "float32",
+        "input": args.input_jsonl or f"random ids, seed {args.seed}",
         "results": results,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -135,10 +172,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--num-seqs", type=int, default=8)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--batch", default="1", help="batch size in sequences; a comma list measures each")
+    ap.add_argument("--input-jsonl", help="take the sequences from this JSONL file (input_ids per line)")
     ap.add_argument("--attn", choices=("eager", "sdpa", "both"), default="both")
-    ap.add_argument("--experts", choices=("grouped_mm", "eager", "batched_mm"), default="grouped_mm",
-                    help="transformers experts implementation (grouped_mm is the transformers default)")
+    ap.add_argument("--experts", default="default",
+                    help="comma list of transformers experts implementations: default (transformers' choice, "
+                         "grouped_mm in v5), grouped_mm, eager (loop over experts), batched_mm")
     ap.add_argument("--repeats", type=int, default=1, help="time R passes over the N sequences, keep the best")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -147,7 +186,14 @@ def main(argv=None) -> int:
         return 0
     if not args.model:
         ap.error("--model or --make-model is required")
-    if min(args.batch, args.num_seqs, args.seq_len, args.threads, args.repeats) < 1:
+    try:
+        batch_sizes = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        ap.error("--batch: a comma list of integers")
+    for e in args.experts.split(","):
+        if e not in ("default", "grouped_mm", "eager", "batched_mm"):
+            ap.error(f"--experts: unknown implementation {e!r}")
+    if min(min(batch_sizes), args.num_seqs, args.seq_len, args.threads, args.repeats) < 1:
         ap.error("--batch, --num-seqs, --seq-len, --threads and --repeats must be positive")
     bench(args)
     return 0

@@ -1,17 +1,157 @@
 #include "model/blocks.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <exception>
 #include <limits>
+#include <vector>
 
 namespace moeatlas {
 
 namespace {
 
+// --- Splitting the work across ATen's threads ----------------------------------------------------
+//
+// With several ATen (OpenMP) threads and a single-threaded OpenBLAS -- what the executor sets up:
+// OpenBLAS' own pthreads spin after every GEMM and, on a small machine, take the cores that ATen's
+// OpenMP workers need between GEMMs -- the blocks split their matrix products themselves: experts,
+// sequences or heads, and row blocks of the projections are tasks that ATen's threads pull one at a
+// time. Each task runs the same single-threaded GEMM and element-wise ops on its subset, so every
+// output element is computed exactly as on the other path.
+
+// OpenBLAS' own thread count when OpenBLAS is the BLAS in this process, else 0.
+int openblasThreads()
+{
+    static const auto get = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+    return get ? get() : 0;
+}
+
+#ifndef _OPENMP
+// at::parallel_for is a template whose OpenMP code is only compiled in with -fopenmp; without it, it
+// runs inline on the calling thread. Then the OpenMP runtime LibTorch itself uses is called directly:
+// GOMP_parallel is what GCC compiles `#pragma omp parallel` to (libgomp, loaded with LibTorch), and
+// omp_in_parallel() inside it keeps ATen's own ops serial, as in an at::parallel_for body.
+using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+GompParallel gompParallel()
+{
+    static const auto fn = reinterpret_cast<GompParallel>(dlsym(RTLD_DEFAULT, "GOMP_parallel"));
+    return fn;
+}
+#endif
+
+bool canRunOnThreads()
+{
+#ifdef _OPENMP
+    return true;
+#else
+    return gompParallel() != nullptr;
+#endif
+}
+
+// True when the blocks split their products across ATen's threads (see above).
+bool splitWork(const at::Tensor& x)
+{
+    return x.device().is_cpu() && at::get_num_threads() > 1 && !at::in_parallel_region() && openblasThreads() == 1
+           && canRunOnThreads();
+}
+
+// Calls worker() once on each of ATen's intra-op threads, concurrently, with the caller's LibTorch
+// thread-local state (inference mode, grad mode); an exception thrown by one is rethrown here once
+// all have returned.
+template <class F>
+void onEachThread(const F& worker)
+{
+    struct Context {
+        const F* worker;
+        at::ThreadLocalState state;
+        std::atomic_flag failed = ATOMIC_FLAG_INIT;
+        std::exception_ptr error;
+    } ctx;
+    ctx.worker = &worker;
+    auto body = [](void* p) {
+        auto& c = *static_cast<Context*>(p);
+        try {
+            const at::ThreadLocalStateGuard guard(c.state);
+            (*c.worker)();
+        } catch (...) {
+            if (!c.failed.test_and_set())
+                c.error = std::current_exception();
+        }
+    };
+#ifdef _OPENMP
+    const int64_t threads = at::get_num_threads();
+    at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t)
+            body(&ctx);
+    });
+#else
+    gompParallel()(body, &ctx, static_cast<unsigned>(at::get_num_threads()), 0);
+#endif
+    if (ctx.error)
+        std::rethrow_exception(ctx.error);
+}
+
+// Calls task(i) for every i in [0, count) on ATen's threads, each thread taking the next index as it
+// becomes free (a thread the machine's other work slows down simply takes fewer). setup() runs once
+// per thread before its first task and returns what that thread's tasks share (scratch buffers).
+template <class Setup, class Task>
+void parallelTasks(int64_t count, const Setup& setup, const Task& task)
+{
+    std::atomic<int64_t> next{0};
+    onEachThread([&] {
+        int64_t i = next.fetch_add(1);
+        if (i >= count)
+            return;
+        auto local = setup();
+        for (; i < count; i = next.fetch_add(1))
+            task(i, local);
+    });
+}
+
+// The [N*K, H] rows of routed expert outputs of moeForward, kept between calls (128 MiB for 4096
+// tokens of the benchmark model): a fresh buffer of that size costs ~0.1 s of page faults per call on
+// a VM, a fifth of the MoE block's time. Reused only when no tensor from an earlier call still holds it.
+at::Tensor routedRowsBuffer(int64_t rows, int64_t cols, const at::TensorOptions& options)
+{
+    static thread_local at::Tensor cached;
+    const int64_t need = rows * cols;
+    if (!cached.defined() || cached.storage().use_count() > 1 || cached.numel() < need || cached.dtype() != options.dtype()
+        || cached.device() != options.device()) {
+        cached = at::Tensor();   // release the old one first
+        cached = at::empty({need}, options);
+    }
+    return cached.narrow(0, 0, need).view({rows, cols});
+}
+
 at::Tensor linear(const at::Tensor& x, const Linear& l)
 {
-    return l.bias.defined() ? at::linear(x, l.weight, l.bias) : at::linear(x, l.weight);
+    const int64_t threads = at::get_num_threads();
+    constexpr int64_t minRows = 128;
+    if (x.dim() != 2 || x.size(0) < 2 * minRows || !splitWork(x))
+        return l.bias.defined() ? at::linear(x, l.weight, l.bias) : at::linear(x, l.weight);
+    // at::linear on a 2-D input is addmm(bias, x, W^T) or mm(x, W^T): the same calls on row blocks.
+    const int64_t rows = x.size(0);
+    const int64_t blocks = std::min(rows / minRows, 4 * threads), chunk = (rows + blocks - 1) / blocks;
+    at::Tensor out = at::empty({rows, l.weight.size(0)}, x.options());
+    const at::Tensor wt = l.weight.t();
+    parallelTasks(blocks, [] { return 0; }, [&](int64_t b, int) {
+        const int64_t r0 = b * chunk, n = std::min(chunk, rows - r0);
+        if (n <= 0)
+            return;
+        at::Tensor o = out.narrow(0, r0, n);
+        if (l.bias.defined())
+            at::addmm_out(o, l.bias, x.narrow(0, r0, n), wt);
+        else
+            at::mm_out(o, x.narrow(0, r0, n), wt);
+    });
+    return out;
 }
 
 at::Tensor rotateHalf(const at::Tensor& x)
@@ -98,11 +238,49 @@ at::Tensor attention(const ModelSpec& spec, const LayerWeights& w, const at::Ten
     const at::Tensor mask = causalMask(S, slidingWindow ? spec.slidingWindow : std::nullopt, q.options());
     // One sequence at a time bounds the score matrix to [nh, S, S].
     at::Tensor out = at::empty({numSeqs, S, nh * hd}, x.options());
-    for (int64_t b = 0; b < numSeqs; ++b) {
-        at::Tensor scores = at::matmul(q[b], k[b].transpose(1, 2)) * scale + mask;
-        at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
-        out[b].copy_(at::matmul(probs, v[b]).transpose(0, 1).reshape({S, nh * hd}));
+    if (!splitWork(x)) {
+        for (int64_t b = 0; b < numSeqs; ++b) {
+            at::Tensor scores = at::matmul(q[b], k[b].transpose(1, 2)) * scale + mask;
+            at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+            out[b].copy_(at::matmul(probs, v[b]).transpose(0, 1).reshape({S, nh * hd}));
+        }
+        return linear(out.view({tokens, nh * hd}), w.o);
     }
+    // Sequences (and, when there are fewer sequences than threads, groups of heads) in parallel;
+    // heads are independent, so a group of heads gives the same numbers as all of them at once.
+    const int64_t threads = at::get_num_threads();
+    const int64_t parts = numSeqs >= threads ? 1 : std::min<int64_t>(nh, (threads + numSeqs - 1) / numSeqs);
+    const int64_t headsPerPart = (nh + parts - 1) / parts;
+    // Per-thread buffers for the scores, probabilities and context of one task, written with the
+    // out= and in-place forms of the same ops (fresh [heads, S, S] temporaries cost page faults).
+    const bool fp32 = x.scalar_type() == at::kFloat;
+    struct Scratch {
+        at::Tensor scores, probs, context;
+    };
+    auto setup = [&] {
+        return Scratch{at::empty({headsPerPart, S, S}, q.options()),
+                       fp32 ? at::empty({headsPerPart, S, S}, q.options()) : at::Tensor(),
+                       at::empty({headsPerPart, S, hd}, q.options())};
+    };
+    parallelTasks(numSeqs * parts, setup, [&](int64_t item, Scratch& buf) {
+        const int64_t b = item / parts, h0 = (item % parts) * headsPerPart;
+        const int64_t hn = std::min(headsPerPart, nh - h0);
+        if (hn <= 0)
+            return;
+        at::Tensor qb = q[b].narrow(0, h0, hn), kb = k[b].narrow(0, h0, hn), vb = v[b].narrow(0, h0, hn);
+        at::Tensor scores = buf.scores.narrow(0, 0, hn), context = buf.context.narrow(0, 0, hn);
+        at::matmul_out(scores, qb, kb.transpose(1, 2));
+        scores.mul_(scale).add_(mask);
+        at::Tensor probs;
+        if (fp32) {
+            probs = buf.probs.narrow(0, 0, hn);
+            at::softmax_out(probs, scores, -1, at::kFloat);
+        } else {
+            probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+        }
+        at::matmul_out(context, probs, vb);
+        out[b].view({S, nh, hd}).narrow(1, h0, hn).copy_(context.transpose(0, 1));
+    });
     return linear(out.view({tokens, nh * hd}), w.o);
 }
 
@@ -118,7 +296,7 @@ at::Tensor moeForward(const ModelSpec& spec, const LayerWeights& w, const at::Te
     const int64_t I = w.down.size(2);
     const bool fp32 = x.scalar_type() == at::kFloat;
     // transformers computes the router in the hidden dtype; observers get an fp32 computation.
-    at::Tensor logits = at::linear(x, w.router);
+    at::Tensor logits = linear(x, Linear{w.router, {}});
     at::Tensor logits32 = fp32 ? logits : at::linear(x.to(at::kFloat), w.router.to(at::kFloat));
     at::Tensor routingLogits = logits;
     if (options.keptExperts.defined())
@@ -142,21 +320,76 @@ at::Tensor moeForward(const ModelSpec& spec, const LayerWeights& w, const at::Te
     at::Tensor sortedNorms;
     if (options.recordExpertNorms)
         sortedNorms = at::empty({N * K}, x.options().dtype(at::kFloat));
-    int64_t offset = 0;
-    for (int64_t e = 0; e < E; ++e) {
-        const int64_t c = countPtr[e];
-        if (c == 0)
-            continue;
-        at::Tensor idx = tokenOf.narrow(0, offset, c);
-        at::Tensor xe = x.index_select(0, idx);
-        at::Tensor gu = at::linear(xe, w.gateUp[e]);
-        at::Tensor h = at::silu(gu.narrow(1, 0, I)) * gu.narrow(1, I, I);
-        at::Tensor y = at::linear(h, w.down[e]);
-        if (options.recordExpertNorms)
-            sortedNorms.narrow(0, offset, c).copy_(y.to(at::kFloat).norm(2, {1}));
-        y = y * sortedWeights.narrow(0, offset, c).unsqueeze(1);
-        out.index_add_(0, idx, y.to(x.scalar_type()));
-        offset += c;
+    if (splitWork(x)) {
+        // Experts in parallel; each writes its weighted outputs into its rows of `weighted` (expert
+        // order). One index_add_ then accumulates them in that order, which is the order in which the
+        // per-expert index_add_ of the other path accumulates, so every sum is the same.
+        std::vector<int64_t> rowBegin(static_cast<std::size_t>(E) + 1, 0);
+        int64_t most = 0;
+        for (int64_t e = 0; e < E; ++e) {
+            rowBegin[static_cast<std::size_t>(e) + 1] = rowBegin[static_cast<std::size_t>(e)] + countPtr[e];
+            most = std::max(most, countPtr[e]);
+        }
+        const bool sameType = sortedWeights.scalar_type() == x.scalar_type();
+        const int64_t H = x.size(1);
+        at::Tensor weighted = routedRowsBuffer(N * K, H, x.options());
+        struct Scratch {
+            at::Tensor xe, gu, h;
+        };
+        // One set of buffers per thread for the largest expert: allocating (and page-faulting) fresh
+        // buffers for every expert cost as much as the GEMMs.
+        auto setup = [&] {
+            return Scratch{at::empty({most, H}, x.options()), at::empty({most, 2 * I}, x.options()),
+                           at::empty({most, I}, x.options())};
+        };
+        parallelTasks(E, setup, [&](int64_t e, Scratch& buf) {
+            const int64_t c = countPtr[e], off = rowBegin[static_cast<std::size_t>(e)];
+            if (c == 0)
+                return;
+            // The same operations as the loop below, written into the buffers: index_select,
+            // linear (= mm with W^T), silu(gate) * up, linear, * routing weight.
+            at::Tensor xe = buf.xe.narrow(0, 0, c), gu = buf.gu.narrow(0, 0, c), h = buf.h.narrow(0, 0, c);
+            at::index_select_out(xe, x, 0, tokenOf.narrow(0, off, c));
+            at::mm_out(gu, xe, w.gateUp[e].t());
+            at::silu_out(h, gu.narrow(1, 0, I));
+            h.mul_(gu.narrow(1, I, I));
+            const at::Tensor mix = sortedWeights.narrow(0, off, c).unsqueeze(1);
+            at::Tensor dst = weighted.narrow(0, off, c);
+            if (sameType) {
+                at::mm_out(dst, h, w.down[e].t());
+                if (options.recordExpertNorms)
+                    sortedNorms.narrow(0, off, c).copy_(dst.to(at::kFloat).norm(2, {1}));
+                dst.mul_(mix);
+            } else {
+                const at::Tensor y = at::mm(h, w.down[e].t());
+                if (options.recordExpertNorms)
+                    sortedNorms.narrow(0, off, c).copy_(y.to(at::kFloat).norm(2, {1}));
+                dst.copy_((y * mix).to(x.scalar_type()));
+            }
+        });
+        // Column blocks are independent sums: the scatter runs on all threads too.
+        constexpr int64_t columnsPerTask = 128;
+        parallelTasks((H + columnsPerTask - 1) / columnsPerTask, [] { return 0; }, [&](int64_t b, int) {
+            const int64_t c0 = b * columnsPerTask, n = std::min(columnsPerTask, H - c0);
+            out.narrow(1, c0, n).index_add_(0, tokenOf, weighted.narrow(1, c0, n));
+        });
+    } else {
+        int64_t offset = 0;
+        for (int64_t e = 0; e < E; ++e) {
+            const int64_t c = countPtr[e];
+            if (c == 0)
+                continue;
+            at::Tensor idx = tokenOf.narrow(0, offset, c);
+            at::Tensor xe = x.index_select(0, idx);
+            at::Tensor gu = at::linear(xe, w.gateUp[e]);
+            at::Tensor h = at::silu(gu.narrow(1, 0, I)) * gu.narrow(1, I, I);
+            at::Tensor y = at::linear(h, w.down[e]);
+            if (options.recordExpertNorms)
+                sortedNorms.narrow(0, offset, c).copy_(y.to(at::kFloat).norm(2, {1}));
+            y = y * sortedWeights.narrow(0, offset, c).unsqueeze(1);
+            out.index_add_(0, idx, y.to(x.scalar_type()));
+            offset += c;
+        }
     }
     if (w.sharedExpertGate.defined())
         out = out + at::sigmoid(at::linear(x, w.sharedExpertGate)) * denseMlp(w, x);
