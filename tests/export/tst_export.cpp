@@ -1,6 +1,7 @@
 // Export at the byte level: kept experts renumbered densely, router rows sliced, config rewritten
 // (only the expert-count key), per-expert and fused layouts, and atomicity: a non-empty output is
 // refused, nothing appears under the final name on failure, the source is never touched.
+#include "test_io.h"
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/random_model.h"
 #include "export/exporter.h"
@@ -18,21 +19,11 @@
 #include <map>
 
 using namespace moeatlas;
+using namespace moeatlas::test;
 namespace fs = std::filesystem;
 
 namespace {
 
-QString inputErrorOf(const std::function<void()>& f)
-{
-    try {
-        f();
-    } catch (const InputError& e) {
-        return QString::fromStdString(e.what());
-    } catch (...) {
-        return QStringLiteral("<wrong exception type>");
-    }
-    return {};
-}
 
 RandomModelOptions smallModel(Architecture arch, bool fused)
 {

@@ -174,4 +174,20 @@ inline TinyAtlasSpec sliceSequences(const TinyAtlasSpec& s, size_t q0, size_t q1
     return out;
 }
 
+// The hand-computed case shared by tst_peu and tst_routing_stats (expected values are worked out
+// in their comments): E = 4, k = 2, one MoE layer; domain a = tokens 0..2, domain b = token 3;
+// logits with a tie, an all-negative token and a three-way tie; recorded top-2
+// t0 {0,1}, t1 {0,1}, t2 {2,0}, t3 {0,1} with weights 0.75/0.25 and expert norms 2/4.
+inline TinyAtlasSpec handComputedSpec()
+{
+    TinyAtlasSpec s;
+    s.domainNames = {"a", "b"};
+    s.domainIds = {0, 0, 0, 1};
+    s.logits = {{2, 1, 0, -1, 0, 0, -3, -5, -1, -2, -0.5f, -4, 3, 3, 3, 0}};
+    s.ids = {{0, 1, 0, 1, 2, 0, 0, 1}};
+    s.weights = {{0.75f, 0.25f, 0.75f, 0.25f, 0.75f, 0.25f, 0.75f, 0.25f}};
+    s.norms = {{2, 4, 2, 4, 2, 4, 2, 4}};
+    return s;
+}
+
 } // namespace moeatlas::test

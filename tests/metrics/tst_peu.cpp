@@ -31,17 +31,6 @@ namespace {
 //   pooled = (sums_a + sums_b) / 4 tokens = [1.25, 0.75, 0.0943851672, 0]
 // Expert 2 (selected with a negative logit) ranks above never-selected experts 1 and 3 under
 // max-sigmoid; under identity it scores -0.5/3 = -0.1666666667, below them.
-TinyAtlasSpec handSpec()
-{
-    TinyAtlasSpec s;
-    s.domainNames = {"a", "b"};
-    s.domainIds = {0, 0, 0, 1};
-    s.logits = {{2, 1, 0, -1, 0, 0, -3, -5, -1, -2, -0.5f, -4, 3, 3, 3, 0}};
-    s.ids = {{0, 1, 0, 1, 2, 0, 0, 1}};
-    s.weights = {{0.75f, 0.25f, 0.75f, 0.25f, 0.75f, 0.25f, 0.75f, 0.25f}};
-    s.norms = {{2, 4, 2, 4, 2, 4, 2, 4}};
-    return s;
-}
 
 // value[row, layer 0, expert] of a criterion's [D+1, L, E] array.
 double at(const AtlasResults& r, const char* array, int row, int expert, int numExperts = 4)
@@ -84,7 +73,7 @@ private Q_SLOTS:
     {
         QVERIFY(m_dir.isValid());
         m_path = fs::path(m_dir.path().toStdString()) / "hand.atlas.h5";
-        writeTinyAtlas(m_path, handSpec());
+        writeTinyAtlas(m_path, handComputedSpec());
     }
 
     void peuDefault()
@@ -168,7 +157,7 @@ private Q_SLOTS:
 
     void withoutNormsReapIsUnavailable()
     {
-        TinyAtlasSpec s = handSpec();
+        TinyAtlasSpec s = handComputedSpec();
         s.norms.clear();
         const fs::path path = fs::path(m_dir.path().toStdString()) / "nonorms.atlas.h5";
         writeTinyAtlas(path, s);
@@ -183,7 +172,7 @@ private Q_SLOTS:
     void scoreFileSkipsWhenUpToDate()
     {
         const fs::path path = fs::path(m_dir.path().toStdString()) / "file.atlas.h5";
-        writeTinyAtlas(path, handSpec());
+        writeTinyAtlas(path, handComputedSpec());
         ScoreRunOptions options;
         ScoreRunReport report = scoreAtlasFile(path, {}, options);
         QVERIFY(!report.upToDate);

@@ -15,16 +15,6 @@ namespace {
 
 // E = 4, k = 2, one layer. Domain a: t0..t2, domain b: t3 (logits as in tst_peu).
 // Recorded top-2: t0 {0,1}, t1 {0,1}, t2 {2,0}, t3 {0,1}.
-TinyAtlasSpec handSpec()
-{
-    TinyAtlasSpec s;
-    s.domainNames = {"a", "b"};
-    s.domainIds = {0, 0, 0, 1};
-    s.logits = {{2, 1, 0, -1, 0, 0, -3, -5, -1, -2, -0.5f, -4, 3, 3, 3, 0}};
-    s.ids = {{0, 1, 0, 1, 2, 0, 0, 1}};
-    s.weights = {{0.75f, 0.25f, 0.75f, 0.25f, 0.75f, 0.25f, 0.75f, 0.25f}};
-    return s;
-}
 
 double value(const AtlasResults& r, const char* name, size_t index)
 {
@@ -54,7 +44,7 @@ private Q_SLOTS:
     {
         QVERIFY(m_dir.isValid());
         m_path = fs::path(m_dir.path().toStdString()) / "hand.atlas.h5";
-        writeTinyAtlas(m_path, handSpec());
+        writeTinyAtlas(m_path, handComputedSpec());
     }
 
     void load()

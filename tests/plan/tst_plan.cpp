@@ -1,6 +1,7 @@
 // Plan compilation: budgets (uniform, global, bytes/params), per-layer minimum, specialist,
 // generalist and union plans, deterministic ties, group-limited refusal, JSON round trip.
 // Every expected keep set below is worked out by hand from the small tables in makeScores().
+#include "test_io.h"
 #include "plan/plan.h"
 #include "util/error.h"
 
@@ -11,6 +12,7 @@
 #include <functional>
 
 using namespace moeatlas;
+using namespace moeatlas::test;
 
 namespace {
 
@@ -47,17 +49,6 @@ Budget budget(BudgetScope scope, BudgetUnit unit, double amount, int minPerLayer
     return Budget{scope, unit, amount, minPerLayer};
 }
 
-QString inputErrorOf(const std::function<void()>& f)
-{
-    try {
-        f();
-    } catch (const InputError& e) {
-        return QString::fromStdString(e.what());
-    } catch (...) {
-        return QStringLiteral("<wrong exception type>");
-    }
-    return {};
-}
 
 // Two domains, one layer: A has 3 tokens, B 1 token.
 std::vector<ScoreTable> twoDomains()
