@@ -108,12 +108,6 @@ fs::path resumeStatePath(const fs::path& output)
     return p;
 }
 
-CalibrationSet loadCalibration(const std::vector<DomainSource>& domains, const PackingOptions& packing,
-                               int64_t vocabSize)
-{
-    return buildCalibrationSet(domains, packing, TextOptions{}, nullptr, {}, vocabSize);
-}
-
 CalibrationSet loadCalibration(const CaptureParams& params, int64_t vocabSize)
 {
     // Decide first whether a tokenizer is needed, so that input_ids-only runs never read one.

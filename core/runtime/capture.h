@@ -44,9 +44,6 @@ struct CaptureSummary {
 // The tokenizer is params.tokenizer or <checkpoint>/tokenizer.json; it is read only when a
 // domain is text or addBos needs its BOS, and a text domain without one is an InputError.
 CalibrationSet loadCalibration(const CaptureParams& params, int64_t vocabSize);
-// input_ids domains only (a text domain is an InputError: there is no tokenizer).
-CalibrationSet loadCalibration(const std::vector<DomainSource>& domains, const PackingOptions& packing,
-                               int64_t vocabSize);
 
 // Runs the capture. On cancellation (Cancelled thrown) the partial atlas stays valid with the
 // layers completed so far; rerun with resume = true to continue it.
