@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <csignal>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <unistd.h>
 
 namespace moeatlas::cli {
@@ -15,7 +15,7 @@ StopToken g_stop;
 void onSignal(int sig)
 {
     g_stop.requestStop();
-    std::signal(sig, SIG_DFL);   // a second signal ends the process the default way
+    std::signal(sig, SIG_DFL); // a second signal ends the process the default way
 }
 
 } // namespace
@@ -41,8 +41,12 @@ std::string formatDuration(double seconds)
 }
 
 ProgressBar::ProgressBar(std::string label, std::string unit, double unitsPerItem)
-    : m_label(std::move(label)), m_unit(std::move(unit)), m_unitsPerItem(unitsPerItem),
-      m_tty(::isatty(STDERR_FILENO) != 0), m_start(std::chrono::steady_clock::now()), m_lastDraw{}
+    : m_label(std::move(label))
+    , m_unit(std::move(unit))
+    , m_unitsPerItem(unitsPerItem)
+    , m_tty(::isatty(STDERR_FILENO) != 0)
+    , m_start(std::chrono::steady_clock::now())
+    , m_lastDraw {}
 {
 }
 
@@ -65,8 +69,8 @@ bool ProgressBar::update(const Progress& p)
         std::string bar(static_cast<std::size_t>(frac * width), '#');
         bar.resize(width, '.');
         std::fprintf(stderr, "%s%s [%s] %5.1f%% %s  %.0f %s/s  elapsed %s  ETA %s%s", m_tty ? "\r\033[K" : "",
-                     m_label.c_str(), bar.c_str(), frac * 100.0, p.stage.c_str(), rate, m_unit.c_str(),
-                     formatDuration(elapsed).c_str(), formatDuration(eta).c_str(), m_tty ? "" : "\n");
+            m_label.c_str(), bar.c_str(), frac * 100.0, p.stage.c_str(), rate, m_unit.c_str(),
+            formatDuration(elapsed).c_str(), formatDuration(eta).c_str(), m_tty ? "" : "\n");
         std::fflush(stderr);
     }
     return !g_stop.stopRequested();

@@ -77,18 +77,19 @@ int runCaptureCommand(const CaptureArgs& a)
     StopToken& stop = installStopHandler();
     ProgressBar bar("capture", "token-layers");
     try {
-        const CaptureSummary s = runCapture(p, [&](const Progress& pr) { return bar.update(pr); }, &stop);
+        const CaptureSummary s = runCapture(
+            p, [&](const Progress& pr) { return bar.update(pr); }, &stop);
         const double rate = s.seconds > 0 ? static_cast<double>(s.tokens) * s.layersRun / s.seconds : 0.0;
         bar.finish("capture: " + std::to_string(s.tokens) + " tokens x " + std::to_string(s.layersRun) + " layers in "
-                   + formatDuration(s.seconds) + " (" + std::to_string(static_cast<long long>(rate))
-                   + " token-layers/s)" + (s.layersSkipped ? ", resumed after layer " + std::to_string(s.layersSkipped - 1) : "")
-                   + "; peak RSS " + std::to_string(s.peakRssBytes >> 20) + " MiB, largest layer "
-                   + std::to_string(s.peakLayerBytes >> 20) + " MiB");
+            + formatDuration(s.seconds) + " (" + std::to_string(static_cast<long long>(rate)) + " token-layers/s)"
+            + (s.layersSkipped ? ", resumed after layer " + std::to_string(s.layersSkipped - 1) : "") + "; peak RSS "
+            + std::to_string(s.peakRssBytes >> 20) + " MiB, largest layer " + std::to_string(s.peakLayerBytes >> 20)
+            + " MiB");
         std::printf("%s\n", s.atlas.c_str());
         return 0;
     } catch (const Cancelled&) {
         bar.finish("capture interrupted: " + partialPathFor(p.output).string()
-                   + " keeps every completed layer; continue with --resume");
+            + " keeps every completed layer; continue with --resume");
         return 130;
     }
 }
@@ -98,16 +99,18 @@ int runCaptureCommand(const CaptureArgs& a)
 Command addCaptureCommand(CLI::App& app)
 {
     auto a = std::make_shared<CaptureArgs>();
-    CLI::App* sub = app.add_subcommand("capture", "Run a checkpoint over calibration data and record routing into an atlas");
+    CLI::App* sub
+        = app.add_subcommand("capture", "Run a checkpoint over calibration data and record routing into an atlas");
     sub->add_option("checkpoint", a->checkpoint, "Hugging Face checkpoint directory")->required();
     sub->add_option("--domain,-d", a->domains,
-                    "NAME=PATH[:N] calibration domain: text file, directory of .txt files, or JSONL with a text "
-                    "field, \"messages\" or \"input_ids\" (docs/calibration.md); N caps its sequences; repeatable")
+           "NAME=PATH[:N] calibration domain: text file, directory of .txt files, or JSONL with a text "
+           "field, \"messages\" or \"input_ids\" (docs/calibration.md); N caps its sequences; repeatable")
         ->required();
     sub->add_option("--output,-o", a->output, "Atlas file to write (e.g. run.atlas.h5)")->required();
     sub->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
     sub->add_option("--dtype", a->dtype, "Compute dtype: float32, bfloat16, float16")->capture_default_str();
-    sub->add_option("--logits-dtype", a->logitsDtype, "Stored router logits: float32 or float16")->capture_default_str();
+    sub->add_option("--logits-dtype", a->logitsDtype, "Stored router logits: float32 or float16")
+        ->capture_default_str();
     sub->add_option("--seq-len", a->seqLen, "Tokens per packed sequence")->capture_default_str();
     sub->add_option("--max-samples", a->maxSamples, "Sequences per domain at most (0 = all)");
     sub->add_option("--batch-tokens", a->batchTokens, "Tokens per micro-batch")->capture_default_str();
@@ -115,11 +118,11 @@ Command addCaptureCommand(CLI::App& app)
     sub->add_option("--seed", a->seed, "Seed for document order and hidden-state samples")->capture_default_str();
     sub->add_option("--bos", a->bos, "Token id prepended to every document");
     sub->add_flag("--add-bos", a->addBos, "Prepend the tokenizer's BOS token to every document (--bos wins)");
-    sub->add_option("--tokenizer", a->tokenizer,
-                    "tokenizer.json for text domains (default: <checkpoint>/tokenizer.json)");
+    sub->add_option(
+        "--tokenizer", a->tokenizer, "tokenizer.json for text domains (default: <checkpoint>/tokenizer.json)");
     sub->add_option("--text-field", a->textField, "Field of JSONL records holding the text")->capture_default_str();
     sub->add_flag("--whole-file", a->wholeFile,
-                  "A plain text file is one document (default: one per blank-line-separated block)");
+        "A plain text file is one document (default: one per blank-line-separated block)");
     sub->add_flag("--expert-norms", a->expertNorms, "Record L2 norms of routed expert outputs (needed for REAP)");
     sub->add_option("--hidden-samples", a->hiddenSamples, "Tokens whose MoE input is stored per layer");
     sub->add_flag("--resume", a->resume, "Continue an interrupted capture of the same output");

@@ -29,12 +29,11 @@ struct GenerateArgs {
 
 int runGenerate(GenerateArgs a)
 {
-    static const std::map<std::string, Architecture> archs = {{"mixtral", Architecture::Mixtral},
-                                                              {"qwen2_moe", Architecture::Qwen2Moe},
-                                                              {"qwen3_moe", Architecture::Qwen3Moe},
-                                                              {"olmoe", Architecture::Olmoe}};
-    static const std::map<std::string, DType> dtypes = {
-        {"float32", DType::F32}, {"bfloat16", DType::BF16}, {"float16", DType::F16}};
+    static const std::map<std::string, Architecture> archs
+        = { { "mixtral", Architecture::Mixtral }, { "qwen2_moe", Architecture::Qwen2Moe },
+              { "qwen3_moe", Architecture::Qwen3Moe }, { "olmoe", Architecture::Olmoe } };
+    static const std::map<std::string, DType> dtypes
+        = { { "float32", DType::F32 }, { "bfloat16", DType::BF16 }, { "float16", DType::F16 } };
     if (!archs.count(a.arch))
         throw InputError("--arch '" + a.arch + "' (expected mixtral, qwen2_moe, qwen3_moe or olmoe)");
     if (!dtypes.count(a.dtype))
@@ -47,7 +46,8 @@ int runGenerate(GenerateArgs a)
         std::printf("%s\n", a.output.c_str());
     }
     if (!a.calibration.empty()) {
-        writeRandomCalibration(a.calibration, a.model.vocabSize, a.calibrationDocs, a.calibrationDocTokens, a.model.seed);
+        writeRandomCalibration(
+            a.calibration, a.model.vocabSize, a.calibrationDocs, a.calibrationDocTokens, a.model.seed);
         std::printf("%s\n", a.calibration.c_str());
     }
     if (a.output.empty() && a.calibration.empty())
@@ -72,8 +72,10 @@ Command addGenerateCommand(CLI::App& app)
     sub->add_option("--experts", a->model.numExperts)->capture_default_str();
     sub->add_option("--top-k", a->model.topK)->capture_default_str();
     sub->add_option("--expert-width", a->model.moeIntermediate, "moe_intermediate_size")->capture_default_str();
-    sub->add_option("--shared-width", a->model.sharedIntermediate, "qwen2_moe shared expert width")->capture_default_str();
-    sub->add_option("--dense-width", a->model.denseIntermediate, "width of dense (mlp_only) layers")->capture_default_str();
+    sub->add_option("--shared-width", a->model.sharedIntermediate, "qwen2_moe shared expert width")
+        ->capture_default_str();
+    sub->add_option("--dense-width", a->model.denseIntermediate, "width of dense (mlp_only) layers")
+        ->capture_default_str();
     sub->add_option("--mlp-only-layers", a->model.mlpOnlyLayers, "layers with a dense MLP (qwen2_moe, qwen3_moe)");
     sub->add_option("--vocab", a->model.vocabSize)->capture_default_str();
     sub->add_flag("--fused", a->model.fusedExperts, "Store experts fused per layer (transformers v5 layout)");

@@ -30,7 +30,7 @@ struct PlanArgs {
     std::string criterion;
     std::string output = "plan.json";
     std::string domain;
-    std::vector<std::string> weights;   // name=weight
+    std::vector<std::string> weights; // name=weight
     bool generalist = false;
     int unionPerDomain = 0;
     int keep = 0;
@@ -50,13 +50,36 @@ Budget budgetOf(const PlanArgs& a)
     b.scope = a.scope == "global" ? BudgetScope::Global : BudgetScope::Uniform;
     b.minPerLayer = a.minPerLayer;
     int given = 0;
-    if (a.keep > 0) { b.unit = BudgetUnit::Experts; b.amount = a.keep; b.scope = BudgetScope::Uniform; ++given; }
-    if (a.globalKeep > 0) { b.unit = BudgetUnit::Experts; b.amount = static_cast<double>(a.globalKeep); b.scope = BudgetScope::Global; ++given; }
-    if (a.keepFraction > 0) { b.unit = BudgetUnit::Fraction; b.amount = a.keepFraction; ++given; }
-    if (a.targetBytes > 0) { b.unit = BudgetUnit::Bytes; b.amount = a.targetBytes; ++given; }
-    if (a.targetParams > 0) { b.unit = BudgetUnit::Params; b.amount = a.targetParams; ++given; }
+    if (a.keep > 0) {
+        b.unit = BudgetUnit::Experts;
+        b.amount = a.keep;
+        b.scope = BudgetScope::Uniform;
+        ++given;
+    }
+    if (a.globalKeep > 0) {
+        b.unit = BudgetUnit::Experts;
+        b.amount = static_cast<double>(a.globalKeep);
+        b.scope = BudgetScope::Global;
+        ++given;
+    }
+    if (a.keepFraction > 0) {
+        b.unit = BudgetUnit::Fraction;
+        b.amount = a.keepFraction;
+        ++given;
+    }
+    if (a.targetBytes > 0) {
+        b.unit = BudgetUnit::Bytes;
+        b.amount = a.targetBytes;
+        ++given;
+    }
+    if (a.targetParams > 0) {
+        b.unit = BudgetUnit::Params;
+        b.amount = a.targetParams;
+        ++given;
+    }
     if (given != 1)
-        throw InputError("give exactly one budget: --keep, --global-keep, --keep-fraction, --target-bytes or --target-params");
+        throw InputError(
+            "give exactly one budget: --keep, --global-keep, --keep-fraction, --target-bytes or --target-params");
     return b;
 }
 
@@ -85,7 +108,7 @@ int runPlan(const PlanArgs& a)
     const std::vector<ScoreTable> domains = atlasScores ? atlasScores->domains : readScoresFile(a.scores);
     // With an atlas the checkpoint defaults to the one it was captured from.
     const std::string checkpoint = !a.checkpoint.empty() ? a.checkpoint
-                                   : atlasScores         ? atlasScores->checkpointPath
+        : atlasScores                                    ? atlasScores->checkpointPath
                                                          : std::string();
     if (checkpoint.empty())
         throw InputError("give the checkpoint directory (needed for costs without --atlas)");
@@ -95,12 +118,13 @@ int runPlan(const PlanArgs& a)
         const std::string sha = sha256File(ckpt.dir() / "config.json");
         if (sha != atlasScores->configSha256)
             throw InputError(checkpoint + ": config.json differs from the one " + a.atlas
-                             + " was captured from (sha256 " + sha.substr(0, 12) + "... vs "
-                             + atlasScores->configSha256.substr(0, 12) + "...)");
+                + " was captured from (sha256 " + sha.substr(0, 12) + "... vs "
+                + atlasScores->configSha256.substr(0, 12) + "...)");
     }
     const PlanContext ctx = planContextFor(ckpt);
 
-    const int modes = (a.domain.empty() ? 0 : 1) + (a.generalist || !a.weights.empty() ? 1 : 0) + (a.unionPerDomain > 0 ? 1 : 0);
+    const int modes
+        = (a.domain.empty() ? 0 : 1) + (a.generalist || !a.weights.empty() ? 1 : 0) + (a.unionPerDomain > 0 ? 1 : 0);
     if (modes != 1)
         throw InputError("choose one of --domain NAME (specialist), --generalist [--weight NAME=W ...] or --union M");
     Plan plan;
@@ -138,11 +162,11 @@ int runPlan(const PlanArgs& a)
     for (std::size_t i = 0; i < plan.keep.size(); ++i)
         counts += (i ? " " : "") + std::to_string(plan.keep[i].size());
     std::printf("%s plan (%s, %s): experts kept per MoE layer: %s of %d\n", plan.uniform() ? "uniform" : "non-uniform",
-                plan.method.c_str(), plan.criterion.c_str(), counts.c_str(), plan.numExperts);
+        plan.method.c_str(), plan.criterion.c_str(), counts.c_str(), plan.numExperts);
     std::printf("predicted: %.3f -> %.3f GB, %lld -> %lld params, %lld -> %lld active params/token\n",
-                static_cast<double>(plan.bytesBefore) / 1e9, static_cast<double>(plan.bytesAfter) / 1e9,
-                static_cast<long long>(plan.paramsBefore), static_cast<long long>(plan.paramsAfter),
-                static_cast<long long>(plan.activeParamsBefore), static_cast<long long>(plan.activeParamsAfter));
+        static_cast<double>(plan.bytesBefore) / 1e9, static_cast<double>(plan.bytesAfter) / 1e9,
+        static_cast<long long>(plan.paramsBefore), static_cast<long long>(plan.paramsAfter),
+        static_cast<long long>(plan.activeParamsBefore), static_cast<long long>(plan.activeParamsAfter));
     std::printf("%s\n", a.output.c_str());
     return 0;
 }
@@ -154,7 +178,7 @@ Command addPlanCommand(CLI::App& app)
     auto a = std::make_shared<PlanArgs>();
     CLI::App* sub = app.add_subcommand("plan", "Compile an expert-pruning plan from expert scores and a budget");
     sub->add_option("checkpoint", a->checkpoint,
-                    "Hugging Face checkpoint directory (default with --atlas: the one it was captured from)");
+        "Hugging Face checkpoint directory (default with --atlas: the one it was captured from)");
     sub->add_option("--atlas", a->atlas, "Scored atlas: read /scores/<criterion> (moeatlas score)");
     sub->add_option("--criterion", a->criterion, "Criterion to plan by with --atlas (peu, frequency, reap, ...)");
     sub->add_option("--scores", a->scores, "Scores JSON instead of an atlas (see docs/plans.md)");

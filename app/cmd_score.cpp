@@ -39,9 +39,9 @@ std::vector<std::string> splitList(const std::string& text)
     for (std::string item; std::getline(in, item, ',');)
         if (!item.empty())
             out.push_back(item == "act-logits" ? "act_logits"
-                          : item == "all-logits" ? "all_logits"
-                          : item == "soft-mass"  ? "soft_mass"
-                                                 : item);
+                    : item == "all-logits"     ? "all_logits"
+                    : item == "soft-mass"      ? "soft_mass"
+                                               : item);
     return out;
 }
 
@@ -54,8 +54,8 @@ void printSummary(const AtlasFile& atlas, int topExperts)
     const size_t numL = m.moeLayers.size(), numE = static_cast<size_t>(m.numExperts);
     for (size_t row = 0; row <= domains.size(); ++row) {
         const std::string name = row < domains.size() ? domains[row].name : "pooled (generalist)";
-        std::printf("%s\n  %-6s %-*s %8s %8s %8s\n", name.c_str(), "layer",
-                    topExperts * 14, "top experts by PEU (expert:score)", "CV", "MaxVio", "m99");
+        std::printf("%s\n  %-6s %-*s %8s %8s %8s\n", name.c_str(), "layer", topExperts * 14,
+            "top experts by PEU (expert:score)", "CV", "MaxVio", "m99");
         for (size_t l = 0; l < numL; ++l) {
             std::string top;
             if (peu && peu->find("value")) {
@@ -63,8 +63,8 @@ void printSummary(const AtlasFile& atlas, int topExperts)
                 std::vector<int> order(numE);
                 std::iota(order.begin(), order.end(), 0);
                 const size_t n = std::min<size_t>(static_cast<size_t>(topExperts), numE);
-                std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(n),
-                                  order.end(), [&](int a, int b) { return v[a] > v[b]; });
+                std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(n), order.end(),
+                    [&](int a, int b) { return v[a] > v[b]; });
                 for (size_t i = 0; i < n; ++i) {
                     char buf[32];
                     std::snprintf(buf, sizeof buf, "%d:%.3f ", order[i], v[order[i]]);
@@ -75,8 +75,8 @@ void printSummary(const AtlasFile& atlas, int topExperts)
                 const AtlasArray* a = stats ? stats->find(array) : nullptr;
                 return a ? a->values[row * numL + l] : 0.0;
             };
-            std::printf("  %-6d %-*s %8.3f %8.3f %8.2f\n", m.moeLayers[l], topExperts * 14,
-                        top.c_str(), stat("load_cv"), stat("load_max_vio"), stat("m99_mean"));
+            std::printf("  %-6d %-*s %8.3f %8.3f %8.2f\n", m.moeLayers[l], topExperts * 14, top.c_str(),
+                stat("load_cv"), stat("load_max_vio"), stat("m99_mean"));
         }
     }
 }
@@ -112,8 +112,10 @@ int runScore(const ScoreArgs& a)
     else
         bar.finish("score: wrote " + std::to_string(report.written.size()) + " result groups");
     for (const std::string& c : report.skipped)
-        std::fprintf(stderr, "moeatlas: note: %s skipped: the atlas has no expert output norms "
-                             "(capture with --expert-norms)\n", c.c_str());
+        std::fprintf(stderr,
+            "moeatlas: note: %s skipped: the atlas has no expert output norms "
+            "(capture with --expert-norms)\n",
+            c.c_str());
     printSummary(AtlasFile::openReadOnly(a.atlas), a.topExperts);
     return 0;
 }
@@ -123,15 +125,14 @@ int runScore(const ScoreArgs& a)
 Command addScoreCommand(CLI::App& app)
 {
     auto args = std::make_shared<ScoreArgs>();
-    CLI::App* sub = app.add_subcommand(
-        "score", "Expert scores (PEU, baselines) and routing statistics, written into the atlas");
+    CLI::App* sub
+        = app.add_subcommand("score", "Expert scores (PEU, baselines) and routing statistics, written into the atlas");
     sub->add_option("atlas", args->atlas, "Complete atlas file (.atlas.h5)")->required();
     sub->add_option("--criteria", args->criteria,
-                    "Comma-separated: peu,frequency,act_logits,all_logits,soft_mass,reap,ean,"
-                    "random (default: all available)");
+        "Comma-separated: peu,frequency,act_logits,all_logits,soft_mass,reap,ean,"
+        "random (default: all available)");
     sub->add_option("--peu-pool-k", args->poolK, "PEU top-K_a pool size (0 = the model's top-k)");
-    sub->add_option("--peu-transform", args->transform,
-                    "PEU transform: max-sigmoid (default), sigmoid, exp, identity");
+    sub->add_option("--peu-transform", args->transform, "PEU transform: max-sigmoid (default), sigmoid, exp, identity");
     sub->add_option("--dynamic-k-band", args->band, "Dynamic-k band MIN:MAX (default k-2:k)");
     sub->add_option("--seed", args->seed, "Seed of the random baseline");
     sub->add_option("--threads", args->threads, "Worker threads (0 = all cores)");

@@ -11,7 +11,7 @@
 
 int main(int argc, char** argv)
 {
-    CLI::App app{"MoE Atlas: analyse and compress Mixture-of-Experts LLMs"};
+    CLI::App app { "MoE Atlas: analyse and compress Mixture-of-Experts LLMs" };
     app.require_subcommand(1);
     app.set_version_flag("--version", "moeatlas 0.1.0");
     // Each add*Command registers one subcommand; remember which callback belongs to which.

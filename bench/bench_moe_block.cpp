@@ -54,15 +54,15 @@ struct Args {
     int64_t hidden = 1024;
     int64_t width = 512;
     int repeats = 3;
-    std::vector<int64_t> sgemm = {2048, 4096};
+    std::vector<int64_t> sgemm = { 2048, 4096 };
     int64_t naiveTokens = 512;
     bool dense = true;
     bool layer = false;
     int64_t seqLen = 512;
     std::string json;
-    int blasThreads = 0;   // 0 = auto
+    int blasThreads = 0; // 0 = auto
     std::string checkpoint;
-    std::string only;      // comma list of sections to run (moe,parts,naive,dense,layer); empty = all
+    std::string only; // comma list of sections to run (moe,parts,naive,dense,layer); empty = all
     bool want(const std::string& section) const
     {
         return only.empty() || ("," + only + ",").find("," + section + ",") != std::string::npos;
@@ -124,31 +124,45 @@ Args parseArgs(int argc, char** argv)
             }
             return argv[++i];
         };
-        if (k == "--threads") a.threads = std::stoi(next());
-        else if (k == "--tokens") a.tokens = std::stoll(next());
-        else if (k == "--experts") a.experts = std::stoll(next());
-        else if (k == "--top-k") a.topK = std::stoll(next());
-        else if (k == "--hidden") a.hidden = std::stoll(next());
-        else if (k == "--width") a.width = std::stoll(next());
-        else if (k == "--repeats") a.repeats = std::stoi(next());
-        else if (k == "--sgemm") a.sgemm = parseList(next());
-        else if (k == "--naive-tokens") a.naiveTokens = std::stoll(next());
-        else if (k == "--no-dense") a.dense = false;
-        else if (k == "--layer") a.layer = true;
-        else if (k == "--seq-len") a.seqLen = std::stoll(next());
-        else if (k == "--json") a.json = next();
-        else if (k == "--only") a.only = next();
-        else if (k == "--checkpoint") a.checkpoint = next();
+        if (k == "--threads")
+            a.threads = std::stoi(next());
+        else if (k == "--tokens")
+            a.tokens = std::stoll(next());
+        else if (k == "--experts")
+            a.experts = std::stoll(next());
+        else if (k == "--top-k")
+            a.topK = std::stoll(next());
+        else if (k == "--hidden")
+            a.hidden = std::stoll(next());
+        else if (k == "--width")
+            a.width = std::stoll(next());
+        else if (k == "--repeats")
+            a.repeats = std::stoi(next());
+        else if (k == "--sgemm")
+            a.sgemm = parseList(next());
+        else if (k == "--naive-tokens")
+            a.naiveTokens = std::stoll(next());
+        else if (k == "--no-dense")
+            a.dense = false;
+        else if (k == "--layer")
+            a.layer = true;
+        else if (k == "--seq-len")
+            a.seqLen = std::stoll(next());
+        else if (k == "--json")
+            a.json = next();
+        else if (k == "--only")
+            a.only = next();
+        else if (k == "--checkpoint")
+            a.checkpoint = next();
         else if (k == "--blas-threads") {
             const std::string v = next();
             a.blasThreads = v == "auto" ? 0 : std::stoi(v);
-        }
-        else {
+        } else {
             std::fprintf(stderr,
-                         "usage: bench_moe_block [--threads T] [--tokens N] [--experts E] [--top-k K] [--hidden H]\n"
-                         "       [--width I] [--repeats R] [--sgemm 2048,4096] [--naive-tokens n] [--no-dense]\n"
-                         "       [--layer] [--seq-len S] [--blas-threads auto|N] [--only moe,parts,naive,dense,layer,load]\n"
-                         "       [--checkpoint DIR] [--json FILE]\n");
+                "usage: bench_moe_block [--threads T] [--tokens N] [--experts E] [--top-k K] [--hidden H]\n"
+                "       [--width I] [--repeats R] [--sgemm 2048,4096] [--naive-tokens n] [--no-dense]\n"
+                "       [--layer] [--seq-len S] [--blas-threads auto|N] [--only moe,parts,naive,dense,layer,load]\n"
+                "       [--checkpoint DIR] [--json FILE]\n");
             std::exit(k == "--help" || k == "-h" ? 0 : 2);
         }
     }
@@ -157,7 +171,7 @@ Args parseArgs(int argc, char** argv)
 
 struct Row {
     std::string section, name;
-    double seconds = 0, gflop = 0;   // useful GFLOP of the measured work
+    double seconds = 0, gflop = 0; // useful GFLOP of the measured work
     double gflops() const { return seconds > 0 ? gflop / seconds : 0; }
     std::string note;
 };
@@ -175,11 +189,12 @@ int main(int argc, char** argv)
     at::manual_seed(0);
     const int64_t N = a.tokens, E = a.experts, K = a.topK, H = a.hidden, I = a.width;
     std::vector<Row> rows;
-    std::printf("bench_moe_block: threads %d (at::get_num_threads %d), N=%lld E=%lld K=%lld H=%lld I=%lld, best of %d\n",
-                a.threads, at::get_num_threads(), static_cast<long long>(N), static_cast<long long>(E),
-                static_cast<long long>(K), static_cast<long long>(H), static_cast<long long>(I), a.repeats);
+    std::printf(
+        "bench_moe_block: threads %d (at::get_num_threads %d), N=%lld E=%lld K=%lld H=%lld I=%lld, best of %d\n",
+        a.threads, at::get_num_threads(), static_cast<long long>(N), static_cast<long long>(E),
+        static_cast<long long>(K), static_cast<long long>(H), static_cast<long long>(I), a.repeats);
     std::printf("OpenBLAS threads: %d (process default %d)%s\n", openblasGet(), blasDefault,
-                blasDefault ? "" : " -- OpenBLAS not found");
+        blasDefault ? "" : " -- OpenBLAS not found");
     std::fflush(stdout);
 
     // (a) sgemm peak: BLAS with as many threads as ATen has
@@ -188,32 +203,40 @@ int main(int argc, char** argv)
     for (int64_t n : a.sgemm) {
         if (n <= 0)
             continue;
-        at::Tensor x = at::randn({n, n}), y = at::randn({n, n}), out = at::empty({n, n});
+        at::Tensor x = at::randn({ n, n }), y = at::randn({ n, n }), out = at::empty({ n, n });
         const double s = bestOf(a.repeats, [&] { at::mm_out(out, x, y); });
-        Row r{"sgemm", "at::mm " + std::to_string(n) + "^3", s, 2.0 * n * n * n / 1e9, ""};
+        Row r { "sgemm", "at::mm " + std::to_string(n) + "^3", s, 2.0 * n * n * n / 1e9, "" };
         peak = std::max(peak, r.gflops());
         rows.push_back(r);
     }
     // The shapes one expert sees at N*K/E tokens (x @ W^T as at::linear does it).
     const int64_t avg = std::max<int64_t>(1, N * K / E);
     {
-        at::Tensor x = at::randn({avg, H}), wgu = at::randn({2 * I, H}), wd = at::randn({H, I});
-        at::Tensor h = at::randn({avg, I});
-        const double s1 = bestOf(a.repeats, [&] { for (int i = 0; i < 8; ++i) (void)at::linear(x, wgu); });
-        rows.push_back({"sgemm", "linear [" + std::to_string(avg) + "x" + std::to_string(H) + "]x[" + std::to_string(2 * I)
-                                     + "x" + std::to_string(H) + "]^T",
-                        s1 / 8, 2.0 * avg * H * 2 * I / 1e9, "gate_up of one expert"});
-        const double s2 = bestOf(a.repeats, [&] { for (int i = 0; i < 8; ++i) (void)at::linear(h, wd); });
-        rows.push_back({"sgemm", "linear [" + std::to_string(avg) + "x" + std::to_string(I) + "]x[" + std::to_string(H)
-                                     + "x" + std::to_string(I) + "]^T",
-                        s2 / 8, 2.0 * avg * I * H / 1e9, "down of one expert"});
+        at::Tensor x = at::randn({ avg, H }), wgu = at::randn({ 2 * I, H }), wd = at::randn({ H, I });
+        at::Tensor h = at::randn({ avg, I });
+        const double s1 = bestOf(a.repeats, [&] {
+            for (int i = 0; i < 8; ++i)
+                (void)at::linear(x, wgu);
+        });
+        rows.push_back({ "sgemm",
+            "linear [" + std::to_string(avg) + "x" + std::to_string(H) + "]x[" + std::to_string(2 * I) + "x"
+                + std::to_string(H) + "]^T",
+            s1 / 8, 2.0 * avg * H * 2 * I / 1e9, "gate_up of one expert" });
+        const double s2 = bestOf(a.repeats, [&] {
+            for (int i = 0; i < 8; ++i)
+                (void)at::linear(h, wd);
+        });
+        rows.push_back({ "sgemm",
+            "linear [" + std::to_string(avg) + "x" + std::to_string(I) + "]x[" + std::to_string(H) + "x"
+                + std::to_string(I) + "]^T",
+            s2 / 8, 2.0 * avg * I * H / 1e9, "down of one expert" });
     }
 
     // (e) weight streaming
     if (!a.checkpoint.empty() && a.want("load")) {
         const Checkpoint ckpt(a.checkpoint);
         const ModelSpec ms = parseModelSpec(ckpt.config(), a.checkpoint + "/config.json");
-        const WeightLoader loader(ckpt, ms, WeightLoadOptions{});
+        const WeightLoader loader(ckpt, ms, WeightLoadOptions {});
         double total = 0, bytes = 0;
         for (int l = 0; l < ms.numLayers; ++l) {
             const double t0 = now();
@@ -223,33 +246,34 @@ int main(int argc, char** argv)
         }
         char note[96];
         std::snprintf(note, sizeof note, "%d layers, %.2f GB/s, %.3f s per layer", ms.numLayers, bytes / total / 1e9,
-                      total / ms.numLayers);
-        rows.push_back({"load", "WeightLoader::loadLayer, every layer once", total, 0, note});
+            total / ms.numLayers);
+        rows.push_back({ "load", "WeightLoader::loadLayer, every layer once", total, 0, note });
     }
 
     openblasSet(blasThreads);
 
     auto printReport = [&] {
-    std::printf("\n| section | measurement | seconds | GFLOP | GFLOP/s | %% of sgemm peak | note |\n");
-    std::printf("| --- | --- | --- | --- | --- | --- | --- |\n");
-    for (const Row& r : rows)
-        std::printf("| %s | %s | %.4f | %.2f | %.1f | %.0f%% | %s |\n", r.section.c_str(), r.name.c_str(), r.seconds,
-                    r.gflop, r.gflops(), peak > 0 ? 100.0 * r.gflops() / peak : 0.0, r.note.c_str());
-    std::printf("\nsgemm peak (best of at::mm n^3): %.1f GFLOP/s\n", peak);
+        std::printf("\n| section | measurement | seconds | GFLOP | GFLOP/s | %% of sgemm peak | note |\n");
+        std::printf("| --- | --- | --- | --- | --- | --- | --- |\n");
+        for (const Row& r : rows)
+            std::printf("| %s | %s | %.4f | %.2f | %.1f | %.0f%% | %s |\n", r.section.c_str(), r.name.c_str(),
+                r.seconds, r.gflop, r.gflops(), peak > 0 ? 100.0 * r.gflops() / peak : 0.0, r.note.c_str());
+        std::printf("\nsgemm peak (best of at::mm n^3): %.1f GFLOP/s\n", peak);
 
-    if (!a.json.empty()) {
-        std::ofstream out(a.json);
-        out << "{\"threads\": " << a.threads << ", \"tokens\": " << N << ", \"experts\": " << E << ", \"top_k\": " << K
-            << ", \"hidden\": " << H << ", \"width\": " << I << ", \"sgemm_peak_gflops\": " << peak << ", \"rows\": [";
-        for (std::size_t i = 0; i < rows.size(); ++i) {
-            const Row& r = rows[i];
-            out << (i ? ", " : "") << "{\"section\": \"" << r.section << "\", \"name\": \"" << r.name
-                << "\", \"seconds\": " << r.seconds << ", \"gflop\": " << r.gflop << ", \"gflops\": " << r.gflops()
-                << ", \"pct_peak\": " << (peak > 0 ? 100.0 * r.gflops() / peak : 0.0) << ", \"note\": \"" << r.note
-                << "\"}";
+        if (!a.json.empty()) {
+            std::ofstream out(a.json);
+            out << "{\"threads\": " << a.threads << ", \"tokens\": " << N << ", \"experts\": " << E
+                << ", \"top_k\": " << K << ", \"hidden\": " << H << ", \"width\": " << I
+                << ", \"sgemm_peak_gflops\": " << peak << ", \"rows\": [";
+            for (std::size_t i = 0; i < rows.size(); ++i) {
+                const Row& r = rows[i];
+                out << (i ? ", " : "") << "{\"section\": \"" << r.section << "\", \"name\": \"" << r.name
+                    << "\", \"seconds\": " << r.seconds << ", \"gflop\": " << r.gflop << ", \"gflops\": " << r.gflops()
+                    << ", \"pct_peak\": " << (peak > 0 ? 100.0 * r.gflops() / peak : 0.0) << ", \"note\": \"" << r.note
+                    << "\"}";
+            }
+            out << "]}\n";
         }
-        out << "]}\n";
-    }
     };
     if (a.only == "load") {
         printReport();
@@ -269,16 +293,16 @@ int main(int argc, char** argv)
     spec.qkNorm = QkNorm::PerHead;
     spec.rope.theta = 1e6;
     spec.maxPositionEmbeddings = 4096;
-    spec.router = RouterSpec{static_cast<int>(E), static_cast<int>(K), true};
+    spec.router = RouterSpec { static_cast<int>(E), static_cast<int>(K), true };
     spec.moeIntermediate = I;
-    spec.layers = {LayerSpec{}};
+    spec.layers = { LayerSpec {} };
 
     LayerWeights w;
     w.moe = true;
-    w.router = at::randn({E, H}) * 0.5;   // as `moeatlas generate` (router std 0.5)
-    w.gateUp = at::randn({E, 2 * I, H}) * 0.02;
-    w.down = at::randn({E, H, I}) * 0.02;
-    at::Tensor x = at::randn({N, H});
+    w.router = at::randn({ E, H }) * 0.5; // as `moeatlas generate` (router std 0.5)
+    w.gateUp = at::randn({ E, 2 * I, H }) * 0.02;
+    w.down = at::randn({ E, H, I }) * 0.02;
+    at::Tensor x = at::randn({ N, H });
 
     const double expertGflop = static_cast<double>(N) * K * 6 * H * I / 1e9;
     const double routerGflop = 2.0 * N * E * H / 1e9;
@@ -287,27 +311,27 @@ int main(int argc, char** argv)
     {
         MoeOptions opt;
         const double s = bestOf(a.repeats, [&] { ref = moeForward(spec, w, x, opt, &rec); });
-        rows.push_back({"moe", "moeForward (grouped by expert)", s, expertGflop + routerGflop, "the engine"});
+        rows.push_back({ "moe", "moeForward (grouped by expert)", s, expertGflop + routerGflop, "the engine" });
     }
     if (blasDefault > 0) {
         // The other path (OpenBLAS multi-threaded when the blocks split, single-threaded otherwise).
         openblasSet(blasThreads == 1 ? a.threads : 1);
         RoutingRecord rec2;
-        const at::Tensor other = moeForward(spec, w, x, MoeOptions{}, &rec2);
+        const at::Tensor other = moeForward(spec, w, x, MoeOptions {}, &rec2);
         openblasSet(blasThreads);
         const double diff = (other - ref).abs().max().item<double>();
         const double diffLogits = (rec2.logits - rec.logits).abs().max().item<double>();
         std::printf("split vs unsplit moeForward: max |diff| output %.3g, router logits %.3g%s\n", diff, diffLogits,
-                    diff == 0 && diffLogits == 0 ? " (identical)" : "");
+            diff == 0 && diffLogits == 0 ? " (identical)" : "");
     }
-    at::Tensor counts = at::bincount(rec.topkIds.reshape({-1}).to(at::kLong), {}, E);
+    at::Tensor counts = at::bincount(rec.topkIds.reshape({ -1 }).to(at::kLong), {}, E);
     const double cmin = counts.min().item<double>(), cmax = counts.max().item<double>();
     std::printf("routing: tokens per expert min %.0f mean %.0f max %.0f\n", cmin, static_cast<double>(N * K) / E, cmax);
 
     // Parts of the expert math alone (grouping, GEMMs, scatter), to separate overheads.
     at::Tensor topIdx = rec.topkIds.to(at::kLong), topW = rec.topkWeights;
     if (a.want("parts")) {
-        at::Tensor flat = topIdx.reshape({-1});
+        at::Tensor flat = topIdx.reshape({ -1 });
         at::Tensor order = at::argsort(flat);
         at::Tensor tokenOf = at::div(order, K, "floor");
         at::Tensor cnt = at::bincount(flat, {}, E);
@@ -330,17 +354,17 @@ int main(int argc, char** argv)
             openblasSet(blasThreads);
             return t;
         };
-        rows.push_back({"moe", "experts in turn, BLAS threaded: GEMMs + gather + SiLU", expertLoop(true, true),
-                        expertGflop, "no router, no scatter"});
-        rows.push_back({"moe", "experts in turn, BLAS threaded: GEMMs only", expertLoop(false, false), expertGflop,
-                        "contiguous rows, no SiLU"});
+        rows.push_back({ "moe", "experts in turn, BLAS threaded: GEMMs + gather + SiLU", expertLoop(true, true),
+            expertGflop, "no router, no scatter" });
+        rows.push_back({ "moe", "experts in turn, BLAS threaded: GEMMs only", expertLoop(false, false), expertGflop,
+            "contiguous rows, no SiLU" });
     }
 
     // (c1) naive per-token loop: one GEMV pair per (token, k); OpenBLAS on all threads
     openblasSet(a.threads);
     if (a.want("naive")) {
         const int64_t n = std::min(a.naiveTokens, N);
-        at::Tensor out = at::zeros({n, H});
+        at::Tensor out = at::zeros({ n, H });
         const int64_t* ids = topIdx.data_ptr<int64_t>();
         const float* tw = topW.data_ptr<float>();
         const double s = bestOf(std::min(a.repeats, 2), [&] {
@@ -358,26 +382,29 @@ int main(int argc, char** argv)
         const double diff = (out - ref.narrow(0, 0, n)).abs().max().item<double>();
         char note[96];
         std::snprintf(note, sizeof note, "%lld tokens, max |diff| vs engine %.2e", static_cast<long long>(n), diff);
-        rows.push_back({"moe", "naive per-token loop (GEMV)", s, static_cast<double>(n) * K * 6 * H * I / 1e9, note});
+        rows.push_back({ "moe", "naive per-token loop (GEMV)", s, static_cast<double>(n) * K * 6 * H * I / 1e9, note });
     }
 
     // (c2) every expert on every token, masked by the routing weights (8x the useful FLOPs when K/E = 1/8)
     if (a.dense && a.want("dense")) {
-        at::Tensor dense = at::zeros({N, E}).scatter_(1, topIdx, topW);   // [N, E] routing weights, 0 = not chosen
-        at::Tensor out = at::zeros({N, H});
-        const double s = bestOf(1, [&] {
-            out.zero_();
-            for (int64_t e = 0; e < E; ++e) {
-                at::Tensor gu = at::linear(x, w.gateUp[e]);
-                at::Tensor h = at::silu(gu.narrow(1, 0, I)) * gu.narrow(1, I, I);
-                out.addcmul_(at::linear(h, w.down[e]), dense.narrow(1, e, 1));
-            }
-        }, /*warmup=*/false);
+        at::Tensor dense = at::zeros({ N, E }).scatter_(1, topIdx, topW); // [N, E] routing weights, 0 = not chosen
+        at::Tensor out = at::zeros({ N, H });
+        const double s = bestOf(
+            1,
+            [&] {
+                out.zero_();
+                for (int64_t e = 0; e < E; ++e) {
+                    at::Tensor gu = at::linear(x, w.gateUp[e]);
+                    at::Tensor h = at::silu(gu.narrow(1, 0, I)) * gu.narrow(1, I, I);
+                    out.addcmul_(at::linear(h, w.down[e]), dense.narrow(1, e, 1));
+                }
+            },
+            /*warmup=*/false);
         const double diff = (out - ref).abs().max().item<double>();
         char note[96];
         std::snprintf(note, sizeof note, "executes %.0f GFLOP (%lldx), max |diff| %.2e",
-                      static_cast<double>(N) * E * 6 * H * I / 1e9, static_cast<long long>(E / K), diff);
-        rows.push_back({"moe", "all experts on all tokens (dense, masked)", s, expertGflop, note});
+            static_cast<double>(N) * E * 6 * H * I / 1e9, static_cast<long long>(E / K), diff);
+        rows.push_back({ "moe", "all experts on all tokens (dense, masked)", s, expertGflop, note });
     }
 
     // (d) one whole decoder layer
@@ -385,14 +412,14 @@ int main(int argc, char** argv)
     if (a.layer && a.want("layer")) {
         const int64_t S = a.seqLen, B = N / S;
         const int64_t nh = spec.numHeads, nkv = spec.numKvHeads, hd = spec.headDim;
-        w.inputNorm = at::ones({H});
-        w.postAttentionNorm = at::ones({H});
-        w.q.weight = at::randn({nh * hd, H}) * 0.02;
-        w.k.weight = at::randn({nkv * hd, H}) * 0.02;
-        w.v.weight = at::randn({nkv * hd, H}) * 0.02;
-        w.o.weight = at::randn({H, nh * hd}) * 0.02;
-        w.qNorm = at::ones({hd});
-        w.kNorm = at::ones({hd});
+        w.inputNorm = at::ones({ H });
+        w.postAttentionNorm = at::ones({ H });
+        w.q.weight = at::randn({ nh * hd, H }) * 0.02;
+        w.k.weight = at::randn({ nkv * hd, H }) * 0.02;
+        w.v.weight = at::randn({ nkv * hd, H }) * 0.02;
+        w.o.weight = at::randn({ H, nh * hd }) * 0.02;
+        w.qNorm = at::ones({ hd });
+        w.kNorm = at::ones({ hd });
         const RotaryCache rope = buildRotaryCache(spec, S, x.options());
         at::Tensor xl = x.narrow(0, 0, B * S);
         at::Tensor hn, h;
@@ -405,25 +432,26 @@ int main(int argc, char** argv)
             openblasSet(blasThreads);
             const at::Tensor oneSplit = xl.narrow(0, 0, S) + attention(spec, w, hn.narrow(0, 0, S), 1, rope, false);
             std::printf("split vs unsplit attention: max |diff| %lld seqs %.3g, 1 seq (heads split) %.3g\n",
-                        static_cast<long long>(B), (other - h).abs().max().item<double>(),
-                        (one - oneSplit).abs().max().item<double>());
+                static_cast<long long>(B), (other - h).abs().max().item<double>(),
+                (one - oneSplit).abs().max().item<double>());
         }
         const double tMoe = bestOf(a.repeats, [&] {
             at::Tensor hn2 = rmsNorm(h, w.postAttentionNorm, spec.rmsNormEps);
             RoutingRecord r;
-            (void)(h + moeForward(spec, w, hn2, MoeOptions{}, &r));
+            (void)(h + moeForward(spec, w, hn2, MoeOptions {}, &r));
         });
         const double tok = static_cast<double>(B * S);
         const double projGflop = tok * 2.0 * H * (2 * nh * hd + 2 * nkv * hd) / 1e9;
-        const double sdpaGflop = static_cast<double>(B) * nh * 2.0 * 2.0 * S * S * hd / 1e9;   // full S x S as computed
-        rows.push_back({"layer", "input rmsNorm", tNorm, 0, ""});
-        rows.push_back({"layer", "attention (proj + rope + scores + out)", tAttn, projGflop + sdpaGflop,
-                        "FLOPs count the full SxS score matrix"});
-        rows.push_back({"layer", "post norm + MoE + residual", tMoe, expertGflop * tok / N + routerGflop * tok / N, ""});
+        const double sdpaGflop = static_cast<double>(B) * nh * 2.0 * 2.0 * S * S * hd / 1e9; // full S x S as computed
+        rows.push_back({ "layer", "input rmsNorm", tNorm, 0, "" });
+        rows.push_back({ "layer", "attention (proj + rope + scores + out)", tAttn, projGflop + sdpaGflop,
+            "FLOPs count the full SxS score matrix" });
+        rows.push_back(
+            { "layer", "post norm + MoE + residual", tMoe, expertGflop * tok / N + routerGflop * tok / N, "" });
         const double total = tNorm + tAttn + tMoe;
         char note[64];
         std::snprintf(note, sizeof note, "%.0f tokens/s for 1 layer", tok / total);
-        rows.push_back({"layer", "sum", total, projGflop + sdpaGflop + (expertGflop + routerGflop) * tok / N, note});
+        rows.push_back({ "layer", "sum", total, projGflop + sdpaGflop + (expertGflop + routerGflop) * tok / N, note });
     }
 
     printReport();

@@ -30,8 +30,7 @@ int main(int argc, char** argv)
     try {
         const auto loadStart = std::chrono::steady_clock::now();
         const moeatlas::Tokenizer tok = moeatlas::Tokenizer::fromFile(argv[1]);
-        const double loadSeconds =
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - loadStart).count();
+        const double loadSeconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - loadStart).count();
         std::vector<std::string> docs;
         std::size_t bytes = 0;
         std::ifstream in(argv[2]);
@@ -67,7 +66,7 @@ int main(int argc, char** argv)
         }
         std::printf("{\"docs\": %zu, \"bytes\": %zu, \"tokens\": %zu, \"seconds\": %.4f, \"mb_per_s\": %.3f, "
                     "\"load_seconds\": %.3f}\n",
-                    docs.size(), bytes, tokens, best, bytes / 1e6 / best, loadSeconds);
+            docs.size(), bytes, tokens, best, bytes / 1e6 / best, loadSeconds);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_tokenizer: %s\n", e.what());
         return 1;

@@ -17,21 +17,21 @@ inline constexpr int kAtlasSchemaVersion = 1;
 
 struct AtlasModelInfo {
     std::string checkpointPath;
-    std::string configSha256;        // hex SHA-256 of config.json's bytes
+    std::string configSha256; // hex SHA-256 of config.json's bytes
     std::string modelType;
-    int numLayers = 0;               // decoder layers
-    std::vector<int> moeLayers;      // indices of decoder layers that have a router
+    int numLayers = 0; // decoder layers
+    std::vector<int> moeLayers; // indices of decoder layers that have a router
     int numExperts = 0;
     int topK = 0;
     int64_t hiddenSize = 0;
-    std::string configJson;          // the whole config.json, verbatim
+    std::string configJson; // the whole config.json, verbatim
 };
 
 struct AtlasDomain {
     std::string name;
-    std::string source;              // file path as given
-    std::string format;              // "input_ids-jsonl", "text", ...
-    int64_t numSamples = 0;          // sequences after packing
+    std::string source; // file path as given
+    std::string format; // "input_ids-jsonl", "text", ...
+    int64_t numSamples = 0; // sequences after packing
     int64_t numTokens = 0;
 };
 
@@ -39,44 +39,44 @@ struct AtlasCalibration {
     std::vector<AtlasDomain> domains;
     int64_t seqLen = 0;
     uint64_t seed = 0;
-    std::string packing;             // human-readable description of the packing choices
-    std::string device;              // "cpu", "cuda:0"
-    std::string computeDtype;        // "float32", "bfloat16"
+    std::string packing; // human-readable description of the packing choices
+    std::string device; // "cpu", "cuda:0"
+    std::string computeDtype; // "float32", "bfloat16"
 };
 
 enum class LogitStorage { Float16, Float32 };
 
 struct AtlasCreateOptions {
     LogitStorage logitStorage = LogitStorage::Float32;
-    bool storeExpertNorms = false;   // per (token, slot) L2 norm of the routed expert's output
-    int hiddenSampleCount = 0;       // tokens whose hidden state (MoE input) is kept per layer
-    int compressionLevel = 4;        // gzip level for chunked datasets (0 = off)
+    bool storeExpertNorms = false; // per (token, slot) L2 norm of the routed expert's output
+    int hiddenSampleCount = 0; // tokens whose hidden state (MoE input) is kept per layer
+    int compressionLevel = 4; // gzip level for chunked datasets (0 = off)
 };
 
 // Routing records of one MoE layer for a contiguous token range [tokenBegin, tokenBegin + numTokens).
 struct RouterBlock {
-    int layer = 0;                   // decoder layer index
+    int layer = 0; // decoder layer index
     int64_t tokenBegin = 0;
     int64_t numTokens = 0;
     int numExperts = 0;
     int topK = 0;
-    const float* logits = nullptr;       // [numTokens, numExperts], raw router logits (fp32)
-    const int32_t* topkIds = nullptr;    // [numTokens, topK]
-    const float* topkWeights = nullptr;  // [numTokens, topK], weights used to mix expert outputs
-    const float* expertNorms = nullptr;  // [numTokens, topK] or nullptr
+    const float* logits = nullptr; // [numTokens, numExperts], raw router logits (fp32)
+    const int32_t* topkIds = nullptr; // [numTokens, topK]
+    const float* topkWeights = nullptr; // [numTokens, topK], weights used to mix expert outputs
+    const float* expertNorms = nullptr; // [numTokens, topK] or nullptr
 };
 
 // Hidden-state samples of one layer as stored under /layers/<layer>/hidden_samples.
 struct AtlasHiddenSamples {
-    std::vector<int64_t> tokenIndices;   // [n]
-    std::vector<float> values;           // [n, hiddenSize]
+    std::vector<int64_t> tokenIndices; // [n]
+    std::vector<float> values; // [n, hiddenSize]
 };
 
 // One float64 array of derived results (scores, statistics) stored under /scores or /statistics.
 struct AtlasArray {
-    std::string name;                // dataset name inside the result group (no '/')
-    std::vector<uint64_t> dims;      // row-major shape
-    std::vector<double> values;      // product(dims) values
+    std::string name; // dataset name inside the result group (no '/')
+    std::vector<uint64_t> dims; // row-major shape
+    std::vector<double> values; // product(dims) values
 };
 
 // A result group: /scores/<criterion> or /statistics (docs/atlas-format.md, "Scores and
@@ -104,18 +104,16 @@ public:
     // ([T] int32), token domain ids ([T] int16), sequence offsets ([S+1] int64), and allocates
     // one group per MoE layer with chunked, compressed datasets sized for all T tokens.
     static AtlasFile create(const std::filesystem::path& finalPath, const AtlasModelInfo& model,
-                            const AtlasCalibration& calibration, std::span<const int32_t> tokens,
-                            std::span<const int16_t> domainIds, std::span<const int64_t> seqOffsets,
-                            const AtlasCreateOptions& options);
+        const AtlasCalibration& calibration, std::span<const int32_t> tokens, std::span<const int16_t> domainIds,
+        std::span<const int64_t> seqOffsets, const AtlasCreateOptions& options);
     // Opens "<finalPath>.partial" to continue a capture; throws InputError when it is missing
     // or not an atlas. The caller compares model()/tokens() with its run, or uses the overload.
     // Layers not marked complete are emptied (recreated): resume rewrites them whole.
     static AtlasFile openForResume(const std::filesystem::path& finalPath);
     // As above, and throws InputError when the partial atlas was made from a different model
     // (configSha256, moeLayers, numExperts, topK) or different calibration tokens.
-    static AtlasFile openForResume(const std::filesystem::path& finalPath,
-                                   const AtlasModelInfo& expectedModel,
-                                   std::span<const int32_t> expectedTokens);
+    static AtlasFile openForResume(const std::filesystem::path& finalPath, const AtlasModelInfo& expectedModel,
+        std::span<const int32_t> expectedTokens);
     // Opens an atlas read-only: a finished one, or a .partial one (isComplete() false; only
     // completedLayers() hold meaningful records).
     static AtlasFile openReadOnly(const std::filesystem::path& path);
@@ -139,8 +137,7 @@ public:
     void writeRouterBlock(const RouterBlock& block);
     // Hidden-state samples of one layer: token indices [n] and values [n, hidden] (fp32).
     // Replaces samples written before for that layer; throws once the layer is complete.
-    void writeHiddenSamples(int layer, std::span<const int64_t> tokenIndices,
-                            std::span<const float> values);
+    void writeHiddenSamples(int layer, std::span<const int64_t> tokenIndices, std::span<const float> values);
     // Records that a layer's records are complete and flushes the file to disk.
     void markLayerComplete(int layer);
     std::vector<int> completedLayers() const;
@@ -150,10 +147,10 @@ public:
     void finalize();
 
     // Reading back (for tests, score, GUI): whole datasets of one layer.
-    std::vector<float> readLogits(int layer) const;        // [T, E] as fp32
-    std::vector<int32_t> readTopkIds(int layer) const;     // [T, k]
-    std::vector<float> readTopkWeights(int layer) const;   // [T, k]
-    std::vector<float> readExpertNorms(int layer) const;   // [T, k]; empty when not stored
+    std::vector<float> readLogits(int layer) const; // [T, E] as fp32
+    std::vector<int32_t> readTopkIds(int layer) const; // [T, k]
+    std::vector<float> readTopkWeights(int layer) const; // [T, k]
+    std::vector<float> readExpertNorms(int layer) const; // [T, k]; empty when not stored
     // Rows [tokenBegin, tokenBegin + numTokens) of router_logits as fp32, for files too large
     // to read a whole layer at once.
     std::vector<float> readLogits(int layer, int64_t tokenBegin, int64_t numTokens) const;

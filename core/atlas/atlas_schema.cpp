@@ -11,7 +11,7 @@ namespace moeatlas::schema {
 std::string isoTimeNow()
 {
     const std::time_t now = std::time(nullptr);
-    std::tm utc{};
+    std::tm utc {};
     gmtime_r(&now, &utc);
     char text[32];
     std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &utc);
@@ -24,10 +24,8 @@ std::string layerGroupName(int layer)
 }
 
 void validateCreateArguments(const std::string& finalPath, const AtlasModelInfo& model,
-                             const AtlasCalibration& calibration, std::span<const int32_t> tokens,
-                             std::span<const int16_t> domainIds,
-                             std::span<const int64_t> seqOffsets,
-                             const AtlasCreateOptions& options)
+    const AtlasCalibration& calibration, std::span<const int32_t> tokens, std::span<const int16_t> domainIds,
+    std::span<const int64_t> seqOffsets, const AtlasCreateOptions& options)
 {
     auto fail = [&](const std::string& what) { throw InputError(finalPath + ": " + what); };
     if (model.numLayers <= 0)
@@ -37,16 +35,14 @@ void validateCreateArguments(const std::string& finalPath, const AtlasModelInfo&
     for (size_t i = 0; i < model.moeLayers.size(); ++i) {
         const int layer = model.moeLayers[i];
         if (layer < 0 || layer >= model.numLayers)
-            fail("MoE layer " + std::to_string(layer) + " is outside [0, "
-                 + std::to_string(model.numLayers) + ")");
+            fail("MoE layer " + std::to_string(layer) + " is outside [0, " + std::to_string(model.numLayers) + ")");
         if (i > 0 && layer <= model.moeLayers[i - 1])
             fail("MoE layers must be strictly increasing");
     }
     if (model.numExperts <= 0)
         fail("num_experts must be positive");
     if (model.topK <= 0 || model.topK > model.numExperts)
-        fail("top_k " + std::to_string(model.topK) + " is outside [1, "
-             + std::to_string(model.numExperts) + "]");
+        fail("top_k " + std::to_string(model.topK) + " is outside [1, " + std::to_string(model.numExperts) + "]");
     if (model.hiddenSize <= 0)
         fail("hidden_size must be positive");
 
@@ -55,34 +51,31 @@ void validateCreateArguments(const std::string& finalPath, const AtlasModelInfo&
         fail("no calibration tokens");
     if (domainIds.size() != tokens.size())
         fail("token domain ids have " + std::to_string(domainIds.size()) + " entries, tokens "
-             + std::to_string(tokens.size()));
+            + std::to_string(tokens.size()));
     if (!calibration.domains.empty()) {
         const auto numDomains = static_cast<int64_t>(calibration.domains.size());
         for (int16_t id : domainIds)
             if (id < 0 || id >= numDomains)
-                fail("token domain id " + std::to_string(id) + " is outside [0, "
-                     + std::to_string(numDomains) + ")");
+                fail("token domain id " + std::to_string(id) + " is outside [0, " + std::to_string(numDomains) + ")");
     }
     if (seqOffsets.size() < 2 || seqOffsets.front() != 0 || seqOffsets.back() != numTokens)
-        fail("sequence offsets must start at 0 and end at the token count "
-             + std::to_string(numTokens));
+        fail("sequence offsets must start at 0 and end at the token count " + std::to_string(numTokens));
     if (!std::is_sorted(seqOffsets.begin(), seqOffsets.end()))
         fail("sequence offsets must be non-decreasing");
 
     if (options.compressionLevel < 0 || options.compressionLevel > 9)
-        fail("gzip compression level " + std::to_string(options.compressionLevel)
-             + " is outside [0, 9]");
+        fail("gzip compression level " + std::to_string(options.compressionLevel) + " is outside [0, 9]");
     if (options.hiddenSampleCount < 0 || options.hiddenSampleCount > numTokens)
-        fail("hidden sample count " + std::to_string(options.hiddenSampleCount)
-             + " is outside [0, " + std::to_string(numTokens) + "]");
+        fail("hidden sample count " + std::to_string(options.hiddenSampleCount) + " is outside [0, "
+            + std::to_string(numTokens) + "]");
 }
 
 void writeRootAttributes(hid_t file)
 {
     h5::writeAttribute(file, "format", kFormat);
-    h5::writeAttribute(file, "schema_version", int64_t{kAtlasSchemaVersion});
+    h5::writeAttribute(file, "schema_version", int64_t { kAtlasSchemaVersion });
     h5::writeAttribute(file, "created", isoTimeNow());
-    h5::writeAttribute(file, "complete", int64_t{0});
+    h5::writeAttribute(file, "complete", int64_t { 0 });
     h5::writeAttribute(file, "producer", kProducer);
 }
 
@@ -90,13 +83,11 @@ void checkRootAttributes(hid_t file)
 {
     const std::string name = h5::fileName(file);
     if (!h5::hasAttribute(file, "format") || h5::readStringAttribute(file, "format") != kFormat)
-        throw InputError(name + ": not a MoE Atlas file (root attribute format is not \""
-                         + kFormat + "\")");
+        throw InputError(name + ": not a MoE Atlas file (root attribute format is not \"" + kFormat + "\")");
     const int64_t version = h5::readInt64Attribute(file, "schema_version");
     if (version > kAtlasSchemaVersion)
         throw InputError(name + ": atlas schema version " + std::to_string(version)
-                         + " is newer than this build reads (" + std::to_string(kAtlasSchemaVersion)
-                         + "); update moeatlas");
+            + " is newer than this build reads (" + std::to_string(kAtlasSchemaVersion) + "); update moeatlas");
     if (version < 1)
         throw InputError(name + ": invalid atlas schema version " + std::to_string(version));
 }
@@ -111,10 +102,9 @@ int readIntAttribute(hid_t object, const std::string& name)
     return static_cast<int>(value);
 }
 
-template <typename T>
-void writeVector(hid_t location, const std::string& name, hid_t fileType, const std::vector<T>& v)
+template <typename T> void writeVector(hid_t location, const std::string& name, hid_t fileType, const std::vector<T>& v)
 {
-    h5::Dataset dataset = h5::createDataset(location, name, fileType, {v.size()});
+    h5::Dataset dataset = h5::createDataset(location, name, fileType, { v.size() });
     if (!v.empty())
         h5::writeAll(dataset.id(), h5::nativeType<T>(), v.data());
 }
@@ -128,9 +118,9 @@ void writeModel(hid_t file, const AtlasModelInfo& model)
     h5::writeAttribute(g, "checkpoint_path", model.checkpointPath);
     h5::writeAttribute(g, "config_sha256", model.configSha256);
     h5::writeAttribute(g, "model_type", model.modelType);
-    h5::writeAttribute(g, "num_layers", int64_t{model.numLayers});
-    h5::writeAttribute(g, "num_experts", int64_t{model.numExperts});
-    h5::writeAttribute(g, "top_k", int64_t{model.topK});
+    h5::writeAttribute(g, "num_layers", int64_t { model.numLayers });
+    h5::writeAttribute(g, "num_experts", int64_t { model.numExperts });
+    h5::writeAttribute(g, "top_k", int64_t { model.topK });
     h5::writeAttribute(g, "hidden_size", model.hiddenSize);
     std::vector<int32_t> moeLayers(model.moeLayers.begin(), model.moeLayers.end());
     writeVector(g, "moe_layers", H5T_STD_I32LE, moeLayers);
@@ -154,8 +144,7 @@ AtlasModelInfo readModel(hid_t file)
     for (int32_t layer : h5::readVector<int32_t>(moeLayers.id()))
         model.moeLayers.push_back(layer);
     model.configJson = h5::readScalarString(g, "config_json");
-    if (model.moeLayers.empty() || model.numExperts <= 0 || model.topK <= 0
-        || model.topK > model.numExperts)
+    if (model.moeLayers.empty() || model.numExperts <= 0 || model.topK <= 0 || model.topK > model.numExperts)
         h5::failRead(g, "", "inconsistent model description (moe_layers, num_experts, top_k)");
     return model;
 }
@@ -209,32 +198,31 @@ AtlasCalibration readCalibration(hid_t file)
     if (sources.size() != names.size() || formats.size() != names.size())
         h5::failRead(d, "", "domain datasets differ in length");
     for (size_t i = 0; i < names.size(); ++i)
-        calibration.domains.push_back({names[i], sources[i], formats[i], samples[i], tokens[i]});
+        calibration.domains.push_back({ names[i], sources[i], formats[i], samples[i], tokens[i] });
     return calibration;
 }
 
 void writeTokens(hid_t file, std::span<const int32_t> tokens, std::span<const int16_t> domainIds,
-                 std::span<const int64_t> seqOffsets, int compressionLevel)
+    std::span<const int64_t> seqOffsets, int compressionLevel)
 {
     h5::Group group = h5::createGroup(file, "tokens");
     const hsize_t count = tokens.size();
-    const h5::Layout layout{{std::min(count, kTokenChunk)}, compressionLevel, true};
-    h5::Dataset ids = h5::createDataset(group.id(), "ids", H5T_STD_I32LE, {count}, layout);
+    const h5::Layout layout { { std::min(count, kTokenChunk) }, compressionLevel, true };
+    h5::Dataset ids = h5::createDataset(group.id(), "ids", H5T_STD_I32LE, { count }, layout);
     h5::writeAll(ids.id(), H5T_NATIVE_INT32, tokens.data());
-    h5::Dataset domain = h5::createDataset(group.id(), "domain", H5T_STD_I16LE, {count}, layout);
+    h5::Dataset domain = h5::createDataset(group.id(), "domain", H5T_STD_I16LE, { count }, layout);
     h5::writeAll(domain.id(), H5T_NATIVE_INT16, domainIds.data());
-    h5::Dataset offsets =
-        h5::createDataset(group.id(), "seq_offsets", H5T_STD_I64LE, {seqOffsets.size()});
+    h5::Dataset offsets = h5::createDataset(group.id(), "seq_offsets", H5T_STD_I64LE, { seqOffsets.size() });
     h5::writeAll(offsets.id(), H5T_NATIVE_INT64, seqOffsets.data());
 }
 
 void writeOptions(hid_t layersGroup, const AtlasCreateOptions& options)
 {
-    h5::writeAttribute(layersGroup, "logit_storage",
-                       options.logitStorage == LogitStorage::Float16 ? "float16" : "float32");
-    h5::writeAttribute(layersGroup, "store_expert_norms", int64_t{options.storeExpertNorms});
-    h5::writeAttribute(layersGroup, "hidden_sample_count", int64_t{options.hiddenSampleCount});
-    h5::writeAttribute(layersGroup, "compression_level", int64_t{options.compressionLevel});
+    h5::writeAttribute(
+        layersGroup, "logit_storage", options.logitStorage == LogitStorage::Float16 ? "float16" : "float32");
+    h5::writeAttribute(layersGroup, "store_expert_norms", int64_t { options.storeExpertNorms });
+    h5::writeAttribute(layersGroup, "hidden_sample_count", int64_t { options.hiddenSampleCount });
+    h5::writeAttribute(layersGroup, "compression_level", int64_t { options.compressionLevel });
 }
 
 AtlasCreateOptions readOptions(hid_t layersGroup)
@@ -246,16 +234,15 @@ AtlasCreateOptions readOptions(hid_t layersGroup)
     else if (storage == "float32")
         options.logitStorage = LogitStorage::Float32;
     else
-        h5::failRead(layersGroup, "", "logit_storage \"" + storage
-                                          + "\" is neither \"float16\" nor \"float32\"");
+        h5::failRead(layersGroup, "", "logit_storage \"" + storage + "\" is neither \"float16\" nor \"float32\"");
     options.storeExpertNorms = readIntAttribute(layersGroup, "store_expert_norms") != 0;
     options.hiddenSampleCount = readIntAttribute(layersGroup, "hidden_sample_count");
     options.compressionLevel = readIntAttribute(layersGroup, "compression_level");
     return options;
 }
 
-void createLayer(hid_t layersGroup, int layer, int64_t numTokens, const AtlasModelInfo& model,
-                 const AtlasCreateOptions& options)
+void createLayer(
+    hid_t layersGroup, int layer, int64_t numTokens, const AtlasModelInfo& model, const AtlasCreateOptions& options)
 {
     h5::Group group = h5::createGroup(layersGroup, layerGroupName(layer));
     const hid_t g = group.id();
@@ -266,19 +253,15 @@ void createLayer(hid_t layersGroup, int layer, int64_t numTokens, const AtlasMod
     const int gzip = options.compressionLevel;
 
     h5::Datatype half = h5::halfType();
-    const hid_t logitType =
-        options.logitStorage == LogitStorage::Float16 ? half.id() : H5T_IEEE_F32LE;
-    h5::createDataset(g, "router_logits", logitType, {rows, experts},
-                      {{chunkRows, experts}, gzip, true});
+    const hid_t logitType = options.logitStorage == LogitStorage::Float16 ? half.id() : H5T_IEEE_F32LE;
+    h5::createDataset(g, "router_logits", logitType, { rows, experts }, { { chunkRows, experts }, gzip, true });
     // int16 halves the size of the ids whenever the expert count allows it.
-    const hid_t idType = model.numExperts <= std::numeric_limits<int16_t>::max() ? H5T_STD_I16LE
-                                                                                 : H5T_STD_I32LE;
-    h5::createDataset(g, "topk_ids", idType, {rows, k}, {{chunkRows, k}, gzip, true});
-    h5::createDataset(g, "topk_weights", H5T_IEEE_F32LE, {rows, k}, {{chunkRows, k}, gzip, true});
+    const hid_t idType = model.numExperts <= std::numeric_limits<int16_t>::max() ? H5T_STD_I16LE : H5T_STD_I32LE;
+    h5::createDataset(g, "topk_ids", idType, { rows, k }, { { chunkRows, k }, gzip, true });
+    h5::createDataset(g, "topk_weights", H5T_IEEE_F32LE, { rows, k }, { { chunkRows, k }, gzip, true });
     if (options.storeExpertNorms)
-        h5::createDataset(g, "expert_norms", H5T_IEEE_F32LE, {rows, k},
-                          {{chunkRows, k}, gzip, true});
-    h5::writeAttribute(g, "complete", int64_t{0});
+        h5::createDataset(g, "expert_norms", H5T_IEEE_F32LE, { rows, k }, { { chunkRows, k }, gzip, true });
+    h5::writeAttribute(g, "complete", int64_t { 0 });
 }
 
 } // namespace moeatlas::schema

@@ -23,10 +23,8 @@ std::string layerGroupName(int layer);
 // Checks what create() is given before anything touches the disk; throws InputError naming
 // `finalPath`.
 void validateCreateArguments(const std::string& finalPath, const AtlasModelInfo& model,
-                             const AtlasCalibration& calibration, std::span<const int32_t> tokens,
-                             std::span<const int16_t> domainIds,
-                             std::span<const int64_t> seqOffsets,
-                             const AtlasCreateOptions& options);
+    const AtlasCalibration& calibration, std::span<const int32_t> tokens, std::span<const int16_t> domainIds,
+    std::span<const int64_t> seqOffsets, const AtlasCreateOptions& options);
 
 void writeRootAttributes(hid_t file);
 // Checks format and schema_version; throws InputError naming the file.
@@ -39,13 +37,13 @@ void writeCalibration(hid_t file, const AtlasCalibration& calibration);
 AtlasCalibration readCalibration(hid_t file);
 
 void writeTokens(hid_t file, std::span<const int32_t> tokens, std::span<const int16_t> domainIds,
-                 std::span<const int64_t> seqOffsets, int compressionLevel);
+    std::span<const int64_t> seqOffsets, int compressionLevel);
 
 void writeOptions(hid_t layersGroup, const AtlasCreateOptions& options);
 AtlasCreateOptions readOptions(hid_t layersGroup);
 
 // Creates /layers/<layer> with its datasets sized for numTokens and complete = 0.
-void createLayer(hid_t layersGroup, int layer, int64_t numTokens, const AtlasModelInfo& model,
-                 const AtlasCreateOptions& options);
+void createLayer(
+    hid_t layersGroup, int layer, int64_t numTokens, const AtlasModelInfo& model, const AtlasCreateOptions& options);
 
 } // namespace moeatlas::schema

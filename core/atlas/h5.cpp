@@ -128,8 +128,7 @@ File openFile(const fs::path& path, bool writable)
     }
     File file(H5Fopen(path.c_str(), writable ? H5F_ACC_RDWR : H5F_ACC_RDONLY, H5P_DEFAULT));
     if (!file) {
-        std::string message = withDetail(path.string() + ": cannot open HDF5 file"
-                                         + (writable ? " for writing" : ""));
+        std::string message = withDetail(path.string() + ": cannot open HDF5 file" + (writable ? " for writing" : ""));
         if (message.find("unable to lock file") != std::string::npos)
             message += "; another process (a running capture?) has it open for writing";
         throw InputError(message);
@@ -200,8 +199,7 @@ Datatype halfType()
 Datatype stringType()
 {
     Datatype type(H5Tcopy(H5T_C_S1));
-    if (!type || H5Tset_size(type.id(), H5T_VARIABLE) < 0
-        || H5Tset_cset(type.id(), H5T_CSET_UTF8) < 0)
+    if (!type || H5Tset_size(type.id(), H5T_VARIABLE) < 0 || H5Tset_cset(type.id(), H5T_CSET_UTF8) < 0)
         throw Error(withDetail("cannot build the HDF5 string type"));
     return type;
 }
@@ -232,31 +230,27 @@ Dataspace datasetSpace(hid_t dataset)
 }
 
 // Memory and file spaces selecting rows [begin, begin + count) of `dataset`.
-std::pair<Dataspace, Dataspace> rowSpaces(hid_t dataset, hsize_t begin, hsize_t count,
-                                          bool forWrite)
+std::pair<Dataspace, Dataspace> rowSpaces(hid_t dataset, hsize_t begin, hsize_t count, bool forWrite)
 {
     Dataspace fileSpace = datasetSpace(dataset);
     std::vector<hsize_t> dims = shape(dataset);
     if (dims.empty() || begin > dims[0] || count > dims[0] - begin) {
-        const std::string what = "rows [" + std::to_string(begin) + ", "
-                                 + std::to_string(begin + count) + ") outside "
-                                 + std::to_string(dims.empty() ? 0 : dims[0]) + " rows";
+        const std::string what = "rows [" + std::to_string(begin) + ", " + std::to_string(begin + count) + ") outside "
+            + std::to_string(dims.empty() ? 0 : dims[0]) + " rows";
         forWrite ? failWrite(dataset, "", what) : failRead(dataset, "", what);
     }
     std::vector<hsize_t> start(dims.size(), 0);
     start[0] = begin;
     dims[0] = count;
-    if (H5Sselect_hyperslab(fileSpace.id(), H5S_SELECT_SET, start.data(), nullptr, dims.data(),
-                            nullptr)
-        < 0)
+    if (H5Sselect_hyperslab(fileSpace.id(), H5S_SELECT_SET, start.data(), nullptr, dims.data(), nullptr) < 0)
         failWrite(dataset, "", "cannot select a hyperslab");
-    return {simpleSpace(dims), std::move(fileSpace)};
+    return { simpleSpace(dims), std::move(fileSpace) };
 }
 
 } // namespace
 
-Dataset createDataset(hid_t location, const std::string& name, hid_t fileType,
-                      const std::vector<hsize_t>& dims, const Layout& layout)
+Dataset createDataset(
+    hid_t location, const std::string& name, hid_t fileType, const std::vector<hsize_t>& dims, const Layout& layout)
 {
     PropList dcpl(H5Pcreate(H5P_DATASET_CREATE));
     if (!dcpl)
@@ -273,8 +267,7 @@ Dataset createDataset(hid_t location, const std::string& name, hid_t fileType,
         }
     }
     Dataspace space = simpleSpace(dims);
-    Dataset dataset(H5Dcreate2(location, name.c_str(), fileType, space.id(), H5P_DEFAULT,
-                               dcpl.id(), H5P_DEFAULT));
+    Dataset dataset(H5Dcreate2(location, name.c_str(), fileType, space.id(), H5P_DEFAULT, dcpl.id(), H5P_DEFAULT));
     if (!dataset)
         failWrite(location, name, "cannot create dataset");
     return dataset;
@@ -330,8 +323,8 @@ void writeRows(hid_t dataset, hid_t memType, hsize_t rowBegin, hsize_t rowCount,
         return;
     auto [memSpace, fileSpace] = rowSpaces(dataset, rowBegin, rowCount, true);
     if (H5Dwrite(dataset, memType, memSpace.id(), fileSpace.id(), H5P_DEFAULT, data) < 0)
-        failWrite(dataset, "", "write of rows [" + std::to_string(rowBegin) + ", "
-                                   + std::to_string(rowBegin + rowCount) + ") failed");
+        failWrite(dataset, "",
+            "write of rows [" + std::to_string(rowBegin) + ", " + std::to_string(rowBegin + rowCount) + ") failed");
 }
 
 void readRows(hid_t dataset, hid_t memType, hsize_t rowBegin, hsize_t rowCount, void* data)
@@ -340,19 +333,18 @@ void readRows(hid_t dataset, hid_t memType, hsize_t rowBegin, hsize_t rowCount, 
         return;
     auto [memSpace, fileSpace] = rowSpaces(dataset, rowBegin, rowCount, false);
     if (H5Dread(dataset, memType, memSpace.id(), fileSpace.id(), H5P_DEFAULT, data) < 0)
-        failRead(dataset, "", "read of rows [" + std::to_string(rowBegin) + ", "
-                                  + std::to_string(rowBegin + rowCount) + ") failed");
+        failRead(dataset, "",
+            "read of rows [" + std::to_string(rowBegin) + ", " + std::to_string(rowBegin + rowCount) + ") failed");
 }
 
-template <typename T>
-std::vector<T> readVector(hid_t dataset, int64_t expectedElements)
+template <typename T> std::vector<T> readVector(hid_t dataset, int64_t expectedElements)
 {
     hsize_t count = 1;
     for (hsize_t d : shape(dataset))
         count *= d;
     if (expectedElements >= 0 && count != static_cast<hsize_t>(expectedElements))
-        failRead(dataset, "", "has " + std::to_string(count) + " elements, expected "
-                                  + std::to_string(expectedElements));
+        failRead(
+            dataset, "", "has " + std::to_string(count) + " elements, expected " + std::to_string(expectedElements));
     Datatype type = datasetType(dataset);
     const H5T_class_t typeClass = H5Tget_class(type.id());
     if (typeClass != H5T_INTEGER && typeClass != H5T_FLOAT)
@@ -372,8 +364,7 @@ template std::vector<float> readVector<float>(hid_t, int64_t);
 namespace {
 
 // Reads `count` strings stored as vlen or fixed-length strings, through `read(memType, buffer)`.
-template <typename Read>
-std::vector<std::string> readStringData(hid_t fileType, hid_t space, size_t count, Read read)
+template <typename Read> std::vector<std::string> readStringData(hid_t fileType, hid_t space, size_t count, Read read)
 {
     std::vector<std::string> result;
     result.reserve(count);
@@ -412,12 +403,9 @@ std::vector<std::string> readStrings(hid_t dataset)
     const hssize_t count = H5Sget_simple_extent_npoints(space.id());
     if (count <= 0)
         return {};
-    auto values = readStringData(type.id(), space.id(), static_cast<size_t>(count),
-                                 [&](hid_t memType, void* buffer) {
-                                     return H5Dread(dataset, memType, H5S_ALL, H5S_ALL,
-                                                    H5P_DEFAULT, buffer)
-                                            >= 0;
-                                 });
+    auto values = readStringData(type.id(), space.id(), static_cast<size_t>(count), [&](hid_t memType, void* buffer) {
+        return H5Dread(dataset, memType, H5S_ALL, H5S_ALL, H5P_DEFAULT, buffer) >= 0;
+    });
     if (values.size() != static_cast<size_t>(count))
         failRead(dataset, "", "cannot read strings");
     return values;
@@ -426,7 +414,7 @@ std::vector<std::string> readStrings(hid_t dataset)
 void writeStrings(hid_t location, const std::string& name, const std::vector<std::string>& values)
 {
     Datatype type = stringType();
-    Dataset dataset = createDataset(location, name, type.id(), {values.size()});
+    Dataset dataset = createDataset(location, name, type.id(), { values.size() });
     if (values.empty())
         return;
     std::vector<const char*> pointers;
@@ -449,8 +437,7 @@ void writeScalarString(hid_t location, const std::string& name, const std::strin
 {
     Datatype type = stringType();
     Dataspace space(H5Screate(H5S_SCALAR));
-    Dataset dataset(H5Dcreate2(location, name.c_str(), type.id(), space.id(), H5P_DEFAULT,
-                               H5P_DEFAULT, H5P_DEFAULT));
+    Dataset dataset(H5Dcreate2(location, name.c_str(), type.id(), space.id(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
     if (!dataset)
         failWrite(location, name, "cannot create dataset");
     const char* pointer = value.c_str();
@@ -476,17 +463,14 @@ std::string attributeName(const std::string& name)
 
 // Writes a scalar attribute, reusing an existing one of the same type class in place (no
 // object-header reshuffle) and replacing one of another class.
-void writeScalarAttribute(hid_t object, const std::string& name, hid_t fileType, hid_t memType,
-                          const void* value)
+void writeScalarAttribute(hid_t object, const std::string& name, hid_t fileType, hid_t memType, const void* value)
 {
     Attribute attribute;
     if (hasAttribute(object, name)) {
         Attribute existing(H5Aopen(object, name.c_str(), H5P_DEFAULT));
         Datatype existingType(existing ? H5Aget_type(existing.id()) : H5I_INVALID_HID);
-        const bool sameKind = existingType
-                              && H5Tget_class(existingType.id()) == H5Tget_class(fileType)
-                              && H5Tis_variable_str(existingType.id())
-                                     == H5Tis_variable_str(fileType);
+        const bool sameKind = existingType && H5Tget_class(existingType.id()) == H5Tget_class(fileType)
+            && H5Tis_variable_str(existingType.id()) == H5Tis_variable_str(fileType);
         if (sameKind) {
             attribute = std::move(existing);
         } else {
@@ -497,8 +481,7 @@ void writeScalarAttribute(hid_t object, const std::string& name, hid_t fileType,
     }
     if (!attribute) {
         Dataspace space(H5Screate(H5S_SCALAR));
-        attribute = Attribute(
-            H5Acreate2(object, name.c_str(), fileType, space.id(), H5P_DEFAULT, H5P_DEFAULT));
+        attribute = Attribute(H5Acreate2(object, name.c_str(), fileType, space.id(), H5P_DEFAULT, H5P_DEFAULT));
         if (!attribute)
             failWrite(object, "", "cannot create " + attributeName(name));
     }
@@ -520,16 +503,14 @@ Attribute openScalarAttribute(hid_t object, const std::string& name, Datatype& t
     return attribute;
 }
 
-template <typename T>
-T readNumberAttribute(hid_t object, const std::string& name, hid_t memType, bool allowFloat)
+template <typename T> T readNumberAttribute(hid_t object, const std::string& name, hid_t memType, bool allowFloat)
 {
     Datatype type;
     Attribute attribute = openScalarAttribute(object, name, type);
     const H5T_class_t typeClass = H5Tget_class(type.id());
     if (typeClass != H5T_INTEGER && !(allowFloat && typeClass == H5T_FLOAT))
-        failRead(object, "", attributeName(name) + " is not "
-                                 + (allowFloat ? "a number" : "an integer"));
-    T value{};
+        failRead(object, "", attributeName(name) + " is not " + (allowFloat ? "a number" : "an integer"));
+    T value {};
     if (H5Aread(attribute.id(), memType, &value) < 0)
         failRead(object, "", "cannot read " + attributeName(name));
     return value;
@@ -571,9 +552,8 @@ std::string readStringAttribute(hid_t object, const std::string& name)
     if (H5Tget_class(type.id()) != H5T_STRING)
         failRead(object, "", attributeName(name) + " is not a string");
     Dataspace space(H5Aget_space(attribute.id()));
-    auto values = readStringData(type.id(), space.id(), 1, [&](hid_t memType, void* buffer) {
-        return H5Aread(attribute.id(), memType, buffer) >= 0;
-    });
+    auto values = readStringData(type.id(), space.id(), 1,
+        [&](hid_t memType, void* buffer) { return H5Aread(attribute.id(), memType, buffer) >= 0; });
     if (values.size() != 1)
         failRead(object, "", "cannot read " + attributeName(name));
     return values.front();

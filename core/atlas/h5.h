@@ -24,15 +24,20 @@ std::recursive_mutex& libraryMutex();
 void silenceErrorPrinting();
 
 // An owned HDF5 identifier of one kind, closed with `Close` when the handle dies.
-template <herr_t (*Close)(hid_t)>
-class Handle {
+template <herr_t (*Close)(hid_t)> class Handle {
 public:
     Handle() = default;
-    explicit Handle(hid_t id) : m_id(id) {}
+    explicit Handle(hid_t id)
+        : m_id(id)
+    {
+    }
     ~Handle() { reset(); }
     Handle(const Handle&) = delete;
     Handle& operator=(const Handle&) = delete;
-    Handle(Handle&& other) noexcept : m_id(std::exchange(other.m_id, H5I_INVALID_HID)) {}
+    Handle(Handle&& other) noexcept
+        : m_id(std::exchange(other.m_id, H5I_INVALID_HID))
+    {
+    }
     Handle& operator=(Handle&& other) noexcept
     {
         if (this != &other) {
@@ -82,9 +87,9 @@ std::string takeErrorDetail();
 
 // ---- files and groups ----------------------------------------------------------------------
 
-File createFile(const std::filesystem::path& path);             // truncates an existing file
+File createFile(const std::filesystem::path& path); // truncates an existing file
 File openFile(const std::filesystem::path& path, bool writable); // InputError when it is no HDF5
-void flushFile(hid_t file, bool syncToDisk);                     // H5Fflush, then fsync(2)
+void flushFile(hid_t file, bool syncToDisk); // H5Fflush, then fsync(2)
 
 Group createGroup(hid_t location, const std::string& name);
 Group openGroup(hid_t location, const std::string& name);
@@ -104,13 +109,13 @@ bool isHalfType(hid_t type);
 // ---- datasets ------------------------------------------------------------------------------
 
 struct Layout {
-    std::vector<hsize_t> chunk;   // empty: contiguous
-    int gzipLevel = 0;            // 0: no compression; only with chunk
-    bool shuffle = false;         // only with gzip
+    std::vector<hsize_t> chunk; // empty: contiguous
+    int gzipLevel = 0; // 0: no compression; only with chunk
+    bool shuffle = false; // only with gzip
 };
 
-Dataset createDataset(hid_t location, const std::string& name, hid_t fileType,
-                      const std::vector<hsize_t>& dims, const Layout& layout = {});
+Dataset createDataset(hid_t location, const std::string& name, hid_t fileType, const std::vector<hsize_t>& dims,
+    const Layout& layout = {});
 // chunkCacheBytes > 0 sets the raw-data chunk cache of this dataset (w0 = 1: evict fully
 // written chunks first), so blocks smaller than a chunk do not recompress it on every write.
 Dataset openDataset(hid_t location, const std::string& name, size_t chunkCacheBytes = 0);
@@ -124,19 +129,35 @@ void writeRows(hid_t dataset, hid_t memType, hsize_t rowBegin, hsize_t rowCount,
 void readRows(hid_t dataset, hid_t memType, hsize_t rowBegin, hsize_t rowCount, void* data);
 
 // Typed wrappers: create-and-write a 1-D or N-D dataset of numbers, read a whole dataset.
-template <typename T>
-hid_t nativeType();
-template <> inline hid_t nativeType<int8_t>() { return H5T_NATIVE_INT8; }
-template <> inline hid_t nativeType<int16_t>() { return H5T_NATIVE_INT16; }
-template <> inline hid_t nativeType<int32_t>() { return H5T_NATIVE_INT32; }
-template <> inline hid_t nativeType<int64_t>() { return H5T_NATIVE_INT64; }
-template <> inline hid_t nativeType<uint16_t>() { return H5T_NATIVE_UINT16; }
-template <> inline hid_t nativeType<float>() { return H5T_NATIVE_FLOAT; }
+template <typename T> hid_t nativeType();
+template <> inline hid_t nativeType<int8_t>()
+{
+    return H5T_NATIVE_INT8;
+}
+template <> inline hid_t nativeType<int16_t>()
+{
+    return H5T_NATIVE_INT16;
+}
+template <> inline hid_t nativeType<int32_t>()
+{
+    return H5T_NATIVE_INT32;
+}
+template <> inline hid_t nativeType<int64_t>()
+{
+    return H5T_NATIVE_INT64;
+}
+template <> inline hid_t nativeType<uint16_t>()
+{
+    return H5T_NATIVE_UINT16;
+}
+template <> inline hid_t nativeType<float>()
+{
+    return H5T_NATIVE_FLOAT;
+}
 
 // Whole dataset as T, checking it has `expectedElements` elements when >= 0.
-template <typename T>
-std::vector<T> readVector(hid_t dataset, int64_t expectedElements = -1);
-std::vector<std::string> readStrings(hid_t dataset);            // 1-D vlen strings
+template <typename T> std::vector<T> readVector(hid_t dataset, int64_t expectedElements = -1);
+std::vector<std::string> readStrings(hid_t dataset); // 1-D vlen strings
 void writeStrings(hid_t location, const std::string& name, const std::vector<std::string>& values);
 std::string readScalarString(hid_t location, const std::string& name);
 void writeScalarString(hid_t location, const std::string& name, const std::string& value);

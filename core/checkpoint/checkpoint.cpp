@@ -49,13 +49,13 @@ bool isSafeRelativeName(const std::string& name)
 
 struct Checkpoint::Impl {
     nlohmann::json config;
-    std::vector<SafetensorsFile> files;             // in shardPaths() order
-    std::map<std::string, std::size_t> fileOfName;  // tensor -> index into files
+    std::vector<SafetensorsFile> files; // in shardPaths() order
+    std::map<std::string, std::size_t> fileOfName; // tensor -> index into files
 };
 
 Checkpoint::Checkpoint(const fs::path& dir)
-    : m_dir(dir),
-      m_impl(std::make_unique<Impl>())
+    : m_dir(dir)
+    , m_impl(std::make_unique<Impl>())
 {
     std::error_code ec;
     if (!fs::is_directory(dir, ec))
@@ -66,8 +66,7 @@ Checkpoint::Checkpoint(const fs::path& dir)
         throw InputError(dir.string() + ": missing config.json (a Hugging Face checkpoint needs it)");
     m_impl->config = readJson(configPath, "config.json");
     if (!m_impl->config.is_object())
-        throw InputError(configPath.string() + ": expected a JSON object, got a JSON "
-                         + m_impl->config.type_name());
+        throw InputError(configPath.string() + ": expected a JSON object, got a JSON " + m_impl->config.type_name());
 
     // Same precedence as transformers: a single model.safetensors wins over an index.
     const fs::path singlePath = dir / kSingleName;
@@ -84,26 +83,26 @@ Checkpoint::Checkpoint(const fs::path& dir)
     const nlohmann::json index = readJson(indexPath, "the shard index");
     if (!index.is_object())
         throw InputError(indexPath.string() + ": expected a JSON object {\"metadata\", \"weight_map\"}, got a JSON "
-                         + index.type_name());
+            + index.type_name());
     const auto mapIt = index.find("weight_map");
     if (mapIt == index.end() || !mapIt->is_object())
         throw InputError(indexPath.string() + ": missing \"weight_map\" object (tensor name -> shard file)");
     if (mapIt->empty())
         throw InputError(indexPath.string() + ": \"weight_map\" lists no tensors");
     if (const auto metaIt = index.find("metadata"); metaIt != index.end() && !metaIt->is_object() && !metaIt->is_null())
-        throw InputError(indexPath.string() + ": \"metadata\" is a JSON " + metaIt->type_name()
-                         + "; expected an object");
+        throw InputError(
+            indexPath.string() + ": \"metadata\" is a JSON " + metaIt->type_name() + "; expected an object");
 
-    std::map<std::string, std::string> shardOf;  // tensor -> shard file name
-    std::map<std::string, std::string> firstTensorOf;  // shard -> a tensor naming it, for messages
+    std::map<std::string, std::string> shardOf; // tensor -> shard file name
+    std::map<std::string, std::string> firstTensorOf; // shard -> a tensor naming it, for messages
     for (const auto& [tensor, shard] : mapIt->items()) {
         if (!shard.is_string())
-            throw InputError(indexPath.string() + ": weight_map entry for tensor '" + tensor + "' is "
-                             + shard.dump() + "; expected a shard file name");
+            throw InputError(indexPath.string() + ": weight_map entry for tensor '" + tensor + "' is " + shard.dump()
+                + "; expected a shard file name");
         const std::string shardName = shard.get<std::string>();
         if (!isSafeRelativeName(shardName))
-            throw InputError(indexPath.string() + ": weight_map entry for tensor '" + tensor
-                             + "' names shard '" + shardName + "', which is not inside the checkpoint directory");
+            throw InputError(indexPath.string() + ": weight_map entry for tensor '" + tensor + "' names shard '"
+                + shardName + "', which is not inside the checkpoint directory");
         shardOf.emplace(tensor, shardName);
         firstTensorOf.emplace(shardName, tensor);
     }
@@ -114,7 +113,7 @@ Checkpoint::Checkpoint(const fs::path& dir)
         const fs::path shardPath = dir / shardName;
         if (!fs::is_regular_file(shardPath, ec))
             throw InputError(indexPath.string() + ": shard '" + shardName + "' (holding tensor '" + tensor
-                             + "') does not exist in " + dir.string());
+                + "') does not exist in " + dir.string());
         shardIndex.emplace(shardName, m_impl->files.size());
         m_impl->files.emplace_back(shardPath);
     }
@@ -122,7 +121,7 @@ Checkpoint::Checkpoint(const fs::path& dir)
         const std::size_t i = shardIndex.at(shardName);
         if (!m_impl->files[i].contains(tensor))
             throw InputError(indexPath.string() + ": tensor '" + tensor + "' is listed in shard '" + shardName
-                             + "', but " + m_impl->files[i].path().string() + " has no such tensor");
+                + "', but " + m_impl->files[i].path().string() + " has no such tensor");
         m_impl->fileOfName.emplace(tensor, i);
     }
 }

@@ -23,7 +23,7 @@ public:
     Checkpoint& operator=(Checkpoint&&) noexcept;
 
     const std::filesystem::path& dir() const { return m_dir; }
-    const nlohmann::json& config() const;   // parsed config.json
+    const nlohmann::json& config() const; // parsed config.json
 
     bool contains(const std::string& name) const;
     // Throws InputError "<dir>: missing tensor '<name>'" when absent.
@@ -31,9 +31,9 @@ public:
     const SafetensorsFile& fileOf(const std::string& name) const;
     std::span<const std::byte> bytes(const std::string& name) const;
     void release(const std::string& name) const;
-    std::vector<std::string> names() const;                       // sorted
-    std::vector<std::filesystem::path> shardPaths() const;        // in index order
-    uint64_t totalBytes() const;                                  // sum of tensor bytes
+    std::vector<std::string> names() const; // sorted
+    std::vector<std::filesystem::path> shardPaths() const; // in index order
+    uint64_t totalBytes() const; // sum of tensor bytes
 
 private:
     struct Impl;

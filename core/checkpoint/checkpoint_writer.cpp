@@ -43,8 +43,8 @@ void checkRelativeName(const fs::path& dir, const std::string& name)
     for (const fs::path& part : p)
         ok = ok && part != "..";
     if (!ok)
-        throw InputError(dir.string() + ": extra file name '" + name
-                         + "' must be a relative path inside the checkpoint directory");
+        throw InputError(
+            dir.string() + ": extra file name '" + name + "' must be a relative path inside the checkpoint directory");
 }
 
 // transformers writes its JSON files with indent=2, sort_keys=True and a trailing newline.
@@ -80,13 +80,13 @@ struct CheckpointWriter::Impl {
     CheckpointWriterOptions options;
     std::vector<Tensor> tensors;
     std::map<std::string, std::size_t> indexOf;
-    std::size_t shardCount = 0;  // 0 until shards are assigned
-    std::size_t next = 0;        // next tensor to write
-    uint64_t writtenInNext = 0;  // bytes of tensors[next] already written (chunked writes)
+    std::size_t shardCount = 0; // 0 until shards are assigned
+    std::size_t next = 0; // next tensor to write
+    uint64_t writtenInNext = 0; // bytes of tensors[next] already written (chunked writes)
     std::size_t openShard = 0;
     std::optional<SafetensorsWriter> writer;
-    std::vector<std::pair<std::string, std::string>> files;        // relative name, contents
-    std::vector<std::pair<fs::path, std::string>> copies;          // source, relative name
+    std::vector<std::pair<std::string, std::string>> files; // relative name, contents
+    std::vector<std::pair<fs::path, std::string>> copies; // source, relative name
     bool finished = false;
 
     // Greedy in declaration order, as huggingface_hub's split_torch_state_dict_into_shards:
@@ -116,7 +116,7 @@ struct CheckpointWriter::Impl {
             if (t.shard == shard)
                 writer->declare(t.name, t.dtype, t.shape);
         // transformers marks its shards this way; some loaders check it.
-        writer->setMetadata({{"format", "pt"}});
+        writer->setMetadata({ { "format", "pt" } });
         openShard = shard;
     }
 };
@@ -167,13 +167,13 @@ void CheckpointWriter::declare(const std::string& name, DType dtype, std::vector
     uint64_t bytes = dtypeSize(dtype);
     for (int64_t dim : shape) {
         if (dim < 0)
-            throw InputError(d.dir.string() + ": tensor '" + name + "': negative shape dimension "
-                             + std::to_string(dim));
+            throw InputError(
+                d.dir.string() + ": tensor '" + name + "': negative shape dimension " + std::to_string(dim));
         if (__builtin_mul_overflow(bytes, static_cast<uint64_t>(dim), &bytes))
             throw InputError(d.dir.string() + ": tensor '" + name + "': byte size overflows 64 bits");
     }
     d.indexOf.emplace(name, d.tensors.size());
-    d.tensors.push_back({name, dtype, std::move(shape), bytes, 0});
+    d.tensors.push_back({ name, dtype, std::move(shape), bytes, 0 });
 }
 
 void CheckpointWriter::write(const std::string& name, std::span<const std::byte> bytes)
@@ -182,11 +182,11 @@ void CheckpointWriter::write(const std::string& name, std::span<const std::byte>
     // A whole write must not land in the middle of a tensor begun with writeChunk().
     if (d.writtenInNext != 0)
         throw Error(d.dir.string() + ": whole write of '" + name + "' while tensor '" + d.tensors[d.next].name
-                    + "' is partly written");
+            + "' is partly written");
     if (!d.finished && d.next < d.tensors.size() && d.tensors[d.next].name == name
         && bytes.size() != d.tensors[d.next].bytes)
         throw Error(d.dir.string() + ": tensor '" + name + "': got " + std::to_string(bytes.size())
-                    + " bytes, declared " + std::to_string(d.tensors[d.next].bytes));
+            + " bytes, declared " + std::to_string(d.tensors[d.next].bytes));
     writeChunk(name, bytes);
 }
 
@@ -204,7 +204,7 @@ void CheckpointWriter::writeChunk(const std::string& name, std::span<const std::
         throw Error(d.dir.string() + ": write of tensor '" + name + "' out of order; expected '" + t.name + "'");
     if (bytes.size() > t.bytes - d.writtenInNext)
         throw Error(d.dir.string() + ": tensor '" + name + "': " + std::to_string(d.writtenInNext + bytes.size())
-                    + " bytes written, declared " + std::to_string(t.bytes));
+            + " bytes written, declared " + std::to_string(t.bytes));
     if (!d.writer || d.openShard != t.shard) {
         if (d.writer)
             d.writer->finish();
@@ -247,11 +247,11 @@ void CheckpointWriter::finish()
         d.assignShards();
     if (d.next < d.tensors.size())
         throw Error(d.dir.string() + ": tensor '" + d.tensors[d.next].name + "' was declared but "
-                    + (d.writtenInNext ? "only " + std::to_string(d.writtenInNext) + " of "
-                                             + std::to_string(d.tensors[d.next].bytes) + " bytes were written"
-                                       : std::string("never written")));
+            + (d.writtenInNext ? "only " + std::to_string(d.writtenInNext) + " of "
+                        + std::to_string(d.tensors[d.next].bytes) + " bytes were written"
+                               : std::string("never written")));
     if (!d.writer)
-        d.openWriter(0);  // no tensors at all: still a valid (empty) model.safetensors
+        d.openWriter(0); // no tensors at all: still a valid (empty) model.safetensors
     d.writer->finish();
     d.writer.reset();
 
@@ -262,7 +262,7 @@ void CheckpointWriter::finish()
             total += t.bytes;
             weightMap[t.name] = shardFileName(t.shard, d.shardCount);
         }
-        const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weightMap}};
+        const nlohmann::json index = { { "metadata", { { "total_size", total } } }, { "weight_map", weightMap } };
         writeFile(d.partial / "model.safetensors.index.json", prettyJson(index));
     }
     for (const auto& [name, contents] : d.files)
@@ -271,8 +271,7 @@ void CheckpointWriter::finish()
         std::error_code ec;
         fs::create_directories((d.partial / name).parent_path(), ec);
         if (!fs::copy_file(source, d.partial / name, fs::copy_options::overwrite_existing, ec))
-            throw Error("cannot copy " + source.string() + " to " + (d.partial / name).string() + ": "
-                        + ec.message());
+            throw Error("cannot copy " + source.string() + " to " + (d.partial / name).string() + ": " + ec.message());
     }
 
     // rename(2) replaces a missing or empty directory atomically. A non-empty one (overwrite)
@@ -293,7 +292,7 @@ void CheckpointWriter::finish()
         try {
             commitFile(d.partial, d.dir);
         } catch (...) {
-            std::rename(old.c_str(), d.dir.c_str());  // put the previous output back
+            std::rename(old.c_str(), d.dir.c_str()); // put the previous output back
             throw;
         }
         fs::remove_all(old, ec);

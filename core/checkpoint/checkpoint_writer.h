@@ -18,8 +18,8 @@
 namespace moeatlas {
 
 struct CheckpointWriterOptions {
-    uint64_t maxShardBytes = 5ull << 30;   // transformers' default is 5 GB shards
-    bool overwrite = false;                 // refuse a non-empty existing directory unless true
+    uint64_t maxShardBytes = 5ull << 30; // transformers' default is 5 GB shards
+    bool overwrite = false; // refuse a non-empty existing directory unless true
 };
 
 class CheckpointWriter {

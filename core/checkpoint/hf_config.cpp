@@ -15,7 +15,11 @@ using nlohmann::json;
 // Typed access to config fields with messages that name the file and the field.
 class ConfigReader {
 public:
-    ConfigReader(const json& j, std::string source) : m_json(j), m_source(std::move(source)) {}
+    ConfigReader(const json& j, std::string source)
+        : m_json(j)
+        , m_source(std::move(source))
+    {
+    }
 
     bool has(const char* key) const { return m_json.contains(key) && !m_json.at(key).is_null(); }
 
@@ -121,8 +125,8 @@ Architecture architectureOf(const std::string& modelType, const std::string& sou
     if (modelType == "olmoe")
         return Architecture::Olmoe;
     throw InputError(source + ": field 'model_type' is '" + modelType
-                     + "', which MoE Atlas does not support (supported: mixtral, qwen2_moe, "
-                       "qwen3_moe, olmoe)");
+        + "', which MoE Atlas does not support (supported: mixtral, qwen2_moe, "
+          "qwen3_moe, olmoe)");
 }
 
 RopeSpec parseRope(const ConfigReader& cfg, const std::string& source)
@@ -156,14 +160,14 @@ RopeSpec parseRope(const ConfigReader& cfg, const std::string& source)
     rope.truncate = p.boolean("truncate", true);
     rope.lowFreqFactor = p.number("low_freq_factor", 1.0);
     rope.highFreqFactor = p.number("high_freq_factor", 4.0);
-    static const char* kSupported[] = {"default", "linear", "dynamic", "yarn", "llama3"};
-    if (std::find_if(std::begin(kSupported), std::end(kSupported),
-                     [&](const char* s) { return rope.type == s; }) == std::end(kSupported))
+    static const char* kSupported[] = { "default", "linear", "dynamic", "yarn", "llama3" };
+    if (std::find_if(std::begin(kSupported), std::end(kSupported), [&](const char* s) { return rope.type == s; })
+        == std::end(kSupported))
         throw InputError(source + ": field '" + field + ".rope_type' is '" + rope.type
-                         + "' (supported: default, linear, dynamic, yarn, llama3)");
+            + "' (supported: default, linear, dynamic, yarn, llama3)");
     if ((rope.type == "yarn" || rope.type == "llama3") && rope.originalMaxPositionEmbeddings <= 0)
-        throw InputError(source + ": field '" + field
-                         + ".original_max_position_embeddings' is required for rope_type '" + rope.type + "'");
+        throw InputError(source + ": field '" + field + ".original_max_position_embeddings' is required for rope_type '"
+            + rope.type + "'");
     return rope;
 }
 
@@ -186,10 +190,14 @@ std::vector<int> ModelSpec::moeLayerIndices() const
 const char* architectureName(Architecture a)
 {
     switch (a) {
-    case Architecture::Mixtral: return "mixtral";
-    case Architecture::Qwen2Moe: return "qwen2_moe";
-    case Architecture::Qwen3Moe: return "qwen3_moe";
-    case Architecture::Olmoe: return "olmoe";
+    case Architecture::Mixtral:
+        return "mixtral";
+    case Architecture::Qwen2Moe:
+        return "qwen2_moe";
+    case Architecture::Qwen3Moe:
+        return "qwen3_moe";
+    case Architecture::Olmoe:
+        return "olmoe";
     }
     return "?";
 }
@@ -211,8 +219,9 @@ ModelSpec parseModelSpec(const json& config, const std::string& source)
     s.numHeads = static_cast<int>(cfg.positive("num_attention_heads"));
     s.numKvHeads = static_cast<int>(cfg.integer("num_key_value_heads", s.numHeads));
     if (s.numKvHeads <= 0 || s.numHeads % s.numKvHeads != 0)
-        cfg.fail("num_key_value_heads", "must divide num_attention_heads (" + std::to_string(s.numHeads)
-                                            + "), got " + std::to_string(s.numKvHeads));
+        cfg.fail("num_key_value_heads",
+            "must divide num_attention_heads (" + std::to_string(s.numHeads) + "), got "
+                + std::to_string(s.numKvHeads));
     const int64_t headDim = cfg.integer("head_dim", 0);
     if (headDim > 0) {
         s.headDim = headDim;
@@ -236,14 +245,14 @@ ModelSpec parseModelSpec(const json& config, const std::string& source)
     int64_t sparseStep = 1;
     switch (s.arch) {
     case Architecture::Mixtral:
-        s.router.numExperts = static_cast<int>(cfg.positiveAnyOf({"num_local_experts", "num_experts"}));
+        s.router.numExperts = static_cast<int>(cfg.positiveAnyOf({ "num_local_experts", "num_experts" }));
         s.moeIntermediate = cfg.positive("intermediate_size");
-        s.router.normTopkProb = true;   // MixtralTopKRouter always renormalises
+        s.router.normTopkProb = true; // MixtralTopKRouter always renormalises
         if (cfg.has("sliding_window"))
             s.slidingWindow = cfg.positive("sliding_window");
         break;
     case Architecture::Qwen2Moe:
-        s.router.numExperts = static_cast<int>(cfg.positiveAnyOf({"num_experts", "num_local_experts"}));
+        s.router.numExperts = static_cast<int>(cfg.positiveAnyOf({ "num_experts", "num_local_experts" }));
         s.moeIntermediate = cfg.positive("moe_intermediate_size");
         s.sharedIntermediate = cfg.integer("shared_expert_intermediate_size", 0);
         s.sharedExpertGate = s.sharedIntermediate > 0;
@@ -255,7 +264,7 @@ ModelSpec parseModelSpec(const json& config, const std::string& source)
             s.slidingWindow = cfg.positive("sliding_window");
         break;
     case Architecture::Qwen3Moe:
-        s.router.numExperts = static_cast<int>(cfg.positiveAnyOf({"num_experts", "num_local_experts"}));
+        s.router.numExperts = static_cast<int>(cfg.positiveAnyOf({ "num_experts", "num_local_experts" }));
         s.moeIntermediate = cfg.positive("moe_intermediate_size");
         s.router.normTopkProb = cfg.boolean("norm_topk_prob", false);
         s.qkvBias = s.oBias = cfg.boolean("attention_bias", false);
@@ -266,7 +275,7 @@ ModelSpec parseModelSpec(const json& config, const std::string& source)
             s.slidingWindow = cfg.positive("sliding_window");
         break;
     case Architecture::Olmoe:
-        s.router.numExperts = static_cast<int>(cfg.positiveAnyOf({"num_experts", "num_local_experts"}));
+        s.router.numExperts = static_cast<int>(cfg.positiveAnyOf({ "num_experts", "num_local_experts" }));
         s.moeIntermediate = cfg.positive("intermediate_size");
         s.router.normTopkProb = cfg.boolean("norm_topk_prob", false);
         s.qkvBias = s.oBias = cfg.boolean("attention_bias", false);
@@ -276,8 +285,9 @@ ModelSpec parseModelSpec(const json& config, const std::string& source)
         break;
     }
     if (s.router.topK > s.router.numExperts)
-        cfg.fail("num_experts_per_tok", "(" + std::to_string(s.router.topK) + ") exceeds the number of experts ("
-                                            + std::to_string(s.router.numExperts) + ")");
+        cfg.fail("num_experts_per_tok",
+            "(" + std::to_string(s.router.topK) + ") exceeds the number of experts ("
+                + std::to_string(s.router.numExperts) + ")");
     if (sparseStep <= 0)
         cfg.fail("decoder_sparse_step", "must be > 0");
 

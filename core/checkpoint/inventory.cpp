@@ -8,21 +8,33 @@ namespace moeatlas {
 const char* componentName(Component c)
 {
     switch (c) {
-    case Component::Attention: return "attention";
-    case Component::Router: return "router";
-    case Component::RoutedExperts: return "routed experts";
-    case Component::SharedExperts: return "shared experts";
-    case Component::DenseMlp: return "dense MLP";
-    case Component::Norms: return "norms";
-    case Component::Embeddings: return "embeddings";
-    case Component::LmHead: return "lm_head";
-    case Component::Other: return "other";
+    case Component::Attention:
+        return "attention";
+    case Component::Router:
+        return "router";
+    case Component::RoutedExperts:
+        return "routed experts";
+    case Component::SharedExperts:
+        return "shared experts";
+    case Component::DenseMlp:
+        return "dense MLP";
+    case Component::Norms:
+        return "norms";
+    case Component::Embeddings:
+        return "embeddings";
+    case Component::LmHead:
+        return "lm_head";
+    case Component::Other:
+        return "other";
     }
     return "?";
 }
 
 namespace {
-bool contains(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
+bool contains(const std::string& s, const char* part)
+{
+    return s.find(part) != std::string::npos;
+}
 bool endsWith(const std::string& s, const std::string& suffix)
 {
     return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -74,15 +86,14 @@ Inventory takeInventory(const Checkpoint& checkpoint, const ModelSpec& spec)
             }
         }
     }
-    const double activeFraction = spec.router.numExperts > 0
-                                      ? static_cast<double>(spec.router.topK) / spec.router.numExperts
-                                      : 0.0;
+    const double activeFraction
+        = spec.router.numExperts > 0 ? static_cast<double>(spec.router.topK) / spec.router.numExperts : 0.0;
     const int64_t routed = inv[Component::RoutedExperts].params;
     // Tied embeddings are used once as input (a row gather) and once as the output projection.
     const int64_t lmHead = spec.tieWordEmbeddings ? inv[Component::Embeddings].params : inv[Component::LmHead].params;
     inv.activeParamsPerToken = inv.total.params - routed - inv[Component::Embeddings].params
-                               - inv[Component::LmHead].params + lmHead
-                               + static_cast<int64_t>(std::llround(static_cast<double>(routed) * activeFraction));
+        - inv[Component::LmHead].params + lmHead
+        + static_cast<int64_t>(std::llround(static_cast<double>(routed) * activeFraction));
     return inv;
 }
 

@@ -25,10 +25,10 @@ struct Amount {
 };
 
 struct Inventory {
-    std::array<Amount, kComponentCount> byComponent{};
+    std::array<Amount, kComponentCount> byComponent {};
     Amount total;
-    int64_t activeParamsPerToken = 0;   // everything but routed experts, plus top-k/E of them
-    std::vector<Amount> routedExpertsPerLayer;   // [numLayers]
+    int64_t activeParamsPerToken = 0; // everything but routed experts, plus top-k/E of them
+    std::vector<Amount> routedExpertsPerLayer; // [numLayers]
     const Amount& operator[](Component c) const { return byComponent[static_cast<std::size_t>(c)]; }
 };
 

@@ -15,8 +15,8 @@ enum class Architecture { Mixtral, Qwen2Moe, Qwen3Moe, Olmoe };
 // How q/k are normalised before RoPE.
 enum class QkNorm {
     None,
-    PerHead,   // Qwen3: RMSNorm over head_dim, weight [head_dim]
-    Full,      // OLMoE: RMSNorm over the whole projection, weight [heads * head_dim]
+    PerHead, // Qwen3: RMSNorm over head_dim, weight [head_dim]
+    Full, // OLMoE: RMSNorm over the whole projection, weight [heads * head_dim]
 };
 
 // How the router turns logits into expert weights. All four current architectures use
@@ -29,7 +29,7 @@ struct RouterSpec {
 
 // Rotary position embedding, as transformers' rope_parameters / rope_scaling describe it.
 struct RopeSpec {
-    std::string type = "default";   // default | linear | dynamic | yarn | llama3
+    std::string type = "default"; // default | linear | dynamic | yarn | llama3
     double theta = 10000.0;
     double factor = 1.0;
     double partialRotaryFactor = 1.0;
@@ -47,14 +47,14 @@ struct RopeSpec {
 };
 
 struct LayerSpec {
-    bool moe = true;                 // false: a dense MLP of denseIntermediate
-    bool slidingWindow = false;      // attention restricted to the last `slidingWindow` keys
+    bool moe = true; // false: a dense MLP of denseIntermediate
+    bool slidingWindow = false; // attention restricted to the last `slidingWindow` keys
     int64_t denseIntermediate = 0;
 };
 
 struct ModelSpec {
     Architecture arch = Architecture::Mixtral;
-    std::string modelType;          // config.json "model_type"
+    std::string modelType; // config.json "model_type"
     int64_t vocabSize = 0;
     int64_t hiddenSize = 0;
     int numLayers = 0;
@@ -67,21 +67,21 @@ struct ModelSpec {
     bool tieWordEmbeddings = false;
 
     // attention
-    bool qkvBias = false;            // biases on q/k/v projections
-    bool oBias = false;              // bias on o_proj
+    bool qkvBias = false; // biases on q/k/v projections
+    bool oBias = false; // bias on o_proj
     QkNorm qkNorm = QkNorm::None;
-    std::optional<double> clipQkv;   // OLMoE: clamp q, k, v to [-clip, clip]
+    std::optional<double> clipQkv; // OLMoE: clamp q, k, v to [-clip, clip]
     std::optional<int64_t> slidingWindow;
     RopeSpec rope;
 
     // experts
     RouterSpec router;
-    int64_t moeIntermediate = 0;     // width of every routed expert
-    int64_t sharedIntermediate = 0;  // Qwen2-MoE shared expert width; 0 = no shared expert
-    bool sharedExpertGate = false;   // Qwen2-MoE: sigmoid(Linear(H, 1)) scales the shared expert
+    int64_t moeIntermediate = 0; // width of every routed expert
+    int64_t sharedIntermediate = 0; // Qwen2-MoE shared expert width; 0 = no shared expert
+    bool sharedExpertGate = false; // Qwen2-MoE: sigmoid(Linear(H, 1)) scales the shared expert
 
     std::vector<LayerSpec> layers;
-    std::string torchDtype;          // config "torch_dtype"/"dtype", informational
+    std::string torchDtype; // config "torch_dtype"/"dtype", informational
 
     int numMoeLayers() const;
     std::vector<int> moeLayerIndices() const;

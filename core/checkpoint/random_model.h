@@ -22,15 +22,15 @@ struct RandomModelOptions {
     int numExperts = 16;
     int topK = 2;
     int64_t moeIntermediate = 128;
-    int64_t sharedIntermediate = 0;        // qwen2_moe only
-    int64_t denseIntermediate = 512;       // for mlp_only_layers
-    std::vector<int> mlpOnlyLayers;        // qwen2_moe / qwen3_moe
+    int64_t sharedIntermediate = 0; // qwen2_moe only
+    int64_t denseIntermediate = 512; // for mlp_only_layers
+    std::vector<int> mlpOnlyLayers; // qwen2_moe / qwen3_moe
     int64_t vocabSize = 1024;
-    DType dtype = DType::F32;              // F32, BF16 or F16
-    bool fusedExperts = false;             // transformers v5 fused layout instead of the hub's per-expert one
+    DType dtype = DType::F32; // F32, BF16 or F16
+    bool fusedExperts = false; // transformers v5 fused layout instead of the hub's per-expert one
     bool normTopkProb = true;
     double initStd = 0.02;
-    double routerStd = 0.5;                // larger, so routing is far from uniform
+    double routerStd = 0.5; // larger, so routing is far from uniform
     uint64_t seed = 0;
     uint64_t maxShardBytes = 1ull << 30;
 };
@@ -40,7 +40,7 @@ std::string randomModelConfig(const RandomModelOptions& options);
 void writeRandomModel(const RandomModelOptions& options, const std::filesystem::path& dir, bool overwrite);
 
 // A JSONL file of `numDocs` documents of random token ids ({"input_ids": [...]}) for calibration.
-void writeRandomCalibration(const std::filesystem::path& path, int64_t vocabSize, int numDocs, int64_t docTokens,
-                            uint64_t seed);
+void writeRandomCalibration(
+    const std::filesystem::path& path, int64_t vocabSize, int numDocs, int64_t docTokens, uint64_t seed);
 
 } // namespace moeatlas

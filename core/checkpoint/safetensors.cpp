@@ -5,7 +5,6 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
-#include <utility>
 #include <bit>
 #include <cerrno>
 #include <cstring>
@@ -13,6 +12,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <utility>
 
 namespace fs = std::filesystem;
 
@@ -50,8 +50,8 @@ std::string rangeString(uint64_t begin, uint64_t end)
 std::string knownDTypes()
 {
     std::string s;
-    for (DType t : {DType::F64, DType::F32, DType::F16, DType::BF16, DType::F8_E4M3, DType::F8_E5M2,
-                    DType::I64, DType::I32, DType::I16, DType::I8, DType::U8, DType::BOOL})
+    for (DType t : { DType::F64, DType::F32, DType::F16, DType::BF16, DType::F8_E4M3, DType::F8_E5M2, DType::I64,
+             DType::I32, DType::I16, DType::I8, DType::U8, DType::BOOL })
         s += (s.empty() ? "" : ", ") + std::string(dtypeName(t));
     return s;
 }
@@ -68,8 +68,7 @@ struct MappingGuard {
     }
 };
 
-TensorInfo parseTensor(const fs::path& path, const std::string& name, const nlohmann::json& entry,
-                       uint64_t dataSize)
+TensorInfo parseTensor(const fs::path& path, const std::string& name, const nlohmann::json& entry, uint64_t dataSize)
 {
     if (!entry.is_object())
         failTensor(path, name, "expected an object {dtype, shape, data_offsets}, got " + entry.dump());
@@ -99,17 +98,17 @@ TensorInfo parseTensor(const fs::path& path, const std::string& name, const nloh
         if (d.is_number_unsigned()) {
             const uint64_t u = d.get<uint64_t>();
             if (u > static_cast<uint64_t>(INT64_MAX))
-                failTensor(path, name, "shape dimension " + std::to_string(i) + " is " + d.dump()
-                                           + ", too large");
+                failTensor(path, name, "shape dimension " + std::to_string(i) + " is " + d.dump() + ", too large");
             dim = static_cast<int64_t>(u);
         } else if (d.is_number_integer()) {
             dim = d.get<int64_t>();
             if (dim < 0)
-                failTensor(path, name, "shape dimension " + std::to_string(i) + " is " + std::to_string(dim)
-                                           + "; expected a non-negative integer");
+                failTensor(path, name,
+                    "shape dimension " + std::to_string(i) + " is " + std::to_string(dim)
+                        + "; expected a non-negative integer");
         } else {
-            failTensor(path, name, "shape dimension " + std::to_string(i) + " is " + d.dump()
-                                       + "; expected a non-negative integer");
+            failTensor(path, name,
+                "shape dimension " + std::to_string(i) + " is " + d.dump() + "; expected a non-negative integer");
         }
         info.shape.push_back(dim);
         overflow = overflow || __builtin_mul_overflow(numel, static_cast<uint64_t>(dim), &numel);
@@ -117,31 +116,32 @@ TensorInfo parseTensor(const fs::path& path, const std::string& name, const nloh
 
     const auto offIt = entry.find("data_offsets");
     const bool offsetsOk = offIt != entry.end() && offIt->is_array() && offIt->size() == 2
-                           && (*offIt)[0].is_number_unsigned() && (*offIt)[1].is_number_unsigned();
+        && (*offIt)[0].is_number_unsigned() && (*offIt)[1].is_number_unsigned();
     if (!offsetsOk)
-        failTensor(path, name, "data_offsets is "
-                                   + (offIt == entry.end() ? std::string("missing") : offIt->dump())
-                                   + "; expected [begin, end] with non-negative integers");
+        failTensor(path, name,
+            "data_offsets is " + (offIt == entry.end() ? std::string("missing") : offIt->dump())
+                + "; expected [begin, end] with non-negative integers");
     info.begin = (*offIt)[0].get<uint64_t>();
     info.end = (*offIt)[1].get<uint64_t>();
     if (info.begin > info.end)
-        failTensor(path, name, "data_offsets " + rangeString(info.begin, info.end)
-                                   + " have begin > end; expected [begin, end] with begin <= end");
+        failTensor(path, name,
+            "data_offsets " + rangeString(info.begin, info.end)
+                + " have begin > end; expected [begin, end] with begin <= end");
     if (info.end > dataSize)
-        failTensor(path, name, "data_offsets " + rangeString(info.begin, info.end)
-                                   + " lie outside the data region of " + std::to_string(dataSize)
-                                   + " bytes");
+        failTensor(path, name,
+            "data_offsets " + rangeString(info.begin, info.end) + " lie outside the data region of "
+                + std::to_string(dataSize) + " bytes");
 
     uint64_t needed = 0;
     overflow = overflow || __builtin_mul_overflow(numel, static_cast<uint64_t>(dtypeSize(info.dtype)), &needed);
     if (overflow)
-        failTensor(path, name, "shape " + shapeString(info.shape) + " x " + dtypeText
-                                   + " overflows a 64-bit byte count");
+        failTensor(
+            path, name, "shape " + shapeString(info.shape) + " x " + dtypeText + " overflows a 64-bit byte count");
     if (needed != info.byteSize())
-        failTensor(path, name, "data_offsets " + rangeString(info.begin, info.end) + " hold "
-                                   + std::to_string(info.byteSize()) + " bytes but shape "
-                                   + shapeString(info.shape) + " x " + dtypeText + " needs "
-                                   + std::to_string(needed));
+        failTensor(path, name,
+            "data_offsets " + rangeString(info.begin, info.end) + " hold " + std::to_string(info.byteSize())
+                + " bytes but shape " + shapeString(info.shape) + " x " + dtypeText + " needs "
+                + std::to_string(needed));
     return info;
 }
 
@@ -161,7 +161,7 @@ SafetensorsFile::SafetensorsFile(const fs::path& path)
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         fail(path, std::string("cannot open safetensors file (") + std::strerror(errno) + ")");
-    struct stat st {};
+    struct stat st { };
     if (::fstat(fd, &st) != 0) {
         const int err = errno;
         ::close(fd);
@@ -174,29 +174,32 @@ SafetensorsFile::SafetensorsFile(const fs::path& path)
     const auto fileSize = static_cast<uint64_t>(st.st_size);
     if (fileSize < 8) {
         ::close(fd);
-        fail(path, "file is " + std::to_string(fileSize)
-                       + " bytes; a safetensors file needs at least the 8-byte header length");
+        fail(path,
+            "file is " + std::to_string(fileSize)
+                + " bytes; a safetensors file needs at least the 8-byte header length");
     }
 
     // MAP_PRIVATE + PROT_READ: pages are never dirtied, so madvise(DONTNEED) in release() simply
     // drops them and a later access re-reads them from the file.
     void* map = ::mmap(nullptr, fileSize, PROT_READ, MAP_PRIVATE, fd, 0);
     const int mapErr = errno;
-    ::close(fd);  // the mapping keeps its own reference to the file
+    ::close(fd); // the mapping keeps its own reference to the file
     if (map == MAP_FAILED)
         fail(path, std::string("cannot mmap (") + std::strerror(mapErr) + ")");
-    MappingGuard guard{static_cast<const std::byte*>(map), static_cast<std::size_t>(fileSize)};
+    MappingGuard guard { static_cast<const std::byte*>(map), static_cast<std::size_t>(fileSize) };
 
     uint64_t headerLen = 0;
     std::memcpy(&headerLen, guard.map, sizeof headerLen);
     if constexpr (std::endian::native == std::endian::big)
         headerLen = __builtin_bswap64(headerLen);
     if (headerLen > kMaxHeaderBytes)
-        fail(path, "header length " + std::to_string(headerLen) + " exceeds the limit of "
-                       + std::to_string(kMaxHeaderBytes) + " bytes");
+        fail(path,
+            "header length " + std::to_string(headerLen) + " exceeds the limit of " + std::to_string(kMaxHeaderBytes)
+                + " bytes");
     if (headerLen > fileSize - 8)
-        fail(path, "header length " + std::to_string(headerLen) + " exceeds the file: only "
-                       + std::to_string(fileSize - 8) + " bytes follow the 8-byte length");
+        fail(path,
+            "header length " + std::to_string(headerLen) + " exceeds the file: only " + std::to_string(fileSize - 8)
+                + " bytes follow the 8-byte length");
 
     const char* headerBegin = reinterpret_cast<const char*>(guard.map + 8);
     nlohmann::json header;
@@ -206,16 +209,17 @@ SafetensorsFile::SafetensorsFile(const fs::path& path)
         fail(path, std::string("header is not valid JSON (") + e.what() + ")");
     }
     if (!header.is_object())
-        fail(path, "header is a JSON " + std::string(header.type_name())
-                       + "; expected an object {tensor name: {dtype, shape, data_offsets}}");
+        fail(path,
+            "header is a JSON " + std::string(header.type_name())
+                + "; expected an object {tensor name: {dtype, shape, data_offsets}}");
 
     const uint64_t dataStart = 8 + headerLen;
     const uint64_t dataSize = fileSize - dataStart;
     for (const auto& [key, value] : header.items()) {
         if (key == "__metadata__") {
             if (!value.is_object())
-                fail(path, "__metadata__ is a JSON " + std::string(value.type_name())
-                               + "; expected an object of strings");
+                fail(path,
+                    "__metadata__ is a JSON " + std::string(value.type_name()) + "; expected an object of strings");
             for (const auto& [mk, mv] : value.items()) {
                 if (!mv.is_string())
                     fail(path, "__metadata__ entry '" + mk + "' is " + mv.dump() + "; expected a string");
@@ -232,14 +236,15 @@ SafetensorsFile::SafetensorsFile(const fs::path& path)
     for (const auto& [name, info] : m_tensors)
         if (info.byteSize() > 0)
             byOffset.push_back(&info);
-    std::sort(byOffset.begin(), byOffset.end(),
-              [](const TensorInfo* a, const TensorInfo* b) { return a->begin < b->begin; });
+    std::sort(
+        byOffset.begin(), byOffset.end(), [](const TensorInfo* a, const TensorInfo* b) { return a->begin < b->begin; });
     for (std::size_t i = 1; i < byOffset.size(); ++i) {
         const TensorInfo& prev = *byOffset[i - 1];
         const TensorInfo& cur = *byOffset[i];
         if (cur.begin < prev.end)
-            fail(path, "tensor '" + cur.name + "': data_offsets " + rangeString(cur.begin, cur.end)
-                           + " overlap tensor '" + prev.name + "' " + rangeString(prev.begin, prev.end));
+            fail(path,
+                "tensor '" + cur.name + "': data_offsets " + rangeString(cur.begin, cur.end) + " overlap tensor '"
+                    + prev.name + "' " + rangeString(prev.begin, prev.end));
     }
 
     m_map = guard.map;
@@ -255,12 +260,12 @@ SafetensorsFile::~SafetensorsFile()
 }
 
 SafetensorsFile::SafetensorsFile(SafetensorsFile&& other) noexcept
-    : m_path(std::move(other.m_path)),
-      m_tensors(std::move(other.m_tensors)),
-      m_metadata(std::move(other.m_metadata)),
-      m_map(std::exchange(other.m_map, nullptr)),
-      m_mapSize(std::exchange(other.m_mapSize, 0)),
-      m_dataStart(std::exchange(other.m_dataStart, 0))
+    : m_path(std::move(other.m_path))
+    , m_tensors(std::move(other.m_tensors))
+    , m_metadata(std::move(other.m_metadata))
+    , m_map(std::exchange(other.m_map, nullptr))
+    , m_mapSize(std::exchange(other.m_mapSize, 0))
+    , m_dataStart(std::exchange(other.m_dataStart, 0))
 {
 }
 
@@ -304,7 +309,7 @@ std::vector<std::string> SafetensorsFile::names() const
 std::span<const std::byte> SafetensorsFile::bytes(const std::string& name) const
 {
     const TensorInfo& t = info(name);
-    return {m_map + m_dataStart + t.begin, static_cast<std::size_t>(t.byteSize())};
+    return { m_map + m_dataStart + t.begin, static_cast<std::size_t>(t.byteSize()) };
 }
 
 void SafetensorsFile::release(const std::string& name) const

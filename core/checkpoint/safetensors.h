@@ -18,7 +18,7 @@ struct TensorInfo {
     std::string name;
     DType dtype = DType::F32;
     std::vector<int64_t> shape;
-    uint64_t begin = 0;  // byte offsets relative to the start of the data region
+    uint64_t begin = 0; // byte offsets relative to the start of the data region
     uint64_t end = 0;
     int64_t numel() const;
     uint64_t byteSize() const { return end - begin; }
@@ -43,7 +43,7 @@ public:
     bool contains(const std::string& name) const;
     // Throws InputError "<file>: no tensor '<name>'" when absent.
     const TensorInfo& info(const std::string& name) const;
-    std::vector<std::string> names() const;  // sorted
+    std::vector<std::string> names() const; // sorted
     const std::map<std::string, std::string>& metadata() const { return m_metadata; }
 
     // The tensor's bytes, mapped read-only (little-endian, row-major).

@@ -39,8 +39,8 @@ void writeAll(int fd, const fs::path& path, const void* data, std::size_t size)
 } // namespace
 
 SafetensorsWriter::SafetensorsWriter(fs::path finalPath)
-    : m_final(std::move(finalPath)),
-      m_tmp(partialPathFor(m_final))
+    : m_final(std::move(finalPath))
+    , m_tmp(partialPathFor(m_final))
 {
     ensureWritableDirectory(m_final);
 }
@@ -74,20 +74,19 @@ void SafetensorsWriter::declare(const std::string& name, DType dtype, std::vecto
     uint64_t bytes = dtypeSize(dtype);
     for (int64_t d : shape) {
         if (d < 0)
-            throw InputError(m_final.string() + ": tensor '" + name + "': negative shape dimension "
-                             + std::to_string(d));
+            throw InputError(
+                m_final.string() + ": tensor '" + name + "': negative shape dimension " + std::to_string(d));
         if (__builtin_mul_overflow(bytes, static_cast<uint64_t>(d), &bytes))
             throw InputError(m_final.string() + ": tensor '" + name + "': byte size overflows 64 bits");
     }
-    m_entries.push_back({name, dtype, std::move(shape), bytes});
+    m_entries.push_back({ name, dtype, std::move(shape), bytes });
 }
 
 namespace {
 
 // The header exactly as the reference writer lays it out: compact JSON, "__metadata__" first,
 // then the tensors (here in declaration order, which is also the data order), padded with spaces.
-std::string buildHeader(const std::map<std::string, std::string>& metadata,
-                               const auto& entries, const fs::path& path)
+std::string buildHeader(const std::map<std::string, std::string>& metadata, const auto& entries, const fs::path& path)
 {
     nlohmann::ordered_json header = nlohmann::ordered_json::object();
     if (!metadata.empty()) {
@@ -101,7 +100,7 @@ std::string buildHeader(const std::map<std::string, std::string>& metadata,
         nlohmann::ordered_json t = nlohmann::ordered_json::object();
         t["dtype"] = std::string(dtypeName(e.dtype));
         t["shape"] = e.shape;
-        t["data_offsets"] = {offset, offset + e.bytes};
+        t["data_offsets"] = { offset, offset + e.bytes };
         header[e.name] = std::move(t);
         offset += e.bytes;
     }
@@ -132,7 +131,7 @@ void SafetensorsWriter::writeHeader()
     m_fd = ::open(m_tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (m_fd < 0)
         throw Error(m_tmp.string() + ": cannot create (" + std::strerror(errno) + ")");
-    m_headerWritten = true;  // from here on the destructor owns removing the temp file
+    m_headerWritten = true; // from here on the destructor owns removing the temp file
     uint64_t len = header.size();
     if constexpr (std::endian::native == std::endian::big)
         len = __builtin_bswap64(len);
@@ -148,21 +147,21 @@ void SafetensorsWriter::write(const std::string& name, std::span<const std::byte
         writeHeader();
     // Move past tensors that are complete (including empty ones the caller never wrote).
     while (m_current < m_entries.size() && m_entries[m_current].name != name
-           && m_writtenInCurrent == m_entries[m_current].bytes) {
+        && m_writtenInCurrent == m_entries[m_current].bytes) {
         ++m_current;
         m_writtenInCurrent = 0;
     }
     if (m_current >= m_entries.size())
         throw Error(m_final.string() + ": write of tensor '" + name
-                    + "', which is not declared or comes after the last declared tensor");
+            + "', which is not declared or comes after the last declared tensor");
     Entry& e = m_entries[m_current];
     if (e.name != name)
-        throw Error(m_final.string() + ": write of tensor '" + name + "' out of order; expected '"
-                    + e.name + "' (" + std::to_string(e.bytes - m_writtenInCurrent) + " bytes left)");
+        throw Error(m_final.string() + ": write of tensor '" + name + "' out of order; expected '" + e.name + "' ("
+            + std::to_string(e.bytes - m_writtenInCurrent) + " bytes left)");
     if (bytes.size() > e.bytes - m_writtenInCurrent)
         throw Error(m_final.string() + ": tensor '" + name + "': " + std::to_string(bytes.size())
-                    + " bytes written but only " + std::to_string(e.bytes - m_writtenInCurrent)
-                    + " of the declared " + std::to_string(e.bytes) + " remain");
+            + " bytes written but only " + std::to_string(e.bytes - m_writtenInCurrent) + " of the declared "
+            + std::to_string(e.bytes) + " remain");
     writeAll(m_fd, m_tmp, bytes.data(), bytes.size());
     m_writtenInCurrent += bytes.size();
 }
@@ -176,9 +175,8 @@ void SafetensorsWriter::finish()
     for (std::size_t i = m_current; i < m_entries.size(); ++i) {
         const uint64_t written = i == m_current ? m_writtenInCurrent : 0;
         if (written != m_entries[i].bytes)
-            throw Error(m_final.string() + ": tensor '" + m_entries[i].name + "': "
-                        + std::to_string(written) + " of " + std::to_string(m_entries[i].bytes)
-                        + " declared bytes written");
+            throw Error(m_final.string() + ": tensor '" + m_entries[i].name + "': " + std::to_string(written) + " of "
+                + std::to_string(m_entries[i].bytes) + " declared bytes written");
     }
     // No fsync: like the rest of the project's outputs, atomicity against concurrent readers is
     // what matters; durability across a power cut is not worth flushing multi-GB shards.

@@ -37,7 +37,12 @@ private:
 
     std::filesystem::path m_final;
     std::filesystem::path m_tmp;
-    struct Entry { std::string name; DType dtype; std::vector<int64_t> shape; uint64_t bytes; };
+    struct Entry {
+        std::string name;
+        DType dtype;
+        std::vector<int64_t> shape;
+        uint64_t bytes;
+    };
     std::vector<Entry> m_entries;
     std::map<std::string, std::string> m_metadata;
     std::size_t m_current = 0;

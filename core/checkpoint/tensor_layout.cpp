@@ -12,7 +12,8 @@ std::string formatShape(const std::vector<int64_t>& shape)
     return s + "]";
 }
 
-TensorLayout::TensorLayout(const Checkpoint& checkpoint, const ModelSpec& spec) : m_spec(spec)
+TensorLayout::TensorLayout(const Checkpoint& checkpoint, const ModelSpec& spec)
+    : m_spec(spec)
 {
     const std::vector<int> moeLayers = spec.moeLayerIndices();
     if (moeLayers.empty())
@@ -41,8 +42,8 @@ std::string TensorLayout::routerName(int layer) const
 
 std::string TensorLayout::expertName(int layer, int expert, ExpertProj proj) const
 {
-    static const char* const mixtral[] = {"w1", "w3", "w2"};
-    static const char* const others[] = {"gate_proj", "up_proj", "down_proj"};
+    static const char* const mixtral[] = { "w1", "w3", "w2" };
+    static const char* const others[] = { "gate_proj", "up_proj", "down_proj" };
     const auto i = static_cast<std::size_t>(proj);
     const char* n = m_spec.arch == Architecture::Mixtral ? mixtral[i] : others[i];
     return moePrefix(layer) + "experts." + std::to_string(expert) + "." + n + ".weight";
@@ -65,78 +66,78 @@ std::vector<ExpectedTensor> TensorLayout::layerTensors(int layer) const
     const int64_t qOut = s.numHeads * hd, kvOut = s.numKvHeads * hd;
     const std::string p = layerPrefix(layer);
     std::vector<ExpectedTensor> t = {
-        {p + "input_layernorm.weight", {H}},
-        {p + "post_attention_layernorm.weight", {H}},
-        {p + "self_attn.q_proj.weight", {qOut, H}},
-        {p + "self_attn.k_proj.weight", {kvOut, H}},
-        {p + "self_attn.v_proj.weight", {kvOut, H}},
-        {p + "self_attn.o_proj.weight", {H, qOut}},
+        { p + "input_layernorm.weight", { H } },
+        { p + "post_attention_layernorm.weight", { H } },
+        { p + "self_attn.q_proj.weight", { qOut, H } },
+        { p + "self_attn.k_proj.weight", { kvOut, H } },
+        { p + "self_attn.v_proj.weight", { kvOut, H } },
+        { p + "self_attn.o_proj.weight", { H, qOut } },
     };
     if (s.qkvBias) {
-        t.push_back({p + "self_attn.q_proj.bias", {qOut}});
-        t.push_back({p + "self_attn.k_proj.bias", {kvOut}});
-        t.push_back({p + "self_attn.v_proj.bias", {kvOut}});
+        t.push_back({ p + "self_attn.q_proj.bias", { qOut } });
+        t.push_back({ p + "self_attn.k_proj.bias", { kvOut } });
+        t.push_back({ p + "self_attn.v_proj.bias", { kvOut } });
     }
     if (s.oBias)
-        t.push_back({p + "self_attn.o_proj.bias", {H}});
+        t.push_back({ p + "self_attn.o_proj.bias", { H } });
     if (s.qkNorm == QkNorm::PerHead) {
-        t.push_back({p + "self_attn.q_norm.weight", {hd}});
-        t.push_back({p + "self_attn.k_norm.weight", {hd}});
+        t.push_back({ p + "self_attn.q_norm.weight", { hd } });
+        t.push_back({ p + "self_attn.k_norm.weight", { hd } });
     } else if (s.qkNorm == QkNorm::Full) {
-        t.push_back({p + "self_attn.q_norm.weight", {qOut}});
-        t.push_back({p + "self_attn.k_norm.weight", {kvOut}});
+        t.push_back({ p + "self_attn.q_norm.weight", { qOut } });
+        t.push_back({ p + "self_attn.k_norm.weight", { kvOut } });
     }
     const LayerSpec& ls = s.layers[static_cast<std::size_t>(layer)];
     if (!ls.moe) {
         const int64_t I = ls.denseIntermediate;
-        t.push_back({p + "mlp.gate_proj.weight", {I, H}});
-        t.push_back({p + "mlp.up_proj.weight", {I, H}});
-        t.push_back({p + "mlp.down_proj.weight", {H, I}});
+        t.push_back({ p + "mlp.gate_proj.weight", { I, H } });
+        t.push_back({ p + "mlp.up_proj.weight", { I, H } });
+        t.push_back({ p + "mlp.down_proj.weight", { H, I } });
         return t;
     }
     const int64_t E = s.router.numExperts, I = s.moeIntermediate;
-    t.push_back({routerName(layer), {E, H}});
+    t.push_back({ routerName(layer), { E, H } });
     if (m_layout == ExpertLayout::Fused) {
-        t.push_back({fusedGateUpName(layer), {E, 2 * I, H}});
-        t.push_back({fusedDownName(layer), {E, H, I}});
+        t.push_back({ fusedGateUpName(layer), { E, 2 * I, H } });
+        t.push_back({ fusedDownName(layer), { E, H, I } });
     } else {
         for (int e = 0; e < E; ++e) {
-            t.push_back({expertName(layer, e, ExpertProj::Gate), {I, H}});
-            t.push_back({expertName(layer, e, ExpertProj::Up), {I, H}});
-            t.push_back({expertName(layer, e, ExpertProj::Down), {H, I}});
+            t.push_back({ expertName(layer, e, ExpertProj::Gate), { I, H } });
+            t.push_back({ expertName(layer, e, ExpertProj::Up), { I, H } });
+            t.push_back({ expertName(layer, e, ExpertProj::Down), { H, I } });
         }
     }
     if (s.sharedIntermediate > 0) {
         const std::string m = moePrefix(layer);
         const int64_t SI = s.sharedIntermediate;
-        t.push_back({m + "shared_expert.gate_proj.weight", {SI, H}});
-        t.push_back({m + "shared_expert.up_proj.weight", {SI, H}});
-        t.push_back({m + "shared_expert.down_proj.weight", {H, SI}});
-        t.push_back({m + "shared_expert_gate.weight", {1, H}});
+        t.push_back({ m + "shared_expert.gate_proj.weight", { SI, H } });
+        t.push_back({ m + "shared_expert.up_proj.weight", { SI, H } });
+        t.push_back({ m + "shared_expert.down_proj.weight", { H, SI } });
+        t.push_back({ m + "shared_expert_gate.weight", { 1, H } });
     }
     return t;
 }
 
 std::vector<ExpectedTensor> TensorLayout::globalTensors() const
 {
-    std::vector<ExpectedTensor> t = {{"model.embed_tokens.weight", {m_spec.vocabSize, m_spec.hiddenSize}},
-                                     {"model.norm.weight", {m_spec.hiddenSize}}};
+    std::vector<ExpectedTensor> t = { { "model.embed_tokens.weight", { m_spec.vocabSize, m_spec.hiddenSize } },
+        { "model.norm.weight", { m_spec.hiddenSize } } };
     if (!m_spec.tieWordEmbeddings)
-        t.push_back({"lm_head.weight", {m_spec.vocabSize, m_spec.hiddenSize}});
+        t.push_back({ "lm_head.weight", { m_spec.vocabSize, m_spec.hiddenSize } });
     return t;
 }
 
 void TensorLayout::validate(const Checkpoint& checkpoint) const
 {
     auto check = [&](const ExpectedTensor& e) {
-        const TensorInfo& info = checkpoint.info(e.name);   // throws "missing tensor" naming it
+        const TensorInfo& info = checkpoint.info(e.name); // throws "missing tensor" naming it
         const std::string file = checkpoint.fileOf(e.name).path().string();
         if (info.shape != e.shape)
             throw InputError(file + ": tensor '" + e.name + "' has shape " + formatShape(info.shape) + ", expected "
-                             + formatShape(e.shape) + " from config.json");
+                + formatShape(e.shape) + " from config.json");
         if (!isFloatingPoint(info.dtype))
             throw InputError(file + ": tensor '" + e.name + "' has dtype " + std::string(dtypeName(info.dtype))
-                             + ", expected a floating-point type");
+                + ", expected a floating-point type");
     };
     for (const ExpectedTensor& e : globalTensors())
         check(e);

@@ -30,8 +30,8 @@ public:
 
     ExpertLayout expertLayout() const { return m_layout; }
 
-    std::string layerPrefix(int layer) const;          // "model.layers.<l>."
-    std::string moePrefix(int layer) const;            // "...block_sparse_moe." or "...mlp."
+    std::string layerPrefix(int layer) const; // "model.layers.<l>."
+    std::string moePrefix(int layer) const; // "...block_sparse_moe." or "...mlp."
     std::string routerName(int layer) const;
     // Per-expert layout: one expert's projection ("w1"/"w3"/"w2" for Mixtral).
     std::string expertName(int layer, int expert, ExpertProj proj) const;
@@ -52,7 +52,7 @@ public:
 private:
     const ModelSpec& m_spec;
     ExpertLayout m_layout = ExpertLayout::PerExpert;
-    bool m_blockSparseMoe = false;   // Mixtral hub layout names the MoE block "block_sparse_moe"
+    bool m_blockSparseMoe = false; // Mixtral hub layout names the MoE block "block_sparse_moe"
 };
 
 } // namespace moeatlas

@@ -23,12 +23,12 @@ namespace moeatlas {
 namespace {
 
 // Files a loader or a user expects beside the weights; copied verbatim when present.
-const char* const kCopiedFiles[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                                    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
-                                    "chat_template.jinja", "chat_template.json", "generation_config.json"};
+const char* const kCopiedFiles[]
+    = { "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
+          "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json", "generation_config.json" };
 
 // The keys different architectures use for the routed expert count (METHODS.md section 3).
-const char* const kExpertCountKeys[] = {"num_local_experts", "num_experts", "n_routed_experts"};
+const char* const kExpertCountKeys[] = { "num_local_experts", "num_experts", "n_routed_experts" };
 
 // One output tensor: the source tensor it comes from and, when sliced, the kept dim-0 rows.
 struct OutTensor {
@@ -36,7 +36,7 @@ struct OutTensor {
     std::string source;
     std::optional<std::vector<int>> rows;
     std::vector<int64_t> shape;
-    std::size_t shard = 0;   // source shard and offset, so reads stay sequential
+    std::size_t shard = 0; // source shard and offset, so reads stay sequential
     uint64_t offset = 0;
 };
 
@@ -75,26 +75,26 @@ bool startsWith(const std::string& s, const std::string& prefix)
 std::vector<std::vector<int>> keptPerLayer(const Plan& plan, const ModelSpec& spec, const std::string& source)
 {
     if (plan.numExperts != spec.router.numExperts)
-        throw InputError("plan is for " + std::to_string(plan.numExperts) + " experts per layer but " + source
-                         + " has " + std::to_string(spec.router.numExperts));
+        throw InputError("plan is for " + std::to_string(plan.numExperts) + " experts per layer but " + source + " has "
+            + std::to_string(spec.router.numExperts));
     const std::vector<int> moe = spec.moeLayerIndices();
     std::vector<int> planned = plan.layers;
     std::sort(planned.begin(), planned.end());
     if (planned != moe)
         throw InputError("plan covers layers that are not exactly the MoE layers of " + source + " ("
-                         + std::to_string(moe.size()) + " MoE layers, plan has " + std::to_string(planned.size()) + ")");
+            + std::to_string(moe.size()) + " MoE layers, plan has " + std::to_string(planned.size()) + ")");
     std::vector<std::vector<int>> keep(static_cast<std::size_t>(spec.numLayers));
     for (std::size_t i = 0; i < plan.layers.size(); ++i) {
         if (plan.keptIn(i) < spec.router.topK)
             throw InputError("plan keeps " + std::to_string(plan.keptIn(i)) + " experts in layer "
-                             + std::to_string(plan.layers[i]) + ", fewer than top-k = " + std::to_string(spec.router.topK));
+                + std::to_string(plan.layers[i]) + ", fewer than top-k = " + std::to_string(spec.router.topK));
         keep[static_cast<std::size_t>(plan.layers[i])] = plan.keep[i];
     }
     return keep;
 }
 
 std::string modelCard(const Plan& plan, const fs::path& source, const ExportOptions& options,
-                      const std::vector<std::vector<int>>& keep, bool uniform)
+    const std::vector<std::vector<int>>& keep, bool uniform)
 {
     std::string counts;
     for (std::size_t l = 0; l < keep.size(); ++l)
@@ -104,20 +104,32 @@ std::string modelCard(const Plan& plan, const fs::path& source, const ExportOpti
     for (const auto& [d, w] : plan.domainWeights)
         weights += (weights.empty() ? "" : ", ") + d + " = " + std::to_string(w);
     std::string card = "---\ntags:\n- moe\n- expert-pruning\n- moeatlas\n---\n\n# Expert-pruned " + plan.modelType
-                       + " (MoE Atlas)\n\n"
-                       "This checkpoint keeps a subset of the routed experts of `" + source.string()
-                       + "`, renumbered densely; router rows of dropped experts were removed, so the "
-                         "router's softmax runs over the kept experts only. Top-k is unchanged.\n\n"
-                         "## Provenance\n\n"
-                         "- Source checkpoint: `" + source.string() + "`\n"
-                         "- Atlas: `" + (!options.atlasPath.empty() ? options.atlasPath
-                                         : !plan.atlas.empty() ? plan.atlas
-                                                               : std::string("(not recorded)")) + "`\n"
-                         "- Plan: `" + (options.planPath.empty() ? std::string("(in memory)") : options.planPath) + "`\n"
-                         "- Method: " + plan.method + ", criterion: " + plan.criterion + "\n"
-                         "- Domain weights: " + (weights.empty() ? std::string("-") : weights) + "\n"
-                         "- Predicted size: " + std::to_string(plan.paramsAfter) + " of " + std::to_string(plan.paramsBefore)
-                       + " parameters\n\n## Experts kept per layer\n\n| layer | experts |\n|---|---|\n" + counts + "\n";
+        + " (MoE Atlas)\n\n"
+          "This checkpoint keeps a subset of the routed experts of `"
+        + source.string()
+        + "`, renumbered densely; router rows of dropped experts were removed, so the "
+          "router's softmax runs over the kept experts only. Top-k is unchanged.\n\n"
+          "## Provenance\n\n"
+          "- Source checkpoint: `"
+        + source.string()
+        + "`\n"
+          "- Atlas: `"
+        + (!options.atlasPath.empty() ? options.atlasPath
+                : !plan.atlas.empty() ? plan.atlas
+                                      : std::string("(not recorded)"))
+        + "`\n"
+          "- Plan: `"
+        + (options.planPath.empty() ? std::string("(in memory)") : options.planPath)
+        + "`\n"
+          "- Method: "
+        + plan.method + ", criterion: " + plan.criterion
+        + "\n"
+          "- Domain weights: "
+        + (weights.empty() ? std::string("-") : weights)
+        + "\n"
+          "- Predicted size: "
+        + std::to_string(plan.paramsAfter) + " of " + std::to_string(plan.paramsBefore)
+        + " parameters\n\n## Experts kept per layer\n\n| layer | experts |\n|---|---|\n" + counts + "\n";
     card += uniform ? "Every MoE layer keeps the same number of experts: stock transformers loads this model.\n"
                     : "MoE layers keep different numbers of experts (config `num_experts_per_layer`): load with\n"
                       "`AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)` (modeling_moeatlas.py).\n";
@@ -126,12 +138,12 @@ std::string modelCard(const Plan& plan, const fs::path& source, const ExportOpti
 
 } // namespace
 
-ExportResult exportCheckpoint(const fs::path& sourceDir, const Plan& plan, const fs::path& outDir,
-                              const ExportOptions& options)
+ExportResult exportCheckpoint(
+    const fs::path& sourceDir, const Plan& plan, const fs::path& outDir, const ExportOptions& options)
 {
     if (isInside(outDir, sourceDir) || isInside(sourceDir, outDir))
         throw InputError(outDir.string() + ": the output must not be, contain or lie inside the source checkpoint "
-                         + sourceDir.string());
+            + sourceDir.string());
     const Checkpoint ckpt(sourceDir);
     const std::string configName = (sourceDir / "config.json").string();
     // A plan from an atlas ranks experts of the model the atlas recorded; another config (even
@@ -140,10 +152,9 @@ ExportResult exportCheckpoint(const fs::path& sourceDir, const Plan& plan, const
         const std::string sha = sha256File(sourceDir / "config.json");
         if (sha != plan.configSha256)
             throw InputError(configName + ": config.json (sha256 " + sha.substr(0, 12)
-                             + "...) is not the one the plan's atlas was captured from (sha256 "
-                             + plan.configSha256.substr(0, 12) + "..."
-                             + (plan.atlas.empty() ? std::string() : ", atlas " + plan.atlas)
-                             + "): refusing to export a plan for a different checkpoint");
+                + "...) is not the one the plan's atlas was captured from (sha256 " + plan.configSha256.substr(0, 12)
+                + "..." + (plan.atlas.empty() ? std::string() : ", atlas " + plan.atlas)
+                + "): refusing to export a plan for a different checkpoint");
     }
     const ModelSpec spec = parseModelSpec(ckpt.config(), configName);
     const TensorLayout layout(ckpt, spec);
@@ -155,7 +166,7 @@ ExportResult exportCheckpoint(const fs::path& sourceDir, const Plan& plan, const
     std::vector<OutTensor> out;
     for (const std::string& name : ckpt.names()) {
         const TensorInfo& info = ckpt.info(name);
-        OutTensor t{name, name, std::nullopt, info.shape, 0, info.begin};
+        OutTensor t { name, name, std::nullopt, info.shape, 0, info.begin };
         const auto shardIt = std::find(shards.begin(), shards.end(), ckpt.fileOf(name).path());
         t.shard = static_cast<std::size_t>(shardIt - shards.begin());
         for (int l : spec.moeLayerIndices()) {
@@ -165,18 +176,18 @@ ExportResult exportCheckpoint(const fs::path& sourceDir, const Plan& plan, const
             const std::vector<int>& k = keep[static_cast<std::size_t>(l)];
             const std::string experts = moe + "experts.";
             const bool perExpert = startsWith(name, experts) && name.size() > experts.size()
-                                   && std::isdigit(static_cast<unsigned char>(name[experts.size()]));
+                && std::isdigit(static_cast<unsigned char>(name[experts.size()]));
             if (perExpert) {
                 const std::size_t dot = name.find('.', experts.size());
                 const int e = std::stoi(name.substr(experts.size(), dot - experts.size()));
                 const auto it = std::lower_bound(k.begin(), k.end(), e);
                 if (it == k.end() || *it != e) {
-                    t.name.clear();   // dropped expert
+                    t.name.clear(); // dropped expert
                 } else {
                     t.name = experts + std::to_string(it - k.begin()) + name.substr(dot);
                 }
             } else if ((startsWith(name, experts) || startsWith(name, moe + "gate.")) && !info.shape.empty()
-                       && info.shape[0] == spec.router.numExperts) {
+                && info.shape[0] == spec.router.numExperts) {
                 // Fused expert tensors [E, ...], router rows [E, H], correction bias [E].
                 t.rows = k;
                 t.shape[0] = static_cast<int64_t>(k.size());
@@ -215,12 +226,13 @@ ExportResult exportCheckpoint(const fs::path& sourceDir, const Plan& plan, const
     if (!uniform) {
         const std::string cls = nonUniformClassName(spec.modelType);
         if (cls.empty())
-            throw InputError(configName + ": non-uniform plans are not supported for model_type '" + spec.modelType + "'");
+            throw InputError(
+                configName + ": non-uniform plans are not supported for model_type '" + spec.modelType + "'");
         std::vector<int> perLayer;
         for (const auto& k : keep)
             perLayer.push_back(static_cast<int>(k.size()));
         config["num_experts_per_layer"] = perLayer;
-        config["auto_map"] = {{"AutoModelForCausalLM", "modeling_moeatlas." + cls}};
+        config["auto_map"] = { { "AutoModelForCausalLM", "modeling_moeatlas." + cls } };
         writer.addFile("modeling_moeatlas.py", nonUniformModelingSource());
     }
     writer.setConfig(config);
@@ -250,17 +262,17 @@ ExportResult exportCheckpoint(const fs::path& sourceDir, const Plan& plan, const
                 std::size_t end = r + 1;
                 while (end < rows.size() && rows[end] == rows[end - 1] + 1)
                     ++end;
-                const std::span<const std::byte> run =
-                    src.subspan(static_cast<std::size_t>(rows[r]) * rowBytes, (end - r) * rowBytes);
+                const std::span<const std::byte> run
+                    = src.subspan(static_cast<std::size_t>(rows[r]) * rowBytes, (end - r) * rowBytes);
                 prefault(run);
                 writer.writeChunk(t.name, run);
                 result.tensorBytes += run.size();
                 r = end;
             }
         }
-        ckpt.release(t.source);   // keep resident memory near one tensor on huge checkpoints
+        ckpt.release(t.source); // keep resident memory near one tensor on huge checkpoints
         ++done;
-        if (options.progress && !options.progress({"tensor " + t.name, done, static_cast<int64_t>(out.size())}))
+        if (options.progress && !options.progress({ "tensor " + t.name, done, static_cast<int64_t>(out.size()) }))
             throw Cancelled();
     }
     writer.finish();

@@ -13,17 +13,17 @@
 namespace moeatlas {
 
 struct ExportOptions {
-    bool force = false;                     // replace a non-empty output directory
+    bool force = false; // replace a non-empty output directory
     uint64_t maxShardBytes = 5ull << 30;
-    std::string planPath;                   // recorded in the model card
-    std::string atlasPath;                  // recorded in the model card when known
-    ProgressFn progress;                    // per tensor; returning false cancels
+    std::string planPath; // recorded in the model card
+    std::string atlasPath; // recorded in the model card when known
+    ProgressFn progress; // per tensor; returning false cancels
 };
 
 struct ExportResult {
-    bool uniform = true;                    // false: per-layer counts + modeling_moeatlas.py
+    bool uniform = true; // false: per-layer counts + modeling_moeatlas.py
     int64_t tensors = 0;
-    uint64_t tensorBytes = 0;               // bytes of tensor data written
+    uint64_t tensorBytes = 0; // bytes of tensor data written
     std::filesystem::path dir;
 };
 
@@ -32,7 +32,7 @@ struct ExportResult {
 // without force. Output goes to "<outDir>.partial" and is renamed at the end; on any error
 // nothing appears under `outDir`.
 ExportResult exportCheckpoint(const std::filesystem::path& sourceDir, const Plan& plan,
-                              const std::filesystem::path& outDir, const ExportOptions& options = {});
+    const std::filesystem::path& outDir, const ExportOptions& options = {});
 
 // The modeling file written next to a non-uniform export (loaded with trust_remote_code).
 const std::string& nonUniformModelingSource();

@@ -10,7 +10,8 @@ namespace moeatlas {
 
 namespace {
 
-const char* const kModelingSource = R"PY(# modeling_moeatlas.py: written by MoE Atlas for an export whose MoE layers keep different
+const char* const kModelingSource
+    = R"PY(# modeling_moeatlas.py: written by MoE Atlas for an export whose MoE layers keep different
 # numbers of routed experts. config.num_experts_per_layer[i] is layer i's count (0 = dense
 # layer). Load with AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).
 import copy
@@ -64,10 +65,9 @@ const std::string& nonUniformModelingSource()
 
 std::string nonUniformClassName(const std::string& modelType)
 {
-    static const std::map<std::string, std::string> names = {{"mixtral", "MoeAtlasMixtralForCausalLM"},
-                                                             {"qwen2_moe", "MoeAtlasQwen2MoeForCausalLM"},
-                                                             {"qwen3_moe", "MoeAtlasQwen3MoeForCausalLM"},
-                                                             {"olmoe", "MoeAtlasOlmoeForCausalLM"}};
+    static const std::map<std::string, std::string> names
+        = { { "mixtral", "MoeAtlasMixtralForCausalLM" }, { "qwen2_moe", "MoeAtlasQwen2MoeForCausalLM" },
+              { "qwen3_moe", "MoeAtlasQwen3MoeForCausalLM" }, { "olmoe", "MoeAtlasOlmoeForCausalLM" } };
     const auto it = names.find(modelType);
     return it == names.end() ? std::string() : it->second;
 }

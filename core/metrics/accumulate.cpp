@@ -20,31 +20,38 @@ namespace moeatlas {
 std::string peuTransformName(PeuTransform f)
 {
     switch (f) {
-    case PeuTransform::MaxSigmoid: return "max-sigmoid";
-    case PeuTransform::Sigmoid: return "sigmoid";
-    case PeuTransform::Exp: return "exp";
-    case PeuTransform::Identity: return "identity";
+    case PeuTransform::MaxSigmoid:
+        return "max-sigmoid";
+    case PeuTransform::Sigmoid:
+        return "sigmoid";
+    case PeuTransform::Exp:
+        return "exp";
+    case PeuTransform::Identity:
+        return "identity";
     }
     return "?";
 }
 
 PeuTransform parsePeuTransform(const std::string& name)
 {
-    for (PeuTransform f : {PeuTransform::MaxSigmoid, PeuTransform::Sigmoid, PeuTransform::Exp,
-                           PeuTransform::Identity})
+    for (PeuTransform f :
+        { PeuTransform::MaxSigmoid, PeuTransform::Sigmoid, PeuTransform::Exp, PeuTransform::Identity })
         if (peuTransformName(f) == name)
             return f;
-    throw InputError("unknown PEU transform \"" + name
-                     + "\" (expected max-sigmoid, sigmoid, exp or identity)");
+    throw InputError("unknown PEU transform \"" + name + "\" (expected max-sigmoid, sigmoid, exp or identity)");
 }
 
 double applyPeuTransform(PeuTransform f, double s)
 {
     switch (f) {
-    case PeuTransform::MaxSigmoid: return std::max(s, 1.0 / (1.0 + std::exp(-s)));
-    case PeuTransform::Sigmoid: return 1.0 / (1.0 + std::exp(-s));
-    case PeuTransform::Exp: return std::exp(s);
-    case PeuTransform::Identity: return s;
+    case PeuTransform::MaxSigmoid:
+        return std::max(s, 1.0 / (1.0 + std::exp(-s)));
+    case PeuTransform::Sigmoid:
+        return 1.0 / (1.0 + std::exp(-s));
+    case PeuTransform::Exp:
+        return std::exp(s);
+    case PeuTransform::Identity:
+        return s;
     }
     return s;
 }
@@ -58,17 +65,15 @@ ResolvedParams resolveParams(const ScoreParams& params, int numExperts, int topK
     r.bandMax = params.bandMax == 0 ? topK : params.bandMax;
     r.seed = params.seed;
     if (r.poolK < 1 || r.poolK > numExperts)
-        throw InputError("PEU pool size K_a = " + std::to_string(r.poolK) + " is outside [1, "
-                         + std::to_string(numExperts) + "]");
+        throw InputError(
+            "PEU pool size K_a = " + std::to_string(r.poolK) + " is outside [1, " + std::to_string(numExperts) + "]");
     if (r.bandMin < 1 || r.bandMax < r.bandMin || r.bandMax > numExperts)
-        throw InputError("dynamic-k band " + std::to_string(r.bandMin) + ":"
-                         + std::to_string(r.bandMax) + " must satisfy 1 <= min <= max <= "
-                         + std::to_string(numExperts));
+        throw InputError("dynamic-k band " + std::to_string(r.bandMin) + ":" + std::to_string(r.bandMax)
+            + " must satisfy 1 <= min <= max <= " + std::to_string(numExperts));
     return r;
 }
 
-void ScoreAccumulator::reset(int domains, int layers, int experts, int k,
-                             const ResolvedParams& p, bool norms)
+void ScoreAccumulator::reset(int domains, int layers, int experts, int k, const ResolvedParams& p, bool norms)
 {
     numDomains = domains;
     numLayers = layers;
@@ -81,7 +86,7 @@ void ScoreAccumulator::reset(int domains, int layers, int experts, int k,
     tokens.assign(nDl, 0.0);
     peuTopProbSum.assign(nDl, 0.0);
     entropySum.assign(nDl, 0.0);
-    for (auto* v : {&peuSum, &selectCount, &actLogitSum, &allLogitSum, &softMassSum, &m99Hist})
+    for (auto* v : { &peuSum, &selectCount, &actLogitSum, &allLogitSum, &softMassSum, &m99Hist })
         v->assign(nDle, 0.0);
     normSum.assign(norms ? nDle : 0, 0.0);
     gatedNormSum.assign(norms ? nDle : 0, 0.0);
@@ -92,23 +97,20 @@ void ScoreAccumulator::reset(int domains, int layers, int experts, int k,
 
 ScoreAccumulator& ScoreAccumulator::operator+=(const ScoreAccumulator& o)
 {
-    if (o.numLayers != numLayers || o.numExperts != numExperts || o.topK != topK
-        || o.params.poolK != params.poolK || o.params.transform != params.transform
-        || o.params.bandMin != params.bandMin || o.params.bandMax != params.bandMax
-        || o.hasNorms != hasNorms || o.domainNames != domainNames)
+    if (o.numLayers != numLayers || o.numExperts != numExperts || o.topK != topK || o.params.poolK != params.poolK
+        || o.params.transform != params.transform || o.params.bandMin != params.bandMin
+        || o.params.bandMax != params.bandMax || o.hasNorms != hasNorms || o.domainNames != domainNames)
         throw InputError("cannot add score accumulators of different models, domains or "
                          "parameters");
     auto add = [](std::vector<double>& a, const std::vector<double>& b) {
         for (size_t i = 0; i < a.size(); ++i)
             a[i] += b[i];
     };
-    for (auto [a, b] : {std::pair{&tokens, &o.tokens}, {&peuTopProbSum, &o.peuTopProbSum},
-                        {&peuSum, &o.peuSum}, {&selectCount, &o.selectCount},
-                        {&actLogitSum, &o.actLogitSum}, {&allLogitSum, &o.allLogitSum},
-                        {&softMassSum, &o.softMassSum}, {&normSum, &o.normSum},
-                        {&gatedNormSum, &o.gatedNormSum}, {&entropySum, &o.entropySum},
-                        {&m99Hist, &o.m99Hist}, {&coactivation, &o.coactivation},
-                        {&dynamicKHist, &o.dynamicKHist}})
+    for (auto [a, b] : { std::pair { &tokens, &o.tokens }, { &peuTopProbSum, &o.peuTopProbSum }, { &peuSum, &o.peuSum },
+             { &selectCount, &o.selectCount }, { &actLogitSum, &o.actLogitSum }, { &allLogitSum, &o.allLogitSum },
+             { &softMassSum, &o.softMassSum }, { &normSum, &o.normSum }, { &gatedNormSum, &o.gatedNormSum },
+             { &entropySum, &o.entropySum }, { &m99Hist, &o.m99Hist }, { &coactivation, &o.coactivation },
+             { &dynamicKHist, &o.dynamicKHist } })
         add(*a, *b);
     for (size_t i = 0; i < patterns.size(); ++i)
         for (const auto& [key, count] : o.patterns[i])
@@ -122,16 +124,19 @@ namespace {
 // run on separate threads without locks (HDF5 reads take the atlas's own lock).
 class LayerScorer {
 public:
-    LayerScorer(const AtlasFile& atlas, ScoreAccumulator& acc, const std::vector<int16_t>& domain,
-                int slot, int64_t blockTokens)
-        : m_atlas(atlas), m_acc(acc), m_domain(domain), m_slot(slot),
-          m_layer(atlas.model().moeLayers[static_cast<size_t>(slot)]), m_block(blockTokens)
+    LayerScorer(const AtlasFile& atlas, ScoreAccumulator& acc, const std::vector<int16_t>& domain, int slot,
+        int64_t blockTokens)
+        : m_atlas(atlas)
+        , m_acc(acc)
+        , m_domain(domain)
+        , m_slot(slot)
+        , m_layer(atlas.model().moeLayers[static_cast<size_t>(slot)])
+        , m_block(blockTokens)
     {
     }
 
     // Returns false when `keepGoing` asked to stop.
-    template <typename KeepGoing>
-    bool run(KeepGoing&& keepGoing)
+    template <typename KeepGoing> bool run(KeepGoing&& keepGoing)
     {
         const int64_t total = m_atlas.numTokens();
         const int pool = m_acc.params.poolK;
@@ -206,18 +211,19 @@ private:
             // i.e. the number of positive logits clamped to [bandMin, bandMax].
             const int kStar = std::clamp(positive, m_acc.params.bandMin, m_acc.params.bandMax);
             m_acc.dynamicKHist[m_acc.dl(d, m_slot) * static_cast<size_t>(m_acc.bandBins())
-                               + static_cast<size_t>(kStar - m_acc.params.bandMin)] += 1.0;
+                + static_cast<size_t>(kStar - m_acc.params.bandMin)]
+                += 1.0;
 
             selectPool(s, begin + t);
             const size_t cache = static_cast<size_t>((begin + t) * pool);
             double poolZ = 0.0;
             for (int i = 0; i < pool; ++i) {
-                poolZ += std::exp(static_cast<double>(m_poolLogits[cache + static_cast<size_t>(i)])
-                                  - m_poolLogits[cache]);
+                poolZ += std::exp(
+                    static_cast<double>(m_poolLogits[cache + static_cast<size_t>(i)]) - m_poolLogits[cache]);
                 m_acc.actLogitSum[base + static_cast<size_t>(m_poolIds[cache + static_cast<size_t>(i)])]
                     += m_poolLogits[cache + static_cast<size_t>(i)];
             }
-            m_acc.peuTopProbSum[m_acc.dl(d, m_slot)] += 1.0 / poolZ;   // p of the pool's top-1
+            m_acc.peuTopProbSum[m_acc.dl(d, m_slot)] += 1.0 / poolZ; // p of the pool's top-1
 
             // Recorded routing: frequency/load, co-activation, patterns, REAP and EAN.
             const int32_t* row = ids.data() + t * k;
@@ -225,8 +231,7 @@ private:
                 const size_t e = static_cast<size_t>(row[i]);
                 m_acc.selectCount[base + e] += 1.0;
                 for (int j = 0; j < k; ++j)
-                    m_acc.coactivation[(base + e) * static_cast<size_t>(numE)
-                                       + static_cast<size_t>(row[j])] += 1.0;
+                    m_acc.coactivation[(base + e) * static_cast<size_t>(numE) + static_cast<size_t>(row[j])] += 1.0;
                 if (m_acc.hasNorms) {
                     const double norm = norms[static_cast<size_t>(t * k + i)];
                     m_acc.normSum[base + e] += norm;
@@ -236,7 +241,7 @@ private:
             std::copy(row, row + k, pattern.begin());
             std::sort(pattern.begin(), pattern.end());
             m_key.assign(reinterpret_cast<const char*>(pattern.data()),
-                         pattern.size() * sizeof(int32_t));   // reused buffer: no allocation
+                pattern.size() * sizeof(int32_t)); // reused buffer: no allocation
             m_acc.patterns[m_acc.dl(d, m_slot)][m_key] += 1.0;
         }
     }
@@ -254,7 +259,7 @@ private:
             if (filled == pool && !(v > vals[pool - 1]))
                 continue;
             int at = filled < pool ? filled++ : pool - 1;
-            while (at > 0 && v > vals[at - 1]) {   // strict: equal values stay in index order
+            while (at > 0 && v > vals[at - 1]) { // strict: equal values stay in index order
                 vals[at] = vals[at - 1];
                 ids[at] = ids[at - 1];
                 --at;
@@ -270,8 +275,7 @@ private:
         std::vector<double> threshold(static_cast<size_t>(m_acc.numDomains), 0.0);
         for (int d = 0; d < m_acc.numDomains; ++d) {
             const double count = m_acc.tokens[m_acc.dl(d, m_slot)];
-            threshold[static_cast<size_t>(d)] =
-                count > 0 ? m_acc.peuTopProbSum[m_acc.dl(d, m_slot)] / count : 0.0;
+            threshold[static_cast<size_t>(d)] = count > 0 ? m_acc.peuTopProbSum[m_acc.dl(d, m_slot)] / count : 0.0;
         }
         std::vector<double> local(static_cast<size_t>(pool));
         for (int64_t t = 0; t < total; ++t) {
@@ -280,8 +284,8 @@ private:
             const double top = m_poolLogits[cache];
             double poolZ = 0.0;
             for (int i = 0; i < pool; ++i) {
-                local[static_cast<size_t>(i)] =
-                    std::exp(static_cast<double>(m_poolLogits[cache + static_cast<size_t>(i)]) - top);
+                local[static_cast<size_t>(i)]
+                    = std::exp(static_cast<double>(m_poolLogits[cache + static_cast<size_t>(i)]) - top);
                 poolZ += local[static_cast<size_t>(i)];
             }
             const size_t base = m_acc.dle(d, m_slot, 0);
@@ -289,8 +293,7 @@ private:
             for (int i = 0; i < pool; ++i) {
                 if (local[static_cast<size_t>(i)] / poolZ >= r)
                     m_acc.peuSum[base + static_cast<size_t>(m_poolIds[cache + static_cast<size_t>(i)])]
-                        += applyPeuTransform(m_acc.params.transform,
-                                             m_poolLogits[cache + static_cast<size_t>(i)]);
+                        += applyPeuTransform(m_acc.params.transform, m_poolLogits[cache + static_cast<size_t>(i)]);
             }
         }
         m_poolIds = {};
@@ -303,38 +306,37 @@ private:
     int m_slot;
     int m_layer;
     int64_t m_block;
-    std::vector<int32_t> m_poolIds;   // [T, K_a] cache between the passes
-    std::vector<float> m_poolLogits;  // [T, K_a]
-    std::string m_key;                // pattern key buffer
+    std::vector<int32_t> m_poolIds; // [T, K_a] cache between the passes
+    std::vector<float> m_poolLogits; // [T, K_a]
+    std::string m_key; // pattern key buffer
 };
 
 } // namespace
 
-ScoreAccumulator accumulateScores(const AtlasFile& atlas, const ScoreParams& params,
-                                  const ProgressFn& progress, const StopToken* stop)
+ScoreAccumulator accumulateScores(
+    const AtlasFile& atlas, const ScoreParams& params, const ProgressFn& progress, const StopToken* stop)
 {
     const AtlasModelInfo& model = atlas.model();
     const int numLayers = static_cast<int>(model.moeLayers.size());
     if (atlas.completedLayers().size() != model.moeLayers.size())
-        throw InputError(atlas.path().string()
-                         + ": not every MoE layer is complete; finish the capture first");
+        throw InputError(atlas.path().string() + ": not every MoE layer is complete; finish the capture first");
     ScoreAccumulator acc;
     const ResolvedParams resolved = resolveParams(params, model.numExperts, model.topK);
     const auto& domains = atlas.calibration().domains;
-    acc.reset(static_cast<int>(domains.size()), numLayers, model.numExperts, model.topK,
-              resolved, atlas.options().storeExpertNorms);
+    acc.reset(static_cast<int>(domains.size()), numLayers, model.numExperts, model.topK, resolved,
+        atlas.options().storeExpertNorms);
     for (const AtlasDomain& d : domains)
         acc.domainNames.push_back(d.name);
     const std::vector<int16_t> domain = atlas.domainIds();
     for (int16_t d : domain)
         if (d < 0 || d >= acc.numDomains)
-            throw InputError(atlas.path().string() + ": token domain id " + std::to_string(d)
-                             + " is outside [0, " + std::to_string(acc.numDomains) + ")");
+            throw InputError(atlas.path().string() + ": token domain id " + std::to_string(d) + " is outside [0, "
+                + std::to_string(acc.numDomains) + ")");
 
     const int64_t total = atlas.numTokens() * numLayers;
-    std::atomic<int64_t> done{0};
-    std::atomic<int> nextSlot{0};
-    std::atomic<bool> stopped{false};
+    std::atomic<int64_t> done { 0 };
+    std::atomic<int> nextSlot { 0 };
+    std::atomic<bool> stopped { false };
     std::mutex reportMutex;
     std::exception_ptr failure;
     auto keepGoing = [&](int64_t n) {
@@ -343,7 +345,7 @@ ScoreAccumulator accumulateScores(const AtlasFile& atlas, const ScoreParams& par
             stopped = true;
         if (progress && !stopped) {
             std::lock_guard lock(reportMutex);
-            if (!progress(Progress{"scoring", now, total}))
+            if (!progress(Progress { "scoring", now, total }))
                 stopped = true;
         }
         return !stopped.load();
@@ -363,8 +365,8 @@ ScoreAccumulator accumulateScores(const AtlasFile& atlas, const ScoreParams& par
         }
     };
     const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
-    const int threads = std::clamp(params.threads > 0 ? params.threads : static_cast<int>(hw), 1,
-                                   std::max(1, numLayers));
+    const int threads
+        = std::clamp(params.threads > 0 ? params.threads : static_cast<int>(hw), 1, std::max(1, numLayers));
     std::vector<std::thread> pool;
     for (int i = 1; i < threads; ++i)
         pool.emplace_back(worker);

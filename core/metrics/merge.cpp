@@ -7,9 +7,8 @@
 
 namespace moeatlas {
 
-MergeReport mergeAtlases(const std::vector<std::filesystem::path>& inputs,
-                         const std::filesystem::path& output, const ProgressFn& progress,
-                         const StopToken* stop)
+MergeReport mergeAtlases(const std::vector<std::filesystem::path>& inputs, const std::filesystem::path& output,
+    const ProgressFn& progress, const StopToken* stop)
 {
     if (inputs.size() < 2)
         throw InputError("merge needs at least two atlases");
@@ -17,8 +16,9 @@ MergeReport mergeAtlases(const std::vector<std::filesystem::path>& inputs,
     for (const auto& path : inputs) {
         atlases.push_back(AtlasFile::openReadOnly(path));
         if (!atlases.back().isComplete())
-            throw InputError(path.string() + ": the atlas is not complete; finish the capture "
-                                             "before merging");
+            throw InputError(path.string()
+                + ": the atlas is not complete; finish the capture "
+                  "before merging");
     }
     const AtlasFile& first = atlases.front();
     const AtlasModelInfo& model = first.model();
@@ -27,16 +27,17 @@ MergeReport mergeAtlases(const std::vector<std::filesystem::path>& inputs,
         const AtlasModelInfo& m = atlases[i].model();
         const std::string pair = inputs[i].string() + " and " + inputs[0].string();
         if (m.configSha256 != model.configSha256)
-            throw InputError("cannot merge " + pair + ": they were recorded from different "
-                             "models (config_sha256 " + m.configSha256 + " vs "
-                             + model.configSha256 + ")");
-        if (m.moeLayers != model.moeLayers || m.numExperts != model.numExperts
-            || m.topK != model.topK)
+            throw InputError("cannot merge " + pair
+                + ": they were recorded from different "
+                  "models (config_sha256 "
+                + m.configSha256 + " vs " + model.configSha256 + ")");
+        if (m.moeLayers != model.moeLayers || m.numExperts != model.numExperts || m.topK != model.topK)
             throw InputError("cannot merge " + pair + ": MoE layers, expert count or top-k differ");
         const AtlasCreateOptions& o = atlases[i].options();
         if (o.logitStorage != options.logitStorage || o.storeExpertNorms != options.storeExpertNorms)
-            throw InputError("cannot merge " + pair + ": logit dtype or expert-norm recording "
-                             "differ (record both the same way)");
+            throw InputError("cannot merge " + pair
+                + ": logit dtype or expert-norm recording "
+                  "differ (record both the same way)");
     }
 
     // Domains by name, in first-seen order; ids of each input remapped.
@@ -44,12 +45,12 @@ MergeReport mergeAtlases(const std::vector<std::filesystem::path>& inputs,
     calibration.domains.clear();
     std::vector<int32_t> tokens;
     std::vector<int16_t> domainIds;
-    std::vector<int64_t> offsets{0};
+    std::vector<int64_t> offsets { 0 };
     for (const AtlasFile& a : atlases) {
         std::vector<int16_t> remap;
         for (const AtlasDomain& d : a.calibration().domains) {
             auto it = std::find_if(calibration.domains.begin(), calibration.domains.end(),
-                                   [&](const AtlasDomain& x) { return x.name == d.name; });
+                [&](const AtlasDomain& x) { return x.name == d.name; });
             if (it == calibration.domains.end()) {
                 calibration.domains.push_back(d);
                 it = calibration.domains.end() - 1;
@@ -76,8 +77,7 @@ MergeReport mergeAtlases(const std::vector<std::filesystem::path>& inputs,
     if (calibration.domains.size() > 32767)
         throw InputError("merged atlas would have more than 32767 domains");
 
-    AtlasFile out = AtlasFile::create(output, model, calibration, tokens, domainIds, offsets,
-                                      options);
+    AtlasFile out = AtlasFile::create(output, model, calibration, tokens, domainIds, offsets, options);
     const int64_t total = static_cast<int64_t>(tokens.size()) * static_cast<int64_t>(model.moeLayers.size());
     int64_t done = 0;
     constexpr int64_t kBlock = 4096;
@@ -103,7 +103,7 @@ MergeReport mergeAtlases(const std::vector<std::filesystem::path>& inputs,
                 out.writeRouterBlock(block);
                 done += n;
                 if ((stop != nullptr && stop->stopRequested())
-                    || (progress && !progress(Progress{"merging", done, total})))
+                    || (progress && !progress(Progress { "merging", done, total })))
                     throw Cancelled();
             }
             base += a.numTokens();
@@ -111,7 +111,7 @@ MergeReport mergeAtlases(const std::vector<std::filesystem::path>& inputs,
         out.markLayerComplete(layer);
     }
     out.finalize();
-    return {static_cast<int64_t>(tokens.size()), static_cast<int>(calibration.domains.size())};
+    return { static_cast<int64_t>(tokens.size()), static_cast<int>(calibration.domains.size()) };
 }
 
 } // namespace moeatlas

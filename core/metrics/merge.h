@@ -21,8 +21,7 @@ struct MergeReport {
 // groups are not carried over: `moeatlas score` on the output recomputes them, and because
 // every score is a ratio of sums and counts (ScoreAccumulator::operator+=) the merged
 // atlas's scores equal those of one atlas recorded on all tokens.
-MergeReport mergeAtlases(const std::vector<std::filesystem::path>& inputs,
-                         const std::filesystem::path& output, const ProgressFn& progress = {},
-                         const StopToken* stop = nullptr);
+MergeReport mergeAtlases(const std::vector<std::filesystem::path>& inputs, const std::filesystem::path& output,
+    const ProgressFn& progress = {}, const StopToken* stop = nullptr);
 
 } // namespace moeatlas

@@ -15,12 +15,15 @@ namespace moeatlas {
 
 namespace {
 
-uint64_t dim(int n) { return static_cast<uint64_t>(n); }
+uint64_t dim(int n)
+{
+    return static_cast<uint64_t>(n);
+}
 
 // value[d] = sums[d] / counts[d] per (layer, expert) for each domain, and a pooled row
 // sum_d sums / sum_d counts (a token-weighted mean when counts are token counts); 0 / 0 = 0.
-std::vector<double> ratioWithPooled(const ScoreAccumulator& acc, const std::vector<double>& sums,
-                                    const std::vector<double>& counts)
+std::vector<double> ratioWithPooled(
+    const ScoreAccumulator& acc, const std::vector<double>& sums, const std::vector<double>& counts)
 {
     const size_t le = static_cast<size_t>(acc.numLayers) * acc.numExperts;
     const size_t numD = static_cast<size_t>(acc.numDomains);
@@ -43,8 +46,7 @@ std::vector<double> tokensPerExpert(const ScoreAccumulator& acc)
 {
     std::vector<double> counts(acc.tokens.size() * static_cast<size_t>(acc.numExperts));
     for (size_t i = 0; i < acc.tokens.size(); ++i)
-        std::fill_n(counts.begin() + static_cast<std::ptrdiff_t>(i * acc.numExperts),
-                    acc.numExperts, acc.tokens[i]);
+        std::fill_n(counts.begin() + static_cast<std::ptrdiff_t>(i * acc.numExperts), acc.numExperts, acc.tokens[i]);
     return counts;
 }
 
@@ -62,9 +64,8 @@ double randomScore(uint64_t seed, uint64_t index)
 
 const std::vector<std::string>& allCriteria()
 {
-    static const std::vector<std::string> names{"peu",       "frequency", "act_logits",
-                                                "all_logits", "soft_mass", "reap",
-                                                "ean",       "random"};
+    static const std::vector<std::string> names { "peu", "frequency", "act_logits", "all_logits", "soft_mass", "reap",
+        "ean", "random" };
     return names;
 }
 
@@ -95,27 +96,26 @@ std::string criterionParamsJson(const ResolvedParams& p, const std::string& crit
 std::string statisticsParamsJson(const ResolvedParams& p)
 {
     nlohmann::ordered_json j;
-    j["dynamic_k_band"] = {p.bandMin, p.bandMax};
+    j["dynamic_k_band"] = { p.bandMin, p.bandMax };
     j["entropy_normalisation"] = "log(E)";
     j["m99_mass"] = 0.99;
     return j.dump();
 }
 
-AtlasResults criterionResults(const ScoreAccumulator& acc, const std::string& criterion,
-                              const std::string& inputsHash)
+AtlasResults criterionResults(const ScoreAccumulator& acc, const std::string& criterion, const std::string& inputsHash)
 {
     if (!criterionAvailable(acc, criterion))
-        throw InputError("criterion \"" + criterion + "\" is unknown or needs expert output "
-                         "norms the atlas does not hold");
+        throw InputError("criterion \"" + criterion
+            + "\" is unknown or needs expert output "
+              "norms the atlas does not hold");
     AtlasResults r;
     r.paramsJson = criterionParamsJson(acc.params, criterion);
     r.inputsHash = inputsHash;
-    const uint64_t numD = dim(acc.numDomains), numL = dim(acc.numLayers),
-                   numE = dim(acc.numExperts);
+    const uint64_t numD = dim(acc.numDomains), numL = dim(acc.numLayers), numE = dim(acc.numExperts);
     auto additive = [&](const std::vector<double>& sums, const std::vector<double>& counts) {
-        r.arrays.push_back({"value", {numD + 1, numL, numE}, ratioWithPooled(acc, sums, counts)});
-        r.arrays.push_back({"sums", {numD, numL, numE}, sums});
-        r.arrays.push_back({"counts", {numD, numL, numE}, counts});
+        r.arrays.push_back({ "value", { numD + 1, numL, numE }, ratioWithPooled(acc, sums, counts) });
+        r.arrays.push_back({ "sums", { numD, numL, numE }, sums });
+        r.arrays.push_back({ "counts", { numD, numL, numE }, counts });
     };
     const std::vector<double> tokens = tokensPerExpert(acc);
     if (criterion == "peu") {
@@ -123,9 +123,9 @@ AtlasResults criterionResults(const ScoreAccumulator& acc, const std::string& cr
         std::vector<double> threshold(acc.tokens.size(), 0.0);
         for (size_t i = 0; i < threshold.size(); ++i)
             threshold[i] = acc.tokens[i] > 0 ? acc.peuTopProbSum[i] / acc.tokens[i] : 0.0;
-        r.arrays.push_back({"threshold", {numD, numL}, threshold});
-        r.arrays.push_back({"threshold_sums", {numD, numL}, acc.peuTopProbSum});
-        r.arrays.push_back({"threshold_counts", {numD, numL}, acc.tokens});
+        r.arrays.push_back({ "threshold", { numD, numL }, threshold });
+        r.arrays.push_back({ "threshold_sums", { numD, numL }, acc.peuTopProbSum });
+        r.arrays.push_back({ "threshold_counts", { numD, numL }, acc.tokens });
     } else if (criterion == "frequency") {
         additive(acc.selectCount, tokens);
     } else if (criterion == "act_logits") {
@@ -138,11 +138,11 @@ AtlasResults criterionResults(const ScoreAccumulator& acc, const std::string& cr
         additive(acc.gatedNormSum, acc.selectCount);
     } else if (criterion == "ean") {
         additive(acc.normSum, tokens);
-    } else {   // random
+    } else { // random
         std::vector<double> value((numD + 1) * numL * numE);
         for (size_t i = 0; i < value.size(); ++i)
             value[i] = randomScore(acc.params.seed, i % (numL * numE));
-        r.arrays.push_back({"value", {numD + 1, numL, numE}, std::move(value)});
+        r.arrays.push_back({ "value", { numD + 1, numL, numE }, std::move(value) });
     }
     return r;
 }
@@ -160,43 +160,41 @@ std::string atlasFingerprint(const AtlasFile& atlas)
     j["logit_storage"] = atlas.options().logitStorage == LogitStorage::Float16 ? "float16" : "float32";
     j["expert_norms"] = atlas.options().storeExpertNorms;
     for (const AtlasDomain& d : atlas.calibration().domains)
-        j["domains"].push_back({d.name, d.numTokens});
+        j["domains"].push_back({ d.name, d.numTokens });
     const std::vector<int32_t> tokens = atlas.tokens();
     const std::vector<int16_t> domains = atlas.domainIds();
-    j["tokens_sha256"] = sha256Hex(std::string_view(reinterpret_cast<const char*>(tokens.data()),
-                                                    tokens.size() * sizeof(int32_t)));
-    j["domain_ids_sha256"] = sha256Hex(std::string_view(
-        reinterpret_cast<const char*>(domains.data()), domains.size() * sizeof(int16_t)));
+    j["tokens_sha256"]
+        = sha256Hex(std::string_view(reinterpret_cast<const char*>(tokens.data()), tokens.size() * sizeof(int32_t)));
+    j["domain_ids_sha256"]
+        = sha256Hex(std::string_view(reinterpret_cast<const char*>(domains.data()), domains.size() * sizeof(int16_t)));
     return sha256Hex(j.dump());
 }
 
-std::string inputsHash(const std::string& fingerprint, const std::string& group,
-                       const std::string& paramsJson)
+std::string inputsHash(const std::string& fingerprint, const std::string& group, const std::string& paramsJson)
 {
     return sha256Hex("moeatlas-scores-1\n" + fingerprint + "\n" + group + "\n" + paramsJson);
 }
 
 ScoreRunReport scoreAtlasFile(const std::filesystem::path& path, const ScoreParams& params,
-                              const ScoreRunOptions& options, const ProgressFn& progress,
-                              const StopToken* stop)
+    const ScoreRunOptions& options, const ProgressFn& progress, const StopToken* stop)
 {
     ScoreRunReport report;
     std::vector<std::string> criteria;
     ScoreAccumulator acc;
-    std::vector<std::pair<std::string, std::string>> groups;   // group, hash
+    std::vector<std::pair<std::string, std::string>> groups; // group, hash
     {
         AtlasFile atlas = AtlasFile::openReadOnly(path);
         if (!atlas.isComplete())
-            throw InputError(path.string() + ": the atlas is not complete; finish the capture "
-                                             "(moeatlas capture --resume) before scoring");
-        const ResolvedParams resolved =
-            resolveParams(params, atlas.model().numExperts, atlas.model().topK);
+            throw InputError(path.string()
+                + ": the atlas is not complete; finish the capture "
+                  "(moeatlas capture --resume) before scoring");
+        const ResolvedParams resolved = resolveParams(params, atlas.model().numExperts, atlas.model().topK);
         const bool norms = atlas.options().storeExpertNorms;
         for (const std::string& c : options.criteria.empty() ? allCriteria() : options.criteria) {
             if (std::find(allCriteria().begin(), allCriteria().end(), c) == allCriteria().end())
                 throw InputError("unknown criterion \"" + c + "\"");
             if (!norms && (c == "reap" || c == "ean")) {
-                report.skipped.push_back(c);   // needs /layers/<l>/expert_norms
+                report.skipped.push_back(c); // needs /layers/<l>/expert_norms
                 continue;
             }
             criteria.push_back(c);
@@ -208,8 +206,7 @@ ScoreRunReport scoreAtlasFile(const std::filesystem::path& path, const ScorePara
             groups.emplace_back(group, inputsHash(fingerprint, group, criterionParamsJson(resolved, c)));
         }
         if (options.statistics)
-            groups.emplace_back("statistics", inputsHash(fingerprint, "statistics",
-                                                         statisticsParamsJson(resolved)));
+            groups.emplace_back("statistics", inputsHash(fingerprint, "statistics", statisticsParamsJson(resolved)));
         for (const auto& [group, hash] : groups) {
             const auto stored = atlas.readResults(group);
             upToDate = upToDate && stored && stored->inputsHash == hash;

@@ -40,17 +40,17 @@ PeuTransform parsePeuTransform(const std::string& name);
 double applyPeuTransform(PeuTransform f, double s);
 
 struct PeuParams {
-    int poolK = 0;                                 // K_a; 0 = the model's top-k
+    int poolK = 0; // K_a; 0 = the model's top-k
     PeuTransform transform = PeuTransform::MaxSigmoid;
 };
 
 struct ScoreParams {
     PeuParams peu;
-    int bandMin = 0;          // dynamic-k band [bandMin, bandMax]; 0 = [max(1, k-2), k]
-    int bandMax = 0;          //   (ProbMoE's defaults: OLMoE k=8 -> 6..8, Qwen1.5 k=4 -> 2..4)
-    uint64_t seed = 0;        // for the random baseline
-    int64_t blockTokens = 4096;   // tokens read per HDF5 call
-    int threads = 0;              // worker threads over layers; 0 = hardware_concurrency
+    int bandMin = 0; // dynamic-k band [bandMin, bandMax]; 0 = [max(1, k-2), k]
+    int bandMax = 0; //   (ProbMoE's defaults: OLMoE k=8 -> 6..8, Qwen1.5 k=4 -> 2..4)
+    uint64_t seed = 0; // for the random baseline
+    int64_t blockTokens = 4096; // tokens read per HDF5 call
+    int threads = 0; // worker threads over layers; 0 = hardware_concurrency
 };
 
 // Resolved parameters: defaults replaced by the model's values, checked against it.
@@ -70,24 +70,23 @@ struct ScoreAccumulator {
     bool hasNorms = false;
     std::vector<std::string> domainNames;
 
-    std::vector<double> tokens;          // [D, L] tokens seen
-    std::vector<double> peuTopProbSum;   // [D, L] sum of max local pool probability (PEU pass 1)
-    std::vector<double> peuSum;          // [D, L, E] masked transformed logits (PEU pass 2)
-    std::vector<double> selectCount;     // [D, L, E] tokens whose recorded top-k holds e
-    std::vector<double> actLogitSum;     // [D, L, E]
-    std::vector<double> allLogitSum;     // [D, L, E]
-    std::vector<double> softMassSum;     // [D, L, E]
-    std::vector<double> normSum;         // [D, L, E] sum ||E_e(x)|| over routed tokens
-    std::vector<double> gatedNormSum;    // [D, L, E] sum g_e(x) ||E_e(x)|| over routed tokens
-    std::vector<double> entropySum;      // [D, L] sum of normalised token routing entropy
-    std::vector<double> m99Hist;         // [D, L, E] tokens with m99 = m at index m-1
-    std::vector<double> coactivation;    // [D, L, E, E] tokens with both i and j in top-k
-    std::vector<double> dynamicKHist;    // [D, L, B] tokens with k* = bandMin + b
+    std::vector<double> tokens; // [D, L] tokens seen
+    std::vector<double> peuTopProbSum; // [D, L] sum of max local pool probability (PEU pass 1)
+    std::vector<double> peuSum; // [D, L, E] masked transformed logits (PEU pass 2)
+    std::vector<double> selectCount; // [D, L, E] tokens whose recorded top-k holds e
+    std::vector<double> actLogitSum; // [D, L, E]
+    std::vector<double> allLogitSum; // [D, L, E]
+    std::vector<double> softMassSum; // [D, L, E]
+    std::vector<double> normSum; // [D, L, E] sum ||E_e(x)|| over routed tokens
+    std::vector<double> gatedNormSum; // [D, L, E] sum g_e(x) ||E_e(x)|| over routed tokens
+    std::vector<double> entropySum; // [D, L] sum of normalised token routing entropy
+    std::vector<double> m99Hist; // [D, L, E] tokens with m99 = m at index m-1
+    std::vector<double> coactivation; // [D, L, E, E] tokens with both i and j in top-k
+    std::vector<double> dynamicKHist; // [D, L, B] tokens with k* = bandMin + b
     // Distinct recorded top-k sets per (domain, layer): sorted ids -> token count.
-    std::vector<std::unordered_map<std::string, double>> patterns;   // [D * L]
+    std::vector<std::unordered_map<std::string, double>> patterns; // [D * L]
 
-    void reset(int domains, int layers, int experts, int k, const ResolvedParams& p,
-               bool norms);
+    void reset(int domains, int layers, int experts, int k, const ResolvedParams& p, bool norms);
     int bandBins() const { return params.bandMax - params.bandMin + 1; }
     size_t dl(int d, int l) const { return static_cast<size_t>(d) * numLayers + l; }
     size_t dle(int d, int l, int e) const { return dl(d, l) * numExperts + e; }
@@ -100,9 +99,8 @@ struct ScoreAccumulator {
 
 // Streams every MoE layer of `atlas` (complete layers required) in token blocks, threads over
 // layers. progress.done counts tokens x layers; a false return or `stop` throws Cancelled.
-ScoreAccumulator accumulateScores(const AtlasFile& atlas, const ScoreParams& params,
-                                  const ProgressFn& progress = {},
-                                  const StopToken* stop = nullptr);
+ScoreAccumulator accumulateScores(const AtlasFile& atlas, const ScoreParams& params, const ProgressFn& progress = {},
+    const StopToken* stop = nullptr);
 
 // The criteria this build knows, in display order.
 const std::vector<std::string>& allCriteria();
@@ -110,8 +108,7 @@ const std::vector<std::string>& allCriteria();
 bool criterionAvailable(const ScoreAccumulator& acc, const std::string& criterion);
 
 // Result groups as written to the atlas (docs/atlas-format.md, "Scores and statistics").
-AtlasResults criterionResults(const ScoreAccumulator& acc, const std::string& criterion,
-                              const std::string& inputsHash);
+AtlasResults criterionResults(const ScoreAccumulator& acc, const std::string& criterion, const std::string& inputsHash);
 AtlasResults statisticsResults(const ScoreAccumulator& acc, const std::string& inputsHash);
 std::string criterionParamsJson(const ResolvedParams& p, const std::string& criterion);
 std::string statisticsParamsJson(const ResolvedParams& p);
@@ -119,24 +116,22 @@ std::string statisticsParamsJson(const ResolvedParams& p);
 // Identity of the inputs: model, tokens, domains, completed layers (not the logits' bytes:
 // an atlas is write-once, and those determine which records it holds).
 std::string atlasFingerprint(const AtlasFile& atlas);
-std::string inputsHash(const std::string& fingerprint, const std::string& group,
-                       const std::string& paramsJson);
+std::string inputsHash(const std::string& fingerprint, const std::string& group, const std::string& paramsJson);
 
 struct ScoreRunOptions {
-    std::vector<std::string> criteria;   // empty = every available criterion
+    std::vector<std::string> criteria; // empty = every available criterion
     bool statistics = true;
-    bool force = false;                  // recompute even when the stored hashes match
+    bool force = false; // recompute even when the stored hashes match
 };
 
 struct ScoreRunReport {
-    bool upToDate = false;               // nothing recomputed
-    std::vector<std::string> written;    // result groups written ("scores/peu", "statistics")
-    std::vector<std::string> skipped;    // requested but unavailable (e.g. reap without norms)
+    bool upToDate = false; // nothing recomputed
+    std::vector<std::string> written; // result groups written ("scores/peu", "statistics")
+    std::vector<std::string> skipped; // requested but unavailable (e.g. reap without norms)
 };
 
 // Scores a complete atlas file and writes the results into it (through openForUpdate).
 ScoreRunReport scoreAtlasFile(const std::filesystem::path& path, const ScoreParams& params,
-                              const ScoreRunOptions& options, const ProgressFn& progress = {},
-                              const StopToken* stop = nullptr);
+    const ScoreRunOptions& options, const ProgressFn& progress = {}, const StopToken* stop = nullptr);
 
 } // namespace moeatlas

@@ -50,9 +50,9 @@ AtlasResults statisticsResults(const ScoreAccumulator& acc, const std::string& i
 {
     const int numD = acc.numDomains, numL = acc.numLayers, numE = acc.numExperts;
     const int bins = acc.bandBins();
-    const auto uD = static_cast<uint64_t>(numD), uL = static_cast<uint64_t>(numL),
-               uE = static_cast<uint64_t>(numE), uB = static_cast<uint64_t>(bins);
-    const size_t rows = static_cast<size_t>(numD) + 1;   // domains, then pooled
+    const auto uD = static_cast<uint64_t>(numD), uL = static_cast<uint64_t>(numL), uE = static_cast<uint64_t>(numE),
+               uB = static_cast<uint64_t>(bins);
+    const size_t rows = static_cast<size_t>(numD) + 1; // domains, then pooled
     const size_t le = static_cast<size_t>(numL) * numE;
 
     // Pooled counts: sums over domains, appended as row D of [D+1, ...] copies.
@@ -72,10 +72,9 @@ AtlasResults statisticsResults(const ScoreAccumulator& acc, const std::string& i
     const std::vector<double> m99 = withPooled(acc.m99Hist, static_cast<size_t>(numE));
     const std::vector<double> dynK = withPooled(acc.dynamicKHist, static_cast<size_t>(bins));
 
-    std::vector<double> share(rows * le), cv(rows * numL), maxVio(rows * numL),
-        loadEntropy(rows * numL), tokenEntropy(rows * numL), m99Mean(rows * numL),
-        dynKMean(rows * numL), dynKFraction(rows * numL), distinct(rows * numL),
-        patternEntropy(rows * numL);
+    std::vector<double> share(rows * le), cv(rows * numL), maxVio(rows * numL), loadEntropy(rows * numL),
+        tokenEntropy(rows * numL), m99Mean(rows * numL), dynKMean(rows * numL), dynKFraction(rows * numL),
+        distinct(rows * numL), patternEntropy(rows * numL);
     for (size_t r = 0; r < rows; ++r) {
         for (size_t l = 0; l < static_cast<size_t>(numL); ++l) {
             const size_t rl = r * numL + l;
@@ -127,8 +126,7 @@ AtlasResults statisticsResults(const ScoreAccumulator& acc, const std::string& i
             for (size_t d = 0; d < static_cast<size_t>(numD); ++d) {
                 const double domainShare = tokens[d * numL + l] / tokenTotal;
                 if (domainShare > 0.0)
-                    special[(d * numL + l) * numE + e] =
-                        load[(d * numL + l) * numE + e] / expertTotal / domainShare;
+                    special[(d * numL + l) * numE + e] = load[(d * numL + l) * numE + e] / expertTotal / domainShare;
             }
         }
 
@@ -154,25 +152,25 @@ AtlasResults statisticsResults(const ScoreAccumulator& acc, const std::string& i
     r.inputsHash = inputsHash;
     const uint64_t uR = uD + 1;
     // Additive counts (merge adds these exactly)...
-    r.arrays.push_back({"token_counts", {uD, uL}, acc.tokens});
-    r.arrays.push_back({"load_counts", {uD, uL, uE}, acc.selectCount});
-    r.arrays.push_back({"token_entropy_sums", {uD, uL}, acc.entropySum});
-    r.arrays.push_back({"m99_hist", {uD, uL, uE}, acc.m99Hist});
-    r.arrays.push_back({"coactivation_counts", {uD, uL, uE, uE}, acc.coactivation});
-    r.arrays.push_back({"dynamic_k_hist", {uD, uL, uB}, acc.dynamicKHist});
+    r.arrays.push_back({ "token_counts", { uD, uL }, acc.tokens });
+    r.arrays.push_back({ "load_counts", { uD, uL, uE }, acc.selectCount });
+    r.arrays.push_back({ "token_entropy_sums", { uD, uL }, acc.entropySum });
+    r.arrays.push_back({ "m99_hist", { uD, uL, uE }, acc.m99Hist });
+    r.arrays.push_back({ "coactivation_counts", { uD, uL, uE, uE }, acc.coactivation });
+    r.arrays.push_back({ "dynamic_k_hist", { uD, uL, uB }, acc.dynamicKHist });
     // ...and the values derived from them (row D = all domains pooled).
-    r.arrays.push_back({"load_share", {uR, uL, uE}, std::move(share)});
-    r.arrays.push_back({"load_cv", {uR, uL}, std::move(cv)});
-    r.arrays.push_back({"load_max_vio", {uR, uL}, std::move(maxVio)});
-    r.arrays.push_back({"load_entropy", {uR, uL}, std::move(loadEntropy)});
-    r.arrays.push_back({"token_entropy", {uR, uL}, std::move(tokenEntropy)});
-    r.arrays.push_back({"m99_mean", {uR, uL}, std::move(m99Mean)});
-    r.arrays.push_back({"distinct_patterns", {uR, uL}, std::move(distinct)});
-    r.arrays.push_back({"pattern_entropy", {uR, uL}, std::move(patternEntropy)});
-    r.arrays.push_back({"dynamic_k_mean", {uR, uL}, std::move(dynKMean)});
-    r.arrays.push_back({"dynamic_k_fraction", {uR, uL}, std::move(dynKFraction)});
-    r.arrays.push_back({"specialisation", {uD, uL, uE}, std::move(special)});
-    r.arrays.push_back({"coactivation", {uL, uE, uE}, std::move(coact)});
+    r.arrays.push_back({ "load_share", { uR, uL, uE }, std::move(share) });
+    r.arrays.push_back({ "load_cv", { uR, uL }, std::move(cv) });
+    r.arrays.push_back({ "load_max_vio", { uR, uL }, std::move(maxVio) });
+    r.arrays.push_back({ "load_entropy", { uR, uL }, std::move(loadEntropy) });
+    r.arrays.push_back({ "token_entropy", { uR, uL }, std::move(tokenEntropy) });
+    r.arrays.push_back({ "m99_mean", { uR, uL }, std::move(m99Mean) });
+    r.arrays.push_back({ "distinct_patterns", { uR, uL }, std::move(distinct) });
+    r.arrays.push_back({ "pattern_entropy", { uR, uL }, std::move(patternEntropy) });
+    r.arrays.push_back({ "dynamic_k_mean", { uR, uL }, std::move(dynKMean) });
+    r.arrays.push_back({ "dynamic_k_fraction", { uR, uL }, std::move(dynKFraction) });
+    r.arrays.push_back({ "specialisation", { uD, uL, uE }, std::move(special) });
+    r.arrays.push_back({ "coactivation", { uL, uE, uE }, std::move(coact) });
     return r;
 }
 

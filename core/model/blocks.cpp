@@ -59,14 +59,13 @@ bool canRunOnThreads()
 bool splitWork(const at::Tensor& x)
 {
     return x.device().is_cpu() && at::get_num_threads() > 1 && !at::in_parallel_region() && openblasThreads() == 1
-           && canRunOnThreads();
+        && canRunOnThreads();
 }
 
 // Calls worker() once on each of ATen's intra-op threads, concurrently, with the caller's LibTorch
 // thread-local state (inference mode, grad mode); an exception thrown by one is rethrown here once
 // all have returned.
-template <class F>
-void onEachThread(const F& worker)
+template <class F> void onEachThread(const F& worker)
 {
     struct Context {
         const F* worker;
@@ -101,10 +100,9 @@ void onEachThread(const F& worker)
 // Calls task(i) for every i in [0, count) on ATen's threads, each thread taking the next index as it
 // becomes free (a thread the machine's other work slows down simply takes fewer). setup() runs once
 // per thread before its first task and returns what that thread's tasks share (scratch buffers).
-template <class Setup, class Task>
-void parallelTasks(int64_t count, const Setup& setup, const Task& task)
+template <class Setup, class Task> void parallelTasks(int64_t count, const Setup& setup, const Task& task)
 {
-    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> next { 0 };
     onEachThread([&] {
         int64_t i = next.fetch_add(1);
         if (i >= count)
@@ -122,12 +120,12 @@ at::Tensor routedRowsBuffer(int64_t rows, int64_t cols, const at::TensorOptions&
 {
     static thread_local at::Tensor cached;
     const int64_t need = rows * cols;
-    if (!cached.defined() || cached.storage().use_count() > 1 || cached.numel() < need || cached.dtype() != options.dtype()
-        || cached.device() != options.device()) {
-        cached = at::Tensor();   // release the old one first
-        cached = at::empty({need}, options);
+    if (!cached.defined() || cached.storage().use_count() > 1 || cached.numel() < need
+        || cached.dtype() != options.dtype() || cached.device() != options.device()) {
+        cached = at::Tensor(); // release the old one first
+        cached = at::empty({ need }, options);
     }
-    return cached.narrow(0, 0, need).view({rows, cols});
+    return cached.narrow(0, 0, need).view({ rows, cols });
 }
 
 at::Tensor linear(const at::Tensor& x, const Linear& l)
@@ -139,25 +137,27 @@ at::Tensor linear(const at::Tensor& x, const Linear& l)
     // at::linear on a 2-D input is addmm(bias, x, W^T) or mm(x, W^T): the same calls on row blocks.
     const int64_t rows = x.size(0);
     const int64_t blocks = std::min(rows / minRows, 4 * threads), chunk = (rows + blocks - 1) / blocks;
-    at::Tensor out = at::empty({rows, l.weight.size(0)}, x.options());
+    at::Tensor out = at::empty({ rows, l.weight.size(0) }, x.options());
     const at::Tensor wt = l.weight.t();
-    parallelTasks(blocks, [] { return 0; }, [&](int64_t b, int) {
-        const int64_t r0 = b * chunk, n = std::min(chunk, rows - r0);
-        if (n <= 0)
-            return;
-        at::Tensor o = out.narrow(0, r0, n);
-        if (l.bias.defined())
-            at::addmm_out(o, l.bias, x.narrow(0, r0, n), wt);
-        else
-            at::mm_out(o, x.narrow(0, r0, n), wt);
-    });
+    parallelTasks(
+        blocks, [] { return 0; },
+        [&](int64_t b, int) {
+            const int64_t r0 = b * chunk, n = std::min(chunk, rows - r0);
+            if (n <= 0)
+                return;
+            at::Tensor o = out.narrow(0, r0, n);
+            if (l.bias.defined())
+                at::addmm_out(o, l.bias, x.narrow(0, r0, n), wt);
+            else
+                at::mm_out(o, x.narrow(0, r0, n), wt);
+        });
     return out;
 }
 
 at::Tensor rotateHalf(const at::Tensor& x)
 {
     const int64_t half = x.size(-1) / 2;
-    return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+    return at::cat({ -x.narrow(-1, half, half), x.narrow(-1, 0, half) }, -1);
 }
 
 // Additive mask [S, S]: 0 where key j is visible from query i, the dtype's lowest value elsewhere
@@ -170,9 +170,9 @@ at::Tensor causalMask(int64_t seqLen, std::optional<int64_t> window, const at::T
     if (window)
         visible = visible & (j > i - *window);
     const double lowest = options.dtype() == at::kFloat ? std::numeric_limits<float>::lowest()
-                          : options.dtype() == at::kBFloat16 ? -3.3895313892515355e38
-                                                             : -65504.0;
-    return at::zeros({seqLen, seqLen}, options).masked_fill(visible.logical_not(), lowest);
+        : options.dtype() == at::kBFloat16              ? -3.3895313892515355e38
+                                                        : -65504.0;
+    return at::zeros({ seqLen, seqLen }, options).masked_fill(visible.logical_not(), lowest);
 }
 
 } // namespace
@@ -180,12 +180,12 @@ at::Tensor causalMask(int64_t seqLen, std::optional<int64_t> window, const at::T
 RotaryCache buildRotaryCache(const ModelSpec& spec, int64_t seqLen, const at::TensorOptions& options)
 {
     const RopeTables t = computeRopeTables(spec, seqLen);
-    at::Tensor invFreq = at::from_blob(const_cast<float*>(t.invFreq.data()),
-                                       {static_cast<int64_t>(t.invFreq.size())}, at::kFloat)
-                             .to(options.device(), at::kFloat, false, true);
+    at::Tensor invFreq
+        = at::from_blob(const_cast<float*>(t.invFreq.data()), { static_cast<int64_t>(t.invFreq.size()) }, at::kFloat)
+              .to(options.device(), at::kFloat, false, true);
     at::Tensor pos = at::arange(seqLen, at::TensorOptions().dtype(at::kFloat).device(options.device()));
     at::Tensor freqs = pos.unsqueeze(1) * invFreq.unsqueeze(0);
-    at::Tensor emb = at::cat({freqs, freqs}, -1);
+    at::Tensor emb = at::cat({ freqs, freqs }, -1);
     RotaryCache c;
     c.cos = (emb.cos() * t.attentionScaling).to(options.dtype());
     c.sin = (emb.sin() * t.attentionScaling).to(options.dtype());
@@ -202,7 +202,7 @@ at::Tensor rmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps)
 }
 
 at::Tensor attention(const ModelSpec& spec, const LayerWeights& w, const at::Tensor& x, int64_t numSeqs,
-                     const RotaryCache& rope, bool slidingWindow)
+    const RotaryCache& rope, bool slidingWindow)
 {
     const int64_t tokens = x.size(0), S = tokens / numSeqs, hd = spec.headDim;
     const int64_t nh = spec.numHeads, nkv = spec.numKvHeads;
@@ -216,14 +216,14 @@ at::Tensor attention(const ModelSpec& spec, const LayerWeights& w, const at::Ten
         k = k.clamp(-*spec.clipQkv, *spec.clipQkv);
         v = v.clamp(-*spec.clipQkv, *spec.clipQkv);
     }
-    q = q.view({numSeqs, S, nh, hd});
-    k = k.view({numSeqs, S, nkv, hd});
-    v = v.view({numSeqs, S, nkv, hd});
+    q = q.view({ numSeqs, S, nh, hd });
+    k = k.view({ numSeqs, S, nkv, hd });
+    v = v.view({ numSeqs, S, nkv, hd });
     if (spec.qkNorm == QkNorm::PerHead) {
         q = rmsNorm(q, w.qNorm, spec.rmsNormEps);
         k = rmsNorm(k, w.kNorm, spec.rmsNormEps);
     }
-    q = q.transpose(1, 2);   // [B, nh, S, hd]
+    q = q.transpose(1, 2); // [B, nh, S, hd]
     k = k.transpose(1, 2);
     v = v.transpose(1, 2);
     const at::Tensor cos = rope.cos.narrow(0, 0, S), sin = rope.sin.narrow(0, 0, S);
@@ -231,20 +231,20 @@ at::Tensor attention(const ModelSpec& spec, const LayerWeights& w, const at::Ten
     k = k * cos + rotateHalf(k) * sin;
     const int64_t groups = nh / nkv;
     if (groups > 1) {
-        k = k.unsqueeze(2).expand({numSeqs, nkv, groups, S, hd}).reshape({numSeqs, nh, S, hd});
-        v = v.unsqueeze(2).expand({numSeqs, nkv, groups, S, hd}).reshape({numSeqs, nh, S, hd});
+        k = k.unsqueeze(2).expand({ numSeqs, nkv, groups, S, hd }).reshape({ numSeqs, nh, S, hd });
+        v = v.unsqueeze(2).expand({ numSeqs, nkv, groups, S, hd }).reshape({ numSeqs, nh, S, hd });
     }
     const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
     const at::Tensor mask = causalMask(S, slidingWindow ? spec.slidingWindow : std::nullopt, q.options());
     // One sequence at a time bounds the score matrix to [nh, S, S].
-    at::Tensor out = at::empty({numSeqs, S, nh * hd}, x.options());
+    at::Tensor out = at::empty({ numSeqs, S, nh * hd }, x.options());
     if (!splitWork(x)) {
         for (int64_t b = 0; b < numSeqs; ++b) {
             at::Tensor scores = at::matmul(q[b], k[b].transpose(1, 2)) * scale + mask;
             at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
-            out[b].copy_(at::matmul(probs, v[b]).transpose(0, 1).reshape({S, nh * hd}));
+            out[b].copy_(at::matmul(probs, v[b]).transpose(0, 1).reshape({ S, nh * hd }));
         }
-        return linear(out.view({tokens, nh * hd}), w.o);
+        return linear(out.view({ tokens, nh * hd }), w.o);
     }
     // Sequences (and, when there are fewer sequences than threads, groups of heads) in parallel;
     // heads are independent, so a group of heads gives the same numbers as all of them at once.
@@ -258,9 +258,9 @@ at::Tensor attention(const ModelSpec& spec, const LayerWeights& w, const at::Ten
         at::Tensor scores, probs, context;
     };
     auto setup = [&] {
-        return Scratch{at::empty({headsPerPart, S, S}, q.options()),
-                       fp32 ? at::empty({headsPerPart, S, S}, q.options()) : at::Tensor(),
-                       at::empty({headsPerPart, S, hd}, q.options())};
+        return Scratch { at::empty({ headsPerPart, S, S }, q.options()),
+            fp32 ? at::empty({ headsPerPart, S, S }, q.options()) : at::Tensor(),
+            at::empty({ headsPerPart, S, hd }, q.options()) };
     };
     parallelTasks(numSeqs * parts, setup, [&](int64_t item, Scratch& buf) {
         const int64_t b = item / parts, h0 = (item % parts) * headsPerPart;
@@ -279,9 +279,9 @@ at::Tensor attention(const ModelSpec& spec, const LayerWeights& w, const at::Ten
             probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
         }
         at::matmul_out(context, probs, vb);
-        out[b].view({S, nh, hd}).narrow(1, h0, hn).copy_(context.transpose(0, 1));
+        out[b].view({ S, nh, hd }).narrow(1, h0, hn).copy_(context.transpose(0, 1));
     });
-    return linear(out.view({tokens, nh * hd}), w.o);
+    return linear(out.view({ tokens, nh * hd }), w.o);
 }
 
 at::Tensor denseMlp(const LayerWeights& w, const at::Tensor& x)
@@ -289,14 +289,14 @@ at::Tensor denseMlp(const LayerWeights& w, const at::Tensor& x)
     return linear(at::silu(linear(x, w.mlpGate)) * linear(x, w.mlpUp), w.mlpDown);
 }
 
-at::Tensor moeForward(const ModelSpec& spec, const LayerWeights& w, const at::Tensor& x,
-                      const MoeOptions& options, RoutingRecord* record)
+at::Tensor moeForward(
+    const ModelSpec& spec, const LayerWeights& w, const at::Tensor& x, const MoeOptions& options, RoutingRecord* record)
 {
     const int64_t N = x.size(0), E = spec.router.numExperts, K = spec.router.topK;
     const int64_t I = w.down.size(2);
     const bool fp32 = x.scalar_type() == at::kFloat;
     // transformers computes the router in the hidden dtype; observers get an fp32 computation.
-    at::Tensor logits = linear(x, Linear{w.router, {}});
+    at::Tensor logits = linear(x, Linear { w.router, {} });
     at::Tensor logits32 = fp32 ? logits : at::linear(x.to(at::kFloat), w.router.to(at::kFloat));
     at::Tensor routingLogits = logits;
     if (options.keptExperts.defined())
@@ -309,17 +309,17 @@ at::Tensor moeForward(const ModelSpec& spec, const LayerWeights& w, const at::Te
     // hidden dtype first. Both then accumulate in the hidden dtype.
     at::Tensor mixWeights = spec.arch == Architecture::Mixtral ? topVal : topVal.to(x.scalar_type());
 
-    at::Tensor flatIds = topIdx.reshape({-1});
+    at::Tensor flatIds = topIdx.reshape({ -1 });
     at::Tensor order = at::argsort(flatIds);
     at::Tensor tokenOf = at::div(order, K, "floor");
-    at::Tensor sortedWeights = mixWeights.reshape({-1}).index_select(0, order);
+    at::Tensor sortedWeights = mixWeights.reshape({ -1 }).index_select(0, order);
     at::Tensor counts = at::bincount(flatIds, {}, E).to(at::kCPU);
     const int64_t* countPtr = counts.data_ptr<int64_t>();
 
     at::Tensor out = at::zeros_like(x);
     at::Tensor sortedNorms;
     if (options.recordExpertNorms)
-        sortedNorms = at::empty({N * K}, x.options().dtype(at::kFloat));
+        sortedNorms = at::empty({ N * K }, x.options().dtype(at::kFloat));
     if (splitWork(x)) {
         // Experts in parallel; each writes its weighted outputs into its rows of `weighted` (expert
         // order). One index_add_ then accumulates them in that order, which is the order in which the
@@ -339,8 +339,8 @@ at::Tensor moeForward(const ModelSpec& spec, const LayerWeights& w, const at::Te
         // One set of buffers per thread for the largest expert: allocating (and page-faulting) fresh
         // buffers for every expert cost as much as the GEMMs.
         auto setup = [&] {
-            return Scratch{at::empty({most, H}, x.options()), at::empty({most, 2 * I}, x.options()),
-                           at::empty({most, I}, x.options())};
+            return Scratch { at::empty({ most, H }, x.options()), at::empty({ most, 2 * I }, x.options()),
+                at::empty({ most, I }, x.options()) };
         };
         parallelTasks(E, setup, [&](int64_t e, Scratch& buf) {
             const int64_t c = countPtr[e], off = rowBegin[static_cast<std::size_t>(e)];
@@ -358,21 +358,22 @@ at::Tensor moeForward(const ModelSpec& spec, const LayerWeights& w, const at::Te
             if (sameType) {
                 at::mm_out(dst, h, w.down[e].t());
                 if (options.recordExpertNorms)
-                    sortedNorms.narrow(0, off, c).copy_(dst.to(at::kFloat).norm(2, {1}));
+                    sortedNorms.narrow(0, off, c).copy_(dst.to(at::kFloat).norm(2, { 1 }));
                 dst.mul_(mix);
             } else {
                 const at::Tensor y = at::mm(h, w.down[e].t());
                 if (options.recordExpertNorms)
-                    sortedNorms.narrow(0, off, c).copy_(y.to(at::kFloat).norm(2, {1}));
+                    sortedNorms.narrow(0, off, c).copy_(y.to(at::kFloat).norm(2, { 1 }));
                 dst.copy_((y * mix).to(x.scalar_type()));
             }
         });
         // Column blocks are independent sums: the scatter runs on all threads too.
         constexpr int64_t columnsPerTask = 128;
-        parallelTasks((H + columnsPerTask - 1) / columnsPerTask, [] { return 0; }, [&](int64_t b, int) {
-            const int64_t c0 = b * columnsPerTask, n = std::min(columnsPerTask, H - c0);
-            out.narrow(1, c0, n).index_add_(0, tokenOf, weighted.narrow(1, c0, n));
-        });
+        parallelTasks((H + columnsPerTask - 1) / columnsPerTask, [] { return 0; },
+            [&](int64_t b, int) {
+                const int64_t c0 = b * columnsPerTask, n = std::min(columnsPerTask, H - c0);
+                out.narrow(1, c0, n).index_add_(0, tokenOf, weighted.narrow(1, c0, n));
+            });
     } else {
         int64_t offset = 0;
         for (int64_t e = 0; e < E; ++e) {
@@ -385,7 +386,7 @@ at::Tensor moeForward(const ModelSpec& spec, const LayerWeights& w, const at::Te
             at::Tensor h = at::silu(gu.narrow(1, 0, I)) * gu.narrow(1, I, I);
             at::Tensor y = at::linear(h, w.down[e]);
             if (options.recordExpertNorms)
-                sortedNorms.narrow(0, offset, c).copy_(y.to(at::kFloat).norm(2, {1}));
+                sortedNorms.narrow(0, offset, c).copy_(y.to(at::kFloat).norm(2, { 1 }));
             y = y * sortedWeights.narrow(0, offset, c).unsqueeze(1);
             out.index_add_(0, idx, y.to(x.scalar_type()));
             offset += c;
@@ -399,9 +400,9 @@ at::Tensor moeForward(const ModelSpec& spec, const LayerWeights& w, const at::Te
         record->topkIds = topIdx.to(at::kCPU, at::kInt).contiguous();
         record->topkWeights = topVal.to(at::kCPU, at::kFloat).contiguous();
         if (options.recordExpertNorms) {
-            at::Tensor norms = at::empty({N * K}, sortedNorms.options());
+            at::Tensor norms = at::empty({ N * K }, sortedNorms.options());
             norms.index_copy_(0, order, sortedNorms);
-            record->expertNorms = norms.view({N, K}).to(at::kCPU).contiguous();
+            record->expertNorms = norms.view({ N, K }).to(at::kCPU).contiguous();
         }
     }
     return out;

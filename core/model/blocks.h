@@ -22,14 +22,14 @@ at::Tensor rmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
 // Self-attention over `numSeqs` sequences of equal length packed as [numSeqs * seqLen, H].
 at::Tensor attention(const ModelSpec& spec, const LayerWeights& w, const at::Tensor& x, int64_t numSeqs,
-                     const RotaryCache& rope, bool slidingWindow);
+    const RotaryCache& rope, bool slidingWindow);
 
 // What the router decided for a block of tokens, in fp32 on the CPU, ready for observers.
 struct RoutingRecord {
-    at::Tensor logits;        // [N, E] float32, raw router logits computed in fp32
-    at::Tensor topkIds;       // [N, k] int32
-    at::Tensor topkWeights;   // [N, k] float32
-    at::Tensor expertNorms;   // [N, k] float32 (undefined unless requested)
+    at::Tensor logits; // [N, E] float32, raw router logits computed in fp32
+    at::Tensor topkIds; // [N, k] int32
+    at::Tensor topkWeights; // [N, k] float32
+    at::Tensor expertNorms; // [N, k] float32 (undefined unless requested)
 };
 
 struct MoeOptions {
@@ -40,8 +40,8 @@ struct MoeOptions {
 
 // The MoE block (router + routed experts + shared expert). Tokens are grouped by expert and each
 // expert runs once on its tokens.
-at::Tensor moeForward(const ModelSpec& spec, const LayerWeights& w, const at::Tensor& x,
-                      const MoeOptions& options, RoutingRecord* record);
+at::Tensor moeForward(const ModelSpec& spec, const LayerWeights& w, const at::Tensor& x, const MoeOptions& options,
+    RoutingRecord* record);
 
 // The dense SwiGLU MLP of non-MoE layers (and the shared expert).
 at::Tensor denseMlp(const LayerWeights& w, const at::Tensor& x);

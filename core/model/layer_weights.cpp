@@ -14,18 +14,29 @@ namespace {
 c10::ScalarType scalarTypeOf(DType t)
 {
     switch (t) {
-    case DType::F64: return c10::kDouble;
-    case DType::F32: return c10::kFloat;
-    case DType::F16: return c10::kHalf;
-    case DType::BF16: return c10::kBFloat16;
-    case DType::I64: return c10::kLong;
-    case DType::I32: return c10::kInt;
-    case DType::I16: return c10::kShort;
-    case DType::I8: return c10::kChar;
-    case DType::U8: return c10::kByte;
-    case DType::BOOL: return c10::kBool;
+    case DType::F64:
+        return c10::kDouble;
+    case DType::F32:
+        return c10::kFloat;
+    case DType::F16:
+        return c10::kHalf;
+    case DType::BF16:
+        return c10::kBFloat16;
+    case DType::I64:
+        return c10::kLong;
+    case DType::I32:
+        return c10::kInt;
+    case DType::I16:
+        return c10::kShort;
+    case DType::I8:
+        return c10::kChar;
+    case DType::U8:
+        return c10::kByte;
+    case DType::BOOL:
+        return c10::kBool;
     case DType::F8_E4M3:
-    case DType::F8_E5M2: break;
+    case DType::F8_E5M2:
+        break;
     }
     return c10::kFloat;
 }
@@ -61,7 +72,7 @@ float decodeE5M2(uint8_t v)
 const std::array<float, 256>& fp8Table(DType t)
 {
     static const auto build = [](float (*decode)(uint8_t)) {
-        std::array<float, 256> table{};
+        std::array<float, 256> table {};
         for (int i = 0; i < 256; ++i)
             table[static_cast<std::size_t>(i)] = decode(static_cast<uint8_t>(i));
         return table;
@@ -73,8 +84,8 @@ const std::array<float, 256>& fp8Table(DType t)
 
 } // namespace
 
-at::Tensor tensorFromBytes(const void* data, DType dtype, const std::vector<int64_t>& shape,
-                           c10::ScalarType target, c10::Device device)
+at::Tensor tensorFromBytes(
+    const void* data, DType dtype, const std::vector<int64_t>& shape, c10::ScalarType target, c10::Device device)
 {
     if (dtype == DType::F8_E4M3 || dtype == DType::F8_E5M2) {
         int64_t n = 1;
@@ -89,13 +100,15 @@ at::Tensor tensorFromBytes(const void* data, DType dtype, const std::vector<int6
         return wide.to(device, target);
     }
     // from_blob does not own or modify the bytes; .to(..., copy=true) makes the owned copy.
-    at::Tensor view = at::from_blob(const_cast<void*>(data), shape,
-                                    at::TensorOptions().dtype(scalarTypeOf(dtype)));
+    at::Tensor view = at::from_blob(const_cast<void*>(data), shape, at::TensorOptions().dtype(scalarTypeOf(dtype)));
     return view.to(device, target, /*non_blocking=*/false, /*copy=*/true);
 }
 
 WeightLoader::WeightLoader(const Checkpoint& checkpoint, const ModelSpec& spec, WeightLoadOptions options)
-    : m_ckpt(checkpoint), m_spec(spec), m_opt(options), m_layout(checkpoint, spec)
+    : m_ckpt(checkpoint)
+    , m_spec(spec)
+    , m_opt(options)
+    , m_layout(checkpoint, spec)
 {
     // Every tensor of every layer up front: a checkpoint that would fail at layer 40 after an
     // hour of capture must fail before any output exists.
@@ -105,9 +118,9 @@ WeightLoader::WeightLoader(const Checkpoint& checkpoint, const ModelSpec& spec, 
 at::Tensor WeightLoader::load(const std::string& name, const std::vector<int64_t>& shape) const
 {
     const TensorInfo& info = m_ckpt.info(name);
-    if (info.shape != shape)   // validated up front; this guards the loader's own bookkeeping
+    if (info.shape != shape) // validated up front; this guards the loader's own bookkeeping
         throw InputError(m_ckpt.fileOf(name).path().string() + ": tensor '" + name + "' has shape "
-                         + formatShape(info.shape) + ", expected " + formatShape(shape));
+            + formatShape(info.shape) + ", expected " + formatShape(shape));
     at::Tensor t = tensorFromBytes(m_ckpt.bytes(name).data(), info.dtype, shape, m_opt.dtype, m_opt.device);
     if (m_opt.releaseSourcePages)
         m_ckpt.release(name);
@@ -123,9 +136,9 @@ void WeightLoader::loadInto(const std::string& name, at::Tensor destination) con
     }
     if (info.shape != destination.sizes().vec())
         throw InputError(m_ckpt.fileOf(name).path().string() + ": tensor '" + name + "' has shape "
-                         + formatShape(info.shape) + ", expected " + formatShape(destination.sizes().vec()));
+            + formatShape(info.shape) + ", expected " + formatShape(destination.sizes().vec()));
     const at::Tensor view = at::from_blob(const_cast<std::byte*>(m_ckpt.bytes(name).data()), info.shape,
-                                          at::TensorOptions().dtype(scalarTypeOf(info.dtype)));
+        at::TensorOptions().dtype(scalarTypeOf(info.dtype)));
     destination.copy_(view);
     if (m_opt.releaseSourcePages)
         m_ckpt.release(name);
@@ -134,9 +147,9 @@ void WeightLoader::loadInto(const std::string& name, at::Tensor destination) con
 Linear WeightLoader::loadLinear(const std::string& prefix, int64_t out, int64_t in, bool bias) const
 {
     Linear l;
-    l.weight = load(prefix + ".weight", {out, in});
+    l.weight = load(prefix + ".weight", { out, in });
     if (bias)
-        l.bias = load(prefix + ".bias", {out});
+        l.bias = load(prefix + ".bias", { out });
     return l;
 }
 
@@ -144,15 +157,15 @@ void WeightLoader::loadExperts(int layer, LayerWeights& w) const
 {
     const ModelSpec& s = m_spec;
     const int64_t E = s.router.numExperts, H = s.hiddenSize, I = s.moeIntermediate;
-    w.router = load(m_layout.routerName(layer), {E, H});
+    w.router = load(m_layout.routerName(layer), { E, H });
     if (m_layout.expertLayout() == ExpertLayout::Fused) {
-        w.gateUp = load(m_layout.fusedGateUpName(layer), {E, 2 * I, H});
-        w.down = load(m_layout.fusedDownName(layer), {E, H, I});
+        w.gateUp = load(m_layout.fusedGateUpName(layer), { E, 2 * I, H });
+        w.down = load(m_layout.fusedDownName(layer), { E, H, I });
         return;
     }
     const auto options = at::TensorOptions().dtype(m_opt.dtype).device(m_opt.device);
-    w.gateUp = at::empty({E, 2 * I, H}, options);
-    w.down = at::empty({E, H, I}, options);
+    w.gateUp = at::empty({ E, 2 * I, H }, options);
+    w.down = at::empty({ E, H, I }, options);
     for (int e = 0; e < E; ++e) {
         loadInto(m_layout.expertName(layer, e, ExpertProj::Gate), w.gateUp[e].narrow(0, 0, I));
         loadInto(m_layout.expertName(layer, e, ExpertProj::Up), w.gateUp[e].narrow(0, I, I));
@@ -168,18 +181,18 @@ LayerWeights WeightLoader::loadLayer(int layer) const
     LayerWeights w;
     w.layer = layer;
     w.sourceBytes = layerBytes(layer);
-    w.inputNorm = load(p + "input_layernorm.weight", {H});
-    w.postAttentionNorm = load(p + "post_attention_layernorm.weight", {H});
+    w.inputNorm = load(p + "input_layernorm.weight", { H });
+    w.postAttentionNorm = load(p + "post_attention_layernorm.weight", { H });
     w.q = loadLinear(p + "self_attn.q_proj", s.numHeads * hd, H, s.qkvBias);
     w.k = loadLinear(p + "self_attn.k_proj", s.numKvHeads * hd, H, s.qkvBias);
     w.v = loadLinear(p + "self_attn.v_proj", s.numKvHeads * hd, H, s.qkvBias);
     w.o = loadLinear(p + "self_attn.o_proj", H, s.numHeads * hd, s.oBias);
     if (s.qkNorm == QkNorm::PerHead) {
-        w.qNorm = load(p + "self_attn.q_norm.weight", {hd});
-        w.kNorm = load(p + "self_attn.k_norm.weight", {hd});
+        w.qNorm = load(p + "self_attn.q_norm.weight", { hd });
+        w.kNorm = load(p + "self_attn.k_norm.weight", { hd });
     } else if (s.qkNorm == QkNorm::Full) {
-        w.qNorm = load(p + "self_attn.q_norm.weight", {s.numHeads * hd});
-        w.kNorm = load(p + "self_attn.k_norm.weight", {s.numKvHeads * hd});
+        w.qNorm = load(p + "self_attn.q_norm.weight", { s.numHeads * hd });
+        w.kNorm = load(p + "self_attn.k_norm.weight", { s.numKvHeads * hd });
     }
     const LayerSpec& ls = s.layers[static_cast<std::size_t>(layer)];
     w.moe = ls.moe;
@@ -197,7 +210,7 @@ LayerWeights WeightLoader::loadLayer(int layer) const
         w.mlpGate = loadLinear(m + "shared_expert.gate_proj", I, H, false);
         w.mlpUp = loadLinear(m + "shared_expert.up_proj", I, H, false);
         w.mlpDown = loadLinear(m + "shared_expert.down_proj", H, I, false);
-        w.sharedExpertGate = load(m + "shared_expert_gate.weight", {1, H});
+        w.sharedExpertGate = load(m + "shared_expert_gate.weight", { 1, H });
     }
     return w;
 }
@@ -214,24 +227,23 @@ at::Tensor WeightLoader::embed(const std::vector<int32_t>& ids) const
         const int32_t id = ids[i];
         if (id < 0 || id >= m_spec.vocabSize)
             throw InputError("token id " + std::to_string(id) + " at position " + std::to_string(i)
-                             + " is outside the vocabulary [0, " + std::to_string(m_spec.vocabSize) + ")");
+                + " is outside the vocabulary [0, " + std::to_string(m_spec.vocabSize) + ")");
         std::memcpy(rows.data() + i * rowBytes, base + static_cast<std::size_t>(id) * rowBytes, rowBytes);
     }
     if (m_opt.releaseSourcePages)
         m_ckpt.release(name);
-    return tensorFromBytes(rows.data(), info.dtype, {static_cast<int64_t>(ids.size()), H}, m_opt.dtype,
-                           m_opt.device);
+    return tensorFromBytes(rows.data(), info.dtype, { static_cast<int64_t>(ids.size()), H }, m_opt.dtype, m_opt.device);
 }
 
 at::Tensor WeightLoader::finalNorm() const
 {
-    return load("model.norm.weight", {m_spec.hiddenSize});
+    return load("model.norm.weight", { m_spec.hiddenSize });
 }
 
 at::Tensor WeightLoader::lmHead() const
 {
     const std::string name = m_spec.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-    return load(name, {m_spec.vocabSize, m_spec.hiddenSize});
+    return load(name, { m_spec.vocabSize, m_spec.hiddenSize });
 }
 
 } // namespace moeatlas

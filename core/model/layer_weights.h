@@ -17,31 +17,31 @@
 namespace moeatlas {
 
 struct Linear {
-    at::Tensor weight;   // [out, in]
-    at::Tensor bias;     // [out] or undefined
+    at::Tensor weight; // [out, in]
+    at::Tensor bias; // [out] or undefined
 };
 
 struct LayerWeights {
     int layer = 0;
-    at::Tensor inputNorm;            // [H]
-    at::Tensor postAttentionNorm;    // [H]
+    at::Tensor inputNorm; // [H]
+    at::Tensor postAttentionNorm; // [H]
     Linear q, k, v, o;
-    at::Tensor qNorm, kNorm;         // undefined when the architecture has none
+    at::Tensor qNorm, kNorm; // undefined when the architecture has none
 
     bool moe = false;
-    at::Tensor router;               // [E, H]
-    at::Tensor gateUp;               // [E, 2I, H], gate rows first
-    at::Tensor down;                 // [E, H, I]
+    at::Tensor router; // [E, H]
+    at::Tensor gateUp; // [E, 2I, H], gate rows first
+    at::Tensor down; // [E, H, I]
     // Shared expert (Qwen2-MoE) or the dense MLP of a non-MoE layer.
     Linear mlpGate, mlpUp, mlpDown;
-    at::Tensor sharedExpertGate;     // [1, H] or undefined
-    uint64_t sourceBytes = 0;        // bytes read from the checkpoint
+    at::Tensor sharedExpertGate; // [1, H] or undefined
+    uint64_t sourceBytes = 0; // bytes read from the checkpoint
 };
 
 struct WeightLoadOptions {
     c10::Device device = c10::Device(c10::kCPU);
     c10::ScalarType dtype = c10::kFloat;
-    bool releaseSourcePages = true;  // madvise the mapped bytes away after copying
+    bool releaseSourcePages = true; // madvise the mapped bytes away after copying
 };
 
 class WeightLoader {
@@ -56,7 +56,7 @@ public:
     // as [ids.size(), H] in the compute dtype.
     at::Tensor embed(const std::vector<int32_t>& ids) const;
     at::Tensor finalNorm() const;
-    at::Tensor lmHead() const;       // [V, H]; the embedding when tied
+    at::Tensor lmHead() const; // [V, H]; the embedding when tied
     // Bytes of one layer's tensors in the checkpoint (for memory plans).
     uint64_t layerBytes(int layer) const { return m_layout.layerBytes(m_ckpt, layer); }
 
@@ -74,7 +74,7 @@ private:
 };
 
 // Converts checkpoint bytes of `dtype` into a new tensor of `shape` in the target dtype/device.
-at::Tensor tensorFromBytes(const void* data, DType dtype, const std::vector<int64_t>& shape,
-                           c10::ScalarType target, c10::Device device);
+at::Tensor tensorFromBytes(
+    const void* data, DType dtype, const std::vector<int64_t>& shape, c10::ScalarType target, c10::Device device);
 
 } // namespace moeatlas

@@ -37,9 +37,9 @@ void applyYarn(const RopeSpec& r, int64_t dim, RopeTables& t, int64_t maxPositio
     }
     const double base = r.theta;
     const auto correctionDim = [&](double rotations) {
-        return (static_cast<double>(dim) * std::log(static_cast<double>(r.originalMaxPositionEmbeddings)
-                                                    / (rotations * 2.0 * M_PI)))
-               / (2.0 * std::log(base));
+        return (static_cast<double>(dim)
+                   * std::log(static_cast<double>(r.originalMaxPositionEmbeddings) / (rotations * 2.0 * M_PI)))
+            / (2.0 * std::log(base));
     };
     double low = correctionDim(r.betaFast);
     double high = correctionDim(r.betaSlow);
@@ -57,8 +57,8 @@ void applyYarn(const RopeSpec& r, int64_t dim, RopeTables& t, int64_t maxPositio
         const float interpolation = 1.0f / (static_cast<float>(factor) * posFreq);
         const float ramp = std::clamp(static_cast<float>((static_cast<double>(i) - low) / (high - low)), 0.0f, 1.0f);
         const float extrapolationFactor = 1.0f - ramp;
-        t.invFreq[static_cast<std::size_t>(i)] =
-            interpolation * (1.0f - extrapolationFactor) + extrapolation * extrapolationFactor;
+        t.invFreq[static_cast<std::size_t>(i)]
+            = interpolation * (1.0f - extrapolationFactor) + extrapolation * extrapolationFactor;
     }
 }
 
@@ -88,9 +88,10 @@ RopeTables computeRopeTables(const ModelSpec& spec, int64_t seqLen)
     double base = r.theta;
     if (r.type == "dynamic" && seqLen > spec.maxPositionEmbeddings) {
         const double d = static_cast<double>(t.rotaryDim);
-        base = r.theta * std::pow(r.factor * static_cast<double>(seqLen) / static_cast<double>(spec.maxPositionEmbeddings)
-                                      - (r.factor - 1.0),
-                                  d / (d - 2.0));
+        base = r.theta
+            * std::pow(r.factor * static_cast<double>(seqLen) / static_cast<double>(spec.maxPositionEmbeddings)
+                    - (r.factor - 1.0),
+                d / (d - 2.0));
     }
     t.invFreq = defaultInvFreq(base, t.rotaryDim);
     if (r.type == "linear") {

@@ -9,9 +9,9 @@
 namespace moeatlas {
 
 struct RopeTables {
-    std::vector<float> invFreq;     // [rotaryDim / 2]
-    float attentionScaling = 1.0f;  // cos and sin are multiplied by this
-    int64_t rotaryDim = 0;          // head_dim * partial_rotary_factor
+    std::vector<float> invFreq; // [rotaryDim / 2]
+    float attentionScaling = 1.0f; // cos and sin are multiplied by this
+    int64_t rotaryDim = 0; // head_dim * partial_rotary_factor
 };
 
 // `seqLen` matters only for "dynamic" (NTK) scaling, which changes the base once a sequence is

@@ -10,7 +10,8 @@ AtlasScores readAtlasScores(const std::filesystem::path& path, const std::string
     const AtlasFile atlas = AtlasFile::openReadOnly(path);
     const std::string name = path.string();
     if (!atlas.isComplete())
-        throw InputError(name + ": the atlas is incomplete (finish the capture with --resume, then run moeatlas score)");
+        throw InputError(
+            name + ": the atlas is incomplete (finish the capture with --resume, then run moeatlas score)");
     const AtlasModelInfo& m = atlas.model();
     const auto& domains = atlas.calibration().domains;
 
@@ -18,21 +19,22 @@ AtlasScores readAtlasScores(const std::filesystem::path& path, const std::string
     if (!results) {
         if ((criterion == "reap" || criterion == "ean") && !atlas.options().storeExpertNorms)
             throw InputError(name + ": criterion '" + criterion
-                             + "' needs expert output norms, and this atlas was captured without them "
-                               "(capture again with --expert-norms, then run moeatlas score)");
+                + "' needs expert output norms, and this atlas was captured without them "
+                  "(capture again with --expert-norms, then run moeatlas score)");
         std::string have;
         for (const std::string& c : atlas.resultGroups("scores"))
             have += (have.empty() ? "" : ", ") + c;
         throw InputError(name + ": no scores for criterion '" + criterion + "' ("
-                         + (have.empty() ? std::string("the atlas has no scores") : "the atlas has: " + have)
-                         + "); run: moeatlas score " + name);
+            + (have.empty() ? std::string("the atlas has no scores") : "the atlas has: " + have)
+            + "); run: moeatlas score " + name);
     }
     const AtlasArray* value = results->find("value");
     const uint64_t numD = domains.size(), numL = m.moeLayers.size(), numE = static_cast<uint64_t>(m.numExperts);
-    if (!value || value->dims != std::vector<uint64_t>{numD + 1, numL, numE}
+    if (!value || value->dims != std::vector<uint64_t> { numD + 1, numL, numE }
         || value->values.size() != (numD + 1) * numL * numE)
-        throw InputError(name + ": /scores/" + criterion + "/value is missing or not [domains + 1, MoE layers, experts] = ["
-                         + std::to_string(numD + 1) + ", " + std::to_string(numL) + ", " + std::to_string(numE) + "]");
+        throw InputError(name + ": /scores/" + criterion
+            + "/value is missing or not [domains + 1, MoE layers, experts] = [" + std::to_string(numD + 1) + ", "
+            + std::to_string(numL) + ", " + std::to_string(numE) + "]");
 
     auto table = [&](uint64_t row, const std::string& domain, double tokens) {
         ScoreTable t;

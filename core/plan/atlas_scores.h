@@ -11,11 +11,11 @@
 namespace moeatlas {
 
 struct AtlasScores {
-    std::vector<ScoreTable> domains;   // one per calibration domain, tokenCount = its tokens
-    ScoreTable pooled;                 // row D: sums over all domains / counts over all domains
+    std::vector<ScoreTable> domains; // one per calibration domain, tokenCount = its tokens
+    ScoreTable pooled; // row D: sums over all domains / counts over all domains
     std::string atlasPath;
-    std::string configSha256;          // of the config.json the atlas was captured from
-    std::string checkpointPath;        // as recorded at capture
+    std::string configSha256; // of the config.json the atlas was captured from
+    std::string checkpointPath; // as recorded at capture
 };
 
 // Throws InputError with the remedy when the atlas is incomplete, has no such criterion (run

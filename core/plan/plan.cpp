@@ -16,7 +16,7 @@ namespace {
 
 struct Ranked {
     double score;
-    int layer;   // position in the score table
+    int layer; // position in the score table
     int expert;
 };
 
@@ -34,7 +34,7 @@ std::vector<int> rankLayer(const ScoreTable& s, std::size_t i, int groupBegin, i
 {
     std::vector<Ranked> r;
     for (int e = groupBegin; e < groupEnd; ++e)
-        r.push_back({s.values[i][static_cast<std::size_t>(e)], static_cast<int>(i), e});
+        r.push_back({ s.values[i][static_cast<std::size_t>(e)], static_cast<int>(i), e });
     std::sort(r.begin(), r.end(), rankedBefore);
     std::vector<int> out;
     for (const Ranked& x : r)
@@ -72,17 +72,21 @@ double sizeOf(const PlanContext& ctx, BudgetUnit unit, const std::vector<int>& c
 const char* unitName(BudgetUnit u)
 {
     switch (u) {
-    case BudgetUnit::Experts: return "experts";
-    case BudgetUnit::Fraction: return "fraction";
-    case BudgetUnit::Bytes: return "bytes";
-    case BudgetUnit::Params: return "params";
+    case BudgetUnit::Experts:
+        return "experts";
+    case BudgetUnit::Fraction:
+        return "fraction";
+    case BudgetUnit::Bytes:
+        return "bytes";
+    case BudgetUnit::Params:
+        return "params";
     }
     return "?";
 }
 
 BudgetUnit parseUnit(const std::string& s, const std::string& source)
 {
-    for (BudgetUnit u : {BudgetUnit::Experts, BudgetUnit::Fraction, BudgetUnit::Bytes, BudgetUnit::Params})
+    for (BudgetUnit u : { BudgetUnit::Experts, BudgetUnit::Fraction, BudgetUnit::Bytes, BudgetUnit::Params })
         if (s == unitName(u))
             return u;
     throw InputError(source + ": budget.unit '" + s + "' (expected experts, fraction, bytes or params)");
@@ -92,7 +96,7 @@ void fillPrediction(Plan& p, const PlanContext& ctx)
 {
     const PlanCosts& c = ctx.costs;
     if (c.expertBytes.size() != p.keep.size())
-        return;   // no cost model (unit tests without a checkpoint)
+        return; // no cost model (unit tests without a checkpoint)
     int64_t droppedRows = 0;
     p.bytesBefore = c.fixedBytes;
     p.paramsBefore = c.fixedParams;
@@ -177,7 +181,7 @@ std::vector<ScoreTable> parseScores(const nlohmann::json& doc, const std::string
             t.layers = doc["layers"].get<std::vector<int>>();
             if (t.layers.size() != t.values.size())
                 throw InputError(source + ": \"layers\" lists " + std::to_string(t.layers.size())
-                                 + " layers but domains." + name + " has " + std::to_string(t.values.size()));
+                    + " layers but domains." + name + " has " + std::to_string(t.values.size()));
         } else {
             t.layers.resize(t.values.size());
             std::iota(t.layers.begin(), t.layers.end(), 0);
@@ -185,8 +189,8 @@ std::vector<ScoreTable> parseScores(const nlohmann::json& doc, const std::string
         if (doc.contains("token_counts") && doc["token_counts"].contains(name))
             t.tokenCount = doc["token_counts"][name].get<double>();
         if (!out.empty() && (out.front().numExperts != t.numExperts || out.front().layers != t.layers))
-            throw InputError(source + ": domains." + name + " has a different shape than domains."
-                             + out.front().domain);
+            throw InputError(
+                source + ": domains." + name + " has a different shape than domains." + out.front().domain);
         out.push_back(std::move(t));
     }
     return out;
@@ -200,18 +204,18 @@ std::vector<std::vector<int>> selectExperts(const ScoreTable& s, const Budget& b
     const int minPer = std::min(E, std::max(b.minPerLayer, ctx.topK));
     if (G > 1 && E % G != 0)
         throw InputError("group-limited router: " + std::to_string(E) + " experts do not split into "
-                         + std::to_string(G) + " groups");
+            + std::to_string(G) + " groups");
     auto uniformKeep = [&](int m) {
         if (m < ctx.topK)
             throw InputError("budget keeps " + std::to_string(m) + " experts per layer, fewer than top-k = "
-                             + std::to_string(ctx.topK) + ": routing would be unsatisfiable");
+                + std::to_string(ctx.topK) + ": routing would be unsatisfiable");
         if (m > E)
-            throw InputError("budget keeps " + std::to_string(m) + " experts per layer but layers have only "
-                             + std::to_string(E));
+            throw InputError(
+                "budget keeps " + std::to_string(m) + " experts per layer but layers have only " + std::to_string(E));
         if (m % G != 0)
             throw InputError("group-limited router (" + std::to_string(G) + " groups): keeping " + std::to_string(m)
-                             + " experts per layer cannot keep the same count in every group; use a multiple of "
-                             + std::to_string(G));
+                + " experts per layer cannot keep the same count in every group; use a multiple of "
+                + std::to_string(G));
         std::vector<std::vector<int>> keep;
         for (std::size_t i = 0; i < L; ++i)
             keep.push_back(topOfLayer(s, i, m, G));
@@ -220,8 +224,10 @@ std::vector<std::vector<int>> selectExperts(const ScoreTable& s, const Budget& b
 
     if (b.scope == BudgetScope::Uniform) {
         switch (b.unit) {
-        case BudgetUnit::Experts: return uniformKeep(static_cast<int>(std::lround(b.amount)));
-        case BudgetUnit::Fraction: return uniformKeep(std::max(minPer, static_cast<int>(std::lround(b.amount * E))));
+        case BudgetUnit::Experts:
+            return uniformKeep(static_cast<int>(std::lround(b.amount)));
+        case BudgetUnit::Fraction:
+            return uniformKeep(std::max(minPer, static_cast<int>(std::lround(b.amount * E))));
         case BudgetUnit::Bytes:
         case BudgetUnit::Params: {
             int best = -1;
@@ -230,9 +236,8 @@ std::vector<std::vector<int>> selectExperts(const ScoreTable& s, const Budget& b
                     best = m;
             if (best < 0)
                 throw InputError("target of " + std::to_string(static_cast<int64_t>(b.amount)) + " " + unitName(b.unit)
-                                 + " is below the smallest plan (" + std::to_string(minPer) + " experts per layer = "
-                                 + std::to_string(static_cast<int64_t>(sizeOf(ctx, b.unit, std::vector<int>(L, minPer))))
-                                 + ")");
+                    + " is below the smallest plan (" + std::to_string(minPer) + " experts per layer = "
+                    + std::to_string(static_cast<int64_t>(sizeOf(ctx, b.unit, std::vector<int>(L, minPer)))) + ")");
             return uniformKeep(best);
         }
         }
@@ -240,7 +245,7 @@ std::vector<std::vector<int>> selectExperts(const ScoreTable& s, const Budget& b
 
     if (G > 1)
         throw InputError("group-limited router (" + std::to_string(G)
-                         + " groups): a global ranking would keep different counts per group; use a uniform budget");
+            + " groups): a global ranking would keep different counts per group; use a uniform budget");
     // Global: every layer first keeps its own best minPer, then the rest goes by global rank.
     std::vector<std::set<int>> kept(L);
     std::vector<int> counts(L, minPer);
@@ -252,7 +257,7 @@ std::vector<std::vector<int>> selectExperts(const ScoreTable& s, const Budget& b
     for (std::size_t i = 0; i < L; ++i)
         for (int e = 0; e < E; ++e)
             if (!kept[i].count(e))
-                all.push_back({s.values[i][static_cast<std::size_t>(e)], static_cast<int>(i), e});
+                all.push_back({ s.values[i][static_cast<std::size_t>(e)], static_cast<int>(i), e });
     std::sort(all.begin(), all.end(), rankedBefore);
 
     const int64_t floorTotal = static_cast<int64_t>(minPer) * static_cast<int64_t>(L);
@@ -262,17 +267,18 @@ std::vector<std::vector<int>> selectExperts(const ScoreTable& s, const Budget& b
                                                : std::llround(b.amount * E * static_cast<double>(L));
         if (wanted < floorTotal)
             throw InputError("budget keeps " + std::to_string(wanted) + " experts in all, fewer than "
-                             + std::to_string(minPer) + " per layer x " + std::to_string(L) + " layers");
+                + std::to_string(minPer) + " per layer x " + std::to_string(L) + " layers");
         if (wanted > static_cast<int64_t>(E) * static_cast<int64_t>(L))
             throw InputError("budget keeps " + std::to_string(wanted) + " experts but the model has only "
-                             + std::to_string(static_cast<int64_t>(E) * static_cast<int64_t>(L)));
+                + std::to_string(static_cast<int64_t>(E) * static_cast<int64_t>(L)));
         for (int64_t n = 0; n < wanted - floorTotal; ++n)
-            kept[static_cast<std::size_t>(all[static_cast<std::size_t>(n)].layer)].insert(all[static_cast<std::size_t>(n)].expert);
+            kept[static_cast<std::size_t>(all[static_cast<std::size_t>(n)].layer)].insert(
+                all[static_cast<std::size_t>(n)].expert);
     } else {
         if (sizeOf(ctx, b.unit, counts) > b.amount)
             throw InputError("target of " + std::to_string(static_cast<int64_t>(b.amount)) + " " + unitName(b.unit)
-                             + " is below the smallest plan (" + std::to_string(minPer) + " experts per layer = "
-                             + std::to_string(static_cast<int64_t>(sizeOf(ctx, b.unit, counts))) + ")");
+                + " is below the smallest plan (" + std::to_string(minPer)
+                + " experts per layer = " + std::to_string(static_cast<int64_t>(sizeOf(ctx, b.unit, counts))) + ")");
         // The kept set stays a prefix of the ranking: stop at the first pair that does not fit.
         for (const Ranked& r : all) {
             ++counts[static_cast<std::size_t>(r.layer)];
@@ -322,8 +328,8 @@ ScoreTable combineScores(const std::vector<ScoreTable>& domains, std::map<std::s
     return out;
 }
 
-Plan compileSpecialist(const std::vector<ScoreTable>& domains, const std::string& domain, const Budget& budget,
-                       const PlanContext& ctx)
+Plan compileSpecialist(
+    const std::vector<ScoreTable>& domains, const std::string& domain, const Budget& budget, const PlanContext& ctx)
 {
     const ScoreTable& t = findDomain(domains, domain);
     Plan p = basePlan("specialist", t, budget, ctx);
@@ -334,7 +340,7 @@ Plan compileSpecialist(const std::vector<ScoreTable>& domains, const std::string
 }
 
 Plan compileGeneralist(const std::vector<ScoreTable>& domains, std::map<std::string, double> weights,
-                       const Budget& budget, const PlanContext& ctx)
+    const Budget& budget, const PlanContext& ctx)
 {
     const ScoreTable t = combineScores(domains, weights);
     Plan p = basePlan("generalist", t, budget, ctx);
@@ -344,8 +350,8 @@ Plan compileGeneralist(const std::vector<ScoreTable>& domains, std::map<std::str
     return p;
 }
 
-Plan compilePooledGeneralist(const std::vector<ScoreTable>& domains, const ScoreTable& pooled, const Budget& budget,
-                             const PlanContext& ctx)
+Plan compilePooledGeneralist(
+    const std::vector<ScoreTable>& domains, const ScoreTable& pooled, const Budget& budget, const PlanContext& ctx)
 {
     Plan p = basePlan("generalist", pooled, budget, ctx);
     for (const ScoreTable& t : domains)
@@ -359,7 +365,7 @@ Plan compileUnion(const std::vector<ScoreTable>& domains, int perDomain, const P
 {
     if (domains.empty())
         throw InputError("no domains for a union plan");
-    Budget b{BudgetScope::Uniform, BudgetUnit::Experts, static_cast<double>(perDomain), 0};
+    Budget b { BudgetScope::Uniform, BudgetUnit::Experts, static_cast<double>(perDomain), 0 };
     Plan p = basePlan("union", domains.front(), b, ctx);
     p.keep.assign(domains.front().values.size(), {});
     for (const ScoreTable& t : domains) {
@@ -382,29 +388,30 @@ nlohmann::json planToJson(const Plan& p)
 {
     nlohmann::json layers = nlohmann::json::array();
     for (std::size_t i = 0; i < p.keep.size(); ++i)
-        layers.push_back({{"layer", p.layers[i]}, {"keep", p.keep[i]}});
-    nlohmann::json source = {{"checkpoint", p.checkpoint}, {"model_type", p.modelType}, {"num_experts", p.numExperts},
-                             {"top_k", p.topK}, {"num_hidden_layers", p.numLayers}};
+        layers.push_back({ { "layer", p.layers[i] }, { "keep", p.keep[i] } });
+    nlohmann::json source = { { "checkpoint", p.checkpoint }, { "model_type", p.modelType },
+        { "num_experts", p.numExperts }, { "top_k", p.topK }, { "num_hidden_layers", p.numLayers } };
     if (!p.atlas.empty())
         source["atlas"] = p.atlas;
     if (!p.configSha256.empty())
         source["config_sha256"] = p.configSha256;
     return {
-        {"format", "moeatlas-plan"},
-        {"version", 1},
-        {"source", source},
-        {"derivation",
-         {{"method", p.method}, {"criterion", p.criterion}, {"domain_weights", p.domainWeights},
-          {"scores", p.scoresSource},
-          {"budget", {{"scope", p.budget.scope == BudgetScope::Uniform ? "uniform" : "global"},
-                      {"unit", unitName(p.budget.unit)}, {"amount", p.budget.amount},
-                      {"min_per_layer", p.budget.minPerLayer}}}}},
-        {"uniform", p.uniform()},
-        {"layers", layers},
-        {"predicted", {{"bytes_before", p.bytesBefore}, {"bytes_after", p.bytesAfter},
-                       {"params_before", p.paramsBefore}, {"params_after", p.paramsAfter},
-                       {"active_params_per_token_before", p.activeParamsBefore},
-                       {"active_params_per_token_after", p.activeParamsAfter}}},
+        { "format", "moeatlas-plan" },
+        { "version", 1 },
+        { "source", source },
+        { "derivation",
+            { { "method", p.method }, { "criterion", p.criterion }, { "domain_weights", p.domainWeights },
+                { "scores", p.scoresSource },
+                { "budget",
+                    { { "scope", p.budget.scope == BudgetScope::Uniform ? "uniform" : "global" },
+                        { "unit", unitName(p.budget.unit) }, { "amount", p.budget.amount },
+                        { "min_per_layer", p.budget.minPerLayer } } } } },
+        { "uniform", p.uniform() },
+        { "layers", layers },
+        { "predicted",
+            { { "bytes_before", p.bytesBefore }, { "bytes_after", p.bytesAfter }, { "params_before", p.paramsBefore },
+                { "params_after", p.paramsAfter }, { "active_params_per_token_before", p.activeParamsBefore },
+                { "active_params_per_token_after", p.activeParamsAfter } } },
     };
 }
 
@@ -430,8 +437,8 @@ Plan planFromJson(const nlohmann::json& doc, const std::string& source)
             p.domainWeights = d["domain_weights"].get<std::map<std::string, double>>();
         if (d.contains("budget")) {
             const auto& b = d["budget"];
-            p.budget.scope = b.value("scope", std::string("uniform")) == "global" ? BudgetScope::Global
-                                                                               : BudgetScope::Uniform;
+            p.budget.scope
+                = b.value("scope", std::string("uniform")) == "global" ? BudgetScope::Global : BudgetScope::Uniform;
             p.budget.unit = parseUnit(b.value("unit", std::string("experts")), source);
             p.budget.amount = b.value("amount", 0.0);
             p.budget.minPerLayer = b.value("min_per_layer", 0);
@@ -444,19 +451,19 @@ Plan planFromJson(const nlohmann::json& doc, const std::string& source)
                 throw InputError(source + ": layer " + std::to_string(p.layers.back()) + " keeps an expert twice");
             if (k.empty() || k.front() < 0 || k.back() >= p.numExperts)
                 throw InputError(source + ": layer " + std::to_string(p.layers.back())
-                                 + " keeps no experts or an index outside [0, " + std::to_string(p.numExperts) + ")");
+                    + " keeps no experts or an index outside [0, " + std::to_string(p.numExperts) + ")");
             p.keep.push_back(std::move(k));
         }
         if (p.keep.empty())
             throw InputError(source + ": \"layers\" is empty");
         if (doc.contains("predicted")) {
             const auto& pr = doc["predicted"];
-            p.bytesBefore = pr.value("bytes_before", uint64_t{0});
-            p.bytesAfter = pr.value("bytes_after", uint64_t{0});
-            p.paramsBefore = pr.value("params_before", int64_t{0});
-            p.paramsAfter = pr.value("params_after", int64_t{0});
-            p.activeParamsBefore = pr.value("active_params_per_token_before", int64_t{0});
-            p.activeParamsAfter = pr.value("active_params_per_token_after", int64_t{0});
+            p.bytesBefore = pr.value("bytes_before", uint64_t { 0 });
+            p.bytesAfter = pr.value("bytes_after", uint64_t { 0 });
+            p.paramsBefore = pr.value("params_before", int64_t { 0 });
+            p.paramsAfter = pr.value("params_after", int64_t { 0 });
+            p.activeParamsBefore = pr.value("active_params_per_token_before", int64_t { 0 });
+            p.activeParamsAfter = pr.value("active_params_per_token_after", int64_t { 0 });
         }
         return p;
     } catch (const nlohmann::json::exception& e) {

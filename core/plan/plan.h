@@ -13,12 +13,12 @@ namespace moeatlas {
 
 // Scores of one domain: values[i][e] for MoE layer layers[i] and expert e (higher = more useful).
 struct ScoreTable {
-    std::string criterion;   // "peu", "frequency", "reap", ...
+    std::string criterion; // "peu", "frequency", "reap", ...
     std::string domain;
     std::vector<int> layers;
     int numExperts = 0;
     std::vector<std::vector<double>> values;
-    double tokenCount = 0;   // calibration tokens behind the scores; 0 = unknown
+    double tokenCount = 0; // calibration tokens behind the scores; 0 = unknown
 };
 
 // The --scores file: {"criterion", "layers", "domains": {name: [[...]]}, "token_counts": {name: N}}.
@@ -35,7 +35,7 @@ struct Budget {
     BudgetScope scope = BudgetScope::Uniform;
     BudgetUnit unit = BudgetUnit::Experts;
     double amount = 0;
-    int minPerLayer = 0;   // raised to the router's top-k
+    int minPerLayer = 0; // raised to the router's top-k
 };
 
 // What keeping experts costs, from the checkpoint's Inventory (see costsFromCheckpoint in
@@ -44,15 +44,15 @@ struct Budget {
 struct PlanCosts {
     uint64_t fixedBytes = 0;
     int64_t fixedParams = 0;
-    std::vector<uint64_t> expertBytes;   // per MoE layer (same order as the score tables)
+    std::vector<uint64_t> expertBytes; // per MoE layer (same order as the score tables)
     std::vector<int64_t> expertParams;
-    int64_t activeParamsBefore = 0;      // per token, unpruned
-    int64_t routerRowParams = 0;         // one router row (hidden size), counted in active params
+    int64_t activeParamsBefore = 0; // per token, unpruned
+    int64_t routerRowParams = 0; // one router row (hidden size), counted in active params
 };
 
 struct PlanContext {
     int topK = 1;
-    int numGroups = 1;   // group-limited routers (DeepSeek n_group); 1 = none
+    int numGroups = 1; // group-limited routers (DeepSeek n_group); 1 = none
     PlanCosts costs;
     std::string modelType;
     std::string checkpoint;
@@ -60,7 +60,7 @@ struct PlanContext {
 };
 
 struct Plan {
-    std::string method;                         // specialist | generalist | union
+    std::string method; // specialist | generalist | union
     std::string criterion;
     std::map<std::string, double> domainWeights;
     Budget budget;
@@ -74,8 +74,8 @@ struct Plan {
     int numExperts = 0;
     int topK = 0;
     int numLayers = 0;
-    std::vector<int> layers;                    // MoE layer indices
-    std::vector<std::vector<int>> keep;         // per MoE layer, sorted expert indices
+    std::vector<int> layers; // MoE layer indices
+    std::vector<std::vector<int>> keep; // per MoE layer, sorted expert indices
     // Predicted whole-checkpoint sizes.
     uint64_t bytesBefore = 0, bytesAfter = 0;
     int64_t paramsBefore = 0, paramsAfter = 0;
@@ -93,16 +93,16 @@ std::vector<std::vector<int>> selectExperts(const ScoreTable& scores, const Budg
 // equals the token-weighted mean of per-domain means), or equal weights when counts are unknown.
 ScoreTable combineScores(const std::vector<ScoreTable>& domains, std::map<std::string, double>& weights);
 
-Plan compileSpecialist(const std::vector<ScoreTable>& domains, const std::string& domain, const Budget& budget,
-                       const PlanContext& ctx);
+Plan compileSpecialist(
+    const std::vector<ScoreTable>& domains, const std::string& domain, const Budget& budget, const PlanContext& ctx);
 Plan compileGeneralist(const std::vector<ScoreTable>& domains, std::map<std::string, double> weights,
-                       const Budget& budget, const PlanContext& ctx);
+    const Budget& budget, const PlanContext& ctx);
 // Default (token-weighted) generalist from a pooled table computed over all domains' tokens at
 // once (the atlas's pooled row: sums over domains / counts over domains). Equals compileGeneralist
 // with token weights for per-token means such as PEU, and is the exact pooled value for criteria
 // whose denominators are not token counts (reap). Weights recorded = the domains' token counts.
-Plan compilePooledGeneralist(const std::vector<ScoreTable>& domains, const ScoreTable& pooled, const Budget& budget,
-                             const PlanContext& ctx);
+Plan compilePooledGeneralist(
+    const std::vector<ScoreTable>& domains, const ScoreTable& pooled, const Budget& budget, const PlanContext& ctx);
 // Union of each domain's top-`perDomain` experts per layer (non-uniform in general).
 Plan compileUnion(const std::vector<ScoreTable>& domains, int perDomain, const PlanContext& ctx);
 

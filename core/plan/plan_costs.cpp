@@ -18,7 +18,8 @@ PlanContext planContextFor(const Checkpoint& checkpoint)
 
     PlanContext ctx;
     ctx.topK = spec.router.topK;
-    ctx.numGroups = config.contains("n_group") && config["n_group"].is_number_integer() ? config["n_group"].get<int>() : 1;
+    ctx.numGroups
+        = config.contains("n_group") && config["n_group"].is_number_integer() ? config["n_group"].get<int>() : 1;
     ctx.modelType = spec.modelType;
     ctx.checkpoint = checkpoint.dir().string();
     ctx.numLayers = spec.numLayers;

@@ -16,28 +16,28 @@ namespace moeatlas {
 struct CaptureParams {
     std::filesystem::path checkpoint;
     std::vector<DomainSource> domains;
-    std::filesystem::path output;            // final atlas path, e.g. run.atlas.h5
+    std::filesystem::path output; // final atlas path, e.g. run.atlas.h5
     PackingOptions packing;
-    TextOptions text;                        // --text-field, --whole-file
-    std::filesystem::path tokenizer;         // tokenizer.json (or its directory) for text domains;
-                                             // empty: <checkpoint>/tokenizer.json when present
-    bool addBos = false;                     // BOS per document = the tokenizer's, unless packing.bosToken
+    TextOptions text; // --text-field, --whole-file
+    std::filesystem::path tokenizer; // tokenizer.json (or its directory) for text domains;
+                                     // empty: <checkpoint>/tokenizer.json when present
+    bool addBos = false; // BOS per document = the tokenizer's, unless packing.bosToken
     ExecutorOptions executor;
     LogitStorage logitStorage = LogitStorage::Float32;
-    int hiddenSamplesPerLayer = 0;           // tokens whose MoE input is stored per layer
-    bool resume = false;                     // continue "<output>.partial"
-    bool saveResumeState = true;             // keep "<output>.resume.safetensors" between layers
-    bool overwrite = false;                  // replace an existing final atlas
+    int hiddenSamplesPerLayer = 0; // tokens whose MoE input is stored per layer
+    bool resume = false; // continue "<output>.partial"
+    bool saveResumeState = true; // keep "<output>.resume.safetensors" between layers
+    bool overwrite = false; // replace an existing final atlas
 };
 
 struct CaptureSummary {
     std::filesystem::path atlas;
     int64_t tokens = 0;
     int layersRun = 0;
-    int layersSkipped = 0;                   // already complete when resuming
+    int layersSkipped = 0; // already complete when resuming
     double seconds = 0.0;
-    uint64_t peakLayerBytes = 0;            // largest decoder layer read from the checkpoint
-    uint64_t peakRssBytes = 0;              // peak resident memory of this process so far
+    uint64_t peakLayerBytes = 0; // largest decoder layer read from the checkpoint
+    uint64_t peakRssBytes = 0; // peak resident memory of this process so far
 };
 
 // Loads, tokenizes and packs every domain of params (InputError naming the file on bad input).

@@ -20,15 +20,15 @@
 namespace moeatlas {
 
 struct ExecutorOptions {
-    std::string device = "cpu";          // "cpu", "cuda", "cuda:N"
+    std::string device = "cpu"; // "cpu", "cuda", "cuda:N"
     std::string computeDtype = "float32"; // "float32", "bfloat16", "float16"
-    int64_t batchTokens = 8192;          // tokens per micro-batch (whole sequences)
-    int threads = 0;                     // intra-op threads; 0 = LibTorch's default
+    int64_t batchTokens = 8192; // tokens per micro-batch (whole sequences)
+    int threads = 0; // intra-op threads; 0 = LibTorch's default
     bool recordExpertNorms = false;
-    std::vector<int64_t> hiddenSampleTokens;  // token indices whose MoE input is reported per MoE layer
-    bool computeLogits = false;          // final norm + lm_head at the end (tests, evaluation)
-    bool keepWeightsResident = false;    // load every layer once and keep it (small models)
-    uint64_t memoryBudgetBytes = 0;      // 0 = MemAvailable; plans above it are refused up front
+    std::vector<int64_t> hiddenSampleTokens; // token indices whose MoE input is reported per MoE layer
+    bool computeLogits = false; // final norm + lm_head at the end (tests, evaluation)
+    bool keepWeightsResident = false; // load every layer once and keep it (small models)
+    uint64_t memoryBudgetBytes = 0; // 0 = MemAvailable; plans above it are refused up front
 };
 
 // Receives what the executor observes. Callbacks run on the executor's thread.
@@ -39,25 +39,31 @@ public:
     // values: [tokenIndices.size(), hidden] fp32, the post-attention-norm input of the MoE block.
     virtual void onHiddenSamples(int layer, std::span<const int64_t> tokenIndices, std::span<const float> values)
     {
-        (void)layer; (void)tokenIndices; (void)values;
+        (void)layer;
+        (void)tokenIndices;
+        (void)values;
     }
     // Called once a decoder layer has processed every token. `hidden` is the residual stream
     // after the layer ([T, H] fp32) when wantsHiddenSnapshots(), else empty.
-    virtual void onLayerComplete(int layer, std::span<const float> hidden) { (void)layer; (void)hidden; }
+    virtual void onLayerComplete(int layer, std::span<const float> hidden)
+    {
+        (void)layer;
+        (void)hidden;
+    }
     virtual bool wantsHiddenSnapshots() const { return false; }
 };
 
 struct ExecutionResult {
-    std::vector<float> logits;           // [T, V] when computeLogits
+    std::vector<float> logits; // [T, V] when computeLogits
     double seconds = 0.0;
-    uint64_t peakLayerBytes = 0;         // largest layer read from the checkpoint
+    uint64_t peakLayerBytes = 0; // largest layer read from the checkpoint
 };
 
 // Where a run starts: from the embeddings, or (resume) after `completedLayers` layers with the
 // residual stream saved then.
 struct ExecutionStart {
     int firstLayer = 0;
-    std::vector<float> hidden;           // [T, H] fp32; empty when firstLayer == 0
+    std::vector<float> hidden; // [T, H] fp32; empty when firstLayer == 0
 };
 
 class Executor {
@@ -71,8 +77,8 @@ public:
     // progress is called after every micro-batch (units: tokens x layers); a false return or a
     // stop request throws Cancelled before the current layer is reported complete.
     ExecutionResult run(std::span<const int32_t> tokens, std::span<const int64_t> seqOffsets,
-                        ExecutionObserver& observer, const ExecutionStart& start = {},
-                        const ProgressFn& progress = {}, const StopToken* stop = nullptr);
+        ExecutionObserver& observer, const ExecutionStart& start = {}, const ProgressFn& progress = {},
+        const StopToken* stop = nullptr);
 
     // Bytes the run would hold at its peak (hidden states + one layer + activations).
     uint64_t plannedPeakBytes(int64_t numTokens, int64_t longestSequence) const;

@@ -43,7 +43,7 @@ std::string readNormalizedText(const std::string& path)
     std::ifstream in(path, std::ios::binary);
     if (!in)
         throw InputError(path + ": cannot open calibration file");
-    std::string raw{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+    std::string raw { std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>() };
     if (in.bad())
         throw InputError(path + ": read error");
     std::size_t begin = raw.compare(0, 3, "\xEF\xBB\xBF") == 0 ? 3 : 0;
@@ -57,8 +57,7 @@ std::string readNormalizedText(const std::string& path)
 
 // Calls fn(json, "file:line") for every non-blank line of a JSONL file until fn returns false,
 // after checking that the line is a JSON object; `expected` describes a record for the errors.
-template <typename Fn>
-void forEachJsonlRecord(const std::string& path, const std::string& expected, Fn&& fn)
+template <typename Fn> void forEachJsonlRecord(const std::string& path, const std::string& expected, Fn&& fn)
 {
     std::ifstream in(path);
     if (!in)
@@ -96,9 +95,8 @@ std::string describeTextSources(const CalibrationSet& set)
     }
     std::vector<std::string> parts;
     if (textFile)
-        parts.push_back(set.text.wholeFile
-                            ? "plain text files are one document each (--whole-file)"
-                            : "plain text files have one document per blank-line-separated block");
+        parts.push_back(set.text.wholeFile ? "plain text files are one document each (--whole-file)"
+                                           : "plain text files have one document per blank-line-separated block");
     if (textDirectory)
         parts.push_back("a directory has one document per .txt file");
     if (formats.count(kFormatTextJsonlPrefix + set.text.textField))
@@ -134,11 +132,9 @@ std::string CalibrationSet::describePacking() const
     s << "documents shuffled with seed " << packing.seed << ", concatenated per domain"
       << (packing.bosToken ? " with BOS " + std::to_string(*packing.bosToken) + " before each document" : "")
       << ", cut into sequences of " << packing.seqLen << " tokens"
-      << (packing.dropRemainder ? ", last partial sequence dropped" : "")
-      << "; domains never share a sequence";
+      << (packing.dropRemainder ? ", last partial sequence dropped" : "") << "; domains never share a sequence";
     if (hasTextDomain())
-        s << "; text encoded with " << tokenizer << " without its special-token template"
-          << describeTextSources(*this);
+        s << "; text encoded with " << tokenizer << " without its special-token template" << describeTextSources(*this);
     return s.str();
 }
 
@@ -154,7 +150,7 @@ DomainSource parseDomainArgument(const std::string& arg)
     const auto colon = d.path.rfind(':');
     if (colon != std::string::npos && colon + 1 < d.path.size()
         && std::all_of(d.path.begin() + static_cast<std::ptrdiff_t>(colon) + 1, d.path.end(),
-                       [](char c) { return c >= '0' && c <= '9'; })) {
+            [](char c) { return c >= '0' && c <= '9'; })) {
         d.maxSamples = std::stoll(d.path.substr(colon + 1));
         d.path = d.path.substr(0, colon);
         if (*d.maxSamples <= 0)
@@ -176,8 +172,8 @@ std::string detectFormat(const std::string& path, const TextOptions& options)
     if (!isJsonlPath(path))
         return kFormatText;
     std::string format;
-    const std::string expected =
-        "an object with \"input_ids\", \"" + options.textField + "\" (--text-field) or \"messages\"";
+    const std::string expected
+        = "an object with \"input_ids\", \"" + options.textField + "\" (--text-field) or \"messages\"";
     forEachJsonlRecord(path, expected, [&](const nlohmann::json& j, const std::string& where) {
         if (j.contains("input_ids"))
             format = kFormatInputIdsJsonl;
@@ -187,7 +183,7 @@ std::string detectFormat(const std::string& path, const TextOptions& options)
             format = kFormatMessagesJsonl;
         else
             throw InputError(where + ": expected " + expected);
-        return false;   // the first record decides
+        return false; // the first record decides
     });
     if (format.empty())
         throw InputError(path + ": no documents (the file is empty)");
@@ -205,14 +201,14 @@ std::vector<TextDocument> readTextFile(const std::string& path, bool wholeFile)
     std::vector<TextDocument> docs;
     if (wholeFile) {
         if (!isBlank(text))
-            docs.push_back({text, path});
+            docs.push_back({ text, path });
     } else {
         std::string block;
         int64_t blockLine = 0, lineNo = 0;
         std::size_t pos = 0;
         auto flush = [&] {
             if (blockLine > 0)
-                docs.push_back({std::move(block), path + ":" + std::to_string(blockLine)});
+                docs.push_back({ std::move(block), path + ":" + std::to_string(blockLine) });
             block.clear();
             blockLine = 0;
         };
@@ -250,15 +246,16 @@ std::vector<TextDocument> readTextDirectory(const std::string& path)
     if (ec)
         throw InputError(path + ": cannot list the directory (" + ec.message() + ")");
     if (files.empty())
-        throw InputError(path + ": no .txt files directly in this directory (a directory domain reads one document "
-                                "per .txt file)");
+        throw InputError(path
+            + ": no .txt files directly in this directory (a directory domain reads one document "
+              "per .txt file)");
     // Byte order of the names: the same on every file system and locale.
     std::sort(files.begin(), files.end(), [](const fs::path& a, const fs::path& b) { return a.string() < b.string(); });
     std::vector<TextDocument> docs;
     for (const fs::path& f : files) {
         std::string text = readNormalizedText(f.string());
         if (!isBlank(text))
-            docs.push_back({std::move(text), f.string()});
+            docs.push_back({ std::move(text), f.string() });
     }
     if (docs.empty())
         throw InputError(path + ": no documents (every .txt file is empty or blank)");
@@ -272,10 +269,10 @@ std::vector<TextDocument> readTextJsonl(const std::string& path, const std::stri
     forEachJsonlRecord(path, expected, [&](const nlohmann::json& j, const std::string& where) {
         const auto it = j.find(field);
         if (it == j.end() || !it->is_string())
-            throw InputError(where + ": expected " + expected
-                             + (it == j.end() ? "" : ", got " + std::string(it->type_name())));
+            throw InputError(
+                where + ": expected " + expected + (it == j.end() ? "" : ", got " + std::string(it->type_name())));
         if (!it->get_ref<const std::string&>().empty())
-            docs.push_back({it->get<std::string>(), where});
+            docs.push_back({ it->get<std::string>(), where });
         return true;
     });
     if (docs.empty())
@@ -297,13 +294,13 @@ std::vector<TextDocument> readMessagesJsonl(const std::string& path)
             if (!m.is_object() || !m.contains("role") || !m.at("role").is_string() || !m.contains("content")
                 || !m.at("content").is_string())
                 throw InputError(where + ": messages[" + std::to_string(i)
-                                 + "]: expected an object with string \"role\" and \"content\", got " + m.dump());
+                    + "]: expected an object with string \"role\" and \"content\", got " + m.dump());
             if (i > 0)
                 text.push_back('\n');
             text += m.at("role").get<std::string>() + ": " + m.at("content").get<std::string>();
         }
         if (!text.empty())
-            docs.push_back({std::move(text), where});
+            docs.push_back({ std::move(text), where });
         return true;
     });
     if (docs.empty())
@@ -311,8 +308,8 @@ std::vector<TextDocument> readMessagesJsonl(const std::string& path)
     return docs;
 }
 
-std::vector<TextDocument> readTextDocuments(const std::string& path, const std::string& format,
-                                            const TextOptions& options)
+std::vector<TextDocument> readTextDocuments(
+    const std::string& path, const std::string& format, const TextOptions& options)
 {
     if (format == kFormatText) {
         std::error_code ec;
@@ -340,7 +337,7 @@ std::vector<std::vector<int32_t>> readInputIdsJsonl(const std::string& path, int
             const int64_t id = v.get<int64_t>();
             if (id < 0 || (vocabSize > 0 && id >= vocabSize))
                 throw InputError(where + ": token id " + std::to_string(id) + " is outside the vocabulary [0, "
-                                 + std::to_string(vocabSize) + ")");
+                    + std::to_string(vocabSize) + ")");
             ids.push_back(static_cast<int32_t>(id));
         }
         if (!ids.empty())
@@ -352,8 +349,8 @@ std::vector<std::vector<int32_t>> readInputIdsJsonl(const std::string& path, int
     return docs;
 }
 
-std::vector<std::vector<int32_t>> tokenizeDocuments(const std::vector<TextDocument>& documents,
-                                                    const Tokenizer& tokenizer, int64_t vocabSize)
+std::vector<std::vector<int32_t>> tokenizeDocuments(
+    const std::vector<TextDocument>& documents, const Tokenizer& tokenizer, int64_t vocabSize)
 {
     std::vector<std::vector<int32_t>> out;
     out.reserve(documents.size());
@@ -364,15 +361,15 @@ std::vector<std::vector<int32_t>> tokenizeDocuments(const std::vector<TextDocume
         for (int32_t id : ids)
             if (id < 0 || (vocabSize > 0 && id >= vocabSize))
                 throw InputError(doc.origin + ": " + tokenizer.source() + " encodes this document to token id "
-                                 + std::to_string(id) + ", outside the model vocabulary [0, "
-                                 + std::to_string(vocabSize) + ") (is it the checkpoint's tokenizer?)");
+                    + std::to_string(id) + ", outside the model vocabulary [0, " + std::to_string(vocabSize)
+                    + ") (is it the checkpoint's tokenizer?)");
         if (!ids.empty())
             out.push_back(std::move(ids));
     }
     return out;
 }
-std::vector<std::vector<int32_t>> packDocuments(std::vector<std::vector<int32_t>> documents,
-                                                const PackingOptions& options, std::optional<int64_t> maxSequences)
+std::vector<std::vector<int32_t>> packDocuments(
+    std::vector<std::vector<int32_t>> documents, const PackingOptions& options, std::optional<int64_t> maxSequences)
 {
     if (options.seqLen <= 0)
         throw InputError("--seq-len must be > 0");
@@ -412,14 +409,13 @@ std::vector<std::vector<int32_t>> packDocuments(std::vector<std::vector<int32_t>
 }
 
 CalibrationSet buildCalibrationSet(const std::vector<DomainSource>& domains, const PackingOptions& packing,
-                                   const TextOptions& text, const Tokenizer* tokenizer,
-                                   const std::string& tokenizerDescription, int64_t vocabSize)
+    const TextOptions& text, const Tokenizer* tokenizer, const std::string& tokenizerDescription, int64_t vocabSize)
 {
     if (domains.empty())
         throw InputError("no calibration data: give at least one --domain NAME=PATH");
     if (packing.bosToken && (*packing.bosToken < 0 || (vocabSize > 0 && *packing.bosToken >= vocabSize)))
         throw InputError("BOS token " + std::to_string(*packing.bosToken) + " is outside the model vocabulary [0, "
-                         + std::to_string(vocabSize) + ")");
+            + std::to_string(vocabSize) + ")");
     CalibrationSet set;
     set.packing = packing;
     set.text = text;
@@ -435,7 +431,7 @@ CalibrationSet buildCalibrationSet(const std::vector<DomainSource>& domains, con
         if (isTextFormat(pd.format)) {
             if (!tokenizer)
                 throw InputError("--domain " + d.name + ": " + d.path + " is " + pd.format
-                                 + " and needs a tokenizer (--tokenizer PATH)");
+                    + " and needs a tokenizer (--tokenizer PATH)");
             docs = tokenizeDocuments(readTextDocuments(d.path, pd.format, text), *tokenizer, vocabSize);
             if (docs.empty())
                 throw InputError(d.path + ": no documents (every document encodes to no token)");
@@ -448,7 +444,7 @@ CalibrationSet buildCalibrationSet(const std::vector<DomainSource>& domains, con
         pd.sequences = packDocuments(std::move(docs), packing, cap);
         if (pd.sequences.empty())
             throw InputError(d.path + ": domain '" + d.name + "' has fewer tokens than one sequence of --seq-len "
-                             + std::to_string(packing.seqLen));
+                + std::to_string(packing.seqLen));
         set.domains.push_back(std::move(pd));
     }
     return set;

@@ -24,20 +24,20 @@ DomainSource parseDomainArgument(const std::string& arg);
 
 struct PackingOptions {
     int64_t seqLen = 512;
-    std::optional<int64_t> maxSamplesPerDomain;   // global cap, the per-domain :N wins
-    uint64_t seed = 0;                            // order of documents before packing
-    std::optional<int32_t> bosToken;              // prepended to every document when set
-    bool dropRemainder = true;                    // a last, short sequence is dropped
+    std::optional<int64_t> maxSamplesPerDomain; // global cap, the per-domain :N wins
+    uint64_t seed = 0; // order of documents before packing
+    std::optional<int32_t> bosToken; // prepended to every document when set
+    bool dropRemainder = true; // a last, short sequence is dropped
 };
 
 // How text sources are read into documents.
 struct TextOptions {
-    std::string textField = "text";   // field of a text JSONL record holding the document
-    bool wholeFile = false;           // a plain text file is one document, not blank-line blocks
+    std::string textField = "text"; // field of a text JSONL record holding the document
+    bool wholeFile = false; // a plain text file is one document, not blank-line blocks
 };
 
 // Format names, as recorded in the atlas (AtlasDomain.format).
-inline constexpr const char* kFormatText = "text";                  // plain text file or directory of .txt
+inline constexpr const char* kFormatText = "text"; // plain text file or directory of .txt
 inline constexpr const char* kFormatTextJsonlPrefix = "text-jsonl:"; // + the field name
 inline constexpr const char* kFormatMessagesJsonl = "messages-jsonl";
 inline constexpr const char* kFormatInputIdsJsonl = "input_ids-jsonl";
@@ -45,9 +45,9 @@ inline constexpr const char* kFormatInputIdsJsonl = "input_ids-jsonl";
 struct PackedDomain {
     std::string name;
     std::string source;
-    std::string format;                           // one of the format names above
+    std::string format; // one of the format names above
     int64_t numDocuments = 0;
-    std::vector<std::vector<int32_t>> sequences;  // each exactly seqLen tokens
+    std::vector<std::vector<int32_t>> sequences; // each exactly seqLen tokens
 };
 
 struct CalibrationSet {
@@ -65,7 +65,7 @@ struct CalibrationSet {
 // One document of a text source before tokenization.
 struct TextDocument {
     std::string text;
-    std::string origin;   // "file:line" where it starts, or the file of a whole-file document
+    std::string origin; // "file:line" where it starts, or the file of a whole-file document
 };
 
 // The format of a domain source: a directory -> "text" (its .txt files); a file ending in
@@ -88,8 +88,8 @@ std::vector<TextDocument> readTextJsonl(const std::string& path, const std::stri
 // "R: C" joined by "\n" (no chat template; see docs/calibration.md).
 std::vector<TextDocument> readMessagesJsonl(const std::string& path);
 // The documents of a text format source (any format for which isTextFormat() is true).
-std::vector<TextDocument> readTextDocuments(const std::string& path, const std::string& format,
-                                            const TextOptions& options);
+std::vector<TextDocument> readTextDocuments(
+    const std::string& path, const std::string& format, const TextOptions& options);
 
 // Documents of a JSONL file whose lines are objects with an "input_ids" array of integers.
 // Throws InputError naming file and line for: unreadable file, invalid JSON, missing or
@@ -99,21 +99,19 @@ std::vector<std::vector<int32_t>> readInputIdsJsonl(const std::string& path, int
 // Encodes each document without the tokenizer's special-token template (BOS is the packer's
 // job). Documents that encode to no token are dropped. Throws InputError naming the document's
 // origin when an id is outside [0, vocabSize) (vocabSize > 0): tokenizer and model disagree.
-std::vector<std::vector<int32_t>> tokenizeDocuments(const std::vector<TextDocument>& documents,
-                                                    const Tokenizer& tokenizer, int64_t vocabSize);
+std::vector<std::vector<int32_t>> tokenizeDocuments(
+    const std::vector<TextDocument>& documents, const Tokenizer& tokenizer, int64_t vocabSize);
 
 // Packs documents into sequences of exactly seqLen tokens (documents concatenated in an order
 // shuffled by seed, optional BOS per document). Deterministic for a given seed.
-std::vector<std::vector<int32_t>> packDocuments(std::vector<std::vector<int32_t>> documents,
-                                                const PackingOptions& options,
-                                                std::optional<int64_t> maxSequences);
+std::vector<std::vector<int32_t>> packDocuments(
+    std::vector<std::vector<int32_t>> documents, const PackingOptions& options, std::optional<int64_t> maxSequences);
 
 // Reads, tokenizes and packs every domain, each on its own. `tokenizer` may be null when no
 // domain is text; `tokenizerDescription` is recorded as CalibrationSet::tokenizer. Throws
 // InputError for a repeated domain name, a text domain without tokenizer, a BOS outside the
 // vocabulary, a domain with fewer tokens than one sequence, and any reader error.
 CalibrationSet buildCalibrationSet(const std::vector<DomainSource>& domains, const PackingOptions& packing,
-                                   const TextOptions& text, const Tokenizer* tokenizer,
-                                   const std::string& tokenizerDescription, int64_t vocabSize);
+    const TextOptions& text, const Tokenizer* tokenizer, const std::string& tokenizerDescription, int64_t vocabSize);
 
 } // namespace moeatlas

@@ -64,7 +64,7 @@ struct TokenizerImpl {
         }
         thread_local std::vector<Piece> pieces;
         pieces.clear();
-        pieces.push_back({std::string(text), atStart});
+        pieces.push_back({ std::string(text), atStart });
         preTokenizer->apply(pieces);
         for (const auto& p : pieces)
             model->tokenize(p.text, ids);
@@ -146,7 +146,10 @@ std::optional<std::string> configToken(const Json& config, const char* key)
 
 using tok::TokenizerImpl;
 
-Tokenizer::Tokenizer(std::unique_ptr<TokenizerImpl> impl) : m_impl(std::move(impl)) {}
+Tokenizer::Tokenizer(std::unique_ptr<TokenizerImpl> impl)
+    : m_impl(std::move(impl))
+{
+}
 Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 Tokenizer::~Tokenizer() = default;
@@ -169,13 +172,13 @@ Tokenizer Tokenizer::fromJson(std::string_view json, const std::string& sourceNa
         impl->normalizer = makeNormalizer(optionalMember(root, "normalizer"), rootPath / "normalizer");
         impl->preTokenizer = makePreTokenizer(optionalMember(root, "pre_tokenizer"), rootPath / "pre_tokenizer");
         impl->model = BpeModel::fromJson(member(root, "model", rootPath), rootPath / "model");
-        impl->postProcessor =
-            makePostProcessor(optionalMember(root, "post_processor"), rootPath / "post_processor");
+        impl->postProcessor = makePostProcessor(optionalMember(root, "post_processor"), rootPath / "post_processor");
         impl->decoder = makeDecoder(optionalMember(root, "decoder"), rootPath / "decoder");
         const std::vector<AddedToken> added = parseAddedTokens(root, rootPath);
         const auto* model = impl->model.get();
         const int64_t modelCount = model->vocabCount();
-        impl->added.build(added, [model](const std::string& c) { return model->tokenToId(c); }, modelCount);
+        impl->added.build(
+            added, [model](const std::string& c) { return model->tokenToId(c); }, modelCount);
         const Normalizer* normalizer = impl->normalizer.get();
         impl->added.buildTries([normalizer](const std::string& content) {
             std::string n = content;
@@ -262,7 +265,7 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skipSpecialToke
         if (!content)
             content = m_impl->model->idToToken(id);
         if (!content)
-            continue;  // unknown ids are dropped, as HF does
+            continue; // unknown ids are dropped, as HF does
         if (skipSpecialTokens && m_impl->added.isSpecialContent(*content))
             continue;
         tokens.push_back(*content);
@@ -309,8 +312,17 @@ bool Tokenizer::isSpecialToken(int32_t id) const
     return t && m_impl->added.isSpecialContent(t->content);
 }
 
-std::optional<int32_t> Tokenizer::bosTokenId() const { return m_impl->bos; }
-std::optional<int32_t> Tokenizer::eosTokenId() const { return m_impl->eos; }
-const std::string& Tokenizer::source() const { return m_impl->source; }
+std::optional<int32_t> Tokenizer::bosTokenId() const
+{
+    return m_impl->bos;
+}
+std::optional<int32_t> Tokenizer::eosTokenId() const
+{
+    return m_impl->eos;
+}
+const std::string& Tokenizer::source() const
+{
+    return m_impl->source;
+}
 
 } // namespace moeatlas

@@ -13,7 +13,9 @@
 
 namespace moeatlas {
 
-namespace tok { struct TokenizerImpl; }
+namespace tok {
+struct TokenizerImpl;
+}
 
 class Tokenizer {
 public:

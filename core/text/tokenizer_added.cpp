@@ -17,7 +17,7 @@ void TokenTrie::insert(std::string_view pattern, int32_t value)
         }
         if (child == 0) {
             child = static_cast<int32_t>(m_nodes.size());
-            m_nodes.push_back(Node{});
+            m_nodes.push_back(Node {});
             if (node == 0)
                 m_root[b] = child;
             else
@@ -26,7 +26,7 @@ void TokenTrie::insert(std::string_view pattern, int32_t value)
         node = child;
     }
     if (node != 0 && m_nodes[static_cast<std::size_t>(node)].value < 0)
-        m_nodes[static_cast<std::size_t>(node)].value = value;  // the first of equal patterns wins
+        m_nodes[static_cast<std::size_t>(node)].value = value; // the first of equal patterns wins
 }
 
 bool TokenTrie::longestAt(std::string_view text, std::size_t pos, std::size_t& end, int32_t& value) const
@@ -99,7 +99,7 @@ void AddedVocabulary::find(std::string_view text, const TokenTrie& trie, std::ve
 {
     out.clear();
     if (text.empty() || trie.empty()) {
-        out.push_back({0, text.size(), -1});
+        out.push_back({ 0, text.size(), -1 });
         return;
     }
     std::size_t startOffset = 0;
@@ -115,7 +115,7 @@ void AddedVocabulary::find(std::string_view text, const TokenTrie& trie, std::ve
             continue;
         }
         std::size_t start = pos, stop = matchEnd;
-        pos = matchEnd;  // matching resumes after the raw match, whatever lstrip/rstrip take
+        pos = matchEnd; // matching resumes after the raw match, whatever lstrip/rstrip take
         const AddedToken& token = m_byId.at(id);
         if (token.singleWord) {
             const bool startSpace = start == 0 || !isWordChar(lastChar(text.substr(0, start)));
@@ -156,12 +156,12 @@ void AddedVocabulary::find(std::string_view text, const TokenTrie& trie, std::ve
         if (stop < start)
             stop = start;
         if (startOffset < start)
-            out.push_back({startOffset, start, -1});
-        out.push_back({start, stop, id});
+            out.push_back({ startOffset, start, -1 });
+        out.push_back({ start, stop, id });
         startOffset = stop;
     }
     if (startOffset != text.size())
-        out.push_back({startOffset, text.size(), -1});
+        out.push_back({ startOffset, text.size(), -1 });
 }
 
 } // namespace moeatlas::tok

@@ -5,8 +5,8 @@
 
 #include <algorithm>
 #include <array>
-#include <optional>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -46,9 +46,9 @@ private:
     struct Node {
         int32_t value = -1;
     };
-    std::vector<Node> m_nodes{Node{}};
-    std::array<int32_t, 256> m_root{};  // root transitions (0: none)
-    std::unordered_map<uint64_t, int32_t> m_edges;  // (node << 8 | byte) -> child
+    std::vector<Node> m_nodes { Node {} };
+    std::array<int32_t, 256> m_root {}; // root transitions (0: none)
+    std::unordered_map<uint64_t, int32_t> m_edges; // (node << 8 | byte) -> child
 };
 
 class AddedVocabulary {
@@ -58,8 +58,7 @@ public:
     template <typename ModelLookup>
     void build(const std::vector<AddedToken>& tokens, ModelLookup modelId, int64_t modelVocabCount);
     // Builds the normalized-token trie with each token's normalized content.
-    template <typename Normalize>
-    void buildTries(Normalize normalize);
+    template <typename Normalize> void buildTries(Normalize normalize);
 
     void splitRaw(std::string_view text, std::vector<AddedSplit>& out) const { find(text, m_rawTrie, out); }
     void splitNormalized(std::string_view text, std::vector<AddedSplit>& out) const { find(text, m_normTrie, out); }
@@ -79,8 +78,8 @@ private:
     std::unordered_map<std::string, int32_t> m_idOf;
     std::unordered_map<int32_t, AddedToken> m_byId;
     std::unordered_map<int32_t, std::string> m_decoded;
-    std::vector<AddedToken> m_special;  // order given
-    std::vector<AddedToken> m_classic;  // non-special, order given
+    std::vector<AddedToken> m_special; // order given
+    std::vector<AddedToken> m_classic; // non-special, order given
     std::unordered_set<std::string> m_specialSet;
     TokenTrie m_rawTrie, m_normTrie;
     int64_t m_maxId = -1;
@@ -125,8 +124,7 @@ void AddedVocabulary::build(const std::vector<AddedToken>& tokens, ModelLookup m
     }
 }
 
-template <typename Normalize>
-void AddedVocabulary::buildTries(Normalize normalize)
+template <typename Normalize> void AddedVocabulary::buildTries(Normalize normalize)
 {
     auto addAll = [&](const std::vector<AddedToken>& list) {
         for (const auto& t : list) {

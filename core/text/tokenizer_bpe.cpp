@@ -9,9 +9,9 @@ namespace moeatlas::tok {
 
 namespace {
 
-constexpr std::size_t kCacheMaxWordBytes = 256;  // HF caches only words shorter than this
+constexpr std::size_t kCacheMaxWordBytes = 256; // HF caches only words shorter than this
 constexpr std::size_t kCacheCapacity = 200000;
-constexpr int64_t kMaxTokenId = (int64_t(1) << 26);  // guards the id tables against absurd ids
+constexpr int64_t kMaxTokenId = (int64_t(1) << 26); // guards the id tables against absurd ids
 
 uint64_t pairKey(int32_t a, int32_t b)
 {
@@ -36,7 +36,7 @@ void BpeModel::MergeTable::reserve(std::size_t n)
     while (cap < n * 2)
         cap <<= 1;
     m_keys.assign(cap, kEmptyKey);
-    m_values.assign(cap, MergeValue{0, 0});
+    m_values.assign(cap, MergeValue { 0, 0 });
     m_mask = cap - 1;
     m_size = 0;
 }
@@ -57,7 +57,7 @@ void BpeModel::MergeTable::insert(uint64_t key, MergeValue value)
     if (m_keys[slot] == kEmptyKey)
         ++m_size;
     m_keys[slot] = key;
-    m_values[slot] = value;  // a later duplicate merge overwrites, as HF's HashMap collect does
+    m_values[slot] = value; // a later duplicate merge overwrites, as HF's HashMap collect does
 }
 
 const BpeModel::MergeValue* BpeModel::MergeTable::find(uint64_t key) const
@@ -148,7 +148,7 @@ std::unique_ptr<BpeModel> BpeModel::fromJson(const Json& node, const JsonPath& p
         auto im = model->m_vocab.find(merged);
         if (im == model->m_vocab.end())
             here.fail("merged token \"" + merged + "\" is not in the vocabulary");
-        model->m_merges.insert(pairKey(ia->second, ib->second), {static_cast<int32_t>(rank), im->second});
+        model->m_merges.insert(pairKey(ia->second, ib->second), { static_cast<int32_t>(rank), im->second });
     }
 
     if (model->m_byteFallback) {
@@ -239,7 +239,8 @@ void BpeModel::tokenize(std::string_view word, std::vector<int32_t>& out) const
     if (cacheable) {
         std::unique_lock lock(m_cacheMutex, std::try_to_lock);
         if (lock.owns_lock() && m_cache.size() < kCacheCapacity)
-            m_cache.emplace(std::string(word), std::vector<int32_t>(out.begin() + static_cast<std::ptrdiff_t>(before), out.end()));
+            m_cache.emplace(
+                std::string(word), std::vector<int32_t>(out.begin() + static_cast<std::ptrdiff_t>(before), out.end()));
     }
 }
 
@@ -249,7 +250,7 @@ struct Symbol {
     int32_t id;
     int32_t prev;
     int32_t next;
-    uint32_t len;  // bytes of the word it covers; 0 once merged into its left neighbour
+    uint32_t len; // bytes of the word it covers; 0 once merged into its left neighbour
 };
 
 struct QueuedMerge {
@@ -278,7 +279,7 @@ void BpeModel::mergeWord(std::string_view word, std::vector<int32_t>& out) const
         const auto n = static_cast<int32_t>(symbols.size());
         if (n > 0)
             symbols.back().next = n;
-        symbols.push_back({id, n - 1, -1, static_cast<uint32_t>(len)});
+        symbols.push_back({ id, n - 1, -1, static_cast<uint32_t>(len) });
     };
 
     // Initial symbols, one per character, with HF's unk / byte-fallback rules (including that a
@@ -336,10 +337,10 @@ void BpeModel::mergeWord(std::string_view word, std::vector<int32_t>& out) const
     if (symbols.size() > 1) {
         for (std::size_t i = 0; i + 1 < symbols.size(); ++i)
             if (const MergeValue* m = m_merges.find(pairKey(symbols[i].id, symbols[i + 1].id)))
-                queue.push_back({m->rank, static_cast<int32_t>(i), m->newId});
-        std::make_heap(queue.begin(), queue.end(), MergeLater{});
+                queue.push_back({ m->rank, static_cast<int32_t>(i), m->newId });
+        std::make_heap(queue.begin(), queue.end(), MergeLater {});
         while (!queue.empty()) {
-            std::pop_heap(queue.begin(), queue.end(), MergeLater{});
+            std::pop_heap(queue.begin(), queue.end(), MergeLater {});
             const QueuedMerge top = queue.back();
             queue.pop_back();
             Symbol& cur = symbols[static_cast<std::size_t>(top.pos)];
@@ -360,15 +361,15 @@ void BpeModel::mergeWord(std::string_view word, std::vector<int32_t>& out) const
             if (cur.prev >= 0) {
                 const Symbol& prev = symbols[static_cast<std::size_t>(cur.prev)];
                 if (const MergeValue* pm = m_merges.find(pairKey(prev.id, cur.id))) {
-                    queue.push_back({pm->rank, cur.prev, pm->newId});
-                    std::push_heap(queue.begin(), queue.end(), MergeLater{});
+                    queue.push_back({ pm->rank, cur.prev, pm->newId });
+                    std::push_heap(queue.begin(), queue.end(), MergeLater {});
                 }
             }
             if (cur.next >= 0) {
                 const Symbol& next = symbols[static_cast<std::size_t>(cur.next)];
                 if (const MergeValue* nm = m_merges.find(pairKey(cur.id, next.id))) {
-                    queue.push_back({nm->rank, top.pos, nm->newId});
-                    std::push_heap(queue.begin(), queue.end(), MergeLater{});
+                    queue.push_back({ nm->rank, top.pos, nm->newId });
+                    std::push_heap(queue.begin(), queue.end(), MergeLater {});
                 }
             }
         }

@@ -18,7 +18,7 @@ namespace moeatlas::tok {
 
 struct StringHash {
     using is_transparent = void;
-    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view> {}(s); }
 };
 using TokenMap = std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>>;
 
@@ -63,13 +63,13 @@ private:
     std::vector<bool> m_hasId;
     MergeTable m_merges;
     std::optional<std::string> m_unkToken;
-    std::string m_prefix;  // continuing_subword_prefix
-    std::string m_suffix;  // end_of_word_suffix
+    std::string m_prefix; // continuing_subword_prefix
+    std::string m_suffix; // end_of_word_suffix
     bool m_fuseUnk = false;
     bool m_byteFallback = false;
     bool m_ignoreMerges = false;
-    std::vector<int32_t> m_byteFallbackIds;  // id of "<0xXX>" per byte, -1 when absent
-    std::vector<int32_t> m_smallCharIds;     // id per code point below 0x800 (-1: none), no prefix/suffix
+    std::vector<int32_t> m_byteFallbackIds; // id of "<0xXX>" per byte, -1 when absent
+    std::vector<int32_t> m_smallCharIds; // id per code point below 0x800 (-1: none), no prefix/suffix
 
     // Word cache. try_lock keeps concurrent encoders from queueing on it.
     mutable std::mutex m_cacheMutex;

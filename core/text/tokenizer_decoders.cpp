@@ -49,7 +49,10 @@ private:
 class MetaspaceDecoder final : public Decoder {
 public:
     MetaspaceDecoder(std::string replacement, bool prependFirst)
-        : m_replacement(std::move(replacement)), m_prepend(prependFirst) {}
+        : m_replacement(std::move(replacement))
+        , m_prepend(prependFirst)
+    {
+    }
     void decodeChain(std::vector<std::string>& tokens) const override
     {
         for (std::size_t i = 0; i < tokens.size(); ++i) {
@@ -76,7 +79,11 @@ private:
 
 class ReplaceDecoder final : public Decoder {
 public:
-    ReplaceDecoder(Pattern pattern, std::string content) : m_pattern(std::move(pattern)), m_content(std::move(content)) {}
+    ReplaceDecoder(Pattern pattern, std::string content)
+        : m_pattern(std::move(pattern))
+        , m_content(std::move(content))
+    {
+    }
     void decodeChain(std::vector<std::string>& tokens) const override
     {
         for (auto& t : tokens)
@@ -154,11 +161,16 @@ public:
 
 class StripDecoder final : public Decoder {
 public:
-    StripDecoder(char32_t content, std::size_t start, std::size_t stop) : m_content(content), m_start(start), m_stop(stop) {}
+    StripDecoder(char32_t content, std::size_t start, std::size_t stop)
+        : m_content(content)
+        , m_start(start)
+        , m_stop(stop)
+    {
+    }
     void decodeChain(std::vector<std::string>& tokens) const override
     {
         for (auto& t : tokens) {
-            std::vector<std::pair<std::size_t, char32_t>> chars;  // (byte offset, code point)
+            std::vector<std::pair<std::size_t, char32_t>> chars; // (byte offset, code point)
             for (std::size_t i = 0; i < t.size();) {
                 char32_t cp = 0;
                 const std::size_t n = utf8Decode(t, i, cp);
@@ -195,7 +207,10 @@ private:
 
 class SequenceDecoder final : public Decoder {
 public:
-    explicit SequenceDecoder(std::vector<std::unique_ptr<Decoder>> parts) : m_parts(std::move(parts)) {}
+    explicit SequenceDecoder(std::vector<std::unique_ptr<Decoder>> parts)
+        : m_parts(std::move(parts))
+    {
+    }
     void decodeChain(std::vector<std::string>& tokens) const override
     {
         for (const auto& p : m_parts)
@@ -228,8 +243,8 @@ std::unique_ptr<Decoder> makeDecoder(const Json& node, const JsonPath& path)
         return std::make_unique<MetaspaceDecoder>(getSingleChar(node, "replacement", path), prepend);
     }
     if (type == "Replace")
-        return std::make_unique<ReplaceDecoder>(parsePattern(member(node, "pattern", path), path / "pattern"),
-                                                getString(node, "content", path));
+        return std::make_unique<ReplaceDecoder>(
+            parsePattern(member(node, "pattern", path), path / "pattern"), getString(node, "content", path));
     if (type == "ByteFallback")
         return std::make_unique<ByteFallbackDecoder>();
     if (type == "Fuse")

@@ -16,7 +16,11 @@ using Json = nlohmann::json;
 // The location of a component inside a tokenizer.json, e.g. "pre_tokenizer.pretokenizers[1]".
 class JsonPath {
 public:
-    JsonPath(const std::string& file, std::string path) : m_file(&file), m_path(std::move(path)) {}
+    JsonPath(const std::string& file, std::string path)
+        : m_file(&file)
+        , m_path(std::move(path))
+    {
+    }
 
     JsonPath operator/(std::string_view key) const
     {
@@ -58,8 +62,8 @@ inline std::string getString(const Json& node, std::string_view key, const JsonP
     return v.get<std::string>();
 }
 
-inline std::string getStringOr(const Json& node, std::string_view key, const std::string& fallback,
-                               const JsonPath& path)
+inline std::string getStringOr(
+    const Json& node, std::string_view key, const std::string& fallback, const JsonPath& path)
 {
     if (!node.is_object() || !node.contains(key) || node[std::string(key)].is_null())
         return fallback;

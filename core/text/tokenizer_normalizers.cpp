@@ -11,7 +11,10 @@ namespace {
 
 class UnicodeNormalizer final : public Normalizer {
 public:
-    explicit UnicodeNormalizer(NormalForm form) : m_form(form) {}
+    explicit UnicodeNormalizer(NormalForm form)
+        : m_form(form)
+    {
+    }
     void normalize(std::string& text) const override { text = unicodeNormalize(text, m_form); }
 
 private:
@@ -26,7 +29,10 @@ public:
 class ReplaceNormalizer final : public Normalizer {
 public:
     ReplaceNormalizer(Pattern pattern, std::string content)
-        : m_pattern(std::move(pattern)), m_content(std::move(content)) {}
+        : m_pattern(std::move(pattern))
+        , m_content(std::move(content))
+    {
+    }
     void normalize(std::string& text) const override { text = m_pattern.replaceAll(text, m_content); }
 
 private:
@@ -36,10 +42,13 @@ private:
 
 class PrependNormalizer final : public Normalizer {
 public:
-    explicit PrependNormalizer(std::string prefix) : m_prefix(std::move(prefix)) {}
+    explicit PrependNormalizer(std::string prefix)
+        : m_prefix(std::move(prefix))
+    {
+    }
     void normalize(std::string& text) const override
     {
-        if (!text.empty())  // HF prepends nothing to an empty segment
+        if (!text.empty()) // HF prepends nothing to an empty segment
             text.insert(0, m_prefix);
     }
 
@@ -49,7 +58,11 @@ private:
 
 class StripNormalizer final : public Normalizer {
 public:
-    StripNormalizer(bool left, bool right) : m_left(left), m_right(right) {}
+    StripNormalizer(bool left, bool right)
+        : m_left(left)
+        , m_right(right)
+    {
+    }
     void normalize(std::string& text) const override
     {
         std::size_t begin = 0, end = text.size();
@@ -100,7 +113,10 @@ public:
 
 class SequenceNormalizer final : public Normalizer {
 public:
-    explicit SequenceNormalizer(std::vector<std::unique_ptr<Normalizer>> parts) : m_parts(std::move(parts)) {}
+    explicit SequenceNormalizer(std::vector<std::unique_ptr<Normalizer>> parts)
+        : m_parts(std::move(parts))
+    {
+    }
     void normalize(std::string& text) const override
     {
         for (const auto& p : m_parts)
@@ -131,13 +147,13 @@ std::unique_ptr<Normalizer> makeNormalizer(const Json& node, const JsonPath& pat
     if (type == "StripAccents")
         return std::make_unique<StripAccentsNormalizer>();
     if (type == "Replace")
-        return std::make_unique<ReplaceNormalizer>(parsePattern(member(node, "pattern", path), path / "pattern"),
-                                                   getString(node, "content", path));
+        return std::make_unique<ReplaceNormalizer>(
+            parsePattern(member(node, "pattern", path), path / "pattern"), getString(node, "content", path));
     if (type == "Prepend")
         return std::make_unique<PrependNormalizer>(getString(node, "prepend", path));
     if (type == "Strip")
-        return std::make_unique<StripNormalizer>(getBoolOr(node, "strip_left", true, path),
-                                                 getBoolOr(node, "strip_right", true, path));
+        return std::make_unique<StripNormalizer>(
+            getBoolOr(node, "strip_left", true, path), getBoolOr(node, "strip_right", true, path));
     if (type == "Sequence") {
         const Json& list = getArray(node, "normalizers", path);
         std::vector<std::unique_ptr<Normalizer>> parts;

@@ -12,9 +12,12 @@ class TemplateProcessor final : public PostProcessor {
 public:
     struct Item {
         bool isSequence = false;
-        std::vector<int32_t> ids;  // for a special token
+        std::vector<int32_t> ids; // for a special token
     };
-    explicit TemplateProcessor(std::vector<Item> items) : m_items(std::move(items)) {}
+    explicit TemplateProcessor(std::vector<Item> items)
+        : m_items(std::move(items))
+    {
+    }
 
     void process(std::vector<int32_t>& ids, bool addSpecialTokens) const override
     {
@@ -35,8 +38,8 @@ public:
             if (item.isSequence)
                 seenSequence = true;
             else
-                (seenSequence ? after : before).insert((seenSequence ? after : before).end(), item.ids.begin(),
-                                                      item.ids.end());
+                (seenSequence ? after : before)
+                    .insert((seenSequence ? after : before).end(), item.ids.begin(), item.ids.end());
         }
     }
 
@@ -46,13 +49,16 @@ private:
 
 class NoOpProcessor final : public PostProcessor {
 public:
-    void process(std::vector<int32_t>&, bool) const override {}
-    void specialIds(std::vector<int32_t>&, std::vector<int32_t>&) const override {}
+    void process(std::vector<int32_t>&, bool) const override { }
+    void specialIds(std::vector<int32_t>&, std::vector<int32_t>&) const override { }
 };
 
 class SequenceProcessor final : public PostProcessor {
 public:
-    explicit SequenceProcessor(std::vector<std::unique_ptr<PostProcessor>> parts) : m_parts(std::move(parts)) {}
+    explicit SequenceProcessor(std::vector<std::unique_ptr<PostProcessor>> parts)
+        : m_parts(std::move(parts))
+    {
+    }
     void process(std::vector<int32_t>& ids, bool addSpecialTokens) const override
     {
         for (const auto& p : m_parts)
@@ -106,13 +112,13 @@ std::unique_ptr<PostProcessor> makeTemplate(const Json& node, const JsonPath& pa
             const std::string id = getString(piece["Sequence"], "id", here / "Sequence");
             if (id != "A")
                 (here / "Sequence").fail("the single template may only hold sequence A");
-            items.push_back({true, {}});
+            items.push_back({ true, {} });
         } else if (piece.is_object() && piece.contains("SpecialToken")) {
             const std::string id = getString(piece["SpecialToken"], "id", here / "SpecialToken");
             auto it = specials.find(id);
             if (it == specials.end())
                 (here / "SpecialToken").fail("special token \"" + id + "\" is not in special_tokens");
-            items.push_back({false, it->second});
+            items.push_back({ false, it->second });
         } else {
             here.fail("expected {\"Sequence\": ...} or {\"SpecialToken\": ...}");
         }
@@ -129,13 +135,13 @@ std::unique_ptr<PostProcessor> makePostProcessor(const Json& node, const JsonPat
     const std::string type = componentType(node, path);
     if (type == "TemplateProcessing")
         return makeTemplate(node, path);
-    if (type == "ByteLevel")  // only trims offsets, which ids do not carry
+    if (type == "ByteLevel") // only trims offsets, which ids do not carry
         return std::make_unique<NoOpProcessor>();
     if (type == "RobertaProcessing" || type == "BertProcessing") {
         std::vector<TemplateProcessor::Item> items;
-        items.push_back({false, {tokenPairId(node, "cls", path)}});
-        items.push_back({true, {}});
-        items.push_back({false, {tokenPairId(node, "sep", path)}});
+        items.push_back({ false, { tokenPairId(node, "cls", path) } });
+        items.push_back({ true, {} });
+        items.push_back({ false, { tokenPairId(node, "sep", path) } });
         return std::make_unique<TemplateProcessor>(std::move(items));
     }
     if (type == "Sequence") {

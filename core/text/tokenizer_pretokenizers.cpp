@@ -10,14 +10,12 @@ namespace moeatlas::tok {
 namespace {
 
 // GPT-2's pre-tokenization regex, used by ByteLevel when use_regex is set.
-const char* const kGpt2Pattern =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+const char* const kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
-template <typename Pred>
-void charSpans(std::string_view text, Pred pred, std::vector<Span>& out)
+template <typename Pred> void charSpans(std::string_view text, Pred pred, std::vector<Span>& out)
 {
     if (text.empty()) {
-        out.push_back({0, 0, false});
+        out.push_back({ 0, 0, false });
         return;
     }
     std::size_t last = 0;
@@ -26,14 +24,14 @@ void charSpans(std::string_view text, Pred pred, std::vector<Span>& out)
         const std::size_t n = utf8Decode(text, i, cp);
         if (pred(cp)) {
             if (last < i)
-                out.push_back({last, i, false});
-            out.push_back({i, i + n, true});
+                out.push_back({ last, i, false });
+            out.push_back({ i, i + n, true });
             last = i + n;
         }
         i += n;
     }
     if (last < text.size())
-        out.push_back({last, text.size(), false});
+        out.push_back({ last, text.size(), false });
 }
 
 std::string byteLevelMap(std::string_view text)
@@ -48,7 +46,8 @@ std::string byteLevelMap(std::string_view text)
 
 class ByteLevelPreTokenizer final : public PreTokenizer {
 public:
-    ByteLevelPreTokenizer(bool addPrefixSpace, bool useRegex) : m_addPrefixSpace(addPrefixSpace)
+    ByteLevelPreTokenizer(bool addPrefixSpace, bool useRegex)
+        : m_addPrefixSpace(addPrefixSpace)
     {
         if (useRegex)
             m_regex = std::make_unique<Regex>(kGpt2Pattern);
@@ -59,7 +58,7 @@ public:
             in.text.insert(0, 1, ' ');
         if (!m_regex) {
             if (!in.text.empty())
-                out.push_back({byteLevelMap(in.text), in.atStart});
+                out.push_back({ byteLevelMap(in.text), in.atStart });
             return;
         }
         thread_local std::vector<std::pair<std::size_t, std::size_t>> matches;
@@ -70,13 +69,13 @@ public:
         const std::string_view text = in.text;
         for (const auto& [s, e] : matches) {
             if (prev < s)
-                out.push_back({byteLevelMap(text.substr(prev, s - prev)), in.atStart && prev == 0});
+                out.push_back({ byteLevelMap(text.substr(prev, s - prev)), in.atStart && prev == 0 });
             if (s < e)
-                out.push_back({byteLevelMap(text.substr(s, e - s)), in.atStart && s == 0});
+                out.push_back({ byteLevelMap(text.substr(s, e - s)), in.atStart && s == 0 });
             prev = e;
         }
         if (prev < text.size())
-            out.push_back({byteLevelMap(text.substr(prev)), in.atStart && prev == 0});
+            out.push_back({ byteLevelMap(text.substr(prev)), in.atStart && prev == 0 });
     }
 
 private:
@@ -87,7 +86,11 @@ private:
 class SplitPreTokenizer final : public PreTokenizer {
 public:
     SplitPreTokenizer(Pattern pattern, SplitBehavior behavior, bool invert)
-        : m_pattern(std::move(pattern)), m_behavior(behavior), m_invert(invert) {}
+        : m_pattern(std::move(pattern))
+        , m_behavior(behavior)
+        , m_invert(invert)
+    {
+    }
     void split(Piece&& in, std::vector<Piece>& out) const override
     {
         thread_local std::vector<Span> spans;
@@ -106,10 +109,13 @@ private:
 };
 
 // Splits on the characters `Pred` accepts (Digits, Punctuation, WhitespaceSplit, CharDelimiterSplit).
-template <typename Pred>
-class CharSplitPreTokenizer final : public PreTokenizer {
+template <typename Pred> class CharSplitPreTokenizer final : public PreTokenizer {
 public:
-    CharSplitPreTokenizer(Pred pred, SplitBehavior behavior) : m_pred(std::move(pred)), m_behavior(behavior) {}
+    CharSplitPreTokenizer(Pred pred, SplitBehavior behavior)
+        : m_pred(std::move(pred))
+        , m_behavior(behavior)
+    {
+    }
     void split(Piece&& in, std::vector<Piece>& out) const override
     {
         thread_local std::vector<Span> spans;
@@ -123,8 +129,7 @@ private:
     SplitBehavior m_behavior;
 };
 
-template <typename Pred>
-std::unique_ptr<PreTokenizer> makeCharSplit(Pred pred, SplitBehavior behavior)
+template <typename Pred> std::unique_ptr<PreTokenizer> makeCharSplit(Pred pred, SplitBehavior behavior)
 {
     return std::make_unique<CharSplitPreTokenizer<Pred>>(std::move(pred), behavior);
 }
@@ -134,7 +139,9 @@ enum class PrependScheme { First, Always, Never };
 class MetaspacePreTokenizer final : public PreTokenizer {
 public:
     MetaspacePreTokenizer(std::string replacement, PrependScheme scheme, bool split)
-        : m_replacement(std::move(replacement)), m_scheme(scheme), m_split(split)
+        : m_replacement(std::move(replacement))
+        , m_scheme(scheme)
+        , m_split(split)
     {
         utf8Decode(m_replacement, 0, m_replacementChar);
     }
@@ -153,13 +160,14 @@ public:
             text.insert(0, m_replacement);
         if (!m_split) {
             if (!text.empty())
-                out.push_back({std::move(text), in.atStart});
+                out.push_back({ std::move(text), in.atStart });
             return;
         }
         thread_local std::vector<Span> spans;
         spans.clear();
         const char32_t r = m_replacementChar;
-        charSpans(text, [r](char32_t c) { return c == r; }, spans);
+        charSpans(
+            text, [r](char32_t c) { return c == r; }, spans);
         splitBySpans(text, spans, SplitBehavior::MergedWithNext, in.atStart, out);
     }
 
@@ -172,7 +180,10 @@ private:
 
 class SequencePreTokenizer final : public PreTokenizer {
 public:
-    explicit SequencePreTokenizer(std::vector<std::unique_ptr<PreTokenizer>> parts) : m_parts(std::move(parts)) {}
+    explicit SequencePreTokenizer(std::vector<std::unique_ptr<PreTokenizer>> parts)
+        : m_parts(std::move(parts))
+    {
+    }
     void split(Piece&& in, std::vector<Piece>& out) const override
     {
         std::vector<Piece> pieces;
@@ -219,20 +230,20 @@ const std::array<std::string, 256>& byteLevelAlphabet()
     return table;
 }
 
-void splitBySpans(std::string_view text, std::vector<Span>& spans, SplitBehavior behavior, bool atStart,
-                  std::vector<Piece>& out)
+void splitBySpans(
+    std::string_view text, std::vector<Span>& spans, SplitBehavior behavior, bool atStart, std::vector<Piece>& out)
 {
     // Fold the spans per behavior exactly as HF does, then drop removed and empty pieces.
-    thread_local std::vector<std::pair<Span, bool>> cuts;  // (offsets, removed)
+    thread_local std::vector<std::pair<Span, bool>> cuts; // (offsets, removed)
     cuts.clear();
     switch (behavior) {
     case SplitBehavior::Isolated:
         for (const auto& s : spans)
-            cuts.push_back({s, false});
+            cuts.push_back({ s, false });
         break;
     case SplitBehavior::Removed:
         for (const auto& s : spans)
-            cuts.push_back({s, s.isMatch});
+            cuts.push_back({ s, s.isMatch });
         break;
     case SplitBehavior::Contiguous: {
         bool previous = false;
@@ -240,7 +251,7 @@ void splitBySpans(std::string_view text, std::vector<Span>& spans, SplitBehavior
             if (s.isMatch == previous && !cuts.empty())
                 cuts.back().first.end = s.end;
             else
-                cuts.push_back({s, false});
+                cuts.push_back({ s, false });
             previous = s.isMatch;
         }
         break;
@@ -251,7 +262,7 @@ void splitBySpans(std::string_view text, std::vector<Span>& spans, SplitBehavior
             if (s.isMatch && !previous && !cuts.empty())
                 cuts.back().first.end = s.end;
             else
-                cuts.push_back({s, false});
+                cuts.push_back({ s, false });
             previous = s.isMatch;
         }
         break;
@@ -262,7 +273,7 @@ void splitBySpans(std::string_view text, std::vector<Span>& spans, SplitBehavior
             if (it->isMatch && !previous && !cuts.empty())
                 cuts.back().first.start = it->start;
             else
-                cuts.push_back({*it, false});
+                cuts.push_back({ *it, false });
             previous = it->isMatch;
         }
         std::reverse(cuts.begin(), cuts.end());
@@ -272,7 +283,7 @@ void splitBySpans(std::string_view text, std::vector<Span>& spans, SplitBehavior
     for (const auto& [s, removed] : cuts) {
         if (removed || s.start == s.end)
             continue;
-        out.push_back({std::string(text.substr(s.start, s.end - s.start)), atStart && s.start == 0});
+        out.push_back({ std::string(text.substr(s.start, s.end - s.start)), atStart && s.start == 0 });
     }
 }
 
@@ -291,16 +302,16 @@ std::unique_ptr<PreTokenizer> makePreTokenizer(const Json& node, const JsonPath&
         return nullptr;
     const std::string type = componentType(node, path);
     if (type == "ByteLevel")
-        return std::make_unique<ByteLevelPreTokenizer>(getBoolOr(node, "add_prefix_space", true, path),
-                                                       getBoolOr(node, "use_regex", true, path));
+        return std::make_unique<ByteLevelPreTokenizer>(
+            getBoolOr(node, "add_prefix_space", true, path), getBoolOr(node, "use_regex", true, path));
     if (type == "Split") {
         return std::make_unique<SplitPreTokenizer>(parsePattern(member(node, "pattern", path), path / "pattern"),
-                                                   parseBehavior(node, path), getBoolOr(node, "invert", false, path));
+            parseBehavior(node, path), getBoolOr(node, "invert", false, path));
     }
     if (type == "Digits") {
         const bool individual = getBoolOr(node, "individual_digits", false, path);
-        return makeCharSplit([](char32_t c) { return isNumeric(c); },
-                             individual ? SplitBehavior::Isolated : SplitBehavior::Contiguous);
+        return makeCharSplit(
+            [](char32_t c) { return isNumeric(c); }, individual ? SplitBehavior::Isolated : SplitBehavior::Contiguous);
     }
     if (type == "Punctuation") {
         const SplitBehavior b = node.contains("behavior") ? parseBehavior(node, path) : SplitBehavior::Isolated;

@@ -20,8 +20,8 @@ struct Piece {
 enum class SplitBehavior { Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous };
 
 // Cuts `text` at `spans` as HF NormalizedString::split does; empty pieces are dropped.
-void splitBySpans(std::string_view text, std::vector<Span>& spans, SplitBehavior behavior, bool atStart,
-                  std::vector<Piece>& out);
+void splitBySpans(
+    std::string_view text, std::vector<Span>& spans, SplitBehavior behavior, bool atStart, std::vector<Piece>& out);
 
 class PreTokenizer {
 public:

@@ -86,12 +86,12 @@ Regex::Regex(const std::string& pattern)
     int errorCode = 0;
     PCRE2_SIZE errorOffset = 0;
     pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(),
-                                     PCRE2_UTF | PCRE2_UCP, &errorCode, &errorOffset, nullptr);
+        PCRE2_UTF | PCRE2_UCP, &errorCode, &errorOffset, nullptr);
     if (!code) {
         PCRE2_UCHAR buffer[256];
         pcre2_get_error_message(errorCode, buffer, sizeof buffer);
-        throw std::invalid_argument("invalid regex at offset " + std::to_string(errorOffset) + ": "
-                                    + reinterpret_cast<const char*>(buffer));
+        throw std::invalid_argument(
+            "invalid regex at offset " + std::to_string(errorOffset) + ": " + reinterpret_cast<const char*>(buffer));
     }
     m_code = code;
     m_jit = pcre2_jit_compile(code, PCRE2_JIT_COMPLETE) == 0;
@@ -113,8 +113,7 @@ void Regex::findAll(std::string_view subject, std::vector<std::pair<std::size_t,
         int rc = m_jit ? pcre2_jit_match(code, data, subject.size(), searchFrom, 0, md, nullptr)
                        : pcre2_match(code, data, subject.size(), searchFrom, PCRE2_NO_UTF_CHECK, md, nullptr);
         if (rc == PCRE2_ERROR_JIT_STACKLIMIT)
-            rc = pcre2_match(code, data, subject.size(), searchFrom, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md,
-                             nullptr);
+            rc = pcre2_match(code, data, subject.size(), searchFrom, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md, nullptr);
         if (rc == PCRE2_ERROR_NOMATCH)
             return;
         if (rc < 0 && rc != 0) {
@@ -130,7 +129,7 @@ void Regex::findAll(std::string_view subject, std::vector<std::pair<std::size_t,
                 return;
             std::size_t step = 1;
             while (searchFrom + step < subject.size()
-                   && (static_cast<unsigned char>(subject[searchFrom + step]) & 0xC0) == 0x80)
+                && (static_cast<unsigned char>(subject[searchFrom + step]) & 0xC0) == 0x80)
                 ++step;
             searchFrom += step;
             continue;
@@ -144,7 +143,7 @@ void Regex::findAll(std::string_view subject, std::vector<std::pair<std::size_t,
 void Regex::findSpans(std::string_view subject, std::vector<Span>& out) const
 {
     if (subject.empty()) {
-        out.push_back({0, 0, false});
+        out.push_back({ 0, 0, false });
         return;
     }
     thread_local std::vector<std::pair<std::size_t, std::size_t>> matches;
@@ -153,12 +152,12 @@ void Regex::findSpans(std::string_view subject, std::vector<Span>& out) const
     std::size_t prev = 0;
     for (const auto& [s, e] : matches) {
         if (prev != s)
-            out.push_back({prev, s, false});
-        out.push_back({s, e, true});
+            out.push_back({ prev, s, false });
+        out.push_back({ s, e, true });
         prev = e;
     }
     if (prev != subject.size())
-        out.push_back({prev, subject.size(), false});
+        out.push_back({ prev, subject.size(), false });
 }
 
 std::string escapeRegex(std::string_view literal)
@@ -214,18 +213,18 @@ void Pattern::findSpans(std::string_view subject, std::vector<Span>& out) const
         return;
     }
     if (subject.empty() || m_literal.empty()) {
-        out.push_back({0, subject.size(), false});
+        out.push_back({ 0, subject.size(), false });
         return;
     }
     std::size_t prev = 0, pos = 0;
     while ((pos = subject.find(m_literal, prev)) != std::string_view::npos) {
         if (pos != prev)
-            out.push_back({prev, pos, false});
-        out.push_back({pos, pos + m_literal.size(), true});
+            out.push_back({ prev, pos, false });
+        out.push_back({ pos, pos + m_literal.size(), true });
         prev = pos + m_literal.size();
     }
     if (prev != subject.size())
-        out.push_back({prev, subject.size(), false});
+        out.push_back({ prev, subject.size(), false });
 }
 
 std::string Pattern::replaceAll(std::string_view subject, std::string_view content) const

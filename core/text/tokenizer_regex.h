@@ -35,7 +35,7 @@ public:
     static std::string translate(const std::string& pattern);
 
 private:
-    void* m_code = nullptr;  // pcre2_code_8*, kept out of this header
+    void* m_code = nullptr; // pcre2_code_8*, kept out of this header
     bool m_jit = false;
 };
 

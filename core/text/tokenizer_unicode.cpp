@@ -140,15 +140,15 @@ bool isWordChar(char32_t c)
     const auto u = static_cast<UChar32>(c);
     const auto t = u_charType(u);
     return u_hasBinaryProperty(u, UCHAR_ALPHABETIC) || t == U_NON_SPACING_MARK || t == U_ENCLOSING_MARK
-           || t == U_COMBINING_SPACING_MARK || t == U_DECIMAL_DIGIT_NUMBER || t == U_CONNECTOR_PUNCTUATION
-           || u_hasBinaryProperty(u, UCHAR_JOIN_CONTROL);
+        || t == U_COMBINING_SPACING_MARK || t == U_DECIMAL_DIGIT_NUMBER || t == U_CONNECTOR_PUNCTUATION
+        || u_hasBinaryProperty(u, UCHAR_JOIN_CONTROL);
 }
 
 bool isPunctuation(char32_t c)
 {
     if (c < 0x80)
         return (c >= 0x21 && c <= 0x2F) || (c >= 0x3A && c <= 0x40) || (c >= 0x5B && c <= 0x60)
-               || (c >= 0x7B && c <= 0x7E);
+            || (c >= 0x7B && c <= 0x7E);
     return u_ispunct(static_cast<UChar32>(c));
 }
 
@@ -230,14 +230,22 @@ std::string unicodeNormalize(std::string_view s, NormalForm form)
             break;
         }
     if (ascii)
-        return std::string(s);  // every form leaves ASCII unchanged
+        return std::string(s); // every form leaves ASCII unchanged
     UErrorCode status = U_ZERO_ERROR;
     const UNormalizer2* norm = nullptr;
     switch (form) {
-    case NormalForm::Nfc: norm = unorm2_getNFCInstance(&status); break;
-    case NormalForm::Nfd: norm = unorm2_getNFDInstance(&status); break;
-    case NormalForm::Nfkc: norm = unorm2_getNFKCInstance(&status); break;
-    case NormalForm::Nfkd: norm = unorm2_getNFKDInstance(&status); break;
+    case NormalForm::Nfc:
+        norm = unorm2_getNFCInstance(&status);
+        break;
+    case NormalForm::Nfd:
+        norm = unorm2_getNFDInstance(&status);
+        break;
+    case NormalForm::Nfkc:
+        norm = unorm2_getNFKCInstance(&status);
+        break;
+    case NormalForm::Nfkd:
+        norm = unorm2_getNFKDInstance(&status);
+        break;
     }
     if (U_FAILURE(status))
         throw std::runtime_error("ICU normalizer unavailable");
@@ -246,8 +254,7 @@ std::string unicodeNormalize(std::string_view s, NormalForm form)
     for (;;) {
         status = U_ZERO_ERROR;
         const int32_t n = unorm2_normalize(norm, reinterpret_cast<const UChar*>(src.data()),
-                                           static_cast<int32_t>(src.size()), dst.data(),
-                                           static_cast<int32_t>(dst.size()), &status);
+            static_cast<int32_t>(src.size()), dst.data(), static_cast<int32_t>(dst.size()), &status);
         if (status == U_BUFFER_OVERFLOW_ERROR) {
             dst.resize(static_cast<std::size_t>(n) + 16);
             continue;

@@ -22,12 +22,11 @@ inline std::size_t utf8Decode(std::string_view s, std::size_t i, char32_t& cp)
     }
     if (b0 < 0xF0) {
         cp = (char32_t(b0 & 0x0F) << 12) | (char32_t(static_cast<unsigned char>(s[i + 1]) & 0x3F) << 6)
-             | (static_cast<unsigned char>(s[i + 2]) & 0x3F);
+            | (static_cast<unsigned char>(s[i + 2]) & 0x3F);
         return 3;
     }
     cp = (char32_t(b0 & 0x07) << 18) | (char32_t(static_cast<unsigned char>(s[i + 1]) & 0x3F) << 12)
-         | (char32_t(static_cast<unsigned char>(s[i + 2]) & 0x3F) << 6)
-         | (static_cast<unsigned char>(s[i + 3]) & 0x3F);
+        | (char32_t(static_cast<unsigned char>(s[i + 2]) & 0x3F) << 6) | (static_cast<unsigned char>(s[i + 3]) & 0x3F);
     return 4;
 }
 

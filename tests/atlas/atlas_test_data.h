@@ -23,31 +23,28 @@ struct AtlasTestData {
 };
 
 // numSequences sequences of seqLen tokens; the first 3/5 (rounded) belong to domain 0.
-inline AtlasTestData makeTestData(int64_t seqLen = 500, int64_t numSequences = 5,
-                                  int numExperts = 8, int topK = 2)
+inline AtlasTestData makeTestData(int64_t seqLen = 500, int64_t numSequences = 5, int numExperts = 8, int topK = 2)
 {
     AtlasTestData d;
     d.model.checkpointPath = "/models/tiny-moe";
     d.model.configSha256 = "3f2a9c0e5b7d41e6a8c1f0d2b3e4a5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2";
     d.model.modelType = "mixtral";
     d.model.numLayers = 4;
-    d.model.moeLayers = {1, 3};
+    d.model.moeLayers = { 1, 3 };
     d.model.numExperts = numExperts;
     d.model.topK = topK;
     d.model.hiddenSize = 16;
-    d.model.configJson =
-        R"({"model_type": "mixtral", "num_local_experts": 8, "name": "tiny \u00e9"})";
+    d.model.configJson = R"({"model_type": "mixtral", "num_local_experts": 8, "name": "tiny \u00e9"})";
 
     const int64_t domain0 = (numSequences * 3 + 4) / 5;
     d.calibration.seqLen = seqLen;
-    d.calibration.seed = 9223372036854775813ull;   // above INT64_MAX: checks uint64 storage
+    d.calibration.seed = 9223372036854775813ull; // above INT64_MAX: checks uint64 storage
     d.calibration.packing = "concat documents, seq_len 500, drop remainder";
     d.calibration.device = "cpu";
     d.calibration.computeDtype = "float32";
     d.calibration.domains = {
-        {"code", "/data/code.jsonl", "input_ids-jsonl", domain0, domain0 * seqLen},
-        {"prose \u00e9", "/data/prose.txt", "text", numSequences - domain0,
-         (numSequences - domain0) * seqLen},
+        { "code", "/data/code.jsonl", "input_ids-jsonl", domain0, domain0 * seqLen },
+        { "prose \u00e9", "/data/prose.txt", "text", numSequences - domain0, (numSequences - domain0) * seqLen },
     };
 
     const int64_t numTokens = seqLen * numSequences;
@@ -64,9 +61,8 @@ inline AtlasTestData makeTestData(int64_t seqLen = 500, int64_t numSequences = 5
 // the first MoE layer (experts 0..7).
 inline const std::vector<float>& specialLogits()
 {
-    static const std::vector<float> values = {
-        65504.0f, 70000.0f, 1e-8f, -0.0f, std::numeric_limits<float>::infinity(),
-        -std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN(), 3e-5f};
+    static const std::vector<float> values = { 65504.0f, 70000.0f, 1e-8f, -0.0f, std::numeric_limits<float>::infinity(),
+        -std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN(), 3e-5f };
     return values;
 }
 
@@ -95,7 +91,7 @@ inline float testExpertNorm(int layer, int64_t t, int slot)
 
 inline std::vector<int64_t> testHiddenIndices(int64_t numTokens)
 {
-    return {0, 17, numTokens / 2, numTokens - 1};
+    return { 0, 17, numTokens / 2, numTokens - 1 };
 }
 
 inline float testHiddenValue(int layer, int64_t i, int64_t h)
@@ -110,8 +106,7 @@ struct TestBlock {
     RouterBlock block;
 };
 
-inline TestBlock makeTestBlock(const AtlasModelInfo& model, int layer, int64_t begin,
-                               int64_t count, bool withNorms)
+inline TestBlock makeTestBlock(const AtlasModelInfo& model, int layer, int64_t begin, int64_t count, bool withNorms)
 {
     TestBlock b;
     const int e = model.numExperts, k = model.topK;
@@ -124,14 +119,13 @@ inline TestBlock makeTestBlock(const AtlasModelInfo& model, int layer, int64_t b
             b.norms.push_back(testExpertNorm(layer, t, j));
         }
     }
-    b.block = {layer, begin, count, e, k, b.logits.data(), b.ids.data(), b.weights.data(),
-               withNorms ? b.norms.data() : nullptr};
+    b.block = { layer, begin, count, e, k, b.logits.data(), b.ids.data(), b.weights.data(),
+        withNorms ? b.norms.data() : nullptr };
     return b;
 }
 
 // Writes a whole layer in blocks of blockTokens, in a shuffled order (fixed seed).
-inline void writeTestLayer(AtlasFile& atlas, int layer, int64_t blockTokens = 300,
-                           uint32_t orderSeed = 7)
+inline void writeTestLayer(AtlasFile& atlas, int layer, int64_t blockTokens = 300, uint32_t orderSeed = 7)
 {
     const int64_t numTokens = atlas.numTokens();
     std::vector<int64_t> starts;
@@ -139,9 +133,8 @@ inline void writeTestLayer(AtlasFile& atlas, int layer, int64_t blockTokens = 30
         starts.push_back(b);
     std::shuffle(starts.begin(), starts.end(), std::mt19937(orderSeed));
     for (int64_t b : starts) {
-        const TestBlock block = makeTestBlock(atlas.model(), layer, b,
-                                              std::min(blockTokens, numTokens - b),
-                                              atlas.options().storeExpertNorms);
+        const TestBlock block = makeTestBlock(
+            atlas.model(), layer, b, std::min(blockTokens, numTokens - b), atlas.options().storeExpertNorms);
         atlas.writeRouterBlock(block.block);
     }
 }

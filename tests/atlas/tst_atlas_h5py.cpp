@@ -29,8 +29,7 @@ void TstAtlasH5py::h5pyReadsTheDocumentedSchema()
     const fs::path root = dir.path().toStdString();
     const AtlasTestData d = makeTestData();
     auto create = [&](const fs::path& path, const AtlasCreateOptions& options) {
-        return AtlasFile::create(path, d.model, d.calibration, d.tokens, d.domainIds,
-                                 d.seqOffsets, options);
+        return AtlasFile::create(path, d.model, d.calibration, d.tokens, d.domainIds, d.seqOffsets, options);
     };
 
     AtlasCreateOptions full;
@@ -67,14 +66,12 @@ void TstAtlasH5py::h5pyReadsTheDocumentedSchema()
         atlas.markLayerComplete(1);
         const TestBlock block = makeTestBlock(d.model, 3, 0, 700, false);
         atlas.writeRouterBlock(block.block);
-    }   // left unfinished
+    } // left unfinished
 
-    const ProcessResult result = runPython(
-        QStringLiteral("tests/atlas/read_atlas.py"),
-        {QStringLiteral("--full"), QString::fromStdString((root / "full.h5").string()),
-         QStringLiteral("--half"), QString::fromStdString((root / "half.h5").string()),
-         QStringLiteral("--partial"),
-         QString::fromStdString((root / "partial.h5.partial").string())});
+    const ProcessResult result = runPython(QStringLiteral("tests/atlas/read_atlas.py"),
+        { QStringLiteral("--full"), QString::fromStdString((root / "full.h5").string()), QStringLiteral("--half"),
+            QString::fromStdString((root / "half.h5").string()), QStringLiteral("--partial"),
+            QString::fromStdString((root / "partial.h5.partial").string()) });
     if (result.exitCode != 0)
         qWarning().noquote() << result.stdOut << result.stdErr;
     QCOMPARE(result.exitCode, 0);

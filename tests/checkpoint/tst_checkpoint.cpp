@@ -36,26 +36,24 @@ bool sameBytes(std::span<const std::byte> a, const std::vector<std::byte>& b)
     return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size()) == 0);
 }
 
-
-
 std::string tensorName(int i)
 {
     return "model.layers." + std::to_string(i) + ".mlp.experts.0.w1.weight";
 }
 
 // Writes `count` F32 tensors of `elems[i]` elements each; returns their bytes.
-std::vector<std::vector<std::byte>> writeCheckpoint(const fs::path& dir, const std::vector<int64_t>& elems,
-                                                    uint64_t maxShardBytes)
+std::vector<std::vector<std::byte>> writeCheckpoint(
+    const fs::path& dir, const std::vector<int64_t>& elems, uint64_t maxShardBytes)
 {
     std::vector<std::vector<std::byte>> data;
-    CheckpointWriter w(dir, {.maxShardBytes = maxShardBytes});
+    CheckpointWriter w(dir, { .maxShardBytes = maxShardBytes });
     for (std::size_t i = 0; i < elems.size(); ++i)
-        w.declare(tensorName(static_cast<int>(i)), DType::F32, {elems[i]});
+        w.declare(tensorName(static_cast<int>(i)), DType::F32, { elems[i] });
     for (std::size_t i = 0; i < elems.size(); ++i) {
         data.push_back(pattern(static_cast<std::size_t>(elems[i]) * 4, static_cast<unsigned>(i)));
         w.write(tensorName(static_cast<int>(i)), data.back());
     }
-    w.setConfig({{"model_type", "mixtral"}, {"hidden_size", 16}});
+    w.setConfig({ { "model_type", "mixtral" }, { "hidden_size", 16 } });
     w.addFile("generation_config.json", "{}\n");
     w.finish();
     return data;
@@ -86,17 +84,17 @@ private Q_SLOTS:
 
 void TstCheckpoint::sharding_data()
 {
-    QTest::addColumn<std::vector<int64_t>>("elems");   // F32 element counts, in order
+    QTest::addColumn<std::vector<int64_t>>("elems"); // F32 element counts, in order
     QTest::addColumn<qulonglong>("maxShardBytes");
-    QTest::addColumn<std::vector<int>>("shardOf");    // expected shard (0-based) of each tensor
+    QTest::addColumn<std::vector<int>>("shardOf"); // expected shard (0-based) of each tensor
 
-    QTest::newRow("two per shard") << std::vector<int64_t>{16, 16, 16, 16, 16, 16} << 150ull
-                                   << std::vector<int>{0, 0, 1, 1, 2, 2};
-    QTest::newRow("exact fit") << std::vector<int64_t>{16, 16, 16, 16} << 128ull << std::vector<int>{0, 0, 1, 1};
-    QTest::newRow("oversized tensor alone") << std::vector<int64_t>{4, 100, 4, 4} << 64ull
-                                            << std::vector<int>{0, 1, 2, 2};
-    QTest::newRow("oversized first") << std::vector<int64_t>{100, 4} << 64ull << std::vector<int>{0, 1};
-    QTest::newRow("empty tensors") << std::vector<int64_t>{16, 0, 16, 0} << 64ull << std::vector<int>{0, 0, 1, 1};
+    QTest::newRow("two per shard") << std::vector<int64_t> { 16, 16, 16, 16, 16, 16 } << 150ull
+                                   << std::vector<int> { 0, 0, 1, 1, 2, 2 };
+    QTest::newRow("exact fit") << std::vector<int64_t> { 16, 16, 16, 16 } << 128ull << std::vector<int> { 0, 0, 1, 1 };
+    QTest::newRow("oversized tensor alone")
+        << std::vector<int64_t> { 4, 100, 4, 4 } << 64ull << std::vector<int> { 0, 1, 2, 2 };
+    QTest::newRow("oversized first") << std::vector<int64_t> { 100, 4 } << 64ull << std::vector<int> { 0, 1 };
+    QTest::newRow("empty tensors") << std::vector<int64_t> { 16, 0, 16, 0 } << 64ull << std::vector<int> { 0, 0, 1, 1 };
 }
 
 void TstCheckpoint::sharding()
@@ -141,7 +139,7 @@ void TstCheckpoint::sharding()
     for (std::size_t i = 0; i < elems.size(); ++i) {
         const std::string name = tensorName(static_cast<int>(i));
         QVERIFY(ck.contains(name));
-        QCOMPARE(ck.info(name).shape, std::vector<int64_t>{elems[i]});
+        QCOMPARE(ck.info(name).shape, std::vector<int64_t> { elems[i] });
         QCOMPARE(ck.fileOf(name).path().filename().string(), shardName(shardOf[i]));
         QVERIFY(sameBytes(ck.bytes(name), data[i]));
         ck.release(name);
@@ -157,7 +155,7 @@ void TstCheckpoint::singleShardHasNoIndex()
 {
     QTemporaryDir tmp;
     const fs::path dir = fs::path(tmp.path().toStdString()) / "single";
-    const auto data = writeCheckpoint(dir, {16, 8}, 1 << 20);
+    const auto data = writeCheckpoint(dir, { 16, 8 }, 1 << 20);
     QVERIFY(fs::is_regular_file(dir / "model.safetensors"));
     QVERIFY(!fs::exists(dir / "model.safetensors.index.json"));
     Checkpoint ck(dir);
@@ -165,7 +163,8 @@ void TstCheckpoint::singleShardHasNoIndex()
     QVERIFY(sameBytes(ck.bytes(tensorName(1)), data[1]));
     QCOMPARE(ck.fileOf(tensorName(0)).metadata().at("format"), std::string("pt"));
     // transformers' formatting: indent 2, sorted keys, trailing newline.
-    QCOMPARE(readText(dir / "config.json"), std::string("{\n  \"hidden_size\": 16,\n  \"model_type\": \"mixtral\"\n}\n"));
+    QCOMPARE(
+        readText(dir / "config.json"), std::string("{\n  \"hidden_size\": 16,\n  \"model_type\": \"mixtral\"\n}\n"));
 }
 
 void TstCheckpoint::damaged_data()
@@ -174,28 +173,32 @@ void TstCheckpoint::damaged_data()
     QTest::addColumn<QStringList>("expected");
 
     QTest::newRow("missing shard") << QStringLiteral("remove-shard")
-                                   << QStringList{QStringLiteral("model-00002-of-00003.safetensors"),
-                                                  QStringLiteral("model.safetensors.index.json"),
-                                                  QStringLiteral("does not exist")};
-    QTest::newRow("tensor absent from its shard")
-        << QStringLiteral("phantom-tensor")
-        << QStringList{QStringLiteral("'model.layers.99.ghost.weight'"), QStringLiteral("model-00001-of-00003.safetensors")};
-    QTest::newRow("missing config.json") << QStringLiteral("remove-config") << QStringList{QStringLiteral("config.json")};
-    QTest::newRow("config.json not JSON") << QStringLiteral("bad-config")
-                                          << QStringList{QStringLiteral("config.json"), QStringLiteral("not valid JSON")};
+                                   << QStringList { QStringLiteral("model-00002-of-00003.safetensors"),
+                                          QStringLiteral("model.safetensors.index.json"),
+                                          QStringLiteral("does not exist") };
+    QTest::newRow("tensor absent from its shard") << QStringLiteral("phantom-tensor")
+                                                  << QStringList { QStringLiteral("'model.layers.99.ghost.weight'"),
+                                                         QStringLiteral("model-00001-of-00003.safetensors") };
+    QTest::newRow("missing config.json") << QStringLiteral("remove-config")
+                                         << QStringList { QStringLiteral("config.json") };
+    QTest::newRow("config.json not JSON") << QStringLiteral(
+        "bad-config") << QStringList { QStringLiteral("config.json"), QStringLiteral("not valid JSON") };
     QTest::newRow("malformed index") << QStringLiteral("bad-index")
-                                     << QStringList{QStringLiteral("model.safetensors.index.json"), QStringLiteral("not valid JSON")};
-    QTest::newRow("index without weight_map") << QStringLiteral("no-weight-map")
-                                              << QStringList{QStringLiteral("model.safetensors.index.json"), QStringLiteral("weight_map")};
-    QTest::newRow("index entry not a string") << QStringLiteral("bad-entry")
-                                              << QStringList{QStringLiteral("weight_map"), QString::fromStdString(tensorName(0))};
-    QTest::newRow("shard escapes directory") << QStringLiteral("escape")
-                                             << QStringList{QStringLiteral("../evil.safetensors")};
-    QTest::newRow("no weights at all") << QStringLiteral("remove-index")
-                                       << QStringList{QStringLiteral("neither model.safetensors nor model.safetensors.index.json")};
+                                     << QStringList { QStringLiteral("model.safetensors.index.json"),
+                                            QStringLiteral("not valid JSON") };
+    QTest::newRow("index without weight_map")
+        << QStringLiteral("no-weight-map")
+        << QStringList { QStringLiteral("model.safetensors.index.json"), QStringLiteral("weight_map") };
+    QTest::newRow("index entry not a string") << QStringLiteral(
+        "bad-entry") << QStringList { QStringLiteral("weight_map"), QString::fromStdString(tensorName(0)) };
+    QTest::newRow("shard escapes directory")
+        << QStringLiteral("escape") << QStringList { QStringLiteral("../evil.safetensors") };
+    QTest::newRow("no weights at all") << QStringLiteral(
+        "remove-index") << QStringList { QStringLiteral("neither model.safetensors nor model.safetensors.index.json") };
     QTest::newRow("corrupt shard") << QStringLiteral("truncate-shard")
-                                   << QStringList{QStringLiteral("model-00003-of-00003.safetensors")};
-    QTest::newRow("missing directory") << QStringLiteral("remove-dir") << QStringList{QStringLiteral("does not exist")};
+                                   << QStringList { QStringLiteral("model-00003-of-00003.safetensors") };
+    QTest::newRow("missing directory") << QStringLiteral("remove-dir")
+                                       << QStringList { QStringLiteral("does not exist") };
 }
 
 void TstCheckpoint::damaged()
@@ -204,7 +207,7 @@ void TstCheckpoint::damaged()
     QFETCH(QStringList, expected);
     QTemporaryDir tmp;
     const fs::path dir = fs::path(tmp.path().toStdString()) / "ckpt";
-    writeCheckpoint(dir, {16, 16, 16, 16, 16, 16}, 150);
+    writeCheckpoint(dir, { 16, 16, 16, 16, 16, 16 }, 150);
     const fs::path indexPath = dir / "model.safetensors.index.json";
     auto index = nlohmann::json::parse(readText(indexPath));
 
@@ -241,15 +244,15 @@ void TstCheckpoint::damaged()
     QVERIFY2(!message.isNull(), "no InputError thrown");
     QVERIFY2(message.contains(QString::fromStdString(dir.string())), qPrintable(message));
     for (const QString& fragment : expected)
-        QVERIFY2(message.contains(fragment), qPrintable(QStringLiteral("missing '") + fragment
-                                                         + QStringLiteral("' in: ") + message));
+        QVERIFY2(message.contains(fragment),
+            qPrintable(QStringLiteral("missing '") + fragment + QStringLiteral("' in: ") + message));
 }
 
 void TstCheckpoint::missingTensorLookup()
 {
     QTemporaryDir tmp;
     const fs::path dir = fs::path(tmp.path().toStdString()) / "ckpt";
-    writeCheckpoint(dir, {4}, 1 << 20);
+    writeCheckpoint(dir, { 4 }, 1 << 20);
     Checkpoint ck(dir);
     QVERIFY(!ck.contains("lm_head.weight"));
     const QString message = inputErrorOf([&] { (void)ck.info("lm_head.weight"); });
@@ -265,46 +268,48 @@ void TstCheckpoint::refusesNonEmptyDirectory()
     writeText(dir / "keep.txt", "mine");
     const QString message = inputErrorOf([&] { CheckpointWriter w(dir); });
     QVERIFY2(message.contains(QString::fromStdString(dir.string())) && message.contains(QStringLiteral("not empty")),
-             qPrintable(message));
+        qPrintable(message));
     QCOMPARE(readText(dir / "keep.txt"), std::string("mine"));
     QVERIFY(!fs::exists(fs::path(dir.string() + ".partial")));
 
     // An existing empty directory is fine.
     const fs::path empty = fs::path(tmp.path().toStdString()) / "empty";
     fs::create_directories(empty);
-    writeCheckpoint(empty, {4}, 1 << 20);
+    writeCheckpoint(empty, { 4 }, 1 << 20);
     QVERIFY(fs::is_regular_file(empty / "model.safetensors"));
 
     // A parent that does not exist.
-    QVERIFY(!inputErrorOf([&] { CheckpointWriter w(fs::path(tmp.path().toStdString()) / "no" / "such" / "out"); }).isNull());
+    QVERIFY(!inputErrorOf([&] {
+        CheckpointWriter w(fs::path(tmp.path().toStdString()) / "no" / "such" / "out");
+    }).isNull());
 }
 
 void TstCheckpoint::overwriteReplacesOnlyAtFinish()
 {
     QTemporaryDir tmp;
     const fs::path dir = fs::path(tmp.path().toStdString()) / "out";
-    writeCheckpoint(dir, {16, 16, 16}, 100);  // sharded old output
+    writeCheckpoint(dir, { 16, 16, 16 }, 100); // sharded old output
     {
-        CheckpointWriter w(dir, {.maxShardBytes = 1 << 20, .overwrite = true});
-        w.declare("x", DType::U8, {3});
+        CheckpointWriter w(dir, { .maxShardBytes = 1 << 20, .overwrite = true });
+        w.declare("x", DType::U8, { 3 });
         w.write("x", pattern(3, 0));
-        w.setConfig({{"model_type", "olmoe"}});
-        QVERIFY(fs::exists(dir / "model.safetensors.index.json"));  // old output untouched so far
+        w.setConfig({ { "model_type", "olmoe" } });
+        QVERIFY(fs::exists(dir / "model.safetensors.index.json")); // old output untouched so far
         w.finish();
     }
     QVERIFY(!fs::exists(dir / "model.safetensors.index.json"));
     QVERIFY(!fs::exists(fs::path(dir.string() + ".partial")));
     Checkpoint ck(dir);
-    QCOMPARE(ck.names(), std::vector<std::string>{"x"});
+    QCOMPARE(ck.names(), std::vector<std::string> { "x" });
     QCOMPARE(ck.config().at("model_type").get<std::string>(), std::string("olmoe"));
 
     // Without finish() an overwrite leaves the old output as it was.
     {
-        CheckpointWriter w(dir, {.overwrite = true});
-        w.declare("y", DType::U8, {1});
+        CheckpointWriter w(dir, { .overwrite = true });
+        w.declare("y", DType::U8, { 1 });
         w.write("y", pattern(1, 0));
     }
-    QCOMPARE(Checkpoint(dir).names(), std::vector<std::string>{"x"});
+    QCOMPARE(Checkpoint(dir).names(), std::vector<std::string> { "x" });
 }
 
 void TstCheckpoint::destroyedBeforeFinishLeavesNothing()
@@ -312,11 +317,11 @@ void TstCheckpoint::destroyedBeforeFinishLeavesNothing()
     QTemporaryDir tmp;
     const fs::path dir = fs::path(tmp.path().toStdString()) / "never";
     {
-        CheckpointWriter w(dir, {.maxShardBytes = 8});
-        w.declare("a", DType::F32, {2});
-        w.declare("b", DType::F32, {2});
+        CheckpointWriter w(dir, { .maxShardBytes = 8 });
+        w.declare("a", DType::F32, { 2 });
+        w.declare("b", DType::F32, { 2 });
         w.write("a", pattern(8, 0));
-        w.write("b", pattern(8, 1));   // first shard already finished inside the partial dir
+        w.write("b", pattern(8, 1)); // first shard already finished inside the partial dir
         QVERIFY(fs::is_directory(fs::path(dir.string() + ".partial")));
     }
     QVERIFY(!fs::exists(dir));
@@ -328,14 +333,14 @@ void TstCheckpoint::copiesExtraFiles()
     QTemporaryDir tmp;
     const fs::path root = tmp.path().toStdString();
     writeText(root / "tokenizer.json", "{\"version\": \"1.0\"}");
-    const fs::path dir = root / "withfiles/";  // trailing separator names the same directory
+    const fs::path dir = root / "withfiles/"; // trailing separator names the same directory
     {
         CheckpointWriter w(dir);
-        w.declare("a", DType::I64, {2});
+        w.declare("a", DType::I64, { 2 });
         w.write("a", pattern(16, 0));
         w.copyFile(root / "tokenizer.json", "tokenizer.json");
         w.addFile("docs/README.md", "# model\n");
-        w.setConfig({{"model_type", "qwen3_moe"}});
+        w.setConfig({ { "model_type", "qwen3_moe" } });
         QVERIFY(!inputErrorOf([&] { w.copyFile(root / "absent.json", "absent.json"); }).isNull());
         QVERIFY(!inputErrorOf([&] { w.addFile("../escape.txt", "x"); }).isNull());
         w.finish();
@@ -351,13 +356,13 @@ void TstCheckpoint::writerRejectsMisuse()
     QTemporaryDir tmp;
     const fs::path dir = fs::path(tmp.path().toStdString()) / "misuse";
     CheckpointWriter w(dir);
-    w.declare("a", DType::F32, {2});
-    w.declare("b", DType::F32, {2});
-    QVERIFY(!inputErrorOf([&] { w.declare("a", DType::F32, {2}); }).isNull());
-    QVERIFY_THROWS_EXCEPTION(Error, w.write("b", pattern(8, 0)));   // out of order
-    QVERIFY_THROWS_EXCEPTION(Error, w.write("a", pattern(4, 0)));   // not the whole tensor
+    w.declare("a", DType::F32, { 2 });
+    w.declare("b", DType::F32, { 2 });
+    QVERIFY(!inputErrorOf([&] { w.declare("a", DType::F32, { 2 }); }).isNull());
+    QVERIFY_THROWS_EXCEPTION(Error, w.write("b", pattern(8, 0))); // out of order
+    QVERIFY_THROWS_EXCEPTION(Error, w.write("a", pattern(4, 0))); // not the whole tensor
     w.write("a", pattern(8, 0));
-    QVERIFY_THROWS_EXCEPTION(Error, w.finish());                     // b never written
+    QVERIFY_THROWS_EXCEPTION(Error, w.finish()); // b never written
 }
 
 // Tensors written in several writeChunk() calls (uneven pieces, an empty one, across a shard
@@ -368,43 +373,43 @@ void TstCheckpoint::chunkedWrites()
     const fs::path dir = fs::path(tmp.path().toStdString()) / "chunked";
     const std::vector<std::byte> a = pattern(40, 1), b = pattern(24, 2), c = pattern(8, 3);
     {
-        CheckpointWriter w(dir, {.maxShardBytes = 48});   // a alone, then b + c
-        w.declare("a", DType::F32, {10});
-        w.declare("b", DType::F32, {2, 3});
-        w.declare("c", DType::F32, {2});
+        CheckpointWriter w(dir, { .maxShardBytes = 48 }); // a alone, then b + c
+        w.declare("a", DType::F32, { 10 });
+        w.declare("b", DType::F32, { 2, 3 });
+        w.declare("c", DType::F32, { 2 });
         const std::span<const std::byte> sa(a), sb(b);
         w.writeChunk("a", sa.subspan(0, 12));
         w.writeChunk("a", sa.subspan(12, 0));
-        QVERIFY_THROWS_EXCEPTION(Error, w.write("a", sa.subspan(12)));      // whole write mid-tensor
-        QVERIFY_THROWS_EXCEPTION(Error, w.writeChunk("b", sb));             // a is not complete
+        QVERIFY_THROWS_EXCEPTION(Error, w.write("a", sa.subspan(12))); // whole write mid-tensor
+        QVERIFY_THROWS_EXCEPTION(Error, w.writeChunk("b", sb)); // a is not complete
         w.writeChunk("a", sa.subspan(12, 27));
         QVERIFY_THROWS_EXCEPTION(Error, w.writeChunk("a", sa.subspan(38))); // 2 bytes past the end
         w.writeChunk("a", sa.subspan(39));
         for (std::size_t r = 0; r < 2; ++r)
             w.writeChunk("b", sb.subspan(r * 12, 12));
         w.writeChunk("c", std::span<const std::byte>(c).subspan(0, 4));
-        QVERIFY_THROWS_EXCEPTION(Error, w.finish());                         // c half written
+        QVERIFY_THROWS_EXCEPTION(Error, w.finish()); // c half written
     }
     QVERIFY(!fs::exists(dir));
     {
-        CheckpointWriter w(dir, {.maxShardBytes = 48});
-        w.declare("a", DType::F32, {10});
-        w.declare("b", DType::F32, {2, 3});
-        w.declare("c", DType::F32, {2});
+        CheckpointWriter w(dir, { .maxShardBytes = 48 });
+        w.declare("a", DType::F32, { 10 });
+        w.declare("b", DType::F32, { 2, 3 });
+        w.declare("c", DType::F32, { 2 });
         for (std::size_t i = 0; i < a.size(); i += 7)
             w.writeChunk("a", std::span<const std::byte>(a).subspan(i, std::min<std::size_t>(7, a.size() - i)));
         w.writeChunk("b", std::span<const std::byte>(b).subspan(0, 20));
         w.writeChunk("b", std::span<const std::byte>(b).subspan(20));
         w.write("c", c);
-        w.setConfig({{"model_type", "mixtral"}});
+        w.setConfig({ { "model_type", "mixtral" } });
         w.finish();
     }
     const Checkpoint ck(dir);
-    QCOMPARE(ck.shardPaths().size(), std::size_t{2});
+    QCOMPARE(ck.shardPaths().size(), std::size_t { 2 });
     QVERIFY(sameBytes(ck.bytes("a"), a));
     QVERIFY(sameBytes(ck.bytes("b"), b));
     QVERIFY(sameBytes(ck.bytes("c"), c));
-    QCOMPARE(ck.info("b").shape, (std::vector<int64_t>{2, 3}));
+    QCOMPARE(ck.info("b").shape, (std::vector<int64_t> { 2, 3 }));
 }
 
 QTEST_GUILESS_MAIN(TstCheckpoint)

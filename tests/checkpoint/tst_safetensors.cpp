@@ -20,7 +20,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-
 bool throwsError(const std::function<void()>& f)
 {
     try {
@@ -91,13 +90,13 @@ void TstSafetensors::roundTrip_data()
 {
     QTest::addColumn<int>("dtype");
     QTest::addColumn<std::vector<int64_t>>("shape");
-    const DType all[] = {DType::F64, DType::F32, DType::F16, DType::BF16, DType::F8_E4M3, DType::F8_E5M2,
-                         DType::I64, DType::I32, DType::I16, DType::I8, DType::U8, DType::BOOL};
+    const DType all[] = { DType::F64, DType::F32, DType::F16, DType::BF16, DType::F8_E4M3, DType::F8_E5M2, DType::I64,
+        DType::I32, DType::I16, DType::I8, DType::U8, DType::BOOL };
     for (DType t : all) {
         const QByteArray name(dtypeName(t).data(), static_cast<qsizetype>(dtypeName(t).size()));
-        QTest::newRow(QByteArray(name + " [3,5]").constData()) << static_cast<int>(t) << std::vector<int64_t>{3, 5};
-        QTest::newRow(QByteArray(name + " scalar").constData()) << static_cast<int>(t) << std::vector<int64_t>{};
-        QTest::newRow(QByteArray(name + " empty").constData()) << static_cast<int>(t) << std::vector<int64_t>{4, 0};
+        QTest::newRow(QByteArray(name + " [3,5]").constData()) << static_cast<int>(t) << std::vector<int64_t> { 3, 5 };
+        QTest::newRow(QByteArray(name + " scalar").constData()) << static_cast<int>(t) << std::vector<int64_t> {};
+        QTest::newRow(QByteArray(name + " empty").constData()) << static_cast<int>(t) << std::vector<int64_t> { 4, 0 };
     }
 }
 
@@ -113,13 +112,13 @@ void TstSafetensors::roundTrip()
     for (int64_t d : shape)
         numel *= d;
     const auto main = pattern(static_cast<std::size_t>(numel) * dtypeSize(t), 1);
-    const auto tail = pattern(7, 2);  // an odd-sized U8 tensor after it
+    const auto tail = pattern(7, 2); // an odd-sized U8 tensor after it
     uint64_t expectedSize = 0;
     {
         SafetensorsWriter w(path);
-        w.setMetadata({{"format", "pt"}, {"note", "round trip"}});
+        w.setMetadata({ { "format", "pt" }, { "note", "round trip" } });
         w.declare("model.layers.0.weight", t, shape);
-        w.declare("tail", DType::U8, {7});
+        w.declare("tail", DType::U8, { 7 });
         expectedSize = w.fileSize();
         w.write("model.layers.0.weight", main);
         w.write("tail", tail);
@@ -129,7 +128,7 @@ void TstSafetensors::roundTrip()
     QVERIFY(!fs::exists(fs::path(path.string() + ".partial")));
 
     SafetensorsFile f(path);
-    QCOMPARE(f.names(), (std::vector<std::string>{"model.layers.0.weight", "tail"}));
+    QCOMPARE(f.names(), (std::vector<std::string> { "model.layers.0.weight", "tail" }));
     const TensorInfo& info = f.info("model.layers.0.weight");
     QCOMPARE(static_cast<int>(info.dtype), dtype);
     QCOMPARE(info.shape, shape);
@@ -154,14 +153,14 @@ void TstSafetensors::allDTypesInOneFile()
 {
     QTemporaryDir tmp;
     const fs::path path = tmp.filePath(QStringLiteral("all.safetensors")).toStdString();
-    const DType all[] = {DType::BOOL, DType::F64, DType::U8, DType::F32, DType::F16, DType::BF16, DType::F8_E4M3,
-                         DType::F8_E5M2, DType::I64, DType::I32, DType::I16, DType::I8};
+    const DType all[] = { DType::BOOL, DType::F64, DType::U8, DType::F32, DType::F16, DType::BF16, DType::F8_E4M3,
+        DType::F8_E5M2, DType::I64, DType::I32, DType::I16, DType::I8 };
     std::vector<std::vector<std::byte>> data;
     {
         SafetensorsWriter w(path);
         unsigned i = 0;
         for (DType t : all)
-            w.declare("t" + std::to_string(i++), t, {3, 3});
+            w.declare("t" + std::to_string(i++), t, { 3, 3 });
         i = 0;
         for (DType t : all) {
             data.push_back(pattern(9 * dtypeSize(t), i));
@@ -195,71 +194,60 @@ void TstSafetensors::dtypeTable()
 void TstSafetensors::rejectsInvalid_data()
 {
     QTest::addColumn<QByteArray>("contents");
-    QTest::addColumn<QStringList>("expected");  // fragments the message must contain besides the file name
+    QTest::addColumn<QStringList>("expected"); // fragments the message must contain besides the file name
 
     const QByteArray w = "model.layers.0.mlp.gate.weight";
     const auto one = [&](const QByteArray& body) -> QByteArray { return "{\"" + w + "\":" + body + "}"; };
 
-    QTest::newRow("truncated file") << QByteArray("\x10\0\0", 3) << QStringList{QStringLiteral("3 bytes")};
-    QTest::newRow("empty file") << QByteArray() << QStringList{QStringLiteral("0 bytes")};
+    QTest::newRow("truncated file") << QByteArray("\x10\0\0", 3) << QStringList { QStringLiteral("3 bytes") };
+    QTest::newRow("empty file") << QByteArray() << QStringList { QStringLiteral("0 bytes") };
     QTest::newRow("header length beyond file")
-        << QByteArray(lengthPrefix(1000) + "{}") << QStringList{QStringLiteral("header length 1000")};
+        << QByteArray(lengthPrefix(1000) + "{}") << QStringList { QStringLiteral("header length 1000") };
     QTest::newRow("header length over 100 MB")
-        << QByteArray(lengthPrefix(200'000'000) + "{}") << QStringList{QStringLiteral("200000000")};
-    QTest::newRow("malformed JSON")
-        << rawFile("{\"" + w + "\": {\"dtype\": ", 0) << QStringList{QStringLiteral("not valid JSON")};
+        << QByteArray(lengthPrefix(200'000'000) + "{}") << QStringList { QStringLiteral("200000000") };
+    QTest::newRow("malformed JSON") << rawFile("{\"" + w + "\": {\"dtype\": ", 0)
+                                    << QStringList { QStringLiteral("not valid JSON") };
     QTest::newRow("header not an object")
-        << rawFile("[1, 2, 3]", 0) << QStringList{QStringLiteral("expected an object")};
-    QTest::newRow("tensor entry not an object")
-        << rawFile(one("42"), 0) << QStringList{QString::fromUtf8(w)};
-    QTest::newRow("unknown dtype")
-        << rawFile(one(R"({"dtype":"Q7","shape":[2],"data_offsets":[0,2]})"), 2)
-        << QStringList{QString::fromUtf8(w), QStringLiteral("unknown dtype 'Q7'")};
-    QTest::newRow("missing dtype")
-        << rawFile(one(R"({"shape":[2],"data_offsets":[0,2]})"), 2)
-        << QStringList{QString::fromUtf8(w), QStringLiteral("dtype")};
-    QTest::newRow("negative dim")
-        << rawFile(one(R"({"dtype":"U8","shape":[2,-1],"data_offsets":[0,2]})"), 2)
-        << QStringList{QString::fromUtf8(w), QStringLiteral("-1")};
-    QTest::newRow("fractional dim")
-        << rawFile(one(R"({"dtype":"U8","shape":[2.5],"data_offsets":[0,2]})"), 2)
-        << QStringList{QString::fromUtf8(w), QStringLiteral("shape dimension 0")};
-    QTest::newRow("missing shape")
-        << rawFile(one(R"({"dtype":"U8","data_offsets":[0,2]})"), 2)
-        << QStringList{QString::fromUtf8(w), QStringLiteral("shape")};
-    QTest::newRow("data_offsets begin > end")
-        << rawFile(one(R"({"dtype":"U8","shape":[2],"data_offsets":[4,2]})"), 8)
-        << QStringList{QString::fromUtf8(w), QStringLiteral("begin <= end")};
-    QTest::newRow("data_offsets wrong arity")
-        << rawFile(one(R"({"dtype":"U8","shape":[2],"data_offsets":[0,2,4]})"), 8)
-        << QStringList{QString::fromUtf8(w), QStringLiteral("data_offsets")};
-    QTest::newRow("data_offsets negative")
-        << rawFile(one(R"({"dtype":"U8","shape":[2],"data_offsets":[-2,0]})"), 8)
-        << QStringList{QString::fromUtf8(w), QStringLiteral("data_offsets")};
-    QTest::newRow("data_offsets missing")
-        << rawFile(one(R"({"dtype":"U8","shape":[2]})"), 8)
-        << QStringList{QString::fromUtf8(w), QStringLiteral("data_offsets")};
+        << rawFile("[1, 2, 3]", 0) << QStringList { QStringLiteral("expected an object") };
+    QTest::newRow("tensor entry not an object") << rawFile(one("42"), 0) << QStringList { QString::fromUtf8(w) };
+    QTest::newRow("unknown dtype") << rawFile(one(R"({"dtype":"Q7","shape":[2],"data_offsets":[0,2]})"), 2)
+                                   << QStringList { QString::fromUtf8(w), QStringLiteral("unknown dtype 'Q7'") };
+    QTest::newRow("missing dtype") << rawFile(one(R"({"shape":[2],"data_offsets":[0,2]})"), 2)
+                                   << QStringList { QString::fromUtf8(w), QStringLiteral("dtype") };
+    QTest::newRow("negative dim") << rawFile(one(R"({"dtype":"U8","shape":[2,-1],"data_offsets":[0,2]})"), 2)
+                                  << QStringList { QString::fromUtf8(w), QStringLiteral("-1") };
+    QTest::newRow("fractional dim") << rawFile(one(R"({"dtype":"U8","shape":[2.5],"data_offsets":[0,2]})"), 2)
+                                    << QStringList { QString::fromUtf8(w), QStringLiteral("shape dimension 0") };
+    QTest::newRow("missing shape") << rawFile(one(R"({"dtype":"U8","data_offsets":[0,2]})"), 2)
+                                   << QStringList { QString::fromUtf8(w), QStringLiteral("shape") };
+    QTest::newRow("data_offsets begin > end") << rawFile(one(R"({"dtype":"U8","shape":[2],"data_offsets":[4,2]})"), 8)
+                                              << QStringList { QString::fromUtf8(w), QStringLiteral("begin <= end") };
+    QTest::newRow("data_offsets wrong arity") << rawFile(one(R"({"dtype":"U8","shape":[2],"data_offsets":[0,2,4]})"), 8)
+                                              << QStringList { QString::fromUtf8(w), QStringLiteral("data_offsets") };
+    QTest::newRow("data_offsets negative") << rawFile(one(R"({"dtype":"U8","shape":[2],"data_offsets":[-2,0]})"), 8)
+                                           << QStringList { QString::fromUtf8(w), QStringLiteral("data_offsets") };
+    QTest::newRow("data_offsets missing") << rawFile(one(R"({"dtype":"U8","shape":[2]})"), 8)
+                                          << QStringList { QString::fromUtf8(w), QStringLiteral("data_offsets") };
     QTest::newRow("offsets outside data region")
         << rawFile(one(R"({"dtype":"F32","shape":[8,16],"data_offsets":[0,512]})"), 100)
-        << QStringList{QString::fromUtf8(w), QStringLiteral("outside the data region of 100 bytes")};
-    QTest::newRow("overlapping tensors")
-        << rawFile(R"({"a.weight":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},)"
-                   R"("b.weight":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}})", 8)
-        << QStringList{QStringLiteral("b.weight"), QStringLiteral("a.weight"), QStringLiteral("overlap")};
+        << QStringList { QString::fromUtf8(w), QStringLiteral("outside the data region of 100 bytes") };
+    QTest::newRow("overlapping tensors") << rawFile(R"({"a.weight":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},)"
+                                                    R"("b.weight":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}})",
+        8) << QStringList { QStringLiteral("b.weight"), QStringLiteral("a.weight"), QStringLiteral("overlap") };
     QTest::newRow("dtype/shape mismatch")
         << rawFile(one(R"({"dtype":"F32","shape":[8,16],"data_offsets":[0,100]})"), 100)
-        << QStringList{QString::fromUtf8(w), QStringLiteral("data_offsets [0, 100] hold 100 bytes but shape [8, 16] x F32 needs 512")};
+        << QStringList { QString::fromUtf8(w),
+               QStringLiteral("data_offsets [0, 100] hold 100 bytes but shape [8, 16] x F32 needs 512") };
     QTest::newRow("shape product overflow")
         << rawFile(one(R"({"dtype":"F32","shape":[4611686018427387904,4611686018427387904],"data_offsets":[0,0]})"), 0)
-        << QStringList{QString::fromUtf8(w), QStringLiteral("overflow")};
-    QTest::newRow("dim beyond int64")
-        << rawFile(one(R"({"dtype":"U8","shape":[18446744073709551615],"data_offsets":[0,0]})"), 0)
-        << QStringList{QString::fromUtf8(w), QStringLiteral("too large")};
-    QTest::newRow("metadata value not a string")
-        << rawFile(R"({"__metadata__":{"format":1}})", 0)
-        << QStringList{QStringLiteral("__metadata__"), QStringLiteral("format")};
+        << QStringList { QString::fromUtf8(w), QStringLiteral("overflow") };
+    QTest::newRow("dim beyond int64") << rawFile(
+        one(R"({"dtype":"U8","shape":[18446744073709551615],"data_offsets":[0,0]})"), 0)
+                                      << QStringList { QString::fromUtf8(w), QStringLiteral("too large") };
+    QTest::newRow("metadata value not a string") << rawFile(R"({"__metadata__":{"format":1}})",
+        0) << QStringList { QStringLiteral("__metadata__"), QStringLiteral("format") };
     QTest::newRow("metadata not an object")
-        << rawFile(R"({"__metadata__":[1]})", 0) << QStringList{QStringLiteral("__metadata__")};
+        << rawFile(R"({"__metadata__":[1]})", 0) << QStringList { QStringLiteral("__metadata__") };
 }
 
 void TstSafetensors::rejectsInvalid()
@@ -274,8 +262,8 @@ void TstSafetensors::rejectsInvalid()
     QVERIFY2(!message.isNull(), "no InputError thrown");
     QVERIFY2(message.contains(QStringLiteral("bad.safetensors")), qPrintable(message));
     for (const QString& fragment : expected)
-        QVERIFY2(message.contains(fragment), qPrintable(QStringLiteral("missing '") + fragment
-                                                         + QStringLiteral("' in: ") + message));
+        QVERIFY2(message.contains(fragment),
+            qPrintable(QStringLiteral("missing '") + fragment + QStringLiteral("' in: ") + message));
 }
 
 void TstSafetensors::missingFile()
@@ -292,7 +280,7 @@ void TstSafetensors::unknownTensorNamesFileAndTensor()
     const fs::path path = tmp.filePath(QStringLiteral("one.safetensors")).toStdString();
     {
         SafetensorsWriter w(path);
-        w.declare("x", DType::U8, {1});
+        w.declare("x", DType::U8, { 1 });
         w.write("x", pattern(1, 0));
         w.finish();
     }
@@ -300,8 +288,9 @@ void TstSafetensors::unknownTensorNamesFileAndTensor()
     QVERIFY(f.contains("x"));
     QVERIFY(!f.contains("y"));
     const QString message = inputErrorOf([&] { (void)f.bytes("lm_head.weight"); });
-    QVERIFY2(message.contains(QStringLiteral("one.safetensors")) && message.contains(QStringLiteral("'lm_head.weight'")),
-             qPrintable(message));
+    QVERIFY2(
+        message.contains(QStringLiteral("one.safetensors")) && message.contains(QStringLiteral("'lm_head.weight'")),
+        qPrintable(message));
 
     // Moves hand over the mapping.
     SafetensorsFile moved(std::move(f));
@@ -319,9 +308,9 @@ void TstSafetensors::releaseKeepsDataReadable()
     const auto c = pattern(page / 2, 3);
     {
         SafetensorsWriter w(path);
-        w.declare("a", DType::U8, {static_cast<int64_t>(a.size())});
-        w.declare("b", DType::U8, {static_cast<int64_t>(b.size())});
-        w.declare("c", DType::U8, {static_cast<int64_t>(c.size())});
+        w.declare("a", DType::U8, { static_cast<int64_t>(a.size()) });
+        w.declare("b", DType::U8, { static_cast<int64_t>(b.size()) });
+        w.declare("c", DType::U8, { static_cast<int64_t>(c.size()) });
         w.write("a", a);
         w.write("b", b);
         w.write("c", c);
@@ -331,7 +320,7 @@ void TstSafetensors::releaseKeepsDataReadable()
     const auto spanB = f.bytes("b");
     QVERIFY(sameBytes(spanB, b));
     f.release("b");
-    QVERIFY(sameBytes(spanB, b));  // the same span, re-faulted from the file
+    QVERIFY(sameBytes(spanB, b)); // the same span, re-faulted from the file
     QVERIFY(sameBytes(f.bytes("a"), a));
     QVERIFY(sameBytes(f.bytes("c"), c));
     f.release("a");
@@ -347,20 +336,21 @@ void TstSafetensors::writerRejectsMisuse()
     const auto four = pattern(4, 0);
     {
         SafetensorsWriter w(path);
-        w.declare("a", DType::U8, {4});
-        w.declare("b", DType::U8, {4});
-        QVERIFY(throwsError([&] { w.declare("a", DType::U8, {1}); }));      // duplicate
-        QVERIFY(throwsError([&] { w.declare("n", DType::U8, {-1}); }));     // negative dim
-        QVERIFY(throwsError([&] { w.write("b", four); }));                  // out of order
+        w.declare("a", DType::U8, { 4 });
+        w.declare("b", DType::U8, { 4 });
+        QVERIFY(throwsError([&] { w.declare("a", DType::U8, { 1 }); })); // duplicate
+        QVERIFY(throwsError([&] { w.declare("n", DType::U8, { -1 }); })); // negative dim
+        QVERIFY(throwsError([&] { w.write("b", four); })); // out of order
         w.write("a", four);
-        QVERIFY(throwsError([&] { w.declare("c", DType::U8, {1}); }));      // declare after write
-        QVERIFY(throwsError([&] { w.write("a", pattern(1, 0)); }));         // more than declared
-        QVERIFY(throwsError([&] { w.finish(); }));                          // b not written
+        QVERIFY(throwsError([&] { w.declare("c", DType::U8, { 1 }); })); // declare after write
+        QVERIFY(throwsError([&] { w.write("a", pattern(1, 0)); })); // more than declared
+        QVERIFY(throwsError([&] { w.finish(); })); // b not written
     }
     QVERIFY(!fs::exists(path));
     QVERIFY(!fs::exists(fs::path(path.string() + ".partial")));
 
-    const QString message = inputErrorOf([&] { SafetensorsWriter w(tmp.filePath(QStringLiteral("no/such/dir/x.safetensors")).toStdString()); });
+    const QString message = inputErrorOf(
+        [&] { SafetensorsWriter w(tmp.filePath(QStringLiteral("no/such/dir/x.safetensors")).toStdString()); });
     QVERIFY2(message.contains(QStringLiteral("no/such/dir")), qPrintable(message));
 }
 
@@ -370,7 +360,7 @@ void TstSafetensors::writerWithoutFinishLeavesNothing()
     const fs::path path = tmp.filePath(QStringLiteral("partial.safetensors")).toStdString();
     {
         SafetensorsWriter w(path);
-        w.declare("a", DType::F32, {2});
+        w.declare("a", DType::F32, { 2 });
         w.write("a", pattern(8, 0));
         QVERIFY(fs::exists(fs::path(path.string() + ".partial")));
         QVERIFY(!fs::exists(path));
@@ -386,8 +376,8 @@ void TstSafetensors::writesInChunks()
     const auto data = pattern(4000, 9);
     {
         SafetensorsWriter w(path);
-        w.declare("empty", DType::F32, {0});  // never written: zero bytes are complete already
-        w.declare("x", DType::F32, {1000});
+        w.declare("empty", DType::F32, { 0 }); // never written: zero bytes are complete already
+        w.declare("x", DType::F32, { 1000 });
         for (std::size_t off = 0; off < data.size(); off += 999)
             w.write("x", std::span(data).subspan(off, std::min<std::size_t>(999, data.size() - off)));
         w.finish();

@@ -20,8 +20,8 @@ using namespace moeatlas;
 
 namespace {
 
-const QStringList kDomains = {QStringLiteral("prose"), QStringLiteral("code"), QStringLiteral("notes"),
-                              QStringLiteral("chat")};
+const QStringList kDomains
+    = { QStringLiteral("prose"), QStringLiteral("code"), QStringLiteral("notes"), QStringLiteral("chat") };
 constexpr int32_t kBos = 1;
 
 test::ProcessResult runCli(const QStringList& args)
@@ -61,9 +61,9 @@ private:
     // capture arguments shared by both runs (same seed, seq-len, caps).
     QStringList common(const QString& output) const
     {
-        return {QStringLiteral("capture"), m_model, QStringLiteral("--seq-len"), QStringLiteral("32"),
-                QStringLiteral("--seed"), QStringLiteral("7"), QStringLiteral("--batch-tokens"), QStringLiteral("256"),
-                QStringLiteral("--output"), output};
+        return { QStringLiteral("capture"), m_model, QStringLiteral("--seq-len"), QStringLiteral("32"),
+            QStringLiteral("--seed"), QStringLiteral("7"), QStringLiteral("--batch-tokens"), QStringLiteral("256"),
+            QStringLiteral("--output"), output };
     }
 
 private Q_SLOTS:
@@ -74,14 +74,13 @@ private Q_SLOTS:
         QVERIFY2(!test::pythonExecutable().isEmpty(), "MOEATLAS_PYTHON is unset (reference venv)");
         m_model = m_dir.filePath(QStringLiteral("model"));
         m_data = m_dir.filePath(QStringLiteral("data"));
-        const auto made = test::runPython(
-            QStringLiteral("tests/reference/make_reference.py"),
-            {QStringLiteral("--arch"), QStringLiteral("qwen3_moe"), QStringLiteral("--variant"),
-             QStringLiteral("gqa_norm_topk"), QStringLiteral("--dtype"), QStringLiteral("float32"),
-             QStringLiteral("--skip-layout-check"), QStringLiteral("--out"), m_model});
+        const auto made = test::runPython(QStringLiteral("tests/reference/make_reference.py"),
+            { QStringLiteral("--arch"), QStringLiteral("qwen3_moe"), QStringLiteral("--variant"),
+                QStringLiteral("gqa_norm_topk"), QStringLiteral("--dtype"), QStringLiteral("float32"),
+                QStringLiteral("--skip-layout-check"), QStringLiteral("--out"), m_model });
         QVERIFY2(made.exitCode == 0, qPrintable(made.stdErr));
         const auto fixture = test::runPython(QStringLiteral("tests/cli/make_text_fixture.py"),
-                                             {QStringLiteral("--checkpoint"), m_model, QStringLiteral("--out"), m_data});
+            { QStringLiteral("--checkpoint"), m_model, QStringLiteral("--out"), m_data });
         QVERIFY2(fixture.exitCode == 0, qPrintable(fixture.stdErr));
     }
 
@@ -90,19 +89,20 @@ private Q_SLOTS:
         const QString textAtlas = m_dir.filePath(QStringLiteral("text.atlas.h5"));
         const QString idsAtlas = m_dir.filePath(QStringLiteral("ids.atlas.h5"));
         // From text: the tokenizer is <checkpoint>/tokenizer.json, BOS is its bos_token (id 1).
-        const auto fromText = runCli(common(textAtlas) + QStringList{
-            QStringLiteral("--domain"), QStringLiteral("prose=") + data(QStringLiteral("prose.txt")),
-            QStringLiteral("--domain"), QStringLiteral("code=") + data(QStringLiteral("code")),
-            QStringLiteral("--domain"), QStringLiteral("notes=") + data(QStringLiteral("notes.jsonl")),
-            QStringLiteral("--domain"), QStringLiteral("chat=") + data(QStringLiteral("chat.jsonl")) + QStringLiteral(":6"),
-            QStringLiteral("--text-field"), QStringLiteral("body"), QStringLiteral("--add-bos")});
+        const auto fromText = runCli(common(textAtlas)
+            + QStringList { QStringLiteral("--domain"), QStringLiteral("prose=") + data(QStringLiteral("prose.txt")),
+                QStringLiteral("--domain"), QStringLiteral("code=") + data(QStringLiteral("code")),
+                QStringLiteral("--domain"), QStringLiteral("notes=") + data(QStringLiteral("notes.jsonl")),
+                QStringLiteral("--domain"),
+                QStringLiteral("chat=") + data(QStringLiteral("chat.jsonl")) + QStringLiteral(":6"),
+                QStringLiteral("--text-field"), QStringLiteral("body"), QStringLiteral("--add-bos") });
         QVERIFY2(fromText.exitCode == 0, qPrintable(report(fromText)));
         // From HF's input_ids with the same BOS given by id.
-        QStringList idsArgs = common(idsAtlas) + QStringList{QStringLiteral("--bos"), QString::number(kBos)};
+        QStringList idsArgs = common(idsAtlas) + QStringList { QStringLiteral("--bos"), QString::number(kBos) };
         for (const QString& d : kDomains)
             idsArgs << QStringLiteral("--domain")
                     << d + QLatin1Char('=') + data(d + QStringLiteral(".ids.jsonl"))
-                           + (d == QLatin1String("chat") ? QStringLiteral(":6") : QString());
+                    + (d == QLatin1String("chat") ? QStringLiteral(":6") : QString());
         const auto fromIds = runCli(idsArgs);
         QVERIFY2(fromIds.exitCode == 0, qPrintable(report(fromIds)));
 
@@ -122,18 +122,18 @@ private Q_SLOTS:
         // Provenance: the formats and the tokenizer.
         const auto& calib = text.calibration();
         QCOMPARE(calib.domains.size(), std::size_t(4));
-        const std::vector<std::string> formats{"text", "text", "text-jsonl:body", "messages-jsonl"};
+        const std::vector<std::string> formats { "text", "text", "text-jsonl:body", "messages-jsonl" };
         for (std::size_t d = 0; d < 4; ++d) {
             QCOMPARE(calib.domains[d].name, kDomains[static_cast<qsizetype>(d)].toStdString());
             QCOMPARE(calib.domains[d].format, formats[d]);
             QCOMPARE(ids.calibration().domains[d].format, std::string("input_ids-jsonl"));
             QVERIFY(calib.domains[d].numSamples > 0);
         }
-        QCOMPARE(calib.domains[3].numSamples, int64_t(6));   // the :6 cap
+        QCOMPARE(calib.domains[3].numSamples, int64_t(6)); // the :6 cap
         const std::string tokenizerPath = QDir(m_model).filePath(QStringLiteral("tokenizer.json")).toStdString();
-        for (const char* fragment : {"with BOS 1 before each document", "without its special-token template",
-                                     "one document per blank-line-separated block", "one document per .txt file",
-                                     "string field \"body\"", "\"<role>: <content>\" lines", "(sha256 "})
+        for (const char* fragment : { "with BOS 1 before each document", "without its special-token template",
+                 "one document per blank-line-separated block", "one document per .txt file", "string field \"body\"",
+                 "\"<role>: <content>\" lines", "(sha256 " })
             QVERIFY2(calib.packing.find(fragment) != std::string::npos, calib.packing.c_str());
         QVERIFY2(calib.packing.find(tokenizerPath) != std::string::npos, calib.packing.c_str());
         QVERIFY(ids.calibration().packing.find("tokenizer") == std::string::npos);
@@ -155,10 +155,11 @@ private Q_SLOTS:
             for (std::size_t t = 1; t <= stream.size(); ++t) {
                 if (t < stream.size() && stream[t] != kBos)
                     continue;
-                if (t < stream.size()) {   // the last piece may be cut by the last sequence
+                if (t < stream.size()) { // the last piece may be cut by the last sequence
                     const std::vector<int32_t> doc(stream.begin() + static_cast<std::ptrdiff_t>(start) + 1,
-                                                   stream.begin() + static_cast<std::ptrdiff_t>(t));
-                    QVERIFY2(known.count(doc), qPrintable(kDomains[d] + QStringLiteral(": a document not encoded as HF does")));
+                        stream.begin() + static_cast<std::ptrdiff_t>(t));
+                    QVERIFY2(known.count(doc),
+                        qPrintable(kDomains[d] + QStringLiteral(": a document not encoded as HF does")));
                     ++whole;
                 }
                 start = t;
@@ -170,12 +171,13 @@ private Q_SLOTS:
     void textNeedsTokenizer()
     {
         const QString out = m_dir.filePath(QStringLiteral("err.atlas.h5"));
-        const QStringList prose = {QStringLiteral("--domain"), QStringLiteral("prose=") + data(QStringLiteral("prose.txt"))};
+        const QStringList prose
+            = { QStringLiteral("--domain"), QStringLiteral("prose=") + data(QStringLiteral("prose.txt")) };
         const auto missing = runCli(common(out) + prose
-                                    + QStringList{QStringLiteral("--tokenizer"), m_dir.filePath(QStringLiteral("none.json"))});
+            + QStringList { QStringLiteral("--tokenizer"), m_dir.filePath(QStringLiteral("none.json")) });
         QVERIFY2(missing.exitCode != 0 && missing.stdErr.contains(QStringLiteral("--tokenizer"))
-                     && missing.stdErr.contains(QStringLiteral("none.json")),
-                 qPrintable(report(missing)));
+                && missing.stdErr.contains(QStringLiteral("none.json")),
+            qPrintable(report(missing)));
         QVERIFY(!QFile::exists(out));
 
         // No tokenizer.json in the checkpoint and no --tokenizer: a text domain is refused...
@@ -184,14 +186,14 @@ private Q_SLOTS:
         QVERIFY(QFile::rename(tok, moved));
         const auto none = runCli(common(out) + prose);
         const auto explicitPath = runCli(common(m_dir.filePath(QStringLiteral("explicit.atlas.h5"))) + prose
-                                         + QStringList{QStringLiteral("--tokenizer"), moved});
+            + QStringList { QStringLiteral("--tokenizer"), moved });
         const auto idsOnly = runCli(common(m_dir.filePath(QStringLiteral("ids-only.atlas.h5")))
-                                    + QStringList{QStringLiteral("--domain"),
-                                                              QStringLiteral("prose=") + data(QStringLiteral("prose.ids.jsonl"))});
+            + QStringList {
+                QStringLiteral("--domain"), QStringLiteral("prose=") + data(QStringLiteral("prose.ids.jsonl")) });
         QVERIFY(QFile::rename(moved, tok));
         QVERIFY2(none.exitCode != 0 && none.stdErr.contains(QStringLiteral("needs a tokenizer"))
-                     && none.stdErr.contains(QStringLiteral("--tokenizer PATH")) && none.stdErr.contains(tok),
-                 qPrintable(report(none)));
+                && none.stdErr.contains(QStringLiteral("--tokenizer PATH")) && none.stdErr.contains(tok),
+            qPrintable(report(none)));
         // ... while --tokenizer PATH works, and input_ids need none.
         QVERIFY2(explicitPath.exitCode == 0, qPrintable(report(explicitPath)));
         QVERIFY2(idsOnly.exitCode == 0, qPrintable(report(idsOnly)));

@@ -35,8 +35,7 @@ test::ProcessResult runCli(const QStringList& args, int timeoutMs = 600000)
     return test::runProcess(cli(), args, timeoutMs);
 }
 
-template <typename T>
-std::vector<T> values(const SafetensorsFile& f, const std::string& name)
+template <typename T> std::vector<T> values(const SafetensorsFile& f, const std::string& name)
 {
     const auto b = f.bytes(name);
     std::vector<T> v(b.size() / sizeof(T));
@@ -48,7 +47,7 @@ std::vector<T> values(const SafetensorsFile& f, const std::string& name)
 QString generateModel(const QTemporaryDir& dir, const QString& name, const QStringList& shape)
 {
     const QString path = dir.filePath(name);
-    const auto r = runCli(QStringList{QStringLiteral("generate"), QStringLiteral("-o"), path} + shape);
+    const auto r = runCli(QStringList { QStringLiteral("generate"), QStringLiteral("-o"), path } + shape);
     if (r.exitCode != 0)
         qWarning("%s", qPrintable(r.stdErr));
     return r.exitCode == 0 ? path : QString();
@@ -57,20 +56,20 @@ QString generateModel(const QTemporaryDir& dir, const QString& name, const QStri
 QString generateCalibration(const QTemporaryDir& dir, const QString& name, int docs, int docTokens, int seed)
 {
     const QString path = dir.filePath(name);
-    const auto r = runCli({QStringLiteral("generate"), QStringLiteral("--vocab"), QStringLiteral("512"),
-                             QStringLiteral("--seed"), QString::number(seed), QStringLiteral("--calibration"), path,
-                             QStringLiteral("--calibration-docs"), QString::number(docs),
-                             QStringLiteral("--calibration-doc-tokens"), QString::number(docTokens)});
+    const auto r = runCli(
+        { QStringLiteral("generate"), QStringLiteral("--vocab"), QStringLiteral("512"), QStringLiteral("--seed"),
+            QString::number(seed), QStringLiteral("--calibration"), path, QStringLiteral("--calibration-docs"),
+            QString::number(docs), QStringLiteral("--calibration-doc-tokens"), QString::number(docTokens) });
     return r.exitCode == 0 ? path : QString();
 }
 
 // A model and calibration sized so that a capture lasts a few seconds and spans 6 layers.
-const QStringList kInterruptModel = {
-    QStringLiteral("--arch"), QStringLiteral("mixtral"), QStringLiteral("--layers"), QStringLiteral("6"),
-    QStringLiteral("--hidden"), QStringLiteral("256"), QStringLiteral("--heads"), QStringLiteral("4"),
-    QStringLiteral("--kv-heads"), QStringLiteral("2"), QStringLiteral("--head-dim"), QStringLiteral("64"),
-    QStringLiteral("--experts"), QStringLiteral("16"), QStringLiteral("--top-k"), QStringLiteral("2"),
-    QStringLiteral("--expert-width"), QStringLiteral("512"), QStringLiteral("--vocab"), QStringLiteral("512")};
+const QStringList kInterruptModel
+    = { QStringLiteral("--arch"), QStringLiteral("mixtral"), QStringLiteral("--layers"), QStringLiteral("6"),
+          QStringLiteral("--hidden"), QStringLiteral("256"), QStringLiteral("--heads"), QStringLiteral("4"),
+          QStringLiteral("--kv-heads"), QStringLiteral("2"), QStringLiteral("--head-dim"), QStringLiteral("64"),
+          QStringLiteral("--experts"), QStringLiteral("16"), QStringLiteral("--top-k"), QStringLiteral("2"),
+          QStringLiteral("--expert-width"), QStringLiteral("512"), QStringLiteral("--vocab"), QStringLiteral("512") };
 
 void compareAtlases(const QString& a, const QString& b)
 {
@@ -117,9 +116,9 @@ private Q_SLOTS:
         QTemporaryDir dir;
         const QString model = dir.filePath(QStringLiteral("model"));
         const auto made = test::runPython(QStringLiteral("tests/reference/make_reference.py"),
-                                          {QStringLiteral("--arch"), QStringLiteral("qwen2_moe"), QStringLiteral("--variant"),
-                                           QStringLiteral("shared_mlp_only"), QStringLiteral("--skip-layout-check"),
-                                           QStringLiteral("--out"), model});
+            { QStringLiteral("--arch"), QStringLiteral("qwen2_moe"), QStringLiteral("--variant"),
+                QStringLiteral("shared_mlp_only"), QStringLiteral("--skip-layout-check"), QStringLiteral("--out"),
+                model });
         QVERIFY2(made.exitCode == 0, qPrintable(made.stdErr));
         const SafetensorsFile ref(QString(model + QStringLiteral("/reference.safetensors")).toStdString());
         const std::vector<int64_t> ids = values<int64_t>(ref, "input_ids");
@@ -134,11 +133,11 @@ private Q_SLOTS:
             out << "]}\n";
         }
         const QString atlasPath = dir.filePath(QStringLiteral("run.atlas.h5"));
-        const auto cap = runCli({QStringLiteral("capture"), model, QStringLiteral("--domain"), QStringLiteral("first=") + calA,
-                                   QStringLiteral("--domain"), QStringLiteral("rest=") + calB, QStringLiteral("--seq-len"),
-                                   QString::number(S), QStringLiteral("--logits-dtype"), logitsDtype,
-                                   QStringLiteral("--expert-norms"), QStringLiteral("--hidden-samples"), QStringLiteral("7"),
-                                   QStringLiteral("-o"), atlasPath});
+        const auto cap
+            = runCli({ QStringLiteral("capture"), model, QStringLiteral("--domain"), QStringLiteral("first=") + calA,
+                QStringLiteral("--domain"), QStringLiteral("rest=") + calB, QStringLiteral("--seq-len"),
+                QString::number(S), QStringLiteral("--logits-dtype"), logitsDtype, QStringLiteral("--expert-norms"),
+                QStringLiteral("--hidden-samples"), QStringLiteral("7"), QStringLiteral("-o"), atlasPath });
         QVERIFY2(cap.exitCode == 0, qPrintable(cap.stdErr));
         QVERIFY(!QFile::exists(atlasPath + QStringLiteral(".partial")));
 
@@ -158,9 +157,9 @@ private Q_SLOTS:
         for (int64_t s = 0; s < B; ++s)
             for (int64_t r = 0; r < B; ++r)
                 if (std::equal(tokens.begin() + s * S, tokens.begin() + (s + 1) * S, ids.begin() + r * S,
-                               [](int32_t a, int64_t b) { return a == b; }))
+                        [](int32_t a, int64_t b) { return a == b; }))
                     rowOf[static_cast<std::size_t>(s)] = r;
-        QCOMPARE(rowOf[0], int64_t(0));   // domain "first" holds sequence 0
+        QCOMPARE(rowOf[0], int64_t(0)); // domain "first" holds sequence 0
         for (int64_t s = 0; s < B; ++s) {
             QVERIFY(rowOf[static_cast<std::size_t>(s)] >= 0);
             QCOMPARE(int64_t(domains[static_cast<std::size_t>(s * S)]), s == 0 ? int64_t(0) : int64_t(1));
@@ -179,13 +178,14 @@ private Q_SLOTS:
                 for (int64_t t = 0; t < S; ++t) {
                     const int64_t mine = s * S + t, theirs = rowOf[static_cast<std::size_t>(s)] * S + t;
                     for (int e = 0; e < E; ++e)
-                        err = std::max(err, static_cast<double>(std::fabs(got[static_cast<std::size_t>(mine * E + e)]
-                                                                          - want[static_cast<std::size_t>(theirs * E + e)])));
+                        err = std::max(err,
+                            static_cast<double>(std::fabs(got[static_cast<std::size_t>(mine * E + e)]
+                                - want[static_cast<std::size_t>(theirs * E + e)])));
                     for (int k = 0; k < K; ++k) {
                         QVERIFY(norms[static_cast<std::size_t>(mine * K + k)] > 0.0f);
                         if (margin[static_cast<std::size_t>(theirs)] > 1e-5f)
                             QCOMPARE(int64_t(gotIds[static_cast<std::size_t>(mine * K + k)]),
-                                     wantIds[static_cast<std::size_t>(theirs * K + k)]);
+                                wantIds[static_cast<std::size_t>(theirs * K + k)]);
                     }
                 }
             qInfo("layer %d: atlas router logits (%s) max abs error %.3g", l, qPrintable(logitsDtype), err);
@@ -212,11 +212,11 @@ private Q_SLOTS:
         QVERIFY(!model.isEmpty());
         const QString cal = generateCalibration(dir, QStringLiteral("cal.jsonl"), 48, 256, 3);
         QVERIFY(!cal.isEmpty());
-        const QStringList common = {QStringLiteral("capture"), model, QStringLiteral("--domain"), QStringLiteral("d=") + cal,
-                                    QStringLiteral("--seq-len"), QStringLiteral("128"), QStringLiteral("--batch-tokens"),
-                                    QStringLiteral("512"), QStringLiteral("--threads"), QStringLiteral("1")};
+        const QStringList common = { QStringLiteral("capture"), model, QStringLiteral("--domain"),
+            QStringLiteral("d=") + cal, QStringLiteral("--seq-len"), QStringLiteral("128"),
+            QStringLiteral("--batch-tokens"), QStringLiteral("512"), QStringLiteral("--threads"), QStringLiteral("1") };
         const QString reference = dir.filePath(QStringLiteral("reference.atlas.h5"));
-        const auto full = runCli(common + QStringList{QStringLiteral("-o"), reference});
+        const auto full = runCli(common + QStringList { QStringLiteral("-o"), reference });
         QVERIFY2(full.exitCode == 0, qPrintable(full.stdErr));
 
         const QString out = dir.filePath(QStringLiteral("run.atlas.h5"));
@@ -224,7 +224,7 @@ private Q_SLOTS:
         auto env = QProcessEnvironment::systemEnvironment();
         env.insert(QStringLiteral("MOEATLAS_PROGRESS_INTERVAL_MS"), QStringLiteral("20"));
         proc.setProcessEnvironment(env);
-        proc.start(cli(), common + QStringList{QStringLiteral("-o"), out});
+        proc.start(cli(), common + QStringList { QStringLiteral("-o"), out });
         QVERIFY(proc.waitForStarted());
         proc.setReadChannel(QProcess::StandardError);
         // Wait until the capture is in layer 3 (layers 1 and 2 complete), then interrupt it.
@@ -255,7 +255,7 @@ private Q_SLOTS:
             for (int l : done)
                 QCOMPARE(partial.readLogits(l), ref.readLogits(l));
         }
-        const auto resumed = runCli(common + QStringList{QStringLiteral("--resume"), QStringLiteral("-o"), out});
+        const auto resumed = runCli(common + QStringList { QStringLiteral("--resume"), QStringLiteral("-o"), out });
         QVERIFY2(resumed.exitCode == 0, qPrintable(resumed.stdErr));
         QVERIFY2(resumed.stdErr.contains(QStringLiteral("resumed after layer")), qPrintable(resumed.stdErr));
         QVERIFY(!QFile::exists(out + QStringLiteral(".partial")));
@@ -273,13 +273,14 @@ private Q_SLOTS:
         const QString out = dir.filePath(QStringLiteral("run.atlas.h5"));
         // A partial atlas: the capture of a 6-layer model is stopped at once by SIGINT-like
         // cancellation is hard to time here, so make one by resuming a finished run's twin.
-        const auto first = runCli({QStringLiteral("capture"), model, QStringLiteral("--domain"), QStringLiteral("d=") + cal,
-                                     QStringLiteral("--seq-len"), QStringLiteral("128"), QStringLiteral("-o"), out});
+        const auto first
+            = runCli({ QStringLiteral("capture"), model, QStringLiteral("--domain"), QStringLiteral("d=") + cal,
+                QStringLiteral("--seq-len"), QStringLiteral("128"), QStringLiteral("-o"), out });
         QVERIFY2(first.exitCode == 0, qPrintable(first.stdErr));
         QVERIFY(QFile::rename(out, out + QStringLiteral(".partial")));
-        const auto resumed = runCli({QStringLiteral("capture"), model, QStringLiteral("--domain"), QStringLiteral("d=") + other,
-                                       QStringLiteral("--seq-len"), QStringLiteral("128"), QStringLiteral("--resume"),
-                                       QStringLiteral("-o"), out});
+        const auto resumed = runCli({ QStringLiteral("capture"), model, QStringLiteral("--domain"),
+            QStringLiteral("d=") + other, QStringLiteral("--seq-len"), QStringLiteral("128"),
+            QStringLiteral("--resume"), QStringLiteral("-o"), out });
         QVERIFY(resumed.exitCode != 0 && resumed.exitCode != -1);
         QVERIFY2(resumed.stdErr.contains(QStringLiteral("token")), qPrintable(resumed.stdErr));
         QVERIFY(!QFile::exists(out));
@@ -289,28 +290,29 @@ private Q_SLOTS:
     void streamsModelsLargerThanMemory()
     {
         QTemporaryDir dir;
-        const QString model = generateModel(
-            dir, QStringLiteral("big"),
-            {QStringLiteral("--arch"), QStringLiteral("qwen3_moe"), QStringLiteral("--layers"), QStringLiteral("16"),
-             QStringLiteral("--hidden"), QStringLiteral("1024"), QStringLiteral("--heads"), QStringLiteral("16"),
-             QStringLiteral("--kv-heads"), QStringLiteral("4"), QStringLiteral("--head-dim"), QStringLiteral("64"),
-             QStringLiteral("--experts"), QStringLiteral("32"), QStringLiteral("--top-k"), QStringLiteral("4"),
-             QStringLiteral("--expert-width"), QStringLiteral("512"), QStringLiteral("--vocab"), QStringLiteral("512"),
-             QStringLiteral("--shard-mib"), QStringLiteral("512")});
+        const QString model = generateModel(dir, QStringLiteral("big"),
+            { QStringLiteral("--arch"), QStringLiteral("qwen3_moe"), QStringLiteral("--layers"), QStringLiteral("16"),
+                QStringLiteral("--hidden"), QStringLiteral("1024"), QStringLiteral("--heads"), QStringLiteral("16"),
+                QStringLiteral("--kv-heads"), QStringLiteral("4"), QStringLiteral("--head-dim"), QStringLiteral("64"),
+                QStringLiteral("--experts"), QStringLiteral("32"), QStringLiteral("--top-k"), QStringLiteral("4"),
+                QStringLiteral("--expert-width"), QStringLiteral("512"), QStringLiteral("--vocab"),
+                QStringLiteral("512"), QStringLiteral("--shard-mib"), QStringLiteral("512") });
         QVERIFY(!model.isEmpty());
         const Checkpoint ckpt(model.toStdString());
         const uint64_t weights = ckpt.totalBytes();
         const QString cal = generateCalibration(dir, QStringLiteral("cal.jsonl"), 4, 256, 5);
-        const auto cap = runCli({QStringLiteral("capture"), model, QStringLiteral("--domain"), QStringLiteral("d=") + cal,
-                                   QStringLiteral("--seq-len"), QStringLiteral("256"), QStringLiteral("-o"),
-                                   dir.filePath(QStringLiteral("big.atlas.h5"))});
+        const auto cap = runCli({ QStringLiteral("capture"), model, QStringLiteral("--domain"),
+            QStringLiteral("d=") + cal, QStringLiteral("--seq-len"), QStringLiteral("256"), QStringLiteral("-o"),
+            dir.filePath(QStringLiteral("big.atlas.h5")) });
         QVERIFY2(cap.exitCode == 0, qPrintable(cap.stdErr));
-        const auto m = QRegularExpression(QStringLiteral("peak RSS (\\d+) MiB, largest layer (\\d+) MiB")).match(cap.stdErr);
+        const auto m
+            = QRegularExpression(QStringLiteral("peak RSS (\\d+) MiB, largest layer (\\d+) MiB")).match(cap.stdErr);
         QVERIFY2(m.hasMatch(), qPrintable(cap.stdErr));
         const double rssMiB = m.captured(1).toDouble(), layerMiB = m.captured(2).toDouble();
         const double weightsMiB = static_cast<double>(weights) / (1024.0 * 1024.0);
-        qInfo("weights %.0f MiB, peak RSS %.0f MiB (%.2fx smaller), largest layer %.0f MiB, peak RSS / largest layer %.2f",
-              weightsMiB, rssMiB, weightsMiB / rssMiB, layerMiB, rssMiB / layerMiB);
+        qInfo("weights %.0f MiB, peak RSS %.0f MiB (%.2fx smaller), largest layer %.0f MiB, peak RSS / largest layer "
+              "%.2f",
+            weightsMiB, rssMiB, weightsMiB / rssMiB, layerMiB, rssMiB / layerMiB);
         QVERIFY2(weightsMiB >= 4.0 * rssMiB, "the capture held more than a quarter of the model in memory");
     }
 };

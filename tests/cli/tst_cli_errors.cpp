@@ -19,8 +19,8 @@
 #include <string>
 
 using namespace Qt::StringLiterals;
-using moeatlas::test::ProcessResult;
 using moeatlas::test::cliExecutable;
+using moeatlas::test::ProcessResult;
 using moeatlas::test::runProcess;
 
 namespace {
@@ -84,7 +84,7 @@ bool readRaw(const QString& path, RawSafetensors& raw)
 bool writeRaw(const QString& path, const RawSafetensors& raw)
 {
     std::string h = raw.header.dump();
-    while (h.size() % 8 != 0)   // the reference writer pads with spaces to 8 bytes
+    while (h.size() % 8 != 0) // the reference writer pads with spaces to 8 bytes
         h += ' ';
     QByteArray out(8, '\0');
     qToLittleEndian<quint64>(h.size(), out.data());
@@ -93,8 +93,7 @@ bool writeRaw(const QString& path, const RawSafetensors& raw)
     return writeAll(path, out);
 }
 
-template <typename Edit>
-bool editHeader(const QString& path, Edit edit)
+template <typename Edit> bool editHeader(const QString& path, Edit edit)
 {
     RawSafetensors raw;
     if (!readRaw(path, raw))
@@ -103,8 +102,7 @@ bool editHeader(const QString& path, Edit edit)
     return writeRaw(path, raw);
 }
 
-template <typename Edit>
-bool editConfig(const QString& dir, Edit edit)
+template <typename Edit> bool editConfig(const QString& dir, Edit edit)
 {
     const QString path = QDir(dir).filePath(u"config.json"_s);
     QByteArray text;
@@ -153,11 +151,11 @@ void checkCleanFailure(const ProcessResult& r, const QStringList& keywords, cons
         QVERIFY2(!QFileInfo::exists(finalOutput), qPrintable(finalOutput + u" exists after a failure"_s + context));
 }
 
-#define CHECK_CLEAN_FAILURE(result, keywords, output)                                                               \
-    do {                                                                                                              \
-        checkCleanFailure(result, keywords, output);                                                                  \
-        if (QTest::currentTestFailed())                                                                               \
-            return;                                                                                                   \
+#define CHECK_CLEAN_FAILURE(result, keywords, output)                                                                  \
+    do {                                                                                                               \
+        checkCleanFailure(result, keywords, output);                                                                   \
+        if (QTest::currentTestFailed())                                                                                \
+            return;                                                                                                    \
     } while (false)
 
 } // namespace
@@ -188,14 +186,14 @@ private:
     QStringList breakCheckpoint(const QString& kind, const QString& dir) const;
 
     QTemporaryDir m_root;
-    QString m_model;   // the valid checkpoint; cases copy it before breaking anything
-    QString m_calib;   // the valid calibration file
+    QString m_model; // the valid checkpoint; cases copy it before breaking anything
+    QString m_calib; // the valid calibration file
 };
 
-QString TstCliErrors::capture(const QString& checkpoint, const QString& out, const QStringList& extra,
-                              ProcessResult& r) const
+QString TstCliErrors::capture(
+    const QString& checkpoint, const QString& out, const QStringList& extra, ProcessResult& r) const
 {
-    QStringList args{u"capture"_s, checkpoint, u"-o"_s, out};
+    QStringList args { u"capture"_s, checkpoint, u"-o"_s, out };
     if (!extra.contains(u"--seq-len"_s))
         args << u"--seq-len"_s << QString::number(kSeqLen);
     if (!extra.contains(u"--domain"_s))
@@ -212,12 +210,11 @@ void TstCliErrors::initTestCase()
     m_model = m_root.filePath(u"model"_s);
     m_calib = m_root.filePath(u"calib.jsonl"_s);
     // One shard: --shard-mib is MiB granularity and the model is ~360 KiB.
-    const ProcessResult r = cli({u"generate"_s, u"-o"_s, m_model, u"--arch"_s, u"qwen3_moe"_s, u"--layers"_s, u"2"_s,
-                                 u"--hidden"_s, u"64"_s, u"--head-dim"_s, u"16"_s, u"--heads"_s, u"4"_s,
-                                 u"--kv-heads"_s, u"2"_s, u"--experts"_s, u"4"_s, u"--top-k"_s, u"2"_s,
-                                 u"--expert-width"_s, u"32"_s, u"--vocab"_s, QString::number(kVocab),
-                                 u"--shard-mib"_s, u"1"_s, u"--calibration"_s, m_calib, u"--calibration-docs"_s,
-                                 u"4"_s, u"--calibration-doc-tokens"_s, u"64"_s});
+    const ProcessResult r = cli({ u"generate"_s, u"-o"_s, m_model, u"--arch"_s, u"qwen3_moe"_s, u"--layers"_s, u"2"_s,
+        u"--hidden"_s, u"64"_s, u"--head-dim"_s, u"16"_s, u"--heads"_s, u"4"_s, u"--kv-heads"_s, u"2"_s, u"--experts"_s,
+        u"4"_s, u"--top-k"_s, u"2"_s, u"--expert-width"_s, u"32"_s, u"--vocab"_s, QString::number(kVocab),
+        u"--shard-mib"_s, u"1"_s, u"--calibration"_s, m_calib, u"--calibration-docs"_s, u"4"_s,
+        u"--calibration-doc-tokens"_s, u"64"_s });
     QVERIFY2(r.exitCode == 0, qPrintable(r.stdErr));
     QVERIFY(QFileInfo::exists(QDir(m_model).filePath(QString::fromLatin1(kShard))));
     QVERIFY(QFileInfo::exists(QDir(m_model).filePath(u"config.json"_s)));
@@ -234,7 +231,7 @@ void TstCliErrors::validInputsSucceed()
     QVERIFY2(r.exitCode == 0, qPrintable(r.stdErr));
     QVERIFY(QFileInfo::exists(out));
     QVERIFY(!QFileInfo::exists(out + u".partial"_s));
-    const ProcessResult inspect = cli({u"inspect"_s, m_model});
+    const ProcessResult inspect = cli({ u"inspect"_s, m_model });
     QVERIFY2(inspect.exitCode == 0, qPrintable(inspect.stdErr));
 }
 
@@ -299,12 +296,12 @@ QStringList TstCliErrors::breakCheckpoint(const QString& kind, const QString& di
         all.truncate(all.size() - static_cast<qsizetype>(dataSize - keep));
         if (!writeAll(shard, all))
             return {};
-        return {shard, u"tensor '"_s + q(first) + u"'"_s, u"data_offsets"_s, u"outside the data region"_s};
+        return { shard, u"tensor '"_s + q(first) + u"'"_s, u"data_offsets"_s, u"outside the data region"_s };
     }
     if (kind == u"truncate-8") {
         if (!writeAll(shard, QByteArray(4, '\0')))
             return {};
-        return {shard, u"8-byte header length"_s};
+        return { shard, u"8-byte header length"_s };
     }
     if (kind == u"header-length") {
         QByteArray all;
@@ -313,7 +310,7 @@ QStringList TstCliErrors::breakCheckpoint(const QString& kind, const QString& di
         qToLittleEndian<quint64>(static_cast<quint64>(all.size()), all.data());
         if (!writeAll(shard, all))
             return {};
-        return {shard, u"header length "_s + QString::number(all.size()), u"exceeds the file"_s};
+        return { shard, u"header length "_s + QString::number(all.size()), u"exceeds the file"_s };
     }
     if (kind == u"header-json") {
         // Drop the closing brace of the header object: the JSON ends early.
@@ -327,7 +324,7 @@ QStringList TstCliErrors::breakCheckpoint(const QString& kind, const QString& di
         all[brace] = ' ';
         if (!writeAll(shard, all))
             return {};
-        return {shard, u"header is not valid JSON"_s};
+        return { shard, u"header is not valid JSON"_s };
     }
     if (kind == u"overlap") {
         // Slide the final norm back by its own size, onto the tensor that ends where it began.
@@ -338,63 +335,63 @@ QStringList TstCliErrors::breakCheckpoint(const QString& kind, const QString& di
                 before = name;
         if (before.empty())
             return {};
-        raw.header[norm]["data_offsets"] = nlohmann::json::array({b - (e - b), b});
+        raw.header[norm]["data_offsets"] = nlohmann::json::array({ b - (e - b), b });
         if (!writeRaw(shard, raw))
             return {};
-        return {shard, u"tensor '"_s + q(norm) + u"'"_s, u"overlap"_s, u"'"_s + q(before) + u"'"_s};
+        return { shard, u"tensor '"_s + q(norm) + u"'"_s, u"overlap"_s, u"'"_s + q(before) + u"'"_s };
     }
     if (kind == u"out-of-range") {
         const std::string name = "lm_head.weight";
         const uint64_t size = endOf(raw, name) - beginOf(raw, name);
-        raw.header[name]["data_offsets"] = nlohmann::json::array({dataSize, dataSize + size});
+        raw.header[name]["data_offsets"] = nlohmann::json::array({ dataSize, dataSize + size });
         if (!writeRaw(shard, raw))
             return {};
-        return {shard, u"tensor 'lm_head.weight'"_s, u"data_offsets"_s, u"outside the data region of "_s
-                + QString::number(dataSize)};
+        return { shard, u"tensor 'lm_head.weight'"_s, u"data_offsets"_s,
+            u"outside the data region of "_s + QString::number(dataSize) };
     }
     if (kind == u"begin-after-end") {
         const uint64_t b = beginOf(raw, norm), e = endOf(raw, norm);
-        raw.header[norm]["data_offsets"] = nlohmann::json::array({e, b});
+        raw.header[norm]["data_offsets"] = nlohmann::json::array({ e, b });
         if (!writeRaw(shard, raw))
             return {};
-        return {shard, u"tensor 'model.norm.weight'"_s, u"begin > end"_s};
+        return { shard, u"tensor 'model.norm.weight'"_s, u"begin > end"_s };
     }
     if (kind == u"size-shape") {
-        raw.header[norm]["shape"] = nlohmann::json::array({65});
+        raw.header[norm]["shape"] = nlohmann::json::array({ 65 });
         if (!writeRaw(shard, raw))
             return {};
-        return {shard, u"tensor 'model.norm.weight'"_s, u"hold 256 bytes"_s, u"shape [65] x F32 needs 260"_s};
+        return { shard, u"tensor 'model.norm.weight'"_s, u"hold 256 bytes"_s, u"shape [65] x F32 needs 260"_s };
     }
     if (kind == u"size-dtype") {
         raw.header[norm]["dtype"] = "F16";
         if (!writeRaw(shard, raw))
             return {};
-        return {shard, u"tensor 'model.norm.weight'"_s, u"hold 256 bytes"_s, u"shape [64] x F16 needs 128"_s};
+        return { shard, u"tensor 'model.norm.weight'"_s, u"hold 256 bytes"_s, u"shape [64] x F16 needs 128"_s };
     }
     if (kind == u"unknown-dtype") {
         raw.header[norm]["dtype"] = "F31";
         if (!writeRaw(shard, raw))
             return {};
-        return {shard, u"tensor 'model.norm.weight'"_s, u"unknown dtype 'F31'"_s, u"BF16"_s};
+        return { shard, u"tensor 'model.norm.weight'"_s, u"unknown dtype 'F31'"_s, u"BF16"_s };
     }
     if (kind == u"no-shard") {
         if (!QFile::remove(shard))
             return {};
-        return {dir, u"model.safetensors"_s, u"model.safetensors.index.json"_s};
+        return { dir, u"model.safetensors"_s, u"model.safetensors.index.json"_s };
     }
     if (kind == u"config-hidden") {
         // Caught before any layer runs: the embedding is checked when the executor is built.
         if (!editConfig(dir, [](nlohmann::json& c) { c["hidden_size"] = 96; }))
             return {};
-        return {shard, u"tensor 'model.embed_tokens.weight'"_s, u"has shape [128, 64]"_s, u"expected [128, 96]"_s,
-                u"config.json"_s};
+        return { shard, u"tensor 'model.embed_tokens.weight'"_s, u"has shape [128, 64]"_s, u"expected [128, 96]"_s,
+            u"config.json"_s };
     }
     if (kind == u"config-expert-width") {
         // Only expert tensors depend on moe_intermediate_size; layer 0's first expert is named.
         if (!editConfig(dir, [](nlohmann::json& c) { c["moe_intermediate_size"] = 48; }))
             return {};
-        return {shard, u"tensor 'model.layers.0.mlp.experts.0.gate_proj.weight'"_s, u"has shape [32, 64]"_s,
-                u"expected [48, 64]"_s, u"config.json"_s};
+        return { shard, u"tensor 'model.layers.0.mlp.experts.0.gate_proj.weight'"_s, u"has shape [32, 64]"_s,
+            u"expected [48, 64]"_s, u"config.json"_s };
     }
     if (kind == u"missing-expert" || kind == u"missing-norm") {
         // Renamed in the header: the file stays valid, the name the architecture needs is gone.
@@ -404,44 +401,44 @@ QStringList TstCliErrors::breakCheckpoint(const QString& kind, const QString& di
         raw.header[name + "_renamed"] = entry;
         if (!writeRaw(shard, raw))
             return {};
-        return {dir, u"missing tensor '"_s + q(name) + u"'"_s};
+        return { dir, u"missing tensor '"_s + q(name) + u"'"_s };
     }
     if (kind == u"int-router") {
         // I32 has the size of F32, so the header stays consistent; only the type is wrong.
         raw.header["model.layers.0.mlp.gate.weight"]["dtype"] = "I32";
         if (!writeRaw(shard, raw))
             return {};
-        return {shard, u"tensor 'model.layers.0.mlp.gate.weight'"_s, u"I32"_s, u"floating-point"_s};
+        return { shard, u"tensor 'model.layers.0.mlp.gate.weight'"_s, u"I32"_s, u"floating-point"_s };
     }
     if (kind == u"model-type") {
         if (!editConfig(dir, [](nlohmann::json& c) { c["model_type"] = "gpt2"; }))
             return {};
-        return {config, u"model_type"_s, u"'gpt2'"_s, u"mixtral"_s, u"qwen2_moe"_s, u"qwen3_moe"_s, u"olmoe"_s};
+        return { config, u"model_type"_s, u"'gpt2'"_s, u"mixtral"_s, u"qwen2_moe"_s, u"qwen3_moe"_s, u"olmoe"_s };
     }
     if (kind == u"config-not-json") {
         if (!writeAll(config, "{\"model_type\": \"qwen3_moe\", \"hidden_size\": 64,,}\n"))
             return {};
-        return {config, u"config.json is not valid JSON"_s};
+        return { config, u"config.json is not valid JSON"_s };
     }
     if (kind == u"config-missing") {
         if (!QFile::remove(config))
             return {};
-        return {dir, u"missing config.json"_s};
+        return { dir, u"missing config.json"_s };
     }
     if (kind == u"config-array") {
         if (!writeAll(config, "[1, 2, 3]\n"))
             return {};
-        return {config, u"expected a JSON object"_s};
+        return { config, u"expected a JSON object"_s };
     }
     if (kind == u"missing-topk") {
         if (!editConfig(dir, [](nlohmann::json& c) { c.erase("num_experts_per_tok"); }))
             return {};
-        return {config, u"field 'num_experts_per_tok'"_s, u"missing"_s};
+        return { config, u"field 'num_experts_per_tok'"_s, u"missing"_s };
     }
     if (kind == u"topk-string") {
         if (!editConfig(dir, [](nlohmann::json& c) { c["num_experts_per_tok"] = "two"; }))
             return {};
-        return {config, u"field 'num_experts_per_tok'"_s, u"integer"_s};
+        return { config, u"field 'num_experts_per_tok'"_s, u"integer"_s };
     }
     return {};
 }
@@ -461,11 +458,12 @@ void TstCliErrors::brokenCheckpoint()
     std::future<ProcessResult> inspected;
     if (!inspect.isEmpty())
         inspected = std::async(std::launch::async, [&] {
-            return cli(inspect == u"json"_s ? QStringList{u"inspect"_s, u"--json"_s, dir} : QStringList{u"inspect"_s, dir});
+            return cli(inspect == u"json"_s ? QStringList { u"inspect"_s, u"--json"_s, dir }
+                                            : QStringList { u"inspect"_s, dir });
         });
     ProcessResult r;
     const QString out = capture(dir, tmp.filePath(u"run.atlas.h5"_s), {}, r);
-    const ProcessResult i = inspected.valid() ? inspected.get() : ProcessResult{};
+    const ProcessResult i = inspected.valid() ? inspected.get() : ProcessResult {};
     CHECK_CLEAN_FAILURE(r, keywords, out);
 
     if (!inspect.isEmpty()) {
@@ -489,34 +487,33 @@ void TstCliErrors::laterLayerValidatedUpFront()
 
     ProcessResult r;
     const QString out = capture(dir, tmp.filePath(u"run.atlas.h5"_s), {}, r);
-    CHECK_CLEAN_FAILURE(r, (QStringList{shard, u"tensor '"_s + q(router) + u"'"_s, u"floating-point"_s}), out);
+    CHECK_CLEAN_FAILURE(r, (QStringList { shard, u"tensor '"_s + q(router) + u"'"_s, u"floating-point"_s }), out);
     QVERIFY2(!QFileInfo::exists(out + u".partial"_s), "a .partial atlas was started before validation failed");
 }
 
 void TstCliErrors::brokenCalibration_data()
 {
     QTest::addColumn<QByteArray>("contents");
-    QTest::addColumn<QStringList>("keywords");   // besides the file name
+    QTest::addColumn<QStringList>("keywords"); // besides the file name
 
     const QByteArray good = "{\"input_ids\": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]}\n";
-    QTest::newRow("empty file") << QByteArray("\n  \n") << QStringList{u"no documents"_s};
-    QTest::newRow("only empty documents") << QByteArray("{\"input_ids\": []}\n")
-                                          << QStringList{u"no documents"_s};
+    QTest::newRow("empty file") << QByteArray("\n  \n") << QStringList { u"no documents"_s };
+    QTest::newRow("only empty documents") << QByteArray("{\"input_ids\": []}\n") << QStringList { u"no documents"_s };
     QTest::newRow("invalid JSON on line 3") << QByteArray(good + good + "{\"input_ids\": [1, 2,\n" + good)
-                                            << QStringList{u"calib.jsonl:3:"_s, u"invalid JSON"_s};
+                                            << QStringList { u"calib.jsonl:3:"_s, u"invalid JSON"_s };
     QTest::newRow("token id == vocab") << QByteArray(good + "{\"input_ids\": [5, 128, 7]}\n")
-                                       << QStringList{u"calib.jsonl:2:"_s, u"token id 128"_s, u"[0, 128)"_s};
+                                       << QStringList { u"calib.jsonl:2:"_s, u"token id 128"_s, u"[0, 128)"_s };
     QTest::newRow("negative token id") << QByteArray("{\"input_ids\": [5, -1]}\n" + good)
-                                       << QStringList{u"calib.jsonl:1:"_s, u"token id -1"_s};
+                                       << QStringList { u"calib.jsonl:1:"_s, u"token id -1"_s };
     QTest::newRow("no input_ids field") << QByteArray(good + "{\"text\": \"hello\"}\n")
-                                        << QStringList{u"calib.jsonl:2:"_s, u"\"input_ids\""_s};
+                                        << QStringList { u"calib.jsonl:2:"_s, u"\"input_ids\""_s };
     QTest::newRow("input_ids not integers") << QByteArray(good + good + good + "{\"input_ids\": [1, \"two\"]}\n")
-                                            << QStringList{u"calib.jsonl:4:"_s, u"\"input_ids\""_s, u"\"two\""_s};
-    QTest::newRow("line is not an object") << QByteArray("[1, 2, 3]\n" + good)
-                                           << QStringList{u"calib.jsonl:1:"_s, u"input_ids"_s};
-    QTest::newRow("fewer tokens than --seq-len") << QByteArray("{\"input_ids\": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}\n")
-                                                 << QStringList{u"domain 'web'"_s, u"fewer tokens"_s,
-                                                                u"--seq-len "_s + QString::number(kSeqLen)};
+                                            << QStringList { u"calib.jsonl:4:"_s, u"\"input_ids\""_s, u"\"two\""_s };
+    QTest::newRow("line is not an object")
+        << QByteArray("[1, 2, 3]\n" + good) << QStringList { u"calib.jsonl:1:"_s, u"input_ids"_s };
+    QTest::newRow("fewer tokens than --seq-len")
+        << QByteArray("{\"input_ids\": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}\n")
+        << QStringList { u"domain 'web'"_s, u"fewer tokens"_s, u"--seq-len "_s + QString::number(kSeqLen) };
 }
 
 void TstCliErrors::brokenCalibration()
@@ -528,26 +525,27 @@ void TstCliErrors::brokenCalibration()
     const QString calib = tmp.filePath(u"calib.jsonl"_s);
     QVERIFY(writeAll(calib, contents));
     ProcessResult r;
-    const QString out = capture(m_model, tmp.filePath(u"run.atlas.h5"_s), {u"--domain"_s, u"web="_s + calib}, r);
-    CHECK_CLEAN_FAILURE(r, QStringList{calib} + keywords, out);
+    const QString out = capture(m_model, tmp.filePath(u"run.atlas.h5"_s), { u"--domain"_s, u"web="_s + calib }, r);
+    CHECK_CLEAN_FAILURE(r, QStringList { calib } + keywords, out);
     // Calibration is read before the atlas is started: nothing at all is left behind.
     QVERIFY(!QFileInfo::exists(out + u".partial"_s));
 }
 
 void TstCliErrors::badDomainArgument_data()
 {
-    QTest::addColumn<QStringList>("domains");    // "%1" is the valid calibration file
-    QTest::addColumn<QStringList>("keywords");   // "%1" likewise
+    QTest::addColumn<QStringList>("domains"); // "%1" is the valid calibration file
+    QTest::addColumn<QStringList>("keywords"); // "%1" likewise
 
-    QTest::newRow("no '='") << QStringList{u"%1"_s} << QStringList{u"--domain '%1'"_s, u"NAME=PATH"_s};
-    QTest::newRow("empty path") << QStringList{u"web="_s} << QStringList{u"--domain 'web='"_s, u"NAME=PATH"_s};
-    QTest::newRow("duplicate names") << QStringList{u"web=%1"_s, u"web=%1"_s}
-                                     << QStringList{u"--domain web"_s, u"twice"_s};
-    QTest::newRow("bad name characters") << QStringList{u"we/b=%1"_s}
-                                         << QStringList{u"--domain 'we/b=%1'"_s, u"domain names"_s};
-    QTest::newRow("sample cap 0") << QStringList{u"web=%1:0"_s} << QStringList{u"--domain 'web=%1:0'"_s, u"> 0"_s};
-    QTest::newRow("file does not exist") << QStringList{u"web=%1.missing"_s}
-                                         << QStringList{u"%1.missing"_s, u"cannot open calibration file"_s};
+    QTest::newRow("no '='") << QStringList { u"%1"_s } << QStringList { u"--domain '%1'"_s, u"NAME=PATH"_s };
+    QTest::newRow("empty path") << QStringList { u"web="_s } << QStringList { u"--domain 'web='"_s, u"NAME=PATH"_s };
+    QTest::newRow("duplicate names") << QStringList { u"web=%1"_s, u"web=%1"_s }
+                                     << QStringList { u"--domain web"_s, u"twice"_s };
+    QTest::newRow("bad name characters") << QStringList { u"we/b=%1"_s }
+                                         << QStringList { u"--domain 'we/b=%1'"_s, u"domain names"_s };
+    QTest::newRow("sample cap 0") << QStringList { u"web=%1:0"_s }
+                                  << QStringList { u"--domain 'web=%1:0'"_s, u"> 0"_s };
+    QTest::newRow("file does not exist") << QStringList { u"web=%1.missing"_s }
+                                         << QStringList { u"%1.missing"_s, u"cannot open calibration file"_s };
 }
 
 void TstCliErrors::badDomainArgument()
@@ -574,17 +572,18 @@ void TstCliErrors::badOption_data()
     QTest::addColumn<QStringList>("keywords");
 
     // This build's LibTorch is CPU-only (a CUDA build is skipped in the test body).
-    QTest::newRow("--device cuda") << QStringList{u"--device"_s, u"cuda"_s}
-                                   << QStringList{u"--device cuda"_s, u"CUDA"_s};
-    QTest::newRow("--device tpu") << QStringList{u"--device"_s, u"tpu"_s}
-                                  << QStringList{u"--device: 'tpu'"_s, u"cpu, cuda or cuda:N"_s};
-    QTest::newRow("--dtype int8") << QStringList{u"--dtype"_s, u"int8"_s}
-                                  << QStringList{u"--dtype: 'int8'"_s, u"float32, bfloat16 or float16"_s};
-    QTest::newRow("--logits-dtype int8") << QStringList{u"--logits-dtype"_s, u"int8"_s}
-                                         << QStringList{u"--logits-dtype"_s, u"'int8'"_s, u"float16"_s};
-    QTest::newRow("--seq-len 0") << QStringList{u"--seq-len"_s, u"0"_s} << QStringList{u"--seq-len must be > 0"_s};
-    QTest::newRow("--batch-tokens 0") << QStringList{u"--batch-tokens"_s, u"0"_s}
-                                      << QStringList{u"--batch-tokens must be > 0"_s};
+    QTest::newRow("--device cuda") << QStringList { u"--device"_s, u"cuda"_s }
+                                   << QStringList { u"--device cuda"_s, u"CUDA"_s };
+    QTest::newRow("--device tpu") << QStringList { u"--device"_s, u"tpu"_s }
+                                  << QStringList { u"--device: 'tpu'"_s, u"cpu, cuda or cuda:N"_s };
+    QTest::newRow("--dtype int8") << QStringList { u"--dtype"_s, u"int8"_s }
+                                  << QStringList { u"--dtype: 'int8'"_s, u"float32, bfloat16 or float16"_s };
+    QTest::newRow("--logits-dtype int8") << QStringList { u"--logits-dtype"_s, u"int8"_s }
+                                         << QStringList { u"--logits-dtype"_s, u"'int8'"_s, u"float16"_s };
+    QTest::newRow("--seq-len 0") << QStringList { u"--seq-len"_s, u"0"_s }
+                                 << QStringList { u"--seq-len must be > 0"_s };
+    QTest::newRow("--batch-tokens 0") << QStringList { u"--batch-tokens"_s, u"0"_s }
+                                      << QStringList { u"--batch-tokens must be > 0"_s };
 }
 
 void TstCliErrors::badOption()
@@ -621,7 +620,7 @@ void TstCliErrors::unwritableOutput()
     const QString out = parent + u"/run.atlas.h5"_s;
     ProcessResult r;
     capture(m_model, out, {}, r);
-    CHECK_CLEAN_FAILURE(r, (QStringList{out, u"output directory '"_s + parent + u"'"_s}), out);
+    CHECK_CLEAN_FAILURE(r, (QStringList { out, u"output directory '"_s + parent + u"'"_s }), out);
     // Nothing was created on the way: the parent is as it was.
     QCOMPARE(QFileInfo(parent).exists(), parentIsFile);
     if (parentIsFile) {
@@ -644,7 +643,7 @@ void TstCliErrors::existingOutputKept()
     capture(m_model, out, {}, r);
     // The final name exists (it is the user's file), so the existence check is replaced by a
     // byte-for-byte comparison.
-    CHECK_CLEAN_FAILURE(r, (QStringList{out, u"already exists"_s, u"--force"_s}), QString());
+    CHECK_CLEAN_FAILURE(r, (QStringList { out, u"already exists"_s, u"--force"_s }), QString());
     QByteArray after;
     QVERIFY(readAll(out, after));
     QCOMPARE(after, precious);

@@ -23,8 +23,7 @@ test::ProcessResult runCli(const QStringList& args)
 {
     const test::ProcessResult r = test::runProcess(test::cliExecutable(), args);
     if (r.exitCode != 0)
-        qWarning("moeatlas %s: exit %d\n%s", qPrintable(args.join(QLatin1Char(' '))), r.exitCode,
-                 qPrintable(r.stdErr));
+        qWarning("moeatlas %s: exit %d\n%s", qPrintable(args.join(QLatin1Char(' '))), r.exitCode, qPrintable(r.stdErr));
     return r;
 }
 
@@ -67,8 +66,8 @@ private:
 
     QTemporaryDir m_dir;
     QString m_model;
-    QString m_atlas;          // captured with --expert-norms, scored
-    QString m_atlasNoNorms;   // captured without them, scored
+    QString m_atlas; // captured with --expert-norms, scored
+    QString m_atlasNoNorms; // captured without them, scored
 };
 
 void TstCliPipeline::initTestCase()
@@ -77,41 +76,43 @@ void TstCliPipeline::initTestCase()
     QVERIFY2(!test::cliExecutable().isEmpty(), "MOEATLAS_CLI is unset");
     QVERIFY2(!test::pythonExecutable().isEmpty(), "MOEATLAS_PYTHON is unset: the reference tests need the venv");
     m_model = path(QStringLiteral("model"));
-    QCOMPARE(runCli({QStringLiteral("generate"), QStringLiteral("-o"), m_model, QStringLiteral("--arch"),
-                     QStringLiteral("qwen2_moe"), QStringLiteral("--layers"), QStringLiteral("2"),
-                     QStringLiteral("--hidden"), QStringLiteral("64"), QStringLiteral("--heads"), QStringLiteral("4"),
-                     QStringLiteral("--kv-heads"), QStringLiteral("2"), QStringLiteral("--head-dim"),
-                     QStringLiteral("16"), QStringLiteral("--experts"), QStringLiteral("8"),
-                     QStringLiteral("--top-k"), QStringLiteral("2"), QStringLiteral("--expert-width"),
-                     QStringLiteral("32"), QStringLiteral("--shared-width"), QStringLiteral("64"),
-                     QStringLiteral("--vocab"), QStringLiteral("256"), QStringLiteral("--seed"), QStringLiteral("7")})
-                 .exitCode,
-             0);
+    QCOMPARE(
+        runCli({ QStringLiteral("generate"), QStringLiteral("-o"), m_model, QStringLiteral("--arch"),
+                   QStringLiteral("qwen2_moe"), QStringLiteral("--layers"), QStringLiteral("2"),
+                   QStringLiteral("--hidden"), QStringLiteral("64"), QStringLiteral("--heads"), QStringLiteral("4"),
+                   QStringLiteral("--kv-heads"), QStringLiteral("2"), QStringLiteral("--head-dim"),
+                   QStringLiteral("16"), QStringLiteral("--experts"), QStringLiteral("8"), QStringLiteral("--top-k"),
+                   QStringLiteral("2"), QStringLiteral("--expert-width"), QStringLiteral("32"),
+                   QStringLiteral("--shared-width"), QStringLiteral("64"), QStringLiteral("--vocab"),
+                   QStringLiteral("256"), QStringLiteral("--seed"), QStringLiteral("7") })
+            .exitCode,
+        0);
     // Two random domains (different seeds), a few hundred tokens each.
-    for (const auto& [name, seed] : {std::pair{QStringLiteral("math"), 11}, std::pair{QStringLiteral("code"), 12}})
-        QCOMPARE(runCli({QStringLiteral("generate"), QStringLiteral("--vocab"), QStringLiteral("256"),
-                         QStringLiteral("--seed"), QString::number(seed), QStringLiteral("--calibration"),
-                         path(name + QStringLiteral(".jsonl")), QStringLiteral("--calibration-docs"),
-                         QStringLiteral("6"), QStringLiteral("--calibration-doc-tokens"), QStringLiteral("64")})
+    for (const auto& [name, seed] :
+        { std::pair { QStringLiteral("math"), 11 }, std::pair { QStringLiteral("code"), 12 } })
+        QCOMPARE(runCli({ QStringLiteral("generate"), QStringLiteral("--vocab"), QStringLiteral("256"),
+                            QStringLiteral("--seed"), QString::number(seed), QStringLiteral("--calibration"),
+                            path(name + QStringLiteral(".jsonl")), QStringLiteral("--calibration-docs"),
+                            QStringLiteral("6"), QStringLiteral("--calibration-doc-tokens"), QStringLiteral("64") })
                      .exitCode,
-                 0);
+            0);
     m_atlas = path(QStringLiteral("run.atlas.h5"));
     m_atlasNoNorms = path(QStringLiteral("plain.atlas.h5"));
-    for (const QString& atlas : {m_atlas, m_atlasNoNorms}) {
-        QStringList args{QStringLiteral("capture"), m_model,
-                         QStringLiteral("-d"), QStringLiteral("math=") + path(QStringLiteral("math.jsonl")),
-                         QStringLiteral("-d"), QStringLiteral("code=") + path(QStringLiteral("code.jsonl")),
-                         QStringLiteral("--seq-len"), QStringLiteral("64"), QStringLiteral("-o"), atlas};
+    for (const QString& atlas : { m_atlas, m_atlasNoNorms }) {
+        QStringList args { QStringLiteral("capture"), m_model, QStringLiteral("-d"),
+            QStringLiteral("math=") + path(QStringLiteral("math.jsonl")), QStringLiteral("-d"),
+            QStringLiteral("code=") + path(QStringLiteral("code.jsonl")), QStringLiteral("--seq-len"),
+            QStringLiteral("64"), QStringLiteral("-o"), atlas };
         if (atlas == m_atlas)
             args << QStringLiteral("--expert-norms");
         QCOMPARE(runCli(args).exitCode, 0);
-        QCOMPARE(runCli({QStringLiteral("score"), atlas}).exitCode, 0);
+        QCOMPARE(runCli({ QStringLiteral("score"), atlas }).exitCode, 0);
     }
 }
 
 void TstCliPipeline::scoreTwiceIsUpToDate()
 {
-    const test::ProcessResult r = runCli({QStringLiteral("score"), m_atlas});
+    const test::ProcessResult r = runCli({ QStringLiteral("score"), m_atlas });
     QCOMPARE(r.exitCode, 0);
     const QString said = r.stdOut + r.stdErr;
     QVERIFY2(said.contains(QStringLiteral("up to date")), qPrintable(said));
@@ -121,26 +122,26 @@ void TstCliPipeline::specialistFromAtlasExportsAndLoads()
 {
     // No checkpoint argument: the plan takes the one the atlas was captured from.
     const QString plan = path(QStringLiteral("math.plan.json"));
-    QCOMPARE(runCli({QStringLiteral("plan"), QStringLiteral("--atlas"), m_atlas, QStringLiteral("--criterion"),
-                     QStringLiteral("peu"), QStringLiteral("--domain"), QStringLiteral("math"),
-                     QStringLiteral("--keep-fraction"), QStringLiteral("0.5"), QStringLiteral("-o"), plan})
+    QCOMPARE(runCli({ QStringLiteral("plan"), QStringLiteral("--atlas"), m_atlas, QStringLiteral("--criterion"),
+                        QStringLiteral("peu"), QStringLiteral("--domain"), QStringLiteral("math"),
+                        QStringLiteral("--keep-fraction"), QStringLiteral("0.5"), QStringLiteral("-o"), plan })
                  .exitCode,
-             0);
+        0);
     const nlohmann::json p = readJson(plan);
     QVERIFY(p.is_object());
     QCOMPARE(p["derivation"]["method"].get<std::string>(), std::string("specialist"));
     QCOMPARE(p["derivation"]["criterion"].get<std::string>(), std::string("peu"));
     QCOMPARE(p["source"]["atlas"].get<std::string>(), fs::absolute(m_atlas.toStdString()).string());
-    QCOMPARE(p["source"]["config_sha256"].get<std::string>().size(), std::size_t{64});
-    QCOMPARE(p["layers"].size(), std::size_t{2});
+    QCOMPARE(p["source"]["config_sha256"].get<std::string>().size(), std::size_t { 64 });
+    QCOMPARE(p["layers"].size(), std::size_t { 2 });
     for (const auto& l : p["layers"])
-        QCOMPARE(l["keep"].size(), std::size_t{4});
+        QCOMPARE(l["keep"].size(), std::size_t { 4 });
 
     const QString out = path(QStringLiteral("math-50"));
-    QCOMPARE(runCli({QStringLiteral("export"), m_model, QStringLiteral("--plan"), plan, QStringLiteral("-o"), out})
+    QCOMPARE(runCli({ QStringLiteral("export"), m_model, QStringLiteral("--plan"), plan, QStringLiteral("-o"), out })
                  .exitCode,
-             0);
-    const test::ProcessResult inspect = runCli({QStringLiteral("inspect"), out, QStringLiteral("--json")});
+        0);
+    const test::ProcessResult inspect = runCli({ QStringLiteral("inspect"), out, QStringLiteral("--json") });
     QCOMPARE(inspect.exitCode, 0);
     const nlohmann::json info = nlohmann::json::parse(inspect.stdOut.toStdString(), nullptr, false);
     QVERIFY2(info.is_object(), qPrintable(inspect.stdOut));
@@ -148,11 +149,11 @@ void TstCliPipeline::specialistFromAtlasExportsAndLoads()
     const double predicted = p["predicted"]["bytes_after"].get<double>();
     const double actual = info["total"]["bytes"].get<double>();
     QVERIFY2(predicted > 0 && std::abs(actual - predicted) <= 0.01 * predicted,
-             qPrintable(QStringLiteral("export holds %1 bytes, plan predicted %2").arg(actual).arg(predicted)));
+        qPrintable(QStringLiteral("export holds %1 bytes, plan predicted %2").arg(actual).arg(predicted)));
     QVERIFY(p["predicted"]["bytes_before"].get<double>() > predicted);
 
-    const test::ProcessResult load =
-        test::runProcess(test::pythonExecutable(), {QStringLiteral("-c"), QString::fromUtf8(kLoadCheck), out});
+    const test::ProcessResult load
+        = test::runProcess(test::pythonExecutable(), { QStringLiteral("-c"), QString::fromUtf8(kLoadCheck), out });
     QVERIFY2(load.exitCode == 0, qPrintable(load.stdErr));
     const QStringList lines = load.stdOut.trimmed().split(QLatin1Char('\n'));
     const nlohmann::json check = nlohmann::json::parse(lines.last().toStdString(), nullptr, false);
@@ -165,31 +166,31 @@ void TstCliPipeline::specialistFromAtlasExportsAndLoads()
 void TstCliPipeline::generalistAndUnionFromAtlas()
 {
     const QString generalist = path(QStringLiteral("generalist.plan.json"));
-    QCOMPARE(runCli({QStringLiteral("plan"), m_model, QStringLiteral("--atlas"), m_atlas,
-                     QStringLiteral("--criterion"), QStringLiteral("reap"), QStringLiteral("--generalist"),
-                     QStringLiteral("--keep"), QStringLiteral("4"), QStringLiteral("-o"), generalist})
+    QCOMPARE(runCli({ QStringLiteral("plan"), m_model, QStringLiteral("--atlas"), m_atlas,
+                        QStringLiteral("--criterion"), QStringLiteral("reap"), QStringLiteral("--generalist"),
+                        QStringLiteral("--keep"), QStringLiteral("4"), QStringLiteral("-o"), generalist })
                  .exitCode,
-             0);
+        0);
     const nlohmann::json g = readJson(generalist);
     // Token-weighted by default: the weights are the domains' token counts from the atlas.
-    QCOMPARE(g["derivation"]["domain_weights"].size(), std::size_t{2});
+    QCOMPARE(g["derivation"]["domain_weights"].size(), std::size_t { 2 });
     QVERIFY(g["derivation"]["domain_weights"]["math"].get<double>() > 1);
 
     const QString weighted = path(QStringLiteral("weighted.plan.json"));
-    QCOMPARE(runCli({QStringLiteral("plan"), QStringLiteral("--atlas"), m_atlas, QStringLiteral("--criterion"),
-                     QStringLiteral("frequency"), QStringLiteral("--weight"), QStringLiteral("math=2"),
-                     QStringLiteral("--weight"), QStringLiteral("code=1"), QStringLiteral("--keep"),
-                     QStringLiteral("4"), QStringLiteral("-o"), weighted})
+    QCOMPARE(runCli({ QStringLiteral("plan"), QStringLiteral("--atlas"), m_atlas, QStringLiteral("--criterion"),
+                        QStringLiteral("frequency"), QStringLiteral("--weight"), QStringLiteral("math=2"),
+                        QStringLiteral("--weight"), QStringLiteral("code=1"), QStringLiteral("--keep"),
+                        QStringLiteral("4"), QStringLiteral("-o"), weighted })
                  .exitCode,
-             0);
+        0);
     QCOMPARE(readJson(weighted)["derivation"]["domain_weights"]["math"].get<double>(), 2.0);
 
     const QString unionPlan = path(QStringLiteral("union.plan.json"));
-    QCOMPARE(runCli({QStringLiteral("plan"), QStringLiteral("--atlas"), m_atlas, QStringLiteral("--criterion"),
-                     QStringLiteral("peu"), QStringLiteral("--union"), QStringLiteral("2"), QStringLiteral("-o"),
-                     unionPlan})
+    QCOMPARE(runCli({ QStringLiteral("plan"), QStringLiteral("--atlas"), m_atlas, QStringLiteral("--criterion"),
+                        QStringLiteral("peu"), QStringLiteral("--union"), QStringLiteral("2"), QStringLiteral("-o"),
+                        unionPlan })
                  .exitCode,
-             0);
+        0);
     for (const auto& l : readJson(unionPlan)["layers"])
         QVERIFY(l["keep"].size() >= 2 && l["keep"].size() <= 4);
 }
@@ -197,10 +198,9 @@ void TstCliPipeline::generalistAndUnionFromAtlas()
 void TstCliPipeline::reapWithoutExpertNormsIsRefused()
 {
     const QString plan = path(QStringLiteral("reap.plan.json"));
-    const test::ProcessResult r =
-        runCli({QStringLiteral("plan"), QStringLiteral("--atlas"), m_atlasNoNorms, QStringLiteral("--criterion"),
-                QStringLiteral("reap"), QStringLiteral("--domain"), QStringLiteral("math"), QStringLiteral("--keep"),
-                QStringLiteral("4"), QStringLiteral("-o"), plan});
+    const test::ProcessResult r = runCli({ QStringLiteral("plan"), QStringLiteral("--atlas"), m_atlasNoNorms,
+        QStringLiteral("--criterion"), QStringLiteral("reap"), QStringLiteral("--domain"), QStringLiteral("math"),
+        QStringLiteral("--keep"), QStringLiteral("4"), QStringLiteral("-o"), plan });
     QVERIFY(r.exitCode != 0);
     QVERIFY2(r.stdErr.contains(QStringLiteral("--expert-norms")), qPrintable(r.stdErr));
     QVERIFY(!fs::exists(plan.toStdString()));
@@ -218,11 +218,11 @@ void TstCliPipeline::exportRefusesAnotherConfig()
         config << "\n";
     }
     const QString out = path(QStringLiteral("other-50"));
-    const test::ProcessResult r = runCli({QStringLiteral("export"), QString::fromStdString(other.string()),
-                                          QStringLiteral("--plan"), plan, QStringLiteral("-o"), out});
+    const test::ProcessResult r = runCli({ QStringLiteral("export"), QString::fromStdString(other.string()),
+        QStringLiteral("--plan"), plan, QStringLiteral("-o"), out });
     QVERIFY(r.exitCode != 0);
     QVERIFY2(r.stdErr.contains(QStringLiteral("config.json")) && r.stdErr.contains(QStringLiteral("atlas")),
-             qPrintable(r.stdErr));
+        qPrintable(r.stdErr));
     QVERIFY(!fs::exists(out.toStdString()));
 }
 

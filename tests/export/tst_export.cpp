@@ -1,10 +1,10 @@
 // Export at the byte level: kept experts renumbered densely, router rows sliced, config rewritten
 // (only the expert-count key), per-expert and fused layouts, and atomicity: a non-empty output is
 // refused, nothing appears under the final name on failure, the source is never touched.
-#include "test_io.h"
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/random_model.h"
 #include "export/exporter.h"
+#include "test_io.h"
 #include "util/error.h"
 #include "util/sha256.h"
 
@@ -24,7 +24,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-
 RandomModelOptions smallModel(Architecture arch, bool fused)
 {
     RandomModelOptions o;
@@ -39,7 +38,7 @@ RandomModelOptions smallModel(Architecture arch, bool fused)
     o.moeIntermediate = 16;
     o.vocabSize = 64;
     o.fusedExperts = fused;
-    o.maxShardBytes = 40000;   // several shards
+    o.maxShardBytes = 40000; // several shards
     return o;
 }
 
@@ -69,7 +68,7 @@ std::map<std::string, std::string> hashTree(const fs::path& dir)
 std::vector<std::byte> bytesOf(const Checkpoint& c, const std::string& name)
 {
     const auto s = c.bytes(name);
-    return {s.begin(), s.end()};
+    return { s.begin(), s.end() };
 }
 
 std::vector<std::byte> rowsOf(const Checkpoint& c, const std::string& name, const std::vector<int>& rows)
@@ -79,7 +78,7 @@ std::vector<std::byte> rowsOf(const Checkpoint& c, const std::string& name, cons
     std::vector<std::byte> out;
     for (int r : rows)
         out.insert(out.end(), s.begin() + static_cast<std::ptrdiff_t>(r * row),
-                   s.begin() + static_cast<std::ptrdiff_t>((r + 1) * row));
+            s.begin() + static_cast<std::ptrdiff_t>((r + 1) * row));
     return out;
 }
 
@@ -102,9 +101,11 @@ private Q_SLOTS:
         const fs::path dst = tmp.filePath(QStringLiteral("out")).toStdString();
         const auto a = static_cast<Architecture>(arch);
         writeRandomModel(smallModel(a, false), src, false);
-        { std::ofstream(src / "tokenizer.json") << "{\"fake\": true}"; }
+        {
+            std::ofstream(src / "tokenizer.json") << "{\"fake\": true}";
+        }
         const auto before = hashTree(src);
-        const std::vector<std::vector<int>> keep = {{1, 4, 6, 7}, {0, 1, 2, 3}, {2, 3, 5, 6}};
+        const std::vector<std::vector<int>> keep = { { 1, 4, 6, 7 }, { 0, 1, 2, 3 }, { 2, 3, 5, 6 } };
         const ExportResult r = exportCheckpoint(src, planFor(keep), dst);
         QVERIFY(r.uniform);
         QCOMPARE(hashTree(src), before);
@@ -112,17 +113,18 @@ private Q_SLOTS:
         const Checkpoint in(src), out(dst);
         const bool mixtral = a == Architecture::Mixtral;
         const std::string block = mixtral ? "block_sparse_moe." : "mlp.";
-        const std::vector<std::string> projs = mixtral ? std::vector<std::string>{"w1", "w2", "w3"}
-                                                       : std::vector<std::string>{"gate_proj", "up_proj", "down_proj"};
+        const std::vector<std::string> projs = mixtral
+            ? std::vector<std::string> { "w1", "w2", "w3" }
+            : std::vector<std::string> { "gate_proj", "up_proj", "down_proj" };
         for (int l = 0; l < 3; ++l) {
             const std::string p = "model.layers." + std::to_string(l) + "." + block;
             const auto& k = keep[static_cast<std::size_t>(l)];
             for (std::size_t j = 0; j < k.size(); ++j)
                 for (const std::string& proj : projs)
                     QVERIFY(bytesOf(out, p + "experts." + std::to_string(j) + "." + proj + ".weight")
-                            == bytesOf(in, p + "experts." + std::to_string(k[j]) + "." + proj + ".weight"));
+                        == bytesOf(in, p + "experts." + std::to_string(k[j]) + "." + proj + ".weight"));
             QVERIFY(!out.contains(p + "experts.4." + projs[0] + ".weight"));
-            QCOMPARE(out.info(p + "gate.weight").shape, (std::vector<int64_t>{4, 32}));
+            QCOMPARE(out.info(p + "gate.weight").shape, (std::vector<int64_t> { 4, 32 }));
             QVERIFY(bytesOf(out, p + "gate.weight") == rowsOf(in, p + "gate.weight", k));
         }
         // Everything that is not a routed expert or router is copied verbatim.
@@ -135,7 +137,7 @@ private Q_SLOTS:
         const std::string key = mixtral ? "num_local_experts" : "num_experts";
         QCOMPARE(cout[key].get<int>(), 4);
         cout[key] = cin[key];
-        QVERIFY(cout == cin);   // only the expert-count key changed
+        QVERIFY(cout == cin); // only the expert-count key changed
         QVERIFY(fs::exists(dst / "tokenizer.json"));
         QVERIFY(fs::exists(dst / "README.md"));
         QVERIFY(!fs::exists(dst / "modeling_moeatlas.py"));
@@ -146,23 +148,23 @@ private Q_SLOTS:
         const fs::path src = tmp.filePath(QStringLiteral("src")).toStdString();
         const fs::path dst = tmp.filePath(QStringLiteral("out")).toStdString();
         writeRandomModel(smallModel(Architecture::Qwen3Moe, true), src, false);
-        const std::vector<std::vector<int>> keep = {{0, 5}, {1, 2, 3}, {2, 3, 4, 5, 7}};
+        const std::vector<std::vector<int>> keep = { { 0, 5 }, { 1, 2, 3 }, { 2, 3, 4, 5, 7 } };
         const ExportResult r = exportCheckpoint(src, planFor(keep), dst);
         QVERIFY(!r.uniform);
         const Checkpoint in(src), out(dst);
         for (int l = 0; l < 3; ++l) {
             const std::string p = "model.layers." + std::to_string(l) + ".mlp.";
             const auto& k = keep[static_cast<std::size_t>(l)];
-            for (const char* n : {"experts.gate_up_proj", "experts.down_proj", "gate.weight"}) {
+            for (const char* n : { "experts.gate_up_proj", "experts.down_proj", "gate.weight" }) {
                 QCOMPARE(out.info(p + n).shape[0], static_cast<int64_t>(k.size()));
                 QVERIFY(bytesOf(out, p + n) == rowsOf(in, p + n, k));
             }
         }
         const nlohmann::json c = out.config();
         QCOMPARE(c["num_experts"].get<int>(), 5);
-        QCOMPARE(c["num_experts_per_layer"].get<std::vector<int>>(), (std::vector<int>{2, 3, 5}));
+        QCOMPARE(c["num_experts_per_layer"].get<std::vector<int>>(), (std::vector<int> { 2, 3, 5 }));
         QCOMPARE(c["auto_map"]["AutoModelForCausalLM"].get<std::string>(),
-                 std::string("modeling_moeatlas.MoeAtlasQwen3MoeForCausalLM"));
+            std::string("modeling_moeatlas.MoeAtlasQwen3MoeForCausalLM"));
         QVERIFY(fs::exists(dst / "modeling_moeatlas.py"));
     }
     void refusesNonEmptyOutput()
@@ -172,10 +174,12 @@ private Q_SLOTS:
         const fs::path dst = tmp.filePath(QStringLiteral("out")).toStdString();
         writeRandomModel(smallModel(Architecture::Qwen3Moe, false), src, false);
         fs::create_directories(dst);
-        { std::ofstream(dst / "keep.txt") << "mine"; }
-        const Plan p = planFor({{0, 1}, {0, 1}, {0, 1}});
+        {
+            std::ofstream(dst / "keep.txt") << "mine";
+        }
+        const Plan p = planFor({ { 0, 1 }, { 0, 1 }, { 0, 1 } });
         QVERIFY(inputErrorOf([&] { exportCheckpoint(src, p, dst); }).contains(QStringLiteral("not empty")));
-        QCOMPARE(hashTree(dst).size(), std::size_t{1});
+        QCOMPARE(hashTree(dst).size(), std::size_t { 1 });
         ExportOptions force;
         force.force = true;
         exportCheckpoint(src, p, dst, force);
@@ -190,19 +194,21 @@ private Q_SLOTS:
         writeRandomModel(smallModel(Architecture::Qwen3Moe, false), src, false);
         const auto before = hashTree(src);
         // Fewer than top-k experts: refused before anything is written.
-        QVERIFY(inputErrorOf([&] { exportCheckpoint(src, planFor({{0}, {0, 1}, {0, 1}}), dst); })
-                    .contains(QStringLiteral("top-k")));
+        QVERIFY(inputErrorOf([&] {
+            exportCheckpoint(src, planFor({ { 0 }, { 0, 1 }, { 0, 1 } }), dst);
+        }).contains(QStringLiteral("top-k")));
         // Cancelled half-way: the partial directory is removed, nothing under the final name.
         ExportOptions cancel;
         int calls = 0;
         cancel.progress = [&](const Progress&) { return ++calls < 5; };
-        QVERIFY_THROWS_EXCEPTION(Cancelled, exportCheckpoint(src, planFor({{0, 1}, {0, 1}, {0, 1}}), dst, cancel));
+        QVERIFY_THROWS_EXCEPTION(
+            Cancelled, exportCheckpoint(src, planFor({ { 0, 1 }, { 0, 1 }, { 0, 1 } }), dst, cancel));
         QVERIFY(!fs::exists(dst));
         QVERIFY(!fs::exists(tmp.filePath(QStringLiteral("out.partial")).toStdString()));
         std::size_t entries = 0;
         for ([[maybe_unused]] const auto& e : fs::directory_iterator(tmp.path().toStdString()))
             ++entries;
-        QCOMPARE(entries, std::size_t{1});   // only src
+        QCOMPARE(entries, std::size_t { 1 }); // only src
         QCOMPARE(hashTree(src), before);
     }
     void neverWritesIntoSource()
@@ -213,10 +219,13 @@ private Q_SLOTS:
         const auto before = hashTree(src);
         ExportOptions force;
         force.force = true;
-        const Plan p = planFor({{0, 1}, {0, 1}, {0, 1}});
+        const Plan p = planFor({ { 0, 1 }, { 0, 1 }, { 0, 1 } });
         QVERIFY(inputErrorOf([&] { exportCheckpoint(src, p, src, force); }).contains(QStringLiteral("source")));
-        QVERIFY(inputErrorOf([&] { exportCheckpoint(src, p, src / "pruned", force); }).contains(QStringLiteral("source")));
-        QVERIFY(inputErrorOf([&] { exportCheckpoint(src, p, src.parent_path(), force); }).contains(QStringLiteral("source")));
+        QVERIFY(
+            inputErrorOf([&] { exportCheckpoint(src, p, src / "pruned", force); }).contains(QStringLiteral("source")));
+        QVERIFY(inputErrorOf([&] {
+            exportCheckpoint(src, p, src.parent_path(), force);
+        }).contains(QStringLiteral("source")));
         QCOMPARE(hashTree(src), before);
     }
 };

@@ -28,13 +28,10 @@ nlohmann::json makePlan(const std::vector<int>& moeLayers, bool uniform)
         for (int j = 0; j < count; ++j)
             keep.push_back(uniform ? (l * 3 + j * 2) % 8 : (l * 5 + j * 3) % 8);
         std::sort(keep.begin(), keep.end());
-        layers.push_back({{"layer", l}, {"keep", keep}});
+        layers.push_back({ { "layer", l }, { "keep", keep } });
     }
-    return {{"format", "moeatlas-plan"},
-            {"version", 1},
-            {"source", {{"num_experts", 8}, {"top_k", 2}}},
-            {"derivation", {{"method", "specialist"}, {"criterion", "test"}}},
-            {"layers", layers}};
+    return { { "format", "moeatlas-plan" }, { "version", 1 }, { "source", { { "num_experts", 8 }, { "top_k", 2 } } },
+        { "derivation", { { "method", "specialist" }, { "criterion", "test" } } }, { "layers", layers } };
 }
 
 } // namespace
@@ -51,20 +48,20 @@ private Q_SLOTS:
         QTest::addColumn<QString>("arch");
         QTest::addColumn<QString>("variant");
         QTest::addColumn<QString>("layout");
-        const auto list = test::runPython(QStringLiteral("tests/reference/make_reference.py"),
-                                          {QStringLiteral("--list-variants")});
+        const auto list = test::runPython(
+            QStringLiteral("tests/reference/make_reference.py"), { QStringLiteral("--list-variants") });
         QVERIFY2(list.exitCode == 0, qPrintable(list.stdErr));
         QStringList seen;
         for (const QString& line : list.stdOut.split(QLatin1Char('\n'), Qt::SkipEmptyParts)) {
             const QStringList parts = line.split(QLatin1Char(' '));
             if (seen.contains(parts.value(0)))
-                continue;   // first variant of each architecture
+                continue; // first variant of each architecture
             seen.append(parts.value(0));
-            QTest::addRow("%s/per-expert", qPrintable(parts.value(0))) << parts.value(0) << parts.value(1)
-                                                                        << QStringLiteral("per-expert");
+            QTest::addRow("%s/per-expert", qPrintable(parts.value(0)))
+                << parts.value(0) << parts.value(1) << QStringLiteral("per-expert");
             if (parts.value(0) == QLatin1String("qwen3_moe") || parts.value(0) == QLatin1String("mixtral"))
-                QTest::addRow("%s/fused", qPrintable(parts.value(0))) << parts.value(0) << parts.value(1)
-                                                                      << QStringLiteral("fused");
+                QTest::addRow("%s/fused", qPrintable(parts.value(0)))
+                    << parts.value(0) << parts.value(1) << QStringLiteral("fused");
         }
     }
     void loadsWithParity()
@@ -74,31 +71,30 @@ private Q_SLOTS:
         QFETCH(QString, layout);
         QTemporaryDir dir;
         const QString src = dir.filePath(QStringLiteral("src"));
-        const auto made = test::runPython(
-            QStringLiteral("tests/reference/make_reference.py"),
-            {QStringLiteral("--arch"), arch, QStringLiteral("--variant"), variant, QStringLiteral("--layout"), layout,
-             QStringLiteral("--skip-layout-check"), QStringLiteral("--out"), src});
+        const auto made = test::runPython(QStringLiteral("tests/reference/make_reference.py"),
+            { QStringLiteral("--arch"), arch, QStringLiteral("--variant"), variant, QStringLiteral("--layout"), layout,
+                QStringLiteral("--skip-layout-check"), QStringLiteral("--out"), src });
         QVERIFY2(made.exitCode == 0, qPrintable(made.stdErr));
         std::ifstream refIn(QString(src + QStringLiteral("/reference.json")).toStdString());
         const std::vector<int> moeLayers = nlohmann::json::parse(refIn)["moe_layers"].get<std::vector<int>>();
 
-        for (const bool uniform : {true, false}) {
+        for (const bool uniform : { true, false }) {
             const QString kind = uniform ? QStringLiteral("uniform") : QStringLiteral("nonuniform");
             const QString planPath = dir.filePath(kind + QStringLiteral(".json"));
             const QString out = dir.filePath(kind);
             std::ofstream(planPath.toStdString()) << makePlan(moeLayers, uniform).dump(2);
-            const auto exported = test::runProcess(
-                test::cliExecutable(), {QStringLiteral("export"), src, QStringLiteral("--plan"), planPath,
-                                        QStringLiteral("-o"), out, QStringLiteral("--max-shard-mib"), QStringLiteral("1")});
+            const auto exported = test::runProcess(test::cliExecutable(),
+                { QStringLiteral("export"), src, QStringLiteral("--plan"), planPath, QStringLiteral("-o"), out,
+                    QStringLiteral("--max-shard-mib"), QStringLiteral("1") });
             QVERIFY2(exported.exitCode == 0, qPrintable(exported.stdErr));
             QVERIFY(exported.stdOut.contains(uniform ? QStringLiteral("UNIFORM") : QStringLiteral("NON-UNIFORM")));
-            QStringList args = {QStringLiteral("--source"), src, QStringLiteral("--export"), out,
-                                QStringLiteral("--plan"), planPath};
+            QStringList args = { QStringLiteral("--source"), src, QStringLiteral("--export"), out,
+                QStringLiteral("--plan"), planPath };
             if (!uniform)
                 args.append(QStringLiteral("--trust-remote-code"));
             const auto checked = test::runPython(QStringLiteral("tests/export/check_export.py"), args);
             qInfo("%s %s: %s", qPrintable(QString(arch + QLatin1Char('/') + layout)), qPrintable(kind),
-                  qPrintable(checked.stdOut.trimmed()));
+                qPrintable(checked.stdOut.trimmed()));
             QVERIFY2(checked.exitCode == 0, qPrintable(checked.stdErr));
         }
     }

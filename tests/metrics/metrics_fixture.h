@@ -17,11 +17,11 @@ namespace moeatlas::test {
 struct TinyAtlasSpec {
     int numExperts = 4;
     int topK = 2;
-    std::vector<int> moeLayers{0};
-    std::vector<std::string> domainNames{"a"};
-    std::vector<int16_t> domainIds;          // [T]
-    std::vector<int32_t> tokenIds;           // [T]; empty: t % 1000
-    std::vector<int64_t> seqOffsets;         // empty: one sequence per token
+    std::vector<int> moeLayers { 0 };
+    std::vector<std::string> domainNames { "a" };
+    std::vector<int16_t> domainIds; // [T]
+    std::vector<int32_t> tokenIds; // [T]; empty: t % 1000
+    std::vector<int64_t> seqOffsets; // empty: one sequence per token
     // Per MoE layer, row-major: logits [T, E]; ids, weights, norms [T, k] (norms may be empty).
     std::vector<std::vector<float>> logits;
     std::vector<std::vector<int32_t>> ids;
@@ -60,18 +60,16 @@ inline void writeTinyAtlas(const std::filesystem::path& path, const TinyAtlasSpe
         int64_t seqs = 0;
         for (size_t q = 0; q + 1 < offsets.size(); ++q)
             seqs += offsets[q + 1] > offsets[q]
-                    && s.domainIds[static_cast<size_t>(offsets[q])] == static_cast<int16_t>(d);
-        cal.domains.push_back({s.domainNames[d], "/data/" + s.domainNames[d], "text", seqs, n});
+                && s.domainIds[static_cast<size_t>(offsets[q])] == static_cast<int16_t>(d);
+        cal.domains.push_back({ s.domainNames[d], "/data/" + s.domainNames[d], "text", seqs, n });
     }
     std::vector<int32_t> tokens;
     for (int64_t t = 0; t < s.numTokens(); ++t)
-        tokens.push_back(s.tokenIds.empty() ? static_cast<int32_t>(t % 1000)
-                                            : s.tokenIds[static_cast<size_t>(t)]);
+        tokens.push_back(s.tokenIds.empty() ? static_cast<int32_t>(t % 1000) : s.tokenIds[static_cast<size_t>(t)]);
     AtlasCreateOptions options;
     options.logitStorage = s.storage;
     options.storeExpertNorms = !s.norms.empty();
-    AtlasFile atlas =
-        AtlasFile::create(path, model, cal, tokens, s.domainIds, offsets, options);
+    AtlasFile atlas = AtlasFile::create(path, model, cal, tokens, s.domainIds, offsets, options);
     for (size_t i = 0; i < s.moeLayers.size(); ++i) {
         RouterBlock b;
         b.layer = s.moeLayers[i];
@@ -91,9 +89,8 @@ inline void writeTinyAtlas(const std::filesystem::path& path, const TinyAtlasSpe
 // Random routing: logits N(mu_e, 1.5) (some negative, some positive), recorded top-k = the
 // k largest logits, weights = their softmax, norms uniform [0.5, 3). Sequences of seqLen
 // tokens alternate between the domains.
-inline TinyAtlasSpec randomAtlas(uint32_t seed, int64_t numSequences, int64_t seqLen,
-                                 int numExperts, int topK, int numLayers, int numDomains,
-                                 bool norms)
+inline TinyAtlasSpec randomAtlas(uint32_t seed, int64_t numSequences, int64_t seqLen, int numExperts, int topK,
+    int numLayers, int numDomains, bool norms)
 {
     TinyAtlasSpec s;
     s.numExperts = numExperts;
@@ -126,7 +123,7 @@ inline TinyAtlasSpec randomAtlas(uint32_t seed, int64_t numSequences, int64_t se
                 r[static_cast<size_t>(e)] = noise(rng) + 0.05f * static_cast<float>(e % 7) - 0.3f;
             std::iota(order.begin(), order.end(), 0);
             std::stable_sort(order.begin(), order.end(),
-                             [&](int a, int b) { return r[static_cast<size_t>(a)] > r[static_cast<size_t>(b)]; });
+                [&](int a, int b) { return r[static_cast<size_t>(a)] > r[static_cast<size_t>(b)]; });
             double z = 0.0;
             for (int i = 0; i < topK; ++i)
                 z += std::exp(static_cast<double>(r[static_cast<size_t>(order[static_cast<size_t>(i)])]));
@@ -153,16 +150,16 @@ inline TinyAtlasSpec sliceSequences(const TinyAtlasSpec& s, size_t q0, size_t q1
     TinyAtlasSpec out = s;
     const int64_t b = s.seqOffsets[q0], e = s.seqOffsets[q1];
     const auto ub = static_cast<size_t>(b), ue = static_cast<size_t>(e);
-    out.domainIds.assign(s.domainIds.begin() + static_cast<std::ptrdiff_t>(ub),
-                         s.domainIds.begin() + static_cast<std::ptrdiff_t>(ue));
-    out.tokenIds.assign(s.tokenIds.begin() + static_cast<std::ptrdiff_t>(ub),
-                        s.tokenIds.begin() + static_cast<std::ptrdiff_t>(ue));
+    out.domainIds.assign(
+        s.domainIds.begin() + static_cast<std::ptrdiff_t>(ub), s.domainIds.begin() + static_cast<std::ptrdiff_t>(ue));
+    out.tokenIds.assign(
+        s.tokenIds.begin() + static_cast<std::ptrdiff_t>(ub), s.tokenIds.begin() + static_cast<std::ptrdiff_t>(ue));
     out.seqOffsets.clear();
     for (size_t q = q0; q <= q1; ++q)
         out.seqOffsets.push_back(s.seqOffsets[q] - b);
     const auto cut = [&]<typename T>(const std::vector<T>& v, size_t width) {
-        return std::vector(v.begin() + static_cast<std::ptrdiff_t>(ub * width),
-                           v.begin() + static_cast<std::ptrdiff_t>(ue * width));
+        return std::vector(
+            v.begin() + static_cast<std::ptrdiff_t>(ub * width), v.begin() + static_cast<std::ptrdiff_t>(ue * width));
     };
     for (size_t l = 0; l < s.logits.size(); ++l) {
         out.logits[l] = cut(s.logits[l], static_cast<size_t>(s.numExperts));
@@ -181,12 +178,12 @@ inline TinyAtlasSpec sliceSequences(const TinyAtlasSpec& s, size_t q0, size_t q1
 inline TinyAtlasSpec handComputedSpec()
 {
     TinyAtlasSpec s;
-    s.domainNames = {"a", "b"};
-    s.domainIds = {0, 0, 0, 1};
-    s.logits = {{2, 1, 0, -1, 0, 0, -3, -5, -1, -2, -0.5f, -4, 3, 3, 3, 0}};
-    s.ids = {{0, 1, 0, 1, 2, 0, 0, 1}};
-    s.weights = {{0.75f, 0.25f, 0.75f, 0.25f, 0.75f, 0.25f, 0.75f, 0.25f}};
-    s.norms = {{2, 4, 2, 4, 2, 4, 2, 4}};
+    s.domainNames = { "a", "b" };
+    s.domainIds = { 0, 0, 0, 1 };
+    s.logits = { { 2, 1, 0, -1, 0, 0, -3, -5, -1, -2, -0.5f, -4, 3, 3, 3, 0 } };
+    s.ids = { { 0, 1, 0, 1, 2, 0, 0, 1 } };
+    s.weights = { { 0.75f, 0.25f, 0.75f, 0.25f, 0.75f, 0.25f, 0.75f, 0.25f } };
+    s.norms = { { 2, 4, 2, 4, 2, 4, 2, 4 } };
     return s;
 }
 

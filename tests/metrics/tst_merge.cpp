@@ -24,8 +24,7 @@ bool closeTo(const std::vector<double>& a, const std::vector<double>& b, std::st
     }
     for (size_t i = 0; i < a.size(); ++i)
         if (std::fabs(a[i] - b[i]) > 1e-12 * std::max(std::fabs(a[i]), std::fabs(b[i])) + 1e-300) {
-            *why = "index " + std::to_string(i) + ": " + std::to_string(a[i]) + " vs "
-                   + std::to_string(b[i]);
+            *why = "index " + std::to_string(i) + ": " + std::to_string(a[i]) + " vs " + std::to_string(b[i]);
             return false;
         }
     return true;
@@ -61,7 +60,7 @@ private Q_SLOTS:
         writeTinyAtlas(file("whole.h5"), whole);
         writeTinyAtlas(file("a.h5"), sliceSequences(whole, 0, 4));
         writeTinyAtlas(file("b.h5"), reorderDomains(sliceSequences(whole, 4, 10)));
-        const MergeReport report = mergeAtlases({file("a.h5"), file("b.h5")}, file("all.h5"));
+        const MergeReport report = mergeAtlases({ file("a.h5"), file("b.h5") }, file("all.h5"));
         QCOMPARE(report.numTokens, whole.numTokens());
         QCOMPARE(report.numDomains, 3);
 
@@ -72,13 +71,13 @@ private Q_SLOTS:
         QCOMPARE(m.tokens(), w.tokens());
         QCOMPARE(m.domainIds(), w.domainIds());
         QCOMPARE(m.seqOffsets(), w.seqOffsets());
-        QCOMPARE(m.calibration().domains.size(), size_t{3});
+        QCOMPARE(m.calibration().domains.size(), size_t { 3 });
         for (size_t d = 0; d < 3; ++d) {
             QCOMPARE(m.calibration().domains[d].name, w.calibration().domains[d].name);
             QCOMPARE(m.calibration().domains[d].numTokens, w.calibration().domains[d].numTokens);
         }
-        QCOMPARE(atlasFingerprint(m), atlasFingerprint(w));   // same inputs, same hashes
-        std::vector<std::string> groups{"statistics"};
+        QCOMPARE(atlasFingerprint(m), atlasFingerprint(w)); // same inputs, same hashes
+        std::vector<std::string> groups { "statistics" };
         for (const std::string& c : allCriteria())
             groups.push_back("scores/" + c);
         int arrays = 0;
@@ -104,19 +103,16 @@ private Q_SLOTS:
         writeTinyAtlas(file("w2.h5"), whole);
         writeTinyAtlas(file("a2.h5"), sliceSequences(whole, 0, 3));
         writeTinyAtlas(file("b2.h5"), sliceSequences(whole, 3, 6));
-        auto acc = [&](const char* name) {
-            return accumulateScores(AtlasFile::openReadOnly(file(name)), {});
-        };
+        auto acc = [&](const char* name) { return accumulateScores(AtlasFile::openReadOnly(file(name)), {}); };
         ScoreAccumulator sum = acc("a2.h5");
         sum += acc("b2.h5");
         const ScoreAccumulator all = acc("w2.h5");
         std::string why;
-        for (auto member : {&ScoreAccumulator::tokens, &ScoreAccumulator::peuTopProbSum,
-                            &ScoreAccumulator::selectCount, &ScoreAccumulator::softMassSum,
-                            &ScoreAccumulator::actLogitSum, &ScoreAccumulator::allLogitSum,
-                            &ScoreAccumulator::gatedNormSum, &ScoreAccumulator::normSum,
-                            &ScoreAccumulator::entropySum, &ScoreAccumulator::m99Hist,
-                            &ScoreAccumulator::coactivation, &ScoreAccumulator::dynamicKHist})
+        for (auto member :
+            { &ScoreAccumulator::tokens, &ScoreAccumulator::peuTopProbSum, &ScoreAccumulator::selectCount,
+                &ScoreAccumulator::softMassSum, &ScoreAccumulator::actLogitSum, &ScoreAccumulator::allLogitSum,
+                &ScoreAccumulator::gatedNormSum, &ScoreAccumulator::normSum, &ScoreAccumulator::entropySum,
+                &ScoreAccumulator::m99Hist, &ScoreAccumulator::coactivation, &ScoreAccumulator::dynamicKHist })
             QVERIFY2(closeTo(sum.*member, all.*member, &why), why.c_str());
         QCOMPARE(sum.patterns, all.patterns);
     }
@@ -128,7 +124,7 @@ private Q_SLOTS:
         writeTinyAtlas(file("other.h5"), other);
         writeTinyAtlas(file("one.h5"), randomAtlas(8, 2, 10, 16, 4, 3, 3, true));
         try {
-            mergeAtlases({file("one.h5"), file("other.h5")}, file("bad.h5"));
+            mergeAtlases({ file("one.h5"), file("other.h5") }, file("bad.h5"));
             QFAIL("merge of different models succeeded");
         } catch (const InputError& e) {
             QVERIFY2(std::string(e.what()).find("different models") != std::string::npos, e.what());

@@ -17,18 +17,15 @@ class TestMetricsNumpy : public QObject {
 private:
     QTemporaryDir m_dir;
 
-    void check(const char* name, const TinyAtlasSpec& spec, const ScoreParams& params,
-               const QStringList& referenceArgs)
+    void check(const char* name, const TinyAtlasSpec& spec, const ScoreParams& params, const QStringList& referenceArgs)
     {
         const fs::path path = fs::path(m_dir.path().toStdString()) / name;
         writeTinyAtlas(path, spec);
         ScoreParams p = params;
-        p.blockTokens = 100;   // several blocks per layer, one straddling domains
+        p.blockTokens = 100; // several blocks per layer, one straddling domains
         scoreAtlasFile(path, p, {});
         const ProcessResult r = runPython(QStringLiteral("tests/metrics/reference_scores.py"),
-                                          QStringList{QString::fromStdString(path.string()),
-                                                      QStringLiteral("--check")}
-                                              + referenceArgs);
+            QStringList { QString::fromStdString(path.string()), QStringLiteral("--check") } + referenceArgs);
         QVERIFY2(r.exitCode == 0, qPrintable(r.stdOut + r.stdErr));
         QVERIFY(r.stdOut.contains(QStringLiteral(" 0 mismatches")));
     }
@@ -41,10 +38,7 @@ private Q_SLOTS:
         QVERIFY(m_dir.isValid());
     }
 
-    void defaults()
-    {
-        check("defaults.atlas.h5", randomAtlas(1, 9, 61, 16, 4, 3, 3, true), {}, {});
-    }
+    void defaults() { check("defaults.atlas.h5", randomAtlas(1, 9, 61, 16, 4, 3, 3, true), {}, {}); }
 
     void otherParameters()
     {
@@ -55,9 +49,8 @@ private Q_SLOTS:
         p.bandMax = 5;
         p.seed = 11;
         check("params.atlas.h5", randomAtlas(2, 8, 50, 12, 3, 2, 2, true), p,
-              {QStringLiteral("--pool-k"), QStringLiteral("6"), QStringLiteral("--transform"),
-               QStringLiteral("sigmoid"), QStringLiteral("--band"), QStringLiteral("2:5"),
-               QStringLiteral("--seed"), QStringLiteral("11")});
+            { QStringLiteral("--pool-k"), QStringLiteral("6"), QStringLiteral("--transform"), QStringLiteral("sigmoid"),
+                QStringLiteral("--band"), QStringLiteral("2:5"), QStringLiteral("--seed"), QStringLiteral("11") });
     }
 
     void halfLogitsWithoutNorms()
@@ -67,7 +60,7 @@ private Q_SLOTS:
         s.storage = LogitStorage::Float16;
         ScoreParams p;
         p.peu.transform = PeuTransform::Exp;
-        check("half.atlas.h5", s, p, {QStringLiteral("--transform"), QStringLiteral("exp")});
+        check("half.atlas.h5", s, p, { QStringLiteral("--transform"), QStringLiteral("exp") });
     }
 };
 

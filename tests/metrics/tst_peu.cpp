@@ -46,9 +46,9 @@ void compareRow(const AtlasResults& r, int row, std::initializer_list<double> wa
     int e = 0;
     for (double w : want) {
         const double got = at(r, "value", row, e);
-        QVERIFY2(std::fabs(got - w) <= 1e-9, qPrintable(QStringLiteral("row %1 expert %2: %3 vs %4")
-                                                            .arg(row).arg(e).arg(got, 0, 'g', 12)
-                                                            .arg(w, 0, 'g', 12)));
+        QVERIFY2(std::fabs(got - w) <= 1e-9,
+            qPrintable(
+                QStringLiteral("row %1 expert %2: %3 vs %4").arg(row).arg(e).arg(got, 0, 'g', 12).arg(w, 0, 'g', 12)));
         ++e;
     }
 }
@@ -80,9 +80,9 @@ private Q_SLOTS:
     {
         const ScoreAccumulator acc = score();
         const AtlasResults r = criterionResults(acc, "peu", "h");
-        compareRow(r, 0, {2.0 / 3.0, 0.0, 0.1258468895993818, 0.0});
-        compareRow(r, 1, {3.0, 3.0, 0.0, 0.0});
-        compareRow(r, 2, {1.25, 0.75, 0.09438516719953635, 0.0});
+        compareRow(r, 0, { 2.0 / 3.0, 0.0, 0.1258468895993818, 0.0 });
+        compareRow(r, 1, { 3.0, 3.0, 0.0, 0.0 });
+        compareRow(r, 2, { 1.25, 0.75, 0.09438516719953635, 0.0 });
         QVERIFY(std::fabs(r.find("threshold")->values[0] - 0.6178393032772864) < 1e-12);
         QCOMPARE(r.find("threshold")->values[1], 0.5);
         // The selected-but-negative expert beats the never-selected ones.
@@ -94,17 +94,17 @@ private Q_SLOTS:
     void peuTransforms()
     {
         ScoreParams p;
-        p.peu.transform = PeuTransform::Identity;   // e2: -0.5/3, below never-selected 0
+        p.peu.transform = PeuTransform::Identity; // e2: -0.5/3, below never-selected 0
         AtlasResults r = criterionResults(score(p), "peu", "h");
-        compareRow(r, 0, {2.0 / 3.0, 0.0, -0.5 / 3.0, 0.0});
+        compareRow(r, 0, { 2.0 / 3.0, 0.0, -0.5 / 3.0, 0.0 });
         QVERIFY(at(r, "value", 0, 2) < at(r, "value", 0, 3));
-        p.peu.transform = PeuTransform::Sigmoid;    // sigmoid(2) = 0.8807970780
+        p.peu.transform = PeuTransform::Sigmoid; // sigmoid(2) = 0.8807970780
         r = criterionResults(score(p), "peu", "h");
-        compareRow(r, 0, {0.8807970779778823 / 3, 0.0, 0.3775406687981454 / 3, 0.0});
-        p.peu.transform = PeuTransform::Exp;        // e^2 = 7.3890560989, e^-0.5 = 0.6065306597
+        compareRow(r, 0, { 0.8807970779778823 / 3, 0.0, 0.3775406687981454 / 3, 0.0 });
+        p.peu.transform = PeuTransform::Exp; // e^2 = 7.3890560989, e^-0.5 = 0.6065306597
         r = criterionResults(score(p), "peu", "h");
-        compareRow(r, 1, {std::exp(3.0), std::exp(3.0), 0.0, 0.0});
-        compareRow(r, 0, {7.38905609893065 / 3, 0.0, 0.6065306597126334 / 3, 0.0});
+        compareRow(r, 1, { std::exp(3.0), std::exp(3.0), 0.0, 0.0 });
+        compareRow(r, 0, { 7.38905609893065 / 3, 0.0, 0.6065306597126334 / 3, 0.0 });
     }
 
     void peuPoolSize()
@@ -114,8 +114,8 @@ private Q_SLOTS:
         ScoreParams p;
         p.peu.poolK = 1;
         const AtlasResults r = criterionResults(score(p), "peu", "h");
-        compareRow(r, 0, {2.5 / 3, 0.0, 0.3775406687981454 / 3, 0.0});
-        compareRow(r, 1, {3.0, 0.0, 0.0, 0.0});
+        compareRow(r, 0, { 2.5 / 3, 0.0, 0.3775406687981454 / 3, 0.0 });
+        compareRow(r, 1, { 3.0, 0.0, 0.0, 0.0 });
         QVERIFY(r.paramsJson.find("\"pool_k\":1") != std::string::npos);
     }
 
@@ -124,35 +124,34 @@ private Q_SLOTS:
         const ScoreAccumulator acc = score();
         // Frequency (recorded ids t0 {0,1}, t1 {0,1}, t2 {2,0}, t3 {0,1}).
         AtlasResults r = criterionResults(acc, "frequency", "h");
-        compareRow(r, 0, {1.0, 2.0 / 3, 1.0 / 3, 0.0});
-        compareRow(r, 2, {1.0, 0.75, 0.25, 0.0});
+        compareRow(r, 0, { 1.0, 2.0 / 3, 1.0 / 3, 0.0 });
+        compareRow(r, 2, { 1.0, 0.75, 0.25, 0.0 });
         // Act-Logits: pool logits only. a: e0 2+0-1, e1 1+0, e2 -0.5.
         r = criterionResults(acc, "act_logits", "h");
-        compareRow(r, 0, {1.0 / 3, 1.0 / 3, -0.5 / 3, 0.0});
-        compareRow(r, 1, {3.0, 3.0, 0.0, 0.0});
+        compareRow(r, 0, { 1.0 / 3, 1.0 / 3, -0.5 / 3, 0.0 });
+        compareRow(r, 1, { 3.0, 3.0, 0.0, 0.0 });
         // All-Logits: column means. a: e2 (0-3-0.5)/3, e3 (-1-5-4)/3.
         r = criterionResults(acc, "all_logits", "h");
-        compareRow(r, 0, {1.0 / 3, -1.0 / 3, -3.5 / 3, -10.0 / 3});
-        compareRow(r, 2, {4.0 / 4, 2.0 / 4, -0.5 / 4, -10.0 / 4});
+        compareRow(r, 0, { 1.0 / 3, -1.0 / 3, -3.5 / 3, -10.0 / 3 });
+        compareRow(r, 2, { 4.0 / 4, 2.0 / 4, -0.5 / 4, -10.0 / 4 });
         // Soft mass: mean full-softmax probability (per-token values in tst_routing_stats).
         r = criterionResults(acc, "soft_mass", "h");
-        compareRow(r, 0, {0.4854293424, 0.2810371898, 0.2163430117, 0.0171904561});
+        compareRow(r, 0, { 0.4854293424, 0.2810371898, 0.2163430117, 0.0171904561 });
         // REAP: mean of weight * norm over routed tokens; slot 0 = 0.75*2 = 1.5, slot 1 = 1.
         // a: e0 (1.5 + 1.5 + 1)/3, e1 (1 + 1)/2, e2 1.5, e3 never routed.
         r = criterionResults(acc, "reap", "h");
-        compareRow(r, 0, {4.0 / 3, 1.0, 1.5, 0.0});
-        compareRow(r, 2, {(4.0 + 1.5) / 4, 3.0 / 3, 1.5, 0.0});   // b: t3 adds 1.5 to e0, 1 to e1
+        compareRow(r, 0, { 4.0 / 3, 1.0, 1.5, 0.0 });
+        compareRow(r, 2, { (4.0 + 1.5) / 4, 3.0 / 3, 1.5, 0.0 }); // b: t3 adds 1.5 to e0, 1 to e1
         // EAN: norms summed over routed tokens / domain tokens. a: e0 2+2+4, e1 4+4, e2 2.
         r = criterionResults(acc, "ean", "h");
-        compareRow(r, 0, {8.0 / 3, 8.0 / 3, 2.0 / 3, 0.0});
+        compareRow(r, 0, { 8.0 / 3, 8.0 / 3, 2.0 / 3, 0.0 });
         // Random: seeded, same for every row, different for another seed.
         r = criterionResults(acc, "random", "h");
         QCOMPARE(at(r, "value", 0, 1), at(r, "value", 2, 1));
         QVERIFY(at(r, "value", 0, 1) >= 0.0 && at(r, "value", 0, 1) < 1.0);
         ScoreParams p;
         p.seed = 7;
-        QVERIFY(criterionResults(score(p), "random", "h").find("value")->values[1]
-                != r.find("value")->values[1]);
+        QVERIFY(criterionResults(score(p), "random", "h").find("value")->values[1] != r.find("value")->values[1]);
     }
 
     void withoutNormsReapIsUnavailable()
@@ -163,7 +162,7 @@ private Q_SLOTS:
         writeTinyAtlas(path, s);
         ScoreRunOptions options;
         const ScoreRunReport report = scoreAtlasFile(path, {}, options);
-        QCOMPARE(report.skipped, (std::vector<std::string>{"reap", "ean"}));
+        QCOMPARE(report.skipped, (std::vector<std::string> { "reap", "ean" }));
         AtlasFile atlas = AtlasFile::openReadOnly(path);
         QVERIFY(!atlas.readResults("scores/reap"));
         QVERIFY(atlas.readResults("scores/peu"));
@@ -176,23 +175,23 @@ private Q_SLOTS:
         ScoreRunOptions options;
         ScoreRunReport report = scoreAtlasFile(path, {}, options);
         QVERIFY(!report.upToDate);
-        QCOMPARE(report.written.size(), size_t{9});   // 8 criteria + statistics
+        QCOMPARE(report.written.size(), size_t { 9 }); // 8 criteria + statistics
         report = scoreAtlasFile(path, {}, options);
         QVERIFY(report.upToDate);
         ScoreParams changed;
         changed.peu.transform = PeuTransform::Exp;
-        QVERIFY(!scoreAtlasFile(path, changed, options).upToDate);   // parameters changed
+        QVERIFY(!scoreAtlasFile(path, changed, options).upToDate); // parameters changed
         options.force = true;
         QVERIFY(!scoreAtlasFile(path, changed, options).upToDate);
         AtlasFile atlas = AtlasFile::openReadOnly(path);
         const auto peu = atlas.readResults("scores/peu");
         QVERIFY(peu);
         QVERIFY(peu->paramsJson.find("\"exp\"") != std::string::npos);
-        QCOMPARE(peu->find("value")->dims, (std::vector<uint64_t>{3, 1, 4}));
+        QCOMPARE(peu->find("value")->dims, (std::vector<uint64_t> { 3, 1, 4 }));
         QVERIFY(std::fabs(peu->find("value")->values[1 * 4 + 0] - std::exp(3.0)) < 1e-9);
         QVERIFY(!fs::exists(fs::path(path.string() + ".partial")));
         const auto groups = atlas.resultGroups("scores");
-        QCOMPARE(groups.size(), size_t{8});
+        QCOMPARE(groups.size(), size_t { 8 });
     }
 
     void badParameters()

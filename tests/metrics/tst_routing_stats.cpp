@@ -21,8 +21,9 @@ double value(const AtlasResults& r, const char* name, size_t index)
     return r.find(name)->values.at(index);
 }
 
-#define NEAR(got, want) QVERIFY2(std::fabs((got) - (want)) <= 1e-9, \
-    qPrintable(QStringLiteral("%1 vs %2").arg(got, 0, 'g', 12).arg(want, 0, 'g', 12)))
+#define NEAR(got, want)                                                                                                \
+    QVERIFY2(std::fabs((got) - (want)) <= 1e-9,                                                                        \
+        qPrintable(QStringLiteral("%1 vs %2").arg(got, 0, 'g', 12).arg(want, 0, 'g', 12)))
 
 } // namespace
 
@@ -51,15 +52,15 @@ private Q_SLOTS:
     {
         const AtlasResults r = stats();
         // Loads: a [3, 2, 1, 0] (6 slots), b [1, 1, 0, 0], pooled [4, 3, 1, 0].
-        QCOMPARE(r.find("load_counts")->values, (std::vector<double>{3, 2, 1, 0, 1, 1, 0, 0}));
-        QCOMPARE(r.find("token_counts")->values, (std::vector<double>{3, 1}));
+        QCOMPARE(r.find("load_counts")->values, (std::vector<double> { 3, 2, 1, 0, 1, 1, 0, 0 }));
+        QCOMPARE(r.find("token_counts")->values, (std::vector<double> { 3, 1 }));
         NEAR(value(r, "load_share", 1), 1.0 / 3);
         NEAR(value(r, "load_share", 8 + 1), 0.375);
         // a: f = [1/2, 1/3, 1/6, 0], mean 1/4, population std sqrt((2 (1/4)^2 + 2 (1/12)^2)/4)
         //    = 0.1863389981 -> CV 0.7453559925; MaxVio (1/2 - 1/4)/(1/4) = 1.
         NEAR(value(r, "load_cv", 0), 0.7453559924999299);
-        NEAR(value(r, "load_cv", 1), 1.0);                  // b: f = [1/2, 1/2, 0, 0]
-        NEAR(value(r, "load_cv", 2), 0.7905694150420949);   // pooled: std 0.1976423538
+        NEAR(value(r, "load_cv", 1), 1.0); // b: f = [1/2, 1/2, 0, 0]
+        NEAR(value(r, "load_cv", 2), 0.7905694150420949); // pooled: std 0.1976423538
         NEAR(value(r, "load_max_vio", 0), 1.0);
         NEAR(value(r, "load_max_vio", 2), 1.0);
         // Load entropy / ln 4: a -(1/2 ln 1/2 + 1/3 ln 1/3 + 1/6 ln 1/6)/ln 4; b ln 2 / ln 4.
@@ -80,14 +81,14 @@ private Q_SLOTS:
         NEAR(value(r, "m99_mean", 0), 11.0 / 3);
         NEAR(value(r, "m99_mean", 1), 4.0);
         NEAR(value(r, "m99_mean", 2), 15.0 / 4);
-        QCOMPARE(r.find("m99_hist")->values, (std::vector<double>{0, 0, 1, 2, 0, 0, 0, 1}));
+        QCOMPARE(r.find("m99_hist")->values, (std::vector<double> { 0, 0, 1, 2, 0, 0, 0, 1 }));
     }
 
     void patternsAndCoactivation()
     {
         const AtlasResults r = stats();
         // a: {0,1} twice, {0,2} once; b: {0,1}; pooled {0,1} x3, {0,2} x1.
-        QCOMPARE(r.find("distinct_patterns")->values, (std::vector<double>{2, 1, 2}));
+        QCOMPARE(r.find("distinct_patterns")->values, (std::vector<double> { 2, 1, 2 }));
         NEAR(value(r, "pattern_entropy", 0), 0.6365141682948128);
         NEAR(value(r, "pattern_entropy", 1), 0.0);
         NEAR(value(r, "pattern_entropy", 2), 0.5623351446188083);
@@ -98,16 +99,16 @@ private Q_SLOTS:
         NEAR(value(r, "coactivation", 2 * 4 + 0), 1.0);
         NEAR(value(r, "coactivation", 1 * 4 + 2), 0.0);
         NEAR(value(r, "coactivation", 0 * 4 + 0), 1.0);
-        NEAR(value(r, "coactivation", 3 * 4 + 3), 0.0);   // never routed: row left 0
+        NEAR(value(r, "coactivation", 3 * 4 + 3), 0.0); // never routed: row left 0
     }
 
     void specialisation()
     {
         const AtlasResults r = stats();
         // (share of e's load from d) / (d's token share): a holds 3/4 of the tokens.
-        NEAR(value(r, "specialisation", 0), (3.0 / 4) / (3.0 / 4));   // a, e0
-        NEAR(value(r, "specialisation", 2), 1.0 / (3.0 / 4));         // a, e2: only a uses it
-        NEAR(value(r, "specialisation", 3), 0.0);                     // e3 unused
+        NEAR(value(r, "specialisation", 0), (3.0 / 4) / (3.0 / 4)); // a, e0
+        NEAR(value(r, "specialisation", 2), 1.0 / (3.0 / 4)); // a, e2: only a uses it
+        NEAR(value(r, "specialisation", 3), 0.0); // e3 unused
         NEAR(value(r, "specialisation", 4 + 1), (1.0 / 3) / (1.0 / 4)); // b, e1
     }
 
@@ -116,13 +117,13 @@ private Q_SLOTS:
         // Band defaults to [max(1, k-2), k] = [1, 2]. Positive logits: t0 2 -> k* 2; t1 0
         // (zeros are not positive) -> 1; t2 0 -> 1; t3 3 -> 2.
         AtlasResults r = stats();
-        QCOMPARE(r.find("dynamic_k_hist")->values, (std::vector<double>{2, 1, 0, 1}));
+        QCOMPARE(r.find("dynamic_k_hist")->values, (std::vector<double> { 2, 1, 0, 1 }));
         NEAR(value(r, "dynamic_k_mean", 0), 4.0 / 3);
         NEAR(value(r, "dynamic_k_fraction", 0), 2.0 / 3);
         NEAR(value(r, "dynamic_k_fraction", 1), 1.0);
         NEAR(value(r, "dynamic_k_mean", 2), 1.5);
         ScoreParams p;
-        p.bandMin = 2;   // band 2:3: t0 2, t1 2, t2 2, t3 3
+        p.bandMin = 2; // band 2:3: t0 2, t1 2, t2 2, t3 3
         p.bandMax = 3;
         r = stats(p);
         NEAR(value(r, "dynamic_k_mean", 0), 2.0);

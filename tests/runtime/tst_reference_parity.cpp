@@ -59,7 +59,10 @@ double maxAbs(const std::vector<float>& a)
 // Collects every router block into whole per-layer arrays.
 class Collector : public ExecutionObserver {
 public:
-    explicit Collector(int64_t tokens) : m_tokens(tokens) {}
+    explicit Collector(int64_t tokens)
+        : m_tokens(tokens)
+    {
+    }
     void onRouterBlock(const RouterBlock& b) override
     {
         auto& l = m_layers[b.layer];
@@ -69,10 +72,11 @@ public:
             l.weights.resize(static_cast<std::size_t>(m_tokens * b.topK));
         }
         std::memcpy(l.logits.data() + b.tokenBegin * b.numExperts, b.logits,
-                    static_cast<std::size_t>(b.numTokens * b.numExperts) * sizeof(float));
-        std::memcpy(l.ids.data() + b.tokenBegin * b.topK, b.topkIds, static_cast<std::size_t>(b.numTokens * b.topK) * 4);
+            static_cast<std::size_t>(b.numTokens * b.numExperts) * sizeof(float));
+        std::memcpy(
+            l.ids.data() + b.tokenBegin * b.topK, b.topkIds, static_cast<std::size_t>(b.numTokens * b.topK) * 4);
         std::memcpy(l.weights.data() + b.tokenBegin * b.topK, b.topkWeights,
-                    static_cast<std::size_t>(b.numTokens * b.topK) * 4);
+            static_cast<std::size_t>(b.numTokens * b.topK) * 4);
     }
     bool wantsHiddenSnapshots() const override { return true; }
     void onLayerComplete(int layer, std::span<const float> hidden) override
@@ -93,8 +97,8 @@ private:
 
 // fp32: everything within the bar (1e-4 max abs error), routing decisions identical
 // wherever the k-th and (k+1)-th probabilities are not tied.
-void checkFloat32(const ModelSpec& spec, const SafetensorsFile& ref, const Collector& got,
-                  const ExecutionResult& result, int64_t T)
+void checkFloat32(
+    const ModelSpec& spec, const SafetensorsFile& ref, const Collector& got, const ExecutionResult& result, int64_t T)
 {
     for (int l = 0; l < spec.numLayers; ++l) {
         const double err = maxAbsDiff(got.m_hidden.at(l), floats(ref, "hidden." + std::to_string(l)));
@@ -129,8 +133,14 @@ void checkFloat32(const ModelSpec& spec, const SafetensorsFile& ref, const Colle
     }
 }
 
-std::set<int64_t> slotSet(const int32_t* ids, int K) { return {ids, ids + K}; }
-std::set<int64_t> slotSet(const int64_t* ids, int K) { return {ids, ids + K}; }
+std::set<int64_t> slotSet(const int32_t* ids, int K)
+{
+    return { ids, ids + K };
+}
+std::set<int64_t> slotSet(const int64_t* ids, int K)
+{
+    return { ids, ids + K };
+}
 
 // bf16: both sides round every op to 8 mantissa bits, in different kernels, so values differ by a
 // few ulps and a token whose top-k is nearly tied may pick another expert; in these tiny random
@@ -138,7 +148,7 @@ std::set<int64_t> slotSet(const int64_t* ids, int K) { return {ids, ids + K}; }
 // routing decision) within 2% of its largest logit; at least 90% of (token, layer) expert sets
 // identical; and final logits within 5% on every token whose sequence routed identically so far.
 void checkBfloat16(const ModelSpec& spec, const SafetensorsFile& ref, const Collector& got,
-                   const ExecutionResult& result, int64_t B, int64_t S)
+    const ExecutionResult& result, int64_t B, int64_t S)
 {
     const std::vector<int> moeLayers = spec.moeLayerIndices();
     const int K = spec.router.topK;
@@ -174,7 +184,7 @@ void checkBfloat16(const ModelSpec& spec, const SafetensorsFile& ref, const Coll
                 worst = std::max(worst, static_cast<double>(std::fabs(result.logits[i] - refLogits[i])));
             }
     qInfo("  routing agreement %.1f%%; final logits on %lld/%lld identically routed tokens: max rel error %.3g",
-          100.0 * agreement, static_cast<long long>(clean), static_cast<long long>(B * S), worst / scale);
+        100.0 * agreement, static_cast<long long>(clean), static_cast<long long>(B * S), worst / scale);
     QVERIFY2(agreement >= 0.9, qPrintable(QStringLiteral("routing agreement %1").arg(agreement)));
     QVERIFY2(worst / scale <= 0.05, qPrintable(QStringLiteral("final logits error %1").arg(worst / scale)));
 }
@@ -188,7 +198,7 @@ private Q_SLOTS:
     void initTestCase()
     {
         QVERIFY2(!test::pythonExecutable().isEmpty(),
-                 "MOEATLAS_PYTHON is unset: the reference tests need the project venv (packaging/setup.sh test)");
+            "MOEATLAS_PYTHON is unset: the reference tests need the project venv (packaging/setup.sh test)");
     }
 
     void parity_data()
@@ -197,14 +207,14 @@ private Q_SLOTS:
         QTest::addColumn<QString>("variant");
         QTest::addColumn<QString>("dtype");
         QTest::addColumn<QString>("layout");
-        const auto list = test::runPython(QStringLiteral("tests/reference/make_reference.py"),
-                                          {QStringLiteral("--list-variants")});
+        const auto list = test::runPython(
+            QStringLiteral("tests/reference/make_reference.py"), { QStringLiteral("--list-variants") });
         QVERIFY2(list.exitCode == 0, qPrintable(list.stdErr));
         QSet<QString> fusedDone;
         for (const QString& line : list.stdOut.split(QLatin1Char('\n'), Qt::SkipEmptyParts)) {
             const QStringList parts = line.split(QLatin1Char(' '));
             const QString arch = parts.value(0), variant = parts.value(1);
-            for (const char* dtype : {"float32", "bfloat16"})
+            for (const char* dtype : { "float32", "bfloat16" })
                 QTest::addRow("%s/%s/%s", qPrintable(arch), qPrintable(variant), dtype)
                     << arch << variant << QString::fromLatin1(dtype) << QStringLiteral("saved");
             // The transformers v5 fused expert layout, once per architecture.
@@ -226,11 +236,11 @@ private Q_SLOTS:
         QVERIFY(dir.isValid());
         // bf16: the reference uses the eager expert loop, the semantics of the modeling file
         // (the grouped_mm kernel sums Mixtral's expert outputs in fp32 instead; see decisions.md).
-        const auto made = test::runPython(
-            QStringLiteral("tests/reference/make_reference.py"),
-            {QStringLiteral("--arch"), arch, QStringLiteral("--variant"), variant, QStringLiteral("--dtype"), dtype,
-             QStringLiteral("--layout"), layout, QStringLiteral("--experts-impl"), QStringLiteral("eager"),
-             QStringLiteral("--skip-layout-check"), QStringLiteral("--out"), dir.filePath(QStringLiteral("model"))});
+        const auto made = test::runPython(QStringLiteral("tests/reference/make_reference.py"),
+            { QStringLiteral("--arch"), arch, QStringLiteral("--variant"), variant, QStringLiteral("--dtype"), dtype,
+                QStringLiteral("--layout"), layout, QStringLiteral("--experts-impl"), QStringLiteral("eager"),
+                QStringLiteral("--skip-layout-check"), QStringLiteral("--out"),
+                dir.filePath(QStringLiteral("model")) });
         QVERIFY2(made.exitCode == 0, qPrintable(made.stdErr));
 
         const std::string modelDir = dir.filePath(QStringLiteral("model")).toStdString();
@@ -248,7 +258,7 @@ private Q_SLOTS:
         ExecutorOptions options;
         options.computeDtype = dtype.toStdString();
         options.computeLogits = true;
-        options.batchTokens = 2 * S;   // two micro-batches: exercises batching across sequences
+        options.batchTokens = 2 * S; // two micro-batches: exercises batching across sequences
         Executor executor(ckpt, spec, options);
         Collector collector(T);
         const ExecutionResult result = executor.run(tokens, offsets, collector);

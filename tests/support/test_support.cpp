@@ -44,7 +44,7 @@ ProcessResult runProcess(const QString& program, const QStringList& args, int ti
 
 ProcessResult runPython(const QString& script, const QStringList& args, int timeoutMs)
 {
-    return runProcess(pythonExecutable(), QStringList{sourcePath(script)} + args, timeoutMs);
+    return runProcess(pythonExecutable(), QStringList { sourcePath(script) } + args, timeoutMs);
 }
 
 } // namespace moeatlas::test

@@ -36,13 +36,13 @@ std::string errorOf(const std::function<void()>& fn)
     return {};
 }
 
-#define EXPECT_ERROR(expr, fragment)                                                                          \
-    do {                                                                                                      \
-        const std::string what_ = errorOf([&] { (void)(expr); });                                             \
-        QVERIFY2(!what_.empty(), "no InputError from " #expr);                                               \
-        QVERIFY2(what_.find(fragment) != std::string::npos,                                                   \
-                 qPrintable(QStringLiteral("'%1' lacks '%2'").arg(QString::fromStdString(what_),              \
-                                                                   QString::fromStdString(fragment))));       \
+#define EXPECT_ERROR(expr, fragment)                                                                                   \
+    do {                                                                                                               \
+        const std::string what_ = errorOf([&] { (void)(expr); });                                                      \
+        QVERIFY2(!what_.empty(), "no InputError from " #expr);                                                         \
+        QVERIFY2(what_.find(fragment) != std::string::npos,                                                            \
+            qPrintable(QStringLiteral("'%1' lacks '%2'")                                                               \
+                           .arg(QString::fromStdString(what_), QString::fromStdString(fragment))));                    \
     } while (false)
 
 std::vector<std::string> texts(const std::vector<TextDocument>& docs)
@@ -134,7 +134,7 @@ private Q_SLOTS:
         writeFile(path("text.jsonl"), "{\"text\": \"a\", \"messages\": []}\n");
         writeFile(path("body.ndjson"), "{\"body\": \"a\"}\n");
         writeFile(path("chat.JSONL"), "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n");
-        writeFile(path("plain.md"), "{\"input_ids\": [1]}\n");   // not JSONL by name: plain text
+        writeFile(path("plain.md"), "{\"input_ids\": [1]}\n"); // not JSONL by name: plain text
         writeFile(path("odd.jsonl"), "\n\n{\"prompt\": \"a\"}\n");
         writeFile(path("empty.jsonl"), "\n  \n");
         writeFile(path("array.json"), "[1, 2]\n");
@@ -148,21 +148,23 @@ private Q_SLOTS:
         QVERIFY(isTextFormat("text") && isTextFormat("text-jsonl:body") && isTextFormat("messages-jsonl"));
         QVERIFY(!isTextFormat("input_ids-jsonl"));
         EXPECT_ERROR(detectFormat(path("odd.jsonl"), body),
-                     path("odd.jsonl") + ":3: expected an object with \"input_ids\", \"body\" (--text-field) or \"messages\"");
+            path("odd.jsonl") + ":3: expected an object with \"input_ids\", \"body\" (--text-field) or \"messages\"");
         EXPECT_ERROR(detectFormat(path("empty.jsonl"), defaults), path("empty.jsonl") + ": no documents");
         EXPECT_ERROR(detectFormat(path("array.json"), defaults),
-                     path("array.json") + ":1: expected an object with \"input_ids\", \"text\" (--text-field) or \"messages\", got array");
+            path("array.json")
+                + ":1: expected an object with \"input_ids\", \"text\" (--text-field) or \"messages\", got array");
         EXPECT_ERROR(detectFormat(path("missing.txt"), defaults), path("missing.txt") + ": cannot open");
     }
 
     void plainTextBlocks()
     {
         // BOM, CRLF, leading blank lines, whitespace-only separators, multi-line blocks, no final newline.
-        writeFile(path("prose.txt"), "\xEF\xBB\xBF\r\n\r\nfirst line\r\n  second line\r\n\r\n \t\n\nnext\n\n\nlast\n  indented");
+        writeFile(path("prose.txt"),
+            "\xEF\xBB\xBF\r\n\r\nfirst line\r\n  second line\r\n\r\n \t\n\nnext\n\n\nlast\n  indented");
         const auto docs = readTextFile(path("prose.txt"), false);
-        QCOMPARE(texts(docs), (std::vector<std::string>{"first line\n  second line", "next", "last\n  indented"}));
+        QCOMPARE(texts(docs), (std::vector<std::string> { "first line\n  second line", "next", "last\n  indented" }));
         const std::string p = path("prose.txt");
-        QCOMPARE(origins(docs), (std::vector<std::string>{p + ":3", p + ":8", p + ":11"}));
+        QCOMPARE(origins(docs), (std::vector<std::string> { p + ":3", p + ":8", p + ":11" }));
 
         const auto whole = readTextFile(path("prose.txt"), true);
         QCOMPARE(whole.size(), std::size_t(1));
@@ -181,12 +183,12 @@ private Q_SLOTS:
         const std::string d = dir.path().toStdString();
         writeFile(d + "/b.txt", "second\n\nsame document\n");
         writeFile(d + "/a.txt", "first");
-        writeFile(d + "/c.txt", " \n");   // blank: no document
+        writeFile(d + "/c.txt", " \n"); // blank: no document
         writeFile(d + "/d.md", "not read");
-        QVERIFY(QDir(dir.path()).mkdir(QStringLiteral("sub.txt")));   // a directory: not read
+        QVERIFY(QDir(dir.path()).mkdir(QStringLiteral("sub.txt"))); // a directory: not read
         const auto docs = readTextDirectory(d);
-        QCOMPARE(texts(docs), (std::vector<std::string>{"first", "second\n\nsame document\n"}));
-        QCOMPARE(origins(docs), (std::vector<std::string>{d + "/a.txt", d + "/b.txt"}));
+        QCOMPARE(texts(docs), (std::vector<std::string> { "first", "second\n\nsame document\n" }));
+        QCOMPARE(origins(docs), (std::vector<std::string> { d + "/a.txt", d + "/b.txt" }));
         QCOMPARE(texts(readTextDocuments(d, "text", {})), texts(docs));
 
         QTemporaryDir empty;
@@ -199,8 +201,8 @@ private Q_SLOTS:
         const std::string p = path("notes.jsonl");
         writeFile(p, "{\"body\": \"one\\ntwo\", \"id\": 1}\n\n{\"body\": \"\"}\n{\"body\": \"caf\\u00e9\"}\n");
         const auto docs = readTextJsonl(p, "body");
-        QCOMPARE(texts(docs), (std::vector<std::string>{"one\ntwo", "caf\xC3\xA9"}));
-        QCOMPARE(origins(docs), (std::vector<std::string>{p + ":1", p + ":4"}));
+        QCOMPARE(texts(docs), (std::vector<std::string> { "one\ntwo", "caf\xC3\xA9" }));
+        QCOMPARE(origins(docs), (std::vector<std::string> { p + ":1", p + ":4" }));
         TextOptions body;
         body.textField = "body";
         QCOMPARE(texts(readTextDocuments(p, "text-jsonl:body", body)), texts(docs));
@@ -218,18 +220,22 @@ private Q_SLOTS:
     void messagesJsonl()
     {
         const std::string p = path("chat.jsonl");
-        writeFile(p, "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, "
-                     "{\"role\": \"user\", \"content\": \"Hi\\nthere\"}, {\"role\": \"assistant\", \"content\": \"Hello.\"}]}\n"
-                     "{\"messages\": []}\n"
-                     "{\"messages\": [{\"role\": \"user\", \"content\": \"\"}], \"meta\": 1}\n");
+        writeFile(p,
+            "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, "
+            "{\"role\": \"user\", \"content\": \"Hi\\nthere\"}, {\"role\": \"assistant\", \"content\": \"Hello.\"}]}\n"
+            "{\"messages\": []}\n"
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"\"}], \"meta\": 1}\n");
         const auto docs = readMessagesJsonl(p);
         QCOMPARE(texts(docs),
-                 (std::vector<std::string>{"system: Be brief.\nuser: Hi\nthere\nassistant: Hello.", "user: "}));
-        QCOMPARE(origins(docs), (std::vector<std::string>{p + ":1", p + ":3"}));
+            (std::vector<std::string> { "system: Be brief.\nuser: Hi\nthere\nassistant: Hello.", "user: " }));
+        QCOMPARE(origins(docs), (std::vector<std::string> { p + ":1", p + ":3" }));
 
-        writeFile(p, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}]}\n"
-                     "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"assistant\", \"content\": null}]}\n");
-        EXPECT_ERROR(readMessagesJsonl(p), p + ":2: messages[1]: expected an object with string \"role\" and \"content\"");
+        writeFile(p,
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}]}\n"
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"assistant\", \"content\": "
+            "null}]}\n");
+        EXPECT_ERROR(
+            readMessagesJsonl(p), p + ":2: messages[1]: expected an object with string \"role\" and \"content\"");
         writeFile(p, "{\"messages\": \"hi\"}\n");
         EXPECT_ERROR(readMessagesJsonl(p), p + ":1: expected an object with a \"messages\" array");
     }
@@ -238,7 +244,7 @@ private Q_SLOTS:
     {
         const std::string p = path("ids.jsonl");
         writeFile(p, "{\"input_ids\": [5, 6, 7]}\n{\"input_ids\": []}\n\n{\"input_ids\": [9]}\n");
-        QCOMPARE(readInputIdsJsonl(p, 10), (Docs{{5, 6, 7}, {9}}));
+        QCOMPARE(readInputIdsJsonl(p, 10), (Docs { { 5, 6, 7 }, { 9 } }));
         EXPECT_ERROR(readInputIdsJsonl(p, 9), p + ":4: token id 9 is outside the vocabulary [0, 9)");
         writeFile(p, "{\"input_ids\": [1]}\n{\"input_ids\": [1, \"2\"]}\n");
         EXPECT_ERROR(readInputIdsJsonl(p, 0), p + ":2: \"input_ids\" holds \"2\", expected integers");
@@ -250,13 +256,14 @@ private Q_SLOTS:
     {
         const Tokenizer tok = asciiTokenizer();
         // The template would add <s>: calibration text is encoded without it.
-        QCOMPARE(tok.encode("ab", true), (Ids{1, 'a', 'b'}));
+        QCOMPARE(tok.encode("ab", true), (Ids { 1, 'a', 'b' }));
         // Added tokens written in the text (a pre-rendered chat template) are still matched.
-        QCOMPARE(tokenizeDocuments({{"a<s>b", "f:0"}}, tok, 128), (Docs{{'a', 1, 'b'}}));
-        const std::vector<TextDocument> docs{{"ab c", "f:1"}, {"", "f:2"}, {"x\ny", "f:3"}};
-        QCOMPARE(tokenizeDocuments(docs, tok, 128), (Docs{ascii("ab c"), ascii("x\ny")}));
+        QCOMPARE(tokenizeDocuments({ { "a<s>b", "f:0" } }, tok, 128), (Docs { { 'a', 1, 'b' } }));
+        const std::vector<TextDocument> docs { { "ab c", "f:1" }, { "", "f:2" }, { "x\ny", "f:3" } };
+        QCOMPARE(tokenizeDocuments(docs, tok, 128), (Docs { ascii("ab c"), ascii("x\ny") }));
         EXPECT_ERROR(tokenizeDocuments(docs, tok, 100),
-                     std::string("f:3: ascii.json encodes this document to token id 120, outside the model vocabulary [0, 100)"));
+            std::string(
+                "f:3: ascii.json encodes this document to token id 120, outside the model vocabulary [0, 100)"));
     }
 
     void packingDeterministicBySeed()
@@ -267,7 +274,7 @@ private Q_SLOTS:
         const Docs docs = taggedDocs(10, 20, 3);
         const auto a = packDocuments(docs, o, std::nullopt);
         QCOMPARE(packDocuments(docs, o, std::nullopt), a);
-        QCOMPARE(a.size(), std::size_t(15));   // 60 tokens / 4
+        QCOMPARE(a.size(), std::size_t(15)); // 60 tokens / 4
         for (const auto& s : a)
             QCOMPARE(s.size(), std::size_t(4));
         o.seed = 12;
@@ -293,14 +300,14 @@ private Q_SLOTS:
         PackingOptions o;
         o.seqLen = 5;
         o.bosToken = 1;
-        const Docs docs = taggedDocs(10, 3, 3);   // 3 docs of 3 tokens -> 12 tokens with BOS
+        const Docs docs = taggedDocs(10, 3, 3); // 3 docs of 3 tokens -> 12 tokens with BOS
         const auto seqs = packDocuments(docs, o, std::nullopt);
-        QCOMPARE(seqs.size(), std::size_t(2));   // the last 2 tokens are dropped
+        QCOMPARE(seqs.size(), std::size_t(2)); // the last 2 tokens are dropped
         std::vector<int32_t> stream;
         for (const auto& s : seqs)
             stream.insert(stream.end(), s.begin(), s.end());
         for (std::size_t i = 0; i < stream.size(); ++i)
-            QCOMPARE(stream[i] == 1, i % 4 == 0);   // BOS before every document, nowhere else
+            QCOMPARE(stream[i] == 1, i % 4 == 0); // BOS before every document, nowhere else
         QCOMPARE(stream[0], 1);
         o.dropRemainder = false;
         const auto kept = packDocuments(docs, o, std::nullopt);
@@ -341,15 +348,15 @@ private Q_SLOTS:
         o.seed = 5;
         o.bosToken = 1;
         o.maxSamplesPerDomain = 5;
-        const std::vector<DomainSource> domains{{"a", a, std::nullopt}, {"b", b, 2}, {"t", t, std::nullopt}};
+        const std::vector<DomainSource> domains { { "a", a, std::nullopt }, { "b", b, 2 }, { "t", t, std::nullopt } };
         const CalibrationSet set = buildCalibrationSet(domains, o, {}, &tok, "ascii.json (sha256 x)", 128);
         QCOMPARE(set.domains.size(), std::size_t(3));
         QCOMPARE(set.domains[0].format, std::string("input_ids-jsonl"));
         QCOMPARE(set.domains[2].format, std::string("text"));
-        QCOMPARE(set.domains[0].sequences.size(), std::size_t(5));   // global cap (32 tokens -> 8)
-        QCOMPARE(set.domains[1].sequences.size(), std::size_t(2));   // the per-domain :2 wins
+        QCOMPARE(set.domains[0].sequences.size(), std::size_t(5)); // global cap (32 tokens -> 8)
+        QCOMPARE(set.domains[1].sequences.size(), std::size_t(2)); // the per-domain :2 wins
         QCOMPARE(set.domains[2].numDocuments, int64_t(3));
-        QCOMPARE(set.domains[2].sequences.size(), std::size_t(4));   // 3 + 4 + 7 tokens + 3 BOS = 17 -> 4
+        QCOMPARE(set.domains[2].sequences.size(), std::size_t(4)); // 3 + 4 + 7 tokens + 3 BOS = 17 -> 4
         // No sequence mixes domains: every id belongs to its domain's range (or is BOS).
         for (const auto& s : set.domains[0].sequences)
             for (int32_t id : s)
@@ -362,10 +369,11 @@ private Q_SLOTS:
                 QVERIFY(id == 1 || id == '\n' || id == ' ' || (id >= 'a' && id <= 'z'));
         QCOMPARE(set.totalTokens(), int64_t(4 * 11));
         const std::string desc = set.describePacking();
-        QVERIFY2(desc.find("seed 5") != std::string::npos && desc.find("BOS 1 before each document") != std::string::npos
-                     && desc.find("ascii.json (sha256 x) without its special-token template") != std::string::npos
-                     && desc.find("one document per blank-line-separated block") != std::string::npos,
-                 desc.c_str());
+        QVERIFY2(desc.find("seed 5") != std::string::npos
+                && desc.find("BOS 1 before each document") != std::string::npos
+                && desc.find("ascii.json (sha256 x) without its special-token template") != std::string::npos
+                && desc.find("one document per blank-line-separated block") != std::string::npos,
+            desc.c_str());
         QCOMPARE(set.tokenizer, std::string("ascii.json (sha256 x)"));
         // Same inputs, same set.
         const CalibrationSet again = buildCalibrationSet(domains, o, {}, &tok, "ascii.json (sha256 x)", 128);
@@ -373,31 +381,32 @@ private Q_SLOTS:
             QCOMPARE(again.domains[d].sequences, set.domains[d].sequences);
 
         // input_ids only: no tokenizer needed, no tokenizer in the description.
-        const CalibrationSet ids = buildCalibrationSet({{"a", a, std::nullopt}}, o, {}, nullptr, {}, 128);
+        const CalibrationSet ids = buildCalibrationSet({ { "a", a, std::nullopt } }, o, {}, nullptr, {}, 128);
         QVERIFY(ids.describePacking().find("tokenizer") == std::string::npos);
         QVERIFY(ids.describePacking().find("text encoded") == std::string::npos);
 
         TextOptions whole;
         whole.wholeFile = true;
-        const CalibrationSet wholeSet = buildCalibrationSet({{"t", t, std::nullopt}}, o, whole, &tok, "tok", 128);
+        const CalibrationSet wholeSet = buildCalibrationSet({ { "t", t, std::nullopt } }, o, whole, &tok, "tok", 128);
         QCOMPARE(wholeSet.domains[0].numDocuments, int64_t(1));
         QVERIFY(wholeSet.describePacking().find("one document each (--whole-file)") != std::string::npos);
 
-        EXPECT_ERROR(buildCalibrationSet({{"t", t, std::nullopt}}, o, {}, nullptr, {}, 128),
-                     std::string("--domain t: " + t + " is text and needs a tokenizer"));
-        EXPECT_ERROR(buildCalibrationSet({{"a", a, std::nullopt}, {"a", b, std::nullopt}}, o, {}, nullptr, {}, 128),
-                     std::string("--domain a: the domain name is given twice"));
+        EXPECT_ERROR(buildCalibrationSet({ { "t", t, std::nullopt } }, o, {}, nullptr, {}, 128),
+            std::string("--domain t: " + t + " is text and needs a tokenizer"));
+        EXPECT_ERROR(
+            buildCalibrationSet({ { "a", a, std::nullopt }, { "a", b, std::nullopt } }, o, {}, nullptr, {}, 128),
+            std::string("--domain a: the domain name is given twice"));
         EXPECT_ERROR(buildCalibrationSet({}, o, {}, nullptr, {}, 128), std::string("no calibration data"));
         PackingOptions badBos = o;
         badBos.bosToken = 200;
-        EXPECT_ERROR(buildCalibrationSet({{"a", a, std::nullopt}}, badBos, {}, nullptr, {}, 128),
-                     std::string("BOS token 200 is outside the model vocabulary [0, 128)"));
+        EXPECT_ERROR(buildCalibrationSet({ { "a", a, std::nullopt } }, badBos, {}, nullptr, {}, 128),
+            std::string("BOS token 200 is outside the model vocabulary [0, 128)"));
         PackingOptions longSeq = o;
         longSeq.seqLen = 1000;
-        EXPECT_ERROR(buildCalibrationSet({{"a", a, std::nullopt}}, longSeq, {}, nullptr, {}, 128),
-                     a + ": domain 'a' has fewer tokens than one sequence of --seq-len 1000");
-        EXPECT_ERROR(buildCalibrationSet({{"t", t, std::nullopt}}, o, {}, &tok, "tok", 110),
-                     t + ":6: ascii.json encodes this document to token id 120");   // 'x' of "xyz"
+        EXPECT_ERROR(buildCalibrationSet({ { "a", a, std::nullopt } }, longSeq, {}, nullptr, {}, 128),
+            a + ": domain 'a' has fewer tokens than one sequence of --seq-len 1000");
+        EXPECT_ERROR(buildCalibrationSet({ { "t", t, std::nullopt } }, o, {}, &tok, "tok", 110),
+            t + ":6: ascii.json encodes this document to token id 120"); // 'x' of "xyz"
     }
 };
 

@@ -51,7 +51,7 @@ void TstTokenizerParity::initTestCase()
     if (moeatlas::test::pythonExecutable().isEmpty())
         QSKIP("MOEATLAS_PYTHON is not set: no HF reference available");
     QVERIFY(m_dir.isValid());
-    const auto r = moeatlas::test::runPython(QStringLiteral("tests/text/tokenizer_reference.py"), {m_dir.path()});
+    const auto r = moeatlas::test::runPython(QStringLiteral("tests/text/tokenizer_reference.py"), { m_dir.path() });
     if (r.exitCode != 0)
         QFAIL(qPrintable(QStringLiteral("tokenizer_reference.py failed: ") + r.stdErr));
     m_manifest = readJson(m_dir.filePath(QStringLiteral("manifest.json")));
@@ -94,12 +94,12 @@ void TstTokenizerParity::parity()
         else if (failures.size() < 5)
             failures << QStringLiteral("decode of \"%1\":\n  HF   \"%2\" / \"%3\"\n  ours \"%4\" / \"%5\"")
                             .arg(QString::fromStdString(text), QString::fromStdString(c["decoded"].get<std::string>()),
-                                 QString::fromStdString(c["decoded_skip"].get<std::string>()),
-                                 QString::fromStdString(dec), QString::fromStdString(decSkip));
+                                QString::fromStdString(c["decoded_skip"].get<std::string>()),
+                                QString::fromStdString(dec), QString::fromStdString(decSkip));
     }
     qInfo("%s [%s]: ids %d/%d (%.1f%%), decode %d/%d (%.1f%%)", ref["name"].get<std::string>().c_str(),
-          ref["origin"].get<std::string>().c_str(), idsOk, total, 100.0 * idsOk / total, decodeOk, total,
-          100.0 * decodeOk / total);
+        ref["origin"].get<std::string>().c_str(), idsOk, total, 100.0 * idsOk / total, decodeOk, total,
+        100.0 * decodeOk / total);
     if (!failures.isEmpty())
         QFAIL(qPrintable(failures.join(QLatin1Char('\n'))));
 }
