@@ -5,6 +5,7 @@
 #include "checkpoint/hf_config.h"
 #include "checkpoint/inventory.h"
 #include "checkpoint/tensor_layout.h"
+#include "util/format.h"
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -21,19 +22,6 @@ struct InspectArgs {
     std::string checkpoint;
     bool json = false;
 };
-
-std::string human(uint64_t bytes)
-{
-    char buf[32];
-    const double b = static_cast<double>(bytes);
-    if (b >= 1024.0 * 1024 * 1024)
-        std::snprintf(buf, sizeof buf, "%.2f GiB", b / (1024.0 * 1024 * 1024));
-    else if (b >= 1024.0 * 1024)
-        std::snprintf(buf, sizeof buf, "%.2f MiB", b / (1024.0 * 1024));
-    else
-        std::snprintf(buf, sizeof buf, "%.1f KiB", b / 1024.0);
-    return buf;
-}
 
 std::string count(int64_t n)
 {
@@ -60,7 +48,7 @@ int runInspect(const InspectArgs& a)
 {
     const Checkpoint ckpt(a.checkpoint);
     const ModelSpec spec = parseModelSpec(ckpt.config(), (ckpt.dir() / "config.json").string());
-    TensorLayout(ckpt, spec).validate(ckpt);   // the same checks capture makes before it runs
+    TensorLayout(ckpt, spec).validate(ckpt); // the same checks capture makes before it runs
     const Inventory inv = takeInventory(ckpt, spec);
     std::string dtype;
     for (const std::string& n : ckpt.names())
@@ -85,28 +73,30 @@ int runInspect(const InspectArgs& a)
         j["shards"] = ckpt.shardPaths().size();
         for (int c = 0; c < kComponentCount; ++c) {
             const Amount& am = inv.byComponent[static_cast<std::size_t>(c)];
-            j["components"][componentName(static_cast<Component>(c))] = {{"params", am.params}, {"bytes", am.bytes}};
+            j["components"][componentName(static_cast<Component>(c))]
+                = { { "params", am.params }, { "bytes", am.bytes } };
         }
-        j["total"] = {{"params", inv.total.params}, {"bytes", inv.total.bytes}};
+        j["total"] = { { "params", inv.total.params }, { "bytes", inv.total.bytes } };
         j["active_params_per_token"] = inv.activeParamsPerToken;
-        for (double kept : {0.75, 0.5, 0.25}) {
+        for (double kept : { 0.75, 0.5, 0.25 }) {
             const Amount after = sizeAfterExpertPruning(inv, kept);
-            j["expert_pruning"].push_back({{"kept_fraction", kept}, {"params", after.params}, {"bytes", after.bytes}});
+            j["expert_pruning"].push_back(
+                { { "kept_fraction", kept }, { "params", after.params }, { "bytes", after.bytes } });
         }
         std::printf("%s\n", j.dump(2).c_str());
         return 0;
     }
 
     std::printf("checkpoint      %s (%zu shard%s)\n", ckpt.dir().c_str(), ckpt.shardPaths().size(),
-                ckpt.shardPaths().size() == 1 ? "" : "s");
+        ckpt.shardPaths().size() == 1 ? "" : "s");
     std::printf("architecture    %s\n", spec.modelType.c_str());
     std::printf("layers          %d (%d MoE): %s\n", spec.numLayers, spec.numMoeLayers(), layerPattern(spec).c_str());
     std::printf("experts         %d routed per MoE layer, top-%d, %s%s\n", spec.router.numExperts, spec.router.topK,
-                spec.router.normTopkProb ? "top-k weights renormalised" : "top-k weights not renormalised",
-                spec.sharedIntermediate > 0 ? ", 1 shared expert (sigmoid gate)" : "");
+        spec.router.normTopkProb ? "top-k weights renormalised" : "top-k weights not renormalised",
+        spec.sharedIntermediate > 0 ? ", 1 shared expert (sigmoid gate)" : "");
     std::printf("hidden          %lld, heads %d (kv %d) x %lld, expert width %lld\n",
-                static_cast<long long>(spec.hiddenSize), spec.numHeads, spec.numKvHeads,
-                static_cast<long long>(spec.headDim), static_cast<long long>(spec.moeIntermediate));
+        static_cast<long long>(spec.hiddenSize), spec.numHeads, spec.numKvHeads, static_cast<long long>(spec.headDim),
+        static_cast<long long>(spec.moeIntermediate));
     std::printf("expert dtype    %s\n\n", dtype.c_str());
     std::printf("%-16s %12s %12s %7s\n", "component", "params", "bytes", "share");
     for (int c = 0; c < kComponentCount; ++c) {
@@ -114,15 +104,16 @@ int runInspect(const InspectArgs& a)
         if (am.params == 0)
             continue;
         std::printf("%-16s %12s %12s %6.1f%%\n", componentName(static_cast<Component>(c)), count(am.params).c_str(),
-                    human(am.bytes).c_str(), 100.0 * static_cast<double>(am.bytes) / static_cast<double>(inv.total.bytes));
+            formatBytes(am.bytes).c_str(),
+            100.0 * static_cast<double>(am.bytes) / static_cast<double>(inv.total.bytes));
     }
-    std::printf("%-16s %12s %12s\n", "total", count(inv.total.params).c_str(), human(inv.total.bytes).c_str());
+    std::printf("%-16s %12s %12s\n", "total", count(inv.total.params).c_str(), formatBytes(inv.total.bytes).c_str());
     std::printf("active/token    %s params\n\n", count(inv.activeParamsPerToken).c_str());
     std::printf("pruning routed experts (same count in every MoE layer):\n");
-    for (double kept : {0.75, 0.5, 0.25}) {
+    for (double kept : { 0.75, 0.5, 0.25 }) {
         const Amount after = sizeAfterExpertPruning(inv, kept);
         std::printf("  keep %3.0f%%  -> %12s, %12s (saves %s)\n", kept * 100.0, count(after.params).c_str(),
-                    human(after.bytes).c_str(), human(inv.total.bytes - after.bytes).c_str());
+            formatBytes(after.bytes).c_str(), formatBytes(inv.total.bytes - after.bytes).c_str());
     }
     return 0;
 }

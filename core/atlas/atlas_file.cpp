@@ -2,9 +2,9 @@
 
 #include "atlas/atlas_schema.h"
 #include "atlas/h5.h"
-#include "atlas/half.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/half.h"
 
 #include <algorithm>
 #include <map>
@@ -23,7 +23,7 @@ struct LayerHandles {
     h5::Dataset logits;
     h5::Dataset topkIds;
     h5::Dataset topkWeights;
-    h5::Dataset expertNorms;   // invalid when not stored
+    h5::Dataset expertNorms; // invalid when not stored
 };
 
 std::string joinInts(const std::vector<int>& values)
@@ -36,16 +36,16 @@ std::string joinInts(const std::vector<int>& values)
 
 // Everything behind AtlasFile::Impl; a namespace-level type so helpers here can take it.
 struct AtlasState {
-    fs::path path;              // the file open now (.partial while writing)
-    fs::path finalPath;         // where finalize() moves it; empty for read-only
-    bool updating = false;      // openForUpdate(): path is a copy that commitUpdate() renames
+    fs::path path; // the file open now (.partial while writing)
+    fs::path finalPath; // where finalize() moves it; empty for read-only
+    bool updating = false; // openForUpdate(): path is a copy that commitUpdate() renames
     bool writable = false;
-    bool complete = false;      // root attribute "complete"
+    bool complete = false; // root attribute "complete"
     AtlasModelInfo model;
     AtlasCalibration calibration;
     AtlasCreateOptions options;
     int64_t numTokens = 0;
-    std::vector<int32_t> layerComplete;    // parallel to model.moeLayers, as in /progress
+    std::vector<int32_t> layerComplete; // parallel to model.moeLayers, as in /progress
 
     // Declared before the handles below so it is closed after them.
     h5::File file;
@@ -69,8 +69,7 @@ struct AtlasState {
         const auto it = std::find(model.moeLayers.begin(), model.moeLayers.end(), layer);
         if (it == model.moeLayers.end())
             throw InputError(path.string() + ": layer " + std::to_string(layer)
-                             + " is not a MoE layer of this atlas (MoE layers: "
-                             + joinInts(model.moeLayers) + ")");
+                + " is not a MoE layer of this atlas (MoE layers: " + joinInts(model.moeLayers) + ")");
         return static_cast<size_t>(it - model.moeLayers.begin());
     }
 
@@ -90,8 +89,8 @@ struct AtlasState {
         const auto k = static_cast<hsize_t>(model.topK);
         // Keep two logit chunks in cache while writing, so a block straddling a chunk boundary
         // or smaller than a chunk does not make HDF5 recompress the chunk on every write.
-        const size_t logitBytes = std::min(rows, schema::kChunkTokens) * experts
-                                  * (options.logitStorage == LogitStorage::Float16 ? 2 : 4);
+        const size_t logitBytes
+            = std::min(rows, schema::kChunkTokens) * experts * (options.logitStorage == LogitStorage::Float16 ? 2 : 4);
         const size_t cacheBytes = writable ? std::max<size_t>(2 * logitBytes, 1 << 20) : 0;
         handles.logits = h5::openDataset(g, "router_logits", cacheBytes);
         handles.topkIds = h5::openDataset(g, "topk_ids");
@@ -101,9 +100,9 @@ struct AtlasState {
 
         auto checkShape = [&](const h5::Dataset& d, hsize_t columns) {
             const std::vector<hsize_t> dims = h5::shape(d.id());
-            if (dims != std::vector<hsize_t>{rows, columns})
-                h5::failRead(d.id(), "", "shape is not [" + std::to_string(rows) + ", "
-                                             + std::to_string(columns) + "]");
+            if (dims != std::vector<hsize_t> { rows, columns })
+                h5::failRead(
+                    d.id(), "", "shape is not [" + std::to_string(rows) + ", " + std::to_string(columns) + "]");
         };
         checkShape(handles.logits, experts);
         checkShape(handles.topkIds, k);
@@ -118,24 +117,21 @@ struct AtlasState {
     }
 
     // Reads rows of a [T, columns] float dataset, converting stored halves when `half`.
-    std::vector<float> readFloatRows(hid_t dataset, bool half, int64_t begin, int64_t count,
-                                     int64_t columns) const
+    std::vector<float> readFloatRows(hid_t dataset, bool half, int64_t begin, int64_t count, int64_t columns) const
     {
         if (begin < 0 || count < 0 || begin > numTokens || count > numTokens - begin)
             throw InputError(path.string() + ": token range [" + std::to_string(begin) + ", "
-                             + std::to_string(begin + count) + ") is outside [0, "
-                             + std::to_string(numTokens) + ")");
+                + std::to_string(begin + count) + ") is outside [0, " + std::to_string(numTokens) + ")");
         const auto elements = static_cast<size_t>(count * columns);
         std::vector<float> values(elements);
         if (!half) {
-            h5::readRows(dataset, H5T_NATIVE_FLOAT, static_cast<hsize_t>(begin),
-                         static_cast<hsize_t>(count), values.data());
+            h5::readRows(
+                dataset, H5T_NATIVE_FLOAT, static_cast<hsize_t>(begin), static_cast<hsize_t>(count), values.data());
             return values;
         }
         std::vector<uint16_t> raw(elements);
         const h5::Datatype halfType = h5::halfType();
-        h5::readRows(dataset, halfType.id(), static_cast<hsize_t>(begin),
-                     static_cast<hsize_t>(count), raw.data());
+        h5::readRows(dataset, halfType.id(), static_cast<hsize_t>(begin), static_cast<hsize_t>(count), raw.data());
         std::transform(raw.begin(), raw.end(), values.begin(), halfToFloat);
         return values;
     }
@@ -156,8 +152,7 @@ struct AtlasState {
 };
 
 // Resolves m_impl, refusing a moved-from object (a template so it need not name the private Impl).
-template <typename Pointer>
-AtlasState& checked(const Pointer& impl)
+template <typename Pointer> AtlasState& checked(const Pointer& impl)
 {
     if (!impl)
         throw Error("use of a moved-from AtlasFile");
@@ -166,9 +161,12 @@ AtlasState& checked(const Pointer& impl)
 
 } // namespace
 
-struct AtlasFile::Impl : AtlasState {};
+struct AtlasFile::Impl : AtlasState { };
 
-AtlasFile::AtlasFile(std::unique_ptr<Impl> impl) : m_impl(std::move(impl)) {}
+AtlasFile::AtlasFile(std::unique_ptr<Impl> impl)
+    : m_impl(std::move(impl))
+{
+}
 AtlasFile::AtlasFile(AtlasFile&&) noexcept = default;
 AtlasFile& AtlasFile::operator=(AtlasFile&& other) noexcept
 {
@@ -186,7 +184,7 @@ AtlasFile::~AtlasFile()
     // Without finalize() the .partial file stays behind, closed cleanly, ready for resume.
     Lock lock(h5::libraryMutex());
     m_impl->close();
-    if (m_impl->updating) {   // an update never committed: the original stays untouched
+    if (m_impl->updating) { // an update never committed: the original stays untouched
         std::error_code ec;
         fs::remove(m_impl->path, ec);
     }
@@ -195,13 +193,11 @@ AtlasFile::~AtlasFile()
 
 // ---- create / open -------------------------------------------------------------------------
 
-AtlasFile AtlasFile::create(const fs::path& finalPath, const AtlasModelInfo& model,
-                            const AtlasCalibration& calibration, std::span<const int32_t> tokens,
-                            std::span<const int16_t> domainIds, std::span<const int64_t> seqOffsets,
-                            const AtlasCreateOptions& options)
+AtlasFile AtlasFile::create(const fs::path& finalPath, const AtlasModelInfo& model, const AtlasCalibration& calibration,
+    std::span<const int32_t> tokens, std::span<const int16_t> domainIds, std::span<const int64_t> seqOffsets,
+    const AtlasCreateOptions& options)
 {
-    schema::validateCreateArguments(finalPath.string(), model, calibration, tokens, domainIds,
-                                    seqOffsets, options);
+    schema::validateCreateArguments(finalPath.string(), model, calibration, tokens, domainIds, seqOffsets, options);
     ensureWritableDirectory(finalPath);
 
     Lock lock(h5::libraryMutex());
@@ -227,8 +223,8 @@ AtlasFile AtlasFile::create(const fs::path& finalPath, const AtlasModelInfo& mod
         for (int layer : model.moeLayers)
             schema::createLayer(impl->layersGroup.id(), layer, impl->numTokens, model, options);
         h5::Group progress = h5::createGroup(f, "progress");
-        h5::Dataset flags = h5::createDataset(progress.id(), "layers_complete", H5T_STD_I32LE,
-                                              {impl->layerComplete.size()});
+        h5::Dataset flags
+            = h5::createDataset(progress.id(), "layers_complete", H5T_STD_I32LE, { impl->layerComplete.size() });
         h5::writeAll(flags.id(), H5T_NATIVE_INT32, impl->layerComplete.data());
         // From here on an interruption leaves a valid, resumable file.
         h5::flushFile(f, true);
@@ -268,8 +264,7 @@ void loadExisting(AtlasState* impl, const fs::path& path, bool writable)
         h5::failRead(domain.id(), "", "length differs from /tokens/ids");
 
     h5::Dataset progress = h5::openDataset(f, "progress/layers_complete");
-    impl->layerComplete = h5::readVector<int32_t>(
-        progress.id(), static_cast<int64_t>(impl->model.moeLayers.size()));
+    impl->layerComplete = h5::readVector<int32_t>(progress.id(), static_cast<int64_t>(impl->model.moeLayers.size()));
 }
 
 } // namespace
@@ -306,26 +301,26 @@ AtlasFile AtlasFile::openForResume(const fs::path& finalPath)
     return AtlasFile(std::move(impl));
 }
 
-AtlasFile AtlasFile::openForResume(const fs::path& finalPath, const AtlasModelInfo& expectedModel,
-                                   std::span<const int32_t> expectedTokens)
+AtlasFile AtlasFile::openForResume(
+    const fs::path& finalPath, const AtlasModelInfo& expectedModel, std::span<const int32_t> expectedTokens)
 {
     AtlasFile atlas = openForResume(finalPath);
     const AtlasModelInfo& model = atlas.model();
     const std::string name = atlas.path().string();
     auto mismatch = [&](const std::string& what) {
-        throw InputError(name + ": cannot resume, the partial atlas was made from " + what
-                         + "; delete it to start over");
+        throw InputError(
+            name + ": cannot resume, the partial atlas was made from " + what + "; delete it to start over");
     };
     if (model.configSha256 != expectedModel.configSha256)
-        mismatch("a different model (config_sha256 " + model.configSha256 + ", expected "
-                 + expectedModel.configSha256 + ")");
+        mismatch("a different model (config_sha256 " + model.configSha256 + ", expected " + expectedModel.configSha256
+            + ")");
     if (model.moeLayers != expectedModel.moeLayers || model.numExperts != expectedModel.numExperts
         || model.topK != expectedModel.topK)
         mismatch("a model with different MoE layers, expert count or top-k");
     const std::vector<int32_t> tokens = atlas.tokens();
     if (!std::equal(tokens.begin(), tokens.end(), expectedTokens.begin(), expectedTokens.end()))
-        mismatch("different calibration tokens (" + std::to_string(tokens.size())
-                 + " tokens stored, " + std::to_string(expectedTokens.size()) + " given)");
+        mismatch("different calibration tokens (" + std::to_string(tokens.size()) + " tokens stored, "
+            + std::to_string(expectedTokens.size()) + " given)");
     return atlas;
 }
 
@@ -339,12 +334,30 @@ AtlasFile AtlasFile::openReadOnly(const fs::path& path)
 
 // ---- metadata ------------------------------------------------------------------------------
 
-const fs::path& AtlasFile::path() const { return checked(m_impl).path; }
-bool AtlasFile::isComplete() const { return checked(m_impl).complete; }
-const AtlasModelInfo& AtlasFile::model() const { return checked(m_impl).model; }
-const AtlasCalibration& AtlasFile::calibration() const { return checked(m_impl).calibration; }
-const AtlasCreateOptions& AtlasFile::options() const { return checked(m_impl).options; }
-int64_t AtlasFile::numTokens() const { return checked(m_impl).numTokens; }
+const fs::path& AtlasFile::path() const
+{
+    return checked(m_impl).path;
+}
+bool AtlasFile::isComplete() const
+{
+    return checked(m_impl).complete;
+}
+const AtlasModelInfo& AtlasFile::model() const
+{
+    return checked(m_impl).model;
+}
+const AtlasCalibration& AtlasFile::calibration() const
+{
+    return checked(m_impl).calibration;
+}
+const AtlasCreateOptions& AtlasFile::options() const
+{
+    return checked(m_impl).options;
+}
+int64_t AtlasFile::numTokens() const
+{
+    return checked(m_impl).numTokens;
+}
 
 std::vector<int32_t> AtlasFile::tokens() const
 {
@@ -391,15 +404,14 @@ void AtlasFile::writeRouterBlock(const RouterBlock& block)
     if (impl.layerComplete[impl.slotOf(block.layer)] != 0)
         throw Error(where + "already marked complete");
     if (block.numExperts != impl.model.numExperts || block.topK != impl.model.topK)
-        throw Error(where + "router block has " + std::to_string(block.numExperts)
-                    + " experts, top-" + std::to_string(block.topK) + "; the atlas has "
-                    + std::to_string(impl.model.numExperts) + ", top-"
-                    + std::to_string(impl.model.topK));
+        throw Error(where + "router block has " + std::to_string(block.numExperts) + " experts, top-"
+            + std::to_string(block.topK) + "; the atlas has " + std::to_string(impl.model.numExperts) + ", top-"
+            + std::to_string(impl.model.topK));
     if (block.tokenBegin < 0 || block.numTokens < 0 || block.tokenBegin > impl.numTokens
         || block.numTokens > impl.numTokens - block.tokenBegin)
         throw Error(where + "tokens [" + std::to_string(block.tokenBegin) + ", "
-                    + std::to_string(block.tokenBegin + block.numTokens) + ") are outside [0, "
-                    + std::to_string(impl.numTokens) + ")");
+            + std::to_string(block.tokenBegin + block.numTokens) + ") are outside [0, " + std::to_string(impl.numTokens)
+            + ")");
     if (block.numTokens == 0)
         return;
     if (block.logits == nullptr || block.topkIds == nullptr || block.topkWeights == nullptr
@@ -411,8 +423,8 @@ void AtlasFile::writeRouterBlock(const RouterBlock& block)
     const auto rows = static_cast<size_t>(block.numTokens);
     for (size_t i = 0; i < rows * k; ++i)
         if (block.topkIds[i] < 0 || static_cast<size_t>(block.topkIds[i]) >= experts)
-            throw Error(where + "top-k expert id " + std::to_string(block.topkIds[i])
-                        + " is outside [0, " + std::to_string(experts) + ")");
+            throw Error(where + "top-k expert id " + std::to_string(block.topkIds[i]) + " is outside [0, "
+                + std::to_string(experts) + ")");
 
     LayerHandles& layer = impl.openLayer(block.layer);
     const auto begin = static_cast<hsize_t>(block.tokenBegin);
@@ -430,8 +442,7 @@ void AtlasFile::writeRouterBlock(const RouterBlock& block)
         h5::writeRows(layer.expertNorms.id(), H5T_NATIVE_FLOAT, begin, rows, block.expertNorms);
 }
 
-void AtlasFile::writeHiddenSamples(int layer, std::span<const int64_t> tokenIndices,
-                                   std::span<const float> values)
+void AtlasFile::writeHiddenSamples(int layer, std::span<const int64_t> tokenIndices, std::span<const float> values)
 {
     Lock lock(h5::libraryMutex());
     AtlasState& impl = checked(m_impl);
@@ -441,21 +452,20 @@ void AtlasFile::writeHiddenSamples(int layer, std::span<const int64_t> tokenIndi
         throw Error(where + "already marked complete");
     const auto hidden = static_cast<size_t>(impl.model.hiddenSize);
     if (values.size() != tokenIndices.size() * hidden)
-        throw Error(where + "hidden samples have " + std::to_string(values.size())
-                    + " values for " + std::to_string(tokenIndices.size()) + " tokens of "
-                    + std::to_string(hidden));
+        throw Error(where + "hidden samples have " + std::to_string(values.size()) + " values for "
+            + std::to_string(tokenIndices.size()) + " tokens of " + std::to_string(hidden));
     for (int64_t index : tokenIndices)
         if (index < 0 || index >= impl.numTokens)
-            throw Error(where + "hidden sample token index " + std::to_string(index)
-                        + " is outside [0, " + std::to_string(impl.numTokens) + ")");
+            throw Error(where + "hidden sample token index " + std::to_string(index) + " is outside [0, "
+                + std::to_string(impl.numTokens) + ")");
 
     LayerHandles& handles = impl.openLayer(layer);
     if (h5::exists(handles.group.id(), "hidden_samples"))
         h5::unlink(handles.group.id(), "hidden_samples");
     h5::Group group = h5::createGroup(handles.group.id(), "hidden_samples");
     const hsize_t n = tokenIndices.size();
-    h5::Dataset index = h5::createDataset(group.id(), "token_index", H5T_STD_I64LE, {n});
-    h5::Dataset data = h5::createDataset(group.id(), "values", H5T_IEEE_F32LE, {n, hidden});
+    h5::Dataset index = h5::createDataset(group.id(), "token_index", H5T_STD_I64LE, { n });
+    h5::Dataset data = h5::createDataset(group.id(), "values", H5T_IEEE_F32LE, { n, hidden });
     if (n > 0) {
         h5::writeAll(index.id(), H5T_NATIVE_INT64, tokenIndices.data());
         h5::writeAll(data.id(), H5T_NATIVE_FLOAT, values.data());
@@ -469,7 +479,7 @@ void AtlasFile::markLayerComplete(int layer)
     impl.requireWritable();
     const size_t slot = impl.slotOf(layer);
     LayerHandles& handles = impl.openLayer(layer);
-    h5::writeAttribute(handles.group.id(), "complete", int64_t{1});
+    h5::writeAttribute(handles.group.id(), "complete", int64_t { 1 });
     impl.layerComplete[slot] = 1;
     impl.writeProgress();
     // The flush is what makes "complete" true on disk: records written before it are durable.
@@ -486,14 +496,13 @@ void AtlasFile::finalize()
         if (impl.layerComplete[i] == 0)
             missing.push_back(impl.model.moeLayers[i]);
     if (!missing.empty())
-        throw Error(impl.path.string() + ": cannot finalize, MoE layers not complete: "
-                    + joinInts(missing));
-    h5::writeAttribute(impl.file.id(), "complete", int64_t{1});
+        throw Error(impl.path.string() + ": cannot finalize, MoE layers not complete: " + joinInts(missing));
+    h5::writeAttribute(impl.file.id(), "complete", int64_t { 1 });
     h5::flushFile(impl.file.id(), true);
     if (!impl.close()) {
         const std::string detail = h5::takeErrorDetail();
         throw Error(impl.path.string() + ": closing the atlas failed"
-                    + (detail.empty() ? std::string() : " (HDF5: " + detail + ")"));
+            + (detail.empty() ? std::string() : " (HDF5: " + detail + ")"));
     }
     commitFile(impl.path, impl.finalPath);
     impl.path = impl.finalPath;
@@ -514,9 +523,8 @@ std::vector<float> AtlasFile::readLogits(int layer, int64_t tokenBegin, int64_t 
     AtlasState& impl = checked(m_impl);
     impl.requireOpen();
     LayerHandles& handles = impl.openLayer(layer);
-    return impl.readFloatRows(handles.logits.id(),
-                              impl.options.logitStorage == LogitStorage::Float16, tokenBegin,
-                              numTokens, impl.model.numExperts);
+    return impl.readFloatRows(handles.logits.id(), impl.options.logitStorage == LogitStorage::Float16, tokenBegin,
+        numTokens, impl.model.numExperts);
 }
 
 std::vector<int32_t> AtlasFile::readTopkIds(int layer) const
@@ -577,8 +585,9 @@ AtlasFile AtlasFile::openForUpdate(const fs::path& path)
     {
         AtlasFile probe = openReadOnly(path);
         if (!probe.isComplete())
-            throw InputError(path.string() + ": the atlas is not complete (capture still running "
-                                             "or interrupted); finish it before scoring");
+            throw InputError(path.string()
+                + ": the atlas is not complete (capture still running "
+                  "or interrupted); finish it before scoring");
     }
     ensureWritableDirectory(path);
     const fs::path copy = partialPathFor(path);
@@ -645,12 +654,11 @@ void AtlasFile::writeResults(const std::string& group, const AtlasResults& resul
     AtlasState& impl = checked(m_impl);
     impl.requireWritable();
     const size_t slash = group.rfind('/');
-    h5::Group parent = slash == std::string::npos
-                           ? h5::openGroup(impl.file.id(), "/")
-                           : openGroupPath(impl.file.id(), group.substr(0, slash), true);
+    h5::Group parent = slash == std::string::npos ? h5::openGroup(impl.file.id(), "/")
+                                                  : openGroupPath(impl.file.id(), group.substr(0, slash), true);
     const std::string leaf = slash == std::string::npos ? group : group.substr(slash + 1);
     if (h5::exists(parent.id(), leaf))
-        h5::unlink(parent.id(), leaf);   // replaced whole: stale arrays must not survive
+        h5::unlink(parent.id(), leaf); // replaced whole: stale arrays must not survive
     h5::Group g = h5::createGroup(parent.id(), leaf);
     h5::writeAttribute(g.id(), "params", results.paramsJson);
     h5::writeAttribute(g.id(), "inputs_hash", results.inputsHash);
@@ -660,9 +668,8 @@ void AtlasFile::writeResults(const std::string& group, const AtlasResults& resul
         for (hsize_t d : dims)
             n *= static_cast<size_t>(d);
         if (n != a.values.size())
-            throw Error(impl.path.string() + ": /" + group + "/" + a.name + ": "
-                        + std::to_string(a.values.size()) + " values for shape of "
-                        + std::to_string(n));
+            throw Error(impl.path.string() + ": /" + group + "/" + a.name + ": " + std::to_string(a.values.size())
+                + " values for shape of " + std::to_string(n));
         h5::Dataset d = h5::createDataset(g.id(), a.name, H5T_IEEE_F64LE, dims);
         if (n > 0)
             h5::writeAll(d.id(), H5T_NATIVE_DOUBLE, a.values.data());
@@ -685,15 +692,15 @@ std::optional<AtlasResults> AtlasFile::readResults(const std::string& group) con
         results.inputsHash = h5::readStringAttribute(g.id(), "inputs_hash");
     std::vector<std::string> names;
     hsize_t index = 0;
-    H5Literate(g.id(), H5_INDEX_NAME, H5_ITER_INC, &index,
-               [](hid_t loc, const char* name, const H5L_info_t*, void* out) -> herr_t {
-                   H5O_info_t info;
-                   if (H5Oget_info_by_name(loc, name, &info, H5P_DEFAULT) >= 0
-                       && info.type == H5O_TYPE_DATASET)
-                       static_cast<std::vector<std::string>*>(out)->emplace_back(name);
-                   return 0;
-               },
-               &names);
+    H5Literate(
+        g.id(), H5_INDEX_NAME, H5_ITER_INC, &index,
+        [](hid_t loc, const char* name, const H5L_info_t*, void* out) -> herr_t {
+            H5O_info_t info;
+            if (H5Oget_info_by_name(loc, name, &info, H5P_DEFAULT) >= 0 && info.type == H5O_TYPE_DATASET)
+                static_cast<std::vector<std::string>*>(out)->emplace_back(name);
+            return 0;
+        },
+        &names);
     for (const std::string& name : names) {
         h5::Dataset d = h5::openDataset(g.id(), name);
         AtlasArray a;
@@ -749,31 +756,26 @@ std::vector<int32_t> AtlasFile::readTopkIds(int layer, int64_t tokenBegin, int64
     AtlasState& impl = checked(m_impl);
     impl.requireOpen();
     LayerHandles& handles = impl.openLayer(layer);
-    if (tokenBegin < 0 || numTokens < 0 || tokenBegin > impl.numTokens
-        || numTokens > impl.numTokens - tokenBegin)
-        throw InputError(impl.path.string() + ": token range [" + std::to_string(tokenBegin)
-                         + ", " + std::to_string(tokenBegin + numTokens) + ") is outside [0, "
-                         + std::to_string(impl.numTokens) + ")");
+    if (tokenBegin < 0 || numTokens < 0 || tokenBegin > impl.numTokens || numTokens > impl.numTokens - tokenBegin)
+        throw InputError(impl.path.string() + ": token range [" + std::to_string(tokenBegin) + ", "
+            + std::to_string(tokenBegin + numTokens) + ") is outside [0, " + std::to_string(impl.numTokens) + ")");
     std::vector<int32_t> ids(static_cast<size_t>(numTokens * impl.model.topK));
     if (!ids.empty())
         h5::readRows(handles.topkIds.id(), H5T_NATIVE_INT32, static_cast<hsize_t>(tokenBegin),
-                     static_cast<hsize_t>(numTokens), ids.data());
+            static_cast<hsize_t>(numTokens), ids.data());
     return ids;
 }
 
-std::vector<float> AtlasFile::readTopkWeights(int layer, int64_t tokenBegin,
-                                              int64_t numTokens) const
+std::vector<float> AtlasFile::readTopkWeights(int layer, int64_t tokenBegin, int64_t numTokens) const
 {
     Lock lock(h5::libraryMutex());
     AtlasState& impl = checked(m_impl);
     impl.requireOpen();
     LayerHandles& handles = impl.openLayer(layer);
-    return impl.readFloatRows(handles.topkWeights.id(), false, tokenBegin, numTokens,
-                              impl.model.topK);
+    return impl.readFloatRows(handles.topkWeights.id(), false, tokenBegin, numTokens, impl.model.topK);
 }
 
-std::vector<float> AtlasFile::readExpertNorms(int layer, int64_t tokenBegin,
-                                              int64_t numTokens) const
+std::vector<float> AtlasFile::readExpertNorms(int layer, int64_t tokenBegin, int64_t numTokens) const
 {
     Lock lock(h5::libraryMutex());
     AtlasState& impl = checked(m_impl);
@@ -781,8 +783,7 @@ std::vector<float> AtlasFile::readExpertNorms(int layer, int64_t tokenBegin,
     LayerHandles& handles = impl.openLayer(layer);
     if (!handles.expertNorms)
         return {};
-    return impl.readFloatRows(handles.expertNorms.id(), false, tokenBegin, numTokens,
-                              impl.model.topK);
+    return impl.readFloatRows(handles.expertNorms.id(), false, tokenBegin, numTokens, impl.model.topK);
 }
 
 } // namespace moeatlas

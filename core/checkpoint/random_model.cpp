@@ -3,6 +3,7 @@
 #include "checkpoint/checkpoint_writer.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/half.h"
 
 #include <nlohmann/json.hpp>
 
@@ -31,33 +32,23 @@ uint16_t toBf16(float f)
 {
     uint32_t bits;
     std::memcpy(&bits, &f, 4);
-    bits += 0x7fff + ((bits >> 16) & 1);   // round to nearest even
+    bits += 0x7fff + ((bits >> 16) & 1); // round to nearest even
     return static_cast<uint16_t>(bits >> 16);
-}
-
-uint16_t toF16(float f)
-{
-    uint32_t x;
-    std::memcpy(&x, &f, 4);
-    const uint32_t sign = (x >> 16) & 0x8000;
-    int32_t exp = static_cast<int32_t>((x >> 23) & 0xff) - 127 + 15;
-    uint32_t man = x & 0x7fffff;
-    if (exp <= 0)
-        return static_cast<uint16_t>(sign);   // weights here never reach the subnormal range
-    if (exp >= 31)
-        return static_cast<uint16_t>(sign | 0x7c00);
-    uint32_t h = sign | (static_cast<uint32_t>(exp) << 10) | (man >> 13);
-    const uint32_t rest = man & 0x1fff;
-    if (rest > 0x1000 || (rest == 0x1000 && (h & 1)))
-        ++h;
-    return static_cast<uint16_t>(h);
 }
 
 class TensorFactory {
 public:
-    TensorFactory(CheckpointWriter& w, DType dtype, uint64_t seed) : m_writer(w), m_dtype(dtype), m_rng{seed} {}
+    TensorFactory(CheckpointWriter& w, DType dtype, uint64_t seed)
+        : m_writer(w)
+        , m_dtype(dtype)
+        , m_rng { seed }
+    {
+    }
 
-    void declare(const std::string& name, std::vector<int64_t> shape) { m_writer.declare(name, m_dtype, std::move(shape)); }
+    void declare(const std::string& name, std::vector<int64_t> shape)
+    {
+        m_writer.declare(name, m_dtype, std::move(shape));
+    }
 
     // Writes a tensor of `count` values, normal(mean, std) (std 0 gives a constant).
     void write(const std::string& name, int64_t count, double mean, double std)
@@ -73,7 +64,7 @@ public:
             if (m_dtype == DType::F32) {
                 std::memcpy(buf.data() + at, &v, 4);
             } else {
-                const uint16_t h = m_dtype == DType::BF16 ? toBf16(v) : toF16(v);
+                const uint16_t h = m_dtype == DType::BF16 ? toBf16(v) : floatToHalf(v);
                 std::memcpy(buf.data() + at, &h, 2);
             }
         }
@@ -106,58 +97,58 @@ std::vector<Entry> tensorList(const RandomModelOptions& o)
     const int64_t H = o.hiddenSize, hd = o.headDim, E = o.numExperts, I = o.moeIntermediate;
     const double s = o.initStd;
     std::vector<Entry> t;
-    t.push_back({"model.embed_tokens.weight", {o.vocabSize, H}, 0.0, 1.0});
+    t.push_back({ "model.embed_tokens.weight", { o.vocabSize, H }, 0.0, 1.0 });
     const bool mixtral = o.arch == Architecture::Mixtral;
     for (int l = 0; l < o.numLayers; ++l) {
         const std::string p = "model.layers." + std::to_string(l) + ".";
-        t.push_back({p + "input_layernorm.weight", {H}, 1.0, 0.0});
-        t.push_back({p + "post_attention_layernorm.weight", {H}, 1.0, 0.0});
+        t.push_back({ p + "input_layernorm.weight", { H }, 1.0, 0.0 });
+        t.push_back({ p + "post_attention_layernorm.weight", { H }, 1.0, 0.0 });
         const int64_t qOut = static_cast<int64_t>(o.numHeads) * hd, kvOut = static_cast<int64_t>(o.numKvHeads) * hd;
-        t.push_back({p + "self_attn.q_proj.weight", {qOut, H}, 0.0, s});
-        t.push_back({p + "self_attn.k_proj.weight", {kvOut, H}, 0.0, s});
-        t.push_back({p + "self_attn.v_proj.weight", {kvOut, H}, 0.0, s});
+        t.push_back({ p + "self_attn.q_proj.weight", { qOut, H }, 0.0, s });
+        t.push_back({ p + "self_attn.k_proj.weight", { kvOut, H }, 0.0, s });
+        t.push_back({ p + "self_attn.v_proj.weight", { kvOut, H }, 0.0, s });
         if (o.arch == Architecture::Qwen2Moe) {
-            t.push_back({p + "self_attn.q_proj.bias", {qOut}, 0.0, s});
-            t.push_back({p + "self_attn.k_proj.bias", {kvOut}, 0.0, s});
-            t.push_back({p + "self_attn.v_proj.bias", {kvOut}, 0.0, s});
+            t.push_back({ p + "self_attn.q_proj.bias", { qOut }, 0.0, s });
+            t.push_back({ p + "self_attn.k_proj.bias", { kvOut }, 0.0, s });
+            t.push_back({ p + "self_attn.v_proj.bias", { kvOut }, 0.0, s });
         }
-        t.push_back({p + "self_attn.o_proj.weight", {H, qOut}, 0.0, s});
+        t.push_back({ p + "self_attn.o_proj.weight", { H, qOut }, 0.0, s });
         if (o.arch == Architecture::Qwen3Moe) {
-            t.push_back({p + "self_attn.q_norm.weight", {hd}, 1.0, 0.0});
-            t.push_back({p + "self_attn.k_norm.weight", {hd}, 1.0, 0.0});
+            t.push_back({ p + "self_attn.q_norm.weight", { hd }, 1.0, 0.0 });
+            t.push_back({ p + "self_attn.k_norm.weight", { hd }, 1.0, 0.0 });
         } else if (o.arch == Architecture::Olmoe) {
-            t.push_back({p + "self_attn.q_norm.weight", {qOut}, 1.0, 0.0});
-            t.push_back({p + "self_attn.k_norm.weight", {kvOut}, 1.0, 0.0});
+            t.push_back({ p + "self_attn.q_norm.weight", { qOut }, 1.0, 0.0 });
+            t.push_back({ p + "self_attn.k_norm.weight", { kvOut }, 1.0, 0.0 });
         }
         if (!isMoeLayer(o, l)) {
-            t.push_back({p + "mlp.gate_proj.weight", {o.denseIntermediate, H}, 0.0, s});
-            t.push_back({p + "mlp.up_proj.weight", {o.denseIntermediate, H}, 0.0, s});
-            t.push_back({p + "mlp.down_proj.weight", {H, o.denseIntermediate}, 0.0, s});
+            t.push_back({ p + "mlp.gate_proj.weight", { o.denseIntermediate, H }, 0.0, s });
+            t.push_back({ p + "mlp.up_proj.weight", { o.denseIntermediate, H }, 0.0, s });
+            t.push_back({ p + "mlp.down_proj.weight", { H, o.denseIntermediate }, 0.0, s });
             continue;
         }
         const std::string m = p + (mixtral && !o.fusedExperts ? "block_sparse_moe." : "mlp.");
-        t.push_back({m + "gate.weight", {E, H}, 0.0, o.routerStd / std::sqrt(static_cast<double>(H))});
+        t.push_back({ m + "gate.weight", { E, H }, 0.0, o.routerStd / std::sqrt(static_cast<double>(H)) });
         if (o.fusedExperts) {
-            t.push_back({m + "experts.gate_up_proj", {E, 2 * I, H}, 0.0, s});
-            t.push_back({m + "experts.down_proj", {E, H, I}, 0.0, s});
+            t.push_back({ m + "experts.gate_up_proj", { E, 2 * I, H }, 0.0, s });
+            t.push_back({ m + "experts.down_proj", { E, H, I }, 0.0, s });
         } else {
             for (int64_t e = 0; e < E; ++e) {
                 const std::string ep = m + "experts." + std::to_string(e) + ".";
-                t.push_back({ep + (mixtral ? "w1" : "gate_proj") + ".weight", {I, H}, 0.0, s});
-                t.push_back({ep + (mixtral ? "w2" : "down_proj") + ".weight", {H, I}, 0.0, s});
-                t.push_back({ep + (mixtral ? "w3" : "up_proj") + ".weight", {I, H}, 0.0, s});
+                t.push_back({ ep + (mixtral ? "w1" : "gate_proj") + ".weight", { I, H }, 0.0, s });
+                t.push_back({ ep + (mixtral ? "w2" : "down_proj") + ".weight", { H, I }, 0.0, s });
+                t.push_back({ ep + (mixtral ? "w3" : "up_proj") + ".weight", { I, H }, 0.0, s });
             }
         }
         if (o.arch == Architecture::Qwen2Moe && o.sharedIntermediate > 0) {
             const int64_t SI = o.sharedIntermediate;
-            t.push_back({m + "shared_expert.gate_proj.weight", {SI, H}, 0.0, s});
-            t.push_back({m + "shared_expert.up_proj.weight", {SI, H}, 0.0, s});
-            t.push_back({m + "shared_expert.down_proj.weight", {H, SI}, 0.0, s});
-            t.push_back({m + "shared_expert_gate.weight", {1, H}, 0.0, s});
+            t.push_back({ m + "shared_expert.gate_proj.weight", { SI, H }, 0.0, s });
+            t.push_back({ m + "shared_expert.up_proj.weight", { SI, H }, 0.0, s });
+            t.push_back({ m + "shared_expert.down_proj.weight", { H, SI }, 0.0, s });
+            t.push_back({ m + "shared_expert_gate.weight", { 1, H }, 0.0, s });
         }
     }
-    t.push_back({"model.norm.weight", {H}, 1.0, 0.0});
-    t.push_back({"lm_head.weight", {o.vocabSize, H}, 0.0, s});
+    t.push_back({ "model.norm.weight", { H }, 1.0, 0.0 });
+    t.push_back({ "lm_head.weight", { o.vocabSize, H }, 0.0, s });
     return t;
 }
 
@@ -182,12 +173,12 @@ std::string randomModelConfig(const RandomModelOptions& o)
     c["torch_dtype"] = o.dtype == DType::F32 ? "float32" : o.dtype == DType::BF16 ? "bfloat16" : "float16";
     switch (o.arch) {
     case Architecture::Mixtral:
-        c["architectures"] = {"MixtralForCausalLM"};
+        c["architectures"] = { "MixtralForCausalLM" };
         c["num_local_experts"] = o.numExperts;
         c["intermediate_size"] = o.moeIntermediate;
         break;
     case Architecture::Qwen2Moe:
-        c["architectures"] = {"Qwen2MoeForCausalLM"};
+        c["architectures"] = { "Qwen2MoeForCausalLM" };
         c["num_experts"] = o.numExperts;
         c["moe_intermediate_size"] = o.moeIntermediate;
         c["shared_expert_intermediate_size"] = o.sharedIntermediate;
@@ -197,7 +188,7 @@ std::string randomModelConfig(const RandomModelOptions& o)
         c["qkv_bias"] = true;
         break;
     case Architecture::Qwen3Moe:
-        c["architectures"] = {"Qwen3MoeForCausalLM"};
+        c["architectures"] = { "Qwen3MoeForCausalLM" };
         c["num_experts"] = o.numExperts;
         c["moe_intermediate_size"] = o.moeIntermediate;
         c["intermediate_size"] = o.denseIntermediate;
@@ -205,7 +196,7 @@ std::string randomModelConfig(const RandomModelOptions& o)
         c["mlp_only_layers"] = o.mlpOnlyLayers;
         break;
     case Architecture::Olmoe:
-        c["architectures"] = {"OlmoeForCausalLM"};
+        c["architectures"] = { "OlmoeForCausalLM" };
         c["num_experts"] = o.numExperts;
         c["intermediate_size"] = o.moeIntermediate;
         c["norm_topk_prob"] = o.normTopkProb;
@@ -238,10 +229,10 @@ void writeRandomModel(const RandomModelOptions& o, const std::filesystem::path& 
     writer.finish();
 }
 
-void writeRandomCalibration(const std::filesystem::path& path, int64_t vocabSize, int numDocs, int64_t docTokens,
-                            uint64_t seed)
+void writeRandomCalibration(
+    const std::filesystem::path& path, int64_t vocabSize, int numDocs, int64_t docTokens, uint64_t seed)
 {
-    Rng rng{seed};
+    Rng rng { seed };
     std::ostringstream out;
     for (int d = 0; d < numDocs; ++d) {
         out << "{\"input_ids\": [";

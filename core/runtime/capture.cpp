@@ -27,7 +27,11 @@ namespace {
 class AtlasObserver : public ExecutionObserver {
 public:
     AtlasObserver(AtlasFile& atlas, fs::path resumePath, int64_t hiddenSize, bool saveResume)
-        : m_atlas(atlas), m_resumePath(std::move(resumePath)), m_hidden(hiddenSize), m_saveResume(saveResume)
+        : m_atlas(atlas)
+        , m_resumePath(std::move(resumePath))
+        , m_hidden(hiddenSize)
+        , m_saveResume(saveResume)
+        , m_moeLayers(atlas.model().moeLayers.begin(), atlas.model().moeLayers.end())
     {
     }
 
@@ -58,18 +62,16 @@ public:
             m_samples.erase(it);
         }
         if (m_moeLayers.count(layer) && !m_skip.count(layer))
-            m_atlas.markLayerComplete(layer);   // flushes: the records are on disk first
+            m_atlas.markLayerComplete(layer); // flushes: the records are on disk first
         if (m_saveResume) {
             SafetensorsWriter w(m_resumePath);
-            w.setMetadata({{"completed_layer", std::to_string(layer)}});
+            w.setMetadata({ { "completed_layer", std::to_string(layer) } });
             const int64_t tokens = static_cast<int64_t>(hidden.size()) / m_hidden;
-            w.declare("hidden", DType::F32, {tokens, m_hidden});
+            w.declare("hidden", DType::F32, { tokens, m_hidden });
             w.write("hidden", std::as_bytes(hidden));
             w.finish();
         }
     }
-
-    void setMoeLayers(const std::vector<int>& layers) { m_moeLayers = {layers.begin(), layers.end()}; }
 
 private:
     AtlasFile& m_atlas;
@@ -84,7 +86,7 @@ private:
 std::string readFile(const fs::path& p)
 {
     std::ifstream in(p, std::ios::binary);
-    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+    return { std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>() };
 }
 
 std::vector<int64_t> chooseSampleTokens(int64_t totalTokens, int count, uint64_t seed)
@@ -96,7 +98,7 @@ std::vector<int64_t> chooseSampleTokens(int64_t totalTokens, int count, uint64_t
     const int64_t want = std::min<int64_t>(count, totalTokens);
     while (static_cast<int64_t>(chosen.size()) < want)
         chosen.insert(static_cast<int64_t>(rng() % static_cast<uint64_t>(totalTokens)));
-    return {chosen.begin(), chosen.end()};
+    return { chosen.begin(), chosen.end() };
 }
 
 } // namespace
@@ -131,8 +133,8 @@ CalibrationSet loadCalibration(const CaptureParams& params, int64_t vocabSize)
         if (!fs::exists(path, ec))
             throw InputError((textDomain.empty() ? "--add-bos takes the BOS token from the tokenizer"
                                                  : "domain " + textDomain + " is text and needs a tokenizer")
-                             + ", but " + path.string() + " does not exist; pass --tokenizer PATH"
-                             + (textDomain.empty() ? " or --bos ID" : ""));
+                + ", but " + path.string() + " does not exist; pass --tokenizer PATH"
+                + (textDomain.empty() ? " or --bos ID" : ""));
     }
     path = fs::absolute(path);
     const Tokenizer tokenizer = Tokenizer::fromFile(path.string());
@@ -141,8 +143,8 @@ CalibrationSet loadCalibration(const CaptureParams& params, int64_t vocabSize)
         packing.bosToken = tokenizer.bosTokenId();
         if (!packing.bosToken)
             throw InputError("--add-bos: " + path.string()
-                             + " names no BOS token (no bos_token in a tokenizer_config.json beside it, none in its "
-                               "template); pass --bos ID");
+                + " names no BOS token (no bos_token in a tokenizer_config.json beside it, none in its "
+                  "template); pass --bos ID");
     }
     const std::string description = path.string() + " (sha256 " + sha256Hex(readFile(path)) + ")";
     return buildCalibrationSet(params.domains, packing, params.text, &tokenizer, description, vocabSize);
@@ -162,7 +164,7 @@ CaptureSummary runCapture(const CaptureParams& params, const ProgressFn& progres
     const CalibrationSet calib = loadCalibration(params, spec.vocabSize);
     std::vector<int32_t> tokens;
     std::vector<int16_t> domainIds;
-    std::vector<int64_t> offsets{0};
+    std::vector<int64_t> offsets { 0 };
     for (std::size_t d = 0; d < calib.domains.size(); ++d)
         for (const auto& seq : calib.domains[d].sequences) {
             tokens.insert(tokens.end(), seq.begin(), seq.end());
@@ -171,9 +173,9 @@ CaptureSummary runCapture(const CaptureParams& params, const ProgressFn& progres
         }
 
     ExecutorOptions execOptions = params.executor;
-    execOptions.hiddenSampleTokens =
-        chooseSampleTokens(static_cast<int64_t>(tokens.size()), params.hiddenSamplesPerLayer, params.packing.seed);
-    Executor executor(ckpt, spec, execOptions);   // validates every tensor before any output exists
+    execOptions.hiddenSampleTokens
+        = chooseSampleTokens(static_cast<int64_t>(tokens.size()), params.hiddenSamplesPerLayer, params.packing.seed);
+    Executor executor(ckpt, spec, execOptions); // validates every tensor before any output exists
 
     AtlasModelInfo model;
     model.checkpointPath = fs::absolute(ckpt.dir()).string();
@@ -188,8 +190,8 @@ CaptureSummary runCapture(const CaptureParams& params, const ProgressFn& progres
 
     AtlasCalibration calibration;
     for (const PackedDomain& d : calib.domains)
-        calibration.domains.push_back({d.name, d.source, d.format, static_cast<int64_t>(d.sequences.size()),
-                                       static_cast<int64_t>(d.sequences.size()) * calib.packing.seqLen});
+        calibration.domains.push_back({ d.name, d.source, d.format, static_cast<int64_t>(d.sequences.size()),
+            static_cast<int64_t>(d.sequences.size()) * calib.packing.seqLen });
     calibration.seqLen = calib.packing.seqLen;
     calibration.seed = calib.packing.seed;
     calibration.packing = calib.describePacking();
@@ -222,7 +224,6 @@ CaptureSummary runCapture(const CaptureParams& params, const ProgressFn& progres
     }
 
     AtlasObserver observer(*atlas, resumePath, spec.hiddenSize, params.saveResumeState);
-    observer.setMoeLayers(model.moeLayers);
     observer.skipLayers(atlas->completedLayers());
     CaptureSummary summary;
     summary.tokens = static_cast<int64_t>(tokens.size());
@@ -237,9 +238,9 @@ CaptureSummary runCapture(const CaptureParams& params, const ProgressFn& progres
     std::error_code ec;
     fs::remove(resumePath, ec);
     summary.atlas = params.output;
-    rusage usage{};
+    rusage usage {};
     if (getrusage(RUSAGE_SELF, &usage) == 0)
-        summary.peakRssBytes = static_cast<uint64_t>(usage.ru_maxrss) * 1024;   // Linux reports KiB
+        summary.peakRssBytes = static_cast<uint64_t>(usage.ru_maxrss) * 1024; // Linux reports KiB
     return summary;
 }
 

@@ -3,11 +3,12 @@
 #include "model/blocks.h"
 #include "model/layer_weights.h"
 #include "util/error.h"
+#include "util/format.h"
 
 #include <ATen/ATen.h>
-#include <malloc.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
+#include <malloc.h>
 
 #include <dlfcn.h>
 
@@ -16,7 +17,6 @@
 #include <fstream>
 #include <future>
 #include <map>
-#include <sstream>
 
 namespace moeatlas {
 
@@ -39,8 +39,9 @@ c10::Device parseDevice(const std::string& name)
         return c10::Device(c10::kCPU);
     if (name.rfind("cuda", 0) == 0) {
         if (!cudaAvailable())
-            throw InputError("--device " + name + ": this build of LibTorch has no usable CUDA device "
-                             "(build with a CUDA-enabled LibTorch via Torch_DIR, and check nvidia-smi)");
+            throw InputError("--device " + name
+                + ": this build of LibTorch has no usable CUDA device "
+                  "(build with a CUDA-enabled LibTorch via Torch_DIR, and check nvidia-smi)");
         int index = 0;
         if (name.size() > 4) {
             if (name[4] != ':')
@@ -65,14 +66,6 @@ uint64_t memAvailableBytes()
     return 0;
 }
 
-std::string formatBytes(uint64_t bytes)
-{
-    std::ostringstream s;
-    s.precision(3);
-    s << static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0) << " GiB";
-    return s.str();
-}
-
 // A micro-batch: consecutive sequences of equal length.
 struct MicroBatch {
     int64_t tokenBegin = 0;
@@ -92,7 +85,7 @@ std::vector<MicroBatch> planMicroBatches(std::span<const int64_t> offsets, int64
             ++out.back().numSeqs;
             continue;
         }
-        out.push_back({offsets[i], 1, len});
+        out.push_back({ offsets[i], 1, len });
     }
     return out;
 }
@@ -118,7 +111,10 @@ int setOpenblasThreads(int threads)
 // OpenBLAS single-threaded for the lifetime of a run (see setOpenblasThreads), restored afterwards.
 class SingleThreadedBlas {
 public:
-    explicit SingleThreadedBlas(bool enable) : m_previous(enable ? setOpenblasThreads(1) : 0) {}
+    explicit SingleThreadedBlas(bool enable)
+        : m_previous(enable ? setOpenblasThreads(1) : 0)
+    {
+    }
     ~SingleThreadedBlas()
     {
         if (m_previous > 1)
@@ -136,7 +132,7 @@ private:
 void useOneIntraOpThreadHere()
 {
     static const auto set = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"));
-    (void)at::get_num_threads();   // LibTorch's lazy per-thread initialisation first
+    (void)at::get_num_threads(); // LibTorch's lazy per-thread initialisation first
     if (set)
         set(1);
 }
@@ -147,7 +143,8 @@ void useOneIntraOpThreadHere()
 // one thread, 0.6-0.8 s on two).
 class SingleIntraOpThread {
 public:
-    SingleIntraOpThread() : m_previous(at::get_num_threads())
+    SingleIntraOpThread()
+        : m_previous(at::get_num_threads())
     {
         if (m_previous > 1)
             at::set_num_threads(1);
@@ -181,9 +178,12 @@ struct Executor::Impl {
     std::map<int, LayerWeights> resident;
 
     Impl(const Checkpoint& c, const ModelSpec& s, ExecutorOptions o)
-        : ckpt(c), spec(s), options(std::move(o)), device(parseDevice(options.device)),
-          dtype(parseComputeDtype(options.computeDtype)),
-          loader(c, s, WeightLoadOptions{device, dtype, !options.keepWeightsResident})
+        : ckpt(c)
+        , spec(s)
+        , options(std::move(o))
+        , device(parseDevice(options.device))
+        , dtype(parseComputeDtype(options.computeDtype))
+        , loader(c, s, WeightLoadOptions { device, dtype, !options.keepWeightsResident })
     {
         if (options.batchTokens <= 0)
             throw InputError("--batch-tokens must be > 0");
@@ -257,10 +257,10 @@ uint64_t Executor::plannedPeakBytes(int64_t numTokens, int64_t longestSequence) 
     const uint64_t B = static_cast<uint64_t>(std::min<int64_t>(m_impl->options.batchTokens, numTokens));
     const uint64_t K = static_cast<uint64_t>(s.router.topK), I = static_cast<uint64_t>(s.moeIntermediate);
     const uint64_t S = static_cast<uint64_t>(longestSequence);
-    uint64_t peak = T * H * es                                  // residual stream
-                    + maxLayer                                  // one layer of weights
-                    + B * es * (10 * H + K * (4 * I + 2 * H))   // micro-batch activations
-                    + static_cast<uint64_t>(s.numHeads) * S * S * 8;  // one sequence's scores
+    uint64_t peak = T * H * es // residual stream
+        + maxLayer // one layer of weights
+        + B * es * (10 * H + K * (4 * I + 2 * H)) // micro-batch activations
+        + static_cast<uint64_t>(s.numHeads) * S * S * 8; // one sequence's scores
     if (m_impl->options.keepWeightsResident)
         peak += maxLayer * static_cast<uint64_t>(s.numLayers - 1);
     if (m_impl->options.computeLogits)
@@ -269,8 +269,7 @@ uint64_t Executor::plannedPeakBytes(int64_t numTokens, int64_t longestSequence) 
 }
 
 ExecutionResult Executor::run(std::span<const int32_t> tokens, std::span<const int64_t> seqOffsets,
-                              ExecutionObserver& observer, const ExecutionStart& start,
-                              const ProgressFn& progress, const StopToken* stop)
+    ExecutionObserver& observer, const ExecutionStart& start, const ProgressFn& progress, const StopToken* stop)
 {
     Impl& d = *m_impl;
     const ModelSpec& s = d.spec;
@@ -290,17 +289,17 @@ ExecutionResult Executor::run(std::span<const int32_t> tokens, std::span<const i
     const uint64_t planned = plannedPeakBytes(T, longest);
     if (budget > 0 && planned > budget)
         throw InputError("memory plan: " + std::to_string(T) + " tokens need about " + formatBytes(planned)
-                         + " (hidden states " + formatBytes(static_cast<uint64_t>(T * H) * c10::elementSize(d.dtype))
-                         + " + one layer + activations) but only " + formatBytes(budget)
-                         + " are available; lower --max-samples, --seq-len or --batch-tokens");
+            + " (hidden states " + formatBytes(static_cast<uint64_t>(T * H) * c10::elementSize(d.dtype))
+            + " + one layer + activations) but only " + formatBytes(budget)
+            + " are available; lower --max-samples, --seq-len or --batch-tokens");
 
     const at::TensorOptions opts = at::TensorOptions().dtype(d.dtype).device(d.device);
     at::Tensor hidden;
     if (start.firstLayer > 0) {
         if (static_cast<int64_t>(start.hidden.size()) != T * H)
             throw InputError("resume state holds " + std::to_string(start.hidden.size()) + " values, expected "
-                             + std::to_string(T * H));
-        hidden = at::from_blob(const_cast<float*>(start.hidden.data()), {T, H}, at::kFloat).to(d.device, d.dtype);
+                + std::to_string(T * H));
+        hidden = at::from_blob(const_cast<float*>(start.hidden.data()), { T, H }, at::kFloat).to(d.device, d.dtype);
     } else {
         hidden = d.loader.embed(std::vector<int32_t>(tokens.begin(), tokens.end()));
     }
@@ -333,8 +332,8 @@ ExecutionResult Executor::run(std::span<const int32_t> tokens, std::span<const i
             if (stop && stop->stopRequested())
                 throw Cancelled();
             at::Tensor x = hidden.narrow(0, b.tokenBegin, b.tokens());
-            at::Tensor h = x + attention(s, w, rmsNorm(x, w.inputNorm, s.rmsNormEps), b.numSeqs,
-                                         rotary.at(b.seqLen), sliding);
+            at::Tensor h
+                = x + attention(s, w, rmsNorm(x, w.inputNorm, s.rmsNormEps), b.numSeqs, rotary.at(b.seqLen), sliding);
             at::Tensor hn = rmsNorm(h, w.postAttentionNorm, s.rmsNormEps);
             if (w.moe) {
                 RoutingRecord rec;
@@ -361,8 +360,9 @@ ExecutionResult Executor::run(std::span<const int32_t> tokens, std::span<const i
                 std::vector<int64_t> local(idx.size());
                 std::transform(idx.begin(), idx.end(), local.begin(), [&](int64_t t) { return t - b.tokenBegin; });
                 at::Tensor rows = hn.index_select(0, at::tensor(local, at::kLong).to(d.device))
-                                      .to(at::kCPU, at::kFloat).contiguous();
-                observer.onHiddenSamples(l, idx, {rows.data_ptr<float>(), static_cast<std::size_t>(rows.numel())});
+                                      .to(at::kCPU, at::kFloat)
+                                      .contiguous();
+                observer.onHiddenSamples(l, idx, { rows.data_ptr<float>(), static_cast<std::size_t>(rows.numel()) });
             }
             x.copy_(h);
             doneInLayer += b.tokens();
@@ -377,14 +377,14 @@ ExecutionResult Executor::run(std::span<const int32_t> tokens, std::span<const i
         }
         if (observer.wantsHiddenSnapshots()) {
             at::Tensor snap = hidden.to(at::kCPU, at::kFloat).contiguous();
-            observer.onLayerComplete(l, {snap.data_ptr<float>(), static_cast<std::size_t>(snap.numel())});
+            observer.onLayerComplete(l, { snap.data_ptr<float>(), static_cast<std::size_t>(snap.numel()) });
         } else {
             observer.onLayerComplete(l, {});
         }
         // glibc keeps freed mid-sized blocks in its heap; without this a streamed layer's buffers
         // stay resident while the next layer loads (measured: +200 MiB peak RSS on a 3.2 GiB model).
         if (!d.options.keepWeightsResident) {
-            scratch = LayerWeights{};
+            scratch = LayerWeights {};
             ::malloc_trim(0);
         }
     }
@@ -392,7 +392,7 @@ ExecutionResult Executor::run(std::span<const int32_t> tokens, std::span<const i
     if (d.options.computeLogits) {
         const at::Tensor norm = d.loader.finalNorm();
         const at::Tensor head = d.loader.lmHead();
-        at::Tensor logits = at::empty({T, s.vocabSize}, at::kFloat);
+        at::Tensor logits = at::empty({ T, s.vocabSize }, at::kFloat);
         for (int64_t b = 0; b < T; b += d.options.batchTokens) {
             const int64_t n = std::min(d.options.batchTokens, T - b);
             at::Tensor hn = rmsNorm(hidden.narrow(0, b, n), norm, s.rmsNormEps);

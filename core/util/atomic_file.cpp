@@ -28,15 +28,14 @@ void ensureWritableDirectory(const fs::path& path)
     if (!fs::is_directory(dir, ec))
         throw InputError(path.string() + ": output directory '" + dir.string() + "' does not exist");
     if (::access(dir.c_str(), W_OK) != 0)
-        throw InputError(path.string() + ": output directory '" + dir.string()
-                         + "' is not writable (" + std::strerror(errno) + ")");
+        throw InputError(
+            path.string() + ": output directory '" + dir.string() + "' is not writable (" + std::strerror(errno) + ")");
 }
 
 void commitFile(const fs::path& from, const fs::path& to)
 {
     if (std::rename(from.c_str(), to.c_str()) != 0)
-        throw Error("cannot rename " + from.string() + " to " + to.string() + ": "
-                    + std::strerror(errno));
+        throw Error("cannot rename " + from.string() + " to " + to.string() + ": " + std::strerror(errno));
 }
 
 void writeFileAtomically(const fs::path& path, const std::string& contents)

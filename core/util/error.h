@@ -22,7 +22,10 @@ public:
 // Work stopped because the caller asked it to (Ctrl-C, a Cancel button).
 class Cancelled : public Error {
 public:
-    Cancelled() : Error("cancelled") {}
+    Cancelled()
+        : Error("cancelled")
+    {
+    }
 };
 
 } // namespace moeatlas

@@ -10,9 +10,9 @@
 namespace moeatlas {
 
 struct Progress {
-    std::string stage;   // e.g. "layer 3/24"
-    int64_t done = 0;    // units of work finished (tokens x layers for capture)
-    int64_t total = 0;   // units of work in all, 0 when unknown
+    std::string stage; // e.g. "layer 3/24"
+    int64_t done = 0; // units of work finished (tokens x layers for capture)
+    int64_t total = 0; // units of work in all, 0 when unknown
 };
 
 // Returns false to ask the job to stop at its next safe point.
@@ -25,7 +25,7 @@ public:
     bool stopRequested() const noexcept { return m_stop.load(std::memory_order_relaxed); }
 
 private:
-    std::atomic<bool> m_stop{false};
+    std::atomic<bool> m_stop { false };
 };
 
 } // namespace moeatlas

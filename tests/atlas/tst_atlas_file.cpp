@@ -1,7 +1,7 @@
 // Unit tests of core/atlas: fp16 conversion, round trips, partial files and resume, a capture
 // killed mid-layer, and the errors a user sees for bad paths and foreign files.
 #include "atlas/atlas_file.h"
-#include "atlas/half.h"
+#include "util/half.h"
 #include "atlas_test_data.h"
 #include "util/error.h"
 
@@ -29,16 +29,13 @@ fs::path tempPath(const QTemporaryDir& dir, const char* name)
     return fs::path(dir.path().toStdString()) / name;
 }
 
-AtlasFile createTestAtlas(const fs::path& path, const AtlasTestData& d,
-                          const AtlasCreateOptions& options)
+AtlasFile createTestAtlas(const fs::path& path, const AtlasTestData& d, const AtlasCreateOptions& options)
 {
-    return AtlasFile::create(path, d.model, d.calibration, d.tokens, d.domainIds, d.seqOffsets,
-                             options);
+    return AtlasFile::create(path, d.model, d.calibration, d.tokens, d.domainIds, d.seqOffsets, options);
 }
 
 // Runs `body` and returns the message of the moeatlas error it throws ("" when none).
-template <typename Exception = Error, typename Body>
-std::string errorOf(Body body)
+template <typename Exception = Error, typename Body> std::string errorOf(Body body)
 {
     try {
         body();
@@ -66,13 +63,13 @@ void verifyLayer(const AtlasFile& atlas, int layer, bool half)
             const float got = logits[static_cast<size_t>(t * e + x)];
             if (!half) {
                 QVERIFY2(std::bit_cast<uint32_t>(got) == std::bit_cast<uint32_t>(want)
-                             || (std::isnan(got) && std::isnan(want)),
-                         qPrintable(QStringLiteral("logit %1,%2").arg(t).arg(x)));
+                        || (std::isnan(got) && std::isnan(want)),
+                    qPrintable(QStringLiteral("logit %1,%2").arg(t).arg(x)));
                 continue;
             }
             const float rounded = halfToFloat(floatToHalf(want));
             QVERIFY(std::bit_cast<uint32_t>(got) == std::bit_cast<uint32_t>(rounded)
-                    || (std::isnan(got) && std::isnan(want)));
+                || (std::isnan(got) && std::isnan(want)));
             // Half precision: relative error 2^-11 for normals, 2^-25 absolute below 2^-14.
             if (std::isfinite(want) && std::fabs(want) < 65504.0f)
                 QVERIFY(std::fabs(got - want) <= std::fabs(want) * 0x1p-11f + 0x1p-25f);
@@ -248,13 +245,13 @@ void TstAtlasFile::roundTrip()
         writeTestLayer(atlas, 3, 300, 11);
         writeTestHiddenSamples(atlas, 3);
         atlas.markLayerComplete(3);
-        QCOMPARE(atlas.completedLayers(), std::vector<int>{3});
+        QCOMPARE(atlas.completedLayers(), std::vector<int> { 3 });
         writeTestLayer(atlas, 1, 1100, 5);
         writeTestHiddenSamples(atlas, 1);
-        writeTestHiddenSamples(atlas, 1);   // replaces, does not fail
+        writeTestHiddenSamples(atlas, 1); // replaces, does not fail
         atlas.markLayerComplete(1);
-        atlas.markLayerComplete(1);         // idempotent
-        QCOMPARE(atlas.completedLayers(), (std::vector<int>{1, 3}));
+        atlas.markLayerComplete(1); // idempotent
+        QCOMPARE(atlas.completedLayers(), (std::vector<int> { 1, 3 }));
         atlas.finalize();
         QCOMPARE(atlas.path(), path);
         QVERIFY(atlas.isComplete());
@@ -270,7 +267,7 @@ void TstAtlasFile::roundTrip()
     QCOMPARE(atlas.options().storeExpertNorms, norms);
     QCOMPARE(atlas.options().hiddenSampleCount, 4);
     QCOMPARE(atlas.options().compressionLevel, gzip);
-    QCOMPARE(atlas.completedLayers(), (std::vector<int>{1, 3}));
+    QCOMPARE(atlas.completedLayers(), (std::vector<int> { 1, 3 }));
     verifyLayer(atlas, 1, half);
     verifyLayer(atlas, 3, half);
 
@@ -283,8 +280,7 @@ void TstAtlasFile::roundTrip()
     QCOMPARE(samples.values.size(), samples.tokenIndices.size() * 16);
     for (size_t i = 0; i < samples.tokenIndices.size(); ++i)
         for (int64_t h = 0; h < 16; ++h)
-            QCOMPARE(samples.values[i * 16 + static_cast<size_t>(h)],
-                     testHiddenValue(1, static_cast<int64_t>(i), h));
+            QCOMPARE(samples.values[i * 16 + static_cast<size_t>(h)], testHiddenValue(1, static_cast<int64_t>(i), h));
     if (half) {
         // The special values of token 0, layer 1, as the conversion table says.
         QCOMPARE(all.size(), size_t(2500 * 8));
@@ -314,7 +310,7 @@ void TstAtlasFile::partialFileAndResume()
         // Half of layer 3, never marked complete: resume must not count it.
         const TestBlock block = makeTestBlock(d.model, 3, 0, 1000, true);
         atlas.writeRouterBlock(block.block);
-    }   // destroyed without finalize()
+    } // destroyed without finalize()
     QVERIFY(fs::exists(partial));
     QVERIFY(!fs::exists(path));
 
@@ -322,12 +318,12 @@ void TstAtlasFile::partialFileAndResume()
         // A partial atlas is readable; only completed layers are meaningful.
         const AtlasFile reader = AtlasFile::openReadOnly(partial);
         QVERIFY(!reader.isComplete());
-        QCOMPARE(reader.completedLayers(), std::vector<int>{1});
+        QCOMPARE(reader.completedLayers(), std::vector<int> { 1 });
         verifyLayer(reader, 1, false);
     }
 
     AtlasFile atlas = AtlasFile::openForResume(path, d.model, d.tokens);
-    QCOMPARE(atlas.completedLayers(), std::vector<int>{1});
+    QCOMPARE(atlas.completedLayers(), std::vector<int> { 1 });
     QVERIFY(!atlas.isComplete());
     verifyMetadata(atlas, d);
     QCOMPARE(atlas.options().storeExpertNorms, true);
@@ -348,8 +344,7 @@ void TstAtlasFile::partialFileAndResume()
 
     // Nothing left to resume: the message says the atlas is already complete.
     const std::string message = errorOf<InputError>([&] { AtlasFile::openForResume(path); });
-    QVERIFY2(contains(message, "no partial atlas") && contains(message, "already complete"),
-             message.c_str());
+    QVERIFY2(contains(message, "no partial atlas") && contains(message, "already complete"), message.c_str());
 }
 
 void TstAtlasFile::resumeRefusesAnotherModel()
@@ -360,10 +355,8 @@ void TstAtlasFile::resumeRefusesAnotherModel()
     createTestAtlas(path, d, {});
     AtlasModelInfo other = d.model;
     other.configSha256 = "00";
-    std::string message =
-        errorOf<InputError>([&] { AtlasFile::openForResume(path, other, d.tokens); });
-    QVERIFY2(contains(message, "config_sha256") && contains(message, "other.h5.partial"),
-             message.c_str());
+    std::string message = errorOf<InputError>([&] { AtlasFile::openForResume(path, other, d.tokens); });
+    QVERIFY2(contains(message, "config_sha256") && contains(message, "other.h5.partial"), message.c_str());
     std::vector<int32_t> tokens = d.tokens;
     tokens[42] += 1;
     message = errorOf<InputError>([&] { AtlasFile::openForResume(path, d.model, tokens); });
@@ -421,8 +414,7 @@ void TstAtlasFile::killedCaptureLeavesValidPartial()
     QVERIFY(fs::exists(path.string() + ".partial"));
     QVERIFY(!fs::exists(path));
 
-    const std::vector<int> expected =
-        completeBeforeKill > 0 ? std::vector<int>{1} : std::vector<int>{};
+    const std::vector<int> expected = completeBeforeKill > 0 ? std::vector<int> { 1 } : std::vector<int> {};
     {
         const AtlasFile reader = AtlasFile::openReadOnly(path.string() + ".partial");
         QCOMPARE(reader.completedLayers(), expected);
@@ -451,8 +443,7 @@ void TstAtlasFile::unwritableOutput()
     const AtlasTestData d = makeTestData();
     const fs::path missingDir = tempPath(dir, "no-such-dir") / "run.h5";
     std::string message = errorOf<InputError>([&] { createTestAtlas(missingDir, d, {}); });
-    QVERIFY2(contains(message, "no-such-dir") && contains(message, "does not exist"),
-             message.c_str());
+    QVERIFY2(contains(message, "no-such-dir") && contains(message, "does not exist"), message.c_str());
 
     const fs::path file = tempPath(dir, "plain-file");
     std::ofstream(file) << "x";
@@ -473,22 +464,18 @@ void TstAtlasFile::unwritableOutput()
 void TstAtlasFile::foreignFilesAreRefused()
 {
     QTemporaryDir dir;
-    std::string message =
-        errorOf<InputError>([&] { AtlasFile::openReadOnly(tempPath(dir, "missing.h5")); });
-    QVERIFY2(contains(message, "missing.h5") && contains(message, "no such file"),
-             message.c_str());
+    std::string message = errorOf<InputError>([&] { AtlasFile::openReadOnly(tempPath(dir, "missing.h5")); });
+    QVERIFY2(contains(message, "missing.h5") && contains(message, "no such file"), message.c_str());
 
     const fs::path text = tempPath(dir, "notes.txt");
     std::ofstream(text) << "not an HDF5 file\n";
     message = errorOf<InputError>([&] { AtlasFile::openReadOnly(text); });
-    QVERIFY2(contains(message, "notes.txt") && contains(message, "not an HDF5 file"),
-             message.c_str());
+    QVERIFY2(contains(message, "notes.txt") && contains(message, "not an HDF5 file"), message.c_str());
 
     const fs::path foreign = tempPath(dir, "foreign.h5");
     writeForeignHdf5(foreign);
     message = errorOf<InputError>([&] { AtlasFile::openReadOnly(foreign); });
-    QVERIFY2(contains(message, "foreign.h5") && contains(message, "not a MoE Atlas file"),
-             message.c_str());
+    QVERIFY2(contains(message, "foreign.h5") && contains(message, "not a MoE Atlas file"), message.c_str());
 
     // An atlas with a dataset removed: the message names the HDF5 object.
     const fs::path broken = tempPath(dir, "broken.h5");
@@ -501,8 +488,7 @@ void TstAtlasFile::foreignFilesAreRefused()
     QVERIFY(H5Ldelete(file, "/layers/3/topk_ids", H5P_DEFAULT) >= 0);
     H5Fclose(file);
     message = errorOf<InputError>([&] { AtlasFile::openReadOnly(partial); });
-    QVERIFY2(contains(message, "broken.h5.partial") && contains(message, "/model/moe_layers"),
-             message.c_str());
+    QVERIFY2(contains(message, "broken.h5.partial") && contains(message, "/model/moe_layers"), message.c_str());
 }
 
 void TstAtlasFile::writerMisuseIsReported()
@@ -514,8 +500,7 @@ void TstAtlasFile::writerMisuseIsReported()
 
     TestBlock block = makeTestBlock(d.model, 2, 0, 10, false);
     std::string message = errorOf([&] { atlas.writeRouterBlock(block.block); });
-    QVERIFY2(contains(message, "layer 2 is not a MoE layer") && contains(message, "1, 3"),
-             message.c_str());
+    QVERIFY2(contains(message, "layer 2 is not a MoE layer") && contains(message, "1, 3"), message.c_str());
     block = makeTestBlock(d.model, 1, 2495, 10, false);
     message = errorOf([&] { atlas.writeRouterBlock(block.block); });
     QVERIFY2(contains(message, "outside [0, 2500)"), message.c_str());
@@ -528,8 +513,7 @@ void TstAtlasFile::writerMisuseIsReported()
     message = errorOf([&] { atlas.writeRouterBlock(block.block); });
     QVERIFY2(contains(message, "already marked complete"), message.c_str());
     message = errorOf([&] { atlas.finalize(); });
-    QVERIFY2(contains(message, "misuse.h5.partial") && contains(message, "not complete: 3"),
-             message.c_str());
+    QVERIFY2(contains(message, "misuse.h5.partial") && contains(message, "not complete: 3"), message.c_str());
     message = errorOf<InputError>([&] { atlas.readTopkIds(0); });
     QVERIFY2(contains(message, "not a MoE layer"), message.c_str());
 
@@ -537,8 +521,7 @@ void TstAtlasFile::writerMisuseIsReported()
     AtlasTestData bad = makeTestData();
     bad.seqOffsets.back() = 7;
     message = errorOf<InputError>([&] { createTestAtlas(tempPath(dir, "bad.h5"), bad, {}); });
-    QVERIFY2(contains(message, "bad.h5") && contains(message, "sequence offsets"),
-             message.c_str());
+    QVERIFY2(contains(message, "bad.h5") && contains(message, "sequence offsets"), message.c_str());
     QVERIFY(!fs::exists(tempPath(dir, "bad.h5.partial")));
 
     AtlasFile reader = AtlasFile::openReadOnly(atlas.path());
