@@ -20,5 +20,6 @@ Command addScoreCommand(CLI::App& app);
 Command addMergeCommand(CLI::App& app);
 Command addPlanCommand(CLI::App& app);
 Command addExportCommand(CLI::App& app);
+Command addEvalCommand(CLI::App& app);
 
 } // namespace moeatlas::cli

@@ -29,6 +29,7 @@ int main(int argc, char** argv)
     registerCommand(moeatlas::cli::addMergeCommand(app));
     registerCommand(moeatlas::cli::addPlanCommand(app));
     registerCommand(moeatlas::cli::addExportCommand(app));
+    registerCommand(moeatlas::cli::addEvalCommand(app));
 
     try {
         app.parse(argc, argv);

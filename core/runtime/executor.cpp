@@ -16,6 +16,7 @@
 #include <chrono>
 #include <fstream>
 #include <future>
+#include <limits>
 #include <map>
 
 namespace moeatlas {
@@ -88,6 +89,50 @@ std::vector<MicroBatch> planMicroBatches(std::span<const int64_t> offsets, int64
         out.push_back({ offsets[i], 1, len });
     }
     return out;
+}
+
+// One decoder layer over one micro-batch: the residual stream after the layer. `moeInput`
+// receives the MoE block's input (the post-attention norm) when not null.
+at::Tensor decoderLayer(const ModelSpec& s, const LayerWeights& w, const at::Tensor& x, const MicroBatch& b,
+    const RotaryCache& rope, bool sliding, const MoeOptions& moe, RoutingRecord* record, at::Tensor* moeInput)
+{
+    at::Tensor h = x + attention(s, w, rmsNorm(x, w.inputNorm, s.rmsNormEps), b.numSeqs, rope, sliding);
+    at::Tensor hn = rmsNorm(h, w.postAttentionNorm, s.rmsNormEps);
+    h = h + (w.moe ? moeForward(s, w, hn, moe, record) : denseMlp(w, hn));
+    if (moeInput)
+        *moeInput = hn;
+    return h;
+}
+
+void checkOffsets(std::span<const int64_t> seqOffsets, int64_t numTokens)
+{
+    if (seqOffsets.size() < 2 || seqOffsets.front() != 0 || seqOffsets.back() != numTokens)
+        throw InputError("sequence offsets must start at 0 and end at the token count");
+}
+
+int64_t longestOf(const std::vector<MicroBatch>& batches)
+{
+    int64_t longest = 0;
+    for (const MicroBatch& b : batches)
+        longest = std::max(longest, b.seqLen);
+    return longest;
+}
+
+std::map<int64_t, RotaryCache> rotaryCaches(
+    const ModelSpec& s, const std::vector<MicroBatch>& batches, const at::TensorOptions& opts)
+{
+    std::map<int64_t, RotaryCache> rotary;
+    for (const MicroBatch& b : batches)
+        if (!rotary.count(b.seqLen))
+            rotary.emplace(b.seqLen, buildRotaryCache(s, b.seqLen, opts));
+    return rotary;
+}
+
+// Rows of the output head whose fp32 logits fit in about 256 MiB (at least one).
+int64_t headRowsPerChunk(const ModelSpec& s, int64_t batchTokens)
+{
+    const int64_t fit = std::max<int64_t>(1, (int64_t { 256 } << 20) / (s.vocabSize * 4));
+    return std::min(batchTokens, fit);
 }
 
 // OpenBLAS (the BLAS of Debian's LibTorch) runs its own pthreads next to ATen's OpenMP threads, and
@@ -230,6 +275,44 @@ struct Executor::Impl {
     {
         return sourceBytes / dtypeSize(sourceType) * c10::elementSize(dtype);
     }
+
+    // Refuses a run whose planned peak exceeds the memory budget, before any work.
+    uint64_t memoryBudget() const
+    {
+        return options.memoryBudgetBytes ? options.memoryBudgetBytes : memAvailableBytes();
+    }
+
+    void checkMemoryPlan(uint64_t planned, int64_t numTokens, int residualStreams) const
+    {
+        const uint64_t budget = memoryBudget();
+        if (budget == 0 || planned <= budget)
+            return;
+        const uint64_t hiddenBytes = static_cast<uint64_t>(numTokens * spec.hiddenSize) * c10::elementSize(dtype)
+            * static_cast<uint64_t>(residualStreams);
+        throw InputError("memory plan: " + std::to_string(numTokens) + " tokens"
+            + (residualStreams > 1 ? " x " + std::to_string(residualStreams) + " variants" : std::string())
+            + " need about " + formatBytes(planned) + " (hidden states " + formatBytes(hiddenBytes)
+            + " + one layer + activations) but only " + formatBytes(budget)
+            + " are available; lower --max-samples, --seq-len or --batch-tokens");
+    }
+
+    // LayerWeights of layer l, loaded on one intra-op thread (see SingleIntraOpThread).
+    const LayerWeights& layerOnOneThread(int l, LayerWeights& scratch)
+    {
+        const SingleIntraOpThread oneThread;
+        return layer(l, scratch);
+    }
+
+    // Drops a streamed layer and returns its memory to the system.
+    void release(LayerWeights& scratch) const
+    {
+        // glibc keeps freed mid-sized blocks in its heap; without this a streamed layer's buffers
+        // stay resident while the next layer loads (measured: +200 MiB peak RSS on a 3.2 GiB model).
+        if (!options.keepWeightsResident) {
+            scratch = LayerWeights {};
+            ::malloc_trim(0);
+        }
+    }
 };
 
 Executor::Executor(const Checkpoint& checkpoint, const ModelSpec& spec, ExecutorOptions options)
@@ -278,20 +361,9 @@ ExecutionResult Executor::run(std::span<const int32_t> tokens, std::span<const i
     const SingleThreadedBlas blasGuard(d.device.is_cpu() && at::get_num_threads() > 1);
     const int64_t T = static_cast<int64_t>(tokens.size());
     const int64_t H = s.hiddenSize;
-    if (seqOffsets.size() < 2 || seqOffsets.front() != 0 || seqOffsets.back() != T)
-        throw InputError("sequence offsets must start at 0 and end at the token count");
+    checkOffsets(seqOffsets, T);
     const std::vector<MicroBatch> batches = planMicroBatches(seqOffsets, d.options.batchTokens);
-    int64_t longest = 0;
-    for (const MicroBatch& b : batches)
-        longest = std::max(longest, b.seqLen);
-
-    const uint64_t budget = d.options.memoryBudgetBytes ? d.options.memoryBudgetBytes : memAvailableBytes();
-    const uint64_t planned = plannedPeakBytes(T, longest);
-    if (budget > 0 && planned > budget)
-        throw InputError("memory plan: " + std::to_string(T) + " tokens need about " + formatBytes(planned)
-            + " (hidden states " + formatBytes(static_cast<uint64_t>(T * H) * c10::elementSize(d.dtype))
-            + " + one layer + activations) but only " + formatBytes(budget)
-            + " are available; lower --max-samples, --seq-len or --batch-tokens");
+    d.checkMemoryPlan(plannedPeakBytes(T, longestOf(batches)), T, 1);
 
     const at::TensorOptions opts = at::TensorOptions().dtype(d.dtype).device(d.device);
     at::Tensor hidden;
@@ -304,10 +376,7 @@ ExecutionResult Executor::run(std::span<const int32_t> tokens, std::span<const i
         hidden = d.loader.embed(std::vector<int32_t>(tokens.begin(), tokens.end()));
     }
 
-    std::map<int64_t, RotaryCache> rotary;
-    for (const MicroBatch& b : batches)
-        if (!rotary.count(b.seqLen))
-            rotary.emplace(b.seqLen, buildRotaryCache(s, b.seqLen, opts));
+    const std::map<int64_t, RotaryCache> rotary = rotaryCaches(s, batches, opts);
 
     std::vector<int64_t> samples = d.options.hiddenSampleTokens;
     std::sort(samples.begin(), samples.end());
@@ -320,10 +389,7 @@ ExecutionResult Executor::run(std::span<const int32_t> tokens, std::span<const i
 
     for (int l = start.firstLayer; l < s.numLayers; ++l) {
         LayerWeights scratch;
-        const LayerWeights& w = [&]() -> const LayerWeights& {
-            const SingleIntraOpThread oneThread;
-            return d.layer(l, scratch);
-        }();
+        const LayerWeights& w = d.layerOnOneThread(l, scratch);
         d.startPrefetch(l + 1);
         result.peakLayerBytes = std::max(result.peakLayerBytes, w.sourceBytes);
         const bool sliding = s.layers[static_cast<std::size_t>(l)].slidingWindow;
@@ -332,12 +398,11 @@ ExecutionResult Executor::run(std::span<const int32_t> tokens, std::span<const i
             if (stop && stop->stopRequested())
                 throw Cancelled();
             at::Tensor x = hidden.narrow(0, b.tokenBegin, b.tokens());
-            at::Tensor h
-                = x + attention(s, w, rmsNorm(x, w.inputNorm, s.rmsNormEps), b.numSeqs, rotary.at(b.seqLen), sliding);
-            at::Tensor hn = rmsNorm(h, w.postAttentionNorm, s.rmsNormEps);
+            RoutingRecord rec;
+            at::Tensor hn;
+            const at::Tensor h
+                = decoderLayer(s, w, x, b, rotary.at(b.seqLen), sliding, moeOptions, w.moe ? &rec : nullptr, &hn);
             if (w.moe) {
-                RoutingRecord rec;
-                h = h + moeForward(s, w, hn, moeOptions, &rec);
                 RouterBlock block;
                 block.layer = l;
                 block.tokenBegin = b.tokenBegin;
@@ -349,8 +414,6 @@ ExecutionResult Executor::run(std::span<const int32_t> tokens, std::span<const i
                 block.topkWeights = rec.topkWeights.data_ptr<float>();
                 block.expertNorms = rec.expertNorms.defined() ? rec.expertNorms.data_ptr<float>() : nullptr;
                 observer.onRouterBlock(block);
-            } else {
-                h = h + denseMlp(w, hn);
             }
             // Hidden-state samples (the MoE block's input) that fall into this micro-batch.
             auto lo = std::lower_bound(samples.begin(), samples.end(), b.tokenBegin);
@@ -381,12 +444,7 @@ ExecutionResult Executor::run(std::span<const int32_t> tokens, std::span<const i
         } else {
             observer.onLayerComplete(l, {});
         }
-        // glibc keeps freed mid-sized blocks in its heap; without this a streamed layer's buffers
-        // stay resident while the next layer loads (measured: +200 MiB peak RSS on a 3.2 GiB model).
-        if (!d.options.keepWeightsResident) {
-            scratch = LayerWeights {};
-            ::malloc_trim(0);
-        }
+        d.release(scratch);
     }
 
     if (d.options.computeLogits) {
@@ -399,6 +457,151 @@ ExecutionResult Executor::run(std::span<const int32_t> tokens, std::span<const i
             logits.narrow(0, b, n).copy_(at::linear(hn, head).to(at::kCPU, at::kFloat));
         }
         result.logits.assign(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
+    }
+    result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return result;
+}
+
+uint64_t Executor::plannedEvaluationBytes(
+    int64_t numTokens, int64_t longestSequence, int numVariants, bool keepLogits) const
+{
+    const ModelSpec& s = m_impl->spec;
+    const uint64_t es = c10::elementSize(m_impl->dtype);
+    const uint64_t T = static_cast<uint64_t>(numTokens), V = static_cast<uint64_t>(s.vocabSize);
+    const uint64_t extraStreams = static_cast<uint64_t>(std::max(numVariants, 1) - 1);
+    const uint64_t headRows = static_cast<uint64_t>(headRowsPerChunk(s, m_impl->options.batchTokens));
+    uint64_t peak = plannedPeakBytes(numTokens, longestSequence)
+        + extraStreams * T * static_cast<uint64_t>(s.hiddenSize) * es // one residual stream per variant
+        + V * static_cast<uint64_t>(s.hiddenSize) * es // output head
+        + headRows * V * 4 * 3; // one chunk of fp32 logits, log-sum-exp and its temporaries
+    if (keepLogits)
+        peak += static_cast<uint64_t>(std::max(numVariants, 1)) * T * V * 4;
+    return peak;
+}
+
+int Executor::variantsThatFit(int64_t numTokens, int64_t longestSequence, bool keepLogits) const
+{
+    const uint64_t budget = m_impl->memoryBudget();
+    const uint64_t one = plannedEvaluationBytes(numTokens, longestSequence, 1, keepLogits);
+    if (budget == 0)
+        return std::numeric_limits<int>::max();
+    if (one > budget)
+        return 0;
+    const uint64_t each = plannedEvaluationBytes(numTokens, longestSequence, 2, keepLogits) - one;
+    return static_cast<int>(std::min<uint64_t>((budget - one) / std::max<uint64_t>(each, 1) + 1, 1 << 20));
+}
+
+EvaluationResult Executor::evaluate(std::span<const int32_t> tokens, std::span<const int64_t> seqOffsets,
+    std::span<const ExpertMask> variants, bool keepLogits, const ProgressFn& progress, const StopToken* stop)
+{
+    Impl& d = *m_impl;
+    const ModelSpec& s = d.spec;
+    const auto t0 = std::chrono::steady_clock::now();
+    c10::InferenceMode inferenceMode;
+    const SingleThreadedBlas blasGuard(d.device.is_cpu() && at::get_num_threads() > 1);
+    const int64_t T = static_cast<int64_t>(tokens.size());
+    const int64_t E = s.router.numExperts;
+    const int P = static_cast<int>(variants.size());
+    if (P == 0)
+        throw InputError("evaluation: no model variant to evaluate");
+    checkOffsets(seqOffsets, T);
+    const std::vector<MicroBatch> batches = planMicroBatches(seqOffsets, d.options.batchTokens);
+    d.checkMemoryPlan(plannedEvaluationBytes(T, longestOf(batches), P, keepLogits), T, P);
+
+    // Router masks per variant and layer, validated before any work.
+    std::vector<std::map<int, at::Tensor>> masks(static_cast<std::size_t>(P));
+    for (int v = 0; v < P; ++v) {
+        const ExpertMask& m = variants[static_cast<std::size_t>(v)];
+        for (const auto& [layer, keep] : m.keep) {
+            const std::string where = "variant '" + m.name + "', layer " + std::to_string(layer);
+            if (layer < 0 || layer >= s.numLayers || !s.layers[static_cast<std::size_t>(layer)].moe)
+                throw InputError(where + ": not a MoE layer of this model");
+            std::vector<uint8_t> kept(static_cast<std::size_t>(E), 0);
+            for (const int e : keep) {
+                if (e < 0 || e >= E)
+                    throw InputError(
+                        where + ": expert " + std::to_string(e) + " is out of range [0, " + std::to_string(E) + ")");
+                kept[static_cast<std::size_t>(e)] = 1;
+            }
+            const auto count = std::count(kept.begin(), kept.end(), uint8_t { 1 });
+            if (count < s.router.topK)
+                throw InputError(where + ": keeps " + std::to_string(count)
+                    + " experts, fewer than the router's top-k (" + std::to_string(s.router.topK) + ")");
+            masks[static_cast<std::size_t>(v)][layer]
+                = at::tensor(at::ArrayRef<uint8_t>(kept), at::kByte).to(d.device, at::kBool);
+        }
+    }
+
+    const at::TensorOptions opts = at::TensorOptions().dtype(d.dtype).device(d.device);
+    const at::Tensor embedded = d.loader.embed(std::vector<int32_t>(tokens.begin(), tokens.end()));
+    std::vector<at::Tensor> hidden(static_cast<std::size_t>(P));
+    for (int v = 0; v < P; ++v)
+        hidden[static_cast<std::size_t>(v)] = v + 1 < P ? embedded.clone() : embedded;
+    const std::map<int64_t, RotaryCache> rotary = rotaryCaches(s, batches, opts);
+
+    EvaluationResult result;
+    const int64_t totalWork = static_cast<int64_t>(s.numLayers) * T * P;
+    int64_t done = 0;
+    for (int l = 0; l < s.numLayers; ++l) {
+        LayerWeights scratch;
+        const LayerWeights& w = d.layerOnOneThread(l, scratch);
+        d.startPrefetch(l + 1);
+        result.peakLayerBytes = std::max(result.peakLayerBytes, w.sourceBytes);
+        const bool sliding = s.layers[static_cast<std::size_t>(l)].slidingWindow;
+        for (int v = 0; v < P; ++v) {
+            MoeOptions moeOptions;
+            const auto& layerMasks = masks[static_cast<std::size_t>(v)];
+            if (const auto it = layerMasks.find(l); it != layerMasks.end())
+                moeOptions.keptExperts = it->second;
+            for (const MicroBatch& b : batches) {
+                if (stop && stop->stopRequested())
+                    throw Cancelled();
+                at::Tensor x = hidden[static_cast<std::size_t>(v)].narrow(0, b.tokenBegin, b.tokens());
+                x.copy_(decoderLayer(s, w, x, b, rotary.at(b.seqLen), sliding, moeOptions, nullptr, nullptr));
+                done += b.tokens();
+                if (progress) {
+                    Progress p;
+                    p.stage = "layer " + std::to_string(l + 1) + "/" + std::to_string(s.numLayers) + ", variant "
+                        + std::to_string(v + 1) + "/" + std::to_string(P);
+                    p.done = done;
+                    p.total = totalWork;
+                    if (!progress(p))
+                        throw Cancelled();
+                }
+            }
+        }
+        d.release(scratch);
+    }
+
+    // Targets: the next token of the same sequence, -1 at each sequence's last token.
+    std::vector<int64_t> next(static_cast<std::size_t>(T), -1);
+    for (std::size_t i = 0; i + 1 < seqOffsets.size(); ++i)
+        for (int64_t t = seqOffsets[i]; t + 1 < seqOffsets[i + 1]; ++t)
+            next[static_cast<std::size_t>(t)] = tokens[static_cast<std::size_t>(t + 1)];
+    const at::Tensor target = at::tensor(at::ArrayRef<int64_t>(next), at::kLong);
+    const at::Tensor norm = d.loader.finalNorm();
+    const at::Tensor head = d.loader.lmHead();
+    const int64_t rows = headRowsPerChunk(s, d.options.batchTokens);
+    result.variants.resize(static_cast<std::size_t>(P));
+    for (int v = 0; v < P; ++v) {
+        VariantOutput& out = result.variants[static_cast<std::size_t>(v)];
+        out.tokenNll.resize(static_cast<std::size_t>(T));
+        if (keepLogits)
+            out.logits.resize(static_cast<std::size_t>(T * s.vocabSize));
+        for (int64_t b = 0; b < T; b += rows) {
+            if (stop && stop->stopRequested())
+                throw Cancelled();
+            const int64_t n = std::min(rows, T - b);
+            const at::Tensor hn = rmsNorm(hidden[static_cast<std::size_t>(v)].narrow(0, b, n), norm, s.rmsNormEps);
+            const at::Tensor logits = at::linear(hn, head).to(at::kCPU, at::kFloat).contiguous();
+            const at::Tensor tgt = target.narrow(0, b, n);
+            // -log softmax(logits)[target] = logsumexp(logits) - logits[target], as cross-entropy computes it.
+            at::Tensor nll = at::logsumexp(logits, { 1 }) - logits.gather(1, tgt.clamp_min(0).unsqueeze(1)).squeeze(1);
+            nll.masked_fill_(tgt.lt(0), std::numeric_limits<float>::quiet_NaN());
+            std::copy_n(nll.contiguous().data_ptr<float>(), n, out.tokenNll.begin() + b);
+            if (keepLogits)
+                std::copy_n(logits.data_ptr<float>(), n * s.vocabSize, out.logits.begin() + b * s.vocabSize);
+        }
     }
     result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return result;

@@ -11,6 +11,7 @@
 #include "util/progress.h"
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -59,6 +60,27 @@ struct ExecutionResult {
     uint64_t peakLayerBytes = 0; // largest layer read from the checkpoint
 };
 
+// A model variant for evaluation: the routed experts each MoE layer keeps. The router of a masked
+// layer gives the dropped experts -inf before its softmax, so it renormalises over the kept ones
+// exactly as the router of the pruned (exported) checkpoint does.
+struct ExpertMask {
+    std::string name;
+    std::map<int, std::vector<int>> keep; // decoder layer -> kept expert ids; absent layers keep all
+};
+
+struct VariantOutput {
+    // Next-token negative log-likelihood per token in nats: tokenNll[t] = -log p(tokens[t+1] | ..t)
+    // within t's sequence; NaN at the last token of every sequence (nothing to predict).
+    std::vector<float> tokenNll;
+    std::vector<float> logits; // [T, V] fp32 when asked for (tests, small runs), else empty
+};
+
+struct EvaluationResult {
+    std::vector<VariantOutput> variants; // in the order given
+    double seconds = 0.0;
+    uint64_t peakLayerBytes = 0;
+};
+
 // Where a run starts: from the embeddings, or (resume) after `completedLayers` layers with the
 // residual stream saved then.
 struct ExecutionStart {
@@ -80,8 +102,21 @@ public:
         ExecutionObserver& observer, const ExecutionStart& start = {}, const ProgressFn& progress = {},
         const StopToken* stop = nullptr);
 
+    // Runs the token set through every variant at once: each layer is loaded once and applied to
+    // each variant's residual stream, so V variants cost V forward passes but one weight stream.
+    // progress units: tokens x layers x variants. Throws InputError for a mask naming a layer
+    // without router or an expert out of range, or keeping fewer experts than the router's top-k.
+    EvaluationResult evaluate(std::span<const int32_t> tokens, std::span<const int64_t> seqOffsets,
+        std::span<const ExpertMask> variants, bool keepLogits = false, const ProgressFn& progress = {},
+        const StopToken* stop = nullptr);
+
     // Bytes the run would hold at its peak (hidden states + one layer + activations).
     uint64_t plannedPeakBytes(int64_t numTokens, int64_t longestSequence) const;
+    // The same for evaluate() with `numVariants` residual streams.
+    uint64_t plannedEvaluationBytes(
+        int64_t numTokens, int64_t longestSequence, int numVariants, bool keepLogits = false) const;
+    // How many variants one evaluate() call can hold within the memory budget (0: not even one).
+    int variantsThatFit(int64_t numTokens, int64_t longestSequence, bool keepLogits = false) const;
     std::string deviceName() const;
 
 private:

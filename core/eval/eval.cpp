@@ -1,0 +1,323 @@
+#include "eval/eval.h"
+
+#include "checkpoint/checkpoint.h"
+#include "checkpoint/model_spec.h"
+#include "plan/atlas_scores.h"
+#include "plan/plan_costs.h"
+#include "text/calibration.h"
+#include "util/error.h"
+#include "util/sha256.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+#include <random>
+#include <sstream>
+
+namespace moeatlas {
+
+namespace {
+
+int64_t routedExperts(const ModelSpec& spec)
+{
+    return static_cast<int64_t>(spec.numMoeLayers()) * spec.router.numExperts;
+}
+
+// Sets keptExperts and sparsity from the mask.
+void countKept(EvalVariant& v, const ModelSpec& spec)
+{
+    int64_t kept = routedExperts(spec);
+    for (const auto& [layer, keep] : v.mask.keep)
+        kept -= spec.router.numExperts - static_cast<int64_t>(keep.size());
+    v.keptExperts = kept;
+    const int64_t all = routedExperts(spec);
+    v.sparsity = all > 0 ? 1.0 - static_cast<double>(kept) / static_cast<double>(all) : 0.0;
+}
+
+std::string sparsityLabel(double sparsity)
+{
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.2f", sparsity);
+    return buf;
+}
+
+// splitmix64: a fixed, platform-independent stream for random plans (std::shuffle and the
+// standard distributions are implementation-defined).
+uint64_t splitmix64(uint64_t& state)
+{
+    uint64_t z = (state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+// The longest sequence (its attention scores are part of the memory plan).
+int64_t longestSequence(const std::vector<int64_t>& offsets)
+{
+    int64_t longest = 0;
+    for (std::size_t i = 0; i + 1 < offsets.size(); ++i)
+        longest = std::max(longest, offsets[i + 1] - offsets[i]);
+    return longest;
+}
+
+} // namespace
+
+EvalTokens evalTokensFromAtlas(const AtlasFile& atlas)
+{
+    if (!atlas.isComplete())
+        throw InputError(atlas.path().string() + ": the atlas is not complete (finish the capture with --resume)");
+    EvalTokens t;
+    for (const AtlasDomain& d : atlas.calibration().domains)
+        t.domains.push_back(d.name);
+    t.tokens = atlas.tokens();
+    t.seqOffsets = atlas.seqOffsets();
+    const std::vector<int16_t> ids = atlas.domainIds();
+    for (std::size_t i = 0; i + 1 < t.seqOffsets.size(); ++i) {
+        const int d = ids.at(static_cast<std::size_t>(t.seqOffsets[i]));
+        if (d < 0 || d >= static_cast<int>(t.domains.size()))
+            throw InputError(atlas.path().string() + ": /tokens/domain_ids holds " + std::to_string(d)
+                + ", not a domain index of /calibration");
+        t.seqDomain.push_back(d);
+    }
+    t.source = "atlas " + atlas.path().string();
+    return t;
+}
+
+EvalTokens evalTokensFromCalibration(const CalibrationSet& calibration)
+{
+    EvalTokens t;
+    t.seqOffsets.push_back(0);
+    std::string names;
+    for (std::size_t d = 0; d < calibration.domains.size(); ++d) {
+        const PackedDomain& pd = calibration.domains[d];
+        t.domains.push_back(pd.name);
+        names += (d ? ", " : "") + pd.name + "=" + pd.source;
+        for (const std::vector<int32_t>& seq : pd.sequences) {
+            t.tokens.insert(t.tokens.end(), seq.begin(), seq.end());
+            t.seqOffsets.push_back(static_cast<int64_t>(t.tokens.size()));
+            t.seqDomain.push_back(static_cast<int>(d));
+        }
+    }
+    t.source = "calibration " + names;
+    return t;
+}
+
+EvalVariant fullVariant(const ModelSpec& spec)
+{
+    EvalVariant v;
+    v.name = "full";
+    v.method = "full";
+    countKept(v, spec);
+    return v;
+}
+
+EvalVariant variantFromPlan(const Plan& plan, const ModelSpec& spec, const std::string& name)
+{
+    if (plan.numExperts != spec.router.numExperts)
+        throw InputError("plan '" + name + "': written for " + std::to_string(plan.numExperts)
+            + " experts per layer, the model has " + std::to_string(spec.router.numExperts));
+    EvalVariant v;
+    v.name = name;
+    v.method = plan.method.empty() ? "plan" : plan.method;
+    v.criterion = plan.criterion;
+    if (plan.method == "specialist" && plan.domainWeights.size() == 1)
+        v.domain = plan.domainWeights.begin()->first;
+    v.mask.name = name;
+    for (std::size_t i = 0; i < plan.layers.size(); ++i)
+        v.mask.keep[plan.layers[i]] = plan.keep[i];
+    countKept(v, spec);
+    return v;
+}
+
+EvalVariant randomVariant(const ModelSpec& spec, double sparsity, uint64_t seed, const std::string& name)
+{
+    const int E = spec.router.numExperts;
+    const int keep = std::clamp(static_cast<int>(std::lround((1.0 - sparsity) * E)), spec.router.topK, E);
+    EvalVariant v;
+    v.name = name;
+    v.method = "random";
+    v.mask.name = name;
+    uint64_t state = seed;
+    for (const int l : spec.moeLayerIndices()) {
+        std::vector<int> ids(static_cast<std::size_t>(E));
+        std::iota(ids.begin(), ids.end(), 0);
+        for (int i = E - 1; i > 0; --i) // Fisher-Yates
+            std::swap(ids[static_cast<std::size_t>(i)],
+                ids[static_cast<std::size_t>(splitmix64(state) % static_cast<uint64_t>(i + 1))]);
+        ids.resize(static_cast<std::size_t>(keep));
+        std::sort(ids.begin(), ids.end());
+        v.mask.keep[l] = std::move(ids);
+    }
+    countKept(v, spec);
+    return v;
+}
+
+std::vector<EvalVariant> sweepVariants(const std::filesystem::path& atlas, const Checkpoint& checkpoint,
+    const ModelSpec& spec, const SweepOptions& options)
+{
+    for (const double s : options.sparsities)
+        if (!(s > 0.0 && s < 1.0))
+            throw InputError("--sparsity " + std::to_string(s) + ": expected a fraction of experts dropped in (0, 1)");
+    std::vector<EvalVariant> out;
+    if (options.specialists || options.generalist) {
+        const PlanContext ctx = planContextFor(checkpoint);
+        for (const std::string& criterion : options.criteria) {
+            const AtlasScores scores = readAtlasScores(atlas, criterion);
+            if (sha256File(checkpoint.dir() / "config.json") != scores.configSha256)
+                throw InputError((checkpoint.dir() / "config.json").string() + ": not the config.json " + atlas.string()
+                    + " was captured from: its scores cannot rank this model's experts");
+            for (const double s : options.sparsities) {
+                Budget budget;
+                budget.scope = options.scope;
+                budget.unit = BudgetUnit::Fraction;
+                budget.amount = 1.0 - s;
+                const std::string at = "/" + criterion + "@" + sparsityLabel(s);
+                if (options.specialists)
+                    for (const ScoreTable& d : scores.domains)
+                        out.push_back(variantFromPlan(compileSpecialist(scores.domains, d.domain, budget, ctx), spec,
+                            "specialist:" + d.domain + at));
+                if (options.generalist)
+                    out.push_back(variantFromPlan(
+                        compilePooledGeneralist(scores.domains, scores.pooled, budget, ctx), spec, "generalist" + at));
+            }
+        }
+    }
+    for (const double s : options.sparsities)
+        for (int i = 0; i < options.randomPlans; ++i)
+            out.push_back(randomVariant(spec, s, options.seed + static_cast<uint64_t>(i),
+                "random#" + std::to_string(i) + "@" + sparsityLabel(s)));
+    return out;
+}
+
+int EvalTable::fullIndex() const
+{
+    for (std::size_t i = 0; i < variants.size(); ++i)
+        if (variants[i].method == "full")
+            return static_cast<int>(i);
+    return -1;
+}
+
+EvalTable evaluateVariants(const Checkpoint& checkpoint, const ModelSpec& spec, const ExecutorOptions& options,
+    const EvalTokens& tokens, std::vector<EvalVariant> variants, const ProgressFn& progress, const StopToken* stop)
+{
+    if (variants.empty())
+        throw InputError("nothing to evaluate: give plans, a sweep, or keep the full model");
+    for (std::size_t i = 0; i < variants.size(); ++i)
+        for (std::size_t j = 0; j < i; ++j)
+            if (variants[i].name == variants[j].name)
+                throw InputError("two evaluated variants are both named '" + variants[i].name + "'");
+    const std::size_t S = tokens.seqDomain.size();
+    if (tokens.seqOffsets.size() != S + 1 || tokens.tokens.empty())
+        throw InputError("evaluation: no tokens to evaluate on");
+
+    EvalTable table;
+    table.domains = tokens.domains;
+    table.tokenSource = tokens.source;
+    table.checkpoint = checkpoint.dir().string();
+    table.computeDtype = options.computeDtype;
+    table.predictedTokens.assign(tokens.domains.size(), 0);
+    for (std::size_t i = 0; i < S; ++i)
+        table.predictedTokens[static_cast<std::size_t>(tokens.seqDomain[i])]
+            += tokens.seqOffsets[i + 1] - tokens.seqOffsets[i] - 1;
+
+    Executor executor(checkpoint, spec, options);
+    const int64_t T = static_cast<int64_t>(tokens.tokens.size());
+    const int fit = executor.variantsThatFit(T, longestSequence(tokens.seqOffsets));
+    if (fit == 0)
+        throw InputError("memory plan: one evaluation of " + std::to_string(T) + " tokens needs about "
+            + std::to_string(executor.plannedEvaluationBytes(T, longestSequence(tokens.seqOffsets), 1) >> 20)
+            + " MiB, more than is available; evaluate fewer tokens (--max-samples, --seq-len)");
+    const std::size_t group = static_cast<std::size_t>(fit);
+    const int64_t totalWork = static_cast<int64_t>(spec.numLayers) * T * static_cast<int64_t>(variants.size());
+
+    table.nll.assign(variants.size(), std::vector<double>(tokens.domains.size(), 0.0));
+    for (std::size_t first = 0; first < variants.size(); first += group) {
+        const std::size_t n = std::min(group, variants.size() - first);
+        std::vector<ExpertMask> masks;
+        for (std::size_t v = first; v < first + n; ++v) {
+            masks.push_back(variants[v].mask);
+            masks.back().name = variants[v].name;
+        }
+        const int64_t workBefore = static_cast<int64_t>(spec.numLayers) * T * static_cast<int64_t>(first);
+        ProgressFn inner;
+        if (progress)
+            inner = [&](const Progress& p) {
+                Progress q = p;
+                q.done = workBefore + p.done;
+                q.total = totalWork;
+                return progress(q);
+            };
+        const EvaluationResult r = executor.evaluate(tokens.tokens, tokens.seqOffsets, masks, false, inner, stop);
+        table.seconds += r.seconds;
+        for (std::size_t v = 0; v < n; ++v) {
+            std::vector<double>& sums = table.nll[first + v];
+            const std::vector<float>& nll = r.variants[v].tokenNll;
+            for (std::size_t i = 0; i < S; ++i) {
+                double sum = 0;
+                for (int64_t t = tokens.seqOffsets[i]; t + 1 < tokens.seqOffsets[i + 1]; ++t)
+                    sum += nll[static_cast<std::size_t>(t)];
+                sums[static_cast<std::size_t>(tokens.seqDomain[i])] += sum;
+            }
+            for (std::size_t d = 0; d < sums.size(); ++d)
+                sums[d] = table.predictedTokens[d] > 0 ? sums[d] / static_cast<double>(table.predictedTokens[d])
+                                                       : std::nan("");
+        }
+    }
+    table.variants = std::move(variants);
+    return table;
+}
+
+std::string evalTableCsv(const EvalTable& table)
+{
+    std::ostringstream out;
+    out.precision(9);
+    out << "variant,method,criterion,target_domain,sparsity,kept_experts,domain,tokens,nll,perplexity,delta_nll\n";
+    const int full = table.fullIndex();
+    for (std::size_t v = 0; v < table.variants.size(); ++v) {
+        const EvalVariant& var = table.variants[v];
+        for (std::size_t d = 0; d < table.domains.size(); ++d) {
+            const double nll = table.nll[v][d];
+            out << var.name << ',' << var.method << ',' << var.criterion << ',' << var.domain << ',' << var.sparsity
+                << ',' << var.keptExperts << ',' << table.domains[d] << ',' << table.predictedTokens[d] << ',' << nll
+                << ',' << std::exp(nll) << ',';
+            if (full >= 0)
+                out << nll - table.nll[static_cast<std::size_t>(full)][d];
+            out << '\n';
+        }
+    }
+    return out.str();
+}
+
+AtlasResults evalTableResults(const EvalTable& table)
+{
+    const uint64_t V = table.variants.size(), D = table.domains.size();
+    AtlasResults r;
+    nlohmann::json variants = nlohmann::json::array();
+    AtlasArray nll { "nll", { V, D }, {} }, sparsity { "sparsity", { V }, {} }, kept { "kept_experts", { V }, {} };
+    for (std::size_t v = 0; v < V; ++v) {
+        const EvalVariant& var = table.variants[v];
+        nlohmann::json keep = nlohmann::json::object();
+        for (const auto& [layer, ids] : var.mask.keep)
+            keep[std::to_string(layer)] = ids;
+        variants.push_back({ { "name", var.name }, { "method", var.method }, { "criterion", var.criterion },
+            { "domain", var.domain }, { "keep", keep } });
+        nll.values.insert(nll.values.end(), table.nll[v].begin(), table.nll[v].end());
+        sparsity.values.push_back(var.sparsity);
+        kept.values.push_back(static_cast<double>(var.keptExperts));
+    }
+    AtlasArray tokens { "tokens", { D }, {} };
+    for (const int64_t n : table.predictedTokens)
+        tokens.values.push_back(static_cast<double>(n));
+    const nlohmann::json params = { { "format", "moeatlas-evaluation" }, { "version", 1 }, { "domains", table.domains },
+        { "variants", variants }, { "token_source", table.tokenSource }, { "checkpoint", table.checkpoint },
+        { "compute_dtype", table.computeDtype }, { "loss", "next-token nll, nats" } };
+    r.paramsJson = params.dump();
+    r.inputsHash = sha256Hex(r.paramsJson);
+    r.arrays = { std::move(nll), std::move(tokens), std::move(sparsity), std::move(kept) };
+    return r;
+}
+
+} // namespace moeatlas

@@ -1,0 +1,102 @@
+// Evaluation of pruning plans without exporting them: per-domain next-token loss and perplexity of
+// the full model and of plans applied as router masks (the router renormalises over the kept
+// experts exactly as the exported checkpoint's router does), and budget sweeps that build the
+// specialist-vs-generalist trade-off table (PreMoE, arXiv 2505.17639) as CSV and in the atlas.
+#pragma once
+
+#include "atlas/atlas_file.h"
+#include "plan/plan.h"
+#include "runtime/executor.h"
+#include "util/progress.h"
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace moeatlas {
+
+class Checkpoint;
+struct CalibrationSet;
+struct ModelSpec;
+
+// One model evaluated: the full model (no mask) or a plan.
+struct EvalVariant {
+    std::string name; // unique in a table, e.g. "full", "specialist:code/peu@0.50"
+    std::string method; // full | specialist | generalist | union | random | plan
+    std::string criterion; // scores the plan was ranked by; empty for full and random
+    std::string domain; // target domain of a specialist; empty otherwise
+    double sparsity = 0; // fraction of routed experts dropped, over all MoE layers
+    int64_t keptExperts = 0; // routed experts kept, over all MoE layers
+    ExpertMask mask; // empty keep map = the full model
+};
+
+// The token set variants are evaluated on: each sequence belongs to one domain.
+struct EvalTokens {
+    std::vector<std::string> domains;
+    std::vector<int32_t> tokens;
+    std::vector<int64_t> seqOffsets; // [S + 1]
+    std::vector<int> seqDomain; // [S], index into domains
+    std::string source; // "atlas <path>" or "calibration <domains>", recorded with the results
+};
+
+// The atlas's own calibration tokens (a complete atlas; InputError otherwise).
+EvalTokens evalTokensFromAtlas(const AtlasFile& atlas);
+// Packed calibration sets (held-out text, e.g. from loadCalibration in runtime/capture.h).
+EvalTokens evalTokensFromCalibration(const CalibrationSet& calibration);
+
+// The unpruned model.
+EvalVariant fullVariant(const ModelSpec& spec);
+// The variant that applies a plan (method, criterion, domain and sparsity taken from it).
+// Throws InputError naming `source` when the plan does not fit the model (expert count).
+EvalVariant variantFromPlan(const Plan& plan, const ModelSpec& spec, const std::string& name);
+
+// Which plans a sweep compiles for every sparsity (each in (0, 1)).
+struct SweepOptions {
+    std::vector<double> sparsities;
+    std::vector<std::string> criteria { "peu" };
+    bool specialists = true; // one per atlas domain and criterion
+    bool generalist = true; // pooled token-weighted generalist per criterion
+    int randomPlans = 0; // uniformly random plans per sparsity (seeds seed, seed + 1, ...)
+    uint64_t seed = 0;
+    BudgetScope scope = BudgetScope::Uniform;
+};
+
+// Plans of a sweep, compiled from the atlas's /scores/<criterion> groups (moeatlas score) with the
+// checkpoint's costs. Names: "<method>[:<domain>]/<criterion>@<sparsity>", "random#<i>@<sparsity>".
+std::vector<EvalVariant> sweepVariants(const std::filesystem::path& atlas, const Checkpoint& checkpoint,
+    const ModelSpec& spec, const SweepOptions& options);
+
+// Uniformly random experts per MoE layer (keep = round((1 - sparsity) * E), at least top-k); the
+// same seed gives the same plan on every platform.
+EvalVariant randomVariant(const ModelSpec& spec, double sparsity, uint64_t seed, const std::string& name);
+
+// Per-domain mean next-token loss of every variant on the token set.
+struct EvalTable {
+    std::vector<std::string> domains;
+    std::vector<int64_t> predictedTokens; // per domain: positions with a next token
+    std::vector<EvalVariant> variants;
+    std::vector<std::vector<double>> nll; // [variant][domain], nats per predicted token
+    std::string tokenSource;
+    std::string checkpoint;
+    std::string computeDtype;
+    double seconds = 0;
+
+    // Index of the full-model variant, or -1.
+    int fullIndex() const;
+};
+
+// Evaluates the variants, as many at once as fit in memory (each layer is read once per group).
+// Progress units: tokens x layers x variants. Cancelled propagates; nothing is written here.
+EvalTable evaluateVariants(const Checkpoint& checkpoint, const ModelSpec& spec, const ExecutorOptions& options,
+    const EvalTokens& tokens, std::vector<EvalVariant> variants, const ProgressFn& progress = {},
+    const StopToken* stop = nullptr);
+
+// One row per (variant, domain): variant,method,criterion,target_domain,sparsity,kept_experts,
+// domain,tokens,nll,perplexity,delta_nll (vs the full model when it is in the table, else empty).
+std::string evalTableCsv(const EvalTable& table);
+
+// The table as an atlas result group (docs/atlas-format.md, "Evaluation").
+AtlasResults evalTableResults(const EvalTable& table);
+
+} // namespace moeatlas
