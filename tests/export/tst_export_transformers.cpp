@@ -1,7 +1,12 @@
 // Exports of tiny transformers-built models (tests/reference/make_reference.py) must load in
 // stock transformers (uniform plans) or with trust_remote_code (non-uniform plans) with no
 // missing/unexpected keys, and give the logits of the original model whose router ignores the
-// dropped experts (tests/export/check_export.py, max |diff| <= 1e-4 in float32).
+// dropped experts, and the logits of our own masked evaluation of the plan on the source
+// (Executor::evaluate, what `moeatlas eval` runs) (tests/export/check_export.py, max |diff| <= 1e-4
+// in float32).
+#include "checkpoint/checkpoint.h"
+#include "checkpoint/hf_config.h"
+#include "eval/eval.h"
 #include "test_support.h"
 
 #include <nlohmann/json.hpp>
@@ -32,6 +37,28 @@ nlohmann::json makePlan(const std::vector<int>& moeLayers, bool uniform)
     }
     return { { "format", "moeatlas-plan" }, { "version", 1 }, { "source", { { "num_experts", 8 }, { "top_k", 2 } } },
         { "derivation", { { "method", "specialist" }, { "criterion", "test" } } }, { "layers", layers } };
+}
+
+// Our masked evaluation of `plan` on the source for `ids` (B sequences of S tokens), written as raw
+// float32 logits [B, S, V] for check_export.py --ours.
+void writeOurLogits(
+    const QString& source, const nlohmann::json& plan, const std::vector<std::vector<int32_t>>& ids, const QString& out)
+{
+    const Checkpoint ckpt(source.toStdString());
+    const ModelSpec spec = parseModelSpec(ckpt.config(), "config.json");
+    const EvalVariant variant = variantFromPlan(planFromJson(plan, "plan"), spec, "plan");
+    std::vector<int32_t> tokens;
+    std::vector<int64_t> offsets { 0 };
+    for (const auto& seq : ids) {
+        tokens.insert(tokens.end(), seq.begin(), seq.end());
+        offsets.push_back(static_cast<int64_t>(tokens.size()));
+    }
+    Executor executor(ckpt, spec, {});
+    const EvaluationResult r = executor.evaluate(tokens, offsets, std::vector<ExpertMask> { variant.mask }, true);
+    const std::vector<float>& logits = r.variants.at(0).logits;
+    std::ofstream(out.toStdString(), std::ios::binary)
+        .write(
+            reinterpret_cast<const char*>(logits.data()), static_cast<std::streamsize>(logits.size() * sizeof(float)));
 }
 
 } // namespace
@@ -76,20 +103,34 @@ private Q_SLOTS:
                 QStringLiteral("--skip-layout-check"), QStringLiteral("--out"), src });
         QVERIFY2(made.exitCode == 0, qPrintable(made.stdErr));
         std::ifstream refIn(QString(src + QStringLiteral("/reference.json")).toStdString());
-        const std::vector<int> moeLayers = nlohmann::json::parse(refIn)["moe_layers"].get<std::vector<int>>();
+        const nlohmann::json reference = nlohmann::json::parse(refIn);
+        const std::vector<int> moeLayers = reference["moe_layers"].get<std::vector<int>>();
+        // Three sequences of 24 token ids, the same for transformers and for our evaluation.
+        std::vector<std::vector<int32_t>> ids(3);
+        const int64_t vocab = Checkpoint(src.toStdString()).config()["vocab_size"].get<int64_t>();
+        for (std::size_t b = 0; b < ids.size(); ++b)
+            for (int64_t t = 0; t < 24; ++t)
+                ids[b].push_back(static_cast<int32_t>(
+                    (b * 7919 + static_cast<std::size_t>(t) * 104729 + 13) % static_cast<std::size_t>(vocab)));
+        const QString idsPath = dir.filePath(QStringLiteral("ids.json"));
+        std::ofstream(idsPath.toStdString()) << nlohmann::json(ids).dump();
 
         for (const bool uniform : { true, false }) {
             const QString kind = uniform ? QStringLiteral("uniform") : QStringLiteral("nonuniform");
             const QString planPath = dir.filePath(kind + QStringLiteral(".json"));
             const QString out = dir.filePath(kind);
-            std::ofstream(planPath.toStdString()) << makePlan(moeLayers, uniform).dump(2);
+            const nlohmann::json plan = makePlan(moeLayers, uniform);
+            std::ofstream(planPath.toStdString()) << plan.dump(2);
+            const QString oursPath = dir.filePath(kind + QStringLiteral(".ours.f32"));
+            writeOurLogits(src, plan, ids, oursPath);
             const auto exported = test::runProcess(test::cliExecutable(),
                 { QStringLiteral("export"), src, QStringLiteral("--plan"), planPath, QStringLiteral("-o"), out,
                     QStringLiteral("--max-shard-mib"), QStringLiteral("1") });
             QVERIFY2(exported.exitCode == 0, qPrintable(exported.stdErr));
             QVERIFY(exported.stdOut.contains(uniform ? QStringLiteral("UNIFORM") : QStringLiteral("NON-UNIFORM")));
-            QStringList args = { QStringLiteral("--source"), src, QStringLiteral("--export"), out,
-                QStringLiteral("--plan"), planPath };
+            QStringList args
+                = { QStringLiteral("--source"), src, QStringLiteral("--export"), out, QStringLiteral("--plan"),
+                      planPath, QStringLiteral("--ids"), idsPath, QStringLiteral("--ours"), oursPath };
             if (!uniform)
                 args.append(QStringLiteral("--trust-remote-code"));
             const auto checked = test::runPython(QStringLiteral("tests/export/check_export.py"), args);
