@@ -3,13 +3,16 @@
 // specialist straight from the atlas, export, inspect the export (experts halved, bytes as the
 // plan predicted) and load it in stock transformers. Also the pipeline's guard rails: a second
 // score is a no-op, reap without expert norms and a checkpoint of another config are refused.
+#include "atlas/atlas_file.h"
 #include "test_support.h"
+#include "util/sha256.h"
 
 #include <nlohmann/json.hpp>
 
 #include <QTemporaryDir>
 #include <QTest>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -60,6 +63,9 @@ private Q_SLOTS:
     void generalistAndUnionFromAtlas();
     void reapWithoutExpertNormsIsRefused();
     void exportRefusesAnotherConfig();
+    void evalSweepIntoCsvAndAtlas();
+    void evalBadInputLosesNothing_data();
+    void evalBadInputLosesNothing();
 
 private:
     QString path(const QString& name) const { return m_dir.filePath(name); }
@@ -224,6 +230,87 @@ void TstCliPipeline::exportRefusesAnotherConfig()
     QVERIFY2(r.stdErr.contains(QStringLiteral("config.json")) && r.stdErr.contains(QStringLiteral("atlas")),
         qPrintable(r.stdErr));
     QVERIFY(!fs::exists(out.toStdString()));
+}
+
+// A sweep from the atlas: full model + per-domain specialists + generalist per criterion and
+// sparsity, plus a plan file; the CSV and the atlas's /evaluation/<label> hold the same table.
+void TstCliPipeline::evalSweepIntoCsvAndAtlas()
+{
+    const QString plan = path(QStringLiteral("math.plan.json"));
+    QVERIFY(fs::exists(plan.toStdString()));
+    const QString csv = path(QStringLiteral("sweep.csv"));
+    const test::ProcessResult r
+        = runCli({ QStringLiteral("eval"), QStringLiteral("--atlas"), m_atlas, QStringLiteral("--sparsity"),
+            QStringLiteral("0.25,0.5"), QStringLiteral("--criteria"), QStringLiteral("peu,frequency"),
+            QStringLiteral("--random-plans"), QStringLiteral("2"), QStringLiteral("--plan"), plan,
+            QStringLiteral("--csv"), csv, QStringLiteral("--label"), QStringLiteral("sweep") });
+    QCOMPARE(r.exitCode, 0);
+    // 1 full + 1 plan + 2 criteria x 2 sparsities x (2 specialists + 1 generalist) + 2 x 2 random.
+    const int variants = 1 + 1 + 2 * 2 * 3 + 4;
+    std::ifstream in(csv.toStdString());
+    std::vector<std::string> lines;
+    for (std::string line; std::getline(in, line);)
+        lines.push_back(line);
+    QCOMPARE(lines.size(), std::size_t { 1 + 2 * variants });
+    QVERIFY(std::any_of(lines.begin(), lines.end(), [](const std::string& l) {
+        return l.rfind("specialist:code/frequency@0.25,specialist,frequency,code,0.25,12,", 0) == 0;
+    }));
+    QVERIFY(r.stdOut.contains(QStringLiteral("math.plan.json")));
+
+    const AtlasFile atlas = AtlasFile::openReadOnly(m_atlas.toStdString());
+    const auto stored = atlas.readResults("evaluation/sweep");
+    QVERIFY(stored.has_value());
+    QCOMPARE(stored->find("nll")->dims, (std::vector<uint64_t> { static_cast<uint64_t>(variants), 2 }));
+    // The scores and statistics are still there next to the evaluation.
+    QVERIFY(atlas.readResults("scores/peu").has_value());
+}
+
+void TstCliPipeline::evalBadInputLosesNothing_data()
+{
+    QTest::addColumn<QStringList>("args");
+    QTest::addColumn<QString>("message");
+    const QString atlas = path(QStringLiteral("run.atlas.h5"));
+    const QString noNorms = path(QStringLiteral("plain.atlas.h5"));
+    QTest::newRow("no tokens") << QStringList { path(QStringLiteral("model")) } << QStringLiteral("--atlas");
+    QTest::newRow("sparsity out of range")
+        << QStringList { QStringLiteral("--atlas"), atlas, QStringLiteral("--sparsity"), QStringLiteral("1.5") }
+        << QStringLiteral("--sparsity 1.5");
+    QTest::newRow("criterion not scored") << QStringList { QStringLiteral("--atlas"), noNorms,
+        QStringLiteral("--sparsity"), QStringLiteral("0.5"), QStringLiteral("--criteria"), QStringLiteral("reap") }
+                                          << QStringLiteral("--expert-norms");
+    QTest::newRow("plan for another expert count")
+        << QStringList { QStringLiteral("--atlas"), atlas, QStringLiteral("--plan"), path(QStringLiteral("e16.json")) }
+        << QStringLiteral("16 experts");
+    QTest::newRow("plan keeps fewer than top-k")
+        << QStringList { QStringLiteral("--atlas"), atlas, QStringLiteral("--plan"), path(QStringLiteral("k1.json")) }
+        << QStringLiteral("top-k");
+    QTest::newRow("csv directory missing") << QStringList { QStringLiteral("--atlas"), atlas, QStringLiteral("--csv"),
+        path(QStringLiteral("no/such/dir/t.csv")) }
+                                           << QStringLiteral("no/such/dir");
+}
+
+// Each refused without touching the atlas (same bytes) and without leaving a CSV.
+void TstCliPipeline::evalBadInputLosesNothing()
+{
+    QFETCH(QStringList, args);
+    QFETCH(QString, message);
+    auto planWith = [](int experts, std::vector<int> keep) {
+        return nlohmann::json { { "format", "moeatlas-plan" }, { "version", 1 },
+            { "source", { { "num_experts", experts }, { "top_k", 2 } } },
+            { "derivation", { { "method", "specialist" }, { "criterion", "test" } } },
+            { "layers", { { { "layer", 0 }, { "keep", keep } }, { { "layer", 1 }, { "keep", keep } } } } };
+    };
+    std::ofstream(path(QStringLiteral("e16.json")).toStdString()) << planWith(16, { 0, 1, 2, 3 }).dump();
+    std::ofstream(path(QStringLiteral("k1.json")).toStdString()) << planWith(8, { 5 }).dump();
+    const std::string before = sha256File(m_atlas.toStdString()),
+                      beforeNoNorms = sha256File(m_atlasNoNorms.toStdString());
+    const test::ProcessResult r
+        = test::runProcess(test::cliExecutable(), QStringList { QStringLiteral("eval") } + args);
+    QVERIFY(r.exitCode != 0 && r.exitCode != -1);
+    QVERIFY2(r.stdErr.contains(message), qPrintable(r.stdErr));
+    QCOMPARE(sha256File(m_atlas.toStdString()), before);
+    QCOMPARE(sha256File(m_atlasNoNorms.toStdString()), beforeNoNorms);
+    QVERIFY(!fs::exists(path(QStringLiteral("no/such/dir")).toStdString()));
 }
 
 QTEST_GUILESS_MAIN(TstCliPipeline)
