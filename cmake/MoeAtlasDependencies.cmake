@@ -27,6 +27,11 @@ if(MOEATLAS_BUILD_TESTS)
   find_package(Qt6 COMPONENTS Core Test)
   set_package_properties(Qt6 PROPERTIES TYPE REQUIRED PURPOSE "Qt Test suites (Debian: qt6-base-dev)")
 endif()
+if(MOEATLAS_BUILD_GUI)
+  find_package(Qt6 COMPONENTS Core Gui Widgets Charts Svg Concurrent)
+  set_package_properties(Qt6 PROPERTIES TYPE REQUIRED
+                         PURPOSE "moeatlas-gui (Debian: qt6-base-dev qt6-charts-dev qt6-svg-dev)")
+endif()
 
 if(Torch_FOUND)
   # TorchConfig puts its flags into TORCH_CXX_FLAGS and TORCH_LIBRARIES; wrap them in one target.

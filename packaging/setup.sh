@@ -25,7 +25,7 @@ apt_packages=(
   build-essential cmake ninja-build ccache pkgconf git
   libtorch-dev libopenblas0-pthread          # LibTorch CPU; OpenBLAS avoids the ~9x slower reference BLAS
   libhdf5-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libicu-dev
-  qt6-base-dev qt6-charts-dev libqt6opengl6-dev
+  qt6-base-dev qt6-charts-dev qt6-svg-dev libqt6opengl6-dev
 )
 if [[ "$mode" == test ]]; then
   apt_packages+=(python3 python3-venv python3-pip)
