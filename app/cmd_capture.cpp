@@ -1,6 +1,7 @@
 // moeatlas capture <checkpoint> --domain NAME=PATH[:N] ... -o run.atlas.h5
 #include "commands.h"
 
+#include "calibration_args.h"
 #include "cli_progress.h"
 #include "runtime/capture.h"
 #include "util/atomic_file.h"
@@ -17,21 +18,13 @@ namespace {
 
 struct CaptureArgs {
     std::string checkpoint;
-    std::vector<std::string> domains;
+    CalibrationArgs calibration;
     std::string output;
     std::string device = "cpu";
     std::string dtype = "float32";
     std::string logitsDtype = "float32";
-    int64_t seqLen = 512;
-    int64_t maxSamples = 0;
     int64_t batchTokens = 8192;
     int threads = 0;
-    uint64_t seed = 0;
-    int bos = -1;
-    bool addBos = false;
-    std::string tokenizer;
-    std::string textField = "text";
-    bool wholeFile = false;
     bool expertNorms = false;
     int hiddenSamples = 0;
     bool resume = false;
@@ -44,21 +37,8 @@ int runCaptureCommand(const CaptureArgs& a)
 {
     CaptureParams p;
     p.checkpoint = a.checkpoint;
-    for (const std::string& d : a.domains)
-        p.domains.push_back(parseDomainArgument(d));
+    applyCalibrationArgs(a.calibration, p);
     p.output = a.output;
-    p.packing.seqLen = a.seqLen;
-    if (a.maxSamples > 0)
-        p.packing.maxSamplesPerDomain = a.maxSamples;
-    p.packing.seed = a.seed;
-    if (a.bos >= 0)
-        p.packing.bosToken = a.bos;
-    p.addBos = a.addBos;
-    p.tokenizer = a.tokenizer;
-    if (a.textField.empty())
-        throw InputError("--text-field: the field name is empty");
-    p.text.textField = a.textField;
-    p.text.wholeFile = a.wholeFile;
     p.executor.device = a.device;
     p.executor.computeDtype = a.dtype;
     p.executor.batchTokens = a.batchTokens;
@@ -102,27 +82,14 @@ Command addCaptureCommand(CLI::App& app)
     CLI::App* sub
         = app.add_subcommand("capture", "Run a checkpoint over calibration data and record routing into an atlas");
     sub->add_option("checkpoint", a->checkpoint, "Hugging Face checkpoint directory")->required();
-    sub->add_option("--domain,-d", a->domains,
-           "NAME=PATH[:N] calibration domain: text file, directory of .txt files, or JSONL with a text "
-           "field, \"messages\" or \"input_ids\" (docs/calibration.md); N caps its sequences; repeatable")
-        ->required();
+    addCalibrationOptions(sub, a->calibration, "Calibration domain")->required();
     sub->add_option("--output,-o", a->output, "Atlas file to write (e.g. run.atlas.h5)")->required();
     sub->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
     sub->add_option("--dtype", a->dtype, "Compute dtype: float32, bfloat16, float16")->capture_default_str();
     sub->add_option("--logits-dtype", a->logitsDtype, "Stored router logits: float32 or float16")
         ->capture_default_str();
-    sub->add_option("--seq-len", a->seqLen, "Tokens per packed sequence")->capture_default_str();
-    sub->add_option("--max-samples", a->maxSamples, "Sequences per domain at most (0 = all)");
     sub->add_option("--batch-tokens", a->batchTokens, "Tokens per micro-batch")->capture_default_str();
     sub->add_option("--threads", a->threads, "Intra-op threads (0 = LibTorch default)");
-    sub->add_option("--seed", a->seed, "Seed for document order and hidden-state samples")->capture_default_str();
-    sub->add_option("--bos", a->bos, "Token id prepended to every document");
-    sub->add_flag("--add-bos", a->addBos, "Prepend the tokenizer's BOS token to every document (--bos wins)");
-    sub->add_option(
-        "--tokenizer", a->tokenizer, "tokenizer.json for text domains (default: <checkpoint>/tokenizer.json)");
-    sub->add_option("--text-field", a->textField, "Field of JSONL records holding the text")->capture_default_str();
-    sub->add_flag("--whole-file", a->wholeFile,
-        "A plain text file is one document (default: one per blank-line-separated block)");
     sub->add_flag("--expert-norms", a->expertNorms, "Record L2 norms of routed expert outputs (needed for REAP)");
     sub->add_option("--hidden-samples", a->hiddenSamples, "Tokens whose MoE input is stored per layer");
     sub->add_flag("--resume", a->resume, "Continue an interrupted capture of the same output");

@@ -1,5 +1,6 @@
 // moeatlas eval: per-domain loss and perplexity of the full model and of pruning plans applied as
 // router masks (no export), with budget sweeps -> trade-off table (CSV and the atlas).
+#include "calibration_args.h"
 #include "cli_progress.h"
 #include "commands.h"
 
@@ -25,7 +26,7 @@ namespace {
 struct EvalArgs {
     std::string checkpoint;
     std::string atlas;
-    std::vector<std::string> domains;
+    CalibrationArgs calibration; // held-out domains
     std::vector<std::string> plans;
     std::vector<double> sparsities;
     std::vector<std::string> criteria { "peu" };
@@ -34,7 +35,6 @@ struct EvalArgs {
     bool noFull = false;
     int randomPlans = 0;
     std::string scope = "uniform";
-    uint64_t seed = 0;
     std::string csv;
     std::string label = "default";
     bool noSave = false;
@@ -42,13 +42,6 @@ struct EvalArgs {
     std::string dtype = "float32";
     int64_t batchTokens = 8192;
     int threads = 0;
-    int64_t seqLen = 512;
-    int64_t maxSamples = 0;
-    std::string tokenizer;
-    std::string textField = "text";
-    bool wholeFile = false;
-    bool addBos = false;
-    int bos = -1;
     bool resident = false;
 };
 
@@ -103,7 +96,7 @@ void printTable(const EvalTable& t)
 
 int runEval(const EvalArgs& a)
 {
-    if (a.atlas.empty() && a.domains.empty())
+    if (a.atlas.empty() && a.calibration.domains.empty())
         throw InputError("give the tokens to evaluate on: --atlas ATLAS (its calibration tokens) and/or --domain");
     if (a.atlas.empty() && !a.sparsities.empty() && (!a.noSpecialists || !a.noGeneralist))
         throw InputError("--sparsity compiles specialist and generalist plans from scores: it needs --atlas");
@@ -125,24 +118,13 @@ int runEval(const EvalArgs& a)
     const ModelSpec spec = parseModelSpec(ckpt.config(), configPath);
 
     EvalTokens tokens;
-    if (!a.domains.empty()) {
+    if (!a.calibration.domains.empty()) {
         CaptureParams p;
         p.checkpoint = ckpt.dir();
-        for (const std::string& d : a.domains)
-            p.domains.push_back(parseDomainArgument(d));
-        p.packing.seqLen = a.seqLen;
-        if (a.maxSamples > 0)
-            p.packing.maxSamplesPerDomain = a.maxSamples;
-        p.packing.seed = a.seed;
-        if (a.bos >= 0)
-            p.packing.bosToken = a.bos;
-        p.addBos = a.addBos;
-        p.tokenizer = a.tokenizer;
-        p.text.textField = a.textField;
-        p.text.wholeFile = a.wholeFile;
+        applyCalibrationArgs(a.calibration, p);
         tokens = evalTokensFromCalibration(loadCalibration(p, spec.vocabSize));
     } else {
-        tokens = firstSequences(evalTokensFromAtlas(*atlas), a.maxSamples);
+        tokens = firstSequences(evalTokensFromAtlas(*atlas), a.calibration.maxSamples);
     }
 
     std::vector<EvalVariant> variants;
@@ -163,7 +145,7 @@ int runEval(const EvalArgs& a)
         sweep.specialists = !a.noSpecialists;
         sweep.generalist = !a.noGeneralist;
         sweep.randomPlans = a.randomPlans;
-        sweep.seed = a.seed;
+        sweep.seed = a.calibration.seed;
         sweep.scope = a.scope == "global" ? BudgetScope::Global : BudgetScope::Uniform;
         for (EvalVariant& v : sweepVariants(a.atlas, ckpt, spec, sweep))
             variants.push_back(std::move(v));
@@ -217,8 +199,7 @@ Command addEvalCommand(CLI::App& app)
     sub->add_option("--atlas", a->atlas,
         "Atlas: its calibration tokens are evaluated unless --domain is given; its scores drive --sparsity sweeps; "
         "the table is stored in it under /evaluation/<label>");
-    sub->add_option("--domain,-d", a->domains,
-        "NAME=PATH[:N] held-out domain to evaluate on, as in capture (docs/calibration.md); repeatable");
+    addCalibrationOptions(sub, a->calibration, "Held-out domain to evaluate on (default: the atlas's tokens)");
     sub->add_option("--plan", a->plans, "Plan file to evaluate (moeatlas plan); repeatable");
     sub->add_option("--sparsity", a->sparsities, "Sweep: fractions of routed experts dropped, e.g. 0.25,0.5,0.75")
         ->delimiter(',');
@@ -229,7 +210,6 @@ Command addEvalCommand(CLI::App& app)
     sub->add_flag("--no-generalist", a->noGeneralist, "Sweep: no pooled generalist plans");
     sub->add_option("--random-plans", a->randomPlans, "Sweep: uniformly random plans per sparsity (seeded)");
     sub->add_option("--scope", a->scope, "Sweep budget scope: uniform or global")->capture_default_str();
-    sub->add_option("--seed", a->seed, "Seed of random plans and of document order for --domain");
     sub->add_flag("--no-full", a->noFull, "Do not evaluate the unpruned model");
     sub->add_option("--csv", a->csv, "Write the table as CSV (one row per variant and domain)");
     sub->add_option("--label", a->label, "Name of the table in the atlas (/evaluation/<label>)")->capture_default_str();
@@ -238,14 +218,6 @@ Command addEvalCommand(CLI::App& app)
     sub->add_option("--dtype", a->dtype, "Compute dtype: float32, bfloat16, float16")->capture_default_str();
     sub->add_option("--batch-tokens", a->batchTokens, "Tokens per micro-batch")->capture_default_str();
     sub->add_option("--threads", a->threads, "Intra-op threads (0 = LibTorch default)");
-    sub->add_option("--seq-len", a->seqLen, "Tokens per packed sequence (--domain)")->capture_default_str();
-    sub->add_option("--max-samples", a->maxSamples, "Sequences per domain at most (0 = all)");
-    sub->add_option(
-        "--tokenizer", a->tokenizer, "tokenizer.json for text domains (default: <checkpoint>/tokenizer.json)");
-    sub->add_option("--text-field", a->textField, "Field of JSONL records holding the text")->capture_default_str();
-    sub->add_flag("--whole-file", a->wholeFile, "A plain text file is one document");
-    sub->add_flag("--add-bos", a->addBos, "Prepend the tokenizer's BOS token to every document");
-    sub->add_option("--bos", a->bos, "Token id prepended to every document");
     sub->add_flag("--resident", a->resident, "Keep all layers in memory (small models)");
     return [a] { return runEval(*a); };
 }

@@ -24,11 +24,6 @@ const QStringList kDomains
     = { QStringLiteral("prose"), QStringLiteral("code"), QStringLiteral("notes"), QStringLiteral("chat") };
 constexpr int32_t kBos = 1;
 
-test::ProcessResult runCli(const QStringList& args)
-{
-    return test::runProcess(test::cliExecutable(), args);
-}
-
 QString report(const test::ProcessResult& r)
 {
     return QStringLiteral("exit %1\nstdout: %2\nstderr: %3").arg(r.exitCode).arg(r.stdOut, r.stdErr);
@@ -89,7 +84,7 @@ private Q_SLOTS:
         const QString textAtlas = m_dir.filePath(QStringLiteral("text.atlas.h5"));
         const QString idsAtlas = m_dir.filePath(QStringLiteral("ids.atlas.h5"));
         // From text: the tokenizer is <checkpoint>/tokenizer.json, BOS is its bos_token (id 1).
-        const auto fromText = runCli(common(textAtlas)
+        const auto fromText = test::runCli(common(textAtlas)
             + QStringList { QStringLiteral("--domain"), QStringLiteral("prose=") + data(QStringLiteral("prose.txt")),
                 QStringLiteral("--domain"), QStringLiteral("code=") + data(QStringLiteral("code")),
                 QStringLiteral("--domain"), QStringLiteral("notes=") + data(QStringLiteral("notes.jsonl")),
@@ -103,7 +98,7 @@ private Q_SLOTS:
             idsArgs << QStringLiteral("--domain")
                     << d + QLatin1Char('=') + data(d + QStringLiteral(".ids.jsonl"))
                     + (d == QLatin1String("chat") ? QStringLiteral(":6") : QString());
-        const auto fromIds = runCli(idsArgs);
+        const auto fromIds = test::runCli(idsArgs);
         QVERIFY2(fromIds.exitCode == 0, qPrintable(report(fromIds)));
 
         const AtlasFile text = AtlasFile::openReadOnly(textAtlas.toStdString());
@@ -173,7 +168,7 @@ private Q_SLOTS:
         const QString out = m_dir.filePath(QStringLiteral("err.atlas.h5"));
         const QStringList prose
             = { QStringLiteral("--domain"), QStringLiteral("prose=") + data(QStringLiteral("prose.txt")) };
-        const auto missing = runCli(common(out) + prose
+        const auto missing = test::runCli(common(out) + prose
             + QStringList { QStringLiteral("--tokenizer"), m_dir.filePath(QStringLiteral("none.json")) });
         QVERIFY2(missing.exitCode != 0 && missing.stdErr.contains(QStringLiteral("--tokenizer"))
                 && missing.stdErr.contains(QStringLiteral("none.json")),
@@ -184,10 +179,10 @@ private Q_SLOTS:
         const QString tok = QDir(m_model).filePath(QStringLiteral("tokenizer.json"));
         const QString moved = m_dir.filePath(QStringLiteral("moved-tokenizer.json"));
         QVERIFY(QFile::rename(tok, moved));
-        const auto none = runCli(common(out) + prose);
-        const auto explicitPath = runCli(common(m_dir.filePath(QStringLiteral("explicit.atlas.h5"))) + prose
+        const auto none = test::runCli(common(out) + prose);
+        const auto explicitPath = test::runCli(common(m_dir.filePath(QStringLiteral("explicit.atlas.h5"))) + prose
             + QStringList { QStringLiteral("--tokenizer"), moved });
-        const auto idsOnly = runCli(common(m_dir.filePath(QStringLiteral("ids-only.atlas.h5")))
+        const auto idsOnly = test::runCli(common(m_dir.filePath(QStringLiteral("ids-only.atlas.h5")))
             + QStringList {
                 QStringLiteral("--domain"), QStringLiteral("prose=") + data(QStringLiteral("prose.ids.jsonl")) });
         QVERIFY(QFile::rename(moved, tok));

@@ -30,11 +30,6 @@ QString cli()
     return test::cliExecutable();
 }
 
-test::ProcessResult runCli(const QStringList& args, int timeoutMs = 600000)
-{
-    return test::runProcess(cli(), args, timeoutMs);
-}
-
 template <typename T> std::vector<T> values(const SafetensorsFile& f, const std::string& name)
 {
     const auto b = f.bytes(name);
@@ -47,7 +42,7 @@ template <typename T> std::vector<T> values(const SafetensorsFile& f, const std:
 QString generateModel(const QTemporaryDir& dir, const QString& name, const QStringList& shape)
 {
     const QString path = dir.filePath(name);
-    const auto r = runCli(QStringList { QStringLiteral("generate"), QStringLiteral("-o"), path } + shape);
+    const auto r = test::runCli(QStringList { QStringLiteral("generate"), QStringLiteral("-o"), path } + shape);
     if (r.exitCode != 0)
         qWarning("%s", qPrintable(r.stdErr));
     return r.exitCode == 0 ? path : QString();
@@ -56,7 +51,7 @@ QString generateModel(const QTemporaryDir& dir, const QString& name, const QStri
 QString generateCalibration(const QTemporaryDir& dir, const QString& name, int docs, int docTokens, int seed)
 {
     const QString path = dir.filePath(name);
-    const auto r = runCli(
+    const auto r = test::runCli(
         { QStringLiteral("generate"), QStringLiteral("--vocab"), QStringLiteral("512"), QStringLiteral("--seed"),
             QString::number(seed), QStringLiteral("--calibration"), path, QStringLiteral("--calibration-docs"),
             QString::number(docs), QStringLiteral("--calibration-doc-tokens"), QString::number(docTokens) });
@@ -133,8 +128,8 @@ private Q_SLOTS:
             out << "]}\n";
         }
         const QString atlasPath = dir.filePath(QStringLiteral("run.atlas.h5"));
-        const auto cap
-            = runCli({ QStringLiteral("capture"), model, QStringLiteral("--domain"), QStringLiteral("first=") + calA,
+        const auto cap = test::runCli(
+            { QStringLiteral("capture"), model, QStringLiteral("--domain"), QStringLiteral("first=") + calA,
                 QStringLiteral("--domain"), QStringLiteral("rest=") + calB, QStringLiteral("--seq-len"),
                 QString::number(S), QStringLiteral("--logits-dtype"), logitsDtype, QStringLiteral("--expert-norms"),
                 QStringLiteral("--hidden-samples"), QStringLiteral("7"), QStringLiteral("-o"), atlasPath });
@@ -216,7 +211,7 @@ private Q_SLOTS:
             QStringLiteral("d=") + cal, QStringLiteral("--seq-len"), QStringLiteral("128"),
             QStringLiteral("--batch-tokens"), QStringLiteral("512"), QStringLiteral("--threads"), QStringLiteral("1") };
         const QString reference = dir.filePath(QStringLiteral("reference.atlas.h5"));
-        const auto full = runCli(common + QStringList { QStringLiteral("-o"), reference });
+        const auto full = test::runCli(common + QStringList { QStringLiteral("-o"), reference });
         QVERIFY2(full.exitCode == 0, qPrintable(full.stdErr));
 
         const QString out = dir.filePath(QStringLiteral("run.atlas.h5"));
@@ -255,7 +250,8 @@ private Q_SLOTS:
             for (int l : done)
                 QCOMPARE(partial.readLogits(l), ref.readLogits(l));
         }
-        const auto resumed = runCli(common + QStringList { QStringLiteral("--resume"), QStringLiteral("-o"), out });
+        const auto resumed
+            = test::runCli(common + QStringList { QStringLiteral("--resume"), QStringLiteral("-o"), out });
         QVERIFY2(resumed.exitCode == 0, qPrintable(resumed.stdErr));
         QVERIFY2(resumed.stdErr.contains(QStringLiteral("resumed after layer")), qPrintable(resumed.stdErr));
         QVERIFY(!QFile::exists(out + QStringLiteral(".partial")));
@@ -274,11 +270,11 @@ private Q_SLOTS:
         // A partial atlas: the capture of a 6-layer model is stopped at once by SIGINT-like
         // cancellation is hard to time here, so make one by resuming a finished run's twin.
         const auto first
-            = runCli({ QStringLiteral("capture"), model, QStringLiteral("--domain"), QStringLiteral("d=") + cal,
+            = test::runCli({ QStringLiteral("capture"), model, QStringLiteral("--domain"), QStringLiteral("d=") + cal,
                 QStringLiteral("--seq-len"), QStringLiteral("128"), QStringLiteral("-o"), out });
         QVERIFY2(first.exitCode == 0, qPrintable(first.stdErr));
         QVERIFY(QFile::rename(out, out + QStringLiteral(".partial")));
-        const auto resumed = runCli({ QStringLiteral("capture"), model, QStringLiteral("--domain"),
+        const auto resumed = test::runCli({ QStringLiteral("capture"), model, QStringLiteral("--domain"),
             QStringLiteral("d=") + other, QStringLiteral("--seq-len"), QStringLiteral("128"),
             QStringLiteral("--resume"), QStringLiteral("-o"), out });
         QVERIFY(resumed.exitCode != 0 && resumed.exitCode != -1);
@@ -301,7 +297,7 @@ private Q_SLOTS:
         const Checkpoint ckpt(model.toStdString());
         const uint64_t weights = ckpt.totalBytes();
         const QString cal = generateCalibration(dir, QStringLiteral("cal.jsonl"), 4, 256, 5);
-        const auto cap = runCli({ QStringLiteral("capture"), model, QStringLiteral("--domain"),
+        const auto cap = test::runCli({ QStringLiteral("capture"), model, QStringLiteral("--domain"),
             QStringLiteral("d=") + cal, QStringLiteral("--seq-len"), QStringLiteral("256"), QStringLiteral("-o"),
             dir.filePath(QStringLiteral("big.atlas.h5")) });
         QVERIFY2(cap.exitCode == 0, qPrintable(cap.stdErr));

@@ -22,14 +22,6 @@ using namespace moeatlas;
 
 namespace {
 
-test::ProcessResult runCli(const QStringList& args)
-{
-    const test::ProcessResult r = test::runProcess(test::cliExecutable(), args);
-    if (r.exitCode != 0)
-        qWarning("moeatlas %s: exit %d\n%s", qPrintable(args.join(QLatin1Char(' '))), r.exitCode, qPrintable(r.stdErr));
-    return r;
-}
-
 nlohmann::json readJson(const QString& path)
 {
     std::ifstream in(path.toStdString());
@@ -82,25 +74,26 @@ void TstCliPipeline::initTestCase()
     QVERIFY2(!test::cliExecutable().isEmpty(), "MOEATLAS_CLI is unset");
     QVERIFY2(!test::pythonExecutable().isEmpty(), "MOEATLAS_PYTHON is unset: the reference tests need the venv");
     m_model = path(QStringLiteral("model"));
-    QCOMPARE(
-        runCli({ QStringLiteral("generate"), QStringLiteral("-o"), m_model, QStringLiteral("--arch"),
-                   QStringLiteral("qwen2_moe"), QStringLiteral("--layers"), QStringLiteral("2"),
-                   QStringLiteral("--hidden"), QStringLiteral("64"), QStringLiteral("--heads"), QStringLiteral("4"),
-                   QStringLiteral("--kv-heads"), QStringLiteral("2"), QStringLiteral("--head-dim"),
-                   QStringLiteral("16"), QStringLiteral("--experts"), QStringLiteral("8"), QStringLiteral("--top-k"),
-                   QStringLiteral("2"), QStringLiteral("--expert-width"), QStringLiteral("32"),
-                   QStringLiteral("--shared-width"), QStringLiteral("64"), QStringLiteral("--vocab"),
-                   QStringLiteral("256"), QStringLiteral("--seed"), QStringLiteral("7") })
-            .exitCode,
+    QCOMPARE(test::runCli(
+                 { QStringLiteral("generate"), QStringLiteral("-o"), m_model, QStringLiteral("--arch"),
+                     QStringLiteral("qwen2_moe"), QStringLiteral("--layers"), QStringLiteral("2"),
+                     QStringLiteral("--hidden"), QStringLiteral("64"), QStringLiteral("--heads"), QStringLiteral("4"),
+                     QStringLiteral("--kv-heads"), QStringLiteral("2"), QStringLiteral("--head-dim"),
+                     QStringLiteral("16"), QStringLiteral("--experts"), QStringLiteral("8"), QStringLiteral("--top-k"),
+                     QStringLiteral("2"), QStringLiteral("--expert-width"), QStringLiteral("32"),
+                     QStringLiteral("--shared-width"), QStringLiteral("64"), QStringLiteral("--vocab"),
+                     QStringLiteral("256"), QStringLiteral("--seed"), QStringLiteral("7") })
+                 .exitCode,
         0);
     // Two random domains (different seeds), a few hundred tokens each.
     for (const auto& [name, seed] :
         { std::pair { QStringLiteral("math"), 11 }, std::pair { QStringLiteral("code"), 12 } })
-        QCOMPARE(runCli({ QStringLiteral("generate"), QStringLiteral("--vocab"), QStringLiteral("256"),
-                            QStringLiteral("--seed"), QString::number(seed), QStringLiteral("--calibration"),
-                            path(name + QStringLiteral(".jsonl")), QStringLiteral("--calibration-docs"),
-                            QStringLiteral("6"), QStringLiteral("--calibration-doc-tokens"), QStringLiteral("64") })
-                     .exitCode,
+        QCOMPARE(
+            test::runCli({ QStringLiteral("generate"), QStringLiteral("--vocab"), QStringLiteral("256"),
+                             QStringLiteral("--seed"), QString::number(seed), QStringLiteral("--calibration"),
+                             path(name + QStringLiteral(".jsonl")), QStringLiteral("--calibration-docs"),
+                             QStringLiteral("6"), QStringLiteral("--calibration-doc-tokens"), QStringLiteral("64") })
+                .exitCode,
             0);
     m_atlas = path(QStringLiteral("run.atlas.h5"));
     m_atlasNoNorms = path(QStringLiteral("plain.atlas.h5"));
@@ -111,14 +104,14 @@ void TstCliPipeline::initTestCase()
             QStringLiteral("64"), QStringLiteral("-o"), atlas };
         if (atlas == m_atlas)
             args << QStringLiteral("--expert-norms");
-        QCOMPARE(runCli(args).exitCode, 0);
-        QCOMPARE(runCli({ QStringLiteral("score"), atlas }).exitCode, 0);
+        QCOMPARE(test::runCli(args).exitCode, 0);
+        QCOMPARE(test::runCli({ QStringLiteral("score"), atlas }).exitCode, 0);
     }
 }
 
 void TstCliPipeline::scoreTwiceIsUpToDate()
 {
-    const test::ProcessResult r = runCli({ QStringLiteral("score"), m_atlas });
+    const test::ProcessResult r = test::runCli({ QStringLiteral("score"), m_atlas });
     QCOMPARE(r.exitCode, 0);
     const QString said = r.stdOut + r.stdErr;
     QVERIFY2(said.contains(QStringLiteral("up to date")), qPrintable(said));
@@ -128,9 +121,9 @@ void TstCliPipeline::specialistFromAtlasExportsAndLoads()
 {
     // No checkpoint argument: the plan takes the one the atlas was captured from.
     const QString plan = path(QStringLiteral("math.plan.json"));
-    QCOMPARE(runCli({ QStringLiteral("plan"), QStringLiteral("--atlas"), m_atlas, QStringLiteral("--criterion"),
-                        QStringLiteral("peu"), QStringLiteral("--domain"), QStringLiteral("math"),
-                        QStringLiteral("--keep-fraction"), QStringLiteral("0.5"), QStringLiteral("-o"), plan })
+    QCOMPARE(test::runCli({ QStringLiteral("plan"), QStringLiteral("--atlas"), m_atlas, QStringLiteral("--criterion"),
+                              QStringLiteral("peu"), QStringLiteral("--domain"), QStringLiteral("math"),
+                              QStringLiteral("--keep-fraction"), QStringLiteral("0.5"), QStringLiteral("-o"), plan })
                  .exitCode,
         0);
     const nlohmann::json p = readJson(plan);
@@ -144,10 +137,11 @@ void TstCliPipeline::specialistFromAtlasExportsAndLoads()
         QCOMPARE(l["keep"].size(), std::size_t { 4 });
 
     const QString out = path(QStringLiteral("math-50"));
-    QCOMPARE(runCli({ QStringLiteral("export"), m_model, QStringLiteral("--plan"), plan, QStringLiteral("-o"), out })
-                 .exitCode,
+    QCOMPARE(
+        test::runCli({ QStringLiteral("export"), m_model, QStringLiteral("--plan"), plan, QStringLiteral("-o"), out })
+            .exitCode,
         0);
-    const test::ProcessResult inspect = runCli({ QStringLiteral("inspect"), out, QStringLiteral("--json") });
+    const test::ProcessResult inspect = test::runCli({ QStringLiteral("inspect"), out, QStringLiteral("--json") });
     QCOMPARE(inspect.exitCode, 0);
     const nlohmann::json info = nlohmann::json::parse(inspect.stdOut.toStdString(), nullptr, false);
     QVERIFY2(info.is_object(), qPrintable(inspect.stdOut));
@@ -172,9 +166,9 @@ void TstCliPipeline::specialistFromAtlasExportsAndLoads()
 void TstCliPipeline::generalistAndUnionFromAtlas()
 {
     const QString generalist = path(QStringLiteral("generalist.plan.json"));
-    QCOMPARE(runCli({ QStringLiteral("plan"), m_model, QStringLiteral("--atlas"), m_atlas,
-                        QStringLiteral("--criterion"), QStringLiteral("reap"), QStringLiteral("--generalist"),
-                        QStringLiteral("--keep"), QStringLiteral("4"), QStringLiteral("-o"), generalist })
+    QCOMPARE(test::runCli({ QStringLiteral("plan"), m_model, QStringLiteral("--atlas"), m_atlas,
+                              QStringLiteral("--criterion"), QStringLiteral("reap"), QStringLiteral("--generalist"),
+                              QStringLiteral("--keep"), QStringLiteral("4"), QStringLiteral("-o"), generalist })
                  .exitCode,
         0);
     const nlohmann::json g = readJson(generalist);
@@ -183,18 +177,18 @@ void TstCliPipeline::generalistAndUnionFromAtlas()
     QVERIFY(g["derivation"]["domain_weights"]["math"].get<double>() > 1);
 
     const QString weighted = path(QStringLiteral("weighted.plan.json"));
-    QCOMPARE(runCli({ QStringLiteral("plan"), QStringLiteral("--atlas"), m_atlas, QStringLiteral("--criterion"),
-                        QStringLiteral("frequency"), QStringLiteral("--weight"), QStringLiteral("math=2"),
-                        QStringLiteral("--weight"), QStringLiteral("code=1"), QStringLiteral("--keep"),
-                        QStringLiteral("4"), QStringLiteral("-o"), weighted })
+    QCOMPARE(test::runCli({ QStringLiteral("plan"), QStringLiteral("--atlas"), m_atlas, QStringLiteral("--criterion"),
+                              QStringLiteral("frequency"), QStringLiteral("--weight"), QStringLiteral("math=2"),
+                              QStringLiteral("--weight"), QStringLiteral("code=1"), QStringLiteral("--keep"),
+                              QStringLiteral("4"), QStringLiteral("-o"), weighted })
                  .exitCode,
         0);
     QCOMPARE(readJson(weighted)["derivation"]["domain_weights"]["math"].get<double>(), 2.0);
 
     const QString unionPlan = path(QStringLiteral("union.plan.json"));
-    QCOMPARE(runCli({ QStringLiteral("plan"), QStringLiteral("--atlas"), m_atlas, QStringLiteral("--criterion"),
-                        QStringLiteral("peu"), QStringLiteral("--union"), QStringLiteral("2"), QStringLiteral("-o"),
-                        unionPlan })
+    QCOMPARE(test::runCli({ QStringLiteral("plan"), QStringLiteral("--atlas"), m_atlas, QStringLiteral("--criterion"),
+                              QStringLiteral("peu"), QStringLiteral("--union"), QStringLiteral("2"),
+                              QStringLiteral("-o"), unionPlan })
                  .exitCode,
         0);
     for (const auto& l : readJson(unionPlan)["layers"])
@@ -204,7 +198,7 @@ void TstCliPipeline::generalistAndUnionFromAtlas()
 void TstCliPipeline::reapWithoutExpertNormsIsRefused()
 {
     const QString plan = path(QStringLiteral("reap.plan.json"));
-    const test::ProcessResult r = runCli({ QStringLiteral("plan"), QStringLiteral("--atlas"), m_atlasNoNorms,
+    const test::ProcessResult r = test::runCli({ QStringLiteral("plan"), QStringLiteral("--atlas"), m_atlasNoNorms,
         QStringLiteral("--criterion"), QStringLiteral("reap"), QStringLiteral("--domain"), QStringLiteral("math"),
         QStringLiteral("--keep"), QStringLiteral("4"), QStringLiteral("-o"), plan });
     QVERIFY(r.exitCode != 0);
@@ -224,7 +218,7 @@ void TstCliPipeline::exportRefusesAnotherConfig()
         config << "\n";
     }
     const QString out = path(QStringLiteral("other-50"));
-    const test::ProcessResult r = runCli({ QStringLiteral("export"), QString::fromStdString(other.string()),
+    const test::ProcessResult r = test::runCli({ QStringLiteral("export"), QString::fromStdString(other.string()),
         QStringLiteral("--plan"), plan, QStringLiteral("-o"), out });
     QVERIFY(r.exitCode != 0);
     QVERIFY2(r.stdErr.contains(QStringLiteral("config.json")) && r.stdErr.contains(QStringLiteral("atlas")),
@@ -240,7 +234,7 @@ void TstCliPipeline::evalSweepIntoCsvAndAtlas()
     QVERIFY(fs::exists(plan.toStdString()));
     const QString csv = path(QStringLiteral("sweep.csv"));
     const test::ProcessResult r
-        = runCli({ QStringLiteral("eval"), QStringLiteral("--atlas"), m_atlas, QStringLiteral("--sparsity"),
+        = test::runCli({ QStringLiteral("eval"), QStringLiteral("--atlas"), m_atlas, QStringLiteral("--sparsity"),
             QStringLiteral("0.25,0.5"), QStringLiteral("--criteria"), QStringLiteral("peu,frequency"),
             QStringLiteral("--random-plans"), QStringLiteral("2"), QStringLiteral("--plan"), plan,
             QStringLiteral("--csv"), csv, QStringLiteral("--label"), QStringLiteral("sweep") });

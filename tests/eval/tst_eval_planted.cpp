@@ -23,14 +23,6 @@ using namespace moeatlas;
 
 namespace {
 
-test::ProcessResult runCli(const QStringList& args)
-{
-    const test::ProcessResult r = test::runProcess(test::cliExecutable(), args);
-    if (r.exitCode != 0)
-        qWarning("moeatlas %s: exit %d\n%s", qPrintable(args.join(QLatin1Char(' '))), r.exitCode, qPrintable(r.stdErr));
-    return r;
-}
-
 struct CsvRow {
     std::string variant, method, criterion, target, domain;
     double sparsity = 0, nll = 0;
@@ -90,8 +82,8 @@ private Q_SLOTS:
 
         QStringList capture = { QStringLiteral("capture"), path(QStringLiteral("model")), QStringLiteral("--seq-len"),
             QStringLiteral("64"), QStringLiteral("-o"), path(QStringLiteral("run.atlas.h5")) };
-        QCOMPARE(runCli(capture + domainArgs(QStringLiteral("calib"))).exitCode, 0);
-        QCOMPARE(runCli({ QStringLiteral("score"), path(QStringLiteral("run.atlas.h5")) }).exitCode, 0);
+        QCOMPARE(test::runCli(capture + domainArgs(QStringLiteral("calib"))).exitCode, 0);
+        QCOMPARE(test::runCli({ QStringLiteral("score"), path(QStringLiteral("run.atlas.h5")) }).exitCode, 0);
     }
 
     // Full model and "own crucial experts dropped" plans: our masked loss equals transformers'.
@@ -114,7 +106,7 @@ private Q_SLOTS:
             std::ofstream(file.toStdString()) << plan.dump();
             args << QStringLiteral("--plan") << file;
         }
-        QCOMPARE(runCli(args + domainArgs(QStringLiteral("heldout"))).exitCode, 0);
+        QCOMPARE(test::runCli(args + domainArgs(QStringLiteral("heldout"))).exitCode, 0);
         std::map<std::pair<std::string, std::string>, double> nll;
         for (const CsvRow& r : readCsv(path(QStringLiteral("nocrucial.csv"))))
             nll[{ r.variant, r.domain }] = r.nll;
@@ -138,7 +130,7 @@ private Q_SLOTS:
             QStringLiteral("0.5"), QStringLiteral("--criteria"), QStringLiteral("peu,frequency"),
             QStringLiteral("--random-plans"), QStringLiteral("8"), QStringLiteral("--seq-len"), QStringLiteral("64"),
             QStringLiteral("--csv"), csv, QStringLiteral("--label"), QStringLiteral("planted") };
-        const test::ProcessResult r = runCli(args + domainArgs(QStringLiteral("heldout")));
+        const test::ProcessResult r = test::runCli(args + domainArgs(QStringLiteral("heldout")));
         QCOMPARE(r.exitCode, 0);
         qInfo("%s", qPrintable(r.stdOut));
         const std::vector<CsvRow> rows = readCsv(csv);

@@ -42,6 +42,14 @@ ProcessResult runProcess(const QString& program, const QStringList& args, int ti
     return result;
 }
 
+ProcessResult runCli(const QStringList& args, int timeoutMs)
+{
+    const ProcessResult r = runProcess(cliExecutable(), args, timeoutMs);
+    if (r.exitCode != 0)
+        qWarning("moeatlas %s: exit %d\n%s", qPrintable(args.join(QLatin1Char(' '))), r.exitCode, qPrintable(r.stdErr));
+    return r;
+}
+
 ProcessResult runPython(const QString& script, const QStringList& args, int timeoutMs)
 {
     return runProcess(pythonExecutable(), QStringList { sourcePath(script) } + args, timeoutMs);

@@ -21,6 +21,9 @@ struct ProcessResult {
 
 // Runs a program to completion (timeout in ms); crashes and time-outs give exitCode -1.
 ProcessResult runProcess(const QString& program, const QStringList& args, int timeoutMs = 600000);
+// Runs the moeatlas CLI (cliExecutable()); a non-zero exit is logged with its stderr (qWarning), so
+// a failing QCOMPARE on the exit code shows why.
+ProcessResult runCli(const QStringList& args, int timeoutMs = 600000);
 // Runs `python <script> args...` with the reference python; QFAILs (via the caller checking
 // exitCode) print stderr. Script paths are relative to the source tree.
 ProcessResult runPython(const QString& script, const QStringList& args, int timeoutMs = 600000);
