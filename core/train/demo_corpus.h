@@ -1,0 +1,58 @@
+// The synthetic multi-domain corpus the embedded demo model is trained on (issue 8): four domains
+// with clearly different statistics (arithmetic, a toy programming language, JSON records, prose).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace moeatlas {
+
+// splitmix64 with an integer-to-range mapping written out: the same seed gives the same corpus on
+// every platform and standard library (<random> distributions are implementation-defined).
+class SplitMix64 {
+public:
+    explicit SplitMix64(uint64_t seed)
+        : m_state(seed)
+    {
+    }
+    uint64_t next();
+    // Uniform in [0, n) by the high half of a 128-bit product (n > 0).
+    uint64_t below(uint64_t n);
+    // Uniform in [lo, hi] (inclusive).
+    int64_t range(int64_t lo, int64_t hi);
+    double uniform(); // [0, 1)
+
+private:
+    uint64_t m_state;
+};
+
+// The domain names, in their fixed order: arith, code, json, prose.
+const std::vector<std::string>& demoDomains();
+
+// One document of `domain` (no blank line inside, no trailing newline). Throws InputError for an
+// unknown domain.
+std::string generateDemoDocument(const std::string& domain, SplitMix64& rng);
+
+struct DemoCorpusOptions {
+    uint64_t seed = 1;
+    int trainDocs = 2500; // per domain
+    int calibrationDocs = 64; // per domain
+    int heldoutDocs = 64; // per domain
+};
+
+const std::vector<std::string>& demoSplits(); // train, calibration, heldout
+
+// Documents of every domain and split: docs[split][domain] in the orders above. Documents are unique
+// within a domain across all splits (a duplicate draw is redrawn), so the splits are disjoint.
+std::vector<std::vector<std::vector<std::string>>> generateDemoCorpus(const DemoCorpusOptions& options);
+
+// Writes <dir>/<split>/<domain>.txt (documents separated by one blank line, final newline), each
+// file atomically. Returns the files written.
+std::vector<std::filesystem::path> writeDemoCorpus(const DemoCorpusOptions& options, const std::filesystem::path& dir);
+
+// Splits a corpus file into its documents (blocks separated by blank lines), as capture reads them.
+std::vector<std::string> readDemoDocuments(const std::filesystem::path& file);
+
+} // namespace moeatlas
