@@ -1,0 +1,145 @@
+// ExportDialog driven like a user would (fields set, Export clicked): the checkpoint it writes is
+// byte-identical, file by file, to `moeatlas export SRC --plan P -o OUT` with the same options;
+// a non-empty output is refused without "Replace" and replaced with it.
+#include "jobs/export_dialog.h"
+#include "jobs/job_runner.h"
+#include "tst_charts_fixture.h"
+
+#include "util/sha256.h"
+
+#include <QDialogButtonBox>
+#include <QPushButton>
+#include <QSignalSpy>
+#include <QTemporaryDir>
+#include <QTest>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+namespace fs = std::filesystem;
+using namespace moeatlas;
+using namespace moeatlas::views;
+
+namespace {
+
+// Relative path -> SHA-256 of every regular file under dir.
+std::map<std::string, std::string> digests(const fs::path& dir)
+{
+    std::map<std::string, std::string> out;
+    for (const auto& entry : fs::recursive_directory_iterator(dir))
+        if (entry.is_regular_file())
+            out[fs::relative(entry.path(), dir).string()] = sha256File(entry.path());
+    return out;
+}
+
+QPushButton* exportButton(ExportDialog& dialog)
+{
+    for (QAbstractButton* b : dialog.findChild<QDialogButtonBox*>()->buttons())
+        if (b->text() == ExportDialog::tr("Export"))
+            return qobject_cast<QPushButton*>(b);
+    return nullptr;
+}
+
+} // namespace
+
+class TstJobsExportDialog : public QObject {
+    Q_OBJECT
+private Q_SLOTS:
+    void initTestCase();
+    void sameBytesAsCli_data();
+    void sameBytesAsCli();
+    void nonEmptyOutputNeedsReplace();
+
+private:
+    QTemporaryDir m_dir;
+    test::AtlasFixture m_f;
+};
+
+void TstJobsExportDialog::initTestCase()
+{
+    QVERIFY(m_dir.isValid());
+    QVERIFY2(!test::cliExecutable().isEmpty(), "MOEATLAS_CLI is unset");
+    // Experts 1024 wide: about 13 MB of weights, so 1 MiB shards give many files.
+    QVERIFY(test::buildAtlas(m_dir.path(), m_f, /*evaluate=*/false, /*expertWidth=*/1024));
+}
+
+void TstJobsExportDialog::sameBytesAsCli_data()
+{
+    QTest::addColumn<int>("shardMiB"); // 0 = the default (no flag)
+    QTest::newRow("default shards") << 0;
+    QTest::newRow("1 MiB shards") << 1;
+}
+
+void TstJobsExportDialog::sameBytesAsCli()
+{
+    QFETCH(int, shardMiB);
+    const QString tag = QString::fromLatin1(QTest::currentDataTag()).replace(QLatin1Char(' '), QLatin1Char('-'));
+    const QString cliOut = m_dir.filePath(QStringLiteral("cli-") + tag);
+    const QString guiOut = m_dir.filePath(QStringLiteral("gui-") + tag);
+    QStringList args { QStringLiteral("export"), m_f.model, QStringLiteral("--plan"), m_f.plan, QStringLiteral("-o"),
+        cliOut };
+    if (shardMiB > 0)
+        args << QStringLiteral("--max-shard-mib") << QString::number(shardMiB);
+    QCOMPARE(test::runMoeatlas(args).exitCode, 0);
+
+    JobRunner runner;
+    ExportDialog dialog(readPlan(m_f.plan.toStdString()), m_f.plan, m_f.model, &runner);
+    dialog.setOutputDir(guiOut);
+    if (shardMiB > 0)
+        dialog.setMaxShardMiB(shardMiB);
+    dialog.show();
+    QSignalSpy done(&dialog, &ExportDialog::exportFinished);
+    QPushButton* button = exportButton(dialog);
+    QVERIFY(button);
+    QTest::mouseClick(button, Qt::LeftButton);
+    QVERIFY(dialog.isExporting());
+    QVERIFY(dialog.isVisible()); // Export keeps the dialog open for progress
+    QTRY_COMPARE_WITH_TIMEOUT(done.size(), 1, 300000);
+    QVERIFY2(done.first().at(0).toBool(), qPrintable(done.first().at(1).toString()));
+    QCOMPARE(done.first().at(1).toString(), guiOut);
+
+    const auto cli = digests(cliOut.toStdString()), gui = digests(guiOut.toStdString());
+    QVERIFY(cli.size() >= 3); // config, weights, model card (the generated model has no tokenizer)
+    QVERIFY(cli.count("config.json") && cli.count("README.md"));
+    for (const auto& [file, sha] : cli) {
+        QVERIFY2(gui.count(file), file.c_str());
+        QVERIFY2(gui.at(file) == sha, file.c_str());
+    }
+    QCOMPARE(gui.size(), cli.size());
+    if (shardMiB == 1)
+        QVERIFY(cli.count("model.safetensors.index.json") && cli.size() > 6);
+}
+
+void TstJobsExportDialog::nonEmptyOutputNeedsReplace()
+{
+    const QString out = m_dir.filePath(QStringLiteral("occupied"));
+    fs::create_directories(out.toStdString());
+    std::ofstream(fs::path(out.toStdString()) / "keep.txt") << "user data\n";
+    const QString cliOut = m_dir.filePath(QStringLiteral("cli-default-shards"));
+    QVERIFY(fs::exists(cliOut.toStdString())); // from sameBytesAsCli
+
+    JobRunner runner;
+    ExportDialog dialog(readPlan(m_f.plan.toStdString()), m_f.plan, m_f.model, &runner);
+    QSignalSpy done(&dialog, &ExportDialog::exportFinished);
+    QVERIFY(!dialog.startExport()); // no output directory yet
+    QVERIFY(!dialog.statusText().isEmpty());
+    dialog.setOutputDir(out);
+    QVERIFY(dialog.startExport());
+    QTRY_COMPARE_WITH_TIMEOUT(done.size(), 1, 300000);
+    QCOMPARE(done.first().at(0).toBool(), false);
+    QVERIFY2(
+        done.first().at(1).toString().contains(QStringLiteral("not empty")), qPrintable(done.first().at(1).toString()));
+    QVERIFY(dialog.statusText().contains(QStringLiteral("occupied")));
+    QVERIFY(fs::exists(fs::path(out.toStdString()) / "keep.txt"));
+
+    dialog.setForce(true);
+    QVERIFY(dialog.startExport());
+    QTRY_COMPARE_WITH_TIMEOUT(done.size(), 2, 300000);
+    QVERIFY2(done.last().at(0).toBool(), qPrintable(done.last().at(1).toString()));
+    QVERIFY(!fs::exists(fs::path(out.toStdString()) / "keep.txt"));
+    QVERIFY(digests(out.toStdString()) == digests(cliOut.toStdString()));
+}
+
+QTEST_MAIN(TstJobsExportDialog)
+#include "tst_jobs_export_dialog.moc"

@@ -1,0 +1,160 @@
+// Renders the workbench's main views on an atlas to PNG: into $MOEATLAS_SCREENSHOTS_DIR when set
+// (docs/screenshots/), otherwise into a temporary directory; either way the images must show
+// something (many distinct colours, not one flat fill). Uses the trained demo atlas when present.
+#include "atlas_document.h"
+#include "budget_panel.h"
+#include "heatmap_model.h"
+#include "heatmap_view.h"
+#include "main_window.h"
+#include "test_support.h"
+#include "views_fixture.h"
+
+#include <QComboBox>
+#include <QDir>
+#include <QFileInfo>
+#include <QSet>
+#include <QSettings>
+#include <QSlider>
+#include <QStandardPaths>
+#include <QTabWidget>
+#include <QTemporaryDir>
+#include <QTest>
+
+using namespace moeatlas;
+using namespace moeatlas::views;
+
+namespace {
+
+int distinctColors(const QImage& image)
+{
+    QSet<QRgb> colors;
+    const QImage rgb = image.convertToFormat(QImage::Format_RGB32);
+    for (int y = 0; y < rgb.height(); y += 2)
+        for (int x = 0; x < rgb.width(); x += 2)
+            colors.insert(rgb.pixel(x, y));
+    return static_cast<int>(colors.size());
+}
+
+} // namespace
+
+class TstScreenshots : public QObject {
+    Q_OBJECT
+private Q_SLOTS:
+    void initTestCase();
+    void render_data();
+    void render();
+    void deepSeekScale();
+
+private:
+    QTemporaryDir m_tmp;
+    QTemporaryDir m_settings;
+    QString m_atlas;
+    QString m_out;
+};
+
+void TstScreenshots::initTestCase()
+{
+    QVERIFY(m_tmp.isValid() && m_settings.isValid());
+    QStandardPaths::setTestModeEnabled(true);
+    QSettings::setPath(QSettings::IniFormat, QSettings::UserScope, m_settings.path());
+    const QString demo = test::sourcePath(QStringLiteral("resources/demo/demo.atlas.h5"));
+    if (QFileInfo::exists(demo)) {
+        m_atlas = demo;
+    } else {
+        QString error;
+        m_atlas = test::buildViewsAtlas(m_tmp.path(), &error);
+        QVERIFY2(!m_atlas.isEmpty(), qPrintable(error));
+    }
+    m_out = qEnvironmentVariable("MOEATLAS_SCREENSHOTS_DIR");
+    if (m_out.isEmpty())
+        m_out = m_tmp.filePath(QStringLiteral("screenshots"));
+    QVERIFY(QDir().mkpath(m_out));
+    qInfo("screenshots of %s into %s", qPrintable(m_atlas), qPrintable(m_out));
+}
+
+void TstScreenshots::render_data()
+{
+    QTest::addColumn<QString>("name");
+    QTest::addColumn<bool>("dark");
+    QTest::newRow("light") << QStringLiteral("workbench") << false;
+    QTest::newRow("dark") << QStringLiteral("workbench-dark") << true;
+}
+
+void TstScreenshots::render()
+{
+    QFETCH(QString, name);
+    QFETCH(bool, dark);
+    MainWindow w;
+    w.setErrorDialogsEnabled(false);
+    w.setDarkPalette(dark);
+    w.resize(1440, 900);
+    w.show();
+    QVERIFY(QTest::qWaitForWindowExposed(&w));
+    QVERIFY(w.openAtlasBlocking(m_atlas));
+    const QStringList domains = w.document()->snapshot()->domainNames();
+    QVERIFY(!domains.isEmpty());
+    w.budgetPanel()->setTargetDomain(domains.first());
+    w.budgetPanel()->sparsitySlider()->setValue(50);
+    QTest::qWait(200); // let the docks' layouts settle (posted layout requests)
+
+    const auto save = [this](const QImage& image, const QString& file) {
+        const QString path = QDir(m_out).filePath(file);
+        QVERIFY2(image.save(path), qPrintable(path));
+        QVERIFY2(distinctColors(image) > 16, qPrintable(path + QStringLiteral(" looks blank")));
+    };
+    save(w.grab().toImage(), name + QStringLiteral(".png"));
+    if (dark)
+        return;
+
+    // The heatmap alone: by expert index and sorted by value, with the plan overlay.
+    const QString heatmap = QDir(m_out).filePath(QStringLiteral("heatmap.png"));
+    QVERIFY(w.heatmapView()->exportPng(heatmap));
+    QVERIFY(distinctColors(QImage(heatmap)) > 16);
+    w.heatmapView()->setSortedByValue(true);
+    const QString sorted = QDir(m_out).filePath(QStringLiteral("heatmap-sorted.png"));
+    QVERIFY(w.heatmapView()->exportPng(sorted));
+    QVERIFY(distinctColors(QImage(sorted)) > 16);
+    w.heatmapView()->setSortedByValue(false);
+
+    // Load share, per domain.
+    w.quantityCombo()->setCurrentText(QStringLiteral("load_share"));
+    w.domainCombo()->setCurrentIndex(0);
+    const QString load = QDir(m_out).filePath(QStringLiteral("heatmap-load-share.png"));
+    QVERIFY(w.heatmapView()->exportPng(load));
+
+    // The other tabs (trade-off chart, routing statistics) as the window shows them.
+    for (int i = 1; i < w.tabs()->count(); ++i) {
+        w.tabs()->setCurrentIndex(i);
+        QCoreApplication::processEvents();
+        QString tab = w.tabs()->tabText(i).remove(QLatin1Char('&')).toLower();
+        tab.replace(QLatin1Char(' '), QLatin1Char('-'));
+        const QString file = QStringLiteral("tab-%1.png").arg(tab);
+        const QImage image = w.tabs()->currentWidget()->grab().toImage();
+        QVERIFY(image.save(QDir(m_out).filePath(file)));
+    }
+}
+
+void TstScreenshots::deepSeekScale()
+{
+    // DeepSeek-V3's shape (61 MoE layers x 256 experts, synthetic scores), sorted, with a 75 %
+    // global generalist plan from the budget panel.
+    const auto snapshot = test::syntheticSnapshot(61, 256, 8);
+    HeatmapModel model;
+    model.setHeatmap(heatmapData(*snapshot, { HeatmapQuantity::Kind::Score, QStringLiteral("peu"), 2 }));
+    BudgetPanel panel;
+    panel.setSnapshot(snapshot);
+    panel.setScope(BudgetScope::Global);
+    panel.setSparsityPercent(75);
+    QVERIFY(panel.plan());
+    QVERIFY(model.setPlan(*panel.plan()));
+    HeatmapView view;
+    view.setModel(&model);
+    view.setSortedByValue(true);
+    view.setCellSize(4, 6);
+    const QString path = QDir(m_out).filePath(QStringLiteral("heatmap-61x256.png"));
+    QVERIFY(view.exportPng(path));
+    QVERIFY(distinctColors(QImage(path)) > 16);
+}
+
+QTEST_MAIN(TstScreenshots)
+#include "tst_screenshots.moc"

@@ -1,0 +1,198 @@
+#include "atlas_document.h"
+
+#include "charts/routing_stats_data.h"
+#include "checkpoint/checkpoint.h"
+#include "plan/plan_costs.h"
+#include "util/error.h"
+#include "util/sha256.h"
+
+#include <nlohmann/json.hpp>
+
+#include <QFutureWatcher>
+#include <QtConcurrent/QtConcurrentRun>
+
+#include <algorithm>
+#include <filesystem>
+
+namespace moeatlas::views {
+
+namespace {
+
+const AtlasArray* findArray(const AtlasResults* results, const std::string& name)
+{
+    return results ? results->find(name) : nullptr;
+}
+
+// Top-k and router groups from the config the atlas recorded, so plans compile without the
+// checkpoint; costs and the model type come from the checkpoint when it is still there.
+void fillPlanContext(AtlasSnapshot& s)
+{
+    s.planContext = PlanContext {};
+    s.planContext.topK = std::max(1, s.model.topK);
+    s.planContext.modelType = s.model.modelType;
+    s.planContext.numLayers = s.model.numLayers;
+    s.planContext.checkpoint = s.model.checkpointPath;
+    const nlohmann::json config = nlohmann::json::parse(s.model.configJson, nullptr, false);
+    if (config.is_object() && config.contains("n_group") && config["n_group"].is_number_integer())
+        s.planContext.numGroups = std::max(1, config["n_group"].get<int>());
+
+    const std::filesystem::path dir(s.model.checkpointPath);
+    std::error_code ec;
+    if (s.model.checkpointPath.empty() || !std::filesystem::is_regular_file(dir / "config.json", ec)) {
+        s.costsNote = QStringLiteral("checkpoint %1 not found: predicted savings unavailable")
+                          .arg(QString::fromStdString(s.model.checkpointPath));
+        return;
+    }
+    try {
+        if (sha256File(dir / "config.json") != s.model.configSha256) {
+            s.costsNote = QStringLiteral("checkpoint %1 has another config.json than the atlas was captured from: "
+                                         "predicted savings unavailable")
+                              .arg(QString::fromStdString(s.model.checkpointPath));
+            return;
+        }
+        const Checkpoint checkpoint(dir);
+        s.planContext = planContextFor(checkpoint);
+        s.hasCosts = true;
+    } catch (const std::exception& e) {
+        s.costsNote = QStringLiteral("predicted savings unavailable: %1").arg(QString::fromUtf8(e.what()));
+    }
+}
+
+} // namespace
+
+QStringList AtlasSnapshot::domainNames() const
+{
+    QStringList names;
+    for (const AtlasDomain& d : domains)
+        names << QString::fromStdString(d.name);
+    return names;
+}
+
+QStringList AtlasSnapshot::criteria() const
+{
+    QStringList names;
+    for (const auto& [name, group] : scoreGroups)
+        names << QString::fromStdString(name);
+    return names;
+}
+
+const AtlasArray* AtlasSnapshot::scoreArray(const std::string& criterion, const std::string& name) const
+{
+    const auto it = scoreGroups.find(criterion);
+    return it == scoreGroups.end() ? nullptr : findArray(&it->second, name);
+}
+
+const AtlasArray* AtlasSnapshot::statisticsArray(const std::string& name) const
+{
+    return statistics ? findArray(&*statistics, name) : nullptr;
+}
+
+std::shared_ptr<const AtlasSnapshot> loadAtlasSnapshot(const QString& path)
+{
+    auto s = std::make_shared<AtlasSnapshot>();
+    s->path = path;
+    const std::filesystem::path file(path.toStdString());
+    std::error_code ec;
+    if (!std::filesystem::exists(file, ec))
+        throw InputError(file.string() + ": no such file");
+    const AtlasFile atlas = AtlasFile::openReadOnly(file);
+    s->complete = atlas.isComplete();
+    s->model = atlas.model();
+    s->domains = atlas.calibration().domains;
+    for (const std::string& criterion : atlas.resultGroups("scores")) {
+        if (std::optional<AtlasResults> group = atlas.readResults("scores/" + criterion))
+            s->scoreGroups.emplace(criterion, std::move(*group));
+    }
+    s->statistics = atlas.readResults("statistics");
+    try {
+        s->routingStats = std::make_shared<const RoutingStats>(routingStatsFromAtlas(atlas));
+    } catch (const std::exception& e) {
+        s->routingStatsNote = QString::fromUtf8(e.what());
+    }
+    for (const std::string& label : atlas.resultGroups("evaluation")) {
+        if (std::optional<AtlasResults> table = atlas.readResults("evaluation/" + label))
+            s->evaluations.emplace(label, std::move(*table));
+    }
+    // Plan-ready tables through the same reader as `moeatlas plan` (shape checks included).
+    if (s->complete) {
+        for (const auto& [criterion, group] : s->scoreGroups)
+            s->scores.emplace(criterion, readAtlasScores(file, criterion));
+    }
+    fillPlanContext(*s);
+    return s;
+}
+
+AtlasDocument::AtlasDocument(QObject* parent)
+    : QObject(parent)
+{
+}
+
+AtlasDocument::~AtlasDocument() = default;
+
+QString AtlasDocument::path() const
+{
+    return m_snapshot ? m_snapshot->path : QString();
+}
+
+void AtlasDocument::open(const QString& path)
+{
+    const quint64 job = ++m_job;
+    m_loading = true;
+    Q_EMIT loadingStarted(path);
+    auto* watcher = new QFutureWatcher<std::pair<std::shared_ptr<const AtlasSnapshot>, QString>>(this);
+    connect(watcher, &QFutureWatcherBase::finished, this, [this, watcher, job] {
+        auto [snapshot, error] = watcher->result();
+        watcher->deleteLater();
+        finishLoad(job, std::move(snapshot), error);
+    });
+    watcher->setFuture(QtConcurrent::run([path]() -> std::pair<std::shared_ptr<const AtlasSnapshot>, QString> {
+        try {
+            return { loadAtlasSnapshot(path), QString() };
+        } catch (const std::exception& e) {
+            return { nullptr, QStringLiteral("Cannot open %1: %2").arg(path, QString::fromUtf8(e.what())) };
+        }
+    }));
+}
+
+bool AtlasDocument::openBlocking(const QString& path)
+{
+    const quint64 job = ++m_job;
+    m_loading = true;
+    Q_EMIT loadingStarted(path);
+    try {
+        finishLoad(job, loadAtlasSnapshot(path), QString());
+        return true;
+    } catch (const std::exception& e) {
+        finishLoad(job, nullptr, QStringLiteral("Cannot open %1: %2").arg(path, QString::fromUtf8(e.what())));
+        return false;
+    }
+}
+
+void AtlasDocument::finishLoad(quint64 job, std::shared_ptr<const AtlasSnapshot> snapshot, const QString& error)
+{
+    if (job != m_job)
+        return; // superseded by a later open()
+    m_loading = false;
+    if (!snapshot) {
+        Q_EMIT failed(error);
+        return;
+    }
+    m_snapshot = std::move(snapshot);
+    Q_EMIT changed();
+    Q_EMIT loaded(m_snapshot->path);
+}
+
+void AtlasDocument::setSnapshot(std::shared_ptr<const AtlasSnapshot> snapshot)
+{
+    ++m_job;
+    m_loading = false;
+    m_snapshot = std::move(snapshot);
+    Q_EMIT changed();
+}
+
+void AtlasDocument::close()
+{
+    setSnapshot(nullptr);
+}
+
+} // namespace moeatlas::views

@@ -1,0 +1,491 @@
+#include "budget_panel.h"
+
+#include "atlas_document.h"
+#include "util/atomic_file.h"
+
+#include <nlohmann/json.hpp>
+
+#include <QCheckBox>
+#include <QComboBox>
+#include <QDoubleSpinBox>
+#include <QFileDialog>
+#include <QFormLayout>
+#include <QGroupBox>
+#include <QHBoxLayout>
+#include <QLabel>
+#include <QPushButton>
+#include <QSlider>
+#include <QVBoxLayout>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <map>
+
+namespace moeatlas::views {
+
+namespace {
+
+QString gigabytes(uint64_t bytes)
+{
+    return QStringLiteral("%1 MB").arg(static_cast<double>(bytes) / 1e6, 0, 'f', 3);
+}
+
+QString millions(int64_t n)
+{
+    return QStringLiteral("%1 M").arg(static_cast<double>(n) / 1e6, 0, 'f', 3);
+}
+
+QString reduction(double before, double after)
+{
+    return before > 0 ? QStringLiteral(" (−%1%)").arg(100.0 * (before - after) / before, 0, 'f', 1) : QString();
+}
+
+} // namespace
+
+RoutingMassProxy retainedRoutingMass(const AtlasSnapshot& snapshot, const Plan& plan)
+{
+    RoutingMassProxy proxy;
+    const AtlasArray* mass = snapshot.scoreArray("soft_mass");
+    proxy.source = QStringLiteral("soft_mass");
+    if (!mass) {
+        mass = snapshot.statisticsArray("load_share");
+        proxy.source = QStringLiteral("load_share");
+    }
+    const auto D = static_cast<uint64_t>(snapshot.domains.size());
+    const auto L = static_cast<uint64_t>(snapshot.numLayers());
+    const auto E = static_cast<uint64_t>(snapshot.numExperts());
+    if (!mass || mass->dims.size() != 3 || mass->dims[0] < D || mass->dims[1] != L || mass->dims[2] != E
+        || plan.keep.size() != L || L == 0) {
+        proxy.source.clear();
+        return proxy;
+    }
+    proxy.perDomain.assign(D, 0.0);
+    for (uint64_t d = 0; d < D; ++d) {
+        double total = 0;
+        for (uint64_t l = 0; l < L; ++l) {
+            const double* row = mass->values.data() + (d * L + l) * E;
+            for (const int e : plan.keep[l])
+                total += row[e];
+        }
+        proxy.perDomain[d] = total / static_cast<double>(L);
+    }
+    return proxy;
+}
+
+BudgetPanel::BudgetPanel(QWidget* parent)
+    : QWidget(parent)
+{
+    auto* outer = new QVBoxLayout(this);
+
+    auto* planBox = new QGroupBox(tr("Plan"), this);
+    auto* form = new QFormLayout(planBox);
+    m_criterion = new QComboBox(planBox);
+    m_criterion->setToolTip(tr("Expert scores to rank by (moeatlas score)"));
+    form->addRow(tr("&Criterion:"), m_criterion);
+    m_target = new QComboBox(planBox);
+    m_target->setToolTip(tr("Specialist: keep what one domain needs; generalist: a weighted mean of the domains"));
+    form->addRow(tr("&Target:"), m_target);
+    m_scope = new QComboBox(planBox);
+    m_scope->addItem(tr("Uniform (same count per layer)"));
+    m_scope->addItem(tr("Global (ranked across layers)"));
+    form->addRow(tr("&Scope:"), m_scope);
+    m_kind = new QComboBox(planBox);
+    m_kind->addItem(tr("Drop % of routed experts"));
+    m_kind->addItem(tr("Target checkpoint size (MB)"));
+    m_kind->addItem(tr("Target parameters (millions)"));
+    form->addRow(tr("&Budget:"), m_kind);
+    m_slider = new QSlider(Qt::Horizontal, planBox);
+    m_slider->setRange(0, 99);
+    m_slider->setValue(50);
+    m_slider->setToolTip(tr("Percent of routed experts dropped"));
+    m_sliderLabel = new QLabel(planBox);
+    auto* sliderRow = new QHBoxLayout;
+    sliderRow->addWidget(m_slider, 1);
+    sliderRow->addWidget(m_sliderLabel);
+    form->addRow(tr("Sparsity:"), sliderRow);
+    m_amount = new QDoubleSpinBox(planBox);
+    m_amount->setDecimals(3);
+    m_amount->setRange(0, 1e12);
+    m_amount->setKeyboardTracking(false);
+    form->addRow(tr("T&arget:"), m_amount);
+    outer->addWidget(planBox);
+
+    auto* weightsGroup = new QGroupBox(tr("Generalist weights"), this);
+    auto* weightsLayout = new QVBoxLayout(weightsGroup);
+    m_customWeights = new QCheckBox(tr("Custom domain &weights (default: token counts)"), weightsGroup);
+    weightsLayout->addWidget(m_customWeights);
+    m_weightsBox = new QVBoxLayout;
+    weightsLayout->addLayout(m_weightsBox);
+    outer->addWidget(weightsGroup);
+
+    auto* resultGroup = new QGroupBox(tr("Prediction"), this);
+    auto* resultLayout = new QVBoxLayout(resultGroup);
+    m_kept = new QLabel(resultGroup);
+    m_savings = new QLabel(resultGroup);
+    m_proxyLabel = new QLabel(resultGroup);
+    m_proxyLabel->setToolTip(tr("Per domain: the mean over MoE layers of the summed soft_mass score (mean softmax "
+                                "probability) of the kept experts; load_share when the atlas has no soft_mass. "
+                                "100% = nothing dropped. A quick proxy; Evaluate… measures the loss."));
+    // Short explicit lines, no word wrap: wrapped labels in a scrolled dock lose their height.
+    for (QLabel* l : { m_kept, m_savings, m_proxyLabel }) {
+        l->setTextInteractionFlags(Qt::TextSelectableByMouse);
+        resultLayout->addWidget(l);
+    }
+    m_kept->setWordWrap(true); // error messages can be long
+    outer->addWidget(resultGroup);
+
+    auto* buttons = new QHBoxLayout;
+    m_evaluate = new QPushButton(tr("&Evaluate…"), this);
+    m_evaluate->setToolTip(tr("Measure the per-domain loss of this plan (background job)"));
+    m_save = new QPushButton(tr("Save &plan…"), this);
+    buttons->addWidget(m_evaluate);
+    buttons->addWidget(m_save);
+    outer->addLayout(buttons);
+    outer->addStretch(1);
+
+    const auto changed = [this] {
+        if (!m_updating)
+            recompile();
+    };
+    connect(m_criterion, &QComboBox::currentIndexChanged, this, changed);
+    connect(m_target, &QComboBox::currentIndexChanged, this, [this] {
+        const bool generalist = m_target->currentIndex() <= 0;
+        m_customWeights->setEnabled(generalist);
+        for (auto& [name, slider] : m_weights)
+            slider->setEnabled(generalist && m_customWeights->isChecked());
+        if (!m_updating)
+            recompile();
+    });
+    connect(m_customWeights, &QCheckBox::toggled, this, [this](bool on) {
+        for (auto& [name, slider] : m_weights)
+            slider->setEnabled(on);
+        if (!m_updating)
+            recompile();
+    });
+    connect(m_scope, &QComboBox::currentIndexChanged, this, changed);
+    connect(m_kind, &QComboBox::currentIndexChanged, this, [this] {
+        updateBudgetControls();
+        if (!m_updating)
+            recompile();
+    });
+    connect(m_slider, &QSlider::valueChanged, this, changed);
+    connect(m_amount, &QDoubleSpinBox::valueChanged, this, changed);
+    connect(m_evaluate, &QPushButton::clicked, this, [this] {
+        if (m_plan)
+            Q_EMIT evaluateRequested(*m_plan);
+    });
+    connect(m_save, &QPushButton::clicked, this, &BudgetPanel::saveWithDialog);
+    setSnapshot(nullptr);
+}
+
+BudgetPanel::~BudgetPanel() = default;
+
+void BudgetPanel::setSnapshot(std::shared_ptr<const AtlasSnapshot> snapshot)
+{
+    m_snapshot = std::move(snapshot);
+    m_updating = true;
+    // Reopening (e.g. after an evaluation wrote to the atlas) keeps the choices that still apply.
+    const QString previousCriterion = m_criterion->currentText();
+    const QString previousTarget = targetDomain();
+    std::map<QString, int> previousWeights;
+    for (const auto& [name, slider] : m_weights)
+        previousWeights[name] = slider->value();
+    m_criterion->clear();
+    m_target->clear();
+    if (m_snapshot) {
+        QStringList criteria;
+        for (const auto& [name, scores] : m_snapshot->scores)
+            criteria << QString::fromStdString(name);
+        m_criterion->addItems(criteria);
+        // PEU (the PreMoE criterion) first when there is no earlier choice.
+        const QString preferred = criteria.contains(previousCriterion) ? previousCriterion : QStringLiteral("peu");
+        if (criteria.contains(preferred))
+            m_criterion->setCurrentText(preferred);
+        m_target->addItem(tr("Generalist (all domains)"));
+        for (const QString& d : m_snapshot->domainNames())
+            m_target->addItem(tr("Specialist: %1").arg(d), d);
+        m_target->setCurrentIndex(std::max(0, m_target->findData(previousTarget)));
+        const int E = std::max(1, m_snapshot->numExperts());
+        const int topK = std::max(1, m_snapshot->planContext.topK);
+        m_slider->setMaximum(std::max(0, static_cast<int>(std::floor(100.0 * (E - topK) / E))));
+        m_kind->setItemData(1, m_snapshot->hasCosts ? QVariant() : QVariant(0), Qt::UserRole - 1);
+        m_kind->setItemData(2, m_snapshot->hasCosts ? QVariant() : QVariant(0), Qt::UserRole - 1);
+        if (!m_snapshot->hasCosts)
+            m_kind->setCurrentIndex(0);
+    }
+    rebuildWeights();
+    for (auto& [name, slider] : m_weights) {
+        if (const auto it = previousWeights.find(name); it != previousWeights.end())
+            slider->setValue(it->second);
+    }
+    updateBudgetControls();
+    setEnabled(m_snapshot != nullptr);
+    m_updating = false;
+    recompile();
+}
+
+void BudgetPanel::rebuildWeights()
+{
+    for (auto& [name, slider] : m_weights)
+        delete slider->parentWidget();
+    m_weights.clear();
+    if (!m_snapshot)
+        return;
+    double total = 0;
+    for (const AtlasDomain& d : m_snapshot->domains)
+        total += static_cast<double>(d.numTokens);
+    for (const AtlasDomain& d : m_snapshot->domains) {
+        auto* row = new QWidget(this);
+        auto* layout = new QHBoxLayout(row);
+        layout->setContentsMargins(0, 0, 0, 0);
+        const QString name = QString::fromStdString(d.name);
+        auto* label = new QLabel(name, row);
+        label->setMinimumWidth(60);
+        auto* slider = new QSlider(Qt::Horizontal, row);
+        slider->setRange(0, 100);
+        slider->setValue(
+            total > 0 ? static_cast<int>(std::lround(100.0 * static_cast<double>(d.numTokens) / total)) : 50);
+        slider->setEnabled(m_customWeights->isChecked());
+        slider->setToolTip(tr("Weight of %1 in the generalist").arg(name));
+        layout->addWidget(label);
+        layout->addWidget(slider, 1);
+        m_weightsBox->addWidget(row);
+        connect(slider, &QSlider::valueChanged, this, [this] {
+            if (!m_updating && m_customWeights->isChecked())
+                recompile();
+        });
+        m_weights.emplace_back(name, slider);
+    }
+}
+
+void BudgetPanel::updateBudgetControls()
+{
+    const BudgetKind kind = budgetKind();
+    m_slider->setEnabled(kind == BudgetKind::DropPercent);
+    m_amount->setEnabled(kind != BudgetKind::DropPercent);
+    m_amount->setSuffix(kind == BudgetKind::TargetBytes ? QStringLiteral(" MB") : QStringLiteral(" M"));
+    m_sliderLabel->setText(QStringLiteral("%1%").arg(m_slider->value()));
+}
+
+void BudgetPanel::setCriterion(const QString& criterion)
+{
+    m_criterion->setCurrentText(criterion);
+}
+
+QString BudgetPanel::criterion() const
+{
+    return m_criterion->currentText();
+}
+
+void BudgetPanel::setTargetDomain(const QString& domain)
+{
+    const int i = domain.isEmpty() ? 0 : m_target->findData(domain);
+    if (i >= 0)
+        m_target->setCurrentIndex(i);
+}
+
+QString BudgetPanel::targetDomain() const
+{
+    return m_target->currentData().toString();
+}
+
+void BudgetPanel::setCustomWeights(bool custom)
+{
+    m_customWeights->setChecked(custom);
+}
+
+void BudgetPanel::setDomainWeight(const QString& domain, int weight)
+{
+    for (auto& [name, slider] : m_weights) {
+        if (name == domain)
+            slider->setValue(weight);
+    }
+}
+
+void BudgetPanel::setScope(BudgetScope scope)
+{
+    m_scope->setCurrentIndex(scope == BudgetScope::Global ? 1 : 0);
+}
+
+BudgetScope BudgetPanel::scope() const
+{
+    return m_scope->currentIndex() == 1 ? BudgetScope::Global : BudgetScope::Uniform;
+}
+
+void BudgetPanel::setBudgetKind(BudgetKind kind)
+{
+    m_kind->setCurrentIndex(static_cast<int>(kind));
+}
+
+BudgetPanel::BudgetKind BudgetPanel::budgetKind() const
+{
+    return static_cast<BudgetKind>(std::max(0, m_kind->currentIndex()));
+}
+
+void BudgetPanel::setSparsityPercent(int percent)
+{
+    m_slider->setValue(percent);
+}
+
+int BudgetPanel::sparsityPercent() const
+{
+    return m_slider->value();
+}
+
+void BudgetPanel::setTargetAmount(double amount)
+{
+    m_amount->setValue(amount);
+}
+
+Budget BudgetPanel::budget() const
+{
+    Budget b;
+    b.scope = scope();
+    switch (budgetKind()) {
+    case BudgetKind::DropPercent:
+        b.unit = BudgetUnit::Fraction;
+        b.amount = 1.0 - m_slider->value() / 100.0;
+        break;
+    case BudgetKind::TargetBytes:
+        b.unit = BudgetUnit::Bytes;
+        b.amount = m_amount->value() * 1e6;
+        break;
+    case BudgetKind::TargetParams:
+        b.unit = BudgetUnit::Params;
+        b.amount = m_amount->value() * 1e6;
+        break;
+    }
+    return b;
+}
+
+void BudgetPanel::recompile()
+{
+    m_sliderLabel->setText(QStringLiteral("%1%").arg(m_slider->value()));
+    m_plan.reset();
+    m_proxy = {};
+    m_error.clear();
+    const AtlasScores* found = nullptr;
+    if (m_snapshot) {
+        const auto it = m_snapshot->scores.find(criterion().toStdString());
+        found = it == m_snapshot->scores.end() ? nullptr : &it->second;
+    }
+    if (!found) {
+        m_error = m_snapshot ? tr("This atlas has no scores: run moeatlas score on it.") : tr("No atlas open.");
+        showResult();
+        return;
+    }
+    const AtlasScores& scores = *found;
+    try {
+        Plan plan;
+        const QString domain = targetDomain();
+        if (!domain.isEmpty()) {
+            plan = compileSpecialist(scores.domains, domain.toStdString(), budget(), m_snapshot->planContext);
+        } else if (m_customWeights->isChecked()) {
+            std::map<std::string, double> weights;
+            for (const auto& [name, slider] : m_weights)
+                weights[name.toStdString()] = slider->value();
+            plan = compileGeneralist(scores.domains, weights, budget(), m_snapshot->planContext);
+        } else {
+            plan = compilePooledGeneralist(scores.domains, scores.pooled, budget(), m_snapshot->planContext);
+        }
+        // Provenance as `moeatlas plan --atlas` records it.
+        const std::string atlas = m_snapshot->path.toStdString();
+        plan.scoresSource = atlas + ":/scores/" + criterion().toStdString();
+        plan.atlas = std::filesystem::absolute(atlas).string();
+        plan.configSha256 = m_snapshot->model.configSha256;
+        m_plan = std::move(plan);
+        m_proxy = retainedRoutingMass(*m_snapshot, *m_plan);
+    } catch (const std::exception& e) {
+        m_error = QString::fromUtf8(e.what());
+    }
+    showResult();
+    if (m_plan)
+        Q_EMIT planChanged(*m_plan);
+    else
+        Q_EMIT planFailed(m_error);
+}
+
+void BudgetPanel::showResult()
+{
+    m_evaluate->setEnabled(m_plan.has_value());
+    m_save->setEnabled(m_plan.has_value());
+    if (!m_plan) {
+        m_kept->setText(m_error);
+        m_savings->clear();
+        m_proxyLabel->clear();
+        return;
+    }
+    const Plan& p = *m_plan;
+    int total = 0;
+    int lo = p.numExperts;
+    int hi = 0;
+    for (std::size_t i = 0; i < p.keep.size(); ++i) {
+        total += p.keptIn(i);
+        lo = std::min(lo, p.keptIn(i));
+        hi = std::max(hi, p.keptIn(i));
+    }
+    const int all = p.numExperts * static_cast<int>(p.keep.size());
+    m_kept->setText(tr("Keeps %1 of %2 routed experts (%3 per layer)")
+                        .arg(total)
+                        .arg(all)
+                        .arg(lo == hi ? QString::number(lo) : QStringLiteral("%1–%2").arg(lo).arg(hi)));
+    if (m_snapshot->hasCosts && p.bytesBefore > 0) {
+        m_savings->setText(tr("Checkpoint: %1 → %2%3\nParameters: %4 → %5%6\nActive parameters per token: %7 → %8")
+                               .arg(gigabytes(p.bytesBefore), gigabytes(p.bytesAfter),
+                                   reduction(static_cast<double>(p.bytesBefore), static_cast<double>(p.bytesAfter)),
+                                   millions(p.paramsBefore), millions(p.paramsAfter),
+                                   reduction(static_cast<double>(p.paramsBefore), static_cast<double>(p.paramsAfter)),
+                                   millions(p.activeParamsBefore), millions(p.activeParamsAfter)));
+    } else {
+        m_savings->setText(m_snapshot->costsNote);
+    }
+    if (m_proxy.source.isEmpty()) {
+        m_proxyLabel->setText(tr("No soft_mass scores or load_share statistics: no quality proxy."));
+    } else {
+        QString text = tr("Retained routing mass (%1):").arg(m_proxy.source);
+        const QStringList names = m_snapshot->domainNames();
+        for (std::size_t d = 0; d < m_proxy.perDomain.size(); ++d)
+            text += QStringLiteral("\n  %1: %2%")
+                        .arg(names[static_cast<int>(d)])
+                        .arg(100.0 * m_proxy.perDomain[d], 0, 'f', 1);
+        m_proxyLabel->setText(text);
+    }
+}
+
+QString BudgetPanel::statusText() const
+{
+    return m_kept->text();
+}
+
+bool BudgetPanel::savePlan(const QString& path, QString* error) const
+{
+    if (!m_plan) {
+        if (error)
+            *error = tr("No plan to save: %1").arg(m_error);
+        return false;
+    }
+    try {
+        writeFileAtomically(path.toStdString(), planToJson(*m_plan).dump(2) + "\n");
+        return true;
+    } catch (const std::exception& e) {
+        if (error)
+            *error = tr("Cannot save %1: %2").arg(path, QString::fromUtf8(e.what()));
+        return false;
+    }
+}
+
+void BudgetPanel::saveWithDialog()
+{
+    const QString path
+        = QFileDialog::getSaveFileName(this, tr("Save plan"), QStringLiteral("plan.json"), tr("Plans (*.json)"));
+    if (path.isEmpty())
+        return;
+    QString error;
+    if (savePlan(path, &error))
+        Q_EMIT message(tr("Plan written to %1").arg(path));
+    else
+        Q_EMIT message(error);
+}
+
+} // namespace moeatlas::views

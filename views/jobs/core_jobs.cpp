@@ -1,0 +1,129 @@
+#include "jobs/core_jobs.h"
+
+#include "atlas/atlas_file.h"
+#include "checkpoint/checkpoint.h"
+#include "checkpoint/hf_config.h"
+#include "util/error.h"
+#include "util/sha256.h"
+
+#include <QFileInfo>
+
+#include <optional>
+
+namespace moeatlas::views {
+
+namespace {
+
+QString fileName(const std::filesystem::path& path)
+{
+    return QFileInfo(QString::fromStdString(path.string())).fileName();
+}
+
+QString qstr(const std::filesystem::path& path)
+{
+    return QString::fromStdString(path.string());
+}
+
+} // namespace
+
+Job captureJob(CaptureParams params)
+{
+    Job job;
+    job.name = QObject::tr("capture %1").arg(fileName(params.output));
+    job.run = [params = std::move(params)](const ProgressFn& progress, const StopToken* stop) {
+        const CaptureSummary s = runCapture(params, progress, stop);
+        return JobResult { QObject::tr("captured %1 tokens, %2 layers in %3 s")
+                               .arg(s.tokens)
+                               .arg(s.layersRun)
+                               .arg(s.seconds, 0, 'f', 1),
+            qstr(s.atlas) };
+    };
+    return job;
+}
+
+Job scoreJob(std::filesystem::path atlas, ScoreParams params, ScoreRunOptions options)
+{
+    Job job;
+    job.name = QObject::tr("score %1").arg(fileName(atlas));
+    job.run = [atlas = std::move(atlas), params, options = std::move(options)](
+                  const ProgressFn& progress, const StopToken* stop) {
+        const ScoreRunReport r = scoreAtlasFile(atlas, params, options, progress, stop);
+        QString message = r.upToDate
+            ? QObject::tr("scores up to date")
+            : QObject::tr("wrote %1 result groups").arg(static_cast<qsizetype>(r.written.size()));
+        if (!r.skipped.empty())
+            message
+                += QObject::tr(" (%1 skipped: no expert output norms)").arg(static_cast<qsizetype>(r.skipped.size()));
+        return JobResult { message, qstr(atlas) };
+    };
+    return job;
+}
+
+Job evalJob(EvalJobParams params)
+{
+    Job job;
+    job.name = QObject::tr("eval %1 (%2)").arg(fileName(params.atlas), QString::fromStdString(params.label));
+    job.run = [params = std::move(params)](const ProgressFn& progress, const StopToken* stop) {
+        std::optional<AtlasFile> atlas = AtlasFile::openReadOnly(params.atlas);
+        const std::filesystem::path checkpointDir
+            = params.checkpoint.empty() ? std::filesystem::path(atlas->model().checkpointPath) : params.checkpoint;
+        const Checkpoint ckpt(checkpointDir);
+        const std::string configPath = (ckpt.dir() / "config.json").string();
+        const std::string configSha = sha256File(ckpt.dir() / "config.json");
+        if (configSha != atlas->model().configSha256)
+            throw InputError(configPath + ": not the config.json " + params.atlas.string() + " was captured from");
+        const ModelSpec spec = parseModelSpec(ckpt.config(), configPath);
+        const EvalTokens tokens = evalTokensFromAtlas(*atlas);
+
+        std::vector<EvalVariant> variants;
+        if (params.full)
+            variants.push_back(fullVariant(spec));
+        for (const std::string& path : params.planFiles) {
+            const Plan plan = readPlan(path);
+            if (!plan.configSha256.empty() && plan.configSha256 != configSha)
+                throw InputError(
+                    path + ": the plan was made from an atlas of another checkpoint (config.json differs)");
+            variants.push_back(variantFromPlan(plan, spec, std::filesystem::path(path).filename().string()));
+        }
+        if (!params.sweep.sparsities.empty())
+            for (EvalVariant& v : sweepVariants(params.atlas, ckpt, spec, params.sweep))
+                variants.push_back(std::move(v));
+        if (variants.empty())
+            throw InputError("nothing to evaluate: no full model, plan or sparsity");
+
+        const EvalTable table
+            = evaluateVariants(ckpt, spec, params.executor, tokens, std::move(variants), progress, stop);
+        if (params.save) {
+            const std::filesystem::path path = atlas->path();
+            atlas.reset();
+            AtlasFile update = AtlasFile::openForUpdate(path);
+            update.writeResults("evaluation/" + params.label, evalTableResults(table));
+            update.commitUpdate();
+        }
+        return JobResult { QObject::tr("evaluated %1 variants in %2 s")
+                               .arg(static_cast<qsizetype>(table.variants.size()))
+                               .arg(table.seconds, 0, 'f', 1),
+            params.save ? qstr(params.atlas) : QString() };
+    };
+    return job;
+}
+
+Job exportJob(std::filesystem::path source, Plan plan, std::filesystem::path out, ExportOptions options)
+{
+    Job job;
+    job.name = QObject::tr("export %1").arg(fileName(out));
+    job.run = [source = std::move(source), plan = std::move(plan), out = std::move(out), options = std::move(options)](
+                  const ProgressFn& progress, const StopToken* stop) {
+        ExportOptions o = options;
+        // exportCheckpoint takes no stop token: the runner's progress returns false after a stop.
+        o.progress = [&progress, stop](const Progress& p) { return progress(p) && !stop->stopRequested(); };
+        const ExportResult r = exportCheckpoint(source, plan, out, o);
+        return JobResult { r.uniform
+                ? QObject::tr("exported %1 tensors (uniform: loads in stock transformers)").arg(r.tensors)
+                : QObject::tr("exported %1 tensors (non-uniform: load with trust_remote_code=True)").arg(r.tensors),
+            qstr(r.dir) };
+    };
+    return job;
+}
+
+} // namespace moeatlas::views

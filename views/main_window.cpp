@@ -1,0 +1,602 @@
+#include "main_window.h"
+
+#include "atlas_document.h"
+#include "budget_panel.h"
+#include "charts/routing_stats.h"
+#include "charts/tradeoff_chart.h"
+#include "heatmap_model.h"
+#include "heatmap_view.h"
+#include "jobs/core_jobs.h"
+#include "jobs/export_dialog.h"
+#include "jobs/job_runner.h"
+#include "jobs/jobs_panel.h"
+#include "util/atomic_file.h"
+#include "workbench_style.h"
+
+#include <nlohmann/json.hpp>
+
+#include <QAction>
+#include <QApplication>
+#include <QCloseEvent>
+#include <QComboBox>
+#include <QDateTime>
+#include <QDockWidget>
+#include <QDragEnterEvent>
+#include <QDropEvent>
+#include <QFile>
+#include <QFileDialog>
+#include <QFileInfo>
+#include <QHBoxLayout>
+#include <QHeaderView>
+#include <QLabel>
+#include <QMenuBar>
+#include <QMessageBox>
+#include <QMimeData>
+#include <QPlainTextEdit>
+#include <QSaveFile>
+#include <QScrollArea>
+#include <QSettings>
+#include <QStatusBar>
+#include <QStyle>
+#include <QTabWidget>
+#include <QTableView>
+#include <QTemporaryDir>
+#include <QToolBar>
+#include <QToolButton>
+#include <QVBoxLayout>
+
+namespace moeatlas::views {
+
+namespace {
+
+bool isAtlasFile(const QString& path)
+{
+    return path.endsWith(QLatin1String(".h5"), Qt::CaseInsensitive)
+        || path.endsWith(QLatin1String(".h5.partial"), Qt::CaseInsensitive);
+}
+
+} // namespace
+
+MainWindow::MainWindow(QWidget* parent)
+    : QMainWindow(parent)
+    , m_document(new AtlasDocument(this))
+    , m_heatmapModel(new HeatmapModel(this))
+{
+    setWindowTitle(QStringLiteral("MoE Atlas"));
+    setAcceptDrops(true);
+    setObjectName(QStringLiteral("MainWindow"));
+
+    // Heatmap page: quantity/domain pickers, sort and zoom, the heatmap in a scroll area.
+    auto* page = new QWidget(this);
+    auto* pageLayout = new QVBoxLayout(page);
+    auto* bar = new QHBoxLayout;
+    m_quantity = new QComboBox(page);
+    m_quantity->setToolTip(tr("Score criterion or routing statistic to colour by"));
+    m_domain = new QComboBox(page);
+    m_domain->setToolTip(tr("Domain row (or pooled over all domains)"));
+    bar->addWidget(new QLabel(tr("Colour by:"), page));
+    bar->addWidget(m_quantity);
+    bar->addWidget(new QLabel(tr("Domain:"), page));
+    bar->addWidget(m_domain);
+    bar->addStretch(1);
+    pageLayout->addLayout(bar);
+    m_heatmap = new HeatmapView(page);
+    m_heatmap->setModel(m_heatmapModel);
+    m_heatmapScroll = new QScrollArea(page);
+    m_heatmapScroll->setWidget(m_heatmap);
+    m_heatmapScroll->setWidgetResizable(true);
+    pageLayout->addWidget(m_heatmapScroll, 1);
+
+    m_table = new QTableView(this);
+    m_table->setModel(m_heatmapModel);
+    m_table->horizontalHeader()->setDefaultSectionSize(72);
+
+    m_tabs = new QTabWidget(this);
+    m_tabs->addTab(page, tr("&Heatmap"));
+    m_tabs->addTab(m_table, tr("T&able"));
+    // Trade-off: an evaluation table of the atlas (moeatlas eval --atlas, or Evaluate…).
+    auto* tradeoffPage = new QWidget(this);
+    auto* tradeoffLayout = new QVBoxLayout(tradeoffPage);
+    auto* evalBar = new QHBoxLayout;
+    m_evalLabel = new QComboBox(tradeoffPage);
+    m_evalLabel->setToolTip(tr("Evaluation table (/evaluation/<label>)"));
+    evalBar->addWidget(new QLabel(tr("Evaluation:"), tradeoffPage));
+    evalBar->addWidget(m_evalLabel);
+    evalBar->addStretch(1);
+    tradeoffLayout->addLayout(evalBar);
+    m_evalNote = new QLabel(tradeoffPage);
+    m_evalNote->setWordWrap(true);
+    tradeoffLayout->addWidget(m_evalNote);
+    m_tradeoff = new TradeoffChartView(tradeoffPage);
+    tradeoffLayout->addWidget(m_tradeoff, 1);
+    m_tabs->addTab(tradeoffPage, tr("T&rade-off"));
+
+    auto* statsPage = new QWidget(this);
+    auto* statsLayout = new QVBoxLayout(statsPage);
+    m_statsNote = new QLabel(statsPage);
+    m_statsNote->setWordWrap(true);
+    m_statsNote->hide();
+    statsLayout->addWidget(m_statsNote);
+    m_stats = new RoutingStatsView(statsPage);
+    statsLayout->addWidget(m_stats, 1);
+    m_tabs->addTab(statsPage, tr("Routing &statistics"));
+    setCentralWidget(m_tabs);
+
+    createDocks();
+    createActions();
+
+    connect(m_document, &AtlasDocument::loadingStarted, this,
+        [this](const QString& path) { logMessage(tr("Opening %1 …").arg(path)); });
+    connect(m_document, &AtlasDocument::loaded, this, &MainWindow::onLoaded);
+    connect(m_document, &AtlasDocument::failed, this, &MainWindow::logError);
+    connect(m_quantity, &QComboBox::currentIndexChanged, this, [this] {
+        refreshDomains();
+        refreshHeatmap();
+    });
+    connect(m_domain, &QComboBox::currentIndexChanged, this, &MainWindow::refreshHeatmap);
+    connect(m_budget, &BudgetPanel::planChanged, this, [this](const Plan& plan) { m_heatmapModel->setPlan(plan); });
+    connect(m_budget, &BudgetPanel::planFailed, this, [this](const QString& why) {
+        m_heatmapModel->clearPlan();
+        statusBar()->showMessage(why, 5000);
+    });
+    connect(m_budget, &BudgetPanel::message, this, &MainWindow::logMessage);
+    connect(m_budget, &BudgetPanel::evaluateRequested, this, [this](const Plan& plan) {
+        Q_EMIT evaluateRequested(plan);
+        evaluatePlan(plan);
+    });
+    connect(m_evalLabel, &QComboBox::currentIndexChanged, this, &MainWindow::showEvaluation);
+    readSettings();
+}
+
+MainWindow::~MainWindow() = default;
+
+void MainWindow::createDocks()
+{
+    m_budget = new BudgetPanel(this);
+    m_budgetDock = new QDockWidget(tr("Budget"), this);
+    m_budgetDock->setObjectName(QStringLiteral("BudgetDock"));
+    auto* budgetScroll = new QScrollArea(m_budgetDock);
+    budgetScroll->setWidget(m_budget);
+    budgetScroll->setWidgetResizable(true);
+    m_budgetDock->setWidget(budgetScroll);
+    addDockWidget(Qt::LeftDockWidgetArea, m_budgetDock);
+
+    m_log = new QPlainTextEdit(this);
+    m_log->setReadOnly(true);
+    m_log->setMaximumBlockCount(5000);
+    m_logDock = new QDockWidget(tr("Log"), this);
+    m_logDock->setObjectName(QStringLiteral("LogDock"));
+    m_logDock->setWidget(m_log);
+    addDockWidget(Qt::BottomDockWidgetArea, m_logDock);
+
+    m_jobsDock = new QDockWidget(tr("Jobs"), this);
+    m_jobsDock->setObjectName(QStringLiteral("JobsDock"));
+    m_runner = new JobRunner(this);
+    m_jobsPanel = new JobsPanel(m_runner, m_jobsDock);
+    m_jobsDock->setWidget(m_jobsPanel);
+    connect(m_runner, &JobRunner::started, this, [this](int id, const QString& name) {
+        m_runningJob = id;
+        logMessage(tr("Job started: %1").arg(name));
+    });
+    connect(m_runner, &JobRunner::finished, this, [this](bool ok, const QString& message) {
+        ok ? logMessage(message) : logError(message);
+        if (ok && m_runningJob == m_evalJob && m_document->isOpen()) {
+            m_preferredLabel = QString::fromLatin1(kEvaluationLabel);
+            m_document->open(m_document->path()); // the atlas now holds the new table
+        }
+        m_runningJob = 0;
+    });
+    addDockWidget(Qt::BottomDockWidgetArea, m_jobsDock);
+    tabifyDockWidget(m_logDock, m_jobsDock);
+    m_logDock->raise();
+    resizeDocks({ m_budgetDock }, { 380 }, Qt::Horizontal);
+    resizeDocks({ m_logDock }, { 150 }, Qt::Vertical);
+}
+
+void MainWindow::createActions()
+{
+    QMenu* file = menuBar()->addMenu(tr("&File"));
+    QAction* open = file->addAction(tr("&Open atlas…"), this, [this] {
+        const QString path = QFileDialog::getOpenFileName(
+            this, tr("Open atlas"), QString(), tr("Atlas files (*.atlas.h5 *.h5 *.partial);;All files (*)"));
+        if (!path.isEmpty())
+            openAtlas(path);
+    });
+    open->setShortcut(QKeySequence::Open);
+    m_recentMenu = file->addMenu(tr("Open &recent"));
+    file->addSeparator();
+    QAction* savePlan = file->addAction(tr("&Save plan…"), this, [this] {
+        const QString path
+            = QFileDialog::getSaveFileName(this, tr("Save plan"), QStringLiteral("plan.json"), tr("Plans (*.json)"));
+        QString error;
+        if (path.isEmpty())
+            return;
+        if (m_budget->savePlan(path, &error))
+            logMessage(tr("Plan written to %1").arg(path));
+        else
+            logError(error);
+    });
+    savePlan->setShortcut(QKeySequence::Save);
+    QAction* png = file->addAction(tr("Export heatmap as &PNG…"), this, [this] {
+        const QString path = QFileDialog::getSaveFileName(
+            this, tr("Export PNG"), QStringLiteral("heatmap.png"), tr("PNG images (*.png)"));
+        if (!path.isEmpty())
+            exportHeatmapPng(path);
+    });
+    png->setShortcut(QKeySequence(Qt::CTRL | Qt::Key_E));
+    QAction* svg = file->addAction(tr("Export heatmap as S&VG…"), this, [this] {
+        const QString path = QFileDialog::getSaveFileName(
+            this, tr("Export SVG"), QStringLiteral("heatmap.svg"), tr("SVG images (*.svg)"));
+        if (!path.isEmpty())
+            exportHeatmapSvg(path);
+    });
+    svg->setShortcut(QKeySequence(Qt::CTRL | Qt::SHIFT | Qt::Key_E));
+    QAction* csv = file->addAction(tr("Export table as &CSV…"), this, [this] {
+        const QString path = QFileDialog::getSaveFileName(
+            this, tr("Export CSV"), QStringLiteral("heatmap.csv"), tr("CSV files (*.csv)"));
+        if (!path.isEmpty())
+            exportTableCsv(path);
+    });
+    csv->setShortcut(QKeySequence(Qt::CTRL | Qt::SHIFT | Qt::Key_C));
+    QAction* exportCkpt = file->addAction(tr("Export pruned &checkpoint…"), this, &MainWindow::exportCheckpoint);
+    exportCkpt->setShortcut(QKeySequence(Qt::CTRL | Qt::SHIFT | Qt::Key_X));
+    file->addSeparator();
+    QAction* quit = file->addAction(tr("&Quit"), this, &QWidget::close);
+    quit->setShortcut(QKeySequence::Quit);
+
+    QMenu* view = menuBar()->addMenu(tr("&View"));
+    m_sortAction = view->addAction(tr("&Sort experts by value"));
+    m_sortAction->setCheckable(true);
+    m_sortAction->setShortcut(QKeySequence(Qt::CTRL | Qt::Key_T));
+    connect(m_sortAction, &QAction::toggled, m_heatmap, &HeatmapView::setSortedByValue);
+    QAction* zoomIn = view->addAction(tr("Zoom &in"), m_heatmap, &HeatmapView::zoomIn);
+    zoomIn->setShortcuts({ QKeySequence::ZoomIn, QKeySequence(Qt::CTRL | Qt::Key_Equal) });
+    QAction* zoomOut = view->addAction(tr("Zoom &out"), m_heatmap, &HeatmapView::zoomOut);
+    zoomOut->setShortcut(QKeySequence::ZoomOut);
+    QAction* zoomReset = view->addAction(
+        tr("&Fit heatmap"), this, [this] { m_heatmap->zoomToFit(m_heatmapScroll->viewport()->size()); });
+    zoomReset->setShortcut(QKeySequence(Qt::CTRL | Qt::Key_0));
+    view->addSeparator();
+    m_darkAction = view->addAction(tr("&Dark palette"));
+    m_darkAction->setCheckable(true);
+    m_darkAction->setShortcut(QKeySequence(Qt::CTRL | Qt::SHIFT | Qt::Key_D));
+    connect(m_darkAction, &QAction::toggled, this, &MainWindow::setDarkPalette);
+    view->addSeparator();
+    view->addAction(m_budgetDock->toggleViewAction());
+    view->addAction(m_logDock->toggleViewAction());
+    view->addAction(m_jobsDock->toggleViewAction());
+
+    QMenu* help = menuBar()->addMenu(tr("&Help"));
+    help->addAction(tr("&About MoE Atlas"), this, [this] {
+        QMessageBox::about(this, tr("About MoE Atlas"),
+            tr("MoE Atlas: routing atlases, expert scores and pruning plans for Mixture-of-Experts LLMs."));
+    });
+
+    auto* tools = addToolBar(tr("Main"));
+    tools->setObjectName(QStringLiteral("MainToolBar"));
+    tools->addAction(open);
+    tools->addAction(m_sortAction);
+    tools->addAction(zoomIn);
+    tools->addAction(zoomOut);
+}
+
+void MainWindow::openAtlas(const QString& path)
+{
+    m_document->open(path);
+}
+
+bool MainWindow::openAtlasBlocking(const QString& path)
+{
+    return m_document->openBlocking(path);
+}
+
+void MainWindow::onLoaded(const QString& path)
+{
+    const auto snapshot = m_document->snapshot();
+    setWindowTitle(QStringLiteral("%1 — MoE Atlas").arg(QFileInfo(path).fileName()));
+    logMessage(tr("Opened %1: %2, %3 MoE layers × %4 experts (top-%5), domains %6, criteria %7")
+                   .arg(path, QString::fromStdString(snapshot->model.modelType))
+                   .arg(snapshot->numLayers())
+                   .arg(snapshot->numExperts())
+                   .arg(snapshot->model.topK)
+                   .arg(snapshot->domainNames().join(QStringLiteral(", ")),
+                       snapshot->criteria().isEmpty() ? tr("none (run moeatlas score)")
+                                                      : snapshot->criteria().join(QStringLiteral(", "))));
+    if (!snapshot->complete)
+        logError(tr("%1 is a partial atlas (capture not finished): no scores or plans").arg(path));
+    if (!snapshot->hasCosts)
+        logMessage(snapshot->costsNote);
+    const bool sameAtlas = !m_recent.isEmpty() && m_recent.first() == QFileInfo(path).absoluteFilePath();
+    addRecent(path);
+    refreshQuantities();
+    m_budget->setSnapshot(snapshot);
+    refreshCharts();
+    if (!sameAtlas || m_heatmap->cellSize() == QSize(4, 8))
+        m_heatmap->zoomToFit(m_heatmapScroll->viewport()->size());
+}
+
+void MainWindow::refreshCharts()
+{
+    const auto snapshot = m_document->snapshot();
+    {
+        const QSignalBlocker block(m_evalLabel);
+        const QString previous = !m_preferredLabel.isEmpty() ? m_preferredLabel : m_evalLabel->currentText();
+        m_preferredLabel.clear();
+        m_evalLabel->clear();
+        if (snapshot) {
+            for (const auto& [label, table] : snapshot->evaluations)
+                m_evalLabel->addItem(QString::fromStdString(label));
+        }
+        const int keep = m_evalLabel->findText(previous);
+        const int fallback = m_evalLabel->findText(QStringLiteral("default"));
+        m_evalLabel->setCurrentIndex(keep >= 0 ? keep : std::max(fallback, 0));
+    }
+    showEvaluation();
+    if (snapshot && snapshot->routingStats) {
+        m_stats->setStatistics(*snapshot->routingStats);
+        m_statsNote->hide();
+    } else {
+        m_stats->clear();
+        m_statsNote->setText(snapshot ? snapshot->routingStatsNote : QString());
+        m_statsNote->setVisible(snapshot != nullptr);
+    }
+}
+
+void MainWindow::showEvaluation()
+{
+    const auto snapshot = m_document->snapshot();
+    const AtlasResults* table = nullptr;
+    if (snapshot) {
+        const auto it = snapshot->evaluations.find(m_evalLabel->currentText().toStdString());
+        table = it == snapshot->evaluations.end() ? nullptr : &it->second;
+    }
+    if (!table) {
+        m_evalNote->setText(tr("No evaluation tables in this atlas: run moeatlas eval --atlas ATLAS --sparsity "
+                               "0.25,0.5,0.75, or Evaluate… a plan in the budget panel."));
+        m_evalNote->show();
+        m_tradeoff->setEnabled(false);
+        return;
+    }
+    m_tradeoff->setEvaluation(*table);
+    m_tradeoff->setEnabled(true);
+    m_evalNote->setVisible(!m_tradeoff->errorText().isEmpty());
+    m_evalNote->setText(m_tradeoff->errorText());
+}
+
+int MainWindow::evaluatePlan(const Plan& plan)
+{
+    const auto snapshot = m_document->snapshot();
+    if (!snapshot)
+        return 0;
+    if (!m_scratch)
+        m_scratch = std::make_unique<QTemporaryDir>();
+    // The plan file's name becomes the variant's name in the table.
+    QString name = QString::fromStdString(plan.method);
+    if (plan.method == "specialist" && plan.domainWeights.size() == 1)
+        name += QLatin1Char('-') + QString::fromStdString(plan.domainWeights.begin()->first);
+    name += QStringLiteral("-%1-%2").arg(QString::fromStdString(plan.criterion)).arg(++m_planFiles);
+    const QString file = m_scratch->filePath(name + QStringLiteral(".json"));
+    try {
+        writeFileAtomically(file.toStdString(), planToJson(plan).dump(2) + "\n");
+    } catch (const std::exception& e) {
+        logError(QString::fromUtf8(e.what()));
+        return 0;
+    }
+    EvalJobParams params;
+    params.atlas = snapshot->path.toStdString();
+    params.planFiles = { file.toStdString() };
+    params.label = kEvaluationLabel;
+    logMessage(tr("Evaluating plan %1 into /evaluation/%2 of %3")
+                   .arg(name, QString::fromLatin1(kEvaluationLabel), snapshot->path));
+    m_evalJob = m_runner->start(evalJob(params));
+    m_jobsDock->raise();
+    return m_evalJob;
+}
+
+void MainWindow::exportCheckpoint()
+{
+    const auto snapshot = m_document->snapshot();
+    const auto& plan = m_budget->plan();
+    if (!snapshot || !plan) {
+        logError(tr("No plan to export: open a scored atlas and choose a budget first."));
+        return;
+    }
+    auto* dialog
+        = new ExportDialog(*plan, QString(), QString::fromStdString(snapshot->model.checkpointPath), m_runner, this);
+    dialog->setAtlasPath(snapshot->path);
+    dialog->setAttribute(Qt::WA_DeleteOnClose);
+    connect(dialog, &ExportDialog::exportFinished, this, [this](bool ok, const QString& text) {
+        ok ? logMessage(tr("Pruned checkpoint written to %1").arg(text)) : logError(text);
+    });
+    dialog->show();
+}
+
+void MainWindow::refreshQuantities()
+{
+    const auto snapshot = m_document->snapshot();
+    const QSignalBlocker block(m_quantity);
+    const QString previous = m_quantity->currentText();
+    m_quantity->clear();
+    if (snapshot) {
+        for (const HeatmapQuantity& q : heatmapQuantities(*snapshot))
+            m_quantity->addItem(q.name, static_cast<int>(q.kind));
+        const int keep = m_quantity->findText(previous);
+        const int peu = m_quantity->findText(QStringLiteral("peu"));
+        m_quantity->setCurrentIndex(keep >= 0 ? keep : std::max(peu, 0));
+    }
+    refreshDomains();
+    refreshHeatmap();
+}
+
+void MainWindow::refreshDomains()
+{
+    const auto snapshot = m_document->snapshot();
+    const QSignalBlocker block(m_domain);
+    const QString previous = m_domain->currentText();
+    m_domain->clear();
+    if (!snapshot || m_quantity->currentIndex() < 0)
+        return;
+    HeatmapQuantity q { static_cast<HeatmapQuantity::Kind>(m_quantity->currentData().toInt()),
+        m_quantity->currentText(), 0 };
+    const int rows = heatmapDomainRows(*snapshot, q);
+    const QStringList names = snapshot->domainNames();
+    for (int r = 0; r < rows; ++r)
+        m_domain->addItem(r < names.size() ? names[r] : tr("pooled"), r);
+    const int keep = m_domain->findText(previous);
+    m_domain->setCurrentIndex(keep >= 0 ? keep : rows - 1);
+}
+
+void MainWindow::refreshHeatmap()
+{
+    const auto snapshot = m_document->snapshot();
+    if (!snapshot || m_quantity->currentIndex() < 0 || m_domain->currentIndex() < 0) {
+        m_heatmapModel->setHeatmap({});
+        return;
+    }
+    const HeatmapQuantity q { static_cast<HeatmapQuantity::Kind>(m_quantity->currentData().toInt()),
+        m_quantity->currentText(), m_domain->currentData().toInt() };
+    try {
+        m_heatmapModel->setHeatmap(heatmapData(*snapshot, q));
+    } catch (const std::exception& e) {
+        m_heatmapModel->setHeatmap({});
+        logError(QString::fromUtf8(e.what()));
+        return;
+    }
+    if (const auto& plan = m_budget->plan())
+        m_heatmapModel->setPlan(*plan);
+}
+
+QString MainWindow::logText() const
+{
+    return m_log->toPlainText();
+}
+
+void MainWindow::logMessage(const QString& text)
+{
+    if (text.isEmpty())
+        return;
+    m_log->appendPlainText(
+        QStringLiteral("[%1] %2").arg(QTime::currentTime().toString(QStringLiteral("HH:mm:ss")), text));
+    statusBar()->showMessage(text, 5000);
+}
+
+void MainWindow::logError(const QString& text)
+{
+    logMessage(tr("Error: %1").arg(text));
+    if (!m_errorDialogs)
+        return;
+    auto* box = new QMessageBox(QMessageBox::Warning, tr("MoE Atlas"), text, QMessageBox::Ok, this);
+    box->setAttribute(Qt::WA_DeleteOnClose);
+    box->setModal(false);
+    box->show();
+}
+
+bool MainWindow::exportHeatmapPng(const QString& path)
+{
+    const bool ok = m_heatmap->exportPng(path);
+    ok ? logMessage(tr("Heatmap written to %1").arg(path)) : logError(tr("Cannot write %1").arg(path));
+    return ok;
+}
+
+bool MainWindow::exportHeatmapSvg(const QString& path)
+{
+    const bool ok = m_heatmap->exportSvg(path);
+    ok ? logMessage(tr("Heatmap written to %1").arg(path)) : logError(tr("Cannot write %1").arg(path));
+    return ok;
+}
+
+bool MainWindow::exportTableCsv(const QString& path)
+{
+    QSaveFile out(path);
+    bool ok = out.open(QIODevice::WriteOnly | QIODevice::Text);
+    if (ok) {
+        out.write(m_heatmapModel->toCsv().toUtf8());
+        ok = out.commit();
+    }
+    ok ? logMessage(tr("Table written to %1").arg(path)) : logError(tr("Cannot write %1").arg(path));
+    return ok;
+}
+
+void MainWindow::setDarkPalette(bool dark)
+{
+    m_dark = dark;
+    if (m_darkAction && m_darkAction->isChecked() != dark)
+        m_darkAction->setChecked(dark);
+    QApplication::setPalette(dark ? darkPalette() : QApplication::style()->standardPalette());
+    m_heatmap->setPalette(QApplication::palette());
+    m_heatmap->update();
+}
+
+void MainWindow::addRecent(const QString& path)
+{
+    const QString absolute = QFileInfo(path).absoluteFilePath();
+    m_recent.removeAll(absolute);
+    m_recent.prepend(absolute);
+    while (m_recent.size() > kMaxRecentFiles)
+        m_recent.removeLast();
+    rebuildRecentMenu();
+    writeSettings();
+}
+
+void MainWindow::rebuildRecentMenu()
+{
+    m_recentMenu->clear();
+    for (int i = 0; i < m_recent.size(); ++i) {
+        const QString path = m_recent[i];
+        QAction* a = m_recentMenu->addAction(
+            QStringLiteral("&%1 %2").arg(i + 1).arg(path), this, [this, path] { openAtlas(path); });
+        a->setToolTip(path);
+    }
+    m_recentMenu->setEnabled(!m_recent.isEmpty());
+}
+
+void MainWindow::readSettings()
+{
+    const QSettings s = workbenchSettings();
+    m_recent = s.value(QStringLiteral("recentFiles")).toStringList();
+    rebuildRecentMenu();
+    if (!restoreGeometry(s.value(QStringLiteral("geometry")).toByteArray()))
+        resize(1280, 800);
+    restoreState(s.value(QStringLiteral("windowState")).toByteArray());
+    setDarkPalette(s.value(QStringLiteral("darkPalette"), false).toBool());
+    m_sortAction->setChecked(s.value(QStringLiteral("heatmap/sorted"), false).toBool());
+}
+
+void MainWindow::writeSettings() const
+{
+    QSettings s = workbenchSettings();
+    s.setValue(QStringLiteral("recentFiles"), m_recent);
+    s.setValue(QStringLiteral("geometry"), saveGeometry());
+    s.setValue(QStringLiteral("windowState"), saveState());
+    s.setValue(QStringLiteral("darkPalette"), m_dark);
+    s.setValue(QStringLiteral("heatmap/sorted"), m_sortAction->isChecked());
+}
+
+void MainWindow::closeEvent(QCloseEvent* event)
+{
+    writeSettings();
+    QMainWindow::closeEvent(event);
+}
+
+void MainWindow::dragEnterEvent(QDragEnterEvent* event)
+{
+    for (const QUrl& url : event->mimeData()->urls()) {
+        if (url.isLocalFile() && isAtlasFile(url.toLocalFile())) {
+            event->acceptProposedAction();
+            return;
+        }
+    }
+}
+
+void MainWindow::dropEvent(QDropEvent* event)
+{
+    for (const QUrl& url : event->mimeData()->urls()) {
+        if (url.isLocalFile() && isAtlasFile(url.toLocalFile())) {
+            openAtlas(url.toLocalFile());
+            event->acceptProposedAction();
+            return;
+        }
+    }
+}
+
+} // namespace moeatlas::views

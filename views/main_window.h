@@ -1,0 +1,138 @@
+// The workbench window: the expert heatmap (and its table) of the open atlas, the budget panel
+// driving a live plan overlay, slots for the charts and jobs, a log, menus and settings.
+#pragma once
+
+#include "plan/plan.h"
+
+#include <QMainWindow>
+#include <QStringList>
+
+#include <memory>
+
+class QAction;
+class QComboBox;
+class QDockWidget;
+class QMenu;
+class QPlainTextEdit;
+class QScrollArea;
+class QTabWidget;
+class QTableView;
+class QLabel;
+class QTemporaryDir;
+
+namespace moeatlas::views {
+
+class AtlasDocument;
+class BudgetPanel;
+class HeatmapModel;
+class HeatmapView;
+class JobRunner;
+class JobsPanel;
+class RoutingStatsView;
+class TradeoffChartView;
+
+class MainWindow : public QMainWindow {
+    Q_OBJECT
+public:
+    explicit MainWindow(QWidget* parent = nullptr);
+    ~MainWindow() override;
+
+    // Loading happens in the background; errors go to the log (and a non-modal dialog).
+    void openAtlas(const QString& path);
+    bool openAtlasBlocking(const QString& path);
+
+    AtlasDocument* document() const { return m_document; }
+    HeatmapModel* heatmapModel() const { return m_heatmapModel; }
+    HeatmapView* heatmapView() const { return m_heatmap; }
+    BudgetPanel* budgetPanel() const { return m_budget; }
+    QTabWidget* tabs() const { return m_tabs; }
+    QComboBox* quantityCombo() const { return m_quantity; }
+    QComboBox* domainCombo() const { return m_domain; }
+    QString logText() const;
+    QStringList recentFiles() const { return m_recent; }
+
+    bool exportHeatmapPng(const QString& path);
+    bool exportHeatmapSvg(const QString& path);
+    bool exportTableCsv(const QString& path);
+
+    void setDarkPalette(bool dark);
+    bool isDarkPalette() const { return m_dark; }
+    // Errors are always logged; the dialog can be turned off (tests, batch use).
+    void setErrorDialogsEnabled(bool enabled) { m_errorDialogs = enabled; }
+
+    // The chart and job widgets (views/charts, views/jobs) the window hosts.
+    TradeoffChartView* tradeoffChart() const { return m_tradeoff; }
+    QComboBox* evaluationCombo() const { return m_evalLabel; }
+    RoutingStatsView* routingStatsView() const { return m_stats; }
+    JobRunner* jobRunner() const { return m_runner; }
+    JobsPanel* jobsPanel() const { return m_jobsPanel; }
+
+    // Evaluates a plan in the background (`moeatlas eval --atlas ATLAS --plan FILE --label
+    // workbench`) and reloads the atlas when done; returns the job id (0 when nothing is open).
+    int evaluatePlan(const moeatlas::Plan& plan);
+    static constexpr const char* kEvaluationLabel = "workbench";
+
+    static constexpr int kMaxRecentFiles = 8;
+
+public Q_SLOTS:
+    void logMessage(const QString& text);
+    void logError(const QString& text);
+
+Q_SIGNALS:
+    // The budget panel's "Evaluate…" (evaluatePlan() runs it).
+    void evaluateRequested(const moeatlas::Plan& plan);
+
+protected:
+    void closeEvent(QCloseEvent* event) override;
+    void dragEnterEvent(QDragEnterEvent* event) override;
+    void dropEvent(QDropEvent* event) override;
+
+private:
+    void createActions();
+    void createDocks();
+    void onLoaded(const QString& path);
+    void refreshQuantities();
+    void refreshDomains();
+    void refreshHeatmap();
+    void addRecent(const QString& path);
+    void rebuildRecentMenu();
+    void readSettings();
+    void writeSettings() const;
+    void refreshCharts();
+    void showEvaluation();
+    void exportCheckpoint();
+
+    AtlasDocument* m_document = nullptr;
+    HeatmapModel* m_heatmapModel = nullptr;
+    HeatmapView* m_heatmap = nullptr;
+    QScrollArea* m_heatmapScroll = nullptr;
+    QTableView* m_table = nullptr;
+    BudgetPanel* m_budget = nullptr;
+    QPlainTextEdit* m_log = nullptr;
+    QTabWidget* m_tabs = nullptr;
+    QComboBox* m_quantity = nullptr;
+    QComboBox* m_domain = nullptr;
+    QDockWidget* m_budgetDock = nullptr;
+    QDockWidget* m_logDock = nullptr;
+    QDockWidget* m_jobsDock = nullptr;
+    QMenu* m_recentMenu = nullptr;
+    QAction* m_sortAction = nullptr;
+    QAction* m_darkAction = nullptr;
+    QStringList m_recent;
+    bool m_dark = false;
+    bool m_errorDialogs = true;
+    TradeoffChartView* m_tradeoff = nullptr;
+    QComboBox* m_evalLabel = nullptr;
+    QLabel* m_evalNote = nullptr;
+    RoutingStatsView* m_stats = nullptr;
+    QLabel* m_statsNote = nullptr;
+    JobRunner* m_runner = nullptr;
+    JobsPanel* m_jobsPanel = nullptr;
+    std::unique_ptr<QTemporaryDir> m_scratch; // plan files of evaluations
+    int m_evalJob = 0; // the evaluation job last started
+    int m_runningJob = 0;
+    int m_planFiles = 0;
+    QString m_preferredLabel;
+};
+
+} // namespace moeatlas::views
