@@ -72,18 +72,35 @@ if [[ "$mode" == test ]]; then
 fi
 
 # --- demo: the main job on the embedded default -------------------------------------------------
-# Until the trained demo model ships (issue 8), the default is a small random model generated here.
+# The demo model was trained by the project on its synthetic 4-domain corpus (docs/demo-model.md,
+# resources/demo/make_demo.sh regenerates it). The pipeline runs on it here, then the workbench opens
+# on the atlas when there is a display.
 out="$root/out/demo"
+demo="$root/resources/demo"
 mkdir -p "$out"
 cli="$root/build/app/moeatlas"
-log "generating the default model and two calibration domains in $out"
-"$cli" generate --arch qwen3_moe --layers 4 --hidden 256 --heads 4 --kv-heads 2 --head-dim 64 \
-  --experts 16 --top-k 2 --expert-width 128 --vocab 1024 --seed 1 --force -o "$out/model" >/dev/null
-"$cli" generate --vocab 1024 --seed 11 --calibration "$out/alpha.jsonl" --calibration-docs 32 >/dev/null
-"$cli" generate --vocab 1024 --seed 12 --calibration "$out/beta.jsonl" --calibration-docs 32 >/dev/null
-log "moeatlas inspect"
-"$cli" inspect "$out/model"
-log "moeatlas capture"
-"$cli" capture "$out/model" --domain alpha="$out/alpha.jsonl" --domain beta="$out/beta.jsonl" \
-  --seq-len 128 --expert-norms --hidden-samples 64 --force -o "$out/demo.atlas.h5"
-log "done: the atlas is $out/demo.atlas.h5 (format: docs/atlas-format.md)"
+gui="$root/build/app/moeatlas-gui"
+domains() { # $1 = calibration | heldout
+  for d in arith code json prose; do printf ' -d %s=%s/%s/%s.txt:32' "$d" "$demo" "$1" "$d"; done
+}
+log "moeatlas inspect (the demo MoE: 4 layers x 16 experts, top-2, trained on arith/code/json/prose)"
+"$cli" inspect "$demo/model"
+log "moeatlas capture: routing of every calibration token into $out/demo.atlas.h5"
+# shellcheck disable=SC2046
+"$cli" capture "$demo/model" $(domains calibration) --seq-len 128 --add-bos --seed 1 --force \
+  -o "$out/demo.atlas.h5"
+log "moeatlas score: PEU, frequency, ... and routing statistics"
+"$cli" score "$out/demo.atlas.h5" --top 2
+log "moeatlas eval: held-out loss of PEU/frequency specialists, generalist and random plans per budget"
+# shellcheck disable=SC2046
+"$cli" eval --atlas "$out/demo.atlas.h5" --sparsity 0.25,0.5,0.75 --criteria peu,frequency --random-plans 2 \
+  $(domains heldout) --seq-len 128 --add-bos --csv "$out/tradeoff.csv"
+log "moeatlas plan + export: the code specialist at 50% sparsity, as a checkpoint transformers loads"
+"$cli" plan --atlas "$out/demo.atlas.h5" --criterion peu --domain code --keep-fraction 0.5 -o "$out/code-50.plan.json"
+"$cli" export "$demo/model" --plan "$out/code-50.plan.json" -o "$out/code-50" --force
+log "done: atlas $out/demo.atlas.h5, trade-off table $out/tradeoff.csv, plan $out/code-50.plan.json, pruned checkpoint $out/code-50"
+if [[ -x "$gui" && ( -n "${DISPLAY:-}" || -n "${WAYLAND_DISPLAY:-}" ) ]]; then
+  log "opening the workbench: moeatlas-gui $out/demo.atlas.h5"
+  exec "$gui" "$out/demo.atlas.h5"
+fi
+log "no display: open the atlas later with build/app/moeatlas-gui $out/demo.atlas.h5"
