@@ -130,18 +130,13 @@ int runEval(const EvalArgs& a)
     std::vector<EvalVariant> variants;
     if (!a.noFull)
         variants.push_back(fullVariant(spec));
-    for (const std::string& path : a.plans) {
-        const Plan plan = readPlan(path);
-        if (!plan.configSha256.empty() && plan.configSha256 != sha256File(ckpt.dir() / "config.json"))
-            throw InputError(path + ": the plan was made from an atlas of another checkpoint (config.json differs)");
-        variants.push_back(variantFromPlan(plan, spec, std::filesystem::path(path).filename().string()));
-    }
+    const std::string configSha = sha256File(ckpt.dir() / "config.json");
+    for (const std::string& path : a.plans)
+        variants.push_back(variantFromPlanFile(path, spec, configSha));
     if (!a.sparsities.empty()) {
         SweepOptions sweep;
         sweep.sparsities = a.sparsities;
         sweep.criteria = a.criteria;
-        for (std::string& c : sweep.criteria)
-            std::replace(c.begin(), c.end(), '-', '_');
         sweep.specialists = !a.noSpecialists;
         sweep.generalist = !a.noGeneralist;
         sweep.randomPlans = a.randomPlans;
@@ -151,6 +146,13 @@ int runEval(const EvalArgs& a)
             variants.push_back(std::move(v));
     } else if (a.randomPlans > 0) {
         throw InputError("--random-plans needs --sparsity");
+    }
+
+    // A CSV that cannot be written is refused before the evaluation, not after it.
+    if (!a.csv.empty()) {
+        const std::filesystem::path dir = std::filesystem::absolute(a.csv).parent_path();
+        if (!std::filesystem::is_directory(dir))
+            throw InputError("--csv " + a.csv + ": directory " + dir.string() + " does not exist");
     }
 
     ExecutorOptions options;
@@ -180,9 +182,7 @@ int runEval(const EvalArgs& a)
     if (atlas && !a.noSave) {
         const std::filesystem::path path = atlas->path();
         atlas.reset();
-        AtlasFile update = AtlasFile::openForUpdate(path);
-        update.writeResults("evaluation/" + a.label, evalTableResults(table));
-        update.commitUpdate();
+        storeEvalTable(path, a.label, table);
         std::printf("%s:/evaluation/%s\n", path.c_str(), a.label.c_str());
     }
     return 0;

@@ -7,6 +7,7 @@
 #include "text/calibration.h"
 #include "util/error.h"
 #include "util/sha256.h"
+#include "util/splitmix64.h"
 
 #include <nlohmann/json.hpp>
 
@@ -42,16 +43,6 @@ std::string sparsityLabel(double sparsity)
     char buf[32];
     std::snprintf(buf, sizeof buf, "%.2f", sparsity);
     return buf;
-}
-
-// splitmix64: a fixed, platform-independent stream for random plans (std::shuffle and the
-// standard distributions are implementation-defined).
-uint64_t splitmix64(uint64_t& state)
-{
-    uint64_t z = (state += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
 }
 
 // The longest sequence (its attention scores are part of the memory plan).
@@ -132,6 +123,16 @@ EvalVariant variantFromPlan(const Plan& plan, const ModelSpec& spec, const std::
     return v;
 }
 
+EvalVariant variantFromPlanFile(
+    const std::filesystem::path& file, const ModelSpec& spec, const std::string& configSha256)
+{
+    const Plan plan = readPlan(file.string());
+    if (!plan.configSha256.empty() && plan.configSha256 != configSha256)
+        throw InputError(
+            file.string() + ": the plan was made from an atlas of another checkpoint (config.json differs)");
+    return variantFromPlan(plan, spec, file.filename().string());
+}
+
 EvalVariant randomVariant(const ModelSpec& spec, double sparsity, uint64_t seed, const std::string& name)
 {
     const int E = spec.router.numExperts;
@@ -140,13 +141,13 @@ EvalVariant randomVariant(const ModelSpec& spec, double sparsity, uint64_t seed,
     v.name = name;
     v.method = "random";
     v.mask.name = name;
-    uint64_t state = seed;
+    SplitMix64 rng(seed);
     for (const int l : spec.moeLayerIndices()) {
         std::vector<int> ids(static_cast<std::size_t>(E));
         std::iota(ids.begin(), ids.end(), 0);
         for (int i = E - 1; i > 0; --i) // Fisher-Yates
             std::swap(ids[static_cast<std::size_t>(i)],
-                ids[static_cast<std::size_t>(splitmix64(state) % static_cast<uint64_t>(i + 1))]);
+                ids[static_cast<std::size_t>(rng.next() % static_cast<uint64_t>(i + 1))]);
         ids.resize(static_cast<std::size_t>(keep));
         std::sort(ids.begin(), ids.end());
         v.mask.keep[l] = std::move(ids);
@@ -158,13 +159,20 @@ EvalVariant randomVariant(const ModelSpec& spec, double sparsity, uint64_t seed,
 std::vector<EvalVariant> sweepVariants(const std::filesystem::path& atlas, const Checkpoint& checkpoint,
     const ModelSpec& spec, const SweepOptions& options)
 {
-    for (const double s : options.sparsities)
+    for (std::size_t i = 0; i < options.sparsities.size(); ++i) {
+        const double s = options.sparsities[i];
         if (!(s > 0.0 && s < 1.0))
             throw InputError("--sparsity " + std::to_string(s) + ": expected a fraction of experts dropped in (0, 1)");
+        for (std::size_t j = 0; j < i; ++j)
+            if (sparsityLabel(options.sparsities[j]) == sparsityLabel(s))
+                throw InputError("--sparsity " + sparsityLabel(options.sparsities[j]) + " and " + std::to_string(s)
+                    + ": give sparsities that differ in the first two decimals");
+    }
     std::vector<EvalVariant> out;
     if (options.specialists || options.generalist) {
         const PlanContext ctx = planContextFor(checkpoint);
-        for (const std::string& criterion : options.criteria) {
+        for (std::string criterion : options.criteria) {
+            std::replace(criterion.begin(), criterion.end(), '-', '_');
             const AtlasScores scores = readAtlasScores(atlas, criterion);
             if (sha256File(checkpoint.dir() / "config.json") != scores.configSha256)
                 throw InputError((checkpoint.dir() / "config.json").string() + ": not the config.json " + atlas.string()
@@ -223,13 +231,18 @@ EvalTable evaluateVariants(const Checkpoint& checkpoint, const ModelSpec& spec, 
         table.predictedTokens[static_cast<std::size_t>(tokens.seqDomain[i])]
             += tokens.seqOffsets[i + 1] - tokens.seqOffsets[i] - 1;
 
-    Executor executor(checkpoint, spec, options);
+    // One budget for every group: MemAvailable falls once resident layers are loaded, and those
+    // layers are already part of each group's plan.
+    ExecutorOptions fixedBudget = options;
+    if (fixedBudget.memoryBudgetBytes == 0)
+        fixedBudget.memoryBudgetBytes = availableMemoryBytes();
+    Executor executor(checkpoint, spec, fixedBudget);
     const int64_t T = static_cast<int64_t>(tokens.tokens.size());
     const int fit = executor.variantsThatFit(T, longestSequence(tokens.seqOffsets));
     if (fit == 0)
         throw InputError("memory plan: one evaluation of " + std::to_string(T) + " tokens needs about "
             + std::to_string(executor.plannedEvaluationBytes(T, longestSequence(tokens.seqOffsets), 1) >> 20)
-            + " MiB, more than is available; evaluate fewer tokens (--max-samples, --seq-len)");
+            + " MiB, more than is available; evaluate fewer tokens (--max-samples)");
     const std::size_t group = static_cast<std::size_t>(fit);
     const int64_t totalWork = static_cast<int64_t>(spec.numLayers) * T * static_cast<int64_t>(variants.size());
 
@@ -318,6 +331,13 @@ AtlasResults evalTableResults(const EvalTable& table)
     r.inputsHash = sha256Hex(r.paramsJson);
     r.arrays = { std::move(nll), std::move(tokens), std::move(sparsity), std::move(kept) };
     return r;
+}
+
+void storeEvalTable(const std::filesystem::path& atlas, const std::string& label, const EvalTable& table)
+{
+    AtlasFile update = AtlasFile::openForUpdate(atlas);
+    update.writeResults("evaluation/" + label, evalTableResults(table));
+    update.commitUpdate();
 }
 
 } // namespace moeatlas

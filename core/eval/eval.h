@@ -48,8 +48,12 @@ EvalTokens evalTokensFromCalibration(const CalibrationSet& calibration);
 // The unpruned model.
 EvalVariant fullVariant(const ModelSpec& spec);
 // The variant that applies a plan (method, criterion, domain and sparsity taken from it).
-// Throws InputError naming `source` when the plan does not fit the model (expert count).
+// Throws InputError naming the variant when the plan does not fit the model (expert count).
 EvalVariant variantFromPlan(const Plan& plan, const ModelSpec& spec, const std::string& name);
+// A plan file (moeatlas plan) as a variant named after the file. Throws InputError when the plan
+// was made from an atlas of another checkpoint (its config SHA-256 is not `configSha256`).
+EvalVariant variantFromPlanFile(
+    const std::filesystem::path& file, const ModelSpec& spec, const std::string& configSha256);
 
 // Which plans a sweep compiles for every sparsity (each in (0, 1)).
 struct SweepOptions {
@@ -63,7 +67,9 @@ struct SweepOptions {
 };
 
 // Plans of a sweep, compiled from the atlas's /scores/<criterion> groups (moeatlas score) with the
-// checkpoint's costs. Names: "<method>[:<domain>]/<criterion>@<sparsity>", "random#<i>@<sparsity>".
+// checkpoint's costs. Names: "<method>[:<domain>]/<criterion>@<sparsity>", "random#<i>@<sparsity>"
+// (sparsity with two decimals: sparsities that round alike are refused). Criterion names may use
+// '-' for '_' (act-logits).
 std::vector<EvalVariant> sweepVariants(const std::filesystem::path& atlas, const Checkpoint& checkpoint,
     const ModelSpec& spec, const SweepOptions& options);
 
@@ -96,7 +102,10 @@ EvalTable evaluateVariants(const Checkpoint& checkpoint, const ModelSpec& spec, 
 // domain,tokens,nll,perplexity,delta_nll (vs the full model when it is in the table, else empty).
 std::string evalTableCsv(const EvalTable& table);
 
-// The table as an atlas result group (docs/atlas-format.md, "Evaluation").
+// The table as an atlas result group (docs/atlas-format.md, "Evaluation tables").
 AtlasResults evalTableResults(const EvalTable& table);
+// Stores the table in a complete atlas as /evaluation/<label> (copy, write, atomic rename: a failure
+// leaves the atlas as it was).
+void storeEvalTable(const std::filesystem::path& atlas, const std::string& label, const EvalTable& table);
 
 } // namespace moeatlas

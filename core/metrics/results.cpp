@@ -4,6 +4,7 @@
 
 #include "util/error.h"
 #include "util/sha256.h"
+#include "util/splitmix64.h"
 
 #include <nlohmann/json.hpp>
 
@@ -50,14 +51,11 @@ std::vector<double> tokensPerExpert(const ScoreAccumulator& acc)
     return counts;
 }
 
-// splitmix64 of (seed, slot * E + expert + 1): reproducible in numpy without a shared RNG.
+// splitmix64 of (seed, slot * E + expert + 1), i.e. the first draw of a generator started at
+// seed + index * golden: reproducible in numpy without a shared RNG.
 double randomScore(uint64_t seed, uint64_t index)
 {
-    uint64_t z = seed + (index + 1) * 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return static_cast<double>(z >> 11) * 0x1p-53;
+    return SplitMix64(seed + index * SplitMix64::kGolden).uniform();
 }
 
 } // namespace

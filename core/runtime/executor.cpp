@@ -54,7 +54,9 @@ c10::Device parseDevice(const std::string& name)
     throw InputError("--device: '" + name + "' (expected cpu, cuda or cuda:N)");
 }
 
-uint64_t memAvailableBytes()
+} // namespace
+
+uint64_t availableMemoryBytes()
 {
     std::ifstream in("/proc/meminfo");
     std::string key;
@@ -66,6 +68,8 @@ uint64_t memAvailableBytes()
     }
     return 0;
 }
+
+namespace {
 
 // A micro-batch: consecutive sequences of equal length.
 struct MicroBatch {
@@ -279,7 +283,7 @@ struct Executor::Impl {
     // Refuses a run whose planned peak exceeds the memory budget, before any work.
     uint64_t memoryBudget() const
     {
-        return options.memoryBudgetBytes ? options.memoryBudgetBytes : memAvailableBytes();
+        return options.memoryBudgetBytes ? options.memoryBudgetBytes : availableMemoryBytes();
     }
 
     void checkMemoryPlan(uint64_t planned, int64_t numTokens, int residualStreams) const
@@ -329,6 +333,18 @@ std::string Executor::deviceName() const
 
 uint64_t Executor::plannedPeakBytes(int64_t numTokens, int64_t longestSequence) const
 {
+    uint64_t peak = plannedForwardBytes(numTokens, longestSequence);
+    if (m_impl->options.computeLogits) {
+        const ModelSpec& s = m_impl->spec;
+        peak += static_cast<uint64_t>(numTokens) * static_cast<uint64_t>(s.vocabSize) * 4
+            + static_cast<uint64_t>(s.vocabSize) * static_cast<uint64_t>(s.hiddenSize)
+                * c10::elementSize(m_impl->dtype);
+    }
+    return peak;
+}
+
+uint64_t Executor::plannedForwardBytes(int64_t numTokens, int64_t longestSequence) const
+{
     const ModelSpec& s = m_impl->spec;
     const uint64_t es = c10::elementSize(m_impl->dtype);
     const DType src = m_impl->ckpt.info("model.norm.weight").dtype;
@@ -346,8 +362,6 @@ uint64_t Executor::plannedPeakBytes(int64_t numTokens, int64_t longestSequence) 
         + static_cast<uint64_t>(s.numHeads) * S * S * 8; // one sequence's scores
     if (m_impl->options.keepWeightsResident)
         peak += maxLayer * static_cast<uint64_t>(s.numLayers - 1);
-    if (m_impl->options.computeLogits)
-        peak += T * static_cast<uint64_t>(s.vocabSize) * 4 + static_cast<uint64_t>(s.vocabSize) * H * es;
     return peak;
 }
 
@@ -470,7 +484,7 @@ uint64_t Executor::plannedEvaluationBytes(
     const uint64_t T = static_cast<uint64_t>(numTokens), V = static_cast<uint64_t>(s.vocabSize);
     const uint64_t extraStreams = static_cast<uint64_t>(std::max(numVariants, 1) - 1);
     const uint64_t headRows = static_cast<uint64_t>(headRowsPerChunk(s, m_impl->options.batchTokens));
-    uint64_t peak = plannedPeakBytes(numTokens, longestSequence)
+    uint64_t peak = plannedForwardBytes(numTokens, longestSequence)
         + extraStreams * T * static_cast<uint64_t>(s.hiddenSize) * es // one residual stream per variant
         + V * static_cast<uint64_t>(s.hiddenSize) * es // output head
         + headRows * V * 4 * 3; // one chunk of fp32 logits, log-sum-exp and its temporaries

@@ -120,9 +120,14 @@ public:
     std::string deviceName() const;
 
 private:
+    // plannedPeakBytes without the output logits (the residual stream, one layer, activations).
+    uint64_t plannedForwardBytes(int64_t numTokens, int64_t longestSequence) const;
     struct Impl;
     std::unique_ptr<Impl> m_impl;
 };
+
+// MemAvailable of /proc/meminfo (0 when unknown): the default memory budget of a run.
+uint64_t availableMemoryBytes();
 
 // True when this LibTorch build can run on CUDA and a device is present.
 bool cudaAvailable();

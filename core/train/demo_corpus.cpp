@@ -11,34 +11,6 @@
 
 namespace moeatlas {
 
-uint64_t SplitMix64::next()
-{
-    uint64_t z = (m_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-uint64_t SplitMix64::below(uint64_t n)
-{
-    // High 64 bits of the 128-bit product next() * n, from 32-bit halves (no __int128 in ISO C++).
-    const uint64_t x = next();
-    const uint64_t xl = x & 0xffffffffu, xh = x >> 32, nl = n & 0xffffffffu, nh = n >> 32;
-    const uint64_t ll = xl * nl, lh = xl * nh, hl = xh * nl, hh = xh * nh;
-    const uint64_t mid = (ll >> 32) + (lh & 0xffffffffu) + (hl & 0xffffffffu);
-    return hh + (lh >> 32) + (hl >> 32) + (mid >> 32);
-}
-
-int64_t SplitMix64::range(int64_t lo, int64_t hi)
-{
-    return lo + static_cast<int64_t>(below(static_cast<uint64_t>(hi - lo + 1)));
-}
-
-double SplitMix64::uniform()
-{
-    return static_cast<double>(next() >> 11) * 0x1.0p-53;
-}
-
 namespace {
 
 template <std::size_t N> const char* pick(SplitMix64& rng, const std::array<const char*, N>& words)

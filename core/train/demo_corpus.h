@@ -2,31 +2,14 @@
 // with clearly different statistics (arithmetic, a toy programming language, JSON records, prose).
 #pragma once
 
+#include "util/splitmix64.h"
+
 #include <cstdint>
 #include <filesystem>
 #include <string>
 #include <vector>
 
 namespace moeatlas {
-
-// splitmix64 with an integer-to-range mapping written out: the same seed gives the same corpus on
-// every platform and standard library (<random> distributions are implementation-defined).
-class SplitMix64 {
-public:
-    explicit SplitMix64(uint64_t seed)
-        : m_state(seed)
-    {
-    }
-    uint64_t next();
-    // Uniform in [0, n) by the high half of a 128-bit product (n > 0).
-    uint64_t below(uint64_t n);
-    // Uniform in [lo, hi] (inclusive).
-    int64_t range(int64_t lo, int64_t hi);
-    double uniform(); // [0, 1)
-
-private:
-    uint64_t m_state;
-};
 
 // The domain names, in their fixed order: arith, code, json, prose.
 const std::vector<std::string>& demoDomains();

@@ -373,18 +373,27 @@ TrainReport trainDemoModel(const TrainOptions& o, const std::vector<DomainSequen
     std::error_code ec;
     if (!overwrite && std::filesystem::exists(outDir, ec) && !std::filesystem::is_empty(outDir, ec))
         throw InputError(outDir.string() + ": output directory is not empty (--force replaces it)");
+    // Every sequence, training and held-out, is seq-len tokens of the vocabulary.
+    auto check = [&](const std::vector<DomainSequences>& set, const char* split) {
+        for (const auto& d : set)
+            for (const auto& s : d.sequences) {
+                if (static_cast<int64_t>(s.size()) != o.seqLen)
+                    throw InputError(std::string("train: ") + split + " domain " + d.domain
+                        + " has a sequence of another length than seq-len");
+                for (int32_t t : s)
+                    if (t < 0 || t >= o.model.vocabSize)
+                        throw InputError(std::string("train: ") + split + " domain " + d.domain + ": token id "
+                            + std::to_string(t) + " outside the vocabulary of " + std::to_string(o.model.vocabSize));
+            }
+    };
+    check(train, "training");
+    check(heldout, "held-out");
     std::vector<const std::vector<int32_t>*> pool;
     std::vector<int64_t> unigram(static_cast<std::size_t>(o.model.vocabSize), 1); // add-one
     for (const auto& d : train)
         for (const auto& s : d.sequences) {
-            if (static_cast<int64_t>(s.size()) != o.seqLen)
-                throw InputError("train: domain " + d.domain + " has a sequence of another length than seq-len");
-            for (int32_t t : s) {
-                if (t < 0 || t >= o.model.vocabSize)
-                    throw InputError("train: domain " + d.domain + ": token id " + std::to_string(t)
-                        + " outside the vocabulary of " + std::to_string(o.model.vocabSize));
+            for (int32_t t : s)
                 ++unigram[static_cast<std::size_t>(t)];
-            }
             pool.push_back(&s);
         }
     if (pool.empty())
