@@ -6,6 +6,7 @@
 #include "charts/tradeoff_chart.h"
 #include "heatmap_model.h"
 #include "heatmap_view.h"
+#include "jobs/capture_dialog.h"
 #include "jobs/core_jobs.h"
 #include "jobs/export_dialog.h"
 #include "jobs/job_runner.h"
@@ -184,6 +185,8 @@ void MainWindow::createDocks()
             m_preferredLabel = QString::fromLatin1(kEvaluationLabel);
             m_document->open(m_document->path()); // the atlas now holds the new table
         }
+        if (ok && m_runningJob == m_scoreJob && m_document->isOpen())
+            m_document->open(m_document->path()); // the atlas now holds the new scores
         m_runningJob = 0;
     });
     addDockWidget(Qt::BottomDockWidgetArea, m_jobsDock);
@@ -265,6 +268,15 @@ void MainWindow::createActions()
     view->addAction(m_budgetDock->toggleViewAction());
     view->addAction(m_logDock->toggleViewAction());
     view->addAction(m_jobsDock->toggleViewAction());
+
+    QMenu* jobs = menuBar()->addMenu(tr("&Jobs"));
+    jobs->addAction(tr("&Capture new atlas…"), this, &MainWindow::showCaptureDialog);
+    m_scoreAction = jobs->addAction(tr("&Score atlas"), this, &MainWindow::scoreAtlas);
+    m_scoreAction->setEnabled(false);
+    connect(m_document, &AtlasDocument::changed, this, [this] {
+        const auto snapshot = m_document->snapshot();
+        m_scoreAction->setEnabled(snapshot && snapshot->complete);
+    });
 
     QMenu* help = menuBar()->addMenu(tr("&Help"));
     help->addAction(tr("&About MoE Atlas"), this, [this] {
@@ -391,6 +403,30 @@ int MainWindow::evaluatePlan(const Plan& plan)
     m_evalJob = m_runner->start(evalJob(params));
     m_jobsDock->raise();
     return m_evalJob;
+}
+
+int MainWindow::scoreAtlas()
+{
+    const auto snapshot = m_document->snapshot();
+    if (!snapshot)
+        return 0;
+    logMessage(tr("Scoring %1").arg(snapshot->path));
+    m_scoreJob = m_runner->start(scoreJob(snapshot->path.toStdString()));
+    m_jobsDock->raise();
+    return m_scoreJob;
+}
+
+CaptureDialog* MainWindow::showCaptureDialog()
+{
+    auto* dialog = new CaptureDialog(m_runner, this);
+    dialog->setAttribute(Qt::WA_DeleteOnClose);
+    connect(dialog, &CaptureDialog::atlasReady, this, [this](const QString& path) {
+        logMessage(tr("Atlas captured and scored: %1").arg(path));
+        openAtlas(path);
+    });
+    dialog->show();
+    m_jobsDock->raise();
+    return dialog;
 }
 
 void MainWindow::exportCheckpoint()

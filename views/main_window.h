@@ -24,6 +24,7 @@ namespace moeatlas::views {
 
 class AtlasDocument;
 class BudgetPanel;
+class CaptureDialog;
 class HeatmapModel;
 class HeatmapView;
 class JobRunner;
@@ -71,6 +72,12 @@ public:
     // workbench`) and reloads the atlas when done; returns the job id (0 when nothing is open).
     int evaluatePlan(const moeatlas::Plan& plan);
     static constexpr const char* kEvaluationLabel = "workbench";
+    // Jobs > Score atlas: `moeatlas score ATLAS` (no --force) on the open atlas as a background
+    // job, reloading it when done; returns the job id (0 when nothing is open).
+    int scoreAtlas();
+    // Jobs > Capture new atlas…: opens the capture dialog (the atlas it makes is opened).
+    CaptureDialog* showCaptureDialog();
+    QAction* scoreAction() const { return m_scoreAction; }
 
     static constexpr int kMaxRecentFiles = 8;
 
@@ -118,6 +125,7 @@ private:
     QMenu* m_recentMenu = nullptr;
     QAction* m_sortAction = nullptr;
     QAction* m_darkAction = nullptr;
+    QAction* m_scoreAction = nullptr;
     QStringList m_recent;
     bool m_dark = false;
     bool m_errorDialogs = true;
@@ -130,6 +138,7 @@ private:
     JobsPanel* m_jobsPanel = nullptr;
     std::unique_ptr<QTemporaryDir> m_scratch; // plan files of evaluations
     int m_evalJob = 0; // the evaluation job last started
+    int m_scoreJob = 0; // the score job last started
     int m_runningJob = 0;
     int m_planFiles = 0;
     QString m_preferredLabel;
