@@ -7,6 +7,7 @@
 #include <QTextStream>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 namespace moeatlas::views {
@@ -100,8 +101,14 @@ void HeatmapModel::setHeatmap(HeatmapData data)
     std::vector<int> idx(static_cast<std::size_t>(C));
     for (int r = 0; r < R; ++r) {
         std::iota(idx.begin(), idx.end(), 0);
-        // Highest first; ties to the lower expert index (as the planner breaks them).
-        std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return m_data.at(r, a) > m_data.at(r, b); });
+        // Highest first, NaN (no value) last; ties to the lower expert index (as the planner breaks
+        // them). `>` alone is not a strict weak order once NaN is present.
+        std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) {
+            const double va = m_data.at(r, a), vb = m_data.at(r, b);
+            if (std::isnan(va) || std::isnan(vb))
+                return !std::isnan(va) && std::isnan(vb);
+            return va > vb;
+        });
         for (int p = 0; p < C; ++p) {
             m_order[offset(r, p)] = idx[p];
             m_rank[offset(r, idx[p])] = p + 1;

@@ -122,6 +122,13 @@ void TstHeatmap::ranksWithinLayer()
     QCOMPARE(model.expertAtRank(0, 0), 1);
     QCOMPARE(model.expertAtRank(0, 1), 3);
     QCOMPARE(model.expertAtRank(0, 3), 0);
+
+    // Cells without a value (NaN) rank after every number, in expert order.
+    const double nan = std::nan("");
+    model.setHeatmap(matrix(1, 5, { nan, 0.2, nan, 0.9, 0.2 }));
+    const int withNan[5] = { 4, 2, 5, 1, 3 };
+    for (int c = 0; c < 5; ++c)
+        QCOMPARE(model.data(model.index(0, c), HeatmapModel::RankRole).toInt(), withNan[c]);
 }
 
 void TstHeatmap::planOverlay()

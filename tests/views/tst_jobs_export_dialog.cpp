@@ -13,9 +13,12 @@
 #include <QTemporaryDir>
 #include <QTest>
 
+#include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <thread>
 
 namespace fs = std::filesystem;
 using namespace moeatlas;
@@ -50,6 +53,7 @@ private Q_SLOTS:
     void sameBytesAsCli_data();
     void sameBytesAsCli();
     void nonEmptyOutputNeedsReplace();
+    void closingWhileQueuedDropsTheExport();
 
 private:
     QTemporaryDir m_dir;
@@ -139,6 +143,39 @@ void TstJobsExportDialog::nonEmptyOutputNeedsReplace()
     QVERIFY2(done.last().at(0).toBool(), qPrintable(done.last().at(1).toString()));
     QVERIFY(!fs::exists(fs::path(out.toStdString()) / "keep.txt"));
     QVERIFY(digests(out.toStdString()) == digests(cliOut.toStdString()));
+}
+
+// An export queued behind another job, whose dialog is closed, must not run later unseen: it
+// leaves the queue, and nothing appears under the output name.
+void TstJobsExportDialog::closingWhileQueuedDropsTheExport()
+{
+    JobRunner runner;
+    std::atomic<bool> release { false };
+    runner.start(Job { QStringLiteral("blocker"), [&release](const ProgressFn&, const StopToken*) {
+                          while (!release.load())
+                              std::this_thread::sleep_for(std::chrono::milliseconds(5));
+                          return JobResult {};
+                      } });
+    const QString out = m_dir.filePath(QStringLiteral("never"));
+    QSignalSpy cancelled(&runner, &JobRunner::cancelled);
+    QSignalSpy finished(&runner, &JobRunner::finished);
+    {
+        auto* dialog = new ExportDialog(readPlan(m_f.plan.toStdString()), m_f.plan, m_f.model, &runner);
+        dialog->setAttribute(Qt::WA_DeleteOnClose);
+        dialog->setOutputDir(out);
+        QVERIFY(dialog->startExport());
+        QVERIFY(dialog->isExporting());
+        QCOMPARE(runner.queuedJobs(), 1);
+        static_cast<QDialog*>(dialog)->reject(); // closed while its export waits in the queue
+    }
+    QCOMPARE(runner.queuedJobs(), 0);
+    release = true;
+    QTRY_COMPARE_WITH_TIMEOUT(finished.size(), 1, 300000);
+    QTest::qWait(200);
+    QCOMPARE(finished.size(), 1);
+    QCOMPARE(cancelled.size(), 0);
+    QVERIFY(!runner.isBusy());
+    QVERIFY(!fs::exists(out.toStdString()));
 }
 
 QTEST_MAIN(TstJobsExportDialog)

@@ -78,13 +78,8 @@ Job evalJob(EvalJobParams params)
         std::vector<EvalVariant> variants;
         if (params.full)
             variants.push_back(fullVariant(spec));
-        for (const std::string& path : params.planFiles) {
-            const Plan plan = readPlan(path);
-            if (!plan.configSha256.empty() && plan.configSha256 != configSha)
-                throw InputError(
-                    path + ": the plan was made from an atlas of another checkpoint (config.json differs)");
-            variants.push_back(variantFromPlan(plan, spec, std::filesystem::path(path).filename().string()));
-        }
+        for (const std::string& path : params.planFiles)
+            variants.push_back(variantFromPlanFile(path, spec, configSha));
         if (!params.sweep.sparsities.empty())
             for (EvalVariant& v : sweepVariants(params.atlas, ckpt, spec, params.sweep))
                 variants.push_back(std::move(v));
@@ -96,9 +91,7 @@ Job evalJob(EvalJobParams params)
         if (params.save) {
             const std::filesystem::path path = atlas->path();
             atlas.reset();
-            AtlasFile update = AtlasFile::openForUpdate(path);
-            update.writeResults("evaluation/" + params.label, evalTableResults(table));
-            update.commitUpdate();
+            storeEvalTable(path, params.label, table);
         }
         return JobResult { QObject::tr("evaluated %1 variants in %2 s")
                                .arg(static_cast<qsizetype>(table.variants.size()))

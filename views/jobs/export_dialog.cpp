@@ -160,6 +160,10 @@ bool ExportDialog::startExport()
     m_bar->setValue(0);
     m_status->setText(m_runner->isBusy() ? tr("Waiting for the running job…") : tr("Starting…"));
     m_exportButton->setEnabled(false);
+    // The form describes the export under way until it ends.
+    m_output->setReadOnly(true);
+    m_source->setReadOnly(true);
+    m_exportingTo = out;
     m_jobId = m_runner->start(exportJob(source.toStdString(), m_plan, out.toStdString(), options));
     return true;
 }
@@ -171,6 +175,11 @@ void ExportDialog::reject()
         m_closeWhenDone = true;
         m_status->setText(tr("Cancelling…"));
         return; // closes once the export has stopped (onFinished)
+    }
+    if (m_jobId != 0) {
+        // Still queued behind another job: an export nobody can follow or stop must not run later.
+        m_runner->dropQueued(m_jobId);
+        m_jobId = 0;
     }
     QDialog::reject();
 }
@@ -186,10 +195,12 @@ void ExportDialog::onFinished(bool ok, const QString& message)
 {
     m_jobId = 0;
     m_exportButton->setEnabled(true);
+    m_output->setReadOnly(false);
+    m_source->setReadOnly(false);
     if (ok) {
         m_bar->setValue(1000);
         m_status->setText(message);
-        Q_EMIT exportFinished(true, m_output->text().trimmed());
+        Q_EMIT exportFinished(true, m_exportingTo);
     } else {
         m_bar->setValue(0);
         m_status->setText(message);

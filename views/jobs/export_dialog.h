@@ -59,6 +59,7 @@ private:
     QString m_atlasPath;
     JobRunner* m_runner;
     int m_jobId = 0; // the export of this dialog, while it runs
+    QString m_exportingTo; // its output directory, as given when it started
     int m_runningId = 0; // the runner's current job, to ignore other jobs' signals
     bool m_closeWhenDone = false; // Close was pressed while exporting
 

@@ -107,6 +107,15 @@ void JobRunner::cancel()
         m_current->stop.requestStop();
 }
 
+bool JobRunner::dropQueued(int jobId)
+{
+    const auto it = std::find_if(m_queue.begin(), m_queue.end(), [jobId](const auto& q) { return q.first == jobId; });
+    if (it == m_queue.end())
+        return false;
+    m_queue.erase(it);
+    return true;
+}
+
 void JobRunner::cancelAll()
 {
     m_queue.clear();

@@ -49,8 +49,8 @@ private:
 
 // Runs one job at a time on its own worker thread; jobs started while one runs wait in a FIFO
 // queue. Every signal is emitted on the runner's (GUI) thread. Per job, in order: started(),
-// progress()... (throttled to about 10 per second, coalesced), then exactly one of
-// outputReady()+succeeded, failed() or cancelled(), and last finished(ok, message).
+// progress()... (throttled to about 10 per second, coalesced), then outputReady() when the job
+// succeeded with an output path, failed() or cancelled() otherwise, and last finished(ok, message).
 // The destructor stops the running job and waits for it (a job checks its stop token often).
 class JobRunner : public QObject {
     Q_OBJECT
@@ -65,6 +65,8 @@ public:
     int currentJobId() const;
     QString currentJobName() const;
     int queuedJobs() const { return static_cast<int>(m_queue.size()); }
+    // Removes a job that has not started yet (it emits nothing); false when it is not queued.
+    bool dropQueued(int jobId);
     // Minimum time between two progress() signals (default 100 ms; 0 = every report).
     void setProgressInterval(std::chrono::milliseconds interval) { m_interval = interval; }
 
