@@ -16,6 +16,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
+
 #include <QAction>
 #include <QApplication>
 #include <QCloseEvent>
@@ -42,6 +44,7 @@
 #include <QTabWidget>
 #include <QTableView>
 #include <QTemporaryDir>
+#include <QTextStream>
 #include <QToolBar>
 #include <QToolButton>
 #include <QVBoxLayout>
@@ -97,6 +100,7 @@ MainWindow::MainWindow(QWidget* parent)
     m_tabs->addTab(m_table, tr("T&able"));
     // Trade-off: an evaluation table of the atlas (moeatlas eval --atlas, or Evaluate…).
     auto* tradeoffPage = new QWidget(this);
+    m_tradeoffPage = tradeoffPage;
     auto* tradeoffLayout = new QVBoxLayout(tradeoffPage);
     auto* evalBar = new QHBoxLayout;
     m_evalLabel = new QComboBox(tradeoffPage);
@@ -113,6 +117,7 @@ MainWindow::MainWindow(QWidget* parent)
     m_tabs->addTab(tradeoffPage, tr("T&rade-off"));
 
     auto* statsPage = new QWidget(this);
+    m_statsPage = statsPage;
     auto* statsLayout = new QVBoxLayout(statsPage);
     m_statsNote = new QLabel(statsPage);
     m_statsNote->setWordWrap(true);
@@ -220,23 +225,25 @@ void MainWindow::createActions()
             logError(error);
     });
     savePlan->setShortcut(QKeySequence::Save);
-    QAction* png = file->addAction(tr("Export heatmap as &PNG…"), this, [this] {
+    // Image and table exports follow the tab on show: the heatmap (Heatmap, Table), the trade-off
+    // chart and its evaluation table, or the routing-statistics charts.
+    QAction* png = file->addAction(tr("Export current view as &PNG…"), this, [this] {
         const QString path = QFileDialog::getSaveFileName(
-            this, tr("Export PNG"), QStringLiteral("heatmap.png"), tr("PNG images (*.png)"));
+            this, tr("Export PNG"), currentViewName() + QStringLiteral(".png"), tr("PNG images (*.png)"));
         if (!path.isEmpty())
-            exportHeatmapPng(path);
+            exportCurrentView(path);
     });
     png->setShortcut(QKeySequence(Qt::CTRL | Qt::Key_E));
-    QAction* svg = file->addAction(tr("Export heatmap as S&VG…"), this, [this] {
+    QAction* svg = file->addAction(tr("Export current view as S&VG…"), this, [this] {
         const QString path = QFileDialog::getSaveFileName(
-            this, tr("Export SVG"), QStringLiteral("heatmap.svg"), tr("SVG images (*.svg)"));
+            this, tr("Export SVG"), currentViewName() + QStringLiteral(".svg"), tr("SVG images (*.svg)"));
         if (!path.isEmpty())
-            exportHeatmapSvg(path);
+            exportCurrentView(path);
     });
     svg->setShortcut(QKeySequence(Qt::CTRL | Qt::SHIFT | Qt::Key_E));
     QAction* csv = file->addAction(tr("Export table as &CSV…"), this, [this] {
         const QString path = QFileDialog::getSaveFileName(
-            this, tr("Export CSV"), QStringLiteral("heatmap.csv"), tr("CSV files (*.csv)"));
+            this, tr("Export CSV"), currentViewName() + QStringLiteral(".csv"), tr("CSV files (*.csv)"));
         if (!path.isEmpty())
             exportTableCsv(path);
     });
@@ -541,12 +548,54 @@ bool MainWindow::exportHeatmapSvg(const QString& path)
     return ok;
 }
 
+QString MainWindow::currentViewName() const
+{
+    if (m_tabs->currentWidget() == m_tradeoffPage)
+        return QStringLiteral("tradeoff");
+    if (m_tabs->currentWidget() == m_statsPage)
+        return QStringLiteral("routing-statistics");
+    return QStringLiteral("heatmap");
+}
+
+bool MainWindow::exportCurrentView(const QString& path)
+{
+    const bool svg = path.endsWith(QStringLiteral(".svg"), Qt::CaseInsensitive);
+    if (m_tabs->currentWidget() == m_tradeoffPage || m_tabs->currentWidget() == m_statsPage) {
+        const bool ok
+            = m_tabs->currentWidget() == m_tradeoffPage ? m_tradeoff->saveImage(path) : m_stats->saveImage(path);
+        ok ? logMessage(tr("Chart written to %1").arg(path)) : logError(tr("Cannot write %1").arg(path));
+        return ok;
+    }
+    return svg ? exportHeatmapSvg(path) : exportHeatmapPng(path);
+}
+
 bool MainWindow::exportTableCsv(const QString& path)
 {
+    QString text;
+    if (m_tabs->currentWidget() == m_tradeoffPage) {
+        // The evaluation table on show, one row per (variant, domain), as `moeatlas eval --csv`.
+        const TradeoffTable& t = m_tradeoff->table();
+        const int full = t.fullIndex();
+        QTextStream csv(&text);
+        csv.setRealNumberPrecision(9);
+        csv << "variant,method,criterion,target_domain,sparsity,kept_experts,domain,tokens,nll,perplexity,delta_nll\n";
+        for (const TradeoffVariant& v : t.variants)
+            for (std::size_t d = 0; d < t.domains.size(); ++d) {
+                csv << QString::fromStdString(v.name) << ',' << QString::fromStdString(v.method) << ','
+                    << QString::fromStdString(v.criterion) << ',' << QString::fromStdString(v.domain) << ','
+                    << v.sparsity << ',' << v.keptExperts << ',' << QString::fromStdString(t.domains[d]) << ','
+                    << t.tokens[d] << ',' << v.nll[d] << ',' << std::exp(v.nll[d]) << ',';
+                if (full >= 0)
+                    csv << v.nll[d] - t.variants[static_cast<std::size_t>(full)].nll[d];
+                csv << '\n';
+            }
+    } else {
+        text = m_heatmapModel->toCsv();
+    }
     QSaveFile out(path);
     bool ok = out.open(QIODevice::WriteOnly | QIODevice::Text);
     if (ok) {
-        out.write(m_heatmapModel->toCsv().toUtf8());
+        out.write(text.toUtf8());
         ok = out.commit();
     }
     ok ? logMessage(tr("Table written to %1").arg(path)) : logError(tr("Cannot write %1").arg(path));

@@ -54,6 +54,11 @@ public:
 
     bool exportHeatmapPng(const QString& path);
     bool exportHeatmapSvg(const QString& path);
+    // The current tab as an image (.svg: vector, else PNG): the heatmap (Heatmap and Table tabs),
+    // the trade-off chart or the routing-statistics charts.
+    bool exportCurrentView(const QString& path);
+    // The current tab's table: the evaluation table on the Trade-off tab (as `moeatlas eval
+    // --csv` writes it), else the heatmap's cells.
     bool exportTableCsv(const QString& path);
 
     void setDarkPalette(bool dark);
@@ -116,6 +121,9 @@ private:
     QTableView* m_table = nullptr;
     BudgetPanel* m_budget = nullptr;
     QPlainTextEdit* m_log = nullptr;
+    QString currentViewName() const; // file name stem for exports of the current tab
+    QWidget* m_tradeoffPage = nullptr;
+    QWidget* m_statsPage = nullptr;
     QTabWidget* m_tabs = nullptr;
     QComboBox* m_quantity = nullptr;
     QComboBox* m_domain = nullptr;

@@ -1,6 +1,7 @@
 // MainWindow: open (and failures, logged without blocking), recent files and window state in
 // QSettings (a temporary settings path), palette, exports (PNG/SVG/CSV), drag and drop, and the
 // budget slider driving the heatmap overlay.
+#include "atlas/atlas_file.h"
 #include "atlas_document.h"
 #include "budget_panel.h"
 #include "charts/routing_stats.h"
@@ -15,6 +16,7 @@
 #include <QApplication>
 #include <QComboBox>
 #include <QFile>
+#include <QFileInfo>
 #include <QImage>
 #include <QMimeData>
 #include <QPushButton>
@@ -25,7 +27,9 @@
 #include <QTabWidget>
 #include <QTemporaryDir>
 #include <QTest>
+
 #include <QUrl>
+#include <cmath>
 
 using namespace moeatlas;
 using namespace moeatlas::views;
@@ -199,6 +203,36 @@ void TstMainWindow::exports()
     // Failures are reported, not thrown.
     QVERIFY(!w.exportTableCsv(m_dir.filePath(QStringLiteral("no/such/dir/x.csv"))));
     QVERIFY(w.logText().contains(QStringLiteral("Cannot write")));
+
+    // On the Trade-off tab: the chart as PNG/SVG and the evaluation table as CSV, whose nll
+    // column is the atlas's /evaluation table read independently.
+    w.tabs()->setCurrentIndex(2);
+    const QString chartPng = m_dir.filePath(QStringLiteral("tradeoff.png"));
+    const QString chartSvg = m_dir.filePath(QStringLiteral("tradeoff.svg"));
+    QVERIFY(w.exportCurrentView(chartPng));
+    QVERIFY(w.exportCurrentView(chartSvg));
+    QVERIFY(!QImage(chartPng).isNull());
+    QVERIFY(QFileInfo(chartSvg).size() > 1000);
+    const QString evalCsv = m_dir.filePath(QStringLiteral("tradeoff.csv"));
+    QVERIFY(w.exportTableCsv(evalCsv));
+    const AtlasFile atlas = AtlasFile::openReadOnly(m_atlas.toStdString());
+    const QString label = w.evaluationCombo()->currentText();
+    const auto table = atlas.readResults("evaluation/" + label.toStdString());
+    QVERIFY(table.has_value());
+    const AtlasArray* nll = table->find("nll");
+    QFile evalFile(evalCsv);
+    QVERIFY(evalFile.open(QIODevice::ReadOnly | QIODevice::Text));
+    const QStringList rows = QString::fromUtf8(evalFile.readAll()).split(QLatin1Char('\n'), Qt::SkipEmptyParts);
+    QCOMPARE(static_cast<std::size_t>(rows.size()), 1 + nll->values.size());
+    QVERIFY(rows[0].startsWith(QStringLiteral("variant,method,criterion")));
+    for (int i = 1; i < rows.size(); ++i)
+        QVERIFY(std::abs(rows[i].split(QLatin1Char(','))[8].toDouble() - nll->values[static_cast<std::size_t>(i - 1)])
+            <= 1e-7 * std::max(1.0, nll->values[static_cast<std::size_t>(i - 1)]));
+
+    w.tabs()->setCurrentIndex(3);
+    const QString statsPng = m_dir.filePath(QStringLiteral("routing.png"));
+    QVERIFY(w.exportCurrentView(statsPng));
+    QVERIFY(!QImage(statsPng).isNull());
 }
 
 void TstMainWindow::dropOpensAtlas()
