@@ -26,6 +26,8 @@
 using namespace moeatlas;
 namespace fs = std::filesystem;
 
+using moeatlas::test::maxAbsDiff;
+
 namespace {
 
 // Qwen3-MoE with a dense layer (1) between two MoE layers (0, 2).
@@ -69,22 +71,6 @@ ExpertMask maskOf(const std::string& name, const std::vector<std::vector<int>>& 
     m.name = name;
     m.keep[0] = keepPerMoeLayer.at(0);
     m.keep[2] = keepPerMoeLayer.at(1);
-    return m;
-}
-
-double maxAbsDiff(const std::vector<float>& a, const std::vector<float>& b)
-{
-    if (a.size() != b.size())
-        return INFINITY;
-    double m = 0;
-    for (std::size_t i = 0; i < a.size(); ++i) {
-        if (std::isnan(a[i]) || std::isnan(b[i])) {
-            if (std::isnan(a[i]) != std::isnan(b[i]))
-                return INFINITY;
-            continue;
-        }
-        m = std::max(m, std::abs(static_cast<double>(a[i]) - b[i]));
-    }
     return m;
 }
 

@@ -5,6 +5,7 @@
 #include "checkpoint/hf_config.h"
 #include "checkpoint/safetensors.h"
 #include "runtime/executor.h"
+#include "test_io.h"
 #include "test_support.h"
 
 #include <QTemporaryDir>
@@ -19,6 +20,8 @@
 #include <set>
 
 using namespace moeatlas;
+
+using moeatlas::test::maxAbsDiff;
 
 namespace {
 
@@ -36,16 +39,6 @@ std::vector<int64_t> int64s(const SafetensorsFile& f, const std::string& name)
     std::vector<int64_t> v(b.size() / sizeof(int64_t));
     std::memcpy(v.data(), b.data(), b.size());
     return v;
-}
-
-double maxAbsDiff(const std::vector<float>& a, const std::vector<float>& b)
-{
-    if (a.size() != b.size())
-        return INFINITY;
-    double m = 0;
-    for (std::size_t i = 0; i < a.size(); ++i)
-        m = std::max(m, static_cast<double>(std::fabs(a[i] - b[i])));
-    return m;
 }
 
 double maxAbs(const std::vector<float>& a)

@@ -6,6 +6,11 @@
 
 #include <QString>
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -39,6 +44,24 @@ inline QString inputErrorOf(const std::function<void()>& f)
         return QStringLiteral("<wrong exception type>");
     }
     return {};
+}
+
+// Largest |a[i] - b[i]|; infinity when the sizes differ or one side is NaN where the other is not
+// (NaN in both places counts as equal: e.g. positions with no next token).
+inline double maxAbsDiff(const std::vector<float>& a, const std::vector<float>& b)
+{
+    if (a.size() != b.size())
+        return std::numeric_limits<double>::infinity();
+    double m = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        if (std::isnan(a[i]) || std::isnan(b[i])) {
+            if (std::isnan(a[i]) != std::isnan(b[i]))
+                return std::numeric_limits<double>::infinity();
+            continue;
+        }
+        m = std::max(m, std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
+    }
+    return m;
 }
 
 } // namespace moeatlas::test

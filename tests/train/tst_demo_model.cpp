@@ -7,6 +7,7 @@
 #include "checkpoint/hf_config.h"
 #include "checkpoint/safetensors.h"
 #include "runtime/executor.h"
+#include "test_io.h"
 #include "test_support.h"
 #include "train/moe_trainer.h"
 
@@ -24,6 +25,8 @@
 
 using namespace moeatlas;
 
+using moeatlas::test::maxAbsDiff;
+
 namespace {
 
 const std::vector<std::string> kDomains = { "arith", "code", "json", "prose" };
@@ -31,16 +34,6 @@ const std::vector<std::string> kDomains = { "arith", "code", "json", "prose" };
 std::string demoPath(const std::string& rel)
 {
     return test::sourcePath(QStringLiteral("resources/demo/") + QString::fromStdString(rel)).toStdString();
-}
-
-double maxAbsDiff(const std::vector<float>& a, const std::vector<float>& b)
-{
-    if (a.size() != b.size())
-        return INFINITY;
-    double m = 0;
-    for (std::size_t i = 0; i < a.size(); ++i)
-        m = std::max(m, static_cast<double>(std::fabs(a[i] - b[i])));
-    return m;
 }
 
 } // namespace
