@@ -105,7 +105,9 @@ std::shared_ptr<const AtlasSnapshot> loadAtlasSnapshot(const QString& path)
     }
     s->statistics = atlas.readResults("statistics");
     try {
-        s->routingStats = std::make_shared<const RoutingStats>(routingStatsFromAtlas(atlas));
+        if (!s->statistics)
+            throw InputError(file.string() + ": no routing statistics (run `moeatlas score` on it)");
+        s->routingStats = std::make_shared<const RoutingStats>(routingStatsFromResults(atlas, *s->statistics));
     } catch (const std::exception& e) {
         s->routingStatsNote = QString::fromUtf8(e.what());
     }
@@ -113,10 +115,11 @@ std::shared_ptr<const AtlasSnapshot> loadAtlasSnapshot(const QString& path)
         if (std::optional<AtlasResults> table = atlas.readResults("evaluation/" + label))
             s->evaluations.emplace(label, std::move(*table));
     }
-    // Plan-ready tables through the same reader as `moeatlas plan` (shape checks included).
+    // Plan-ready tables through the same reader as `moeatlas plan` (shape checks included), from
+    // the groups read above: one file version for the whole snapshot.
     if (s->complete) {
         for (const auto& [criterion, group] : s->scoreGroups)
-            s->scores.emplace(criterion, readAtlasScores(file, criterion));
+            s->scores.emplace(criterion, atlasScoresFromResults(atlas, criterion, group));
     }
     fillPlanContext(*s);
     return s;

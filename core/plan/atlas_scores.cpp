@@ -7,14 +7,15 @@ namespace moeatlas {
 
 AtlasScores readAtlasScores(const std::filesystem::path& path, const std::string& criterion)
 {
-    const AtlasFile atlas = AtlasFile::openReadOnly(path);
-    const std::string name = path.string();
+    return readAtlasScores(AtlasFile::openReadOnly(path), criterion);
+}
+
+AtlasScores readAtlasScores(const AtlasFile& atlas, const std::string& criterion)
+{
+    const std::string name = atlas.path().string();
     if (!atlas.isComplete())
         throw InputError(
             name + ": the atlas is incomplete (finish the capture with --resume, then run moeatlas score)");
-    const AtlasModelInfo& m = atlas.model();
-    const auto& domains = atlas.calibration().domains;
-
     const std::optional<AtlasResults> results = atlas.readResults("scores/" + criterion);
     if (!results) {
         if ((criterion == "reap" || criterion == "ean") && !atlas.options().storeExpertNorms)
@@ -28,7 +29,15 @@ AtlasScores readAtlasScores(const std::filesystem::path& path, const std::string
             + (have.empty() ? std::string("the atlas has no scores") : "the atlas has: " + have)
             + "); run: moeatlas score " + name);
     }
-    const AtlasArray* value = results->find("value");
+    return atlasScoresFromResults(atlas, criterion, *results);
+}
+
+AtlasScores atlasScoresFromResults(const AtlasFile& atlas, const std::string& criterion, const AtlasResults& results)
+{
+    const std::string name = atlas.path().string();
+    const AtlasModelInfo& m = atlas.model();
+    const auto& domains = atlas.calibration().domains;
+    const AtlasArray* value = results.find("value");
     const uint64_t numD = domains.size(), numL = m.moeLayers.size(), numE = static_cast<uint64_t>(m.numExperts);
     if (!value || value->dims != std::vector<uint64_t> { numD + 1, numL, numE }
         || value->values.size() != (numD + 1) * numL * numE)

@@ -53,10 +53,16 @@ std::vector<double> RoutingStats::coactivationOf(int layer) const
 
 RoutingStats routingStatsFromAtlas(const AtlasFile& atlas)
 {
-    const std::string where = atlas.path().string();
     const std::optional<AtlasResults> r = atlas.readResults("statistics");
     if (!r)
-        throw InputError(where + ": no routing statistics (run `moeatlas score` on it)");
+        throw InputError(atlas.path().string() + ": no routing statistics (run `moeatlas score` on it)");
+    return routingStatsFromResults(atlas, *r);
+}
+
+RoutingStats routingStatsFromResults(const AtlasFile& atlas, const AtlasResults& statistics)
+{
+    const std::string where = atlas.path().string();
+    const AtlasResults* r = &statistics;
     RoutingStats s;
     for (const AtlasDomain& d : atlas.calibration().domains)
         s.domains.push_back(d.name);

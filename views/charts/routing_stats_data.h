@@ -37,5 +37,7 @@ struct RoutingStats {
 // Reads /statistics of `atlas`; throws InputError naming the atlas when it was not scored
 // (run `moeatlas score`) or an array has an unexpected shape.
 RoutingStats routingStatsFromAtlas(const AtlasFile& atlas);
+// The same from its /statistics group already read (model and domains from `atlas`).
+RoutingStats routingStatsFromResults(const AtlasFile& atlas, const AtlasResults& statistics);
 
 } // namespace moeatlas::views
