@@ -113,7 +113,8 @@ int runEval(const EvalArgs& a)
         throw InputError("give the checkpoint directory");
     const Checkpoint ckpt(checkpointDir);
     const std::string configPath = (ckpt.dir() / "config.json").string();
-    if (atlas && sha256File(ckpt.dir() / "config.json") != atlas->model().configSha256)
+    const std::string configSha = sha256File(ckpt.dir() / "config.json");
+    if (atlas && configSha != atlas->model().configSha256)
         throw InputError(configPath + ": not the config.json " + a.atlas + " was captured from");
     const ModelSpec spec = parseModelSpec(ckpt.config(), configPath);
 
@@ -130,7 +131,6 @@ int runEval(const EvalArgs& a)
     std::vector<EvalVariant> variants;
     if (!a.noFull)
         variants.push_back(fullVariant(spec));
-    const std::string configSha = sha256File(ckpt.dir() / "config.json");
     for (const std::string& path : a.plans)
         variants.push_back(variantFromPlanFile(path, spec, configSha));
     if (!a.sparsities.empty()) {
