@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
+#include <ATen/core/grad_mode.h>
 
 #include <dlfcn.h>
 
@@ -55,11 +56,12 @@ bool canRunOnThreads()
 #endif
 }
 
-// True when the blocks split their products across ATen's threads (see above).
+// True when the blocks split their products across ATen's threads (see above). Never while autograd
+// records (gradient passes): the split paths use out= and in-place ops on shared buffers.
 bool splitWork(const at::Tensor& x)
 {
     return x.device().is_cpu() && at::get_num_threads() > 1 && !at::in_parallel_region() && openblasThreads() == 1
-        && canRunOnThreads();
+        && canRunOnThreads() && !at::GradMode::is_enabled();
 }
 
 // Calls worker() once on each of ATen's intra-op threads, concurrently, with the caller's LibTorch
@@ -353,6 +355,8 @@ at::Tensor moeForward(
             at::mm_out(gu, xe, w.gateUp[e].t());
             at::silu_out(h, gu.narrow(1, 0, I));
             h.mul_(gu.narrow(1, I, I));
+            if (options.unitMask.defined())
+                h.mul_(options.unitMask[e].to(h.scalar_type()));
             const at::Tensor mix = sortedWeights.narrow(0, off, c).unsqueeze(1);
             at::Tensor dst = weighted.narrow(0, off, c);
             if (sameType) {
@@ -384,6 +388,8 @@ at::Tensor moeForward(
             at::Tensor xe = x.index_select(0, idx);
             at::Tensor gu = at::linear(xe, w.gateUp[e]);
             at::Tensor h = at::silu(gu.narrow(1, 0, I)) * gu.narrow(1, I, I);
+            if (options.unitMask.defined())
+                h = h * options.unitMask[e].to(h.scalar_type());
             at::Tensor y = at::linear(h, w.down[e]);
             if (options.recordExpertNorms)
                 sortedNorms.narrow(0, offset, c).copy_(y.to(at::kFloat).norm(2, { 1 }));

@@ -36,10 +36,15 @@ struct MoeOptions {
     bool recordExpertNorms = false;
     // Expert mask for evaluation of pruning plans: [E] bool, true = kept. Undefined = all kept.
     at::Tensor keptExperts;
+    // Per-unit mask of the routed experts' intermediate activations: [E, I], multiplies
+    // a = silu(gate x) * up x of expert e by row e before the down projection. Undefined = no mask
+    // (the unmasked numerics). With requires_grad its gradient is the mask-form Fisher signal.
+    at::Tensor unitMask;
 };
 
 // The MoE block (router + routed experts + shared expert). Tokens are grouped by expert and each
-// expert runs once on its tokens.
+// expert runs once on its tokens. With autograd recording (grad mode on, not inference mode) every
+// block takes its plain path: the split paths write into buffers with out= ops autograd cannot record.
 at::Tensor moeForward(const ModelSpec& spec, const LayerWeights& w, const at::Tensor& x, const MoeOptions& options,
     RoutingRecord* record);
 
