@@ -1,9 +1,9 @@
 // Unit tests of core/atlas: fp16 conversion, round trips, partial files and resume, a capture
 // killed mid-layer, and the errors a user sees for bad paths and foreign files.
 #include "atlas/atlas_file.h"
-#include "util/half.h"
 #include "atlas_test_data.h"
 #include "util/error.h"
+#include "util/half.h"
 
 #include <QTemporaryDir>
 #include <QTest>
