@@ -5,6 +5,7 @@
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/safetensors.h"
 #include "test_support.h"
+#include "test_tensors.h"
 #include "util/sha256.h"
 
 #include <QDir>
@@ -28,14 +29,6 @@ namespace {
 QString cli()
 {
     return test::cliExecutable();
-}
-
-template <typename T> std::vector<T> values(const SafetensorsFile& f, const std::string& name)
-{
-    const auto b = f.bytes(name);
-    std::vector<T> v(b.size() / sizeof(T));
-    std::memcpy(v.data(), b.data(), b.size());
-    return v;
 }
 
 // Generates a random model with the project's generator; returns its directory.
@@ -116,7 +109,7 @@ private Q_SLOTS:
                 model });
         QVERIFY2(made.exitCode == 0, qPrintable(made.stdErr));
         const SafetensorsFile ref(QString(model + QStringLiteral("/reference.safetensors")).toStdString());
-        const std::vector<int64_t> ids = values<int64_t>(ref, "input_ids");
+        const std::vector<int64_t> ids = test::tensorValues<int64_t>(ref, "input_ids");
         const int64_t B = ref.info("input_ids").shape[0], S = ref.info("input_ids").shape[1];
         // Two domains: the first sequence alone, then the others.
         const QString calA = dir.filePath(QStringLiteral("a.jsonl")), calB = dir.filePath(QStringLiteral("b.jsonl"));
@@ -162,10 +155,10 @@ private Q_SLOTS:
         const int E = atlas.model().numExperts, K = atlas.model().topK;
         for (int l : atlas.model().moeLayers) {
             const std::vector<float> got = atlas.readLogits(l);
-            const std::vector<float> want = values<float>(ref, "router_logits." + std::to_string(l));
+            const std::vector<float> want = test::tensorValues<float>(ref, "router_logits." + std::to_string(l));
             const std::vector<int32_t> gotIds = atlas.readTopkIds(l);
-            const std::vector<int64_t> wantIds = values<int64_t>(ref, "topk_ids." + std::to_string(l));
-            const std::vector<float> margin = values<float>(ref, "topk_margin." + std::to_string(l));
+            const std::vector<int64_t> wantIds = test::tensorValues<int64_t>(ref, "topk_ids." + std::to_string(l));
+            const std::vector<float> margin = test::tensorValues<float>(ref, "topk_margin." + std::to_string(l));
             const std::vector<float> norms = atlas.readExpertNorms(l);
             QCOMPARE(static_cast<int64_t>(norms.size()), B * S * K);
             double err = 0;

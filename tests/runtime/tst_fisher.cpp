@@ -11,6 +11,7 @@
 #include "runtime/fisher.h"
 #include "test_io.h"
 #include "test_support.h"
+#include "test_tensors.h"
 
 #include <QSet>
 #include <QTemporaryDir>
@@ -29,18 +30,12 @@ namespace {
 
 std::vector<float> floats(const SafetensorsFile& f, const std::string& name)
 {
-    const auto b = f.bytes(name);
-    std::vector<float> v(b.size() / sizeof(float));
-    std::memcpy(v.data(), b.data(), b.size());
-    return v;
+    return test::tensorValues<float>(f, name);
 }
 
 std::vector<int64_t> int64s(const SafetensorsFile& f, const std::string& name)
 {
-    const auto b = f.bytes(name);
-    std::vector<int64_t> v(b.size() / sizeof(int64_t));
-    std::memcpy(v.data(), b.data(), b.size());
-    return v;
+    return test::tensorValues<int64_t>(f, name);
 }
 
 // Largest |ours - ref| relative to the largest |ref| (infinity on a size mismatch).

@@ -7,6 +7,7 @@
 #include "runtime/executor.h"
 #include "test_io.h"
 #include "test_support.h"
+#include "test_tensors.h"
 
 #include <QTemporaryDir>
 #include <QTest>
@@ -27,18 +28,12 @@ namespace {
 
 std::vector<float> floats(const SafetensorsFile& f, const std::string& name)
 {
-    const auto b = f.bytes(name);
-    std::vector<float> v(b.size() / sizeof(float));
-    std::memcpy(v.data(), b.data(), b.size());
-    return v;
+    return test::tensorValues<float>(f, name);
 }
 
 std::vector<int64_t> int64s(const SafetensorsFile& f, const std::string& name)
 {
-    const auto b = f.bytes(name);
-    std::vector<int64_t> v(b.size() / sizeof(int64_t));
-    std::memcpy(v.data(), b.data(), b.size());
-    return v;
+    return test::tensorValues<int64_t>(f, name);
 }
 
 double maxAbs(const std::vector<float>& a)
