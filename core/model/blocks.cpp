@@ -177,6 +177,13 @@ at::Tensor causalMask(int64_t seqLen, std::optional<int64_t> window, const at::T
     return at::zeros({ seqLen, seqLen }, options).masked_fill(visible.logical_not(), lowest);
 }
 
+// Adds sum over rows of |h| ([tokens, I] activations of expert e) into row e of `sum` ([E, I] float64).
+void addUnitActivation(const at::Tensor& sum, int64_t e, const at::Tensor& h)
+{
+    const at::NoGradGuard noGrad;
+    sum[e].add_(h.detach().abs().sum(0).to(sum.device(), at::kDouble));
+}
+
 } // namespace
 
 RotaryCache buildRotaryCache(const ModelSpec& spec, int64_t seqLen, const at::TensorOptions& options)
@@ -355,6 +362,8 @@ at::Tensor moeForward(
             at::mm_out(gu, xe, w.gateUp[e].t());
             at::silu_out(h, gu.narrow(1, 0, I));
             h.mul_(gu.narrow(1, I, I));
+            if (options.unitActivationSum.defined())
+                addUnitActivation(options.unitActivationSum, e, h);
             if (options.unitMask.defined())
                 h.mul_(options.unitMask[e].to(h.scalar_type()));
             const at::Tensor mix = sortedWeights.narrow(0, off, c).unsqueeze(1);
@@ -388,6 +397,8 @@ at::Tensor moeForward(
             at::Tensor xe = x.index_select(0, idx);
             at::Tensor gu = at::linear(xe, w.gateUp[e]);
             at::Tensor h = at::silu(gu.narrow(1, 0, I)) * gu.narrow(1, I, I);
+            if (options.unitActivationSum.defined())
+                addUnitActivation(options.unitActivationSum, e, h);
             if (options.unitMask.defined())
                 h = h * options.unitMask[e].to(h.scalar_type());
             at::Tensor y = at::linear(h, w.down[e]);

@@ -40,6 +40,9 @@ struct MoeOptions {
     // a = silu(gate x) * up x of expert e by row e before the down projection. Undefined = no mask
     // (the unmasked numerics). With requires_grad its gradient is the mask-form Fisher signal.
     at::Tensor unitMask;
+    // Optional accumulator [E, I] float64 (CPU): each routed token adds |a| of the expert it is
+    // routed to into that expert's row (before the unit mask). Statistics only, never recorded.
+    at::Tensor unitActivationSum;
 };
 
 // The MoE block (router + routed experts + shared expert). Tokens are grouped by expert and each

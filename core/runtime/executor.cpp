@@ -505,6 +505,31 @@ int Executor::variantsThatFit(int64_t numTokens, int64_t longestSequence, bool k
     return static_cast<int>(std::min<uint64_t>((budget - one) / std::max<uint64_t>(each, 1) + 1, 1 << 20));
 }
 
+namespace {
+
+// [E, I] float32 0/1 mask from per-expert kept unit lists (ExpertMask::units).
+at::Tensor unitMaskTensor(
+    const std::vector<std::vector<int>>& perExpert, int64_t numExperts, int64_t width, const std::string& where)
+{
+    if (static_cast<int64_t>(perExpert.size()) != numExperts)
+        throw InputError(where + ": unit lists for " + std::to_string(perExpert.size()) + " experts, expected "
+            + std::to_string(numExperts) + " (one per routed expert)");
+    std::vector<float> mask(static_cast<std::size_t>(numExperts * width), 0.0f);
+    for (int64_t e = 0; e < numExperts; ++e) {
+        int previous = -1;
+        for (const int j : perExpert[static_cast<std::size_t>(e)]) {
+            if (j <= previous || j >= width)
+                throw InputError(where + ", expert " + std::to_string(e) + ": unit " + std::to_string(j)
+                    + " is out of order or out of range [0, " + std::to_string(width) + ")");
+            previous = j;
+            mask[static_cast<std::size_t>(e * width + j)] = 1.0f;
+        }
+    }
+    return at::tensor(at::ArrayRef<float>(mask), at::kFloat).view({ numExperts, width });
+}
+
+} // namespace
+
 EvaluationResult Executor::evaluate(std::span<const int32_t> tokens, std::span<const int64_t> seqOffsets,
     std::span<const ExpertMask> variants, bool keepLogits, const ProgressFn& progress, const StopToken* stop)
 {
@@ -524,6 +549,7 @@ EvaluationResult Executor::evaluate(std::span<const int32_t> tokens, std::span<c
 
     // Router masks per variant and layer, validated before any work.
     std::vector<std::map<int, at::Tensor>> masks(static_cast<std::size_t>(P));
+    std::vector<std::map<int, at::Tensor>> unitMasks(static_cast<std::size_t>(P));
     for (int v = 0; v < P; ++v) {
         const ExpertMask& m = variants[static_cast<std::size_t>(v)];
         for (const auto& [layer, keep] : m.keep) {
@@ -543,6 +569,13 @@ EvaluationResult Executor::evaluate(std::span<const int32_t> tokens, std::span<c
                     + " experts, fewer than the router's top-k (" + std::to_string(s.router.topK) + ")");
             masks[static_cast<std::size_t>(v)][layer]
                 = at::tensor(at::ArrayRef<uint8_t>(kept), at::kByte).to(d.device, at::kBool);
+        }
+        for (const auto& [layer, perExpert] : m.units) {
+            const std::string where = "variant '" + m.name + "', layer " + std::to_string(layer);
+            if (layer < 0 || layer >= s.numLayers || !s.layers[static_cast<std::size_t>(layer)].moe)
+                throw InputError(where + ": not a MoE layer of this model");
+            unitMasks[static_cast<std::size_t>(v)][layer]
+                = unitMaskTensor(perExpert, E, s.moeIntermediate, where).to(d.device, d.dtype);
         }
     }
 
@@ -567,6 +600,9 @@ EvaluationResult Executor::evaluate(std::span<const int32_t> tokens, std::span<c
             const auto& layerMasks = masks[static_cast<std::size_t>(v)];
             if (const auto it = layerMasks.find(l); it != layerMasks.end())
                 moeOptions.keptExperts = it->second;
+            if (const auto it = unitMasks[static_cast<std::size_t>(v)].find(l);
+                it != unitMasks[static_cast<std::size_t>(v)].end())
+                moeOptions.unitMask = it->second;
             for (const MicroBatch& b : batches) {
                 if (stop && stop->stopRequested())
                     throw Cancelled();

@@ -66,6 +66,11 @@ struct ExecutionResult {
 struct ExpertMask {
     std::string name;
     std::map<int, std::vector<int>> keep; // decoder layer -> kept expert ids; absent layers keep all
+    // Dimension pruning: decoder layer -> for every routed expert e (original numbering, numExperts
+    // entries) its kept intermediate units, sorted, in [0, moeIntermediate); an empty list is a
+    // zero-width expert (it contributes nothing, but the router still weighs it). Absent layers keep
+    // every unit. Applied as a 0/1 unit mask on the activations (MoeOptions::unitMask).
+    std::map<int, std::vector<std::vector<int>>> units;
 };
 
 struct VariantOutput {
@@ -105,7 +110,8 @@ public:
     // Runs the token set through every variant at once: each layer is loaded once and applied to
     // each variant's residual stream, so V variants cost V forward passes but one weight stream.
     // progress units: tokens x layers x variants. Throws InputError for a mask naming a layer
-    // without router or an expert out of range, or keeping fewer experts than the router's top-k.
+    // without router or an expert out of range, keeping fewer experts than the router's top-k, or
+    // unit lists of the wrong count, unsorted or out of range.
     EvaluationResult evaluate(std::span<const int32_t> tokens, std::span<const int64_t> seqOffsets,
         std::span<const ExpertMask> variants, bool keepLogits = false, const ProgressFn& progress = {},
         const StopToken* stop = nullptr);

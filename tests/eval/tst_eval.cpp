@@ -294,6 +294,37 @@ private Q_SLOTS:
         QVERIFY2(error.contains(message) && error.contains(QStringLiteral("variant 'bad'")), qPrintable(error));
     }
 
+    // Unit lists keeping every unit leave the numbers bitwise unchanged; dropping units changes
+    // them, and malformed lists are refused with the variant, layer and expert named.
+    void unitMasks()
+    {
+        std::vector<int> allUnits(32);
+        std::iota(allUnits.begin(), allUnits.end(), 0);
+        ExpertMask full;
+        full.name = "all units";
+        full.units[0] = std::vector<std::vector<int>>(8, allUnits);
+        ExpertMask half = full;
+        half.name = "half";
+        half.units[2] = std::vector<std::vector<int>>(8, std::vector<int>(allUnits.begin(), allUnits.begin() + 16));
+        half.units[2][3].clear(); // a zero-width expert
+        const auto out = evaluate({ ExpertMask {}, full, half });
+        QCOMPARE(maxAbsDiff(out[0].tokenNll, out[1].tokenNll), 0.0);
+        QVERIFY(maxAbsDiff(out[0].tokenNll, out[2].tokenNll) > 1e-3);
+
+        const auto refused = [&](int layer, std::vector<std::vector<int>> lists, const QString& message) {
+            ExpertMask m;
+            m.name = "bad";
+            m.units[layer] = std::move(lists);
+            const QString error = test::inputErrorOf([&] { evaluate({ m }); });
+            QVERIFY2(error.contains(message) && error.contains(QStringLiteral("variant 'bad'")), qPrintable(error));
+        };
+        refused(1, std::vector<std::vector<int>>(8, allUnits), QStringLiteral("not a MoE layer"));
+        refused(0, std::vector<std::vector<int>>(7, allUnits), QStringLiteral("expected 8"));
+        refused(0, { { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 2, 1 } },
+            QStringLiteral("expert 7: unit 1 is out of order"));
+        refused(0, { { 0 }, { 0 }, { 32 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } }, QStringLiteral("range [0, 32)"));
+    }
+
     void memoryPlanAndCancellation()
     {
         ExecutorOptions tiny;

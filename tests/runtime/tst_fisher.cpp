@@ -69,7 +69,7 @@ std::vector<float> inferenceTokenNll(const Checkpoint& ckpt, const ModelSpec& sp
     ExecutorOptions o;
     o.threads = 2;
     Executor executor(ckpt, spec, o);
-    const std::vector<ExpertMask> full { ExpertMask { "full", {} } };
+    const std::vector<ExpertMask> full { ExpertMask { "full", {}, {} } };
     return executor.evaluate(tokens, offsets, full).variants.at(0).tokenNll;
 }
 
@@ -227,7 +227,7 @@ private Q_SLOTS:
         FisherOptions o;
         o.weightForm = false;
         o.gradAbs = false;
-        const FisherResult got = computeFisher(ckpt, spec, in.tokens, in.offsets, o);
+        const FisherResult got = computeFisher(ckpt, spec, in.tokens, in.offsets, {}, o);
         const double err = test::maxAbsDiff(got.tokenNll, expected);
         qInfo("  per-token loss, differentiated forward vs inference: max abs error %.3g", err);
         QVERIFY2(err <= 1e-5, qPrintable(QStringLiteral("per-token loss error %1").arg(err)));
@@ -259,14 +259,14 @@ private Q_SLOTS:
         const DemoInput in = demoInput(spec);
         FisherOptions one;
         one.threads = 1;
-        const FisherResult serial = computeFisher(ckpt, spec, in.tokens, in.offsets, one);
+        const FisherResult serial = computeFisher(ckpt, spec, in.tokens, in.offsets, {}, one);
         const int blasThreads = setOpenblasThreads(1);
         FisherOptions two;
         two.threads = 2;
         FisherResult split;
         QString error;
         try {
-            split = computeFisher(ckpt, spec, in.tokens, in.offsets, two);
+            split = computeFisher(ckpt, spec, in.tokens, in.offsets, {}, two);
         } catch (const std::exception& e) {
             error = QString::fromUtf8(e.what());
         }
@@ -302,7 +302,7 @@ private Q_SLOTS:
             ++calls;
             return p.done < 1;
         };
-        QVERIFY_THROWS_EXCEPTION(Cancelled, computeFisher(ckpt, spec, in.tokens, in.offsets, {}, stopAfterOne));
+        QVERIFY_THROWS_EXCEPTION(Cancelled, computeFisher(ckpt, spec, in.tokens, in.offsets, {}, {}, stopAfterOne));
         QCOMPARE(calls, 1);
         // A stop requested before the start: no sample runs.
         StopToken stop;
@@ -312,7 +312,7 @@ private Q_SLOTS:
             ++calls;
             return true;
         };
-        QVERIFY_THROWS_EXCEPTION(Cancelled, computeFisher(ckpt, spec, in.tokens, in.offsets, {}, count, &stop));
+        QVERIFY_THROWS_EXCEPTION(Cancelled, computeFisher(ckpt, spec, in.tokens, in.offsets, {}, {}, count, &stop));
         QCOMPARE(calls, 0);
         // Progress counts samples.
         std::vector<int64_t> done;
@@ -322,7 +322,7 @@ private Q_SLOTS:
         };
         FisherOptions maskOnly;
         maskOnly.weightForm = maskOnly.gradAbs = false;
-        (void)computeFisher(ckpt, spec, in.tokens, in.offsets, maskOnly, record);
+        (void)computeFisher(ckpt, spec, in.tokens, in.offsets, {}, maskOnly, record);
         QCOMPARE(done, (std::vector<int64_t> { 1, 2, 3 }));
     }
 
@@ -344,7 +344,7 @@ private Q_SLOTS:
         FisherOptions none;
         none.maskForm = none.weightForm = none.gradAbs = false;
         QVERIFY(test::inputErrorOf([&] {
-            computeFisher(ckpt, spec, tokens, std::vector<int64_t> { 0, 3 }, none);
+            computeFisher(ckpt, spec, tokens, std::vector<int64_t> { 0, 3 }, {}, none);
         }).contains(QLatin1String("no score")));
     }
 
