@@ -1,21 +1,50 @@
 #include "runtime/fisher.h"
 
+#include "checkpoint/tensor_layout.h"
 #include "model/blocks.h"
 #include "model/layer_weights.h"
+#include "runtime/executor.h"
 #include "util/error.h"
+#include "util/format.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
+#include <malloc.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <limits>
 #include <map>
+#include <numeric>
 
 namespace moeatlas {
 
+const char* fisherModeName(FisherMode mode)
+{
+    switch (mode) {
+    case FisherMode::Auto:
+        return "auto";
+    case FisherMode::Resident:
+        return "resident";
+    case FisherMode::Streaming:
+        return "streaming";
+    }
+    return "?";
+}
+
 namespace {
+
+constexpr uint64_t kF32 = 4;
+// Bound on the float64 temporaries of the weight-form reductions (experts are reduced in groups).
+constexpr uint64_t kReductionBytes = uint64_t { 64 } << 20;
 
 // One MoE layer's leaves (what gradients are taken of) and its running sums over samples (float64).
 struct LayerState {
@@ -27,15 +56,19 @@ struct LayerState {
     at::Tensor expertTokens; // [G, E] int64
 };
 
-void checkInput(const ModelSpec& spec, std::span<const int32_t> tokens, std::span<const int64_t> offsets)
+void checkOffsets(std::span<const int64_t> offsets, int64_t T)
 {
-    const auto T = static_cast<int64_t>(tokens.size());
     if (offsets.size() < 2 || offsets.front() != 0 || offsets.back() != T)
         throw InputError("sequence offsets must start at 0 and end at the token count");
     for (std::size_t i = 0; i + 1 < offsets.size(); ++i)
         if (offsets[i + 1] - offsets[i] < 2)
             throw InputError("sequence " + std::to_string(i)
                 + " has fewer than 2 tokens: a causal-LM loss needs at least one predicted token");
+}
+
+void checkInput(const ModelSpec& spec, std::span<const int32_t> tokens, std::span<const int64_t> offsets)
+{
+    checkOffsets(offsets, static_cast<int64_t>(tokens.size()));
     for (std::size_t i = 0; i < tokens.size(); ++i)
         if (tokens[i] < 0 || tokens[i] >= spec.vocabSize)
             throw InputError("token id " + std::to_string(tokens[i]) + " at position " + std::to_string(i)
@@ -89,7 +122,643 @@ void clearGrad(const at::Tensor& t)
         t.mutable_grad().reset();
 }
 
+int64_t longestSequence(std::span<const int64_t> offsets)
+{
+    int64_t longest = 0;
+    for (std::size_t i = 0; i + 1 < offsets.size(); ++i)
+        longest = std::max(longest, offsets[i + 1] - offsets[i]);
+    return longest;
+}
+
+// --- Memory plan ----------------------------------------------------------------------------------
+
+uint64_t numelOf(const std::vector<int64_t>& shape)
+{
+    uint64_t n = 1;
+    for (const int64_t d : shape)
+        n *= static_cast<uint64_t>(d);
+    return n;
+}
+
+struct PlanInputs {
+    uint64_t budget = 0;
+    std::vector<uint64_t> layerBytes; // fp32 bytes of every decoder layer
+    uint64_t headBytes = 0; // fp32 final norm + output head
+    uint64_t expertGradBytes = 0; // fp32 gradients of one MoE layer's routed experts (weight forms)
+    uint64_t reductionBytes = 0; // float64 temporaries of the weight-form reductions (one layer at a time)
+    uint64_t activationBytes = 0; // autograd's saved activations of one layer for the longest sequence
+    uint64_t lossBytes = 0; // logits, log-softmax and their gradient for the longest sequence
+    uint64_t streamBytesPerToken = 0; // one residual stream (fp32 hidden) per token
+    int firstMoe = 0;
+    int layers = 0;
+};
+
+PlanInputs planInputs(
+    const Checkpoint& checkpoint, const ModelSpec& spec, int64_t longest, const FisherOptions& options)
+{
+    PlanInputs in;
+    in.budget = options.memoryBudgetBytes ? options.memoryBudgetBytes : availableMemoryBytes();
+    const TensorLayout layout(checkpoint, spec);
+    for (int l = 0; l < spec.numLayers; ++l) {
+        uint64_t bytes = 0;
+        for (const ExpectedTensor& t : layout.layerTensors(l))
+            bytes += numelOf(t.shape) * kF32;
+        in.layerBytes.push_back(bytes);
+    }
+    const uint64_t H = static_cast<uint64_t>(spec.hiddenSize), V = static_cast<uint64_t>(spec.vocabSize);
+    const uint64_t E = static_cast<uint64_t>(spec.router.numExperts), I = static_cast<uint64_t>(spec.moeIntermediate);
+    const uint64_t K = static_cast<uint64_t>(spec.router.topK), S = static_cast<uint64_t>(longest);
+    const uint64_t nh = static_cast<uint64_t>(spec.numHeads), hd = static_cast<uint64_t>(spec.headDim);
+    in.headBytes = (V + 1) * H * kF32;
+    if (options.weightForm || options.gradAbs) {
+        in.expertGradBytes = E * 3 * I * H * kF32;
+        in.reductionBytes = std::min(kReductionBytes, E * 3 * I * H * 8 * 2);
+    }
+    // Saved by autograd per layer and sequence (fp32): norms, projections and rotary terms of the
+    // attention (~12 H + 8 heads x head_dim per token), its scores and probabilities (3 nh S^2), and
+    // per routed slot the gathered input, gate/up and activation rows (2 H + 6 I), with a margin of 1.5.
+    uint64_t dense = static_cast<uint64_t>(spec.sharedIntermediate);
+    for (const LayerSpec& l : spec.layers)
+        dense = std::max(dense, static_cast<uint64_t>(l.moe ? 0 : l.denseIntermediate));
+    in.activationBytes = kF32 * (S * (12 * H + 8 * nh * hd + E + 6 * dense) + 3 * nh * S * S + S * K * (2 * H + 6 * I));
+    in.activationBytes += in.activationBytes / 2;
+    in.lossBytes = 3 * S * V * kF32;
+    in.streamBytesPerToken = H * kF32;
+    in.firstMoe = spec.numLayers;
+    for (int l = 0; l < spec.numLayers; ++l)
+        if (spec.layers[static_cast<std::size_t>(l)].moe) {
+            in.firstMoe = l;
+            break;
+        }
+    in.layers = spec.numLayers;
+    return in;
+}
+
+uint64_t residentPeak(const PlanInputs& in, int moeLayers)
+{
+    const uint64_t weights = std::accumulate(in.layerBytes.begin(), in.layerBytes.end(), uint64_t { 0 });
+    return weights + in.headBytes + static_cast<uint64_t>(in.layers) * in.activationBytes + in.lossBytes
+        + static_cast<uint64_t>(moeLayers) * in.expertGradBytes + in.reductionBytes;
+}
+
+// Peak of a streaming run holding `chunkTokens` tokens' residual streams: one layer with its
+// gradients and activations (or the head during the loss), the current stream (hidden states, then
+// their gradients) and, unless spilled, every saved layer input of the chunk.
+uint64_t streamingPeak(const PlanInputs& in, int64_t chunkTokens, bool spill, int64_t longest)
+{
+    const uint64_t maxLayer = *std::max_element(in.layerBytes.begin(), in.layerBytes.end());
+    const uint64_t compute
+        = std::max(maxLayer + in.expertGradBytes + in.reductionBytes + in.activationBytes, in.headBytes + in.lossBytes);
+    const uint64_t saved = static_cast<uint64_t>(in.layers - in.firstMoe);
+    const uint64_t stream = static_cast<uint64_t>(chunkTokens) * in.streamBytesPerToken;
+    // Spilled: one sequence's saved input is read back at a time.
+    return compute + stream + (spill ? static_cast<uint64_t>(longest) * in.streamBytesPerToken : saved * stream);
+}
+
+uint64_t freeDiskBytes(const std::string& dir)
+{
+    struct statvfs st { };
+    if (::statvfs(dir.c_str(), &st) != 0)
+        return 0;
+    return static_cast<uint64_t>(st.f_bavail) * static_cast<uint64_t>(st.f_frsize);
+}
+
+std::string scratchDirectory(const FisherOptions& options)
+{
+    if (!options.scratchDir.empty())
+        return options.scratchDir;
+    const char* tmp = std::getenv("TMPDIR");
+    return tmp && *tmp ? tmp : "/tmp";
+}
+
+// Sequences grouped into chunks of at most chunkTokens tokens each (at least one sequence).
+std::vector<std::pair<int64_t, int64_t>> sampleChunks(std::span<const int64_t> offsets, int64_t chunkTokens)
+{
+    std::vector<std::pair<int64_t, int64_t>> chunks; // [first, last) sample
+    const int64_t samples = static_cast<int64_t>(offsets.size()) - 1;
+    int64_t first = 0;
+    for (int64_t n = 1; n <= samples; ++n) {
+        const bool full = n < samples
+            && offsets[static_cast<std::size_t>(n) + 1] - offsets[static_cast<std::size_t>(first)] > chunkTokens;
+        if (n == samples || full) {
+            chunks.emplace_back(first, n);
+            first = n;
+        }
+    }
+    return chunks;
+}
+
+// --- One decoder layer over one sequence -------------------------------------------------------------
+
+// The executor's decoder layer (runtime/executor.cpp) on one sequence; with `state`, the MoE block
+// multiplies by the state's unit mask, adds |a| into its activation sums and counts routed tokens
+// for group g. Recorded by autograd whenever an input requires gradients.
+at::Tensor layerForward(const ModelSpec& spec, const LayerWeights& w, const at::Tensor& x, const RotaryCache& rope,
+    LayerState* state, int g)
+{
+    const bool sliding = spec.layers[static_cast<std::size_t>(w.layer)].slidingWindow;
+    const at::Tensor h = x + attention(spec, w, rmsNorm(x, w.inputNorm, spec.rmsNormEps), 1, rope, sliding);
+    const at::Tensor hn = rmsNorm(h, w.postAttentionNorm, spec.rmsNormEps);
+    if (!w.moe)
+        return h + denseMlp(w, hn);
+    MoeOptions moe;
+    if (state) {
+        moe.unitMask = state->mask;
+        moe.unitActivationSum = state->sampleActivation;
+    }
+    RoutingRecord routing;
+    const at::Tensor out = h + moeForward(spec, w, hn, moe, state ? &routing : nullptr);
+    if (state)
+        state->expertTokens[g].add_(
+            at::bincount(routing.topkIds.reshape({ -1 }).to(at::kLong), {}, w.router.size(0)).to(at::kLong));
+    return out;
+}
+
+// Adds one sample's squared (and absolute) gradients of a MoE layer into group g's sums, then
+// clears the gradients. Experts are reduced in groups to bound the float64 temporaries.
+void addSample(LayerState& s, const LayerWeights& w, int g)
+{
+    const at::NoGradGuard noGrad;
+    if (s.mask.defined() && s.mask.grad().defined())
+        s.maskSum[g].add_(s.mask.grad().to(at::kDouble).square());
+    if (s.activationSum.defined()) {
+        s.activationSum[g].add_(s.sampleActivation);
+        s.sampleActivation.zero_();
+    }
+    if ((s.weightSum.defined() || s.absSum.defined()) && w.gateUp.grad().defined() && w.down.grad().defined()) {
+        const int64_t E = w.gateUp.size(0), I = w.down.size(2), H = w.down.size(1);
+        const int64_t step = std::max<int64_t>(1, static_cast<int64_t>(kReductionBytes / (3 * I * H * 8 * 2)));
+        for (int64_t e0 = 0; e0 < E; e0 += step) {
+            const int64_t n = std::min(step, E - e0);
+            const at::Tensor gu = w.gateUp.grad().narrow(0, e0, n).to(at::kDouble); // [n, 2I, H], gate rows first
+            const at::Tensor gd = w.down.grad().narrow(0, e0, n).to(at::kDouble); // [n, H, I]
+            const at::Tensor gate = gu.narrow(1, 0, I), up = gu.narrow(1, I, I);
+            if (s.weightSum.defined())
+                s.weightSum[g].narrow(0, e0, n).add_(gate.square().sum(-1) + up.square().sum(-1) + gd.square().sum(1));
+            if (s.absSum.defined())
+                s.absSum[g].narrow(0, e0, n).add_(
+                    (gate.abs().sum(-1) + up.abs().sum(-1) + gd.abs().sum(1)) / static_cast<double>(3 * H));
+        }
+    }
+    clearGrad(s.mask);
+    clearGrad(w.gateUp);
+    clearGrad(w.down);
+}
+
+// Per-token next-token losses of one sequence and their mean, from the final residual stream.
+at::Tensor sequenceLoss(const ModelSpec& spec, const at::Tensor& x, const at::Tensor& norm, const at::Tensor& head,
+    const std::vector<int32_t>& ids, at::Tensor& nll)
+{
+    const int64_t S = static_cast<int64_t>(ids.size());
+    const at::Tensor logits = at::linear(rmsNorm(x, norm, spec.rmsNormEps), head).narrow(0, 0, S - 1);
+    std::vector<int64_t> next(ids.begin() + 1, ids.end());
+    const at::Tensor target = at::tensor(at::ArrayRef<int64_t>(next), at::kLong);
+    nll = at::cross_entropy_loss(logits.to(at::kFloat), target, {}, at::Reduction::None);
+    return nll.mean();
+}
+
+// The run's accumulators and results, shared by both modes.
+class FisherRun {
+public:
+    FisherRun(const ModelSpec& spec, std::span<const int32_t> tokens, std::span<const int64_t> offsets,
+        std::vector<int> group, int G, const FisherOptions& options, const ProgressFn& progress, const StopToken* stop)
+        : m_spec(spec)
+        , m_tokens(tokens)
+        , m_offsets(offsets)
+        , m_group(std::move(group))
+        , m_options(options)
+        , m_progress(progress)
+        , m_stop(stop)
+    {
+        const int64_t E = spec.router.numExperts, I = spec.moeIntermediate;
+        const auto f64 = at::TensorOptions().dtype(at::kDouble);
+        for (const int l : spec.moeLayerIndices()) {
+            LayerState s;
+            s.layer = l;
+            if (options.maskForm) {
+                s.mask = at::ones({ E, I }, at::kFloat).requires_grad_(true);
+                s.maskSum = at::zeros({ G, E, I }, f64);
+            }
+            if (options.weightForm)
+                s.weightSum = at::zeros({ G, E, I }, f64);
+            if (options.gradAbs)
+                s.absSum = at::zeros({ G, E, I }, f64);
+            if (options.activation) {
+                s.activationSum = at::zeros({ G, E, I }, f64);
+                s.sampleActivation = at::zeros({ E, I }, f64);
+            }
+            s.expertTokens = at::zeros({ G, E }, at::kLong);
+            m_index[l] = m_states.size();
+            m_states.push_back(std::move(s));
+        }
+        m_result.samples = static_cast<int64_t>(offsets.size()) - 1;
+        m_result.groups = G;
+        m_result.groupSamples.assign(static_cast<std::size_t>(G), 0);
+        m_result.groupTokens.assign(static_cast<std::size_t>(G), 0);
+        for (int64_t n = 0; n < m_result.samples; ++n) {
+            const auto g = static_cast<std::size_t>(m_group[static_cast<std::size_t>(n)]);
+            ++m_result.groupSamples[g];
+            m_result.groupTokens[g] += length(n);
+        }
+        m_result.tokens = static_cast<int64_t>(tokens.size());
+        m_result.tokenNll.assign(tokens.size(), std::numeric_limits<float>::quiet_NaN());
+        m_result.sampleLoss.assign(static_cast<std::size_t>(m_result.samples), 0.0);
+    }
+
+    bool weightGrads() const { return m_options.weightForm || m_options.gradAbs; }
+    int64_t begin(int64_t n) const { return m_offsets[static_cast<std::size_t>(n)]; }
+    int64_t length(int64_t n) const { return m_offsets[static_cast<std::size_t>(n) + 1] - begin(n); }
+    int group(int64_t n) const { return m_group[static_cast<std::size_t>(n)]; }
+    std::vector<int32_t> ids(int64_t n) const
+    {
+        return { m_tokens.begin() + begin(n), m_tokens.begin() + begin(n) + length(n) };
+    }
+    LayerState& state(int layer) { return m_states[m_index.at(layer)]; }
+
+    const RotaryCache& rope(int64_t S)
+    {
+        auto it = m_rotary.find(S);
+        if (it == m_rotary.end())
+            it = m_rotary.emplace(S, buildRotaryCache(m_spec, S, at::TensorOptions().dtype(at::kFloat))).first;
+        return it->second;
+    }
+
+    // The loss of sample n from its final residual stream; backward from it runs in the caller.
+    at::Tensor loss(int64_t n, const at::Tensor& x, const at::Tensor& norm, const at::Tensor& head)
+    {
+        at::Tensor nll;
+        const at::Tensor l = sequenceLoss(m_spec, x, norm, head, ids(n), nll);
+        m_result.sampleLoss[static_cast<std::size_t>(n)] = l.item<double>();
+        const at::Tensor v = nll.detach().contiguous();
+        std::copy_n(v.data_ptr<float>(), length(n) - 1, m_result.tokenNll.begin() + begin(n));
+        return l;
+    }
+
+    void checkStop() const
+    {
+        if (m_stop && m_stop->stopRequested())
+            throw Cancelled();
+    }
+
+    void report(const std::string& stage, int64_t done, int64_t total) const
+    {
+        if (!m_progress)
+            return;
+        Progress p;
+        p.stage = stage;
+        p.done = done;
+        p.total = total;
+        if (!m_progress(p))
+            throw Cancelled();
+    }
+
+    // The per-layer means (and baselines) once every sample has been added.
+    FisherResult finish(const std::map<int, at::Tensor>& magnitude)
+    {
+        const at::Tensor perGroup = at::tensor(at::ArrayRef<int64_t>(m_result.groupSamples), at::kLong);
+        for (const LayerState& s : m_states) {
+            FisherLayer out;
+            out.layer = s.layer;
+            out.numExperts = m_spec.router.numExperts;
+            out.intermediate = m_spec.moeIntermediate;
+            out.mask = groupMeans(s.maskSum, perGroup);
+            out.weight = groupMeans(s.weightSum, perGroup);
+            out.gradAbs = groupMeans(s.absSum, perGroup);
+            if (s.activationSum.defined())
+                out.activation = values(s.activationSum / s.expertTokens.clamp_min(1).to(at::kDouble).unsqueeze(-1));
+            const at::Tensor counts = s.expertTokens.contiguous();
+            out.expertTokens.assign(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + counts.numel());
+            if (const auto it = magnitude.find(s.layer); it != magnitude.end())
+                out.magnitude = values(it->second);
+            m_result.layers.push_back(std::move(out));
+        }
+        return std::move(m_result);
+    }
+
+private:
+    const ModelSpec& m_spec;
+    std::span<const int32_t> m_tokens;
+    std::span<const int64_t> m_offsets;
+    std::vector<int> m_group;
+    const FisherOptions& m_options;
+    const ProgressFn& m_progress;
+    const StopToken* m_stop;
+    std::vector<LayerState> m_states;
+    std::map<int, std::size_t> m_index;
+    std::map<int64_t, RotaryCache> m_rotary;
+    FisherResult m_result;
+};
+
+// Weight magnitude baseline of one MoE layer: [E, I] sum_h Wgate^2 + Wup^2 + Wdown^2 (float64).
+at::Tensor magnitudeOf(const LayerWeights& w)
+{
+    const at::NoGradGuard noGrad;
+    const int64_t I = w.down.size(2);
+    const at::Tensor gu = w.gateUp.detach().to(at::kDouble);
+    return gu.narrow(1, 0, I).square().sum(-1) + gu.narrow(1, I, I).square().sum(-1)
+        + w.down.detach().to(at::kDouble).square().sum(1);
+}
+
+// --- Resident mode -----------------------------------------------------------------------------------
+
+void runResident(const Checkpoint& checkpoint, const ModelSpec& spec, int64_t samples, FisherRun& run,
+    std::map<int, at::Tensor>& magnitude)
+{
+    // Every layer loaded once, fp32, on the CPU (no page release: the mapping is read once per tensor
+    // anyway). Loaded without recording so the weights are plain leaves.
+    const WeightLoader loader(checkpoint, spec, WeightLoadOptions { c10::Device(c10::kCPU), at::kFloat, false });
+    std::vector<LayerWeights> weights;
+    at::Tensor norm, head;
+    {
+        const at::NoGradGuard noGrad;
+        for (int l = 0; l < spec.numLayers; ++l)
+            weights.push_back(loader.loadLayer(l));
+        norm = loader.finalNorm();
+        head = loader.lmHead();
+    }
+    for (LayerWeights& w : weights)
+        if (w.moe && run.weightGrads()) {
+            w.gateUp.requires_grad_(true);
+            w.down.requires_grad_(true);
+        }
+    const at::AutoGradMode gradMode(true);
+    for (int64_t n = 0; n < samples; ++n) {
+        run.checkStop();
+        const int g = run.group(n);
+        at::Tensor x = loader.embed(run.ids(n));
+        const RotaryCache& rope = run.rope(run.length(n));
+        for (const LayerWeights& w : weights)
+            x = layerForward(spec, w, x, rope, w.moe ? &run.state(w.layer) : nullptr, g);
+        run.loss(n, x, norm, head).backward();
+        for (const LayerWeights& w : weights)
+            if (w.moe)
+                addSample(run.state(w.layer), w, g);
+        run.report("sample " + std::to_string(n + 1) + "/" + std::to_string(samples), n + 1, samples);
+    }
+    for (const LayerWeights& w : weights)
+        if (w.moe)
+            magnitude[w.layer] = magnitudeOf(w);
+}
+
+// --- Streaming mode ----------------------------------------------------------------------------------
+
+// The saved layer inputs of one chunk of samples: per saved layer a [chunkTokens, H] fp32 block, in
+// RAM or in an unlinked scratch file (nothing is left behind, whatever happens).
+class SavedInputs {
+public:
+    SavedInputs(int layers, int64_t chunkTokens, int64_t hidden, bool spill, const std::string& scratchDir)
+        : m_chunkTokens(chunkTokens)
+        , m_hidden(hidden)
+    {
+        if (!spill) {
+            for (int l = 0; l < layers; ++l)
+                m_ram.push_back(at::empty({ chunkTokens, hidden }, at::kFloat));
+            return;
+        }
+        std::string path = (std::filesystem::path(scratchDir) / "moeatlas-fisher-XXXXXX").string();
+        m_fd = ::mkstemp(path.data());
+        if (m_fd < 0)
+            throw InputError(scratchDir + ": cannot create the Fisher scratch file (" + std::strerror(errno) + ")");
+        ::unlink(path.c_str());
+        m_path = scratchDir;
+    }
+    ~SavedInputs()
+    {
+        if (m_fd >= 0)
+            ::close(m_fd);
+    }
+    SavedInputs(const SavedInputs&) = delete;
+    SavedInputs& operator=(const SavedInputs&) = delete;
+
+    // Rows [row, row + x.size(0)) of saved layer `slot`.
+    void put(int slot, int64_t row, const at::Tensor& x)
+    {
+        if (m_fd < 0) {
+            m_ram[static_cast<std::size_t>(slot)].narrow(0, row, x.size(0)).copy_(x);
+            return;
+        }
+        const at::Tensor c = x.contiguous();
+        io(true, slot, row, c);
+        m_written += static_cast<uint64_t>(c.numel()) * kF32;
+    }
+    at::Tensor get(int slot, int64_t row, int64_t rows) const
+    {
+        if (m_fd < 0)
+            return m_ram[static_cast<std::size_t>(slot)].narrow(0, row, rows).clone();
+        at::Tensor x = at::empty({ rows, m_hidden }, at::kFloat);
+        io(false, slot, row, x);
+        return x;
+    }
+    uint64_t bytesWritten() const { return m_written; }
+
+private:
+    void io(bool write, int slot, int64_t row, const at::Tensor& x) const
+    {
+        auto* p = static_cast<char*>(x.data_ptr());
+        std::size_t left = static_cast<std::size_t>(x.numel()) * kF32;
+        auto offset = static_cast<off_t>(
+            (static_cast<uint64_t>(slot) * static_cast<uint64_t>(m_chunkTokens) + static_cast<uint64_t>(row))
+            * static_cast<uint64_t>(m_hidden) * kF32);
+        while (left > 0) {
+            const ssize_t n = write ? ::pwrite(m_fd, p, left, offset) : ::pread(m_fd, p, left, offset);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0)
+                throw InputError(m_path + ": Fisher scratch file " + (write ? "write" : "read") + " failed ("
+                    + (n < 0 ? std::strerror(errno) : "unexpected end of file") + ")");
+            p += n;
+            left -= static_cast<std::size_t>(n);
+            offset += n;
+        }
+    }
+
+    int64_t m_chunkTokens;
+    int64_t m_hidden;
+    std::vector<at::Tensor> m_ram;
+    int m_fd = -1;
+    std::string m_path;
+    uint64_t m_written = 0;
+};
+
+// Drops a streamed layer and returns its memory to the system (see Executor::Impl::release).
+void releaseLayer(LayerWeights& w)
+{
+    w = LayerWeights {};
+    ::malloc_trim(0);
+}
+
+// Per chunk of samples: forward layer by layer saving every MoE-side layer input, the loss and its
+// gradient at the head, then the layers in reverse, each reloaded and recomputed from its saved input
+// with autograd, back-propagating the stream's gradient one layer at a time. Every per-sample
+// gradient is the one the resident mode computes (same operations on the same values), added in the
+// same sample order, so the two modes agree bit for bit.
+uint64_t runStreaming(const Checkpoint& checkpoint, const ModelSpec& spec, const FisherPlan& plan,
+    const std::vector<std::pair<int64_t, int64_t>>& chunks, const std::string& scratchDir, FisherRun& run,
+    std::map<int, at::Tensor>& magnitude)
+{
+    const WeightLoader loader(checkpoint, spec, WeightLoadOptions { c10::Device(c10::kCPU), at::kFloat, true });
+    const int L = spec.numLayers, H = static_cast<int>(spec.hiddenSize);
+    int firstMoe = L;
+    for (int l = 0; l < L; ++l)
+        if (spec.layers[static_cast<std::size_t>(l)].moe) {
+            firstMoe = l;
+            break;
+        }
+    const int64_t samples = chunks.empty() ? 0 : chunks.back().second;
+    const int64_t perSample = L + 1 + (L - firstMoe);
+    const int64_t total = samples * perSample;
+    int64_t done = 0;
+    uint64_t spilled = 0;
+    // Grad mode stays on (nothing records while no input requires gradients) so every block takes the
+    // same plain paths as in the resident mode.
+    const at::AutoGradMode gradMode(true);
+    for (const auto& [first, last] : chunks) {
+        const int64_t chunkBegin = run.begin(first);
+        const int64_t chunkTokens = run.begin(last - 1) + run.length(last - 1) - chunkBegin;
+        SavedInputs saved(L - firstMoe, chunkTokens, H, plan.spill, scratchDir);
+        at::Tensor stream = at::empty({ chunkTokens, H }, at::kFloat); // hidden states, then their gradients
+        const auto rows = [&](int64_t n) { return stream.narrow(0, run.begin(n) - chunkBegin, run.length(n)); };
+        const auto step = [&](const std::string& what, int64_t n) {
+            run.report(what + ", sample " + std::to_string(n + 1) + "/" + std::to_string(samples), ++done, total);
+        };
+
+        for (int l = 0; l < L; ++l) {
+            LayerWeights w;
+            {
+                const at::NoGradGuard noGrad;
+                w = loader.loadLayer(l);
+            }
+            for (int64_t n = first; n < last; ++n) {
+                run.checkStop();
+                at::Tensor x = l == 0 ? loader.embed(run.ids(n)) : rows(n);
+                if (l >= firstMoe)
+                    saved.put(l - firstMoe, run.begin(n) - chunkBegin, x);
+                // The forward pass only moves the stream: without the unit mask of ones (x * 1 == x) and
+                // without statistics, which the recomputation below records.
+                const at::Tensor y = layerForward(spec, w, x, run.rope(run.length(n)), nullptr, 0);
+                rows(n).copy_(y.detach());
+                step("forward layer " + std::to_string(l + 1) + "/" + std::to_string(L), n);
+            }
+            releaseLayer(w);
+        }
+
+        {
+            at::Tensor norm, head;
+            {
+                const at::NoGradGuard noGrad;
+                norm = loader.finalNorm();
+                head = loader.lmHead();
+            }
+            for (int64_t n = first; n < last; ++n) {
+                run.checkStop();
+                const at::Tensor x = rows(n).clone().requires_grad_(true);
+                run.loss(n, x, norm, head).backward();
+                rows(n).copy_(x.grad());
+                step("loss", n);
+            }
+        }
+        ::malloc_trim(0);
+
+        for (int l = L - 1; l >= firstMoe; --l) {
+            LayerWeights w;
+            {
+                const at::NoGradGuard noGrad;
+                w = loader.loadLayer(l);
+            }
+            if (w.moe && run.weightGrads()) {
+                w.gateUp.requires_grad_(true);
+                w.down.requires_grad_(true);
+            }
+            for (int64_t n = first; n < last; ++n) {
+                run.checkStop();
+                const bool needInputGrad = l > firstMoe;
+                at::Tensor x = saved.get(l - firstMoe, run.begin(n) - chunkBegin, run.length(n));
+                if (needInputGrad)
+                    x.requires_grad_(true);
+                LayerState* state = w.moe ? &run.state(l) : nullptr;
+                const at::Tensor y = layerForward(spec, w, x, run.rope(run.length(n)), state, run.group(n));
+                y.backward(rows(n).clone());
+                if (state)
+                    addSample(*state, w, run.group(n));
+                if (needInputGrad)
+                    rows(n).copy_(x.grad());
+                step("backward layer " + std::to_string(l + 1) + "/" + std::to_string(L), n);
+            }
+            if (w.moe && first == 0)
+                magnitude[l] = magnitudeOf(w);
+            releaseLayer(w);
+        }
+        spilled += saved.bytesWritten();
+    }
+    return spilled;
+}
+
 } // namespace
+
+FisherPlan planFisher(const Checkpoint& checkpoint, const ModelSpec& spec, std::span<const int64_t> seqOffsets,
+    std::span<const int> sampleGroup, const FisherOptions& options)
+{
+    if (seqOffsets.empty())
+        throw InputError("sequence offsets must start at 0 and end at the token count");
+    checkOffsets(seqOffsets, seqOffsets.back());
+    int G = 1;
+    (void)sampleGroups(sampleGroup, static_cast<int64_t>(seqOffsets.size()) - 1, G);
+    if (spec.numMoeLayers() == 0)
+        throw InputError("fisher: the model has no MoE layer");
+    const int64_t T = seqOffsets.back(), longest = longestSequence(seqOffsets);
+    const PlanInputs in = planInputs(checkpoint, spec, longest, options);
+    FisherPlan plan;
+    plan.budgetBytes = in.budget;
+    plan.residentBytes = residentPeak(in, spec.numMoeLayers());
+    const auto fits = [&](uint64_t bytes) { return in.budget == 0 || bytes <= in.budget; };
+    if (options.mode == FisherMode::Resident || (options.mode == FisherMode::Auto && fits(plan.residentBytes))) {
+        if (!fits(plan.residentBytes))
+            throw InputError("fisher memory plan: the resident mode needs about " + formatBytes(plan.residentBytes)
+                + " (every layer in fp32, one sequence's activations of every layer) but only " + formatBytes(in.budget)
+                + " are available; use --mode streaming");
+        plan.mode = FisherMode::Resident;
+        plan.peakBytes = plan.residentBytes;
+        plan.chunkTokens = T;
+        return plan;
+    }
+    plan.mode = FisherMode::Streaming;
+    const std::string scratch = scratchDirectory(options);
+    const uint64_t savedLayers = static_cast<uint64_t>(in.layers - in.firstMoe);
+    const auto spillFits
+        = [&](int64_t tokens) { return savedLayers * static_cast<uint64_t>(tokens) * in.streamBytesPerToken; };
+    int64_t chunk = options.chunkTokens > 0 ? std::max(options.chunkTokens, longest) : T;
+    chunk = std::min(chunk, T);
+    if (fits(streamingPeak(in, chunk, false, longest))) {
+        plan.spill = false;
+    } else if (fits(streamingPeak(in, chunk, true, longest))) {
+        std::error_code ec;
+        if (!std::filesystem::is_directory(scratch, ec))
+            throw InputError("--scratch-dir " + scratch + ": not a directory (the saved layer inputs of "
+                + formatBytes(spillFits(chunk)) + " do not fit in memory)");
+        if (freeDiskBytes(scratch) >= spillFits(chunk) + (uint64_t { 64 } << 20)) {
+            plan.spill = true;
+            plan.spillBytes = spillFits(chunk);
+        }
+    }
+    if (!plan.spill && !fits(streamingPeak(in, chunk, false, longest))) {
+        // Smaller chunks held in RAM: each loads every layer twice.
+        if (options.chunkTokens > 0 || !fits(streamingPeak(in, longest, false, longest))) {
+            const uint64_t need = streamingPeak(in, options.chunkTokens > 0 ? chunk : longest, false, longest);
+            throw InputError("fisher memory plan: streaming needs about " + formatBytes(need)
+                + " (one layer in fp32 with its gradients, one sequence's activations and the saved layer inputs of "
+                + std::to_string(options.chunkTokens > 0 ? chunk : longest) + " tokens) but only "
+                + formatBytes(in.budget) + " are available, and " + scratch
+                + " has no room to spill them; lower --seq-len or free memory");
+        }
+        const uint64_t perToken = (savedLayers + 1) * in.streamBytesPerToken;
+        const uint64_t base = streamingPeak(in, 0, false, longest);
+        chunk = std::max<int64_t>(longest, static_cast<int64_t>((in.budget - base) / perToken));
+    }
+    plan.chunkTokens = chunk;
+    plan.chunks = static_cast<int>(sampleChunks(seqOffsets, chunk).size());
+    plan.peakBytes = streamingPeak(in, chunk, plan.spill, longest);
+    return plan;
+}
 
 FisherResult computeFisher(const Checkpoint& checkpoint, const ModelSpec& spec, std::span<const int32_t> tokens,
     std::span<const int64_t> seqOffsets, std::span<const int> sampleGroup, const FisherOptions& options,
@@ -101,158 +770,24 @@ FisherResult computeFisher(const Checkpoint& checkpoint, const ModelSpec& spec, 
     checkInput(spec, tokens, seqOffsets);
     const int64_t samples = static_cast<int64_t>(seqOffsets.size()) - 1;
     int G = 1;
-    const std::vector<int> group = sampleGroups(sampleGroup, samples, G);
+    std::vector<int> group = sampleGroups(sampleGroup, samples, G);
+    const FisherPlan plan = planFisher(checkpoint, spec, seqOffsets, sampleGroup, options);
     if (options.threads > 0)
         at::set_num_threads(options.threads);
-    const bool weightGrads = options.weightForm || options.gradAbs;
-    const int64_t E = spec.router.numExperts, I = spec.moeIntermediate, H = spec.hiddenSize;
-    const auto f64 = at::TensorOptions().dtype(at::kDouble);
 
-    // Resident mode: every layer loaded once, fp32, on the CPU (no page release: the mapping is
-    // read once per tensor anyway). Loaded without recording so the weights are plain leaves.
-    const WeightLoader loader(checkpoint, spec, WeightLoadOptions { c10::Device(c10::kCPU), at::kFloat, false });
-    std::vector<LayerWeights> weights;
-    std::vector<LayerState> states;
-    at::Tensor norm, head;
-    {
-        const at::NoGradGuard noGrad;
-        for (int l = 0; l < spec.numLayers; ++l)
-            weights.push_back(loader.loadLayer(l));
-        norm = loader.finalNorm();
-        head = loader.lmHead();
-    }
-    for (LayerWeights& w : weights) {
-        if (!w.moe)
-            continue;
-        LayerState s;
-        s.layer = w.layer;
-        if (options.maskForm) {
-            s.mask = at::ones({ E, I }, at::kFloat).requires_grad_(true);
-            s.maskSum = at::zeros({ G, E, I }, f64);
-        }
-        if (weightGrads) {
-            w.gateUp.requires_grad_(true);
-            w.down.requires_grad_(true);
-        }
-        if (options.weightForm)
-            s.weightSum = at::zeros({ G, E, I }, f64);
-        if (options.gradAbs)
-            s.absSum = at::zeros({ G, E, I }, f64);
-        if (options.activation) {
-            s.activationSum = at::zeros({ G, E, I }, f64);
-            s.sampleActivation = at::zeros({ E, I }, f64);
-        }
-        s.expertTokens = at::zeros({ G, E }, at::kLong);
-        states.push_back(std::move(s));
-    }
-
-    FisherResult result;
-    result.samples = samples;
-    result.groups = G;
-    result.groupSamples.assign(static_cast<std::size_t>(G), 0);
-    result.groupTokens.assign(static_cast<std::size_t>(G), 0);
-    result.tokens = static_cast<int64_t>(tokens.size());
-    result.tokenNll.assign(tokens.size(), std::numeric_limits<float>::quiet_NaN());
-    std::map<int64_t, RotaryCache> rotary;
-    const at::AutoGradMode gradMode(true);
-    for (int64_t n = 0; n < result.samples; ++n) {
-        if (stop && stop->stopRequested())
-            throw Cancelled();
-        const int64_t begin = seqOffsets[static_cast<std::size_t>(n)];
-        const int64_t S = seqOffsets[static_cast<std::size_t>(n) + 1] - begin;
-        const std::vector<int32_t> ids(tokens.begin() + begin, tokens.begin() + begin + S);
-        const int g = group[static_cast<std::size_t>(n)];
-        ++result.groupSamples[static_cast<std::size_t>(g)];
-        result.groupTokens[static_cast<std::size_t>(g)] += S;
-        auto rope = rotary.find(S);
-        if (rope == rotary.end())
-            rope = rotary.emplace(S, buildRotaryCache(spec, S, at::TensorOptions().dtype(at::kFloat))).first;
-
-        // The executor's decoder layer (runtime/executor.cpp) on one sequence, recording for autograd.
-        at::Tensor x = loader.embed(ids);
-        std::size_t moeIndex = 0;
-        for (const LayerWeights& w : weights) {
-            const bool sliding = spec.layers[static_cast<std::size_t>(w.layer)].slidingWindow;
-            at::Tensor h = x + attention(spec, w, rmsNorm(x, w.inputNorm, spec.rmsNormEps), 1, rope->second, sliding);
-            const at::Tensor hn = rmsNorm(h, w.postAttentionNorm, spec.rmsNormEps);
-            if (w.moe) {
-                LayerState& state = states[moeIndex++];
-                MoeOptions moe;
-                moe.unitMask = state.mask;
-                moe.unitActivationSum = state.sampleActivation;
-                RoutingRecord routing;
-                x = h + moeForward(spec, w, hn, moe, &routing);
-                state.expertTokens[g].add_(
-                    at::bincount(routing.topkIds.reshape({ -1 }).to(at::kLong), {}, E).to(at::kLong));
-            } else {
-                x = h + denseMlp(w, hn);
-            }
-        }
-        const at::Tensor logits = at::linear(rmsNorm(x, norm, spec.rmsNormEps), head).narrow(0, 0, S - 1);
-        std::vector<int64_t> next(ids.begin() + 1, ids.end());
-        const at::Tensor target = at::tensor(at::ArrayRef<int64_t>(next), at::kLong);
-        const at::Tensor nll = at::cross_entropy_loss(logits.to(at::kFloat), target, {}, at::Reduction::None);
-        const at::Tensor loss = nll.mean();
-        loss.backward();
-        result.sampleLoss.push_back(loss.item<double>());
-        const at::Tensor nllValues = nll.detach().contiguous();
-        std::copy_n(nllValues.data_ptr<float>(), S - 1, result.tokenNll.begin() + begin);
-
-        for (std::size_t i = 0; i < states.size(); ++i) {
-            LayerState& s = states[i];
-            const LayerWeights& w = weights[static_cast<std::size_t>(s.layer)];
-            if (s.mask.defined() && s.mask.grad().defined())
-                s.maskSum[g].add_(s.mask.grad().to(at::kDouble).square());
-            if (s.activationSum.defined()) {
-                s.activationSum[g].add_(s.sampleActivation);
-                s.sampleActivation.zero_();
-            }
-            if (weightGrads && w.gateUp.grad().defined() && w.down.grad().defined()) {
-                const at::Tensor gu = w.gateUp.grad().to(at::kDouble); // [E, 2I, H], gate rows first
-                const at::Tensor gd = w.down.grad().to(at::kDouble); // [E, H, I]
-                const at::Tensor gate = gu.narrow(1, 0, I), up = gu.narrow(1, I, I);
-                if (s.weightSum.defined())
-                    s.weightSum[g].add_(gate.square().sum(-1) + up.square().sum(-1) + gd.square().sum(1));
-                if (s.absSum.defined())
-                    s.absSum[g].add_(
-                        (gate.abs().sum(-1) + up.abs().sum(-1) + gd.abs().sum(1)) / static_cast<double>(3 * H));
-            }
-            clearGrad(s.mask);
-            clearGrad(w.gateUp);
-            clearGrad(w.down);
-        }
-        if (progress) {
-            Progress p;
-            p.stage = "sample " + std::to_string(n + 1) + "/" + std::to_string(result.samples);
-            p.done = n + 1;
-            p.total = result.samples;
-            if (!progress(p))
-                throw Cancelled();
-        }
-    }
-
-    const at::Tensor perGroup = at::tensor(at::ArrayRef<int64_t>(result.groupSamples), at::kLong);
-    for (const LayerState& s : states) {
-        const LayerWeights& w = weights[static_cast<std::size_t>(s.layer)];
-        FisherLayer out;
-        out.layer = s.layer;
-        out.numExperts = E;
-        out.intermediate = I;
-        out.mask = groupMeans(s.maskSum, perGroup);
-        out.weight = groupMeans(s.weightSum, perGroup);
-        out.gradAbs = groupMeans(s.absSum, perGroup);
-        if (s.activationSum.defined())
-            out.activation = values(s.activationSum / s.expertTokens.clamp_min(1).to(at::kDouble).unsqueeze(-1));
-        const at::Tensor counts = s.expertTokens.contiguous();
-        out.expertTokens.assign(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + counts.numel());
-        if (options.magnitude) {
-            const at::NoGradGuard noGrad;
-            const at::Tensor gu = w.gateUp.detach().to(at::kDouble);
-            out.magnitude = values(gu.narrow(1, 0, I).square().sum(-1) + gu.narrow(1, I, I).square().sum(-1)
-                + w.down.detach().to(at::kDouble).square().sum(1));
-        }
-        result.layers.push_back(std::move(out));
-    }
+    FisherRun run(spec, tokens, seqOffsets, std::move(group), G, options, progress, stop);
+    std::map<int, at::Tensor> magnitude;
+    uint64_t spilled = 0;
+    if (plan.mode == FisherMode::Resident)
+        runResident(checkpoint, spec, samples, run, magnitude);
+    else
+        spilled = runStreaming(checkpoint, spec, plan, sampleChunks(seqOffsets, plan.chunkTokens),
+            scratchDirectory(options), run, magnitude);
+    if (!options.magnitude)
+        magnitude.clear();
+    FisherResult result = run.finish(magnitude);
+    result.plan = plan;
+    result.bytesSpilled = spilled;
     result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return result;
 }

@@ -1,6 +1,7 @@
 // Fisher importance of routed-expert FFN intermediate units (Fisher-MoE, METHODS.md section 4):
-// per-sample causal-LM gradients over a calibration set, with every layer resident in memory.
-// Public API: no LibTorch types. Formulas and what is not done yet: docs/fisher.md.
+// per-sample causal-LM gradients over a calibration set, with every layer resident in memory or
+// streamed layer by layer (forward saving each layer's input, then backward in reverse, reloading
+// and recomputing each layer). Public API: no LibTorch types. Formulas and memory: docs/fisher.md.
 #pragma once
 
 #include "checkpoint/checkpoint.h"
@@ -9,12 +10,29 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 namespace moeatlas {
 
+enum class FisherMode {
+    Auto, // resident when its memory plan fits the budget, else streaming
+    Resident, // every layer loaded once and kept; autograd over the whole model per sample
+    Streaming, // layer by layer: peak ~ one layer + one sequence's activations (+ saved inputs in RAM)
+};
+
+const char* fisherModeName(FisherMode mode); // "auto", "resident", "streaming"
+
 struct FisherOptions {
     int threads = 0; // intra-op threads; 0 = LibTorch's default (process-wide, as for the executor)
+    FisherMode mode = FisherMode::Auto;
+    uint64_t memoryBudgetBytes = 0; // 0 = MemAvailable (availableMemoryBytes()); plans above it are refused
+    // Streaming: directory of the scratch file that receives the saved layer inputs when they do not
+    // fit the budget (an unlinked temporary file: nothing is left behind). Empty = the system's temp dir.
+    std::string scratchDir;
+    // Streaming: tokens per chunk of samples (whole sequences, at least the longest one). Each chunk
+    // loads every layer twice; 0 = as few chunks as the budget and the scratch disk allow.
+    int64_t chunkTokens = 0;
     // Which scores to compute. The mask form needs only one [E, I] gradient per layer; the other
     // two need the gradients of the routed-expert weights (3 x E x I x H values per layer).
     bool maskForm = true;
@@ -49,8 +67,24 @@ struct FisherLayer {
     std::vector<double> magnitude;
 };
 
+// How a run uses memory, decided before any work (planFisher; computeFisher follows it).
+struct FisherPlan {
+    FisherMode mode = FisherMode::Resident; // what runs: Resident or Streaming
+    uint64_t budgetBytes = 0; // the budget it was planned against (0 = unknown: no limit)
+    uint64_t residentBytes = 0; // planned peak of the resident mode
+    uint64_t peakBytes = 0; // planned peak of the chosen mode
+    // Streaming only: chunks of samples, the largest chunk's tokens, and whether the saved layer
+    // inputs go to the scratch file (spillBytes: its size) instead of RAM.
+    int chunks = 1;
+    int64_t chunkTokens = 0;
+    bool spill = false;
+    uint64_t spillBytes = 0;
+};
+
 struct FisherResult {
     std::vector<FisherLayer> layers; // the MoE layers, in order
+    FisherPlan plan; // the memory plan that ran
+    uint64_t bytesSpilled = 0; // bytes written to the scratch file (streaming with spill)
     int groups = 1; // G: sample groups (e.g. calibration domains), see computeFisher
     std::vector<int64_t> groupSamples; // [G]: N of each group
     std::vector<int64_t> groupTokens; // [G]
@@ -63,16 +97,24 @@ struct FisherResult {
     double seconds = 0.0;
 };
 
+// The memory plan computeFisher would follow for these sequences (validates offsets and groups).
+// Throws InputError when the asked-for mode (or, in auto, even streaming) does not fit the budget,
+// naming the bytes needed and available, or when a needed scratch directory is missing.
+FisherPlan planFisher(const Checkpoint& checkpoint, const ModelSpec& spec, std::span<const int64_t> seqOffsets,
+    std::span<const int> sampleGroup = {}, const FisherOptions& options = {});
+
 // Runs every sequence [seqOffsets[i], seqOffsets[i+1]) as one sample (batch of one; labels = the
 // input ids; loss = mean next-token cross-entropy over the sequence, as transformers computes it),
-// in fp32 on the CPU with every layer resident, and back-propagates into per-unit masks and/or the
-// routed-expert weights only (router, attention, shared experts and embeddings stay frozen, but
-// gradients flow through them). An expert a sample does not route to contributes 0 for that sample,
-// which still counts in N. sampleGroup (empty = every sample in group 0) gives each sequence's
-// group in [0, G); G = 1 + the largest group id, and every group must hold a sample. Throws
-// InputError for sequences shorter than 2 tokens, bad offsets or groups, or token ids out of the
-// vocabulary. progress is called after every sample (units: samples); a false return or a stop
-// request throws Cancelled.
+// in fp32 on the CPU, and back-propagates into per-unit masks and/or the routed-expert weights only
+// (router, attention, shared experts and embeddings stay frozen, but gradients flow through them).
+// Resident and streaming modes give the same numbers, bit for bit. An expert a sample does not
+// route to contributes 0 for that sample, which still counts in N. sampleGroup (empty = every
+// sample in group 0) gives each sequence's group in [0, G); G = 1 + the largest group id, and every
+// group must hold a sample. Throws InputError for sequences shorter than 2 tokens, bad offsets or
+// groups, token ids out of the vocabulary, or a plan over the memory budget (see planFisher).
+// progress: resident mode after every sample (units: samples); streaming after every sequence of
+// every step (units: sequence steps, 2 x (layers from the first MoE layer) + forward layers below
+// it + 1 for the loss, per sample). A false return or a stop request throws Cancelled.
 FisherResult computeFisher(const Checkpoint& checkpoint, const ModelSpec& spec, std::span<const int32_t> tokens,
     std::span<const int64_t> seqOffsets, std::span<const int> sampleGroup = {}, const FisherOptions& options = {},
     const ProgressFn& progress = {}, const StopToken* stop = nullptr);

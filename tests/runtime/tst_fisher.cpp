@@ -13,6 +13,7 @@
 #include "test_support.h"
 #include "test_tensors.h"
 
+#include <QDir>
 #include <QSet>
 #include <QTemporaryDir>
 #include <QTest>
@@ -107,6 +108,55 @@ DemoInput demoInput(const ModelSpec& spec)
     return in;
 }
 
+// Every number of two Fisher results, compared exactly (the two modes must agree bit for bit).
+QString firstDifference(const FisherResult& a, const FisherResult& b)
+{
+    if (a.sampleLoss != b.sampleLoss)
+        return QStringLiteral("sample losses differ");
+    if (std::memcmp(a.tokenNll.data(), b.tokenNll.data(), a.tokenNll.size() * sizeof(float)) != 0
+        || a.tokenNll.size() != b.tokenNll.size())
+        return QStringLiteral("per-token losses differ");
+    if (a.groupSamples != b.groupSamples || a.groupTokens != b.groupTokens || a.layers.size() != b.layers.size())
+        return QStringLiteral("counts differ");
+    for (std::size_t l = 0; l < a.layers.size(); ++l) {
+        const FisherLayer& x = a.layers[l];
+        const FisherLayer& y = b.layers[l];
+        if (x.layer != y.layer || x.expertTokens != y.expertTokens)
+            return QStringLiteral("layer %1: routing counts differ").arg(x.layer);
+        const std::pair<const char*, std::vector<double> FisherLayer::*> fields[] = { { "mask", &FisherLayer::mask },
+            { "weight", &FisherLayer::weight }, { "grad-abs", &FisherLayer::gradAbs },
+            { "activation", &FisherLayer::activation }, { "magnitude", &FisherLayer::magnitude } };
+        for (const auto& [name, field] : fields) {
+            const std::vector<double>& u = x.*field;
+            const std::vector<double>& v = y.*field;
+            if (u.size() != v.size())
+                return QStringLiteral("layer %1, %2: %3 vs %4 values")
+                    .arg(x.layer)
+                    .arg(QLatin1String(name))
+                    .arg(u.size())
+                    .arg(v.size());
+            for (std::size_t i = 0; i < u.size(); ++i)
+                if (std::memcmp(&u[i], &v[i], sizeof(double)) != 0)
+                    return QStringLiteral("layer %1, %2, unit %3: %4 vs %5")
+                        .arg(x.layer)
+                        .arg(QLatin1String(name))
+                        .arg(i)
+                        .arg(u[i], 0, 'g', 17)
+                        .arg(v[i], 0, 'g', 17);
+        }
+    }
+    return {};
+}
+
+FisherOptions streamingOptions(int64_t chunkTokens = 0, uint64_t budget = 0)
+{
+    FisherOptions o;
+    o.mode = FisherMode::Streaming;
+    o.chunkTokens = chunkTokens;
+    o.memoryBudgetBytes = budget;
+    return o;
+}
+
 } // namespace
 
 class TestFisher : public QObject {
@@ -163,7 +213,15 @@ private Q_SLOTS:
         const std::vector<int64_t> offsets = int64s(ref, "offsets");
 
         const FisherResult got = computeFisher(ckpt, spec, tokens, offsets);
+        QCOMPARE(got.plan.mode, FisherMode::Resident);
         QCOMPARE(got.samples, static_cast<int64_t>(offsets.size()) - 1);
+        // Streaming (layer by layer, backward in reverse from the saved layer inputs; here with dense
+        // layers below the first MoE layer for qwen2_moe) gives the same numbers bit for bit.
+        const FisherResult streamed = computeFisher(ckpt, spec, tokens, offsets, {}, streamingOptions(30));
+        QCOMPARE(streamed.plan.mode, FisherMode::Streaming);
+        QVERIFY(streamed.plan.chunks > 1);
+        const QString diff = firstDifference(got, streamed);
+        QVERIFY2(diff.isEmpty(), qPrintable(diff));
         QCOMPARE(got.tokens, static_cast<int64_t>(tokens.size()));
         QCOMPARE(got.layers.size(), spec.moeLayerIndices().size());
 
@@ -289,6 +347,115 @@ private Q_SLOTS:
                 QVERIFY2(err <= 1e-5 * scale, qPrintable(QStringLiteral("threads 1 vs 2: %1").arg(err / scale)));
             }
         }
+    }
+
+    // Streaming equals resident exactly: in RAM in one pass, in several passes (chunks), and with the
+    // saved layer inputs spilled to a scratch file; sample groups and every score form and baseline.
+    void streamingEqualsResident()
+    {
+        const Checkpoint ckpt(m_demoDir);
+        const ModelSpec spec = parseModelSpec(ckpt.config(), m_demoDir + "/config.json");
+        const DemoInput in = demoInput(spec);
+        const std::vector<int> groups { 0, 1, 0 };
+        FisherOptions resident;
+        resident.mode = FisherMode::Resident;
+        const FisherResult expected = computeFisher(ckpt, spec, in.tokens, in.offsets, groups, resident);
+        QCOMPARE(expected.plan.mode, FisherMode::Resident);
+        QCOMPARE(expected.groups, 2);
+
+        const FisherResult oneChunk = computeFisher(ckpt, spec, in.tokens, in.offsets, groups, streamingOptions());
+        QCOMPARE(oneChunk.plan.mode, FisherMode::Streaming);
+        QCOMPARE(oneChunk.plan.chunks, 1);
+        QVERIFY(!oneChunk.plan.spill);
+        QCOMPARE(oneChunk.bytesSpilled, uint64_t { 0 });
+        QString diff = firstDifference(expected, oneChunk);
+        QVERIFY2(diff.isEmpty(), qPrintable(QStringLiteral("one chunk: ") + diff));
+
+        // Sequences of 40, 23, 31 tokens in passes of at most 64 tokens: [40, 23], [31].
+        const FisherResult chunked = computeFisher(ckpt, spec, in.tokens, in.offsets, groups, streamingOptions(64));
+        QCOMPARE(chunked.plan.chunks, 2);
+        diff = firstDifference(expected, chunked);
+        QVERIFY2(diff.isEmpty(), qPrintable(QStringLiteral("two chunks: ") + diff));
+
+        // A budget just below the in-memory plan: the saved layer inputs go to the scratch file.
+        QTemporaryDir scratch;
+        QVERIFY(scratch.isValid());
+        const FisherPlan inMemory = planFisher(ckpt, spec, in.offsets, groups, streamingOptions());
+        FisherOptions spill = streamingOptions(0, inMemory.peakBytes - 1);
+        spill.scratchDir = scratch.path().toStdString();
+        const FisherResult spilled = computeFisher(ckpt, spec, in.tokens, in.offsets, groups, spill);
+        QVERIFY(spilled.plan.spill);
+        QCOMPARE(spilled.plan.chunks, 1);
+        QVERIFY(spilled.plan.peakBytes < inMemory.peakBytes);
+        // Every MoE layer's input (the demo model's 4 layers are all MoE) of every token, once.
+        const uint64_t savedBytes = static_cast<uint64_t>(spec.numLayers) * in.tokens.size()
+            * static_cast<uint64_t>(spec.hiddenSize) * sizeof(float);
+        QCOMPARE(spilled.bytesSpilled, savedBytes);
+        QCOMPARE(spilled.plan.spillBytes, savedBytes);
+        QVERIFY2(QDir(scratch.path()).isEmpty(), "the scratch file was left behind");
+        diff = firstDifference(expected, spilled);
+        QVERIFY2(diff.isEmpty(), qPrintable(QStringLiteral("spilled: ") + diff));
+        qInfo("  streaming == resident bit for bit: 1 chunk, 2 chunks, spilled (%llu bytes)",
+            static_cast<unsigned long long>(spilled.bytesSpilled));
+    }
+
+    // The memory plan: auto picks resident when it fits and streaming when it does not; a budget that
+    // not even streaming fits is refused before any work, naming the bytes; progress and cancellation
+    // of the streaming mode (a cancelled spilled run leaves no scratch file).
+    void streamingPlanProgressAndCancel()
+    {
+        const Checkpoint ckpt(m_demoDir);
+        const ModelSpec spec = parseModelSpec(ckpt.config(), m_demoDir + "/config.json");
+        const DemoInput in = demoInput(spec);
+        FisherOptions autoMode;
+        const FisherPlan roomy = planFisher(ckpt, spec, in.offsets, {}, autoMode);
+        QCOMPARE(roomy.mode, FisherMode::Resident);
+        autoMode.memoryBudgetBytes = roomy.residentBytes - 1;
+        const FisherPlan tight = planFisher(ckpt, spec, in.offsets, {}, autoMode);
+        QCOMPARE(tight.mode, FisherMode::Streaming);
+        QVERIFY(tight.peakBytes <= autoMode.memoryBudgetBytes);
+        QVERIFY(tight.peakBytes < roomy.residentBytes);
+
+        FisherOptions residentOnly;
+        residentOnly.mode = FisherMode::Resident;
+        residentOnly.memoryBudgetBytes = roomy.residentBytes - 1;
+        QVERIFY(test::inputErrorOf([&] {
+            computeFisher(ckpt, spec, in.tokens, in.offsets, {}, residentOnly);
+        }).contains(QLatin1String("--mode streaming")));
+        const QString refused = test::inputErrorOf(
+            [&] { computeFisher(ckpt, spec, in.tokens, in.offsets, {}, streamingOptions(0, 1 << 20)); });
+        QVERIFY2(refused.contains(QLatin1String("memory plan")) && refused.contains(QLatin1String("MiB")),
+            qPrintable(refused));
+
+        // Progress units: per sample, L forward steps, the loss and one backward step per MoE-side layer.
+        std::vector<int64_t> done;
+        int64_t total = 0;
+        FisherOptions maskOnly = streamingOptions(64);
+        maskOnly.weightForm = maskOnly.gradAbs = false;
+        (void)computeFisher(ckpt, spec, in.tokens, in.offsets, {}, maskOnly, [&](const Progress& p) {
+            done.push_back(p.done);
+            total = p.total;
+            return true;
+        });
+        const int64_t perSample = 2 * spec.numLayers + 1; // every demo layer is a MoE layer
+        QCOMPARE(total, 3 * perSample);
+        QCOMPARE(static_cast<int64_t>(done.size()), total);
+        QCOMPARE(done.back(), total);
+
+        // Cancelled in the backward walk of a spilled run: Cancelled, and no scratch file remains.
+        QTemporaryDir scratch;
+        FisherOptions spill
+            = streamingOptions(0, planFisher(ckpt, spec, in.offsets, {}, streamingOptions()).peakBytes - 1);
+        spill.scratchDir = scratch.path().toStdString();
+        QVERIFY_THROWS_EXCEPTION(Cancelled,
+            computeFisher(
+                ckpt, spec, in.tokens, in.offsets, {}, spill, [&](const Progress& p) { return p.done < total - 2; }));
+        QVERIFY(QDir(scratch.path()).isEmpty());
+        // A scratch directory that does not exist, when the inputs must spill.
+        spill.scratchDir = scratch.filePath(QStringLiteral("missing")).toStdString();
+        QVERIFY(test::inputErrorOf([&] {
+            computeFisher(ckpt, spec, in.tokens, in.offsets, {}, spill);
+        }).contains(QLatin1String("not a directory")));
     }
 
     void cancellation()
