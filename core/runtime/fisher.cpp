@@ -43,8 +43,6 @@ const char* fisherModeName(FisherMode mode)
 namespace {
 
 constexpr uint64_t kF32 = 4;
-// Bound on the float64 temporaries of the weight-form reductions (experts are reduced in groups).
-constexpr uint64_t kReductionBytes = uint64_t { 64 } << 20;
 
 // One MoE layer's leaves (what gradients are taken of) and its running sums over samples (float64).
 struct LayerState {
@@ -54,7 +52,25 @@ struct LayerState {
     at::Tensor maskSum, weightSum, absSum, activationSum;
     at::Tensor sampleActivation; // [E, I] float64: one sample's sum of |a| (reset per sample)
     at::Tensor expertTokens; // [G, E] int64
+    // Weight forms: the routed experts as one leaf per expert and projection (views of the layer's
+    // weights), so a sample's gradient reaches only the experts it routes to. Taking gradients of
+    // the fused [E, 2I, H] tensor instead makes every expert's select-backward allocate and add a
+    // zero tensor of the whole layer (E times the layer's expert bytes per sample and layer).
+    RaggedExperts leaves;
 };
+
+// Per-expert leaves of a layer's routed experts at full width (views of w.gateUp / w.down).
+RaggedExperts expertLeaves(const LayerWeights& w)
+{
+    RaggedExperts r;
+    const int64_t E = w.gateUp.size(0);
+    for (int64_t e = 0; e < E; ++e) {
+        r.widths.push_back(w.down.size(2));
+        r.gateUp.push_back(w.gateUp[e].detach().requires_grad_(true));
+        r.down.push_back(w.down[e].detach().requires_grad_(true));
+    }
+    return r;
+}
 
 void checkOffsets(std::span<const int64_t> offsets, int64_t T)
 {
@@ -172,7 +188,7 @@ PlanInputs planInputs(
     in.headBytes = (V + 1) * H * kF32;
     if (options.weightForm || options.gradAbs) {
         in.expertGradBytes = E * 3 * I * H * kF32;
-        in.reductionBytes = std::min(kReductionBytes, E * 3 * I * H * 8 * 2);
+        in.reductionBytes = 3 * I * H * 8 * 2; // one expert's float64 gradients and their squares
     }
     // Saved by autograd per layer and sequence (fp32): norms, projections and rotary terms of the
     // attention (~12 H + 8 heads x head_dim per token), its scores and probabilities (3 nh S^2), and
@@ -265,6 +281,8 @@ at::Tensor layerForward(const ModelSpec& spec, const LayerWeights& w, const at::
     if (state) {
         moe.unitMask = state->mask;
         moe.unitActivationSum = state->sampleActivation;
+        if (!state->leaves.empty())
+            moe.ragged = &state->leaves;
     }
     RoutingRecord routing;
     const at::Tensor out = h + moeForward(spec, w, hn, moe, state ? &routing : nullptr);
@@ -275,8 +293,8 @@ at::Tensor layerForward(const ModelSpec& spec, const LayerWeights& w, const at::
 }
 
 // Adds one sample's squared (and absolute) gradients of a MoE layer into group g's sums, then
-// clears the gradients. Experts are reduced in groups to bound the float64 temporaries.
-void addSample(LayerState& s, const LayerWeights& w, int g)
+// clears the gradients. Experts are reduced one at a time (bounded float64 temporaries).
+void addSample(LayerState& s, int g)
 {
     const at::NoGradGuard noGrad;
     if (s.mask.defined() && s.mask.grad().defined())
@@ -285,24 +303,25 @@ void addSample(LayerState& s, const LayerWeights& w, int g)
         s.activationSum[g].add_(s.sampleActivation);
         s.sampleActivation.zero_();
     }
-    if ((s.weightSum.defined() || s.absSum.defined()) && w.gateUp.grad().defined() && w.down.grad().defined()) {
-        const int64_t E = w.gateUp.size(0), I = w.down.size(2), H = w.down.size(1);
-        const int64_t step = std::max<int64_t>(1, static_cast<int64_t>(kReductionBytes / (3 * I * H * 8 * 2)));
-        for (int64_t e0 = 0; e0 < E; e0 += step) {
-            const int64_t n = std::min(step, E - e0);
-            const at::Tensor gu = w.gateUp.grad().narrow(0, e0, n).to(at::kDouble); // [n, 2I, H], gate rows first
-            const at::Tensor gd = w.down.grad().narrow(0, e0, n).to(at::kDouble); // [n, H, I]
-            const at::Tensor gate = gu.narrow(1, 0, I), up = gu.narrow(1, I, I);
-            if (s.weightSum.defined())
-                s.weightSum[g].narrow(0, e0, n).add_(gate.square().sum(-1) + up.square().sum(-1) + gd.square().sum(1));
-            if (s.absSum.defined())
-                s.absSum[g].narrow(0, e0, n).add_(
-                    (gate.abs().sum(-1) + up.abs().sum(-1) + gd.abs().sum(1)) / static_cast<double>(3 * H));
-        }
+    const RaggedExperts& r = s.leaves;
+    for (std::size_t e = 0; e < r.gateUp.size(); ++e) {
+        // An expert the sample does not route to has no gradient: it adds 0.
+        if (!r.gateUp[e].grad().defined() || !r.down[e].grad().defined())
+            continue;
+        const int64_t I = r.widths[e], H = r.down[e].size(0);
+        const at::Tensor gu = r.gateUp[e].grad().to(at::kDouble); // [2I, H], gate rows first
+        const at::Tensor gd = r.down[e].grad().to(at::kDouble); // [H, I]
+        const at::Tensor gate = gu.narrow(0, 0, I), up = gu.narrow(0, I, I);
+        const auto ei = static_cast<int64_t>(e);
+        if (s.weightSum.defined())
+            s.weightSum[g][ei].add_(gate.square().sum(-1) + up.square().sum(-1) + gd.square().sum(0));
+        if (s.absSum.defined())
+            s.absSum[g][ei].add_(
+                (gate.abs().sum(-1) + up.abs().sum(-1) + gd.abs().sum(0)) / static_cast<double>(3 * H));
+        clearGrad(r.gateUp[e]);
+        clearGrad(r.down[e]);
     }
     clearGrad(s.mask);
-    clearGrad(w.gateUp);
-    clearGrad(w.down);
 }
 
 // Per-token next-token losses of one sequence and their mean, from the final residual stream.
@@ -476,11 +495,9 @@ void runResident(const Checkpoint& checkpoint, const ModelSpec& spec, int64_t sa
         norm = loader.finalNorm();
         head = loader.lmHead();
     }
-    for (LayerWeights& w : weights)
-        if (w.moe && run.weightGrads()) {
-            w.gateUp.requires_grad_(true);
-            w.down.requires_grad_(true);
-        }
+    for (const LayerWeights& w : weights)
+        if (w.moe && run.weightGrads())
+            run.state(w.layer).leaves = expertLeaves(w);
     const at::AutoGradMode gradMode(true);
     for (int64_t n = 0; n < samples; ++n) {
         run.checkStop();
@@ -492,7 +509,7 @@ void runResident(const Checkpoint& checkpoint, const ModelSpec& spec, int64_t sa
         run.loss(n, x, norm, head).backward();
         for (const LayerWeights& w : weights)
             if (w.moe)
-                addSample(run.state(w.layer), w, g);
+                addSample(run.state(w.layer), g);
         run.report("sample " + std::to_string(n + 1) + "/" + std::to_string(samples), n + 1, samples);
     }
     for (const LayerWeights& w : weights)
@@ -665,10 +682,8 @@ uint64_t runStreaming(const Checkpoint& checkpoint, const ModelSpec& spec, const
                 const at::NoGradGuard noGrad;
                 w = loader.loadLayer(l);
             }
-            if (w.moe && run.weightGrads()) {
-                w.gateUp.requires_grad_(true);
-                w.down.requires_grad_(true);
-            }
+            if (w.moe && run.weightGrads())
+                run.state(l).leaves = expertLeaves(w);
             for (int64_t n = first; n < last; ++n) {
                 run.checkStop();
                 const bool needInputGrad = l > firstMoe;
@@ -679,13 +694,15 @@ uint64_t runStreaming(const Checkpoint& checkpoint, const ModelSpec& spec, const
                 const at::Tensor y = layerForward(spec, w, x, run.rope(run.length(n)), state, run.group(n));
                 y.backward(rows(n).clone());
                 if (state)
-                    addSample(*state, w, run.group(n));
+                    addSample(*state, run.group(n));
                 if (needInputGrad)
                     rows(n).copy_(x.grad());
                 step("backward layer " + std::to_string(l + 1) + "/" + std::to_string(L), n);
             }
             if (w.moe && first == 0)
                 magnitude[l] = magnitudeOf(w);
+            if (w.moe)
+                run.state(l).leaves = {};
             releaseLayer(w);
         }
         spilled += saved.bytesWritten();
@@ -705,6 +722,10 @@ FisherPlan planFisher(const Checkpoint& checkpoint, const ModelSpec& spec, std::
     (void)sampleGroups(sampleGroup, static_cast<int64_t>(seqOffsets.size()) - 1, G);
     if (spec.numMoeLayers() == 0)
         throw InputError("fisher: the model has no MoE layer");
+    if (spec.ragged())
+        throw InputError(
+            "fisher: the checkpoint's routed experts have their own widths (config.json "
+            "moeatlas_expert_widths, a ragged export); compute Fisher on the checkpoint it was exported from");
     const int64_t T = seqOffsets.back(), longest = longestSequence(seqOffsets);
     const PlanInputs in = planInputs(checkpoint, spec, longest, options);
     FisherPlan plan;
