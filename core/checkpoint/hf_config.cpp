@@ -171,6 +171,56 @@ RopeSpec parseRope(const ConfigReader& cfg, const std::string& source)
     return rope;
 }
 
+// The keys our exporter adds to a ragged export (docs/plans.md): moeatlas_expert_widths, one entry per
+// decoder layer (the routed experts' widths, null for a dense layer), and num_experts_per_layer when
+// layers keep different numbers of experts, which the engine does not run (every layer's router must
+// have the config's expert count).
+void parseRaggedExperts(const ConfigReader& cfg, ModelSpec& s)
+{
+    const auto perLayer = [&](const char* key) -> const json* {
+        if (!cfg.has(key))
+            return nullptr;
+        const json& v = cfg.raw().at(key);
+        if (!v.is_array() || static_cast<int>(v.size()) != s.numLayers)
+            cfg.fail(key, "must be a list of num_hidden_layers (" + std::to_string(s.numLayers) + ") entries");
+        return &v;
+    };
+    if (const json* counts = perLayer("num_experts_per_layer"))
+        for (int i = 0; i < s.numLayers; ++i) {
+            const json& c = (*counts)[static_cast<std::size_t>(i)];
+            const int64_t want = s.layers[static_cast<std::size_t>(i)].moe ? s.router.numExperts : 0;
+            if (!c.is_number_integer() || c.get<int64_t>() != want)
+                cfg.fail("num_experts_per_layer",
+                    "gives layer " + std::to_string(i) + " " + c.dump() + " routed experts, expected "
+                        + std::to_string(want)
+                        + (want > 0 ? " (the engine runs only checkpoints whose MoE layers all have the config's "
+                                      "expert count)"
+                                    : " (a dense layer)"));
+        }
+    const json* widths = perLayer("moeatlas_expert_widths");
+    if (!widths)
+        return;
+    for (int i = 0; i < s.numLayers; ++i) {
+        const json& w = (*widths)[static_cast<std::size_t>(i)];
+        LayerSpec& l = s.layers[static_cast<std::size_t>(i)];
+        const std::string where = "entry " + std::to_string(i) + " ";
+        if (!l.moe) {
+            if (!w.is_null())
+                cfg.fail("moeatlas_expert_widths", where + "must be null (layer " + std::to_string(i) + " is dense)");
+            continue;
+        }
+        if (!w.is_array() || static_cast<int64_t>(w.size()) != s.router.numExperts)
+            cfg.fail("moeatlas_expert_widths",
+                where + "must list the widths of the layer's " + std::to_string(s.router.numExperts)
+                    + " routed experts, got " + w.dump());
+        for (const json& e : w) {
+            if (!e.is_number_integer() || e.get<int64_t>() < 0)
+                cfg.fail("moeatlas_expert_widths", where + "holds " + e.dump() + " (expected widths >= 0)");
+            l.expertWidths.push_back(e.get<int64_t>());
+        }
+    }
+}
+
 } // namespace
 
 int ModelSpec::numMoeLayers() const
@@ -185,6 +235,11 @@ std::vector<int> ModelSpec::moeLayerIndices() const
         if (layers[i].moe)
             out.push_back(i);
     return out;
+}
+
+bool ModelSpec::ragged() const
+{
+    return std::any_of(layers.begin(), layers.end(), [](const LayerSpec& l) { return !l.expertWidths.empty(); });
 }
 
 const char* architectureName(Architecture a)
@@ -317,6 +372,7 @@ ModelSpec parseModelSpec(const json& config, const std::string& source)
             l.slidingWindow = s.slidingWindow.has_value();
         }
     }
+    parseRaggedExperts(cfg, s);
     return s;
 }
 

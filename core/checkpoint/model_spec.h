@@ -50,6 +50,10 @@ struct LayerSpec {
     bool moe = true; // false: a dense MLP of denseIntermediate
     bool slidingWindow = false; // attention restricted to the last `slidingWindow` keys
     int64_t denseIntermediate = 0;
+    // A ragged checkpoint (config moeatlas_expert_widths, written by our exporter for dimension
+    // plans): each routed expert's own width, router.numExperts entries, 0 = an expert that adds
+    // nothing (its router row still counts). Empty = every expert has moeIntermediate units.
+    std::vector<int64_t> expertWidths;
 };
 
 struct ModelSpec {
@@ -85,6 +89,7 @@ struct ModelSpec {
 
     int numMoeLayers() const;
     std::vector<int> moeLayerIndices() const;
+    bool ragged() const; // some MoE layer has its own expert widths (LayerSpec::expertWidths)
 };
 
 const char* architectureName(Architecture a);

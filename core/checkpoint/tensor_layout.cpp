@@ -45,7 +45,9 @@ std::string TensorLayout::expertName(int layer, int expert, ExpertProj proj) con
     static const char* const mixtral[] = { "w1", "w3", "w2" };
     static const char* const others[] = { "gate_proj", "up_proj", "down_proj" };
     const auto i = static_cast<std::size_t>(proj);
-    const char* n = m_spec.arch == Architecture::Mixtral ? mixtral[i] : others[i];
+    // Ragged exports name every architecture's experts as Qwen's (export_tensors.cpp).
+    const bool ragged = !m_spec.layers[static_cast<std::size_t>(layer)].expertWidths.empty();
+    const char* n = m_spec.arch == Architecture::Mixtral && !ragged ? mixtral[i] : others[i];
     return moePrefix(layer) + "experts." + std::to_string(expert) + "." + n + ".weight";
 }
 
@@ -97,7 +99,15 @@ std::vector<ExpectedTensor> TensorLayout::layerTensors(int layer) const
     }
     const int64_t E = s.router.numExperts, I = s.moeIntermediate;
     t.push_back({ routerName(layer), { E, H } });
-    if (m_layout == ExpertLayout::Fused) {
+    if (!ls.expertWidths.empty()) {
+        // One tensor per expert at its own width; a zero-width expert's are empty ([0, H], [H, 0]).
+        for (int e = 0; e < E; ++e) {
+            const int64_t w = ls.expertWidths[static_cast<std::size_t>(e)];
+            t.push_back({ expertName(layer, e, ExpertProj::Gate), { w, H } });
+            t.push_back({ expertName(layer, e, ExpertProj::Up), { w, H } });
+            t.push_back({ expertName(layer, e, ExpertProj::Down), { H, w } });
+        }
+    } else if (m_layout == ExpertLayout::Fused) {
         t.push_back({ fusedGateUpName(layer), { E, 2 * I, H } });
         t.push_back({ fusedDownName(layer), { E, H, I } });
     } else {

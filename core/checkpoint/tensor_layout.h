@@ -33,7 +33,8 @@ public:
     std::string layerPrefix(int layer) const; // "model.layers.<l>."
     std::string moePrefix(int layer) const; // "...block_sparse_moe." or "...mlp."
     std::string routerName(int layer) const;
-    // Per-expert layout: one expert's projection ("w1"/"w3"/"w2" for Mixtral).
+    // Per-expert layout: one expert's projection ("w1"/"w3"/"w2" for Mixtral; "gate_proj", "up_proj",
+    // "down_proj" for every architecture in a layer with its own expert widths, ModelSpec::ragged()).
     std::string expertName(int layer, int expert, ExpertProj proj) const;
     // Fused layout: [E, 2I, H] (gate rows first) and [E, H, I].
     std::string fusedGateUpName(int layer) const;

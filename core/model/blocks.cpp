@@ -12,6 +12,9 @@
 #include <cmath>
 #include <exception>
 #include <limits>
+#include <numeric>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 namespace moeatlas {
@@ -302,7 +305,26 @@ at::Tensor moeForward(
     const ModelSpec& spec, const LayerWeights& w, const at::Tensor& x, const MoeOptions& options, RoutingRecord* record)
 {
     const int64_t N = x.size(0), E = spec.router.numExperts, K = spec.router.topK;
-    const int64_t I = w.down.size(2);
+    // Sliced for a dimension plan, or loaded so from a ragged checkpoint.
+    const RaggedExperts* ragged = options.ragged ? options.ragged : w.ragged.empty() ? nullptr : &w.ragged;
+    // The unit mask and activation sums are [E, I]: they only go with per-expert weights of full width
+    // (the Fisher pass, whose per-expert weight leaves keep each expert's gradient its own).
+    if (ragged && (options.unitMask.defined() || options.unitActivationSum.defined())) {
+        const at::Tensor& full = options.unitMask.defined() ? options.unitMask : options.unitActivationSum;
+        for (const int64_t width : ragged->widths)
+            if (width != full.size(1))
+                throw std::invalid_argument("moeForward: a unit mask or unit activation sums (full width) cannot be "
+                                            "combined with experts cut to fewer units");
+    }
+    if (ragged && ragged->numExperts() != E)
+        throw std::invalid_argument("moeForward: ragged experts of layer " + std::to_string(w.layer) + " hold "
+            + std::to_string(ragged->numExperts()) + " experts, the router " + std::to_string(E));
+    // Expert e runs with its own width and weights: all I units, or the kept ones of a ragged layer.
+    const int64_t I = ragged ? 0 : w.down.size(2);
+    const int64_t widest = ragged ? ragged->maxWidth() : I;
+    const auto widthOf = [&](int64_t e) { return ragged ? ragged->widths[static_cast<std::size_t>(e)] : I; };
+    const auto gateUpOf = [&](int64_t e) { return ragged ? ragged->gateUp[static_cast<std::size_t>(e)] : w.gateUp[e]; };
+    const auto downOf = [&](int64_t e) { return ragged ? ragged->down[static_cast<std::size_t>(e)] : w.down[e]; };
     const bool fp32 = x.scalar_type() == at::kFloat;
     // transformers computes the router in the hidden dtype; observers get an fp32 computation.
     at::Tensor logits = linear(x, Linear { w.router, {} });
@@ -346,35 +368,55 @@ at::Tensor moeForward(
             at::Tensor xe, gu, h;
         };
         // One set of buffers per thread for the largest expert: allocating (and page-faulting) fresh
-        // buffers for every expert cost as much as the GEMMs.
+        // buffers for every expert cost as much as the GEMMs. Flat, so that every expert's [c, width]
+        // view of them is contiguous whatever its width, as the other path's fresh tensors are.
         auto setup = [&] {
-            return Scratch { at::empty({ most, H }, x.options()), at::empty({ most, 2 * I }, x.options()),
-                at::empty({ most, I }, x.options()) };
+            return Scratch { at::empty({ most * H }, x.options()), at::empty({ most * 2 * widest }, x.options()),
+                at::empty({ most * widest }, x.options()) };
         };
-        parallelTasks(E, setup, [&](int64_t e, Scratch& buf) {
-            const int64_t c = countPtr[e], off = rowBegin[static_cast<std::size_t>(e)];
+        // Largest work (tokens x width) first, so that no thread is left with a big expert at the end
+        // while the other waits: ragged widths make the experts' costs differ by far more than their
+        // token counts do. Each expert's numbers do not depend on which thread runs it, or when.
+        std::vector<int64_t> byWork(static_cast<std::size_t>(E));
+        std::iota(byWork.begin(), byWork.end(), int64_t { 0 });
+        std::stable_sort(byWork.begin(), byWork.end(),
+            [&](int64_t a, int64_t b) { return countPtr[a] * widthOf(a) > countPtr[b] * widthOf(b); });
+        parallelTasks(E, setup, [&](int64_t task, Scratch& buf) {
+            const int64_t e = byWork[static_cast<std::size_t>(task)];
+            const int64_t c = countPtr[e], off = rowBegin[static_cast<std::size_t>(e)], we = widthOf(e);
             if (c == 0)
                 return;
+            at::Tensor dst = weighted.narrow(0, off, c);
+            if (we == 0) {
+                // A zero-width expert adds exactly zero (the rows still go through the index_add_ below;
+                // x + 0 == x, so the sums equal the other path's, which skips the expert).
+                dst.zero_();
+                if (options.recordExpertNorms)
+                    sortedNorms.narrow(0, off, c).zero_();
+                return;
+            }
             // The same operations as the loop below, written into the buffers: index_select,
             // linear (= mm with W^T), silu(gate) * up, linear, * routing weight.
-            at::Tensor xe = buf.xe.narrow(0, 0, c), gu = buf.gu.narrow(0, 0, c), h = buf.h.narrow(0, 0, c);
+            const at::Tensor gateUp = gateUpOf(e), down = downOf(e);
+            at::Tensor xe = buf.xe.narrow(0, 0, c * H).view({ c, H });
+            at::Tensor gu = buf.gu.narrow(0, 0, c * 2 * we).view({ c, 2 * we });
+            at::Tensor h = buf.h.narrow(0, 0, c * we).view({ c, we });
             at::index_select_out(xe, x, 0, tokenOf.narrow(0, off, c));
-            at::mm_out(gu, xe, w.gateUp[e].t());
-            at::silu_out(h, gu.narrow(1, 0, I));
-            h.mul_(gu.narrow(1, I, I));
+            at::mm_out(gu, xe, gateUp.t());
+            at::silu_out(h, gu.narrow(1, 0, we));
+            h.mul_(gu.narrow(1, we, we));
             if (options.unitActivationSum.defined())
                 addUnitActivation(options.unitActivationSum, e, h);
             if (options.unitMask.defined())
                 h.mul_(options.unitMask[e].to(h.scalar_type()));
             const at::Tensor mix = sortedWeights.narrow(0, off, c).unsqueeze(1);
-            at::Tensor dst = weighted.narrow(0, off, c);
             if (sameType) {
-                at::mm_out(dst, h, w.down[e].t());
+                at::mm_out(dst, h, down.t());
                 if (options.recordExpertNorms)
                     sortedNorms.narrow(0, off, c).copy_(dst.to(at::kFloat).norm(2, { 1 }));
                 dst.mul_(mix);
             } else {
-                const at::Tensor y = at::mm(h, w.down[e].t());
+                const at::Tensor y = at::mm(h, down.t());
                 if (options.recordExpertNorms)
                     sortedNorms.narrow(0, off, c).copy_(y.to(at::kFloat).norm(2, { 1 }));
                 dst.copy_((y * mix).to(x.scalar_type()));
@@ -390,18 +432,24 @@ at::Tensor moeForward(
     } else {
         int64_t offset = 0;
         for (int64_t e = 0; e < E; ++e) {
-            const int64_t c = countPtr[e];
+            const int64_t c = countPtr[e], we = widthOf(e);
             if (c == 0)
                 continue;
+            if (we == 0) {
+                if (options.recordExpertNorms)
+                    sortedNorms.narrow(0, offset, c).zero_();
+                offset += c;
+                continue;
+            }
             at::Tensor idx = tokenOf.narrow(0, offset, c);
             at::Tensor xe = x.index_select(0, idx);
-            at::Tensor gu = at::linear(xe, w.gateUp[e]);
-            at::Tensor h = at::silu(gu.narrow(1, 0, I)) * gu.narrow(1, I, I);
+            at::Tensor gu = at::linear(xe, gateUpOf(e));
+            at::Tensor h = at::silu(gu.narrow(1, 0, we)) * gu.narrow(1, we, we);
             if (options.unitActivationSum.defined())
                 addUnitActivation(options.unitActivationSum, e, h);
             if (options.unitMask.defined())
                 h = h * options.unitMask[e].to(h.scalar_type());
-            at::Tensor y = at::linear(h, w.down[e]);
+            at::Tensor y = at::linear(h, downOf(e));
             if (options.recordExpertNorms)
                 sortedNorms.narrow(0, offset, c).copy_(y.to(at::kFloat).norm(2, { 1 }));
             y = y * sortedWeights.narrow(0, offset, c).unsqueeze(1);

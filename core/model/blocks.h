@@ -43,11 +43,18 @@ struct MoeOptions {
     // Optional accumulator [E, I] float64 (CPU): each routed token adds |a| of the expert it is
     // routed to into that expert's row (before the unit mask). Statistics only, never recorded.
     at::Tensor unitActivationSum;
+    // Routed experts cut to their kept units (sliceExperts), run instead of w.gateUp / w.down at the
+    // reduced widths: the function of unitMask with the same kept units, at a fraction of the FLOPs.
+    // Null = w's experts (w.ragged for a layer of a ragged checkpoint). unitMask and
+    // unitActivationSum ([E, I], full width) go only with experts of full width (the Fisher pass's
+    // per-expert weight leaves).
+    const RaggedExperts* ragged = nullptr;
 };
 
 // The MoE block (router + routed experts + shared expert). Tokens are grouped by expert and each
-// expert runs once on its tokens. With autograd recording (grad mode on, not inference mode) every
-// block takes its plain path: the split paths write into buffers with out= ops autograd cannot record.
+// expert runs once on its tokens (at its own width with options.ragged; a zero-width expert is skipped). With autograd
+// recording (grad mode on, not inference mode) every block takes its plain path: the split paths write into buffers
+// with out= ops autograd cannot record.
 at::Tensor moeForward(const ModelSpec& spec, const LayerWeights& w, const at::Tensor& x, const MoeOptions& options,
     RoutingRecord* record);
 

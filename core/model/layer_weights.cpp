@@ -4,8 +4,10 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
 
 namespace moeatlas {
 
@@ -158,12 +160,31 @@ void WeightLoader::loadExperts(int layer, LayerWeights& w) const
     const ModelSpec& s = m_spec;
     const int64_t E = s.router.numExperts, H = s.hiddenSize, I = s.moeIntermediate;
     w.router = load(m_layout.routerName(layer), { E, H });
+    const auto options = at::TensorOptions().dtype(m_opt.dtype).device(m_opt.device);
+    const std::vector<int64_t>& widths = s.layers[static_cast<std::size_t>(layer)].expertWidths;
+    if (!widths.empty()) {
+        // A ragged checkpoint: every expert at its own width, in the [gate; up] form moeForward runs.
+        RaggedExperts& r = w.ragged;
+        r.widths = widths;
+        r.gateUp.resize(static_cast<std::size_t>(E));
+        r.down.resize(static_cast<std::size_t>(E));
+        for (int e = 0; e < E; ++e) {
+            const int64_t we = widths[static_cast<std::size_t>(e)];
+            if (we == 0)
+                continue; // nothing to compute; its empty tensors were validated
+            at::Tensor& gateUp = r.gateUp[static_cast<std::size_t>(e)];
+            gateUp = at::empty({ 2 * we, H }, options);
+            loadInto(m_layout.expertName(layer, e, ExpertProj::Gate), gateUp.narrow(0, 0, we));
+            loadInto(m_layout.expertName(layer, e, ExpertProj::Up), gateUp.narrow(0, we, we));
+            r.down[static_cast<std::size_t>(e)] = load(m_layout.expertName(layer, e, ExpertProj::Down), { H, we });
+        }
+        return;
+    }
     if (m_layout.expertLayout() == ExpertLayout::Fused) {
         w.gateUp = load(m_layout.fusedGateUpName(layer), { E, 2 * I, H });
         w.down = load(m_layout.fusedDownName(layer), { E, H, I });
         return;
     }
-    const auto options = at::TensorOptions().dtype(m_opt.dtype).device(m_opt.device);
     w.gateUp = at::empty({ E, 2 * I, H }, options);
     w.down = at::empty({ E, H, I }, options);
     for (int e = 0; e < E; ++e) {
@@ -171,6 +192,52 @@ void WeightLoader::loadExperts(int layer, LayerWeights& w) const
         loadInto(m_layout.expertName(layer, e, ExpertProj::Up), w.gateUp[e].narrow(0, I, I));
         loadInto(m_layout.expertName(layer, e, ExpertProj::Down), w.down[e]);
     }
+}
+
+int64_t RaggedExperts::maxWidth() const
+{
+    return widths.empty() ? 0 : *std::max_element(widths.begin(), widths.end());
+}
+
+uint64_t RaggedExperts::bytes() const
+{
+    uint64_t total = 0;
+    for (const std::vector<at::Tensor>* part : { &gateUp, &down })
+        for (const at::Tensor& t : *part)
+            if (t.defined())
+                total += static_cast<uint64_t>(t.numel()) * t.element_size();
+    return total;
+}
+
+RaggedExperts sliceExperts(const LayerWeights& w, const std::vector<std::vector<int>>& units)
+{
+    if (!w.gateUp.defined())
+        throw std::invalid_argument("sliceExperts: layer " + std::to_string(w.layer) + " has no full-width experts");
+    const int64_t E = w.gateUp.size(0), I = w.down.size(2);
+    if (static_cast<int64_t>(units.size()) != E)
+        throw std::invalid_argument("sliceExperts: unit lists for " + std::to_string(units.size()) + " experts, layer "
+            + std::to_string(w.layer) + " has " + std::to_string(E));
+    RaggedExperts r;
+    r.widths.resize(static_cast<std::size_t>(E));
+    r.gateUp.resize(static_cast<std::size_t>(E));
+    r.down.resize(static_cast<std::size_t>(E));
+    for (int64_t e = 0; e < E; ++e) {
+        const std::vector<int>& u = units[static_cast<std::size_t>(e)];
+        const auto width = static_cast<int64_t>(u.size());
+        r.widths[static_cast<std::size_t>(e)] = width;
+        if (width == 0)
+            continue;
+        // Gate rows u, then up rows I + u: the [gate; up] layout moeForward splits at `width`.
+        std::vector<int64_t> rows(static_cast<std::size_t>(2 * width));
+        for (int64_t j = 0; j < width; ++j) {
+            rows[static_cast<std::size_t>(j)] = u[static_cast<std::size_t>(j)];
+            rows[static_cast<std::size_t>(width + j)] = I + u[static_cast<std::size_t>(j)];
+        }
+        const at::Tensor index = at::tensor(at::ArrayRef<int64_t>(rows), at::kLong).to(w.gateUp.device());
+        r.gateUp[static_cast<std::size_t>(e)] = w.gateUp[e].index_select(0, index);
+        r.down[static_cast<std::size_t>(e)] = w.down[e].index_select(1, index.narrow(0, 0, width));
+    }
+    return r;
 }
 
 LayerWeights WeightLoader::loadLayer(int layer) const

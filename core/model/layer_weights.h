@@ -21,6 +21,22 @@ struct Linear {
     at::Tensor bias; // [out] or undefined
 };
 
+// The routed experts of one MoE layer cut to their kept intermediate units, executed directly (a
+// dimension plan at its real width instead of a 0/1 mask at full width). Expert e keeps widths[e]
+// units in their original order; a zero-width expert has undefined tensors and adds nothing, but
+// its router row still takes part in the softmax and top-k (its routing weight is simply lost, as
+// in the ragged checkpoint the exporter writes).
+struct RaggedExperts {
+    std::vector<int64_t> widths; // [E]
+    std::vector<at::Tensor> gateUp; // per expert [2 * widths[e], H], gate rows first
+    std::vector<at::Tensor> down; // per expert [H, widths[e]]
+
+    bool empty() const { return widths.empty(); }
+    int64_t numExperts() const { return static_cast<int64_t>(widths.size()); }
+    int64_t maxWidth() const;
+    uint64_t bytes() const; // of the sliced tensors
+};
+
 struct LayerWeights {
     int layer = 0;
     at::Tensor inputNorm; // [H]
@@ -30,13 +46,19 @@ struct LayerWeights {
 
     bool moe = false;
     at::Tensor router; // [E, H]
-    at::Tensor gateUp; // [E, 2I, H], gate rows first
-    at::Tensor down; // [E, H, I]
+    at::Tensor gateUp; // [E, 2I, H], gate rows first; undefined for a ragged layer
+    at::Tensor down; // [E, H, I]; undefined for a ragged layer
+    RaggedExperts ragged; // a layer of a ragged checkpoint (LayerSpec::expertWidths), else empty
     // Shared expert (Qwen2-MoE) or the dense MLP of a non-MoE layer.
     Linear mlpGate, mlpUp, mlpDown;
     at::Tensor sharedExpertGate; // [1, H] or undefined
     uint64_t sourceBytes = 0; // bytes read from the checkpoint
 };
+
+// Copies the kept units of every routed expert out of w.gateUp / w.down (index_select: gate and up
+// rows, down columns; same dtype and device). units[e] lists expert e's kept units, sorted, in
+// [0, I); the caller validates them (Executor::evaluate names the variant and layer in its errors).
+RaggedExperts sliceExperts(const LayerWeights& w, const std::vector<std::vector<int>>& units);
 
 struct WeightLoadOptions {
     c10::Device device = c10::Device(c10::kCPU);

@@ -30,6 +30,10 @@ struct ExecutorOptions {
     bool computeLogits = false; // final norm + lm_head at the end (tests, evaluation)
     bool keepWeightsResident = false; // load every layer once and keep it (small models)
     uint64_t memoryBudgetBytes = 0; // 0 = MemAvailable; plans above it are refused up front
+    // evaluate(): dimension plans (ExpertMask::units) as a 0/1 mask on the activations at full width
+    // instead of experts sliced to their kept units. Same function, full cost: the reference the
+    // ragged path is tested and benchmarked against.
+    bool maskedUnits = false;
 };
 
 // Receives what the executor observes. Callbacks run on the executor's thread.
@@ -69,7 +73,8 @@ struct ExpertMask {
     // Dimension pruning: decoder layer -> for every routed expert e (original numbering, numExperts
     // entries) its kept intermediate units, sorted, in [0, moeIntermediate); an empty list is a
     // zero-width expert (it contributes nothing, but the router still weighs it). Absent layers keep
-    // every unit. Applied as a 0/1 unit mask on the activations (MoeOptions::unitMask).
+    // every unit. Executed directly: each routed expert runs with only its kept gate/up rows and
+    // down columns (sliced once per layer and variant), unless ExecutorOptions::maskedUnits.
     std::map<int, std::vector<std::vector<int>>> units;
 };
 
@@ -111,18 +116,21 @@ public:
     // each variant's residual stream, so V variants cost V forward passes but one weight stream.
     // progress units: tokens x layers x variants. Throws InputError for a mask naming a layer
     // without router or an expert out of range, keeping fewer experts than the router's top-k, or
-    // unit lists of the wrong count, unsorted or out of range.
+    // unit lists of the wrong count, unsorted, out of range or on a layer of a ragged checkpoint
+    // (whose experts already have their own widths).
     EvaluationResult evaluate(std::span<const int32_t> tokens, std::span<const int64_t> seqOffsets,
         std::span<const ExpertMask> variants, bool keepLogits = false, const ProgressFn& progress = {},
         const StopToken* stop = nullptr);
 
     // Bytes the run would hold at its peak (hidden states + one layer + activations).
     uint64_t plannedPeakBytes(int64_t numTokens, int64_t longestSequence) const;
-    // The same for evaluate() with `numVariants` residual streams.
-    uint64_t plannedEvaluationBytes(
-        int64_t numTokens, int64_t longestSequence, int numVariants, bool keepLogits = false) const;
+    // The same for evaluate() with `numVariants` residual streams; `dimensionPlans`: some variant has
+    // unit lists, so one layer's routed experts are also held sliced (at most their full size).
+    uint64_t plannedEvaluationBytes(int64_t numTokens, int64_t longestSequence, int numVariants,
+        bool keepLogits = false, bool dimensionPlans = false) const;
     // How many variants one evaluate() call can hold within the memory budget (0: not even one).
-    int variantsThatFit(int64_t numTokens, int64_t longestSequence, bool keepLogits = false) const;
+    int variantsThatFit(
+        int64_t numTokens, int64_t longestSequence, bool keepLogits = false, bool dimensionPlans = false) const;
     std::string deviceName() const;
 
 private:
