@@ -21,6 +21,7 @@ Command addMergeCommand(CLI::App& app);
 Command addPlanCommand(CLI::App& app);
 Command addExportCommand(CLI::App& app);
 Command addEvalCommand(CLI::App& app);
+Command addFisherCommand(CLI::App& app);
 Command addDemoDataCommand(CLI::App& app);
 Command addTrainCommand(CLI::App& app);
 

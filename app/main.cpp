@@ -30,6 +30,7 @@ int main(int argc, char** argv)
     registerCommand(moeatlas::cli::addPlanCommand(app));
     registerCommand(moeatlas::cli::addExportCommand(app));
     registerCommand(moeatlas::cli::addEvalCommand(app));
+    registerCommand(moeatlas::cli::addFisherCommand(app));
     registerCommand(moeatlas::cli::addDemoDataCommand(app));
     registerCommand(moeatlas::cli::addTrainCommand(app));
 

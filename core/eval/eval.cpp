@@ -3,6 +3,7 @@
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/model_spec.h"
 #include "plan/atlas_scores.h"
+#include "plan/dim_plan.h"
 #include "plan/plan_costs.h"
 #include "text/calibration.h"
 #include "util/error.h"
@@ -27,15 +28,28 @@ int64_t routedExperts(const ModelSpec& spec)
     return static_cast<int64_t>(spec.numMoeLayers()) * spec.router.numExperts;
 }
 
-// Sets keptExperts and sparsity from the mask.
+// Sets keptExperts and sparsity from the mask: sparsity is the fraction of the routed experts'
+// intermediate units (hence of their weights) dropped, over all MoE layers; for expert-only masks
+// that is the fraction of experts dropped. A zero-width expert counts as kept (its router row is).
 void countKept(EvalVariant& v, const ModelSpec& spec)
 {
-    int64_t kept = routedExperts(spec);
-    for (const auto& [layer, keep] : v.mask.keep)
-        kept -= spec.router.numExperts - static_cast<int64_t>(keep.size());
+    const int64_t E = spec.router.numExperts, I = spec.moeIntermediate;
+    int64_t kept = 0, keptUnits = 0;
+    for (const int l : spec.moeLayerIndices()) {
+        std::vector<int> experts(static_cast<std::size_t>(E));
+        std::iota(experts.begin(), experts.end(), 0);
+        if (const auto it = v.mask.keep.find(l); it != v.mask.keep.end())
+            experts = it->second;
+        kept += static_cast<int64_t>(experts.size());
+        const auto units = v.mask.units.find(l);
+        for (const int e : experts)
+            keptUnits += units == v.mask.units.end()
+                ? I
+                : static_cast<int64_t>(units->second.at(static_cast<std::size_t>(e)).size());
+    }
     v.keptExperts = kept;
-    const int64_t all = routedExperts(spec);
-    v.sparsity = all > 0 ? 1.0 - static_cast<double>(kept) / static_cast<double>(all) : 0.0;
+    const int64_t all = routedExperts(spec) * I;
+    v.sparsity = all > 0 ? 1.0 - static_cast<double>(keptUnits) / static_cast<double>(all) : 0.0;
 }
 
 std::string sparsityLabel(double sparsity)
@@ -117,8 +131,25 @@ EvalVariant variantFromPlan(const Plan& plan, const ModelSpec& spec, const std::
     if (plan.method == "specialist" && plan.domainWeights.size() == 1)
         v.domain = plan.domainWeights.begin()->first;
     v.mask.name = name;
-    for (std::size_t i = 0; i < plan.layers.size(); ++i)
-        v.mask.keep[plan.layers[i]] = plan.keep[i];
+    checkDims(plan, "plan '" + name + "'");
+    if (plan.hasDims() && plan.dims.intermediate != spec.moeIntermediate)
+        throw InputError("plan '" + name + "': dims for routed experts of " + std::to_string(plan.dims.intermediate)
+            + " units, the model's have " + std::to_string(spec.moeIntermediate));
+    for (std::size_t i = 0; i < plan.layers.size(); ++i) {
+        const int layer = plan.layers[i];
+        for (const int e : plan.keep[i])
+            if (e < 0 || e >= spec.router.numExperts)
+                throw InputError("plan '" + name + "', layer " + std::to_string(layer) + ": expert " + std::to_string(e)
+                    + " is out of range");
+        v.mask.keep[layer] = plan.keep[i];
+        if (plan.hasDims()) {
+            // One list per routed expert of the layer (original ids); dropped experts keep none.
+            auto& units = v.mask.units[layer];
+            units.assign(static_cast<std::size_t>(spec.router.numExperts), {});
+            for (std::size_t k = 0; k < plan.keep[i].size(); ++k)
+                units[static_cast<std::size_t>(plan.keep[i][k])] = plan.units[i][k];
+        }
+    }
     countKept(v, spec);
     return v;
 }
@@ -238,10 +269,14 @@ EvalTable evaluateVariants(const Checkpoint& checkpoint, const ModelSpec& spec, 
         fixedBudget.memoryBudgetBytes = availableMemoryBytes();
     Executor executor(checkpoint, spec, fixedBudget);
     const int64_t T = static_cast<int64_t>(tokens.tokens.size());
-    const int fit = executor.variantsThatFit(T, longestSequence(tokens.seqOffsets));
+    // Dimension plans hold one layer's experts sliced next to the layer itself.
+    const bool dims = std::any_of(
+        variants.begin(), variants.end(), [](const EvalVariant& v) { return !v.mask.units.empty(); });
+    const int fit = executor.variantsThatFit(T, longestSequence(tokens.seqOffsets), false, dims);
     if (fit == 0)
         throw InputError("memory plan: one evaluation of " + std::to_string(T) + " tokens needs about "
-            + std::to_string(executor.plannedEvaluationBytes(T, longestSequence(tokens.seqOffsets), 1) >> 20)
+            + std::to_string(
+                executor.plannedEvaluationBytes(T, longestSequence(tokens.seqOffsets), 1, false, dims) >> 20)
             + " MiB, more than is available; evaluate fewer tokens (--max-samples)");
     const std::size_t group = static_cast<std::size_t>(fit);
     const int64_t totalWork = static_cast<int64_t>(spec.numLayers) * T * static_cast<int64_t>(variants.size());
@@ -315,8 +350,20 @@ AtlasResults evalTableResults(const EvalTable& table)
         nlohmann::json keep = nlohmann::json::object();
         for (const auto& [layer, ids] : var.mask.keep)
             keep[std::to_string(layer)] = ids;
-        variants.push_back({ { "name", var.name }, { "method", var.method }, { "criterion", var.criterion },
-            { "domain", var.domain }, { "keep", keep } });
+        nlohmann::json entry = { { "name", var.name }, { "method", var.method }, { "criterion", var.criterion },
+            { "domain", var.domain }, { "keep", keep } };
+        if (!var.mask.units.empty()) {
+            // Dimension plans: kept width per routed expert (original ids), not the unit lists.
+            nlohmann::json widths = nlohmann::json::object();
+            for (const auto& [layer, perExpert] : var.mask.units) {
+                std::vector<int> w;
+                for (const auto& u : perExpert)
+                    w.push_back(static_cast<int>(u.size()));
+                widths[std::to_string(layer)] = w;
+            }
+            entry["widths"] = widths;
+        }
+        variants.push_back(std::move(entry));
         nll.values.insert(nll.values.end(), table.nll[v].begin(), table.nll[v].end());
         sparsity.values.push_back(var.sparsity);
         kept.values.push_back(static_cast<double>(var.keptExperts));

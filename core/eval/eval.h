@@ -26,9 +26,11 @@ struct EvalVariant {
     std::string method; // full | specialist | generalist | union | random | plan
     std::string criterion; // scores the plan was ranked by; empty for full and random
     std::string domain; // target domain of a specialist; empty otherwise
-    double sparsity = 0; // fraction of routed experts dropped, over all MoE layers
-    int64_t keptExperts = 0; // routed experts kept, over all MoE layers
-    ExpertMask mask; // empty keep map = the full model
+    // Fraction of the routed experts' intermediate units (hence of their weights) dropped, over all
+    // MoE layers: for expert-only plans the fraction of routed experts dropped.
+    double sparsity = 0;
+    int64_t keptExperts = 0; // routed experts kept (zero-width ones included), over all MoE layers
+    ExpertMask mask; // empty keep map = the full model; units set for dimension plans
 };
 
 // The token set variants are evaluated on: each sequence belongs to one domain.
@@ -47,8 +49,9 @@ EvalTokens evalTokensFromCalibration(const CalibrationSet& calibration);
 
 // The unpruned model.
 EvalVariant fullVariant(const ModelSpec& spec);
-// The variant that applies a plan (method, criterion, domain and sparsity taken from it).
-// Throws InputError naming the variant when the plan does not fit the model (expert count).
+// The variant that applies a plan (method, criterion, domain and sparsity taken from it), its
+// dimension pruning included (ExpertMask::units). Throws InputError naming the variant when the
+// plan does not fit the model (expert count, expert ids, intermediate size, malformed units).
 EvalVariant variantFromPlan(const Plan& plan, const ModelSpec& spec, const std::string& name);
 // A plan file (moeatlas plan) as a variant named after the file. Throws InputError when the plan
 // was made from an atlas of another checkpoint (its config SHA-256 is not `configSha256`).
