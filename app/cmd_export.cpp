@@ -35,10 +35,16 @@ int runExport(const ExportArgs& a)
     const auto start = std::chrono::steady_clock::now();
     const ExportResult r = exportCheckpoint(a.checkpoint, plan, a.output, o);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::printf("%s\n",
-        r.uniform ? "wrote a UNIFORM export: loads in stock transformers (AutoModelForCausalLM)"
-                  : "wrote a NON-UNIFORM export (per-layer expert counts): load with trust_remote_code=True "
-                    "(modeling_moeatlas.py)");
+    if (r.ragged)
+        std::printf("wrote a RAGGED export (per-expert widths%s): load with trust_remote_code=True "
+                    "(modeling_moeatlas.py)\n",
+            plan.uniform() ? "" : ", per-layer expert counts");
+    else if (r.uniform)
+        std::printf("wrote a UNIFORM export%s: loads in stock transformers (AutoModelForCausalLM)\n",
+            plan.hasDims() ? " (every kept expert of the same, smaller width)" : "");
+    else
+        std::printf("wrote a NON-UNIFORM export (per-layer expert counts): load with trust_remote_code=True "
+                    "(modeling_moeatlas.py)\n");
     std::printf("%lld tensors, %.1f MB in %.2f s (%.0f MB/s)\n", static_cast<long long>(r.tensors),
         static_cast<double>(r.tensorBytes) / 1e6, s, s > 0 ? static_cast<double>(r.tensorBytes) / 1e6 / s : 0.0);
     std::printf("%s\n", r.dir.string().c_str());

@@ -4,17 +4,18 @@
 #include "checkpoint/checkpoint_writer.h"
 #include "checkpoint/hf_config.h"
 #include "checkpoint/tensor_layout.h"
+#include "export/export_tensors.h"
+#include "plan/dim_plan.h"
 #include "util/error.h"
 #include "util/sha256.h"
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
-#include <cstring>
+#include <cstdint>
+#include <cstdio>
 #include <map>
 #include <optional>
-#include <sys/mman.h>
-#include <unistd.h>
 
 namespace fs = std::filesystem;
 
@@ -30,16 +31,6 @@ const char* const kCopiedFiles[]
 // The keys different architectures use for the routed expert count (METHODS.md section 3).
 const char* const kExpertCountKeys[] = { "num_local_experts", "num_experts", "n_routed_experts" };
 
-// One output tensor: the source tensor it comes from and, when sliced, the kept dim-0 rows.
-struct OutTensor {
-    std::string name;
-    std::string source;
-    std::optional<std::vector<int>> rows;
-    std::vector<int64_t> shape;
-    std::size_t shard = 0; // source shard and offset, so reads stay sequential
-    uint64_t offset = 0;
-};
-
 bool isInside(const fs::path& child, const fs::path& parent)
 {
     const fs::path c = fs::weakly_canonical(child), p = fs::weakly_canonical(parent);
@@ -50,56 +41,111 @@ bool isInside(const fs::path& child, const fs::path& parent)
     return true;
 }
 
-// Faults the source pages of a tensor in with one call instead of one page fault per 4-64 KiB
-// during the copy; measurably faster on a warm page cache (see docs/performance.md). Best effort.
-void prefault(std::span<const std::byte> bytes)
+// The config key of the routed experts' width (METHODS.md section 3).
+const char* expertWidthKey(Architecture arch)
 {
-#ifdef MADV_POPULATE_READ
-    static const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-    const auto begin = reinterpret_cast<uintptr_t>(bytes.data()) & ~(page - 1);
-    const auto end = reinterpret_cast<uintptr_t>(bytes.data() + bytes.size());
-    if (end > begin)
-        (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ);
-#else
-    (void)bytes;
-#endif
+    return arch == Architecture::Mixtral || arch == Architecture::Olmoe ? "intermediate_size" : "moe_intermediate_size";
 }
 
-bool startsWith(const std::string& s, const std::string& prefix)
-{
-    return s.compare(0, prefix.size(), prefix) == 0;
-}
-
-// Checks the plan against the model and returns, per decoder layer, the kept experts (empty
-// for dense layers).
-std::vector<std::vector<int>> keptPerLayer(const Plan& plan, const ModelSpec& spec, const std::string& source)
+// Checks the plan (and its dims) against the model and returns, per decoder layer, what it
+// keeps (nothing for dense layers). `planName` names the plan in errors.
+std::vector<LayerKeep> keptPerLayer(
+    const Plan& plan, const ModelSpec& spec, const std::string& source, const std::string& planName)
 {
     if (plan.numExperts != spec.router.numExperts)
-        throw InputError("plan is for " + std::to_string(plan.numExperts) + " experts per layer but " + source + " has "
-            + std::to_string(spec.router.numExperts));
+        throw InputError(planName + " is for " + std::to_string(plan.numExperts) + " experts per layer but " + source
+            + " has " + std::to_string(spec.router.numExperts));
     const std::vector<int> moe = spec.moeLayerIndices();
     std::vector<int> planned = plan.layers;
     std::sort(planned.begin(), planned.end());
-    if (planned != moe)
-        throw InputError("plan covers layers that are not exactly the MoE layers of " + source + " ("
+    if (planned != moe || plan.keep.size() != plan.layers.size())
+        throw InputError(planName + " covers layers that are not exactly the MoE layers of " + source + " ("
             + std::to_string(moe.size()) + " MoE layers, plan has " + std::to_string(planned.size()) + ")");
-    std::vector<std::vector<int>> keep(static_cast<std::size_t>(spec.numLayers));
+    checkDims(plan, planName);
+    if (plan.hasDims() && plan.dims.intermediate != spec.moeIntermediate)
+        throw InputError(planName + ": dims are for routed experts of " + std::to_string(plan.dims.intermediate)
+            + " units but " + source + " has " + std::to_string(spec.moeIntermediate));
+    std::vector<LayerKeep> keep(static_cast<std::size_t>(spec.numLayers));
     for (std::size_t i = 0; i < plan.layers.size(); ++i) {
+        const std::string layer = planName + ", layer " + std::to_string(plan.layers[i]);
+        const std::vector<int>& k = plan.keep[i];
         if (plan.keptIn(i) < spec.router.topK)
-            throw InputError("plan keeps " + std::to_string(plan.keptIn(i)) + " experts in layer "
-                + std::to_string(plan.layers[i]) + ", fewer than top-k = " + std::to_string(spec.router.topK));
-        keep[static_cast<std::size_t>(plan.layers[i])] = plan.keep[i];
+            throw InputError(layer + ": keeps " + std::to_string(plan.keptIn(i))
+                + " experts, fewer than top-k = " + std::to_string(spec.router.topK));
+        for (std::size_t j = 0; j < k.size(); ++j)
+            if (k[j] < 0 || k[j] >= spec.router.numExperts || (j > 0 && k[j] <= k[j - 1]))
+                throw InputError(layer + ": kept experts must be sorted, distinct ids in [0, "
+                    + std::to_string(spec.router.numExperts) + ")");
+        LayerKeep& lk = keep[static_cast<std::size_t>(plan.layers[i])];
+        lk.experts = k;
+        if (plan.hasDims())
+            lk.units = plan.units[i];
     }
     return keep;
 }
 
+// Stock layout with a smaller width key when every kept expert of every layer keeps the same
+// (non-zero) number of units and every layer the same number of experts; ragged otherwise.
+ExportKind exportKindOf(const Plan& plan, const std::vector<LayerKeep>& keep)
+{
+    if (!plan.hasDims())
+        return ExportKind::Experts;
+    if (!plan.uniform())
+        return ExportKind::Ragged;
+    std::optional<std::size_t> width;
+    for (const LayerKeep& l : keep)
+        for (const auto& u : l.units) {
+            if (width && *width != u.size())
+                return ExportKind::Ragged;
+            width = u.size();
+        }
+    return width && *width > 0 ? ExportKind::StockDims : ExportKind::Ragged;
+}
+
+std::string dimsSection(const Plan& plan, const std::vector<LayerKeep>& keep, ExportKind kind)
+{
+    const DimPruning& d = plan.dims;
+    std::string s = "## Expert widths (dimension pruning)\n\n"
+                    "Every kept routed expert keeps only some of its "
+        + std::to_string(d.intermediate)
+        + " intermediate units (rows of gate/up, columns of down, in their original order); shared experts and "
+          "dense MLPs are untouched.\n\n- Scope: "
+        + d.scope + ", criterion: " + d.criterion + ", domain: " + (d.domain.empty() ? "pooled" : d.domain)
+        + ", sparsity: " + std::to_string(d.sparsity)
+        + "\n\n| layer | experts | min width | mean width | max width | zero-width |\n|---|---|---|---|---|---|\n";
+    for (std::size_t l = 0; l < keep.size(); ++l) {
+        if (keep[l].experts.empty())
+            continue;
+        std::size_t lo = SIZE_MAX, hi = 0, sum = 0, zero = 0;
+        for (const auto& u : keep[l].units) {
+            lo = std::min(lo, u.size());
+            hi = std::max(hi, u.size());
+            sum += u.size();
+            zero += u.empty();
+        }
+        char mean[32];
+        std::snprintf(mean, sizeof mean, "%.1f", static_cast<double>(sum) / static_cast<double>(keep[l].units.size()));
+        s += "| " + std::to_string(l) + " | " + std::to_string(keep[l].units.size()) + " | " + std::to_string(lo)
+            + " | " + mean + " | " + std::to_string(hi) + " | " + std::to_string(zero) + " |\n";
+    }
+    s += kind == ExportKind::StockDims
+        ? "\nEvery kept expert has the same width (the config's expert-width key): stock transformers loads this "
+          "model.\n"
+        : "\nExperts have their own widths (config `moeatlas_expert_widths`, one list per decoder layer, null for a "
+          "dense "
+          "layer; an expert of width 0 contributes nothing but keeps its router row). Each expert is stored as "
+          "`model.layers.<l>.mlp.experts.<k>.{gate,up,down}_proj.weight`; load with\n"
+          "`AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)` (modeling_moeatlas.py).\n";
+    return s;
+}
+
 std::string modelCard(const Plan& plan, const fs::path& source, const ExportOptions& options,
-    const std::vector<std::vector<int>>& keep, bool uniform)
+    const std::vector<LayerKeep>& keep, ExportKind kind, bool uniform)
 {
     std::string counts;
     for (std::size_t l = 0; l < keep.size(); ++l)
-        if (!keep[l].empty())
-            counts += "| " + std::to_string(l) + " | " + std::to_string(keep[l].size()) + " |\n";
+        if (!keep[l].experts.empty())
+            counts += "| " + std::to_string(l) + " | " + std::to_string(keep[l].experts.size()) + " |\n";
     std::string weights;
     for (const auto& [d, w] : plan.domainWeights)
         weights += (weights.empty() ? "" : ", ") + d + " = " + std::to_string(w);
@@ -130,6 +176,8 @@ std::string modelCard(const Plan& plan, const fs::path& source, const ExportOpti
           "- Predicted size: "
         + std::to_string(plan.paramsAfter) + " of " + std::to_string(plan.paramsBefore)
         + " parameters\n\n## Experts kept per layer\n\n| layer | experts |\n|---|---|\n" + counts + "\n";
+    if (kind != ExportKind::Experts)
+        return card + dimsSection(plan, keep, kind);
     card += uniform ? "Every MoE layer keeps the same number of experts: stock transformers loads this model.\n"
                     : "MoE layers keep different numbers of experts (config `num_experts_per_layer`): load with\n"
                       "`AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)` (modeling_moeatlas.py).\n";
@@ -159,55 +207,18 @@ ExportResult exportCheckpoint(
     const ModelSpec spec = parseModelSpec(ckpt.config(), configName);
     const TensorLayout layout(ckpt, spec);
     layout.validate(ckpt);
-    const std::vector<std::vector<int>> keep = keptPerLayer(plan, spec, sourceDir.string());
+    const std::string planName = options.planPath.empty() ? std::string("plan") : options.planPath;
+    const std::vector<LayerKeep> keep = keptPerLayer(plan, spec, sourceDir.string(), planName);
+    const ExportKind kind = exportKindOf(plan, keep);
+    const std::vector<OutTensor> out = mapTensors(ckpt, spec, layout, keep, kind);
 
-    // Map every source tensor onto its output name (and slice).
-    const std::vector<fs::path> shards = ckpt.shardPaths();
-    std::vector<OutTensor> out;
-    for (const std::string& name : ckpt.names()) {
-        const TensorInfo& info = ckpt.info(name);
-        OutTensor t { name, name, std::nullopt, info.shape, 0, info.begin };
-        const auto shardIt = std::find(shards.begin(), shards.end(), ckpt.fileOf(name).path());
-        t.shard = static_cast<std::size_t>(shardIt - shards.begin());
-        for (int l : spec.moeLayerIndices()) {
-            const std::string moe = layout.moePrefix(l);
-            if (!startsWith(name, moe))
-                continue;
-            const std::vector<int>& k = keep[static_cast<std::size_t>(l)];
-            const std::string experts = moe + "experts.";
-            const bool perExpert = startsWith(name, experts) && name.size() > experts.size()
-                && std::isdigit(static_cast<unsigned char>(name[experts.size()]));
-            if (perExpert) {
-                const std::size_t dot = name.find('.', experts.size());
-                const int e = std::stoi(name.substr(experts.size(), dot - experts.size()));
-                const auto it = std::lower_bound(k.begin(), k.end(), e);
-                if (it == k.end() || *it != e) {
-                    t.name.clear(); // dropped expert
-                } else {
-                    t.name = experts + std::to_string(it - k.begin()) + name.substr(dot);
-                }
-            } else if ((startsWith(name, experts) || startsWith(name, moe + "gate.")) && !info.shape.empty()
-                && info.shape[0] == spec.router.numExperts) {
-                // Fused expert tensors [E, ...], router rows [E, H], correction bias [E].
-                t.rows = k;
-                t.shape[0] = static_cast<int64_t>(k.size());
-            }
-            break;
-        }
-        if (!t.name.empty())
-            out.push_back(std::move(t));
-    }
-    std::sort(out.begin(), out.end(), [](const OutTensor& a, const OutTensor& b) {
-        return a.shard != b.shard ? a.shard < b.shard : a.offset < b.offset;
-    });
-
-    // config.json: only the expert-count key(s) change (plus the per-layer list when non-uniform).
-    const Plan& p = plan;
-    bool uniform = p.uniform();
+    // config.json: only the expert-count key(s) change, the width key for a stock dims export,
+    // plus the per-layer lists when the model is not stock any more.
+    const bool uniform = kind == ExportKind::StockDims || (kind == ExportKind::Experts && plan.uniform());
     nlohmann::json config = ckpt.config();
     std::size_t maxKept = 0;
     for (const auto& k : keep)
-        maxKept = std::max(maxKept, k.size());
+        maxKept = std::max(maxKept, k.experts.size());
     bool rewritten = false;
     for (const char* key : kExpertCountKeys)
         if (config.contains(key)) {
@@ -216,6 +227,43 @@ ExportResult exportCheckpoint(
         }
     if (!rewritten)
         throw InputError(configName + ": no expert-count key (num_local_experts, num_experts, n_routed_experts)");
+    if (kind == ExportKind::StockDims) {
+        const char* key = expertWidthKey(spec.arch);
+        if (!config.contains(key))
+            throw InputError(configName + ": no expert-width key '" + key + "'");
+        config[key] = plan.units.front().front().size();
+    }
+    std::string modeling;
+    if (!uniform) {
+        const std::string cls = nonUniformClassName(spec.modelType);
+        if (cls.empty())
+            throw InputError(configName + ": "
+                + (kind == ExportKind::Ragged ? "ragged (per-expert width)" : "non-uniform")
+                + " exports are not supported for model_type '" + spec.modelType + "'");
+        if (!plan.uniform()) {
+            std::vector<int> perLayer;
+            for (const auto& k : keep)
+                perLayer.push_back(static_cast<int>(k.experts.size()));
+            config["num_experts_per_layer"] = perLayer;
+        }
+        if (kind == ExportKind::Ragged) {
+            nlohmann::json widths = nlohmann::json::array();
+            for (const LayerKeep& k : keep) {
+                if (k.experts.empty()) {
+                    widths.push_back(nullptr);
+                    continue;
+                }
+                std::vector<int> w;
+                for (const auto& u : k.units)
+                    w.push_back(static_cast<int>(u.size()));
+                widths.push_back(w);
+            }
+            config["moeatlas_expert_widths"] = widths;
+        }
+        config["auto_map"] = { { "AutoModelForCausalLM", "modeling_moeatlas." + cls } };
+        modeling = nonUniformModelingSource();
+    }
+
     std::error_code ec;
     if (!options.force && fs::is_directory(outDir, ec) && !fs::is_empty(outDir, ec))
         throw InputError(outDir.string() + ": output directory is not empty (use --force to replace it)");
@@ -223,54 +271,27 @@ ExportResult exportCheckpoint(
     wo.maxShardBytes = options.maxShardBytes;
     wo.overwrite = options.force;
     CheckpointWriter writer(outDir, wo);
-    if (!uniform) {
-        const std::string cls = nonUniformClassName(spec.modelType);
-        if (cls.empty())
-            throw InputError(
-                configName + ": non-uniform plans are not supported for model_type '" + spec.modelType + "'");
-        std::vector<int> perLayer;
-        for (const auto& k : keep)
-            perLayer.push_back(static_cast<int>(k.size()));
-        config["num_experts_per_layer"] = perLayer;
-        config["auto_map"] = { { "AutoModelForCausalLM", "modeling_moeatlas." + cls } };
-        writer.addFile("modeling_moeatlas.py", nonUniformModelingSource());
-    }
+    if (!modeling.empty())
+        writer.addFile("modeling_moeatlas.py", modeling);
     writer.setConfig(config);
     for (const char* f : kCopiedFiles)
         if (fs::is_regular_file(sourceDir / f))
             writer.copyFile(sourceDir / f, f);
-    writer.addFile("README.md", modelCard(plan, sourceDir, options, keep, uniform));
+    writer.addFile("README.md", modelCard(plan, sourceDir, options, keep, kind, uniform));
 
     for (const OutTensor& t : out)
         writer.declare(t.name, ckpt.info(t.source).dtype, t.shape);
     ExportResult result;
     result.uniform = uniform;
+    result.ragged = kind == ExportKind::Ragged;
     result.dir = outDir;
     int64_t done = 0;
-    for (const OutTensor& t : out) {
-        const std::span<const std::byte> src = ckpt.bytes(t.source);
-        if (!t.rows) {
-            prefault(src);
-            writer.write(t.name, src);
-            result.tensorBytes += src.size();
-        } else {
-            // Kept rows go from the mapping straight to the file, one chunk per run of
-            // consecutive kept rows (keep lists are sorted): no staging copy, few write calls.
-            const std::size_t rowBytes = src.size() / static_cast<std::size_t>(ckpt.info(t.source).shape[0]);
-            const std::vector<int>& rows = *t.rows;
-            for (std::size_t r = 0; r < rows.size();) {
-                std::size_t end = r + 1;
-                while (end < rows.size() && rows[end] == rows[end - 1] + 1)
-                    ++end;
-                const std::span<const std::byte> run
-                    = src.subspan(static_cast<std::size_t>(rows[r]) * rowBytes, (end - r) * rowBytes);
-                prefault(run);
-                writer.writeChunk(t.name, run);
-                result.tensorBytes += run.size();
-                r = end;
-            }
-        }
-        ckpt.release(t.source); // keep resident memory near one tensor on huge checkpoints
+    for (std::size_t i = 0; i < out.size(); ++i) {
+        const OutTensor& t = out[i];
+        result.tensorBytes += writeTensor(writer, ckpt, t);
+        // Keep resident memory near one tensor on huge checkpoints (a fused source feeds several outputs).
+        if (i + 1 == out.size() || out[i + 1].source != t.source)
+            ckpt.release(t.source);
         ++done;
         if (options.progress && !options.progress({ "tensor " + t.name, done, static_cast<int64_t>(out.size()) }))
             throw Cancelled();

@@ -1,7 +1,9 @@
-// The Python modeling file written next to a non-uniform export. Stock transformers builds every
-// MoE layer with config.num_experts; these subclasses rebuild each MoE block from a copy of the
-// config holding that layer's count (config.num_experts_per_layer), before weights are loaded,
-// so from_pretrained(..., trust_remote_code=True) loads the checkpoint with no extra code.
+// The Python modeling file written next to a non-uniform or ragged export. Stock transformers
+// builds every MoE layer with config.num_experts experts of one width; these subclasses rebuild
+// each MoE block from a copy of the config holding that layer's count (num_experts_per_layer) and
+// give its experts their own widths (moeatlas_expert_widths) before weights are loaded, so
+// from_pretrained(..., trust_remote_code=True) loads the checkpoint with no extra code. The stock
+// block's router and forward are kept, so routing is exactly the stock one.
 #include "export/exporter.h"
 
 #include <map>
@@ -11,27 +13,84 @@ namespace moeatlas {
 namespace {
 
 const char* const kModelingSource
-    = R"PY(# modeling_moeatlas.py: written by MoE Atlas for an export whose MoE layers keep different
-# numbers of routed experts. config.num_experts_per_layer[i] is layer i's count (0 = dense
-# layer). Load with AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).
+    = R"PY(# modeling_moeatlas.py: written by MoE Atlas for an export that stock transformers cannot build.
+# config.num_experts_per_layer[i] (when present): routed experts of decoder layer i (0 = dense layer).
+# config.moeatlas_expert_widths[i] (when present): the intermediate width of each routed expert of
+# layer i (null for a dense layer); expert k is stored as model.layers.<i>.mlp.experts.<k>.
+# {gate,up,down}_proj.weight and a width-0 expert contributes nothing (the router still weighs it).
+# Load with AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).
 import copy
 
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
 from transformers.models.mixtral import modeling_mixtral
 from transformers.models.olmoe import modeling_olmoe
 from transformers.models.qwen2_moe import modeling_qwen2_moe
 from transformers.models.qwen3_moe import modeling_qwen3_moe
 
 
+class MoeAtlasRaggedExpert(nn.Module):
+    def __init__(self, config, width):
+        super().__init__()
+        self.width = width
+        self.gate_proj = nn.Linear(config.hidden_size, width, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, width, bias=False)
+        self.down_proj = nn.Linear(width, config.hidden_size, bias=False)
+        self.act_fn = ACT2FN[config.hidden_act]  # here, not on the list: a list's children must all be experts
+
+    def forward(self, x):
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MoeAtlasRaggedExperts(nn.ModuleList):
+    """Routed experts of one layer with their own widths. Called like the stock fused experts module
+    (hidden [T, H], top_k_index [T, k], top_k_weights [T, k]) and, like it, adds each hit expert's
+    output times its routing weight, experts in ascending order."""
+
+    def __init__(self, config, widths):
+        super().__init__(MoeAtlasRaggedExpert(config, int(w)) for w in widths)
+        self.num_experts = len(widths)
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        final_hidden_states = torch.zeros_like(hidden_states)
+        for expert_idx, expert in enumerate(self):
+            if expert.width == 0:
+                continue  # contributes exactly 0; its routing weight still came out of the softmax
+            token_idx, top_k_pos = torch.where(top_k_index == expert_idx)
+            if token_idx.numel() == 0:
+                continue
+            current = expert(hidden_states[token_idx]) * top_k_weights[token_idx, top_k_pos, None]
+            final_hidden_states.index_add_(0, token_idx, current.to(final_hidden_states.dtype))
+        return final_hidden_states
+
+
 def _rebuild_moe_blocks(model, config, block_cls, count_key):
-    counts = list(config.num_experts_per_layer)
-    if len(counts) != len(model.model.layers):
-        raise ValueError(f"num_experts_per_layer has {len(counts)} entries for {len(model.model.layers)} layers")
-    for i, layer in enumerate(model.model.layers):
+    layers = model.model.layers
+    counts = getattr(config, "num_experts_per_layer", None)
+    widths = getattr(config, "moeatlas_expert_widths", None)
+    for key, value in (("num_experts_per_layer", counts), ("moeatlas_expert_widths", widths)):
+        if value is not None and len(value) != len(layers):
+            raise ValueError(f"{key} has {len(value)} entries for {len(layers)} layers")
+    for i, layer in enumerate(layers):
         if not isinstance(layer.mlp, block_cls):
             continue
-        layer_config = copy.deepcopy(config)
-        setattr(layer_config, count_key, int(counts[i]))
-        layer.mlp = block_cls(layer_config)
+        if counts is not None:
+            layer_config = copy.deepcopy(config)
+            setattr(layer_config, count_key, int(counts[i]))
+            layer.mlp = block_cls(layer_config)
+        if widths is not None:
+            experts = layer.mlp.gate.weight.shape[0]
+            if widths[i] is None or len(widths[i]) != experts:
+                raise ValueError(f"moeatlas_expert_widths[{i}] must list {experts} widths, got {widths[i]}")
+            layer.mlp.experts = MoeAtlasRaggedExperts(config, widths[i])
+    if widths is not None:
+        # transformers' checkpoint conversion for this model_type merges per-expert tensors
+        # model.layers.*.mlp.experts.<k>.* into fused gate_up_proj/down_proj (qwen2_moe, qwen3_moe,
+        # olmoe). 5.24 falls back to the stored names when the fused target does not exist; making
+        # the inner model a custom class (which gets no conversions) keeps loading independent of that.
+        inner = type(model.model)
+        model.model.__class__ = type("MoeAtlas" + inner.__name__, (inner,), {"__module__": __name__})
 
 
 def _make(base_cls, block_cls, count_key):

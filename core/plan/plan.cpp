@@ -1,5 +1,7 @@
 #include "plan/plan.h"
 
+#include "plan/dim_plan.h"
+
 #include "util/error.h"
 
 #include <nlohmann/json.hpp>
@@ -92,28 +94,6 @@ BudgetUnit parseUnit(const std::string& s, const std::string& source)
     throw InputError(source + ": budget.unit '" + s + "' (expected experts, fraction, bytes or params)");
 }
 
-void fillPrediction(Plan& p, const PlanContext& ctx)
-{
-    const PlanCosts& c = ctx.costs;
-    if (c.expertBytes.size() != p.keep.size())
-        return; // no cost model (unit tests without a checkpoint)
-    int64_t droppedRows = 0;
-    p.bytesBefore = c.fixedBytes;
-    p.paramsBefore = c.fixedParams;
-    p.bytesAfter = c.fixedBytes;
-    p.paramsAfter = c.fixedParams;
-    for (std::size_t i = 0; i < p.keep.size(); ++i) {
-        p.bytesBefore += c.expertBytes[i] * static_cast<uint64_t>(p.numExperts);
-        p.paramsBefore += c.expertParams[i] * p.numExperts;
-        p.bytesAfter += c.expertBytes[i] * p.keep[i].size();
-        p.paramsAfter += c.expertParams[i] * static_cast<int64_t>(p.keep[i].size());
-        droppedRows += p.numExperts - static_cast<int64_t>(p.keep[i].size());
-    }
-    // Top-k is unchanged, so per token only the dropped router rows stop being computed.
-    p.activeParamsBefore = c.activeParamsBefore;
-    p.activeParamsAfter = c.activeParamsBefore - droppedRows * c.routerRowParams;
-}
-
 Plan basePlan(const std::string& method, const ScoreTable& s, const Budget& b, const PlanContext& ctx)
 {
     Plan p;
@@ -141,6 +121,49 @@ const ScoreTable& findDomain(const std::vector<ScoreTable>& domains, const std::
 }
 
 } // namespace
+
+void fillPrediction(Plan& p, const PlanContext& ctx)
+{
+    const PlanCosts& c = ctx.costs;
+    if (c.expertBytes.size() != p.keep.size())
+        return; // no cost model (unit tests without a checkpoint)
+    const bool dims = p.hasDims();
+    if (dims && (c.unitBytes.size() != p.keep.size() || c.unitParams.size() != p.keep.size()))
+        return; // no per-unit costs
+    int64_t droppedRows = 0;
+    double droppedActiveUnits = 0; // per token, over all MoE layers (weighted by unit params)
+    p.bytesBefore = c.fixedBytes;
+    p.paramsBefore = c.fixedParams;
+    p.bytesAfter = c.fixedBytes;
+    p.paramsAfter = c.fixedParams;
+    for (std::size_t i = 0; i < p.keep.size(); ++i) {
+        const auto kept = static_cast<int64_t>(p.keep[i].size());
+        p.bytesBefore += c.expertBytes[i] * static_cast<uint64_t>(p.numExperts);
+        p.paramsBefore += c.expertParams[i] * p.numExperts;
+        droppedRows += p.numExperts - kept;
+        if (!dims) {
+            p.bytesAfter += c.expertBytes[i] * static_cast<uint64_t>(kept);
+            p.paramsAfter += c.expertParams[i] * kept;
+            continue;
+        }
+        // A kept expert of width w costs its router row plus w units.
+        const auto I = p.dims.intermediate;
+        int64_t width = 0;
+        for (const auto& u : p.units[i])
+            width += static_cast<int64_t>(u.size());
+        p.bytesAfter += (c.expertBytes[i] - static_cast<uint64_t>(I) * c.unitBytes[i]) * static_cast<uint64_t>(kept)
+            + static_cast<uint64_t>(width) * c.unitBytes[i];
+        p.paramsAfter += (c.expertParams[i] - I * c.unitParams[i]) * kept + width * c.unitParams[i];
+        // Each token runs top-k experts; assumed to have the layer's mean kept width (exact for IntDim-E).
+        if (kept > 0)
+            droppedActiveUnits += static_cast<double>(ctx.topK) * static_cast<double>(c.unitParams[i])
+                * (static_cast<double>(I) - static_cast<double>(width) / static_cast<double>(kept));
+    }
+    // Top-k is unchanged, so per token only the dropped router rows (and dropped units) stop being computed.
+    p.activeParamsBefore = c.activeParamsBefore;
+    p.activeParamsAfter = c.activeParamsBefore - droppedRows * c.routerRowParams
+        - static_cast<int64_t>(std::llround(droppedActiveUnits));
+}
 
 bool Plan::uniform() const
 {
@@ -395,7 +418,7 @@ nlohmann::json planToJson(const Plan& p)
         source["atlas"] = p.atlas;
     if (!p.configSha256.empty())
         source["config_sha256"] = p.configSha256;
-    return {
+    nlohmann::json doc = {
         { "format", "moeatlas-plan" },
         { "version", 1 },
         { "source", source },
@@ -413,6 +436,9 @@ nlohmann::json planToJson(const Plan& p)
                 { "params_after", p.paramsAfter }, { "active_params_per_token_before", p.activeParamsBefore },
                 { "active_params_per_token_after", p.activeParamsAfter } } },
     };
+    if (p.hasDims())
+        doc["dims"] = dimsToJson(p);
+    return doc;
 }
 
 Plan planFromJson(const nlohmann::json& doc, const std::string& source)
@@ -465,6 +491,8 @@ Plan planFromJson(const nlohmann::json& doc, const std::string& source)
             p.activeParamsBefore = pr.value("active_params_per_token_before", int64_t { 0 });
             p.activeParamsAfter = pr.value("active_params_per_token_after", int64_t { 0 });
         }
+        if (doc.contains("dims"))
+            dimsFromJson(doc["dims"], p, source);
         return p;
     } catch (const nlohmann::json::exception& e) {
         throw InputError(source + ": malformed plan: " + e.what());

@@ -48,6 +48,10 @@ struct PlanCosts {
     std::vector<int64_t> expertParams;
     int64_t activeParamsBefore = 0; // per token, unpruned
     int64_t routerRowParams = 0; // one router row (hidden size), counted in active params
+    // Per MoE layer: one intermediate unit of one routed expert (its gate row, up row and down
+    // column); expertBytes = router row + intermediate x unitBytes. Empty = no dimension costs.
+    std::vector<uint64_t> unitBytes;
+    std::vector<int64_t> unitParams;
 };
 
 struct PlanContext {
@@ -57,6 +61,16 @@ struct PlanContext {
     std::string modelType;
     std::string checkpoint;
     int numLayers = 0;
+    int64_t intermediate = 0; // routed experts' intermediate size; 0 = unknown
+};
+
+// How a plan's intermediate units were chosen (dimension pruning, see plan/dim_plan.h).
+struct DimPruning {
+    std::string scope; // IntDim-E | IntDim-L | IntDim-G
+    std::string criterion; // fisher_mask, fisher_weight, fisher_grad_abs, activation, magnitude
+    std::string domain; // empty = pooled / generalist
+    double sparsity = 0; // fraction of the kept experts' units dropped
+    int64_t intermediate = 0; // original intermediate size I of the routed experts
 };
 
 struct Plan {
@@ -76,12 +90,19 @@ struct Plan {
     int numLayers = 0;
     std::vector<int> layers; // MoE layer indices
     std::vector<std::vector<int>> keep; // per MoE layer, sorted expert indices
+    // Dimension pruning: per MoE layer i, per kept expert k (keep[i][k]), the sorted kept
+    // intermediate unit ids (original numbering). Empty outer vector = no dimension pruning;
+    // an empty inner list = a zero-width expert (the router still weighs it). Shared experts
+    // and dense MLPs are never pruned.
+    std::vector<std::vector<std::vector<int>>> units;
+    DimPruning dims; // meaningful when units is not empty
     // Predicted whole-checkpoint sizes.
     uint64_t bytesBefore = 0, bytesAfter = 0;
     int64_t paramsBefore = 0, paramsAfter = 0;
     int64_t activeParamsBefore = 0, activeParamsAfter = 0;
 
-    bool uniform() const;
+    bool uniform() const; // the same number of experts in every MoE layer
+    bool hasDims() const { return !units.empty(); }
     int keptIn(std::size_t i) const { return static_cast<int>(keep[i].size()); }
 };
 
@@ -105,6 +126,10 @@ Plan compilePooledGeneralist(
     const std::vector<ScoreTable>& domains, const ScoreTable& pooled, const Budget& budget, const PlanContext& ctx);
 // Union of each domain's top-`perDomain` experts per layer (non-uniform in general).
 Plan compileUnion(const std::vector<ScoreTable>& domains, int perDomain, const PlanContext& ctx);
+
+// Predicted whole-checkpoint sizes of `plan` (bytes/params before and after, active params per
+// token) from ctx.costs, including its dimension pruning; left at 0 without a cost model.
+void fillPrediction(Plan& plan, const PlanContext& ctx);
 
 nlohmann::json planToJson(const Plan& plan);
 // Throws InputError naming `source` and the field on a malformed plan.

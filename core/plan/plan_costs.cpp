@@ -23,6 +23,7 @@ PlanContext planContextFor(const Checkpoint& checkpoint)
     ctx.modelType = spec.modelType;
     ctx.checkpoint = checkpoint.dir().string();
     ctx.numLayers = spec.numLayers;
+    ctx.intermediate = spec.moeIntermediate;
     const auto E = static_cast<uint64_t>(spec.router.numExperts);
     PlanCosts& c = ctx.costs;
     c.fixedBytes = inv.total.bytes;
@@ -40,6 +41,9 @@ PlanContext planContextFor(const Checkpoint& checkpoint)
         }
         c.expertBytes.push_back(bytes);
         c.expertParams.push_back(params);
+        const auto units = static_cast<uint64_t>(spec.moeIntermediate) * E;
+        c.unitBytes.push_back(experts.bytes / units);
+        c.unitParams.push_back(experts.params / static_cast<int64_t>(units));
         c.fixedBytes -= bytes * E;
         c.fixedParams -= params * static_cast<int64_t>(E);
     }

@@ -11,12 +11,18 @@ Usage: check_export.py --source DIR --export DIR --plan plan.json [--trust-remot
    export on random token ids: max |diff| <= tol.
 3. With --ids/--ours: the export's logits on those ids ([[...], ...], B sequences of S tokens) equal
    MoE Atlas's masked evaluation of the plan on the source (raw little-endian float32 [B, S, V]).
+Dimension plans (a "dims" object, docs/plans.md): the loaded experts must have the plan's widths, and
+in the source every dropped unit of a kept expert gets a zero column of down_proj (so it adds exactly 0,
+as in the export, where it does not exist; a width-0 expert still takes part in routing). The report
+then also counts the top-k slots that went to width-0 experts ("zero_width_hits"), so a test can tell
+that they were routed to.
 Prints one JSON line {"max_abs_diff", "num_experts_per_layer", ...}; exits 1 on failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 
@@ -64,6 +70,54 @@ def mask_dropped_experts(model, plan) -> None:
         router.forward = forward
 
 
+def plan_units(plan):
+    """{layer: [kept unit ids of each kept expert]} decoded from the plan's "dims" (bit k*I + j of
+    units_b64, least significant bit first, is unit j of the layer's k-th kept expert)."""
+    dims = plan["dims"]
+    size = dims["intermediate_size"]
+    keep = {entry["layer"]: entry["keep"] for entry in plan["layers"]}
+    out = {}
+    for entry in dims["layers"]:
+        bits = base64.b64decode(entry["units_b64"], validate=True)
+        experts = len(keep[entry["layer"]])
+        units = [[j for j in range(size) if bits[(k * size + j) // 8] >> ((k * size + j) % 8) & 1]
+                 for k in range(experts)]
+        if [len(u) for u in units] != entry["widths"]:
+            raise SystemExit(f"layer {entry['layer']}: units_b64 does not match widths {entry['widths']}")
+        out[entry["layer"]] = units
+    return out
+
+
+def zero_dropped_units(model, plan, units) -> None:
+    """Zeroes the down_proj columns of every unit the plan drops from a kept expert (v5 keeps the
+    experts fused in memory: down_proj [E, H, I])."""
+    size = plan["dims"]["intermediate_size"]
+    with torch.no_grad():
+        for entry in plan["layers"]:
+            down = model.model.layers[entry["layer"]].mlp.experts.down_proj
+            for expert, kept in zip(entry["keep"], units[entry["layer"]]):
+                dropped = sorted(set(range(size)) - set(kept))
+                down[expert][:, dropped] = 0.0
+
+
+def loaded_widths(model, layer: int):
+    experts = model.model.layers[layer].mlp.experts
+    if hasattr(experts, "down_proj"):  # stock fused module: one width for every expert
+        return [int(experts.down_proj.shape[-1])] * int(experts.down_proj.shape[0])
+    return [int(e.down_proj.weight.shape[1]) for e in experts]
+
+
+def count_zero_width_hits(model, zero_width) -> list:
+    """Forward hooks on the routers of layers with width-0 experts; returns a list that fills with
+    the number of top-k slots given to those experts per call."""
+    hits = []
+    for layer, experts in zero_width.items():
+        def hook(_module, _inputs, output, _experts=torch.tensor(experts)):
+            hits.append(int(torch.isin(output[2], _experts).sum()))
+        model.model.layers[layer].mlp.gate.register_forward_hook(hook)
+    return hits
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--source", required=True)
@@ -90,6 +144,17 @@ def main(argv=None) -> int:
         expected[entry["layer"]] = len(entry["keep"])
     if counts != expected:
         raise SystemExit(f"experts per layer {counts}, plan says {expected}")
+    units = plan_units(plan) if "dims" in plan else None
+    zero_width = {}
+    if units is not None:
+        for layer, kept in units.items():
+            widths = [len(u) for u in kept]
+            loaded = loaded_widths(pruned, layer)
+            if loaded != widths:
+                raise SystemExit(f"layer {layer}: loaded expert widths {loaded}, plan says {widths}")
+            if 0 in widths:
+                zero_width[layer] = [k for k, w in enumerate(widths) if w == 0]
+    hits = count_zero_width_hits(pruned, zero_width)
 
     if args.ids:
         with open(args.ids) as f:
@@ -99,6 +164,8 @@ def main(argv=None) -> int:
         ids = torch.randint(0, source.config.vocab_size, (3, 24), generator=g)
     with torch.inference_mode():
         unmasked = source(input_ids=ids).logits
+        if units is not None:
+            zero_dropped_units(source, plan, units)
         mask_dropped_experts(source, plan)
         a = pruned(input_ids=ids).logits
         b = source(input_ids=ids).logits
@@ -107,6 +174,10 @@ def main(argv=None) -> int:
     effect = float((a - unmasked).abs().max())
     report = {"max_abs_diff": diff, "diff_vs_unpruned": effect, "num_experts_per_layer": counts,
               "model_class": type(pruned).__name__}
+    if units is not None:
+        report["kept_units_per_layer"] = {str(layer): sum(map(len, kept)) for layer, kept in units.items()}
+        report["zero_width_experts"] = sum(len(v) for v in zero_width.values())
+        report["zero_width_hits"] = sum(hits)
     ours_diff = None
     if args.ours:
         ours = torch.from_numpy(np.fromfile(args.ours, dtype="<f4")).reshape(a.shape)

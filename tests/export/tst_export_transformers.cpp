@@ -1,13 +1,18 @@
 // Exports of tiny transformers-built models (tests/reference/make_reference.py) must load in
-// stock transformers (uniform plans) or with trust_remote_code (non-uniform plans) with no
-// missing/unexpected keys, and give the logits of the original model whose router ignores the
-// dropped experts, and the logits of our own masked evaluation of the plan on the source
-// (Executor::evaluate, what `moeatlas eval` runs) (tests/export/check_export.py, max |diff| <= 1e-4
-// in float32).
+// stock transformers (uniform plans, IntDim-E widths) or with trust_remote_code (non-uniform plans,
+// ragged widths) with no missing/unexpected keys, and give the logits of the original model whose
+// router ignores the dropped experts (and whose dropped units add 0), and the logits of our own
+// masked evaluation of the plan on the source (Executor::evaluate, what `moeatlas eval` runs)
+// (tests/export/check_export.py, max |diff| <= 1e-4 in float32). Dimension plans also check the
+// config keys, that width-0 experts were routed to, and the exported bytes against the plan's
+// predicted size.
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/hf_config.h"
 #include "eval/eval.h"
+#include "plan/dim_plan.h"
+#include "plan/plan_costs.h"
 #include "test_support.h"
+#include "util/splitmix64.h"
 
 #include <nlohmann/json.hpp>
 
@@ -16,6 +21,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <set>
 #include <vector>
 
 using namespace moeatlas;
@@ -39,6 +45,43 @@ nlohmann::json makePlan(const std::vector<int>& moeLayers, bool uniform)
         { "derivation", { { "method", "specialist" }, { "criterion", "test" } } }, { "layers", layers } };
 }
 
+// Unit scores for dimension plans: uniform in [0.5, 1.5) from a fixed seed, except the units of the
+// `cold` (layer, expert) pairs, which score below 0.001 so that a pooled scope drops them first and
+// leaves those experts with width 0.
+UnitScoreTable unitScores(const std::vector<int>& moeLayers, const std::set<std::pair<int, int>>& cold)
+{
+    UnitScoreTable t;
+    t.criterion = "test";
+    t.layers = moeLayers;
+    t.numExperts = 8;
+    t.intermediate = 32;
+    SplitMix64 rng(20260605);
+    for (const int l : moeLayers)
+        for (int e = 0; e < 8; ++e)
+            for (int j = 0; j < 32; ++j) {
+                const double u = static_cast<double>(rng.next() >> 11) / 9007199254740992.0; // [0, 1)
+                t.values.push_back(cold.count({ l, e }) ? 1e-3 * u : 0.5 + u);
+            }
+    return t;
+}
+
+int zeroWidthExperts(const Plan& p)
+{
+    int n = 0;
+    for (std::size_t i = 0; i < p.keep.size(); ++i)
+        for (const int w : dimWidths(p, i))
+            n += w == 0;
+    return n;
+}
+
+// A source checkpoint built by transformers and the token ids both sides evaluate.
+struct Source {
+    QString dir;
+    std::vector<int> moeLayers;
+    std::vector<std::vector<int32_t>> ids; // three sequences of 24 tokens
+    QString idsPath;
+};
+
 // Our masked evaluation of `plan` on the source for `ids` (B sequences of S tokens), written as raw
 // float32 logits [B, S, V] for check_export.py --ours.
 void writeOurLogits(
@@ -59,6 +102,41 @@ void writeOurLogits(
     std::ofstream(out.toStdString(), std::ios::binary)
         .write(
             reinterpret_cast<const char*>(logits.data()), static_cast<std::streamsize>(logits.size() * sizeof(float)));
+}
+
+// make_reference.py's model of `arch`/`variant` in `layout` under dir/src, and the ids file.
+bool makeSource(const QTemporaryDir& dir, const QString& arch, const QString& variant, const QString& layout, Source& s)
+{
+    s.dir = dir.filePath(QStringLiteral("src"));
+    const auto made = test::runPython(QStringLiteral("tests/reference/make_reference.py"),
+        { QStringLiteral("--arch"), arch, QStringLiteral("--variant"), variant, QStringLiteral("--layout"), layout,
+            QStringLiteral("--skip-layout-check"), QStringLiteral("--out"), s.dir });
+    if (made.exitCode != 0) {
+        qWarning("make_reference.py: %s", qPrintable(made.stdErr));
+        return false;
+    }
+    std::ifstream refIn(QString(s.dir + QStringLiteral("/reference.json")).toStdString());
+    const nlohmann::json reference = nlohmann::json::parse(refIn);
+    s.moeLayers = reference["moe_layers"].get<std::vector<int>>();
+    s.ids.assign(3, {});
+    const int64_t vocab = Checkpoint(s.dir.toStdString()).config()["vocab_size"].get<int64_t>();
+    for (std::size_t b = 0; b < s.ids.size(); ++b)
+        for (int64_t t = 0; t < 24; ++t)
+            s.ids[b].push_back(static_cast<int32_t>(
+                (b * 7919 + static_cast<std::size_t>(t) * 104729 + 13) % static_cast<std::size_t>(vocab)));
+    s.idsPath = dir.filePath(QStringLiteral("ids.json"));
+    std::ofstream(s.idsPath.toStdString()) << nlohmann::json(s.ids).dump();
+    return true;
+}
+
+// Bytes of tensor data in a checkpoint (what the plan's bytes_after predicts).
+uint64_t tensorBytes(const QString& dir)
+{
+    const Checkpoint c(dir.toStdString());
+    uint64_t bytes = 0;
+    for (const std::string& name : c.names())
+        bytes += c.info(name).byteSize();
+    return bytes;
 }
 
 } // namespace
@@ -97,23 +175,12 @@ private Q_SLOTS:
         QFETCH(QString, variant);
         QFETCH(QString, layout);
         QTemporaryDir dir;
-        const QString src = dir.filePath(QStringLiteral("src"));
-        const auto made = test::runPython(QStringLiteral("tests/reference/make_reference.py"),
-            { QStringLiteral("--arch"), arch, QStringLiteral("--variant"), variant, QStringLiteral("--layout"), layout,
-                QStringLiteral("--skip-layout-check"), QStringLiteral("--out"), src });
-        QVERIFY2(made.exitCode == 0, qPrintable(made.stdErr));
-        std::ifstream refIn(QString(src + QStringLiteral("/reference.json")).toStdString());
-        const nlohmann::json reference = nlohmann::json::parse(refIn);
-        const std::vector<int> moeLayers = reference["moe_layers"].get<std::vector<int>>();
-        // Three sequences of 24 token ids, the same for transformers and for our evaluation.
-        std::vector<std::vector<int32_t>> ids(3);
-        const int64_t vocab = Checkpoint(src.toStdString()).config()["vocab_size"].get<int64_t>();
-        for (std::size_t b = 0; b < ids.size(); ++b)
-            for (int64_t t = 0; t < 24; ++t)
-                ids[b].push_back(static_cast<int32_t>(
-                    (b * 7919 + static_cast<std::size_t>(t) * 104729 + 13) % static_cast<std::size_t>(vocab)));
-        const QString idsPath = dir.filePath(QStringLiteral("ids.json"));
-        std::ofstream(idsPath.toStdString()) << nlohmann::json(ids).dump();
+        Source source;
+        QVERIFY(makeSource(dir, arch, variant, layout, source));
+        const QString& src = source.dir;
+        const std::vector<int>& moeLayers = source.moeLayers;
+        const auto& ids = source.ids;
+        const QString& idsPath = source.idsPath;
 
         for (const bool uniform : { true, false }) {
             const QString kind = uniform ? QStringLiteral("uniform") : QStringLiteral("nonuniform");
@@ -137,6 +204,112 @@ private Q_SLOTS:
             qInfo("%s %s: %s", qPrintable(QString(arch + QLatin1Char('/') + layout)), qPrintable(kind),
                 qPrintable(checked.stdOut.trimmed()));
             QVERIFY2(checked.exitCode == 0, qPrintable(checked.stdErr));
+        }
+    }
+    // Dimension plans on every architecture, from both source layouts (hub per-expert and fused v5):
+    // IntDim-E on a uniform expert plan (stock checkpoint, smaller width key), IntDim-L keeping every
+    // expert and IntDim-G on a non-uniform expert plan (ragged, with width-0 experts).
+    void dimsLoadWithParity_data()
+    {
+        QTest::addColumn<QString>("arch");
+        QTest::addColumn<QString>("variant");
+        QTest::addColumn<QString>("layout");
+        const auto list = test::runPython(
+            QStringLiteral("tests/reference/make_reference.py"), { QStringLiteral("--list-variants") });
+        QVERIFY2(list.exitCode == 0, qPrintable(list.stdErr));
+        QStringList seen;
+        for (const QString& line : list.stdOut.split(QLatin1Char('\n'), Qt::SkipEmptyParts)) {
+            const QStringList parts = line.split(QLatin1Char(' '));
+            if (seen.contains(parts.value(0)))
+                continue; // first variant of each architecture (qwen2_moe's has a dense layer)
+            seen.append(parts.value(0));
+            for (const QString& layout : { QStringLiteral("per-expert"), QStringLiteral("fused") })
+                QTest::addRow("%s/%s", qPrintable(parts.value(0)), qPrintable(layout))
+                    << parts.value(0) << parts.value(1) << layout;
+        }
+    }
+    void dimsLoadWithParity()
+    {
+        QFETCH(QString, arch);
+        QFETCH(QString, variant);
+        QFETCH(QString, layout);
+        QTemporaryDir dir;
+        Source source;
+        QVERIFY(makeSource(dir, arch, variant, layout, source));
+        const Checkpoint ckpt(source.dir.toStdString());
+        const PlanContext ctx = planContextFor(ckpt);
+        const std::string widthKey = arch == QLatin1String("mixtral") || arch == QLatin1String("olmoe")
+            ? "intermediate_size"
+            : "moe_intermediate_size";
+
+        std::set<std::pair<int, int>> coldAll; // IntDim-L: experts l % 8 and (l + 4) % 8 of every layer
+        for (const int l : source.moeLayers)
+            coldAll.insert({ { l, l % 8 }, { l, (l + 4) % 8 } });
+        const Plan nonUniform = planFromJson(makePlan(source.moeLayers, false), "plan");
+        std::set<std::pair<int, int>> coldKept; // IntDim-G: the first kept expert of every layer
+        for (std::size_t i = 0; i < nonUniform.layers.size(); ++i)
+            coldKept.insert({ nonUniform.layers[i], nonUniform.keep[i].front() });
+        struct Case {
+            QString name;
+            Plan plan;
+        };
+        const std::vector<Case> cases = {
+            { QStringLiteral("intdim-e"),
+                compileDimPlan(planFromJson(makePlan(source.moeLayers, true), "plan"), unitScores(source.moeLayers, {}),
+                    { DimScope::Expert, 0.5 }, ctx) },
+            { QStringLiteral("intdim-l"),
+                compileDimPlan({}, unitScores(source.moeLayers, coldAll), { DimScope::Layer, 0.5 }, ctx) },
+            { QStringLiteral("intdim-g"),
+                compileDimPlan(nonUniform, unitScores(source.moeLayers, coldKept), { DimScope::Global, 0.6 }, ctx) },
+        };
+        for (const Case& c : cases) {
+            const bool ragged = c.name != QLatin1String("intdim-e");
+            // The plans are what they are meant to be: ragged ones have width-0 experts.
+            QCOMPARE(zeroWidthExperts(c.plan) > 0, ragged);
+            QVERIFY(c.plan.bytesAfter > 0 && c.plan.bytesAfter < c.plan.bytesBefore);
+            const nlohmann::json plan = planToJson(c.plan);
+            const QString planPath = dir.filePath(c.name + QStringLiteral(".json"));
+            std::ofstream(planPath.toStdString()) << plan.dump(2);
+            const QString oursPath = dir.filePath(c.name + QStringLiteral(".ours.f32"));
+            writeOurLogits(source.dir, plan, source.ids, oursPath);
+            const QString out = dir.filePath(c.name);
+            const auto exported = test::runProcess(test::cliExecutable(),
+                { QStringLiteral("export"), source.dir, QStringLiteral("--plan"), planPath, QStringLiteral("-o"), out,
+                    QStringLiteral("--max-shard-mib"), QStringLiteral("1") });
+            QVERIFY2(exported.exitCode == 0, qPrintable(exported.stdErr));
+            QVERIFY2(exported.stdOut.contains(ragged ? QStringLiteral("RAGGED") : QStringLiteral("UNIFORM export")),
+                qPrintable(exported.stdOut));
+
+            // config.json: IntDim-E only shrinks the width key; ragged lists every expert's width.
+            const nlohmann::json config = Checkpoint(out.toStdString()).config();
+            QCOMPARE(config.contains("auto_map"), ragged);
+            QCOMPARE(config.contains("moeatlas_expert_widths"), ragged);
+            QCOMPARE(config[widthKey].get<int>(), ragged ? 32 : 16);
+            if (ragged) {
+                nlohmann::json widths = nlohmann::json::array();
+                for (int l = 0; l < ckpt.config()["num_hidden_layers"].get<int>(); ++l) {
+                    const auto it = std::find(c.plan.layers.begin(), c.plan.layers.end(), l);
+                    widths.push_back(it == c.plan.layers.end()
+                            ? nlohmann::json(nullptr)
+                            : nlohmann::json(dimWidths(c.plan, static_cast<std::size_t>(it - c.plan.layers.begin()))));
+                }
+                QCOMPARE(config["moeatlas_expert_widths"].dump(), widths.dump());
+            }
+            // Every byte the plan predicts, no more: the kept units and router rows, the rest verbatim.
+            QCOMPARE(tensorBytes(out), c.plan.bytesAfter);
+
+            QStringList args
+                = { QStringLiteral("--source"), source.dir, QStringLiteral("--export"), out, QStringLiteral("--plan"),
+                      planPath, QStringLiteral("--ids"), source.idsPath, QStringLiteral("--ours"), oursPath };
+            if (ragged)
+                args.append(QStringLiteral("--trust-remote-code"));
+            const auto checked = test::runPython(QStringLiteral("tests/export/check_export.py"), args);
+            qInfo("%s %s %s: %s", qPrintable(arch), qPrintable(layout), qPrintable(c.name),
+                qPrintable(checked.stdOut.trimmed()));
+            QVERIFY2(checked.exitCode == 0, qPrintable(checked.stdErr));
+            const nlohmann::json report = nlohmann::json::parse(checked.stdOut.trimmed().toStdString());
+            if (ragged) // width-0 experts were chosen by the router and still gave the same logits
+                QVERIFY(report["zero_width_hits"].get<int>() > 0);
         }
     }
 };
