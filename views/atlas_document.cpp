@@ -2,6 +2,7 @@
 
 #include "charts/routing_stats_data.h"
 #include "checkpoint/checkpoint.h"
+#include "fisher_data.h"
 #include "plan/plan_costs.h"
 #include "util/error.h"
 #include "util/sha256.h"
@@ -58,6 +59,37 @@ void fillPlanContext(AtlasSnapshot& s)
     }
 }
 
+// /fisher: the small tables now, the unit scores on demand (FisherUnitStore).
+void readFisher(const AtlasFile& atlas, AtlasSnapshot& s)
+{
+    try {
+        std::optional<FisherSummary> summary = readFisherSummary(atlas);
+        if (!summary) {
+            s.fisherNote = QStringLiteral("No Fisher tables in this atlas: run moeatlas fisher on it "
+                                          "(or Jobs > Compute Fisher…).");
+            return;
+        }
+        auto fisher = std::make_shared<const FisherSummary>(std::move(*summary));
+        if (s.complete)
+            for (const FisherSummaryForm& f : fisher->forms)
+                if (isExpertPlanForm(f.form))
+                    s.scores.emplace(
+                        fisherCriterionName(f.form), fisherExpertScores(*fisher, f.form, atlas.path().string()));
+        s.fisher = std::move(fisher);
+        s.fisherUnits = std::make_shared<FisherUnitStore>(atlas.path());
+    } catch (const std::exception& e) {
+        s.fisher.reset();
+        s.fisherNote = QString::fromUtf8(e.what());
+        return;
+    }
+    try {
+        if (std::optional<FisherAblationResults> ablation = readFisherAblation(atlas))
+            s.fisherAblation = std::make_shared<const FisherAblationResults>(std::move(*ablation));
+    } catch (const std::exception& e) {
+        s.fisherNote = QString::fromUtf8(e.what());
+    }
+}
+
 } // namespace
 
 QStringList AtlasSnapshot::domainNames() const
@@ -80,6 +112,13 @@ const AtlasArray* AtlasSnapshot::scoreArray(const std::string& criterion, const 
 {
     const auto it = scoreGroups.find(criterion);
     return it == scoreGroups.end() ? nullptr : findArray(&it->second, name);
+}
+
+std::string AtlasSnapshot::scoreSource(const std::string& criterion) const
+{
+    if (fisher && !scoreGroups.count(criterion) && criterion.rfind("fisher_", 0) == 0)
+        return "/fisher/" + criterion.substr(7) + "/experts";
+    return "/scores/" + criterion;
 }
 
 const AtlasArray* AtlasSnapshot::statisticsArray(const std::string& name) const
@@ -121,6 +160,7 @@ std::shared_ptr<const AtlasSnapshot> loadAtlasSnapshot(const QString& path)
         for (const auto& [criterion, group] : s->scoreGroups)
             s->scores.emplace(criterion, atlasScoresFromResults(atlas, criterion, group));
     }
+    readFisher(atlas, *s);
     fillPlanContext(*s);
     return s;
 }

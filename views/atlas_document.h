@@ -16,8 +16,14 @@
 #include <string>
 #include <vector>
 
+namespace moeatlas {
+struct FisherAblationResults;
+struct FisherSummary;
+} // namespace moeatlas
+
 namespace moeatlas::views {
 
+class FisherUnitStore;
 struct RoutingStats;
 
 // Everything the views show of one atlas, read once. Plain value type: tests and benchmarks may
@@ -27,7 +33,9 @@ struct AtlasSnapshot {
     bool complete = false;
     AtlasModelInfo model;
     std::vector<AtlasDomain> domains; // calibration domains, in row order of the score arrays
-    // /scores/<criterion>: the raw groups and the plan-ready tables (readAtlasScores).
+    // /scores/<criterion>: the raw groups and the plan-ready tables (readAtlasScores). `scores`
+    // also holds the expert-level Fisher of the gradient forms (fisher_mask, fisher_weight,
+    // fisher_grad_abs: /fisher/<form>/experts), which are not in scoreGroups.
     std::map<std::string, AtlasResults> scoreGroups;
     std::map<std::string, AtlasScores> scores;
     std::optional<AtlasResults> statistics; // /statistics
@@ -36,6 +44,13 @@ struct AtlasSnapshot {
     std::shared_ptr<const RoutingStats> routingStats;
     QString routingStatsNote;
     std::map<std::string, AtlasResults> evaluations; // /evaluation/<label>
+    // /fisher (moeatlas fisher): counts, expert-level sums and concentration of every form, the
+    // ablation, and a store that reads a form's unit scores on demand (they can be large). Null
+    // with the reason in fisherNote when the atlas has none or they are malformed.
+    std::shared_ptr<const FisherSummary> fisher;
+    std::shared_ptr<const FisherAblationResults> fisherAblation;
+    std::shared_ptr<FisherUnitStore> fisherUnits;
+    QString fisherNote;
     // Planning context: top-k and groups always; costs only when the checkpoint the atlas was
     // captured from is present and its config.json still hashes to the atlas's config_sha256.
     PlanContext planContext;
@@ -46,6 +61,8 @@ struct AtlasSnapshot {
     int numExperts() const { return model.numExperts; }
     QStringList domainNames() const;
     QStringList criteria() const; // scored criteria, sorted
+    // Where a plan criterion's scores come from: "/scores/<criterion>" or "/fisher/<form>/experts".
+    std::string scoreSource(const std::string& criterion) const;
     // An array of a score group ("value") or of the statistics ("load_share"); nullptr if absent.
     const AtlasArray* scoreArray(const std::string& criterion, const std::string& name = "value") const;
     const AtlasArray* statisticsArray(const std::string& name) const;

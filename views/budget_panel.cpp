@@ -1,7 +1,11 @@
 #include "budget_panel.h"
 
 #include "atlas_document.h"
+#include "dim_planner.h"
+#include "fisher/fisher_store.h"
+#include "fisher_data.h"
 #include "util/atomic_file.h"
+#include "util/error.h"
 
 #include <nlohmann/json.hpp>
 
@@ -111,6 +115,51 @@ BudgetPanel::BudgetPanel(QWidget* parent)
     form->addRow(tr("T&arget:"), m_amount);
     outer->addWidget(planBox);
 
+    // Dimension pruning (Fisher-MoE): a checkable group, so its controls are off with it.
+    m_dims = new QGroupBox(tr("Prune expert units (Fisher-MoE)"), this);
+    m_dims->setCheckable(true);
+    m_dims->setChecked(false);
+    m_dims->setToolTip(tr("Drop the least important intermediate units of the kept experts (moeatlas fisher)"));
+    // The controls fold away while the group is unchecked; the note (Fisher run, or why there is
+    // none) stays.
+    auto* dimsLayout = new QVBoxLayout(m_dims);
+    auto* dimsBody = new QWidget(m_dims);
+    auto* dimsForm = new QFormLayout(dimsBody);
+    dimsForm->setContentsMargins(0, 0, 0, 0);
+    m_dimScope = new QComboBox(dimsBody);
+    m_dimScope->addItem(tr("IntDim-E: same width"), static_cast<int>(DimScope::Expert));
+    m_dimScope->setItemData(0,
+        tr("Every kept expert keeps its own best units: one uniform width (loads in stock "
+           "transformers)"),
+        Qt::ToolTipRole);
+    m_dimScope->addItem(tr("IntDim-L: per layer"), static_cast<int>(DimScope::Layer));
+    m_dimScope->setItemData(
+        1, tr("The units of a layer's kept experts ranked together: widths differ per expert"), Qt::ToolTipRole);
+    m_dimScope->addItem(tr("IntDim-G: all layers"), static_cast<int>(DimScope::Global));
+    m_dimScope->setItemData(
+        2, tr("The units of all kept experts ranked together: widths differ per expert and layer"), Qt::ToolTipRole);
+    dimsForm->addRow(tr("Sc&ope:"), m_dimScope);
+    m_dimForm = new QComboBox(dimsBody);
+    m_dimForm->setToolTip(tr("Unit scores to rank by: of the specialist's domain, pooled for a generalist"));
+    dimsForm->addRow(tr("Unit &scores:"), m_dimForm);
+    m_dimSlider = new QSlider(Qt::Horizontal, dimsBody);
+    m_dimSlider->setRange(0, 95);
+    m_dimSlider->setValue(50);
+    m_dimSlider->setToolTip(tr("Percent of the kept experts' intermediate units dropped"));
+    m_dimSliderLabel = new QLabel(dimsBody);
+    auto* dimRow = new QHBoxLayout;
+    dimRow->addWidget(m_dimSlider, 1);
+    dimRow->addWidget(m_dimSliderLabel);
+    dimsForm->addRow(tr("Unit sparsity:"), dimRow);
+    dimsLayout->addWidget(dimsBody);
+    m_dimNote = new QLabel(m_dims);
+    m_dimNote->setWordWrap(true);
+    dimsLayout->addWidget(m_dimNote);
+    dimsBody->setVisible(false);
+    connect(m_dims, &QGroupBox::toggled, dimsBody, &QWidget::setVisible);
+    outer->addWidget(m_dims);
+    m_planner = new DimPlanner(this);
+
     auto* weightsGroup = new QGroupBox(tr("Generalist weights"), this);
     auto* weightsLayout = new QVBoxLayout(weightsGroup);
     m_customWeights = new QCheckBox(tr("Custom domain &weights (default: token counts)"), weightsGroup);
@@ -122,13 +171,14 @@ BudgetPanel::BudgetPanel(QWidget* parent)
     auto* resultGroup = new QGroupBox(tr("Prediction"), this);
     auto* resultLayout = new QVBoxLayout(resultGroup);
     m_kept = new QLabel(resultGroup);
+    m_units = new QLabel(resultGroup);
     m_savings = new QLabel(resultGroup);
     m_proxyLabel = new QLabel(resultGroup);
     m_proxyLabel->setToolTip(tr("Per domain: the mean over MoE layers of the summed soft_mass score (mean softmax "
                                 "probability) of the kept experts; load_share when the atlas has no soft_mass. "
                                 "100% = nothing dropped. A quick proxy; Evaluate… measures the loss."));
     // Short explicit lines, no word wrap: wrapped labels in a scrolled dock lose their height.
-    for (QLabel* l : { m_kept, m_savings, m_proxyLabel }) {
+    for (QLabel* l : { m_kept, m_units, m_savings, m_proxyLabel }) {
         l->setTextInteractionFlags(Qt::TextSelectableByMouse);
         resultLayout->addWidget(l);
     }
@@ -170,6 +220,18 @@ BudgetPanel::BudgetPanel(QWidget* parent)
             recompile();
     });
     connect(m_slider, &QSlider::valueChanged, this, changed);
+    connect(m_dims, &QGroupBox::toggled, this, [this] {
+        updateBudgetControls();
+        if (!m_updating)
+            recompile();
+    });
+    connect(m_dimScope, &QComboBox::currentIndexChanged, this, changed);
+    connect(m_dimForm, &QComboBox::currentIndexChanged, this, changed);
+    connect(m_dimSlider, &QSlider::valueChanged, this, changed);
+    connect(m_planner, &DimPlanner::compiled, this,
+        [this](quint64 generation, const Plan& plan) { finishDims(generation, &plan, QString()); });
+    connect(m_planner, &DimPlanner::failed, this,
+        [this](quint64 generation, const QString& error) { finishDims(generation, nullptr, error); });
     connect(m_amount, &QDoubleSpinBox::valueChanged, this, changed);
     connect(m_evaluate, &QPushButton::clicked, this, [this] {
         if (m_plan)
@@ -188,11 +250,13 @@ void BudgetPanel::setSnapshot(std::shared_ptr<const AtlasSnapshot> snapshot)
     // Reopening (e.g. after an evaluation wrote to the atlas) keeps the choices that still apply.
     const QString previousCriterion = m_criterion->currentText();
     const QString previousTarget = targetDomain();
+    const QString previousForm = dimForm();
     std::map<QString, int> previousWeights;
     for (const auto& [name, slider] : m_weights)
         previousWeights[name] = slider->value();
     m_criterion->clear();
     m_target->clear();
+    m_dimForm->clear();
     if (m_snapshot) {
         QStringList criteria;
         for (const auto& [name, scores] : m_snapshot->scores)
@@ -209,11 +273,26 @@ void BudgetPanel::setSnapshot(std::shared_ptr<const AtlasSnapshot> snapshot)
         const int E = std::max(1, m_snapshot->numExperts());
         const int topK = std::max(1, m_snapshot->planContext.topK);
         m_slider->setMaximum(std::max(0, static_cast<int>(std::floor(100.0 * (E - topK) / E))));
-        m_kind->setItemData(1, m_snapshot->hasCosts ? QVariant() : QVariant(0), Qt::UserRole - 1);
-        m_kind->setItemData(2, m_snapshot->hasCosts ? QVariant() : QVariant(0), Qt::UserRole - 1);
-        if (!m_snapshot->hasCosts)
-            m_kind->setCurrentIndex(0);
+        if (m_snapshot->fisher) {
+            for (const FisherSummaryForm& f : m_snapshot->fisher->forms)
+                m_dimForm->addItem(QString::fromStdString(fisherCriterionName(f.form)), QString::fromStdString(f.form));
+            const int keep = m_dimForm->findData(previousForm);
+            m_dimForm->setCurrentIndex(keep >= 0 ? keep : std::max(0, m_dimForm->findData(QStringLiteral("mask"))));
+        }
     }
+    const bool fisher = m_snapshot && m_snapshot->fisher;
+    if (!fisher)
+        m_dims->setChecked(false);
+    m_dims->setEnabled(fisher);
+    if (fisher) {
+        QStringList names;
+        for (std::size_t d = 0; d + 1 < m_snapshot->fisher->domains.size(); ++d)
+            names << QString::fromStdString(m_snapshot->fisher->domains[d]);
+        m_dimNote->setText(tr("Fisher of %1 sequences (%2).")
+                               .arg(m_snapshot->fisher->samples.back())
+                               .arg(names.join(QStringLiteral(", "))));
+    } else
+        m_dimNote->setText(m_snapshot ? m_snapshot->fisherNote : QString());
     rebuildWeights();
     for (auto& [name, slider] : m_weights) {
         if (const auto it = previousWeights.find(name); it != previousWeights.end())
@@ -261,6 +340,15 @@ void BudgetPanel::rebuildWeights()
 
 void BudgetPanel::updateBudgetControls()
 {
+    // Byte and parameter targets size expert plans; with dims on only "Drop %" applies.
+    const bool targets = m_snapshot && m_snapshot->hasCosts && !m_dims->isChecked();
+    m_kind->setItemData(1, targets ? QVariant() : QVariant(0), Qt::UserRole - 1);
+    m_kind->setItemData(2, targets ? QVariant() : QVariant(0), Qt::UserRole - 1);
+    if (!targets && m_kind->currentIndex() != 0) {
+        const QSignalBlocker block(m_kind);
+        m_kind->setCurrentIndex(0);
+    }
+    m_dimSliderLabel->setText(QStringLiteral("%1%").arg(m_dimSlider->value()));
     const BudgetKind kind = budgetKind();
     m_slider->setEnabled(kind == BudgetKind::DropPercent);
     m_amount->setEnabled(kind != BudgetKind::DropPercent);
@@ -338,6 +426,53 @@ void BudgetPanel::setTargetAmount(double amount)
     m_amount->setValue(amount);
 }
 
+void BudgetPanel::setDimsEnabled(bool enabled)
+{
+    m_dims->setChecked(enabled && m_dims->isEnabled()); // disabled: the atlas has no Fisher tables
+}
+
+bool BudgetPanel::dimsEnabled() const
+{
+    return m_dims->isChecked();
+}
+
+void BudgetPanel::setDimScope(DimScope scope)
+{
+    m_dimScope->setCurrentIndex(m_dimScope->findData(static_cast<int>(scope)));
+}
+
+DimScope BudgetPanel::dimScope() const
+{
+    return static_cast<DimScope>(m_dimScope->currentData().toInt());
+}
+
+void BudgetPanel::setDimSparsityPercent(int percent)
+{
+    m_dimSlider->setValue(percent);
+}
+
+int BudgetPanel::dimSparsityPercent() const
+{
+    return m_dimSlider->value();
+}
+
+void BudgetPanel::setDimForm(const QString& form)
+{
+    const int i = m_dimForm->findData(form == QLatin1String("grad-abs") ? QStringLiteral("grad_abs") : form);
+    if (i >= 0)
+        m_dimForm->setCurrentIndex(i);
+}
+
+QString BudgetPanel::dimForm() const
+{
+    return m_dimForm->currentData().toString();
+}
+
+DimBudget BudgetPanel::dimBudget() const
+{
+    return DimBudget { dimScope(), m_dimSlider->value() / 100.0 };
+}
+
 Budget BudgetPanel::budget() const
 {
     Budget b;
@@ -362,6 +497,9 @@ Budget BudgetPanel::budget() const
 void BudgetPanel::recompile()
 {
     m_sliderLabel->setText(QStringLiteral("%1%").arg(m_slider->value()));
+    m_dimSliderLabel->setText(QStringLiteral("%1%").arg(m_dimSlider->value()));
+    m_planner->cancel();
+    m_compiling = false;
     m_plan.reset();
     m_proxy = {};
     m_error.clear();
@@ -391,9 +529,22 @@ void BudgetPanel::recompile()
         }
         // Provenance as `moeatlas plan --atlas` records it.
         const std::string atlas = m_snapshot->path.toStdString();
-        plan.scoresSource = atlas + ":/scores/" + criterion().toStdString();
+        plan.scoresSource = atlas + ":" + m_snapshot->scoreSource(criterion().toStdString());
         plan.atlas = std::filesystem::absolute(atlas).string();
         plan.configSha256 = m_snapshot->model.configSha256;
+        if (dimsEnabled() && m_snapshot->fisherUnits && domain.isEmpty() && m_customWeights->isChecked())
+            throw InputError(tr("Custom domain weights cannot be combined with unit pruning: unit scores exist per "
+                                "domain and pooled only (moeatlas plan refuses --weight with --dims). Choose a "
+                                "specialist or the default generalist (pooled).")
+                                 .toStdString());
+        if (dimsEnabled() && m_snapshot->fisherUnits) {
+            // The unit selection follows on the worker thread (finishDims).
+            m_compiling = true;
+            m_dimGeneration = m_planner->request(DimRequest { std::move(plan), m_snapshot->fisherUnits,
+                dimForm().toStdString(), domain.toStdString(), dimBudget(), m_snapshot->planContext });
+            showResult();
+            return;
+        }
         m_plan = std::move(plan);
         m_proxy = retainedRoutingMass(*m_snapshot, *m_plan);
     } catch (const std::exception& e) {
@@ -406,12 +557,32 @@ void BudgetPanel::recompile()
         Q_EMIT planFailed(m_error);
 }
 
+void BudgetPanel::finishDims(quint64 generation, const Plan* plan, const QString& error)
+{
+    if (generation != m_dimGeneration || !m_compiling)
+        return; // superseded
+    m_compiling = false;
+    if (plan) {
+        m_plan = *plan;
+        m_proxy = retainedRoutingMass(*m_snapshot, *m_plan);
+    } else {
+        m_error = error;
+    }
+    showResult();
+    if (m_plan)
+        Q_EMIT planChanged(*m_plan);
+    else
+        Q_EMIT planFailed(m_error);
+}
+
 void BudgetPanel::showResult()
 {
     m_evaluate->setEnabled(m_plan.has_value());
     m_save->setEnabled(m_plan.has_value());
+    m_units->clear();
+    m_units->setVisible(m_plan && m_plan->hasDims());
     if (!m_plan) {
-        m_kept->setText(m_error);
+        m_kept->setText(m_compiling ? tr("Selecting units…") : m_error);
         m_savings->clear();
         m_proxyLabel->clear();
         return;
@@ -430,6 +601,27 @@ void BudgetPanel::showResult()
                         .arg(total)
                         .arg(all)
                         .arg(lo == hi ? QString::number(lo) : QStringLiteral("%1–%2").arg(lo).arg(hi)));
+    if (p.hasDims()) {
+        int64_t units = 0;
+        int narrow = static_cast<int>(p.dims.intermediate);
+        int wide = 0;
+        for (std::size_t i = 0; i < p.units.size(); ++i)
+            for (const int w : dimWidths(p, i)) {
+                units += w;
+                narrow = std::min(narrow, w);
+                wide = std::max(wide, w);
+            }
+        const int64_t of = static_cast<int64_t>(total) * p.dims.intermediate;
+        m_units->setText(
+            tr("Units (%1 by %2, %3):\n%4 of %5 kept (%6%), widths %7 of %8")
+                .arg(QString::fromStdString(p.dims.scope), QString::fromStdString(p.dims.criterion),
+                    p.dims.domain.empty() ? QStringLiteral("pooled") : QString::fromStdString(p.dims.domain))
+                .arg(units)
+                .arg(of)
+                .arg(of > 0 ? 100.0 * static_cast<double>(units) / static_cast<double>(of) : 0.0, 0, 'f', 1)
+                .arg(narrow == wide ? QString::number(wide) : QStringLiteral("%1–%2").arg(narrow).arg(wide))
+                .arg(p.dims.intermediate));
+    }
     if (m_snapshot->hasCosts && p.bytesBefore > 0) {
         m_savings->setText(tr("Checkpoint: %1 → %2%3\nParameters: %4 → %5%6\nActive parameters per token: %7 → %8")
                                .arg(gigabytes(p.bytesBefore), gigabytes(p.bytesAfter),

@@ -1,8 +1,10 @@
 // The budget panel: criterion, specialist/generalist target (with per-domain weights), scope and
 // budget (percent of routed experts dropped, or a byte/parameter target) compiled into a Plan on
-// every change, with predicted savings and a quick quality proxy (retained routing mass).
+// every change, optionally with dimension pruning of the kept experts (Fisher-MoE: scope IntDim-E/
+// L/G, unit sparsity, unit-score form), with predicted savings and a quick quality proxy.
 #pragma once
 
+#include "plan/dim_plan.h"
 #include "plan/plan.h"
 
 #include <QString>
@@ -16,6 +18,7 @@ class QCheckBox;
 class QComboBox;
 class QDoubleSpinBox;
 class QFormLayout;
+class QGroupBox;
 class QLabel;
 class QPushButton;
 class QSlider;
@@ -24,6 +27,7 @@ class QVBoxLayout;
 namespace moeatlas::views {
 
 struct AtlasSnapshot;
+class DimPlanner;
 
 // Retained routing mass per domain for a kept set: for each domain d, the mean over MoE layers of
 // the sum over kept experts of mass[d, l, e], where mass is scores/soft_mass/value (the mean
@@ -61,10 +65,27 @@ public:
     // Targets in MB (bytes) or millions (params), as the spin box shows them.
     void setTargetAmount(double amount);
 
+    // Dimension pruning (needs the atlas's /fisher unit scores): the kept experts' units ranked by
+    // a form's scores, of the specialist's domain or pooled for a generalist, compiled with
+    // compileDimPlan on a worker thread (isCompiling() until planChanged/planFailed). Byte and
+    // parameter targets apply to expert plans only, so turning dims on selects "Drop %".
+    void setDimsEnabled(bool enabled);
+    bool dimsEnabled() const;
+    void setDimScope(DimScope scope);
+    DimScope dimScope() const;
+    void setDimSparsityPercent(int percent); // units of the kept experts dropped
+    int dimSparsityPercent() const;
+    void setDimForm(const QString& form); // mask, weight, grad_abs, activation, magnitude
+    QString dimForm() const;
+    DimBudget dimBudget() const;
+    bool isCompiling() const { return m_compiling; }
+
     QSlider* sparsitySlider() const { return m_slider; }
+    QSlider* dimSlider() const { return m_dimSlider; }
     // The budget the controls describe.
     Budget budget() const;
-    // The last compiled plan (empty when nothing is open or the budget is refused).
+    // The last compiled plan (empty when nothing is open, the budget is refused or the unit
+    // selection is still compiling).
     const std::optional<Plan>& plan() const { return m_plan; }
     const RoutingMassProxy& proxy() const { return m_proxy; }
     QString statusText() const;
@@ -83,6 +104,7 @@ private:
     void rebuildWeights();
     void updateBudgetControls();
     void showResult();
+    void finishDims(quint64 generation, const Plan* plan, const QString& error);
     void saveWithDialog();
 
     std::shared_ptr<const AtlasSnapshot> m_snapshot;
@@ -90,6 +112,9 @@ private:
     RoutingMassProxy m_proxy;
     QString m_error;
     bool m_updating = false;
+    bool m_compiling = false;
+    quint64 m_dimGeneration = 0;
+    DimPlanner* m_planner = nullptr;
 
     QComboBox* m_criterion = nullptr;
     QComboBox* m_target = nullptr;
@@ -101,7 +126,14 @@ private:
     QSlider* m_slider = nullptr;
     QLabel* m_sliderLabel = nullptr;
     QDoubleSpinBox* m_amount = nullptr;
+    QGroupBox* m_dims = nullptr;
+    QComboBox* m_dimScope = nullptr;
+    QComboBox* m_dimForm = nullptr;
+    QSlider* m_dimSlider = nullptr;
+    QLabel* m_dimSliderLabel = nullptr;
+    QLabel* m_dimNote = nullptr;
     QLabel* m_kept = nullptr;
+    QLabel* m_units = nullptr;
     QLabel* m_savings = nullptr;
     QLabel* m_proxyLabel = nullptr;
     QPushButton* m_evaluate = nullptr;

@@ -1,6 +1,7 @@
 #include "heatmap_model.h"
 
 #include "atlas_document.h"
+#include "fisher_data.h"
 #include "plan/plan.h"
 #include "util/error.h"
 
@@ -14,10 +15,40 @@ namespace moeatlas::views {
 
 namespace {
 
-const AtlasArray* arrayOf(const AtlasSnapshot& s, const HeatmapQuantity& q)
+// The array behind a quantity: values [rows, layers, experts] and the names of its rows.
+struct Source {
+    const std::vector<double>* values = nullptr;
+    uint64_t rows = 0, layers = 0, experts = 0;
+    std::vector<std::string> rowNames; // Fisher only: the run's domains then "pooled"
+};
+
+Source sourceOf(const AtlasSnapshot& s, const HeatmapQuantity& q)
 {
-    return q.kind == HeatmapQuantity::Kind::Score ? s.scoreArray(q.name.toStdString())
-                                                  : s.statisticsArray(q.name.toStdString());
+    Source out;
+    if (q.kind == HeatmapQuantity::Kind::Fisher) {
+        const std::string name = q.name.toStdString();
+        const FisherSummaryForm* f
+            = s.fisher && name.rfind("fisher_", 0) == 0 ? s.fisher->find(name.substr(7)) : nullptr;
+        if (!f)
+            return out;
+        out.values = &f->experts;
+        out.rows = static_cast<uint64_t>(f->rows);
+        out.layers = s.fisher->layers.size();
+        out.experts = static_cast<uint64_t>(s.fisher->numExperts);
+        out.rowNames = f->rows == 1 ? std::vector<std::string> { "pooled" } : s.fisher->domains;
+        return out;
+    }
+    const AtlasArray* a = q.kind == HeatmapQuantity::Kind::Score ? s.scoreArray(q.name.toStdString())
+                                                                 : s.statisticsArray(q.name.toStdString());
+    if (a && a->dims.size() == 3) {
+        out.values = &a->values;
+        out.rows = a->dims[0];
+        out.layers = a->dims[1];
+        out.experts = a->dims[2];
+    } else if (a) {
+        out.values = &a->values; // a malformed shape: refused by heatmapData
+    }
+    return out;
 }
 
 QString number(double v)
@@ -36,37 +67,58 @@ std::vector<HeatmapQuantity> heatmapQuantities(const AtlasSnapshot& snapshot)
         if (snapshot.statisticsArray(name))
             out.push_back({ HeatmapQuantity::Kind::Statistic, QString::fromLatin1(name), 0 });
     }
+    if (snapshot.fisher)
+        for (const FisherSummaryForm& f : snapshot.fisher->forms)
+            out.push_back({ HeatmapQuantity::Kind::Fisher, QString::fromStdString(fisherQuantityName(f.form)), 0 });
     return out;
 }
 
 int heatmapDomainRows(const AtlasSnapshot& snapshot, const HeatmapQuantity& quantity)
 {
-    const AtlasArray* a = arrayOf(snapshot, quantity);
-    return a && a->dims.size() == 3 ? static_cast<int>(a->dims[0]) : 0;
+    const Source src = sourceOf(snapshot, quantity);
+    return src.rows > 0 ? static_cast<int>(src.rows) : 0;
+}
+
+QStringList heatmapDomainNames(const AtlasSnapshot& snapshot, const HeatmapQuantity& quantity)
+{
+    const Source src = sourceOf(snapshot, quantity);
+    const QStringList atlasDomains = snapshot.domainNames();
+    QStringList names;
+    for (uint64_t r = 0; r < src.rows; ++r) {
+        if (!src.rowNames.empty())
+            names << QString::fromStdString(src.rowNames[r]);
+        else
+            names << (r < static_cast<uint64_t>(atlasDomains.size()) ? atlasDomains[static_cast<int>(r)]
+                                                                     : QStringLiteral("pooled"));
+    }
+    return names;
 }
 
 HeatmapData heatmapData(const AtlasSnapshot& snapshot, const HeatmapQuantity& quantity)
 {
-    const AtlasArray* a = arrayOf(snapshot, quantity);
+    const Source src = sourceOf(snapshot, quantity);
     const std::string what = quantity.name.toStdString();
-    if (!a)
-        throw InputError(snapshot.path.toStdString() + ": no " + what + " in the atlas (run moeatlas score)");
+    if (!src.values)
+        throw InputError(snapshot.path.toStdString() + ": no " + what + " in the atlas ("
+            + (quantity.kind == HeatmapQuantity::Kind::Fisher ? "run moeatlas fisher" : "run moeatlas score") + ")");
     const int L = snapshot.numLayers();
     const int E = snapshot.numExperts();
-    if (a->dims.size() != 3 || a->dims[1] != static_cast<uint64_t>(L) || a->dims[2] != static_cast<uint64_t>(E)
-        || quantity.domainRow < 0 || static_cast<uint64_t>(quantity.domainRow) >= a->dims[0])
+    if (src.rows == 0 || src.layers != static_cast<uint64_t>(L) || src.experts != static_cast<uint64_t>(E)
+        || src.values->size() != src.rows * src.layers * src.experts || quantity.domainRow < 0
+        || static_cast<uint64_t>(quantity.domainRow) >= src.rows)
         throw InputError(snapshot.path.toStdString() + ": " + what + " has an unexpected shape");
+    if (quantity.kind == HeatmapQuantity::Kind::Fisher && snapshot.fisher->layers != snapshot.model.moeLayers)
+        throw InputError(snapshot.path.toStdString() + ": the Fisher tables cover other MoE layers than the atlas");
     HeatmapData d;
     d.rows = L;
     d.cols = E;
     const auto plane = static_cast<std::size_t>(L) * E;
-    const auto first = a->values.begin() + static_cast<std::ptrdiff_t>(plane * quantity.domainRow);
+    const auto first = src.values->begin() + static_cast<std::ptrdiff_t>(plane * quantity.domainRow);
     d.values.assign(first, first + static_cast<std::ptrdiff_t>(plane));
     d.rowLabels = snapshot.model.moeLayers;
     d.quantity = quantity.name;
+    d.domain = heatmapDomainNames(snapshot, quantity).at(quantity.domainRow);
     const int D = static_cast<int>(snapshot.domains.size());
-    d.domain = quantity.domainRow < D ? QString::fromStdString(snapshot.domains[quantity.domainRow].name)
-                                      : QStringLiteral("pooled");
     // Which domain each expert's load came from: load_counts[d, l, e] / sum over d.
     const AtlasArray* counts = snapshot.statisticsArray("load_counts");
     if (counts && counts->dims.size() == 3 && counts->dims[0] == static_cast<uint64_t>(D)

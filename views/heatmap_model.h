@@ -33,18 +33,22 @@ struct HeatmapData {
     int rowLabel(int row) const { return rowLabels.empty() ? row : rowLabels[static_cast<std::size_t>(row)]; }
 };
 
-// What the heatmap can show of a snapshot: a score criterion's "value" or a statistic with one
-// value per (layer, expert) (load_share, specialisation). Rows of those arrays are domains; the
-// last row of a [D+1, L, E] array is the pooled one.
+// What the heatmap can show of a snapshot: a score criterion's "value", a statistic with one
+// value per (layer, expert) (load_share, specialisation) or a Fisher form's expert-level sums
+// ("fisher_<form>": /fisher/<form>/experts, the sum of the expert's unit scores). Rows of those
+// arrays are domains; the last row of a [D+1, L, E] array is the pooled one. Fisher rows are the
+// Fisher run's domains (usually the atlas's); fisher_magnitude has one row.
 struct HeatmapQuantity {
-    enum class Kind { Score, Statistic };
+    enum class Kind { Score, Statistic, Fisher };
     Kind kind = Kind::Score;
     QString name;
     int domainRow = 0;
 };
-// Available quantities (scores first, then statistics) and the domain rows each one has.
+// Available quantities (scores, statistics, then Fisher forms) and the domain rows each one has.
 std::vector<HeatmapQuantity> heatmapQuantities(const AtlasSnapshot& snapshot);
 int heatmapDomainRows(const AtlasSnapshot& snapshot, const HeatmapQuantity& quantity);
+// Names of those rows ("pooled" for the last row of a [D+1, ...] array or a single row).
+QStringList heatmapDomainNames(const AtlasSnapshot& snapshot, const HeatmapQuantity& quantity);
 // Throws moeatlas::Error when the quantity is absent or the array has the wrong shape.
 HeatmapData heatmapData(const AtlasSnapshot& snapshot, const HeatmapQuantity& quantity);
 

@@ -5,6 +5,7 @@
 #include <QEvent>
 #include <QHelpEvent>
 #include <QKeyEvent>
+#include <QMouseEvent>
 #include <QPainter>
 #include <QSvgGenerator>
 #include <QToolTip>
@@ -303,6 +304,14 @@ void HeatmapView::wheelEvent(QWheelEvent* event)
     else if (event->angleDelta().y() < 0)
         zoomOut();
     event->accept();
+}
+
+void HeatmapView::mousePressEvent(QMouseEvent* event)
+{
+    if (event->button() == Qt::LeftButton)
+        if (const auto cell = cellAt(event->position().toPoint()))
+            Q_EMIT cellClicked(cell->first, cell->second);
+    QWidget::mousePressEvent(event);
 }
 
 void HeatmapView::keyPressEvent(QKeyEvent* event)

@@ -55,12 +55,15 @@ public:
 
 Q_SIGNALS:
     void zoomChanged();
+    // A left click on a cell (row = MoE layer index, expert id; sorting taken into account).
+    void cellClicked(int row, int expert);
 
 protected:
     void paintEvent(QPaintEvent* event) override;
     bool event(QEvent* event) override;
     void wheelEvent(QWheelEvent* event) override;
     void keyPressEvent(QKeyEvent* event) override;
+    void mousePressEvent(QMouseEvent* event) override;
     void changeEvent(QEvent* event) override;
 
 private:

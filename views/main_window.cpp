@@ -2,8 +2,11 @@
 
 #include "atlas_document.h"
 #include "budget_panel.h"
+#include "charts/fisher_view.h"
 #include "charts/routing_stats.h"
 #include "charts/tradeoff_chart.h"
+#include "fisher/fisher_store.h"
+#include "fisher_ablation_model.h"
 #include "heatmap_model.h"
 #include "heatmap_view.h"
 #include "jobs/capture_dialog.h"
@@ -31,6 +34,7 @@
 #include <QFileInfo>
 #include <QHBoxLayout>
 #include <QHeaderView>
+#include <QInputDialog>
 #include <QLabel>
 #include <QMenuBar>
 #include <QMessageBox>
@@ -75,7 +79,9 @@ MainWindow::MainWindow(QWidget* parent)
     auto* pageLayout = new QVBoxLayout(page);
     auto* bar = new QHBoxLayout;
     m_quantity = new QComboBox(page);
-    m_quantity->setToolTip(tr("Score criterion or routing statistic to colour by"));
+    m_quantity->setToolTip(tr("Score criterion, routing statistic or expert-level Fisher (fisher_<form>: the sum "
+                              "of the expert's unit scores) to colour by"));
+    m_quantity->setSizeAdjustPolicy(QComboBox::AdjustToContents);
     m_domain = new QComboBox(page);
     m_domain->setToolTip(tr("Domain row (or pooled over all domains)"));
     bar->addWidget(new QLabel(tr("Colour by:"), page));
@@ -126,6 +132,9 @@ MainWindow::MainWindow(QWidget* parent)
     m_stats = new RoutingStatsView(statsPage);
     statsLayout->addWidget(m_stats, 1);
     m_tabs->addTab(statsPage, tr("Routing &statistics"));
+    // Fisher: concentration, ablation and unit profiles of /fisher (moeatlas fisher).
+    m_fisher = new FisherView(this);
+    m_tabs->addTab(m_fisher, tr("&Fisher"));
     setCentralWidget(m_tabs);
 
     createDocks();
@@ -140,6 +149,8 @@ MainWindow::MainWindow(QWidget* parent)
         refreshHeatmap();
     });
     connect(m_domain, &QComboBox::currentIndexChanged, this, &MainWindow::refreshHeatmap);
+    // A click on a heatmap cell shows that expert's unit scores on the Fisher tab.
+    connect(m_heatmap, &HeatmapView::cellClicked, m_fisher, &FisherView::setProfileExpert);
     connect(m_budget, &BudgetPanel::planChanged, this, [this](const Plan& plan) { m_heatmapModel->setPlan(plan); });
     connect(m_budget, &BudgetPanel::planFailed, this, [this](const QString& why) {
         m_heatmapModel->clearPlan();
@@ -190,8 +201,8 @@ void MainWindow::createDocks()
             m_preferredLabel = QString::fromLatin1(kEvaluationLabel);
             m_document->open(m_document->path()); // the atlas now holds the new table
         }
-        if (ok && m_runningJob == m_scoreJob && m_document->isOpen())
-            m_document->open(m_document->path()); // the atlas now holds the new scores
+        if (ok && (m_runningJob == m_scoreJob || m_runningJob == m_fisherJob) && m_document->isOpen())
+            m_document->open(m_document->path()); // the atlas now holds the new scores or Fisher tables
         m_runningJob = 0;
     });
     addDockWidget(Qt::BottomDockWidgetArea, m_jobsDock);
@@ -280,9 +291,38 @@ void MainWindow::createActions()
     jobs->addAction(tr("&Capture new atlas…"), this, &MainWindow::showCaptureDialog);
     m_scoreAction = jobs->addAction(tr("&Score atlas"), this, &MainWindow::scoreAtlas);
     m_scoreAction->setEnabled(false);
+    m_fisherAction = jobs->addAction(tr("Compute &Fisher…"), this, [this] {
+        bool ok = false;
+        const QString text = QInputDialog::getText(this, tr("Compute Fisher"),
+            tr("Fisher importance of every expert unit (mask, weight and grad_abs forms, with the activation and "
+               "magnitude baselines) on the atlas's calibration tokens, as moeatlas fisher.\n\n"
+               "Ablation: units to remove (comma-separated counts, or none):"),
+            QLineEdit::Normal, QStringLiteral("0,10,100,1000"), &ok);
+        if (!ok)
+            return;
+        FisherJobParams params;
+        if (text.trimmed() == QLatin1String("none")) {
+            params.ablate.reset();
+        } else {
+            std::vector<int64_t> counts;
+            for (const QString& item : text.split(QLatin1Char(','))) {
+                bool number = false;
+                const qlonglong n = item.trimmed().toLongLong(&number);
+                if (!number || n < 0) {
+                    logError(tr("Ablation counts '%1': '%2' is not a unit count").arg(text, item));
+                    return;
+                }
+                counts.push_back(n);
+            }
+            params.ablate = counts;
+        }
+        computeFisher(std::move(params));
+    });
+    m_fisherAction->setEnabled(false);
     connect(m_document, &AtlasDocument::changed, this, [this] {
         const auto snapshot = m_document->snapshot();
         m_scoreAction->setEnabled(snapshot && snapshot->complete);
+        m_fisherAction->setEnabled(snapshot && snapshot->complete);
     });
 
     QMenu* help = menuBar()->addMenu(tr("&Help"));
@@ -325,6 +365,17 @@ void MainWindow::onLoaded(const QString& path)
         logError(tr("%1 is a partial atlas (capture not finished): no scores or plans").arg(path));
     if (!snapshot->hasCosts)
         logMessage(snapshot->costsNote);
+    if (snapshot->fisher) {
+        QStringList forms;
+        for (const FisherSummaryForm& f : snapshot->fisher->forms)
+            forms << QString::fromStdString(f.form);
+        logMessage(tr("Fisher tables: %1 (%2 sequences)%3")
+                       .arg(forms.join(QStringLiteral(", ")))
+                       .arg(snapshot->fisher->samples.back())
+                       .arg(snapshot->fisherAblation ? tr(", with the ablation") : QString()));
+    } else if (snapshot->complete && !snapshot->fisherNote.startsWith(QStringLiteral("No Fisher"))) {
+        logError(snapshot->fisherNote); // malformed tables
+    }
     const bool sameAtlas = !m_recent.isEmpty() && m_recent.first() == QFileInfo(path).absoluteFilePath();
     addRecent(path);
     refreshQuantities();
@@ -359,6 +410,7 @@ void MainWindow::refreshCharts()
         m_statsNote->setText(snapshot ? snapshot->routingStatsNote : QString());
         m_statsNote->setVisible(snapshot != nullptr);
     }
+    m_fisher->setSnapshot(snapshot);
 }
 
 void MainWindow::showEvaluation()
@@ -423,6 +475,18 @@ int MainWindow::scoreAtlas()
     return m_scoreJob;
 }
 
+int MainWindow::computeFisher(FisherJobParams params)
+{
+    const auto snapshot = m_document->snapshot();
+    if (!snapshot)
+        return 0;
+    params.atlas = snapshot->path.toStdString();
+    logMessage(tr("Computing Fisher importance of %1").arg(snapshot->path));
+    m_fisherJob = m_runner->start(fisherJob(std::move(params)));
+    m_jobsDock->raise();
+    return m_fisherJob;
+}
+
 CaptureDialog* MainWindow::showCaptureDialog()
 {
     auto* dialog = new CaptureDialog(m_runner, this);
@@ -481,12 +545,11 @@ void MainWindow::refreshDomains()
         return;
     HeatmapQuantity q { static_cast<HeatmapQuantity::Kind>(m_quantity->currentData().toInt()),
         m_quantity->currentText(), 0 };
-    const int rows = heatmapDomainRows(*snapshot, q);
-    const QStringList names = snapshot->domainNames();
-    for (int r = 0; r < rows; ++r)
-        m_domain->addItem(r < names.size() ? names[r] : tr("pooled"), r);
+    const QStringList names = heatmapDomainNames(*snapshot, q);
+    for (int r = 0; r < names.size(); ++r)
+        m_domain->addItem(names[r], r);
     const int keep = m_domain->findText(previous);
-    m_domain->setCurrentIndex(keep >= 0 ? keep : rows - 1);
+    m_domain->setCurrentIndex(keep >= 0 ? keep : static_cast<int>(names.size()) - 1);
 }
 
 void MainWindow::refreshHeatmap()
@@ -554,15 +617,19 @@ QString MainWindow::currentViewName() const
         return QStringLiteral("tradeoff");
     if (m_tabs->currentWidget() == m_statsPage)
         return QStringLiteral("routing-statistics");
+    if (m_tabs->currentWidget() == m_fisher)
+        return QStringLiteral("fisher");
     return QStringLiteral("heatmap");
 }
 
 bool MainWindow::exportCurrentView(const QString& path)
 {
     const bool svg = path.endsWith(QStringLiteral(".svg"), Qt::CaseInsensitive);
-    if (m_tabs->currentWidget() == m_tradeoffPage || m_tabs->currentWidget() == m_statsPage) {
-        const bool ok
-            = m_tabs->currentWidget() == m_tradeoffPage ? m_tradeoff->saveImage(path) : m_stats->saveImage(path);
+    QWidget* tab = m_tabs->currentWidget();
+    if (tab == m_tradeoffPage || tab == m_statsPage || tab == m_fisher) {
+        const bool ok = tab == m_tradeoffPage ? m_tradeoff->saveImage(path)
+            : tab == m_statsPage              ? m_stats->saveImage(path)
+                                              : m_fisher->saveImage(path);
         ok ? logMessage(tr("Chart written to %1").arg(path)) : logError(tr("Cannot write %1").arg(path));
         return ok;
     }
@@ -589,6 +656,8 @@ bool MainWindow::exportTableCsv(const QString& path)
                     csv << v.nll[d] - t.variants[static_cast<std::size_t>(full)].nll[d];
                 csv << '\n';
             }
+    } else if (m_tabs->currentWidget() == m_fisher) {
+        text = m_fisher->ablationModel()->toCsv(); // the ablation table
     } else {
         text = m_heatmapModel->toCsv();
     }

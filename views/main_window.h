@@ -1,5 +1,6 @@
 // The workbench window: the expert heatmap (and its table) of the open atlas, the budget panel
-// driving a live plan overlay, slots for the charts and jobs, a log, menus and settings.
+// driving a live plan overlay, the chart tabs (trade-off, routing statistics, Fisher), jobs, a log,
+// menus and settings.
 #pragma once
 
 #include "plan/plan.h"
@@ -25,6 +26,8 @@ namespace moeatlas::views {
 class AtlasDocument;
 class BudgetPanel;
 class CaptureDialog;
+class FisherView;
+struct FisherJobParams;
 class HeatmapModel;
 class HeatmapView;
 class JobRunner;
@@ -55,10 +58,10 @@ public:
     bool exportHeatmapPng(const QString& path);
     bool exportHeatmapSvg(const QString& path);
     // The current tab as an image (.svg: vector, else PNG): the heatmap (Heatmap and Table tabs),
-    // the trade-off chart or the routing-statistics charts.
+    // the trade-off chart, the routing-statistics charts or the Fisher tab.
     bool exportCurrentView(const QString& path);
     // The current tab's table: the evaluation table on the Trade-off tab (as `moeatlas eval
-    // --csv` writes it), else the heatmap's cells.
+    // --csv` writes it), the ablation table on the Fisher tab, else the heatmap's cells.
     bool exportTableCsv(const QString& path);
 
     void setDarkPalette(bool dark);
@@ -70,6 +73,7 @@ public:
     TradeoffChartView* tradeoffChart() const { return m_tradeoff; }
     QComboBox* evaluationCombo() const { return m_evalLabel; }
     RoutingStatsView* routingStatsView() const { return m_stats; }
+    FisherView* fisherView() const { return m_fisher; }
     JobRunner* jobRunner() const { return m_runner; }
     JobsPanel* jobsPanel() const { return m_jobsPanel; }
 
@@ -82,7 +86,11 @@ public:
     int scoreAtlas();
     // Jobs > Capture new atlas…: opens the capture dialog (the atlas it makes is opened).
     CaptureDialog* showCaptureDialog();
+    // Jobs > Compute Fisher…: `moeatlas fisher ATLAS` (params.atlas is set to the open atlas) as a
+    // background job, reloading the atlas when done; returns the job id (0 when nothing is open).
+    int computeFisher(FisherJobParams params);
     QAction* scoreAction() const { return m_scoreAction; }
+    QAction* fisherAction() const { return m_fisherAction; }
 
     static constexpr int kMaxRecentFiles = 8;
 
@@ -134,6 +142,7 @@ private:
     QAction* m_sortAction = nullptr;
     QAction* m_darkAction = nullptr;
     QAction* m_scoreAction = nullptr;
+    QAction* m_fisherAction = nullptr;
     QStringList m_recent;
     bool m_dark = false;
     bool m_errorDialogs = true;
@@ -142,11 +151,13 @@ private:
     QLabel* m_evalNote = nullptr;
     RoutingStatsView* m_stats = nullptr;
     QLabel* m_statsNote = nullptr;
+    FisherView* m_fisher = nullptr;
     JobRunner* m_runner = nullptr;
     JobsPanel* m_jobsPanel = nullptr;
     std::unique_ptr<QTemporaryDir> m_scratch; // plan files of evaluations
     int m_evalJob = 0; // the evaluation job last started
     int m_scoreJob = 0; // the score job last started
+    int m_fisherJob = 0; // the Fisher job last started
     int m_runningJob = 0;
     int m_planFiles = 0;
     QString m_preferredLabel;

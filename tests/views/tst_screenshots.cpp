@@ -1,14 +1,18 @@
 // Renders the workbench's main views on an atlas to PNG: into $MOEATLAS_SCREENSHOTS_DIR when set
 // (docs/screenshots/), otherwise into a temporary directory; either way the images must show
-// something (many distinct colours, not one flat fill). Uses the trained demo atlas when present.
+// something (many distinct colours, not one flat fill). Uses the trained demo atlas when present;
+// the Fisher views use its /fisher tables, or `moeatlas fisher` on a copy when it has none.
 #include "atlas_document.h"
 #include "budget_panel.h"
+#include "charts/fisher_view.h"
+#include "fisher/fisher_store.h"
 #include "heatmap_model.h"
 #include "heatmap_view.h"
 #include "main_window.h"
 #include "test_support.h"
 #include "views_fixture.h"
 
+#include <QChart>
 #include <QComboBox>
 #include <QDir>
 #include <QFileInfo>
@@ -19,6 +23,8 @@
 #include <QTabWidget>
 #include <QTemporaryDir>
 #include <QTest>
+
+#include <algorithm>
 
 using namespace moeatlas;
 using namespace moeatlas::views;
@@ -43,6 +49,7 @@ private Q_SLOTS:
     void initTestCase();
     void render_data();
     void render();
+    void fisherTab();
     void deepSeekScale();
 
 private:
@@ -124,6 +131,8 @@ void TstScreenshots::render()
 
     // The other tabs (trade-off chart, routing statistics) as the window shows them.
     for (int i = 1; i < w.tabs()->count(); ++i) {
+        if (w.tabs()->widget(i) == w.fisherView())
+            continue; // fisherTab() renders it from an atlas with Fisher tables
         w.tabs()->setCurrentIndex(i);
         QCoreApplication::processEvents();
         QString tab = w.tabs()->tabText(i).remove(QLatin1Char('&')).toLower();
@@ -132,6 +141,70 @@ void TstScreenshots::render()
         const QImage image = w.tabs()->currentWidget()->grab().toImage();
         QVERIFY(image.save(QDir(m_out).filePath(file)));
     }
+}
+
+void TstScreenshots::fisherTab()
+{
+    QString atlas = m_atlas;
+    if (!AtlasFile::openReadOnly(atlas.toStdString()).readResults("fisher")) {
+        atlas = m_tmp.filePath(QStringLiteral("fisher.atlas.h5"));
+        QFile::remove(atlas);
+        QVERIFY(QFile::copy(m_atlas, atlas));
+        QFile(atlas).setPermissions(QFile::ReadOwner | QFile::WriteOwner);
+        QString error;
+        QVERIFY2(test::addFisherTables(atlas, &error, QStringLiteral("0,10,100"),
+                     { QStringLiteral("--max-samples"), QStringLiteral("2") }),
+            qPrintable(error));
+    }
+    MainWindow w;
+    w.setErrorDialogsEnabled(false);
+    w.setDarkPalette(false); // render() left the dark one in the settings
+    w.resize(1440, 900);
+    w.show();
+    QVERIFY(QTest::qWaitForWindowExposed(&w));
+    QVERIFY(w.openAtlasBlocking(atlas));
+    const auto snapshot = w.document()->snapshot();
+    QVERIFY(snapshot->fisher);
+
+    // Workbench: heatmap coloured by pooled expert-level Fisher (mask form), a generalist plan at
+    // 25 % of the experts with half of the kept experts' units pruned per layer (IntDim-L).
+    w.quantityCombo()->setCurrentText(QStringLiteral("fisher_mask"));
+    w.budgetPanel()->setCriterion(QStringLiteral("fisher_mask"));
+    w.budgetPanel()->setTargetDomain(QString());
+    w.budgetPanel()->setSparsityPercent(25);
+    w.budgetPanel()->setDimScope(DimScope::Layer);
+    w.budgetPanel()->setDimSparsityPercent(50);
+    w.budgetPanel()->setDimsEnabled(true);
+    QTRY_VERIFY_WITH_TIMEOUT(!w.budgetPanel()->isCompiling(), 30000);
+    QVERIFY(w.budgetPanel()->plan() && w.budgetPanel()->plan()->hasDims());
+    QTest::qWait(200);
+    const auto save = [this](const QImage& image, const QString& file) {
+        const QString path = QDir(m_out).filePath(file);
+        QVERIFY2(image.save(path), qPrintable(path));
+        QVERIFY2(distinctColors(image) > 16, qPrintable(path + QStringLiteral(" looks blank")));
+    };
+    save(w.grab().toImage(), QStringLiteral("workbench-fisher.png"));
+
+    // The Fisher tab: all layers, the first domain's ablation, the profile of the expert with the
+    // largest pooled Fisher in the middle MoE layer.
+    FisherView* view = w.fisherView();
+    w.tabs()->setCurrentWidget(view);
+    view->setForm(QStringLiteral("mask"));
+    view->setLayerIndex(-1);
+    view->setAblationDomain(0);
+    const FisherSummary& f = *snapshot->fisher;
+    const int layer = static_cast<int>(f.layers.size() / 2);
+    const FisherSummaryForm* mask = f.find("mask");
+    const auto E = static_cast<std::size_t>(f.numExperts);
+    const auto pooled = mask->experts.begin()
+        + static_cast<std::ptrdiff_t>(((f.domains.size() - 1) * f.layers.size() + static_cast<std::size_t>(layer)) * E);
+    const int expert = static_cast<int>(std::max_element(pooled, pooled + static_cast<std::ptrdiff_t>(E)) - pooled);
+    view->setProfileExpert(layer, expert);
+    QTRY_VERIFY_WITH_TIMEOUT(!view->isProfileLoading(), 30000);
+    QVERIFY(!view->profileChart()->series().isEmpty());
+    QVERIFY(!view->ablationChart()->series().isEmpty());
+    QTest::qWait(200);
+    save(view->grab().toImage(), QStringLiteral("tab-fisher.png"));
 }
 
 void TstScreenshots::deepSeekScale()

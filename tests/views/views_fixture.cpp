@@ -75,6 +75,15 @@ QString buildViewsAtlas(const QString& dir, QString* error)
     return atlas;
 }
 
+bool addFisherTables(const QString& atlas, QString* error, const QString& ablate, const QStringList& extra)
+{
+    if (cliExecutable().isEmpty()) {
+        *error = QStringLiteral("MOEATLAS_CLI is unset");
+        return false;
+    }
+    return run(QStringList { QStringLiteral("fisher"), atlas, QStringLiteral("--ablate"), ablate } + extra, error);
+}
+
 std::shared_ptr<views::AtlasSnapshot> syntheticSnapshot(int layers, int experts, int topK)
 {
     auto s = std::make_shared<views::AtlasSnapshot>();

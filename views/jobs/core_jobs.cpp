@@ -3,6 +3,7 @@
 #include "atlas/atlas_file.h"
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/hf_config.h"
+#include "fisher/fisher_store.h"
 #include "util/error.h"
 #include "util/sha256.h"
 
@@ -22,6 +23,14 @@ QString fileName(const std::filesystem::path& path)
 QString qstr(const std::filesystem::path& path)
 {
     return QString::fromStdString(path.string());
+}
+
+// Progress of one stage of a multi-stage job, its name in front of the engine's stage text.
+ProgressFn staged(const ProgressFn& progress, const std::string& name)
+{
+    return [&progress, name](const Progress& p) {
+        return progress(Progress { p.stage.empty() ? name : name + ": " + p.stage, p.done, p.total });
+    };
 }
 
 } // namespace
@@ -97,6 +106,61 @@ Job evalJob(EvalJobParams params)
                                .arg(static_cast<qsizetype>(table.variants.size()))
                                .arg(table.seconds, 0, 'f', 1),
             params.save ? qstr(params.atlas) : QString() };
+    };
+    return job;
+}
+
+Job fisherJob(FisherJobParams params)
+{
+    Job job;
+    job.name = QObject::tr("fisher %1").arg(fileName(params.atlas));
+    job.run = [params = std::move(params)](const ProgressFn& progress, const StopToken* stop) {
+        const FisherOptions& o = params.options;
+        if (!o.maskForm && !o.weightForm && !o.gradAbs)
+            throw InputError("fisher: choose at least one of the mask, weight and grad_abs forms");
+        std::optional<AtlasFile> atlas = AtlasFile::openReadOnly(params.atlas);
+        if (!atlas->isComplete())
+            throw InputError(params.atlas.string() + ": the atlas is not complete (finish the capture with --resume)");
+        const std::filesystem::path checkpointDir
+            = params.checkpoint.empty() ? std::filesystem::path(atlas->model().checkpointPath) : params.checkpoint;
+        const Checkpoint ckpt(checkpointDir);
+        const std::string configPath = (ckpt.dir() / "config.json").string();
+        const std::string configSha = sha256File(ckpt.dir() / "config.json");
+        if (configSha != atlas->model().configSha256)
+            throw InputError(configPath + ": not the config.json " + params.atlas.string() + " was captured from");
+        const ModelSpec spec = parseModelSpec(ckpt.config(), configPath);
+        const EvalTokens tokens = evalTokensFromAtlas(*atlas);
+
+        FisherRunInfo info;
+        info.tokenSource = tokens.source;
+        info.checkpoint = ckpt.dir().string();
+        info.configSha256 = configSha;
+        const FisherTables tables = computeFisherTables(ckpt, spec, tokens, o, info, staged(progress, "fisher"), stop);
+        std::optional<FisherAblation> ablation;
+        if (params.ablate) {
+            FisherAblationOptions a;
+            a.counts = *params.ablate;
+            a.form = o.maskForm ? "mask" : o.weightForm ? "weight" : "grad_abs";
+            a.seed = params.seed;
+            ExecutorOptions executor;
+            executor.threads = o.threads;
+            ablation = runFisherAblation(ckpt, spec, executor, tokens, tables, a, staged(progress, "ablation"), stop);
+        }
+        // Nothing is written before both stages are done: a cancel leaves the atlas as it was.
+        const std::filesystem::path path = atlas->path();
+        atlas.reset();
+        AtlasFile update = AtlasFile::openForUpdate(path);
+        writeFisherTables(update, tables);
+        if (ablation)
+            writeFisherAblation(update, *ablation);
+        update.commitUpdate();
+        return JobResult { QObject::tr("Fisher of %1 sequences in %2 s%3")
+                               .arg(tables.samples.back())
+                               .arg(tables.seconds, 0, 'f', 1)
+                               .arg(ablation ? QObject::tr(", ablation of %1 variants")
+                                                   .arg(static_cast<qsizetype>(ablation->variants.size()))
+                                             : QString()),
+            qstr(path) };
     };
     return job;
 }
