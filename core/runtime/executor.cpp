@@ -2,6 +2,7 @@
 
 #include "model/blocks.h"
 #include "model/layer_weights.h"
+#include "runtime/blas_threads.h"
 #include "runtime/variant_layers.h"
 #include "util/error.h"
 #include "util/format.h"
@@ -139,43 +140,6 @@ int64_t headRowsPerChunk(const ModelSpec& s, int64_t batchTokens)
     const int64_t fit = std::max<int64_t>(1, (int64_t { 256 } << 20) / (s.vocabSize * 4));
     return std::min(batchTokens, fit);
 }
-
-// OpenBLAS (the BLAS of Debian's LibTorch) runs its own pthreads next to ATen's OpenMP threads, and
-// they spin-wait after every GEMM: on a small machine the two pools take the cores from each other
-// between a GEMM and the element-wise ops around it (measured 2x slower end to end on 2 cores). While
-// an executor runs on the CPU with several ATen threads, OpenBLAS is made single-threaded and the
-// model blocks split their matrix products across ATen's threads instead (model/blocks.cpp).
-// Returns the previous OpenBLAS thread count, 0 when OpenBLAS is not the BLAS of this process.
-int setOpenblasThreads(int threads)
-{
-    static const auto get = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-    static const auto set = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
-    if (!get || !set)
-        return 0;
-    const int previous = get();
-    if (threads > 0 && threads != previous)
-        set(threads);
-    return previous;
-}
-
-// OpenBLAS single-threaded for the lifetime of a run (see setOpenblasThreads), restored afterwards.
-class SingleThreadedBlas {
-public:
-    explicit SingleThreadedBlas(bool enable)
-        : m_previous(enable ? setOpenblasThreads(1) : 0)
-    {
-    }
-    ~SingleThreadedBlas()
-    {
-        if (m_previous > 1)
-            setOpenblasThreads(m_previous);
-    }
-    SingleThreadedBlas(const SingleThreadedBlas&) = delete;
-    SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
-
-private:
-    int m_previous;
-};
 
 // Makes ATen's parallel regions started from the calling thread run on that thread alone (OpenMP's
 // thread count is per thread; at::set_num_threads would also change the process-wide default).
@@ -373,7 +337,8 @@ ExecutionResult Executor::run(std::span<const int32_t> tokens, std::span<const i
     const ModelSpec& s = d.spec;
     const auto t0 = std::chrono::steady_clock::now();
     c10::InferenceMode inferenceMode;
-    const SingleThreadedBlas blasGuard(d.device.is_cpu() && at::get_num_threads() > 1);
+    // OpenBLAS single-threaded; the blocks split their products across ATen's threads (blas_threads.h).
+    const OpenblasThreads blasGuard(d.device.is_cpu() && at::get_num_threads() > 1 ? 1 : 0);
     const int64_t T = static_cast<int64_t>(tokens.size());
     const int64_t H = s.hiddenSize;
     checkOffsets(seqOffsets, T);
@@ -516,7 +481,8 @@ EvaluationResult Executor::evaluate(std::span<const int32_t> tokens, std::span<c
     const ModelSpec& s = d.spec;
     const auto t0 = std::chrono::steady_clock::now();
     c10::InferenceMode inferenceMode;
-    const SingleThreadedBlas blasGuard(d.device.is_cpu() && at::get_num_threads() > 1);
+    // OpenBLAS single-threaded; the blocks split their products across ATen's threads (blas_threads.h).
+    const OpenblasThreads blasGuard(d.device.is_cpu() && at::get_num_threads() > 1 ? 1 : 0);
     const int64_t T = static_cast<int64_t>(tokens.size());
     const int P = static_cast<int>(variants.size());
     if (P == 0)

@@ -3,6 +3,7 @@
 #include "checkpoint/tensor_layout.h"
 #include "model/blocks.h"
 #include "model/layer_weights.h"
+#include "runtime/blas_threads.h"
 #include "runtime/executor.h"
 #include "util/error.h"
 #include "util/format.h"
@@ -472,10 +473,15 @@ private:
 at::Tensor magnitudeOf(const LayerWeights& w)
 {
     const at::NoGradGuard noGrad;
-    const int64_t I = w.down.size(2);
-    const at::Tensor gu = w.gateUp.detach().to(at::kDouble);
-    return gu.narrow(1, 0, I).square().sum(-1) + gu.narrow(1, I, I).square().sum(-1)
-        + w.down.detach().to(at::kDouble).square().sum(1);
+    const int64_t E = w.gateUp.size(0), I = w.down.size(2);
+    at::Tensor out = at::empty({ E, I }, at::kDouble);
+    // One expert at a time: the float64 copy of a whole layer would be twice its fp32 size.
+    for (int64_t e = 0; e < E; ++e) {
+        const at::Tensor gu = w.gateUp[e].to(at::kDouble);
+        out[e].copy_(gu.narrow(0, 0, I).square().sum(-1) + gu.narrow(0, I, I).square().sum(-1)
+            + w.down[e].to(at::kDouble).square().sum(0));
+    }
+    return out;
 }
 
 // --- Resident mode -----------------------------------------------------------------------------------
@@ -793,8 +799,17 @@ FisherResult computeFisher(const Checkpoint& checkpoint, const ModelSpec& spec, 
     int G = 1;
     std::vector<int> group = sampleGroups(sampleGroup, samples, G);
     const FisherPlan plan = planFisher(checkpoint, spec, seqOffsets, sampleGroup, options);
-    if (options.threads > 0)
-        at::set_num_threads(options.threads);
+    // Autograd's ops cannot take the blocks' thread-split paths, so the threads go to OpenBLAS' GEMMs
+    // and ATen runs single-threaded for the pass (blas_threads.h: with both pools active, 6x slower
+    // on 2 cores); restored afterwards.
+    const int threads = options.threads > 0 ? options.threads : at::get_num_threads();
+    const OpenblasThreads blas(threads);
+    const int atenThreads = at::get_num_threads();
+    at::set_num_threads(1);
+    struct RestoreAten {
+        int n;
+        ~RestoreAten() { at::set_num_threads(n); }
+    } restoreAten { atenThreads };
 
     FisherRun run(spec, tokens, seqOffsets, std::move(group), G, options, progress, stop);
     std::map<int, at::Tensor> magnitude;

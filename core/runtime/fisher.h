@@ -24,7 +24,9 @@ enum class FisherMode {
 const char* fisherModeName(FisherMode mode); // "auto", "resident", "streaming"
 
 struct FisherOptions {
-    int threads = 0; // intra-op threads; 0 = LibTorch's default (process-wide, as for the executor)
+    // Threads of the pass: OpenBLAS' GEMM threads, with ATen single-threaded meanwhile (both restored
+    // afterwards; runtime/blas_threads.h says why); 0 = LibTorch's intra-op default.
+    int threads = 0;
     FisherMode mode = FisherMode::Auto;
     uint64_t memoryBudgetBytes = 0; // 0 = MemAvailable (availableMemoryBytes()); plans above it are refused
     // Streaming: directory of the scratch file that receives the saved layer inputs when they do not

@@ -308,8 +308,9 @@ private Q_SLOTS:
     }
 
     // The conditions under which the blocks split their products across threads with out= ops (several
-    // ATen threads, single-threaded OpenBLAS): a gradient pass must take the plain paths instead
-    // (autograd refuses out= ops on tensors that require gradients) and give the same scores.
+    // ATen threads, single-threaded OpenBLAS), set by the caller: the pass must still succeed (autograd
+    // refuses out= ops on tensors that require gradients; computeFisher runs ATen single-threaded and
+    // threads OpenBLAS instead) and give the one-thread scores.
     void splitPathNotTakenUnderGradMode()
     {
         const Checkpoint ckpt(m_demoDir);
