@@ -95,10 +95,21 @@ log "moeatlas eval: held-out loss of PEU/frequency specialists, generalist and r
 # shellcheck disable=SC2046
 "$cli" eval --atlas "$out/demo.atlas.h5" --sparsity 0.25,0.5,0.75 --criteria peu,frequency --random-plans 2 \
   $(domains heldout) --seq-len 128 --add-bos --csv "$out/tradeoff.csv"
+log "moeatlas fisher: Fisher importance of every expert unit per domain, its concentration, and the loss of removing the top units (held-out text)"
+# shellcheck disable=SC2046
+"$cli" fisher "$out/demo.atlas.h5" --max-samples 16 --seq-len 128 --add-bos --ablate 0,16,128 \
+  $(domains heldout | sed 's/ -d / --ablation-domain /g; s/:32/:16/g')
 log "moeatlas plan + export: the code specialist at 50% sparsity, as a checkpoint transformers loads"
 "$cli" plan --atlas "$out/demo.atlas.h5" --criterion peu --domain code --keep-fraction 0.5 -o "$out/code-50.plan.json"
 "$cli" export "$demo/model" --plan "$out/code-50.plan.json" -o "$out/code-50" --force
-log "done: atlas $out/demo.atlas.h5, trade-off table $out/tradeoff.csv, plan $out/code-50.plan.json, pruned checkpoint $out/code-50"
+log "moeatlas plan + export with dimension pruning: the code specialist's experts also drop half their units by Fisher (IntDim-E: a stock checkpoint with a smaller moe width)"
+"$cli" plan --atlas "$out/demo.atlas.h5" --criterion peu --domain code --keep-fraction 0.5 --dims IntDim-E \
+  --dim-sparsity 0.5 -o "$out/code-50-dims-50.plan.json"
+"$cli" export "$demo/model" --plan "$out/code-50-dims-50.plan.json" -o "$out/code-50-dims-50" --force
+# shellcheck disable=SC2046
+"$cli" eval --atlas "$out/demo.atlas.h5" --plan "$out/code-50.plan.json" --plan "$out/code-50-dims-50.plan.json" \
+  $(domains heldout) --seq-len 128 --add-bos --label dims
+log "done: atlas $out/demo.atlas.h5, trade-off table $out/tradeoff.csv, plans $out/*.plan.json, pruned checkpoints $out/code-50 and $out/code-50-dims-50"
 if [[ -x "$gui" && ( -n "${DISPLAY:-}" || -n "${WAYLAND_DISPLAY:-}" ) ]]; then
   log "opening the workbench: moeatlas-gui $out/demo.atlas.h5"
   exec "$gui" "$out/demo.atlas.h5"
