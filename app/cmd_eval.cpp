@@ -203,7 +203,8 @@ Command addEvalCommand(CLI::App& app)
     sub->add_option("--plan", a->plans, "Plan file to evaluate (moeatlas plan); repeatable");
     sub->add_option("--sparsity", a->sparsities, "Sweep: fractions of routed experts dropped, e.g. 0.25,0.5,0.75")
         ->delimiter(',');
-    sub->add_option("--criteria", a->criteria, "Sweep: scores to rank experts by (peu, frequency, reap, ...)")
+    sub->add_option(
+           "--criteria", a->criteria, "Sweep: scores to rank experts by (peu, frequency, reap, ..., fisher_mask, ...)")
         ->delimiter(',')
         ->capture_default_str();
     sub->add_flag("--no-specialists", a->noSpecialists, "Sweep: no per-domain specialist plans");

@@ -178,8 +178,9 @@ int runPlan(const PlanArgs& a)
         if (a.scores.empty() == a.atlas.empty())
             throw InputError("give exactly one score source: --atlas ATLAS --criterion NAME, or --scores FILE");
         if (!a.atlas.empty() && a.criterion.empty())
-            throw InputError("--atlas needs --criterion (peu, frequency, reap, ...: see moeatlas score), or --dims "
-                             "for a plan that prunes dimensions only");
+            throw InputError("--atlas needs --criterion (peu, frequency, reap, ...: see moeatlas score; fisher_mask, "
+                             "fisher_weight, fisher_grad_abs: see moeatlas fisher), or --dims for a plan that prunes "
+                             "dimensions only");
         if (!a.scores.empty() && !a.criterion.empty())
             throw InputError("--criterion selects scores inside an --atlas; a --scores file names its own criterion");
     }
@@ -248,7 +249,7 @@ int runPlan(const PlanArgs& a)
         plan = compileDimPlan(plan, *unitScores, *dimBudget, ctx);
     if (atlas) {
         plan.scoresSource
-            = experts ? a.atlas + ":/scores/" + a.criterion : a.atlas + ":/fisher/" + dimForm(dimCriterion) + "/units";
+            = experts ? a.atlas + ":" + atlasScores->source : a.atlas + ":/fisher/" + dimForm(dimCriterion) + "/units";
         plan.atlas = std::filesystem::absolute(a.atlas).string();
         plan.configSha256 = atlas->model().configSha256;
     } else {
@@ -296,8 +297,10 @@ Command addPlanCommand(CLI::App& app)
         "plan", "Compile a pruning plan (experts, and with --dims expert widths) from scores and a budget");
     sub->add_option("checkpoint", a->checkpoint,
         "Hugging Face checkpoint directory (default with --atlas: the one it was captured from)");
-    sub->add_option("--atlas", a->atlas, "Scored atlas: read /scores/<criterion> (moeatlas score)");
-    sub->add_option("--criterion", a->criterion, "Criterion to plan by with --atlas (peu, frequency, reap, ...)");
+    sub->add_option("--atlas", a->atlas,
+        "Scored atlas: read /scores/<criterion> (moeatlas score) or /fisher/<form>/experts (moeatlas fisher)");
+    sub->add_option("--criterion", a->criterion,
+        "Criterion to plan by with --atlas (peu, frequency, reap, ..., fisher_mask, fisher_weight, fisher_grad_abs)");
     sub->add_option("--scores", a->scores, "Scores JSON instead of an atlas (see docs/plans.md)");
     sub->add_option("--output,-o", a->output, "Plan file to write")->capture_default_str();
     sub->add_option("--domain", a->domain, "Specialist plan for this domain");

@@ -70,11 +70,11 @@ void readFisher(const AtlasFile& atlas, AtlasSnapshot& s)
             return;
         }
         auto fisher = std::make_shared<const FisherSummary>(std::move(*summary));
+        // Expert-level Fisher as plan criteria, through the reader `moeatlas plan` uses.
         if (s.complete)
             for (const FisherSummaryForm& f : fisher->forms)
                 if (isExpertPlanForm(f.form))
-                    s.scores.emplace(
-                        fisherCriterionName(f.form), fisherExpertScores(*fisher, f.form, atlas.path().string()));
+                    s.scores.emplace(fisherCriterionName(f.form), readAtlasScores(atlas, fisherCriterionName(f.form)));
         s.fisher = std::move(fisher);
         s.fisherUnits = std::make_shared<FisherUnitStore>(atlas.path());
     } catch (const std::exception& e) {
@@ -116,6 +116,8 @@ const AtlasArray* AtlasSnapshot::scoreArray(const std::string& criterion, const 
 
 std::string AtlasSnapshot::scoreSource(const std::string& criterion) const
 {
+    if (const auto it = scores.find(criterion); it != scores.end() && !it->second.source.empty())
+        return it->second.source;
     if (fisher && !scoreGroups.count(criterion) && criterion.rfind("fisher_", 0) == 0)
         return "/fisher/" + criterion.substr(7) + "/experts";
     return "/scores/" + criterion;

@@ -20,32 +20,7 @@ std::string fisherCriterionName(const std::string& form)
 
 bool isExpertPlanForm(const std::string& form)
 {
-    return form == "mask" || form == "weight" || form == "grad_abs";
-}
-
-AtlasScores fisherExpertScores(const FisherSummary& s, const std::string& form, const std::string& atlasPath)
-{
-    const FisherSummaryForm* f = s.find(form);
-    if (!f || f->rows != static_cast<int64_t>(s.domains.size()))
-        throw InputError(atlasPath + ": /fisher/" + form + ": no per-domain expert scores");
-    const std::size_t L = s.layers.size();
-    const auto E = static_cast<std::size_t>(s.numExperts);
-    AtlasScores out;
-    out.atlasPath = atlasPath;
-    for (std::size_t r = 0; r < s.domains.size(); ++r) {
-        ScoreTable t;
-        t.criterion = fisherCriterionName(form);
-        t.domain = s.domains[r];
-        t.layers = s.layers;
-        t.numExperts = static_cast<int>(E);
-        t.tokenCount = static_cast<double>(s.tokens[r]);
-        for (std::size_t l = 0; l < L; ++l) {
-            const auto first = f->experts.begin() + static_cast<std::ptrdiff_t>((r * L + l) * E);
-            t.values.emplace_back(first, first + static_cast<std::ptrdiff_t>(E));
-        }
-        (r + 1 == s.domains.size() ? out.pooled : out.domains.emplace_back()) = std::move(t);
-    }
-    return out;
+    return !fisherExpertForm("fisher_" + form).empty();
 }
 
 std::vector<ConcentrationCurve> concentrationCurves(const FisherSummary& s, const std::string& form, int layer)

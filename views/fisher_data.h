@@ -1,5 +1,5 @@
-// The atlas's Fisher-MoE tables (/fisher, core/fisher) as the workbench uses them: expert-level
-// scores for plans, unit scores for dimension plans, and the chart data, as plain values; no Qt.
+// The atlas's Fisher-MoE tables (/fisher, core/fisher) as the workbench uses them: names of the
+// forms as plan criteria, unit scores for dimension plans, and the chart data, as plain values; no Qt.
 #pragma once
 
 #include "fisher/fisher_ablation.h"
@@ -21,14 +21,9 @@ std::string fisherQuantityName(const std::string& form);
 // Criterion of a form in a plan (DimPruning::criterion): fisher_mask, fisher_weight,
 // fisher_grad_abs, activation, magnitude.
 std::string fisherCriterionName(const std::string& form);
-// The gradient forms (mask, weight, grad_abs) are the ones an expert plan can rank by: activation
-// is a mean over the tokens routed to the expert (blind to how often it is routed) and magnitude
-// has no domain axis.
+// The gradient forms (mask, weight, grad_abs) are the ones an expert plan can rank by
+// (plan/atlas_scores.h fisherExpertForm; readAtlasScores reads them as `moeatlas plan` does).
 bool isExpertPlanForm(const std::string& form);
-
-// A form's expert-level sums as plan-ready tables: one ScoreTable per Fisher domain (tokenCount =
-// its Fisher tokens) and the pooled row. Criterion fisherCriterionName(form).
-AtlasScores fisherExpertScores(const FisherSummary& summary, const std::string& form, const std::string& atlasPath);
 
 // Concentration chart: share of a row's Fisher mass in its top fraction of units, one curve per
 // row (the run's domains, then "pooled"; magnitude: one curve "magnitude").

@@ -679,6 +679,12 @@ void AtlasFile::writeResults(const std::string& group, const AtlasResults& resul
 
 std::optional<AtlasResults> AtlasFile::readResults(const std::string& group) const
 {
+    return readResults(group, {});
+}
+
+std::optional<AtlasResults> AtlasFile::readResults(
+    const std::string& group, const std::vector<std::string>& arrays) const
+{
     Lock lock(h5::libraryMutex());
     AtlasState& impl = checked(m_impl);
     impl.requireOpen();
@@ -702,6 +708,8 @@ std::optional<AtlasResults> AtlasFile::readResults(const std::string& group) con
         },
         &names);
     for (const std::string& name : names) {
+        if (!arrays.empty() && std::find(arrays.begin(), arrays.end(), name) == arrays.end())
+            continue;
         h5::Dataset d = h5::openDataset(g.id(), name);
         AtlasArray a;
         a.name = name;

@@ -168,6 +168,9 @@ public:
     void writeResults(const std::string& group, const AtlasResults& results);
     // The results stored under `group`; empty optional when the group does not exist.
     std::optional<AtlasResults> readResults(const std::string& group) const;
+    // The same with only the datasets named in `arrays` (absent ones are skipped; empty: all), so
+    // one small array of a large group (/fisher/<form>/experts next to its units) is read alone.
+    std::optional<AtlasResults> readResults(const std::string& group, const std::vector<std::string>& arrays) const;
     // Names of the subgroups of `group` (e.g. the criteria under "scores"); empty when absent.
     std::vector<std::string> resultGroups(const std::string& group) const;
     // Flushes, closes and atomically renames the updated copy over the original path.

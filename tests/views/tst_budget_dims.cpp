@@ -65,6 +65,8 @@ private Q_SLOTS:
     void savedPlanHasDims();
     void savedPlanEqualsCli_data();
     void savedPlanEqualsCli();
+    void savedFisherExpertPlanEqualsCli_data();
+    void savedFisherExpertPlanEqualsCli();
     void customWeightsRefusedWithDims();
     void latestSliderPositionWins();
     void targetsGiveWayToDims();
@@ -289,6 +291,52 @@ void TstBudgetDims::savedPlanEqualsCli()
     QString error;
     QVERIFY2(panel.savePlan(guiPlan, &error), qPrintable(error));
     QCOMPARE(readJson(guiPlan).dump(2), readJson(cliPlan).dump(2));
+}
+
+void TstBudgetDims::savedFisherExpertPlanEqualsCli_data()
+{
+    QTest::addColumn<QString>("criterion");
+    QTest::addColumn<QString>("domain");
+    QTest::addColumn<int>("percent"); // routed experts dropped
+    QTest::newRow("fisher_mask math 50%") << "fisher_mask"
+                                          << "math" << 50;
+    QTest::newRow("fisher_mask generalist 25%") << "fisher_mask" << QString() << 25;
+    QTest::newRow("fisher_grad_abs code 75%") << "fisher_grad_abs"
+                                              << "code" << 75;
+    QTest::newRow("fisher_weight generalist 50%") << "fisher_weight" << QString() << 50;
+}
+
+void TstBudgetDims::savedFisherExpertPlanEqualsCli()
+{
+    // Save plan… with an expert-level Fisher criterion writes the bytes of `moeatlas plan --atlas A
+    // --criterion fisher_<form> (--domain D | --generalist) --keep-fraction K`.
+    QFETCH(QString, criterion);
+    QFETCH(QString, domain);
+    QFETCH(int, percent);
+    const QString cliPlan = m_dir.filePath(QStringLiteral("cli.fisher.plan.json"));
+    QStringList args { QStringLiteral("plan"), QStringLiteral("--atlas"), m_atlas, QStringLiteral("--criterion"),
+        criterion, QStringLiteral("--keep-fraction"), QString::number(1.0 - percent / 100.0), QStringLiteral("-o"),
+        cliPlan };
+    args << (domain.isEmpty() ? QStringList { QStringLiteral("--generalist") }
+                              : QStringList { QStringLiteral("--domain"), domain });
+    const test::ProcessResult r = test::runCli(args);
+    QVERIFY2(r.exitCode == 0, qPrintable(r.stdErr));
+
+    BudgetPanel panel;
+    panel.setSnapshot(m_snapshot);
+    panel.setCriterion(criterion);
+    QCOMPARE(panel.criterion(), criterion);
+    panel.setTargetDomain(domain);
+    panel.setSparsityPercent(percent);
+    QVERIFY(panel.plan() && !panel.plan()->hasDims());
+    const QString guiPlan = m_dir.filePath(QStringLiteral("gui.fisher.plan.json"));
+    QString error;
+    QVERIFY2(panel.savePlan(guiPlan, &error), qPrintable(error));
+    QFile gui(guiPlan), cli(cliPlan);
+    QVERIFY(gui.open(QIODevice::ReadOnly) && cli.open(QIODevice::ReadOnly));
+    const QByteArray bytes = gui.readAll();
+    QVERIFY(bytes.contains(":/fisher/"));
+    QCOMPARE(bytes, cli.readAll());
 }
 
 void TstBudgetDims::customWeightsRefusedWithDims()

@@ -365,11 +365,6 @@ void TstFisherViews::chartDataFunctions()
     QVERIFY(concentrationCurves(s, "weight", -1).empty());
     QVERIFY(concentrationCurves(s, "mask", 2).empty());
 
-    const AtlasScores scores = fisherExpertScores(s, "mask", "x.atlas.h5");
-    QCOMPARE(scores.domains.size(), std::size_t(1));
-    QCOMPARE(scores.domains[0].criterion, std::string("fisher_mask"));
-    QCOMPARE(scores.domains[0].values, (std::vector<std::vector<double>> { { 1 }, { 2 } }));
-    QCOMPARE(scores.pooled.values, (std::vector<std::vector<double>> { { 3 }, { 4 } }));
     QCOMPARE(fisherCriterionName("activation"), std::string("activation"));
     QCOMPARE(fisherCriterionName("grad_abs"), std::string("fisher_grad_abs"));
     QVERIFY(isExpertPlanForm("weight") && !isExpertPlanForm("activation") && !isExpertPlanForm("magnitude"));
