@@ -45,28 +45,6 @@ struct EvalArgs {
     bool resident = false;
 };
 
-// The first `perDomain` sequences of every domain (all when perDomain <= 0).
-EvalTokens firstSequences(const EvalTokens& all, int64_t perDomain)
-{
-    if (perDomain <= 0)
-        return all;
-    EvalTokens out;
-    out.domains = all.domains;
-    out.source = all.source + " (first " + std::to_string(perDomain) + " sequences per domain)";
-    out.seqOffsets.push_back(0);
-    std::vector<int64_t> taken(all.domains.size(), 0);
-    for (std::size_t i = 0; i < all.seqDomain.size(); ++i) {
-        const int d = all.seqDomain[i];
-        if (taken[static_cast<std::size_t>(d)]++ >= perDomain)
-            continue;
-        out.tokens.insert(
-            out.tokens.end(), all.tokens.begin() + all.seqOffsets[i], all.tokens.begin() + all.seqOffsets[i + 1]);
-        out.seqOffsets.push_back(static_cast<int64_t>(out.tokens.size()));
-        out.seqDomain.push_back(d);
-    }
-    return out;
-}
-
 void printTable(const EvalTable& t)
 {
     std::size_t width = 8;
@@ -125,7 +103,7 @@ int runEval(const EvalArgs& a)
         applyCalibrationArgs(a.calibration, p);
         tokens = evalTokensFromCalibration(loadCalibration(p, spec.vocabSize));
     } else {
-        tokens = firstSequences(evalTokensFromAtlas(*atlas), a.calibration.maxSamples);
+        tokens = firstSequencesPerDomain(evalTokensFromAtlas(*atlas), a.calibration.maxSamples);
     }
 
     std::vector<EvalVariant> variants;

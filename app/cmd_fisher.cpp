@@ -46,28 +46,6 @@ struct FisherArgs {
     uint64_t memoryBudgetMiB = 0;
 };
 
-// The first `perDomain` sequences of every domain (all when perDomain <= 0).
-EvalTokens firstSequences(const EvalTokens& all, int64_t perDomain)
-{
-    if (perDomain <= 0)
-        return all;
-    EvalTokens out;
-    out.domains = all.domains;
-    out.source = all.source + " (first " + std::to_string(perDomain) + " sequences per domain)";
-    out.seqOffsets.push_back(0);
-    std::vector<int64_t> taken(all.domains.size(), 0);
-    for (std::size_t i = 0; i < all.seqDomain.size(); ++i) {
-        const int d = all.seqDomain[i];
-        if (taken[static_cast<std::size_t>(d)]++ >= perDomain)
-            continue;
-        out.tokens.insert(
-            out.tokens.end(), all.tokens.begin() + all.seqOffsets[i], all.tokens.begin() + all.seqOffsets[i + 1]);
-        out.seqOffsets.push_back(static_cast<int64_t>(out.tokens.size()));
-        out.seqDomain.push_back(d);
-    }
-    return out;
-}
-
 FisherOptions fisherOptions(const FisherArgs& a)
 {
     FisherOptions o;
@@ -227,7 +205,7 @@ int runFisher(const FisherArgs& a)
         applyCalibrationArgs(a.calibration, p);
         tokens = evalTokensFromCalibration(loadCalibration(p, spec.vocabSize));
     } else {
-        tokens = firstSequences(evalTokensFromAtlas(*atlas), a.calibration.maxSamples);
+        tokens = firstSequencesPerDomain(evalTokensFromAtlas(*atlas), a.calibration.maxSamples);
     }
     // The ablation names a domain's ranking after the domain (refused here, before the long computation).
     if (ablate)
@@ -296,8 +274,8 @@ int runFisher(const FisherArgs& a)
         executor.threads = a.threads;
         try {
             result = runFisherAblation(
-                ckpt, spec, executor, ablationTokens, tables, ablation, [&](const Progress& p) { return bar.update(p); },
-                &stop);
+                ckpt, spec, executor, ablationTokens, tables, ablation,
+                [&](const Progress& p) { return bar.update(p); }, &stop);
         } catch (const Cancelled&) {
             bar.finish("ablation interrupted: the atlas is unchanged");
             return 130;

@@ -91,6 +91,27 @@ EvalTokens evalTokensFromAtlas(const AtlasFile& atlas)
     return t;
 }
 
+EvalTokens firstSequencesPerDomain(const EvalTokens& all, int64_t perDomain)
+{
+    if (perDomain <= 0)
+        return all;
+    EvalTokens out;
+    out.domains = all.domains;
+    out.source = all.source + " (first " + std::to_string(perDomain) + " sequences per domain)";
+    out.seqOffsets.push_back(0);
+    std::vector<int64_t> taken(all.domains.size(), 0);
+    for (std::size_t i = 0; i < all.seqDomain.size(); ++i) {
+        const int d = all.seqDomain[i];
+        if (taken[static_cast<std::size_t>(d)]++ >= perDomain)
+            continue;
+        out.tokens.insert(
+            out.tokens.end(), all.tokens.begin() + all.seqOffsets[i], all.tokens.begin() + all.seqOffsets[i + 1]);
+        out.seqOffsets.push_back(static_cast<int64_t>(out.tokens.size()));
+        out.seqDomain.push_back(d);
+    }
+    return out;
+}
+
 EvalTokens evalTokensFromCalibration(const CalibrationSet& calibration)
 {
     EvalTokens t;
@@ -270,8 +291,8 @@ EvalTable evaluateVariants(const Checkpoint& checkpoint, const ModelSpec& spec, 
     Executor executor(checkpoint, spec, fixedBudget);
     const int64_t T = static_cast<int64_t>(tokens.tokens.size());
     // Dimension plans hold one layer's experts sliced next to the layer itself.
-    const bool dims = std::any_of(
-        variants.begin(), variants.end(), [](const EvalVariant& v) { return !v.mask.units.empty(); });
+    const bool dims
+        = std::any_of(variants.begin(), variants.end(), [](const EvalVariant& v) { return !v.mask.units.empty(); });
     const int fit = executor.variantsThatFit(T, longestSequence(tokens.seqOffsets), false, dims);
     if (fit == 0)
         throw InputError("memory plan: one evaluation of " + std::to_string(T) + " tokens needs about "

@@ -46,6 +46,8 @@ struct EvalTokens {
 EvalTokens evalTokensFromAtlas(const AtlasFile& atlas);
 // Packed calibration sets (held-out text, e.g. from loadCalibration in runtime/capture.h).
 EvalTokens evalTokensFromCalibration(const CalibrationSet& calibration);
+// The first `perDomain` sequences of every domain, in order (all when perDomain <= 0).
+EvalTokens firstSequencesPerDomain(const EvalTokens& all, int64_t perDomain);
 
 // The unpruned model.
 EvalVariant fullVariant(const ModelSpec& spec);
