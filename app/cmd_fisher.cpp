@@ -253,7 +253,7 @@ int runFisher(const FisherArgs& a)
     FisherTables tables;
     std::optional<FisherAblation> result;
     {
-        ProgressBar bar("fisher", "samples");
+        ProgressBar bar("fisher", "steps");
         try {
             tables = computeFisherTables(
                 ckpt, spec, tokens, options, info, [&](const Progress& p) { return bar.update(p); }, &stop);

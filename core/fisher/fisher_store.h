@@ -1,4 +1,4 @@
-// Fisher-MoE tables in the atlas (docs/atlas-format.md, "Fisher scores"): per-domain and pooled
+// Fisher-MoE tables in the atlas (docs/atlas-format.md, "Fisher tables"): per-domain and pooled
 // per-unit scores of the routed experts' intermediate units (runtime/fisher.h computes them),
 // expert-level sums, sample and token counts, and the concentration statistics (share of the Fisher
 // mass held by the top 0.001% ... 1% of units). Public API: no LibTorch, no HDF5 types.
@@ -79,7 +79,7 @@ struct FisherRunInfo {
 };
 
 // Fisher over a token set, one sample group per domain (every domain needs a sequence), as tables
-// with params. Progress units: samples; Cancelled propagates.
+// with params. Progress units: computeFisher's (samples resident, sequence steps streaming); Cancelled propagates.
 FisherTables computeFisherTables(const Checkpoint& checkpoint, const ModelSpec& spec, const EvalTokens& tokens,
     const FisherOptions& options, const FisherRunInfo& info, const ProgressFn& progress = {},
     const StopToken* stop = nullptr);

@@ -472,6 +472,11 @@ Plan planFromJson(const nlohmann::json& doc, const std::string& source)
         for (const auto& l : doc.at("layers")) {
             p.layers.push_back(l.at("layer").get<int>());
             std::vector<int> k = l.at("keep").get<std::vector<int>>();
+            // Dimension pruning lists units per kept expert in keep order: an unsorted list would
+            // attach them to the wrong experts once sorted.
+            if (doc.contains("dims") && !std::is_sorted(k.begin(), k.end()))
+                throw InputError(source + ": layer " + std::to_string(p.layers.back())
+                    + ": keep must be sorted in a plan with dims (its units follow the keep order)");
             std::sort(k.begin(), k.end());
             if (std::adjacent_find(k.begin(), k.end()) != k.end())
                 throw InputError(source + ": layer " + std::to_string(p.layers.back()) + " keeps an expert twice");

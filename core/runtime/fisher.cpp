@@ -143,8 +143,11 @@ void addSample(LayerState& s, int g)
     const RaggedExperts& r = s.leaves;
     for (std::size_t e = 0; e < r.gateUp.size(); ++e) {
         // An expert the sample does not route to has no gradient: it adds 0.
-        if (!r.gateUp[e].grad().defined() || !r.down[e].grad().defined())
+        if (!r.gateUp[e].grad().defined() || !r.down[e].grad().defined()) {
+            clearGrad(r.gateUp[e]);
+            clearGrad(r.down[e]);
             continue;
+        }
         const int64_t I = r.widths[e], H = r.down[e].size(0);
         const at::Tensor gu = r.gateUp[e].grad().to(at::kDouble); // [2I, H], gate rows first
         const at::Tensor gd = r.down[e].grad().to(at::kDouble); // [H, I]
@@ -579,17 +582,10 @@ FisherResult computeFisher(const Checkpoint& checkpoint, const ModelSpec& spec, 
     } restoreAten { atenThreads };
     // Autograd allocates and frees many large temporaries per sample; served by mmap/munmap they cost
     // page faults every time (measured: over a third of the pass in the kernel). Kept in the heap they
-    // are reused; the streaming mode still returns memory after each layer (malloc_trim).
+    // are reused. Process-wide and left so: glibc cannot return to its self-adjusting thresholds once
+    // they are set, and the streaming code (and the executor) trims explicitly after each layer.
     ::mallopt(M_MMAP_THRESHOLD, 256 << 20);
     ::mallopt(M_TRIM_THRESHOLD, 512 << 20);
-    struct RestoreMalloc {
-        ~RestoreMalloc()
-        {
-            ::mallopt(M_MMAP_THRESHOLD, 128 << 10);
-            ::mallopt(M_TRIM_THRESHOLD, 128 << 10);
-            ::malloc_trim(0);
-        }
-    } restoreMalloc;
 
     FisherRun run(spec, tokens, seqOffsets, std::move(group), G, options, progress, stop);
     std::map<int, at::Tensor> magnitude;

@@ -219,31 +219,34 @@ FisherPlan planFisher(const Checkpoint& checkpoint, const ModelSpec& spec, std::
     plan.mode = FisherMode::Streaming;
     const std::string scratch = scratchDirectory(options);
     const uint64_t savedLayers = static_cast<uint64_t>(in.layers - in.firstMoe);
-    const auto spillFits
+    const auto spillBytes
         = [&](int64_t tokens) { return savedLayers * static_cast<uint64_t>(tokens) * in.streamBytesPerToken; };
     int64_t chunk = options.chunkTokens > 0 ? std::max(options.chunkTokens, longest) : T;
     chunk = std::min(chunk, T);
     if (fits(streamingPeak(in, chunk, false, longest))) {
         plan.spill = false;
     } else if (fits(streamingPeak(in, chunk, true, longest))) {
+        // A scratch directory the user named must exist; the default one ($TMPDIR, /tmp) may be missing,
+        // and then the samples are split into chunks that fit in memory instead.
         std::error_code ec;
-        if (!std::filesystem::is_directory(scratch, ec))
-            throw InputError("--scratch-dir " + scratch + ": not a directory (the saved layer inputs of "
-                + formatBytes(spillFits(chunk)) + " do not fit in memory)");
-        if (freeDiskBytes(scratch) >= spillFits(chunk) + (uint64_t { 64 } << 20)) {
+        const bool isDir = std::filesystem::is_directory(scratch, ec);
+        if (!isDir && !options.scratchDir.empty())
+            throw InputError("scratch directory " + scratch + ": not a directory (the saved layer inputs of "
+                + formatBytes(spillBytes(chunk)) + " do not fit in memory)");
+        if (isDir && freeDiskBytes(scratch) >= spillBytes(chunk) + (uint64_t { 64 } << 20)) {
             plan.spill = true;
-            plan.spillBytes = spillFits(chunk);
+            plan.spillBytes = spillBytes(chunk);
         }
     }
     if (!plan.spill && !fits(streamingPeak(in, chunk, false, longest))) {
-        // Smaller chunks held in RAM: each loads every layer twice.
+        // Smaller chunks held in RAM: each reads every layer from the first MoE layer up twice.
         if (options.chunkTokens > 0 || !fits(streamingPeak(in, longest, false, longest))) {
             const uint64_t need = streamingPeak(in, options.chunkTokens > 0 ? chunk : longest, false, longest);
             throw InputError("fisher memory plan: streaming needs about " + formatBytes(need)
                 + " (one layer in fp32 with its gradients, one sequence's activations and the saved layer inputs of "
                 + std::to_string(options.chunkTokens > 0 ? chunk : longest) + " tokens) but only "
-                + formatBytes(in.budget) + " are available, and " + scratch
-                + " has no room to spill them; lower --seq-len or free memory");
+                + formatBytes(in.budget) + " are available, and the saved inputs cannot go to a scratch file in "
+                + scratch + " (no such directory, no room, or not even that fits); lower --seq-len or free memory");
         }
         const uint64_t perToken = (savedLayers + 1) * in.streamBytesPerToken;
         const uint64_t base = streamingPeak(in, 0, false, longest);

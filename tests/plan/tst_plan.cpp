@@ -392,6 +392,16 @@ private Q_SLOTS:
         QVERIFY(!planFromJson(old, "old.json").hasDims());
         QVERIFY(!planToJson(planFromJson(old, "old.json")).contains("dims"));
 
+        // With dims, the units follow the keep order: an unsorted keep list is refused, not re-sorted.
+        nlohmann::json unsorted = j;
+        auto& keep = unsorted["layers"][0]["keep"];
+        std::reverse(keep.begin(), keep.end());
+        QVERIFY(inputErrorOf([&] {
+            planFromJson(unsorted, "plan.json");
+        }).contains(QStringLiteral("keep must be sorted in a plan with dims")));
+        unsorted.erase("dims");
+        QCOMPARE(planFromJson(unsorted, "plan.json").keep, planFromJson(old, "plan.json").keep);
+
         const auto errorOf = [&](const std::function<void(nlohmann::json&)>& edit) {
             nlohmann::json bad = j;
             edit(bad["dims"]);
