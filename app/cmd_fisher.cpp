@@ -207,12 +207,8 @@ int runFisher(const FisherArgs& a)
     } else {
         tokens = firstSequencesPerDomain(evalTokensFromAtlas(*atlas), a.calibration.maxSamples);
     }
-    // The ablation names a domain's ranking after the domain (refused here, before the long computation).
     if (ablate)
-        for (const std::string& d : tokens.domains)
-            if (d == "full" || d == "random")
-                throw InputError(tokens.source + ": domain name '" + d
-                    + "' is reserved for a variant of the ablation; rename the domain or give --ablate none");
+        checkAblationDomains(tokens.domains, tokens.source);
     // The memory plan is checked (and printed) before the long computation.
     const FisherPlan plan = planFisher(ckpt, spec, tokens.seqOffsets, tokens.seqDomain, options);
     std::fprintf(stderr, "fisher: %s mode, planned peak %s of %s%s\n", fisherModeName(plan.mode),

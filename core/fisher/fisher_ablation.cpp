@@ -76,6 +76,15 @@ std::vector<int64_t> ablationCounts(std::vector<int64_t> counts, int64_t totalUn
     return counts;
 }
 
+void checkAblationDomains(const std::vector<std::string>& domains, const std::string& source)
+{
+    for (const std::string& d : domains)
+        if (d == "full" || d == "random")
+            throw InputError(source + ": domain name '" + d
+                + "' is reserved for a variant of the ablation; rename the domain or skip the ablation (moeatlas "
+                  "fisher --ablate none)");
+}
+
 std::vector<AblationVariant> ablationVariants(const FisherTables& tables, const FisherAblationOptions& options)
 {
     const FisherFormTable* form = tables.find(options.form);
@@ -85,12 +94,9 @@ std::vector<AblationVariant> ablationVariants(const FisherTables& tables, const 
     const std::span<const double> all(form->units);
     std::vector<AblationVariant> out { AblationVariant { "full", 0, {} } };
     const std::size_t pooled = tables.domains.size() - 1;
-    // A domain's ranking is named after it: "full" and "random" would be taken for those variants.
     if (options.perDomain)
-        for (std::size_t d = 0; d < pooled; ++d)
-            if (tables.domains[d] == "full" || tables.domains[d] == "random")
-                throw InputError("ablation: domain name '" + tables.domains[d]
-                    + "' is reserved for a variant of the ablation; rename the domain");
+        checkAblationDomains(
+            { tables.domains.begin(), tables.domains.begin() + static_cast<std::ptrdiff_t>(pooled) }, "ablation");
     for (const int64_t n : ablationCounts(options.counts, total)) {
         if (n == 0)
             continue;

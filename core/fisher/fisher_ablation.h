@@ -51,6 +51,10 @@ std::vector<int64_t> randomUnits(int64_t total, int64_t n, uint64_t seed);
 ExpertMask removalMask(const std::string& name, std::span<const int> layers, int64_t numExperts, int64_t intermediate,
     std::span<const int64_t> units);
 
+// Refuses domain names the ablation reserves for its variants ("full", "random": a domain's ranking is
+// named after the domain), naming `source`; call it before the Fisher pass so no work is thrown away.
+void checkAblationDomains(const std::vector<std::string>& domains, const std::string& source);
+
 // The counts sorted, duplicates dropped, clipped to `totalUnits`, 0 first (always present).
 // Throws InputError for a negative count.
 std::vector<int64_t> ablationCounts(std::vector<int64_t> counts, int64_t totalUnits);

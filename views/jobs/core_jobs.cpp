@@ -131,6 +131,8 @@ Job fisherJob(FisherJobParams params)
         const ModelSpec spec = parseModelSpec(ckpt.config(), configPath);
         const EvalTokens tokens = evalTokensFromAtlas(*atlas);
 
+        if (params.ablate)
+            checkAblationDomains(tokens.domains, tokens.source); // before the pass, not after it
         FisherRunInfo info;
         info.tokenSource = tokens.source;
         info.checkpoint = ckpt.dir().string();
