@@ -2,6 +2,7 @@
 // one registration and one translation into CaptureParams, so both commands read data the same way.
 #pragma once
 
+#include "eval/eval.h"
 #include "runtime/capture.h"
 #include "util/error.h"
 
@@ -63,6 +64,22 @@ inline void applyCalibrationArgs(const CalibrationArgs& a, CaptureParams& p)
         throw InputError("--text-field: the field name is empty");
     p.text.textField = a.textField;
     p.text.wholeFile = a.wholeFile;
+}
+
+// The tokens a command evaluates: the --domain sets when given, else the atlas's calibration tokens
+// (the first --max-samples sequences of each domain).
+inline EvalTokens evaluationTokens(
+    const CalibrationArgs& a, const Checkpoint& ckpt, const ModelSpec& spec, const AtlasFile* atlas)
+{
+    if (!a.domains.empty()) {
+        CaptureParams p;
+        p.checkpoint = ckpt.dir();
+        applyCalibrationArgs(a, p);
+        return evalTokensFromCalibration(loadCalibration(p, spec.vocabSize));
+    }
+    if (!atlas)
+        throw InputError("give --domain sets or an atlas whose calibration tokens to use");
+    return firstSequencesPerDomain(evalTokensFromAtlas(*atlas), a.maxSamples);
 }
 
 } // namespace moeatlas::cli

@@ -96,15 +96,7 @@ int runEval(const EvalArgs& a)
         throw InputError(configPath + ": not the config.json " + a.atlas + " was captured from");
     const ModelSpec spec = parseModelSpec(ckpt.config(), configPath);
 
-    EvalTokens tokens;
-    if (!a.calibration.domains.empty()) {
-        CaptureParams p;
-        p.checkpoint = ckpt.dir();
-        applyCalibrationArgs(a.calibration, p);
-        tokens = evalTokensFromCalibration(loadCalibration(p, spec.vocabSize));
-    } else {
-        tokens = firstSequencesPerDomain(evalTokensFromAtlas(*atlas), a.calibration.maxSamples);
-    }
+    const EvalTokens tokens = evaluationTokens(a.calibration, ckpt, spec, atlas ? &*atlas : nullptr);
 
     std::vector<EvalVariant> variants;
     if (!a.noFull)

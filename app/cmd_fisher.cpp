@@ -198,15 +198,7 @@ int runFisher(const FisherArgs& a)
             + configSha.substr(0, 12) + "..., the atlas has " + atlas->model().configSha256.substr(0, 12) + "...)");
     const ModelSpec spec = parseModelSpec(ckpt.config(), configPath);
 
-    EvalTokens tokens;
-    if (!a.calibration.domains.empty()) {
-        CaptureParams p;
-        p.checkpoint = ckpt.dir();
-        applyCalibrationArgs(a.calibration, p);
-        tokens = evalTokensFromCalibration(loadCalibration(p, spec.vocabSize));
-    } else {
-        tokens = firstSequencesPerDomain(evalTokensFromAtlas(*atlas), a.calibration.maxSamples);
-    }
+    const EvalTokens tokens = evaluationTokens(a.calibration, ckpt, spec, atlas ? &*atlas : nullptr);
     if (ablate)
         checkAblationDomains(tokens.domains, tokens.source);
     // The memory plan is checked (and printed) before the long computation.
