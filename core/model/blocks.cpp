@@ -27,8 +27,12 @@ namespace {
 // OpenBLAS' own pthreads spin after every GEMM and, on a small machine, take the cores that ATen's
 // OpenMP workers need between GEMMs -- the blocks split their matrix products themselves: experts,
 // sequences or heads, and row blocks of the projections are tasks that ATen's threads pull one at a
-// time. Each task runs the same single-threaded GEMM and element-wise ops on its subset, so every
-// output element is computed exactly as on the other path.
+// time. Each task runs the same single-threaded GEMM and element-wise ops on its subset. Experts,
+// sequences and heads are GEMMs of the other path's shapes, so their outputs are the same numbers; a row
+// block of a projection is a GEMM of fewer rows, which OpenBLAS may block, and so sum, differently from
+// the whole (it does under some of its CPU-specific kernels, e.g. Haswell/Zen), so there the two paths
+// agree up to the order of fp32 sums: bit for bit only where the kernel sums a row the same way
+// whatever the row count (measured so on one AVX-512 machine, docs/performance.md).
 
 // OpenBLAS' own thread count when OpenBLAS is the BLAS in this process, else 0.
 int openblasThreads()

@@ -66,7 +66,8 @@ struct ExecutionResult {
 
 // A model variant for evaluation: the routed experts each MoE layer keeps. The router of a masked
 // layer gives the dropped experts -inf before its softmax, so it renormalises over the kept ones
-// exactly as the router of the pruned (exported) checkpoint does.
+// exactly as the router of the pruned (exported) checkpoint does (the same function; computed with
+// other GEMM shapes, the two agree up to the order of fp32 sums).
 struct ExpertMask {
     std::string name;
     std::map<int, std::vector<int>> keep; // decoder layer -> kept expert ids; absent layers keep all

@@ -452,8 +452,9 @@ void releaseLayer(LayerWeights& w)
 // Per chunk of samples: forward layer by layer saving every MoE-side layer input, the loss and its
 // gradient at the head, then the layers in reverse, each reloaded and recomputed from its saved input
 // with autograd, back-propagating the stream's gradient one layer at a time. Every per-sample
-// gradient is the one the resident mode computes (same operations on the same values), added in the
-// same sample order, so the two modes agree bit for bit.
+// gradient is the one the resident mode computes (same operations on the same values and shapes), added
+// in the same sample order, so the two modes agree bit for bit when run by the same binary on the same
+// machine with the same thread count (the same OpenBLAS and ATen kernels).
 uint64_t runStreaming(const Checkpoint& checkpoint, const ModelSpec& spec, const FisherPlan& plan,
     const std::vector<std::pair<int64_t, int64_t>>& chunks, const std::string& scratchDir, FisherRun& run,
     std::map<int, at::Tensor>& magnitude)

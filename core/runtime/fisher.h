@@ -109,7 +109,9 @@ FisherPlan planFisher(const Checkpoint& checkpoint, const ModelSpec& spec, std::
 // input ids; loss = mean next-token cross-entropy over the sequence, as transformers computes it),
 // in fp32 on the CPU, and back-propagates into per-unit masks and/or the routed-expert weights only
 // (router, attention, shared experts and embeddings stay frozen, but gradients flow through them).
-// Resident and streaming modes give the same numbers, bit for bit. An expert a sample does not
+// Resident and streaming modes give the same numbers, bit for bit, in one process with the same thread
+// count (the same operations on the same per-sample shapes and kernels; on another CPU, OpenBLAS' and
+// ATen's kernels may change the last bits of either mode's numbers alike). An expert a sample does not
 // route to contributes 0 for that sample, which still counts in N. sampleGroup (empty = every
 // sample in group 0) gives each sequence's group in [0, G); G = 1 + the largest group id, and every
 // group must hold a sample. Throws InputError for sequences shorter than 2 tokens, bad offsets or

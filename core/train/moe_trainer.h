@@ -52,7 +52,7 @@ struct TrainOptions {
     double clipNorm = 1.0; // global gradient norm
     double auxLossCoef = 0.01; // Switch/Mixtral load-balancing loss
     uint64_t seed = 1;
-    int threads = 1; // intra-op threads; 1 makes the run bitwise reproducible
+    int threads = 1; // intra-op threads; 1 makes the run bitwise reproducible on one machine and LibTorch build
     DType saveDtype = DType::BF16; // F32 or BF16
     int heldoutSequences = 64; // per domain at most, for the final held-out loss
 };

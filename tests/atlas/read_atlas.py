@@ -4,7 +4,10 @@ checks every path, dtype, shape, attribute and value. Exits non-zero on the firs
 
 The expected values are the formulas of tests/atlas/atlas_test_data.h, recomputed here with
 numpy float32 arithmetic (identical IEEE operations, so fp32 values compare bit for bit and
-fp16 values against numpy's own float32 -> float16 rounding).
+fp16 values against numpy's own float32 -> float16 rounding). That holds on any CPU as long as the
+C++ side evaluates each multiply and add separately: no BLAS or vector library is involved, and the
+x86-64 baseline the project builds for has no fused multiply-add for the compiler to contract
+`m * 0.0137f - 6.9f` into (a build with -march=native/-mfma would need -ffp-contract=off).
 
 usage: read_atlas.py --full ATLAS --half ATLAS --partial ATLAS.partial
 """

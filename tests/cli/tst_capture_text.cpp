@@ -101,6 +101,8 @@ private Q_SLOTS:
         const auto fromIds = test::runCli(idsArgs);
         QVERIFY2(fromIds.exitCode == 0, qPrintable(report(fromIds)));
 
+        // Exact: two runs of this binary on this machine with the same options (LibTorch's default thread
+        // count in both) on the same tokens: the same operations on the same shapes in the same order.
         const AtlasFile text = AtlasFile::openReadOnly(textAtlas.toStdString());
         const AtlasFile ids = AtlasFile::openReadOnly(idsAtlas.toStdString());
         QVERIFY(text.isComplete() && ids.isComplete());

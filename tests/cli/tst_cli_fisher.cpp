@@ -16,6 +16,7 @@
 #include "runtime/capture.h"
 #include "runtime/executor.h"
 #include "runtime/fisher.h"
+#include "test_io.h"
 #include "test_support.h"
 
 #include <nlohmann/json.hpp>
@@ -205,7 +206,11 @@ class TstCliFisher : public QObject {
     }
     QString m_residentStdout;
 
-    // /fisher of `atlas` against computeFisher on `set` (grouped, and ungrouped for the pooled row).
+    // /fisher of `atlas` against computeFisher on `set` (grouped, and ungrouped for the pooled row). The
+    // CLI (--threads 1) and computeFisher here (threads 1) run the same per-sample operations on the same
+    // shapes on this machine, so the per-sample gradients are the same numbers; only float64 sums and
+    // means (the pooled row is the sample-weighted mean of the domain rows) may run in another order,
+    // hence 1e-12 relative; shares lie in [0, 1], so 1e-12 absolute is relative to their scale.
     void checkTables(const QString& atlasPath, const TokenSet& set, const std::vector<std::string>& forms)
     {
         const Checkpoint ckpt(m_model.toStdString());
@@ -383,7 +388,13 @@ class TstCliFisher : public QObject {
         o.maskedUnits = true;
         o.keepWeightsResident = true;
         Executor executor(ckpt, spec, o);
-        const std::vector<VariantOutput> out = executor.evaluate(set.tokens, set.offsets, masks).variants;
+        const std::vector<VariantOutput> out = executor.evaluate(set.tokens, set.offsets, masks, true).variants;
+        // The CLI evaluates the sliced experts, this the full-width masked ones: other GEMM shapes, so the
+        // per-token losses agree up to the order of fp32 sums, within kReorderRtol of the largest |logit|
+        // (test_io.h), and so do their means.
+        double scale = 0;
+        for (const VariantOutput& v : out)
+            scale = std::max(scale, test::maxAbs(v.logits));
         const std::size_t D = set.domains.size();
         const AtlasArray nll = arrayOf(atlas, "fisher/ablation", "nll");
         QCOMPARE(nll.dims, (std::vector<uint64_t> { V, D }));
@@ -402,9 +413,10 @@ class TstCliFisher : public QObject {
                 worst = std::max(worst, std::fabs(nll.values[v * D + d] - sum / n));
                 effect = std::max(effect, std::fabs(nll.values[v * D + d] - nll.values[d]));
             }
-        qInfo("ablation: max |nll - masked evaluation| %.3g over %zu variants; largest change from the full model %.3f",
-            worst, V, effect);
-        QVERIFY(worst <= 1e-4);
+        qInfo("ablation: max |nll - masked evaluation| %.3g (max |logit| %.3g) over %zu variants; largest change "
+              "from the full model %.3f",
+            worst, scale, V, effect);
+        QVERIFY(worst <= test::kReorderRtol * scale);
         QVERIFY(effect > 0.01);
         QCOMPARE(arrayOf(atlas, "fisher/ablation", "tokens").values, predicted);
     }
@@ -483,7 +495,9 @@ private Q_SLOTS:
         QVERIFY(!demo.readResults("fisher"));
     }
 
-    // Streaming in 4 chunks stores the resident run's numbers, bit for bit; --ablate none writes no ablation.
+    // Streaming in 4 chunks stores the resident run's numbers, bit for bit (two runs of this binary on this
+    // machine with --threads 1: the same operations on the same per-sample shapes, runtime/fisher.cpp);
+    // --ablate none writes no ablation.
     void streamingEqualsResident()
     {
         const QString resident = residentAtlas();

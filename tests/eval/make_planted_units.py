@@ -12,7 +12,8 @@ Writes
                              triggers and successors, constants
 and prints one JSON line with transformers' losses (reloaded from DIR/model, eager, fp32): per domain the
 per-sequence calibration losses and the held-out mean NLL of the full model and with that domain's planted
-units removed (their gate/up rows and down column zeroed).
+units removed (their gate/up rows and down column zeroed), and the largest |logit| of the full model on all of
+those tokens ("max_abs_logit", the scale of the losses' float32 rounding).
 
 It is the Fisher-MoE (METHODS.md section 4) planted test: per domain, 4 planted units (2 in layer 0, 2 in
 layer 1) are the only thing that predicts the domain's predictable tokens, yet they have small activations
@@ -206,6 +207,11 @@ def sequence_losses(model, ids: torch.Tensor) -> list[float]:
     return [float(model(input_ids=ids[i:i + 1], labels=ids[i:i + 1]).loss) for i in range(ids.shape[0])]
 
 
+def max_abs_logit(model, ids: torch.Tensor) -> float:
+    """The largest |logit| on ids: the scale of the losses' float32 rounding (tst_fisher_planted's bar)."""
+    return float(model(input_ids=ids).logits.abs().max())
+
+
 def remove_units(model, units):
     """Zeroes the gate/up rows and the down column of each [layer, expert, unit] (in memory)."""
     for layer, e, j in units:
@@ -258,12 +264,14 @@ def main(argv=None) -> int:
     problems = {k: v for k, v in info.items() if v}
     if problems:
         raise SystemExit(f"loading {mdir}: {problems}")
-    out = {"domains": {}}
+    out = {"domains": {}, "max_abs_logit": 0.0}
     with torch.no_grad():
         for name in DOMAINS:
             held = data["heldout", name]
             out["domains"][name] = {"calib_sequence_loss": sequence_losses(ref, data["calib", name]),
                                     "heldout_nll_full": float(np.mean(sequence_losses(ref, held)))}
+            out["max_abs_logit"] = max(out["max_abs_logit"], max_abs_logit(ref, data["calib", name]),
+                                       max_abs_logit(ref, held))
         for name in DOMAINS:
             remove_units(ref, layout["planted"][name])
             out["domains"][name]["heldout_nll_no_planted"] = float(np.mean(sequence_losses(ref, data["heldout", name])))

@@ -11,6 +11,7 @@
 #include "checkpoint/hf_config.h"
 #include "runtime/executor.h"
 #include "runtime/fisher.h"
+#include "test_io.h"
 #include "test_support.h"
 #include "text/calibration.h"
 
@@ -195,9 +196,13 @@ private Q_SLOTS:
 
     // The planted model is what we think it is: our losses are transformers' (calibration sequences as
     // computeFisher differentiated them; held-out NLL of the full model and without each domain's planted
-    // units, removed here by the unit mask and in transformers by zeroing their weights).
+    // units, removed here by the unit mask and in transformers by zeroing their weights). Two float32
+    // implementations summing in other orders: within kReorderRtol (test_io.h) of the largest |logit|
+    // (make_planted_units.py reports it; ~5.4).
     void lossEqualsTransformers()
     {
+        const double scale = m_reference["max_abs_logit"].get<double>();
+        QVERIFY(scale > 0);
         double worst = 0;
         for (std::size_t d = 0; d < m_domains.size(); ++d) {
             const auto ref = m_reference["domains"][m_domains[d]]["calib_sequence_loss"].get<std::vector<double>>();
@@ -209,8 +214,9 @@ private Q_SLOTS:
                 }
             QCOMPARE(k, ref.size());
         }
-        qInfo("calibration per-sequence loss, computeFisher vs transformers: max abs diff %.2g", worst);
-        QVERIFY(worst <= 1e-4);
+        qInfo("calibration per-sequence loss, computeFisher vs transformers: max abs diff %.2g (max |logit| %.3g)",
+            worst, scale);
+        QVERIFY(worst <= test::kReorderRtol * scale);
 
         std::vector<ExpertMask> variants { ExpertMask { "full", {}, {} } };
         for (std::size_t d = 0; d < m_domains.size(); ++d)
@@ -223,8 +229,8 @@ private Q_SLOTS:
             qInfo("%s held-out NLL: full %.6f (transformers %.6f), planted units removed %.6f (transformers %.6f)",
                 name.c_str(), full, referenceNll(name, "heldout_nll_full"), removed,
                 referenceNll(name, "heldout_nll_no_planted"));
-            QVERIFY(std::fabs(full - referenceNll(name, "heldout_nll_full")) <= 1e-4);
-            QVERIFY(std::fabs(removed - referenceNll(name, "heldout_nll_no_planted")) <= 1e-4);
+            QVERIFY(std::fabs(full - referenceNll(name, "heldout_nll_full")) <= test::kReorderRtol * scale);
+            QVERIFY(std::fabs(removed - referenceNll(name, "heldout_nll_no_planted")) <= test::kReorderRtol * scale);
         }
     }
 

@@ -1,22 +1,29 @@
 #!/usr/bin/env python3
 """Check a MoE Atlas export against its source checkpoint with stock transformers.
 
-Usage: check_export.py --source DIR --export DIR --plan plan.json [--trust-remote-code] [--tol 1e-4]
+Usage: check_export.py --source DIR --export DIR --plan plan.json [--trust-remote-code] [--rtol 2e-5]
                        [--ids ids.json --ours logits.f32]
 
 1. AutoModelForCausalLM.from_pretrained(export) loads with no missing, unexpected or mismatched keys
    (trust_remote_code only when asked: a uniform export must load without it).
 2. The source model, with the router logits of dropped experts set to -inf before the softmax (so the
    softmax runs over the kept experts only, as in the pruned model), gives the same logits as the
-   export on random token ids: max |diff| <= tol.
+   export on random token ids: max |diff| <= rtol * max |logit of the masked source|.
 3. With --ids/--ours: the export's logits on those ids ([[...], ...], B sequences of S tokens) equal
-   MoE Atlas's masked evaluation of the plan on the source (raw little-endian float32 [B, S, V]).
+   MoE Atlas's masked evaluation of the plan on the source (raw little-endian float32 [B, S, V]), to the
+   same relative bar.
+Error model: the two sides compute the same function in float32 with other shapes (fewer router rows
+and experts, narrower experts vs zeroed columns) or in another implementation (our engine), so their
+sums run in other orders and may round differently, by an amount that scales with the magnitudes and
+depends on the CPU's kernels (GEMM blocking, vector width). The bar is relative to the largest |logit|:
+the default 2e-5 is the C++ suites' kReorderRtol (tests/support/test_io.h); at the ~7 of these models'
+logits it is ~1.4e-4 absolute. Pruning must move the logits by > 1e-3 of that scale (not vacuous).
 Dimension plans (a "dims" object, docs/plans.md): the loaded experts must have the plan's widths, and
 in the source every dropped unit of a kept expert gets a zero column of down_proj (so it adds exactly 0,
 as in the export, where it does not exist; a width-0 expert still takes part in routing). The report
 then also counts the top-k slots that went to width-0 experts ("zero_width_hits"), so a test can tell
 that they were routed to.
-Prints one JSON line {"max_abs_diff", "num_experts_per_layer", ...}; exits 1 on failure.
+Prints one JSON line {"max_abs_diff", "scale", "num_experts_per_layer", ...}; exits 1 on failure.
 """
 
 from __future__ import annotations
@@ -124,7 +131,7 @@ def main(argv=None) -> int:
     ap.add_argument("--export", required=True)
     ap.add_argument("--plan", required=True)
     ap.add_argument("--trust-remote-code", action="store_true")
-    ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--rtol", type=float, default=2e-5, help="bar on max |diff| / max |logit| (see above)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ids", help="JSON token ids [[...], ...] to evaluate (default: random)")
     ap.add_argument("--ours", help="float32 logits of our masked evaluation on --ids")
@@ -169,10 +176,11 @@ def main(argv=None) -> int:
         mask_dropped_experts(source, plan)
         a = pruned(input_ids=ids).logits
         b = source(input_ids=ids).logits
+    scale = float(b.abs().max())
     diff = float((a - b).abs().max())
     # Guards against a vacuous pass: dropping experts must change the unmasked model's output.
     effect = float((a - unmasked).abs().max())
-    report = {"max_abs_diff": diff, "diff_vs_unpruned": effect, "num_experts_per_layer": counts,
+    report = {"max_abs_diff": diff, "scale": scale, "diff_vs_unpruned": effect, "num_experts_per_layer": counts,
               "model_class": type(pruned).__name__}
     if units is not None:
         report["kept_units_per_layer"] = {str(layer): sum(map(len, kept)) for layer, kept in units.items()}
@@ -184,14 +192,17 @@ def main(argv=None) -> int:
         ours_diff = float((a - ours).abs().max())
         report["max_abs_diff_ours"] = ours_diff
     print(json.dumps(report))
-    if not diff <= args.tol:
-        print(f"logits differ: max |diff| = {diff} > {args.tol}", file=sys.stderr)
+    tol = args.rtol * scale
+    if not diff <= tol:
+        print(f"logits differ: max |diff| = {diff} > {args.rtol} x max |logit| {scale}", file=sys.stderr)
         return 1
-    if ours_diff is not None and not ours_diff <= args.tol:
-        print(f"export vs our masked evaluation: max |diff| = {ours_diff} > {args.tol}", file=sys.stderr)
+    if ours_diff is not None and not ours_diff <= tol:
+        print(f"export vs our masked evaluation: max |diff| = {ours_diff} > {args.rtol} x max |logit| {scale}",
+              file=sys.stderr)
         return 1
-    if not effect > 10 * args.tol:
-        print(f"pruning had no visible effect (max |diff| vs unpruned = {effect}): check is vacuous", file=sys.stderr)
+    if not effect > 1e-3 * scale:
+        print(f"pruning had no visible effect (max |diff| vs unpruned = {effect}, max |logit| {scale}): "
+              "check is vacuous", file=sys.stderr)
         return 1
     return 0
 

@@ -46,6 +46,8 @@ def dataset(f, path, shape):
 
 
 def close(got, want, what, rtol=1e-12):
+    """float64 recomputations from the stored float64 arrays (sums, weighted means, shares) in numpy's order
+    instead of ours: rounding alone, so 1e-12 of the largest |want| on any CPU."""
     got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
     check(got.shape == want.shape, f"{what}: shape {got.shape}, want {want.shape}")
     scale = max(float(np.abs(want).max(initial=0.0)), 1e-300)

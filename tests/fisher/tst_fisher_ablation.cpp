@@ -400,7 +400,14 @@ private Q_SLOTS:
         o.maskedUnits = true;
         o.keepWeightsResident = true;
         Executor executor(ckpt, spec, o);
-        const std::vector<VariantOutput> out = executor.evaluate(m_tokens.tokens, m_tokens.seqOffsets, masks).variants;
+        const std::vector<VariantOutput> out
+            = executor.evaluate(m_tokens.tokens, m_tokens.seqOffsets, masks, true).variants;
+        // runFisherAblation evaluates the sliced experts, this the full-width masked ones: other GEMM
+        // shapes, so the per-token losses (and their means) agree up to the order of fp32 sums, within
+        // kReorderRtol of the largest |logit| (test_io.h).
+        double scale = 0;
+        for (const VariantOutput& v : out)
+            scale = std::max(scale, test::maxAbs(v.logits));
         QCOMPARE(a.table.domains, m_tokens.domains);
         QCOMPARE(a.table.predictedTokens, (std::vector<int64_t> { 63, 63, 63, 63 }));
         double worst = 0, biggestEffect = 0;
@@ -417,9 +424,10 @@ private Q_SLOTS:
                 worst = std::max(worst, std::fabs(a.table.nll[v][d] - sum / n));
                 biggestEffect = std::max(biggestEffect, std::fabs(a.table.nll[v][d] - a.table.nll[0][d]));
             }
-        qInfo("ablation nll vs masked evaluation: max abs diff %.3g; largest change from the full model %.3f", worst,
-            biggestEffect);
-        QVERIFY(worst <= 1e-4);
+        qInfo("ablation nll vs masked evaluation: max abs diff %.3g (max |logit| %.3g); largest change from the full "
+              "model %.3f",
+            worst, scale, biggestEffect);
+        QVERIFY(worst <= test::kReorderRtol * scale);
         QVERIFY(biggestEffect > 0.01); // the masks do something, so equal losses are not both "full"
     }
 
@@ -446,7 +454,7 @@ private Q_SLOTS:
             QCOMPARE(r->variants[v].name, m_ablation.table.variants[v].name);
             QCOMPARE(r->variants[v].ranking, m_ablation.variants[v].ranking);
             QCOMPARE(r->variants[v].removed, m_ablation.variants[v].removed);
-            QCOMPARE(r->variants[v].nll, m_ablation.table.nll[v]);
+            QCOMPARE(r->variants[v].nll, m_ablation.table.nll[v]); // float64 stored and read back: exact
         }
         // removed_units [V, M, 3]: (decoder layer, expert, unit) in removal order, -1 padding.
         const std::optional<AtlasResults> g = atlas.readResults("fisher/ablation");

@@ -256,6 +256,7 @@ private Q_SLOTS:
         const std::vector<double> s(scores.begin(), scores.end()), f(fractions.begin(), fractions.end());
         const std::vector<double> shares = moeatlas::concentrationShares(s, f);
         QCOMPARE(shares.size(), f.size());
+        // Sums of integers (exact in double) over their total: one rounded division of a value <= 1.
         for (std::size_t k = 0; k < shares.size(); ++k)
             QVERIFY2(std::fabs(shares[k] - expected[static_cast<qsizetype>(k)]) <= 1e-12,
                 qPrintable(QStringLiteral("fraction %1: share %2, expected %3")
@@ -273,11 +274,13 @@ private Q_SLOTS:
         const std::vector<double> expected { 0.75, 1, 0, 0, 1, 1, /* row 1 */ 0.5, 1, 5 / 6.0, 1, 0.7, 1 };
         const std::vector<double> out = formConcentration(units, 2, 2, 2, fractions);
         QCOMPARE(out.size(), expected.size());
+        // Exact sums of small integers, one rounded division of a value <= 1 (~1e-16).
         for (std::size_t i = 0; i < out.size(); ++i)
             QVERIFY2(std::fabs(out[i] - expected[i]) <= 1e-15, qPrintable(QStringLiteral("index %1").arg(i)));
     }
 
-    // fisherTables on the hand-made result, every number in closed form.
+    // fisherTables on the hand-made result, every number in closed form (double arithmetic on small
+    // integers and halves: exact but for the divisions, whose rounding QCOMPARE's fuzzy compare absorbs).
     void tablesFromHandResult()
     {
         const FisherTables t = fisherTables(handResult(), { "x", "y" });
@@ -410,6 +413,8 @@ private Q_SLOTS:
             const std::vector<double> reference = ungroupedForm(form);
             const double err = relativeError(pooled, reference);
             qInfo("%s: pooled row vs ungrouped run, max relative error %.3g", form, err);
+            // Both runs (threads 1, this process) compute the same per-sample gradients bit for bit; the
+            // pooled row sums them through the group means, i.e. float64 sums in another order: 1e-12.
             QVERIFY(err <= 1e-12);
             // The domains really are different (the test would not see a pooled row copied from one of them).
             QVERIFY(relativeError(std::span<const double>(f->units).subspan(0, row), reference) > 1e-3);
@@ -428,7 +433,9 @@ private Q_SLOTS:
         QCOMPARE(t.find("magnitude")->units, ungroupedForm("magnitude"));
     }
 
-    // computeFisherTables is fisherTables of the same run, with its params.
+    // computeFisherTables is fisherTables of the same run, with its params. The units compare exactly:
+    // its computeFisher runs with the same options (threads 1) in this process, so the same operations
+    // in the same order, on any CPU.
     void computeTablesParams()
     {
         const FisherTables expected = fisherTables(m_grouped, { "alpha", "beta", "gamma" });

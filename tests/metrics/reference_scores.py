@@ -153,6 +153,9 @@ def derive(a, patterns, D, L, E, k, bmin, seed, has_norms):
 
 
 def close(ours, ref, rtol=1e-9, atol=1e-12):
+    """Float64 on both sides from the same stored logits, in other summation orders and with numpy's own
+    (possibly SIMD) exp/log: rounding differences of a few ulp times the terms summed, far below 1e-9
+    relative on any CPU; atol covers values that cancel to ~0."""
     ours, ref = np.asarray(ours), np.asarray(ref)
     if ours.shape != ref.shape:
         return False, f"shape {ours.shape} vs {ref.shape}"

@@ -16,6 +16,8 @@ using namespace moeatlas::test;
 
 namespace {
 
+// Merged and unsplit scores are float64 sums of the same per-token terms, in another order: they differ
+// by rounding alone (~1e-16 per term), on any CPU, so 1e-12 relative.
 bool closeTo(const std::vector<double>& a, const std::vector<double>& b, std::string* why)
 {
     if (a.size() != b.size()) {

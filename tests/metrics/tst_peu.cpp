@@ -41,6 +41,8 @@ double at(const AtlasResults& r, const char* array, int row, int expert, int num
     return a->values[static_cast<size_t>(row * numExperts + expert)];
 }
 
+// Scores are double arithmetic on the atlas's fp32 logits (no BLAS, no threads): they differ from the
+// hand values by rounding alone, whatever the CPU; the values are O(1), so 1e-9 absolute is relative.
 void compareRow(const AtlasResults& r, int row, std::initializer_list<double> want)
 {
     int e = 0;

@@ -21,6 +21,9 @@ double value(const AtlasResults& r, const char* name, size_t index)
     return r.find(name)->values.at(index);
 }
 
+// Statistics are double arithmetic on the atlas's fp32 logits (no BLAS, no threads): they differ from
+// the hand values (given to 10+ digits) by rounding alone, whatever the CPU. The values are O(1-4), so
+// the absolute 1e-9 is relative to them.
 #define NEAR(got, want)                                                                                                \
     QVERIFY2(std::fabs((got) - (want)) <= 1e-9,                                                                        \
         qPrintable(QStringLiteral("%1 vs %2").arg(got, 0, 'g', 12).arg(want, 0, 'g', 12)))

@@ -22,7 +22,9 @@ model-0000k-of-0000N.safetensors, model.safetensors.index.json), plus
 All outputs are computed by a model re-loaded with AutoModelForCausalLM.from_pretrained(DIR) (i.e. from
 what is on disk), in eval mode, attn_implementation="eager", output_router_logits=True; bf16 outputs are
 cast to float32 losslessly. The script asserts that every layout (saved / per-expert / fused) loads with
-no missing/unexpected keys, yields bit-identical parameters and bit-identical logits.
+no missing/unexpected keys, yields bit-identical parameters and bit-identical logits (in this one process:
+the same parameters in memory run through the same kernels with the same threads, so this holds on any CPU;
+logits from another machine or torch build may differ in the last bits).
 
 Observed with transformers 5.24.0 / torch 2.15 (save_pretrained, safe_serialization=True)
 ==========================================================================================
@@ -538,7 +540,8 @@ def main(argv=None) -> int:
     ref["alt_logits"] = alt_logits.contiguous()
     alt_diff = float((alt_logits - ref["logits"]).abs().max())
 
-    # 3. every layout must load and give bit-identical weights and logits.
+    # 3. every layout must load and give bit-identical weights and logits (exact: one process, the same
+    #    in-memory parameters, the same kernels and threads).
     layouts = [args.layout] if args.skip_layout_check else list(LAYOUTS)
     for layout in layouts:
         with tempfile.TemporaryDirectory(prefix=f"moeref_{layout}_") as tmp:

@@ -29,12 +29,12 @@
 using namespace moeatlas;
 namespace fs = std::filesystem;
 
+using moeatlas::test::kReorderRtol;
+using moeatlas::test::maxAbs;
 using moeatlas::test::maxAbsDiff;
+using moeatlas::test::relDiff;
 
 namespace {
-
-// Logits and token losses of masked vs ragged execution may differ by the order of fp32 sums only.
-constexpr double kTolerance = 1e-5;
 
 // Qwen2-MoE with a shared expert and a dense layer (1) between two MoE layers.
 RandomModelOptions qwen2Options()
@@ -178,7 +178,9 @@ class TstRagged : public QObject {
     QTemporaryDir m_dir;
     fs::path m_qwen2;
 
-    // Ragged vs masked on one model, on the plain path (one thread) or the thread-split path.
+    // Ragged vs masked on one model, on the plain path (one thread) or the thread-split path. The two
+    // differ in GEMM shapes (sliced vs full-width experts), hence in the order of fp32 sums only: the
+    // logits and token losses agree within kReorderRtol of the largest |logit| (test_io.h).
     void compareWithMask(const fs::path& model, int threads)
     {
         const Checkpoint ckpt(model);
@@ -188,21 +190,24 @@ class TstRagged : public QObject {
         const auto masked = evaluate(ckpt, spec, t, plans, true, threads);
         const auto ragged = evaluate(ckpt, spec, t, plans, false, threads);
         for (std::size_t v = 0; v < plans.size(); ++v) {
-            const double logits = maxAbsDiff(ragged[v].logits, masked[v].logits);
-            const double nll = maxAbsDiff(ragged[v].tokenNll, masked[v].tokenNll);
-            const double effect = maxAbsDiff(masked[v].logits, masked[0].logits);
-            qInfo("  %s, %d thread(s), %-28s ragged vs masked: max |logit diff| %.3g, |nll diff| %.3g (vs full %.3g)",
-                qPrintable(QString::fromStdString(model.filename().string())), threads, plans[v].name.c_str(), logits,
-                nll, effect);
-            QVERIFY2(logits <= kTolerance && nll <= kTolerance,
-                qPrintable(QStringLiteral("%1: logits %2, nll %3")
+            const double scale = maxAbs(masked[v].logits);
+            const double logits = relDiff(ragged[v].logits, masked[v].logits, scale);
+            const double nll = relDiff(ragged[v].tokenNll, masked[v].tokenNll, scale);
+            const double effect = relDiff(masked[v].logits, masked[0].logits, scale);
+            qInfo("  %s, %d thread(s), %-28s ragged vs masked, relative to max |logit| %.3g: logits %.3g, nll %.3g "
+                  "(vs full %.3g)",
+                qPrintable(QString::fromStdString(model.filename().string())), threads, plans[v].name.c_str(), scale,
+                logits, nll, effect);
+            QVERIFY2(logits <= kReorderRtol && nll <= kReorderRtol,
+                qPrintable(QStringLiteral("%1: logits %2, nll %3 of max |logit|")
                                .arg(QString::fromStdString(plans[v].name))
                                .arg(logits)
                                .arg(nll)));
             if (v > 0)
-                QVERIFY2(effect > 1e-2, qPrintable(QStringLiteral("%1 changes nothing: vacuous").arg(v)));
+                QVERIFY2(effect > 1e-3, qPrintable(QStringLiteral("%1 changes nothing: vacuous").arg(v)));
         }
-        // The full model has no unit lists: both executors run it the same way.
+        // The full model has no unit lists: both executors run the same operations on the same shapes
+        // with the same thread count, so the numbers are equal on any CPU.
         QCOMPARE(maxAbsDiff(ragged[0].logits, masked[0].logits), 0.0);
     }
 
@@ -234,15 +239,17 @@ private Q_SLOTS:
         compareWithMask(fs::path(model.toStdString()), threads);
     }
 
-    // The thread-split path (2 ATen threads, OpenBLAS single-threaded) computes every number exactly as
-    // the plain path does, ragged experts included.
-    void splitPathEqualsPlainPath_data()
+    // The thread-split path (2 ATen threads, OpenBLAS single-threaded) computes the same numbers as the
+    // plain path up to the order of fp32 sums: its projections multiply row blocks, and OpenBLAS may
+    // block a GEMM of fewer rows differently (it does under its Haswell/Zen kernels), ragged experts
+    // included.
+    void splitPathMatchesPlainPath_data()
     {
         QTest::addColumn<QString>("model");
         QTest::newRow("demo mixtral") << test::sourcePath(QStringLiteral("resources/demo/model"));
         QTest::newRow("qwen2_moe") << QString::fromStdString(m_qwen2.string());
     }
-    void splitPathEqualsPlainPath()
+    void splitPathMatchesPlainPath()
     {
         QFETCH(QString, model);
         if (!haveOpenblas())
@@ -255,8 +262,12 @@ private Q_SLOTS:
         const auto plain = evaluate(ckpt, spec, t, plans, false, 1);
         const auto split = evaluate(ckpt, spec, t, plans, false, 2);
         for (std::size_t v = 0; v < plans.size(); ++v) {
-            QVERIFY2(maxAbsDiff(plain[v].logits, split[v].logits) == 0.0, plans[v].name.c_str());
-            QVERIFY2(maxAbsDiff(plain[v].tokenNll, split[v].tokenNll) == 0.0, plans[v].name.c_str());
+            const double scale = maxAbs(plain[v].logits);
+            const double logits = relDiff(split[v].logits, plain[v].logits, scale);
+            const double nll = relDiff(split[v].tokenNll, plain[v].tokenNll, scale);
+            qInfo("  %-28s split vs plain, relative to max |logit| %.3g: logits %.3g, nll %.3g", plans[v].name.c_str(),
+                scale, logits, nll);
+            QVERIFY2(logits <= kReorderRtol && nll <= kReorderRtol, plans[v].name.c_str());
         }
     }
 
@@ -278,12 +289,15 @@ private Q_SLOTS:
         const Tokens t = sampleTokens(spec.vocabSize);
         const auto stock = evaluate(pruned, prunedSpec, t, { ExpertMask { "stock", {}, {} } }, false, 1);
         const auto ragged = evaluate(source, spec, t, { ExpertMask { "full", {}, {} }, variant }, false, 1);
-        const double diff = maxAbsDiff(ragged[1].logits, stock[0].logits);
-        qInfo("  ragged source vs stock export: max |logit diff| %.3g (vs full %.3g)", diff,
-            maxAbsDiff(ragged[0].logits, stock[0].logits));
-        QVERIFY(diff <= kTolerance);
-        QVERIFY(maxAbsDiff(ragged[1].tokenNll, stock[0].tokenNll) <= kTolerance);
-        QVERIFY(maxAbsDiff(ragged[0].logits, stock[0].logits) > 1e-2);
+        // Sliced at run time vs sliced on disk: the same shapes, the same operations, but the stock model
+        // runs its experts as ordinary full-width experts (another code path): reordering tolerance.
+        const double scale = maxAbs(stock[0].logits);
+        const double diff = relDiff(ragged[1].logits, stock[0].logits, scale);
+        qInfo("  ragged source vs stock export, relative to max |logit| %.3g: %.3g (vs full %.3g)", scale, diff,
+            relDiff(ragged[0].logits, stock[0].logits, scale));
+        QVERIFY(diff <= kReorderRtol);
+        QVERIFY(relDiff(ragged[1].tokenNll, stock[0].tokenNll, scale) <= kReorderRtol);
+        QVERIFY(relDiff(ragged[0].logits, stock[0].logits, scale) > 1e-3);
     }
 
     // A ragged export (per-expert widths, zero-width experts, dropped experts) runs in the engine as it
@@ -335,14 +349,18 @@ private Q_SLOTS:
         o.threads = threads;
         ExecutionObserver none;
         const ExecutionResult run = Executor(exported, exportedSpec, o).run(t.ids, t.offsets, none);
-        const double diff = maxAbsDiff(direct[0].logits, masked[1].logits);
-        qInfo("  %s: ragged export vs masked source: max |logit diff| %.3g (vs full %.3g), run() vs evaluate() %.3g",
-            qPrintable(model), diff, maxAbsDiff(masked[0].logits, masked[1].logits),
-            maxAbsDiff(run.logits, direct[0].logits));
-        QVERIFY(diff <= kTolerance);
-        QVERIFY(maxAbsDiff(direct[0].tokenNll, masked[1].tokenNll) <= kTolerance);
-        QVERIFY(maxAbsDiff(run.logits, direct[0].logits) <= 1e-6);
-        QVERIFY(maxAbsDiff(masked[0].logits, masked[1].logits) > 1e-2);
+        // Masked full width vs stored slices, and run() vs evaluate() (micro-batches of their own): the
+        // order of fp32 sums differs, so the reordering tolerance relative to the largest |logit|.
+        const double scale = maxAbs(masked[1].logits);
+        const double diff = relDiff(direct[0].logits, masked[1].logits, scale);
+        const double runDiff = relDiff(run.logits, direct[0].logits, scale);
+        qInfo("  %s: relative to max |logit| %.3g: ragged export vs masked source %.3g (vs full %.3g), run() vs "
+              "evaluate() %.3g",
+            qPrintable(model), scale, diff, relDiff(masked[0].logits, masked[1].logits, scale), runDiff);
+        QVERIFY(diff <= kReorderRtol);
+        QVERIFY(relDiff(direct[0].tokenNll, masked[1].tokenNll, scale) <= kReorderRtol);
+        QVERIFY(runDiff <= kReorderRtol);
+        QVERIFY(relDiff(masked[0].logits, masked[1].logits, scale) > 1e-3);
 
         // Unit lists refer to full-width experts: refused on a checkpoint whose experts have their own widths.
         ExpertMask units;

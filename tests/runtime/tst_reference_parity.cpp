@@ -22,7 +22,10 @@
 
 using namespace moeatlas;
 
+using moeatlas::test::kReorderRtol;
+using moeatlas::test::maxAbs;
 using moeatlas::test::maxAbsDiff;
+using moeatlas::test::relDiff;
 
 namespace {
 
@@ -34,14 +37,6 @@ std::vector<float> floats(const SafetensorsFile& f, const std::string& name)
 std::vector<int64_t> int64s(const SafetensorsFile& f, const std::string& name)
 {
     return test::tensorValues<int64_t>(f, name);
-}
-
-double maxAbs(const std::vector<float>& a)
-{
-    double m = 0;
-    for (float x : a)
-        m = std::max(m, static_cast<double>(std::fabs(x)));
-    return m;
 }
 
 // Collects every router block into whole per-layer arrays.
@@ -83,26 +78,35 @@ private:
     int64_t m_tokens;
 };
 
-// fp32: everything within the bar (1e-4 max abs error), routing decisions identical
-// wherever the k-th and (k+1)-th probabilities are not tied.
+// fp32: transformers (pip torch: its own GEMM and vector kernels) and our engine (LibTorch + OpenBLAS)
+// compute the same model in two implementations whose fp32 sums run in other orders (and whose
+// element-wise kernels round within an ulp or so): every value within kReorderRtol of the largest
+// magnitude of its array (test_io.h), whatever kernels either side picks on this CPU. At the magnitudes
+// of these models (final logits up to ~7, router logits ~4-7, hidden states up to ~25) that is 0.8e-4 to
+// 5e-4 absolute: the bar of 1e-4, scaled with the values; measured <= 1.23e-5 absolute
+// (docs/testing.md). Routing decisions identical wherever the k-th and (k+1)-th probabilities are not tied.
 void checkFloat32(
     const ModelSpec& spec, const SafetensorsFile& ref, const Collector& got, const ExecutionResult& result, int64_t T)
 {
     for (int l = 0; l < spec.numLayers; ++l) {
-        const double err = maxAbsDiff(got.m_hidden.at(l), floats(ref, "hidden." + std::to_string(l)));
-        qInfo("  layer %d hidden state max abs error %.3g", l, err);
-        QVERIFY2(err <= 1e-4, qPrintable(QStringLiteral("layer %1 hidden error %2").arg(l).arg(err)));
+        const std::vector<float> want = floats(ref, "hidden." + std::to_string(l));
+        const double err = relDiff(got.m_hidden.at(l), want, maxAbs(want));
+        qInfo("  layer %d hidden state max error %.3g of max |h| %.3g", l, err, maxAbs(want));
+        QVERIFY2(err <= kReorderRtol, qPrintable(QStringLiteral("layer %1 hidden error %2").arg(l).arg(err)));
     }
-    const double logitErr = maxAbsDiff(result.logits, floats(ref, "logits"));
-    qInfo("  final logits max abs error %.3g", logitErr);
-    QVERIFY2(logitErr <= 1e-4, qPrintable(QStringLiteral("final logits error %1").arg(logitErr)));
+    const std::vector<float> refLogits = floats(ref, "logits");
+    const double logitErr = relDiff(result.logits, refLogits, maxAbs(refLogits));
+    qInfo("  final logits max error %.3g of max |logit| %.3g", logitErr, maxAbs(refLogits));
+    QVERIFY2(logitErr <= kReorderRtol, qPrintable(QStringLiteral("final logits error %1").arg(logitErr)));
     const int K = spec.router.topK;
     for (int l : spec.moeLayerIndices()) {
         const std::string key = std::to_string(l);
         const auto& layer = got.m_layers.at(l);
-        const double routerErr = maxAbsDiff(layer.logits, floats(ref, "router_logits." + key));
-        qInfo("  layer %d router logits max abs error %.3g", l, routerErr);
-        QVERIFY2(routerErr <= 1e-4, qPrintable(QStringLiteral("layer %1 router error %2").arg(l).arg(routerErr)));
+        const std::vector<float> refRouter = floats(ref, "router_logits." + key);
+        const double routerErr = relDiff(layer.logits, refRouter, maxAbs(refRouter));
+        qInfo("  layer %d router logits max error %.3g of max |logit| %.3g", l, routerErr, maxAbs(refRouter));
+        QVERIFY2(
+            routerErr <= kReorderRtol, qPrintable(QStringLiteral("layer %1 router error %2").arg(l).arg(routerErr)));
         const std::vector<int64_t> refIds = int64s(ref, "topk_ids." + key);
         const std::vector<float> refWeights = floats(ref, "topk_weights." + key);
         const std::vector<float> margin = floats(ref, "topk_margin." + key);
@@ -114,6 +118,8 @@ void checkFloat32(
             for (int k = 0; k < K; ++k) {
                 const auto i = static_cast<std::size_t>(t * K + k);
                 QCOMPARE(static_cast<int64_t>(layer.ids[i]), refIds[i]);
+                // Probabilities (<= 1): an absolute bar is relative to their scale. They carry the router
+                // logits' error through the softmax and the top-k renormalisation, ~1e-5 here at most.
                 QVERIFY(std::fabs(layer.weights[i] - refWeights[i]) <= 1e-4);
             }
         }

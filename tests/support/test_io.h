@@ -64,4 +64,32 @@ inline double maxAbsDiff(const std::vector<float>& a, const std::vector<float>& 
     return m;
 }
 
+// Largest |v[i]| (NaN ignored): the magnitude an error bound of an fp32 computation scales with.
+inline double maxAbs(const std::vector<float>& v)
+{
+    double m = 0;
+    for (const float x : v)
+        if (!std::isnan(x))
+            m = std::max(m, std::abs(static_cast<double>(x)));
+    return m;
+}
+
+// Error model of two computations of the same fp32 quantities that differ only in the order of their
+// sums -- another GEMM blocking (OpenBLAS picks its kernels by CPU: SkylakeX, Haswell, Zen ...), ATen's
+// vector width (AVX-512 vs AVX2), a thread split, sliced vs masked experts: every sum of n terms may
+// round differently, by up to ~n u max|term| (u = 2^-24), and the model's layers carry such
+// differences forward. The bound is relative to the largest magnitude involved (`scale`, e.g. the
+// largest |logit| of the reference): |a - b| <= kReorderRtol * scale. 2e-5 is ~170 ulp at the scale:
+// 4-8x the largest difference measured under the SkylakeX, Haswell, Zen and Sandybridge kernels and
+// both ATen CPU capabilities on the models of the suites (docs/testing.md, "Error model"), and still
+// orders of magnitude below the changes the tests must detect (pruning moves logits by >= 1e-2 of
+// scale). Results of one path, one thread count and one kernel are compared exactly instead.
+constexpr double kReorderRtol = 2e-5;
+
+// maxAbsDiff(a, b) as a fraction of `scale` (scale 0: the absolute difference).
+inline double relDiff(const std::vector<float>& a, const std::vector<float>& b, double scale)
+{
+    return scale > 0 ? maxAbsDiff(a, b) / scale : maxAbsDiff(a, b);
+}
+
 } // namespace moeatlas::test

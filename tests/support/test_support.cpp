@@ -1,8 +1,16 @@
 #include "test_support.h"
 
+#include <QCoreApplication>
 #include <QDir>
+#include <QElapsedTimer>
+#include <QJsonArray>
+#include <QJsonDocument>
+#include <QJsonObject>
 #include <QProcess>
 #include <QProcessEnvironment>
+
+#include <algorithm>
+#include <memory>
 
 namespace moeatlas::test {
 
@@ -50,9 +58,98 @@ ProcessResult runCli(const QStringList& args, int timeoutMs)
     return r;
 }
 
+namespace {
+
+// The suite's reference-Python process (tests/support/py_worker.py): started on the first
+// runPython, it imports torch and transformers once and runs every script of the suite. A request
+// that crashes or outlives its time-out ends the worker; the next request starts a fresh one.
+class PythonWorker {
+public:
+    static PythonWorker& instance()
+    {
+        static PythonWorker worker;
+        return worker;
+    }
+
+    ProcessResult run(const QString& script, const QStringList& args, int timeoutMs)
+    {
+        ProcessResult result;
+        if (!ensureStarted(result.stdErr))
+            return result;
+        const QJsonObject request { { QStringLiteral("script"), script },
+            { QStringLiteral("args"), QJsonArray::fromStringList(args) } };
+        m_proc->write(QJsonDocument(request).toJson(QJsonDocument::Compact) + '\n');
+        QElapsedTimer clock;
+        clock.start();
+        while (!m_proc->canReadLine()) {
+            const qint64 left = timeoutMs - clock.elapsed();
+            if (m_proc->state() != QProcess::Running || left <= 0) {
+                result.stdErr = m_proc->state() != QProcess::Running
+                    ? QStringLiteral("the reference python worker died running ") + script
+                    : QStringLiteral("timed out: ") + script;
+                stop();
+                return result;
+            }
+            m_proc->waitForReadyRead(static_cast<int>(std::min<qint64>(left, 1000)));
+        }
+        const QByteArray line = m_proc->readLine();
+        const QJsonObject reply = QJsonDocument::fromJson(line).object();
+        if (reply.isEmpty()) {
+            result.stdErr = QStringLiteral("unreadable reply from the reference python worker: ") + QString::fromUtf8(line);
+            stop();
+            return result;
+        }
+        result.exitCode = reply.value(QStringLiteral("exit")).toInt(-1);
+        result.stdOut = reply.value(QStringLiteral("stdout")).toString();
+        result.stdErr = reply.value(QStringLiteral("stderr")).toString();
+        return result;
+    }
+
+    void stop()
+    {
+        if (!m_proc)
+            return;
+        m_proc->closeWriteChannel();
+        if (!m_proc->waitForFinished(10000)) {
+            m_proc->kill();
+            m_proc->waitForFinished();
+        }
+        m_proc.reset();
+    }
+
+private:
+    bool ensureStarted(QString& error)
+    {
+        if (m_proc && m_proc->state() == QProcess::Running)
+            return true;
+        m_proc = std::make_unique<QProcess>();
+        // The worker's own stderr (native library messages) goes to the suite's log as it comes.
+        m_proc->setProcessChannelMode(QProcess::ForwardedErrorChannel);
+        m_proc->start(pythonExecutable(), { sourcePath(QStringLiteral("tests/support/py_worker.py")) });
+        if (!m_proc->waitForStarted(30000)) {
+            error = QStringLiteral("could not start the reference python worker: ") + pythonExecutable();
+            m_proc.reset();
+            return false;
+        }
+        if (!s_cleanupRegistered) {
+            s_cleanupRegistered = true;
+            qAddPostRoutine([] { instance().stop(); });
+        }
+        return true;
+    }
+
+    std::unique_ptr<QProcess> m_proc;
+    static inline bool s_cleanupRegistered = false;
+};
+
+} // namespace
+
 ProcessResult runPython(const QString& script, const QStringList& args, int timeoutMs)
 {
-    return runProcess(pythonExecutable(), QStringList { sourcePath(script) } + args, timeoutMs);
+    // MOEATLAS_PYTHON_WORKER=0: one python process per call, as from a shell (debugging a fixture).
+    if (qEnvironmentVariable("MOEATLAS_PYTHON_WORKER") == QLatin1String("0"))
+        return runProcess(pythonExecutable(), QStringList { sourcePath(script) } + args, timeoutMs);
+    return PythonWorker::instance().run(sourcePath(script), args, timeoutMs);
 }
 
 } // namespace moeatlas::test

@@ -25,7 +25,9 @@
 
 using namespace moeatlas;
 
-using moeatlas::test::maxAbsDiff;
+using moeatlas::test::kReorderRtol;
+using moeatlas::test::maxAbs;
+using moeatlas::test::relDiff;
 
 namespace {
 
@@ -79,12 +81,17 @@ private Q_SLOTS:
         Executor ex(ckpt, spec, eo);
         ExecutionObserver none;
         const ExecutionResult engine = ex.run(tokens, offsets, none);
-        const double engineDiff = maxAbsDiff(engine.logits, hfLogits);
-        const double trainerDiff = maxAbsDiff(demoModelLogits(demoPath("model"), tokens, S), hfLogits);
-        qInfo("demo model logits vs transformers (%lld x %lld tokens): engine %.3g, trainer %.3g",
-            static_cast<long long>(B), static_cast<long long>(S), engineDiff, trainerDiff);
-        QVERIFY(engineDiff <= 1e-4);
-        QVERIFY(trainerDiff <= 1e-4);
+        // Three fp32 implementations of one model (transformers, our engine, our trainer), whose sums run
+        // in other orders and on kernels each picks for this CPU: within kReorderRtol of transformers'
+        // largest |logit| (~18 on this text; test_io.h).
+        const double scale = maxAbs(hfLogits);
+        const double engineDiff = relDiff(engine.logits, hfLogits, scale);
+        const double trainerDiff = relDiff(demoModelLogits(demoPath("model"), tokens, S), hfLogits, scale);
+        qInfo("demo model logits vs transformers (%lld x %lld tokens), relative to max |logit| %.3g: engine %.3g, "
+              "trainer %.3g",
+            static_cast<long long>(B), static_cast<long long>(S), scale, engineDiff, trainerDiff);
+        QVERIFY(engineDiff <= kReorderRtol);
+        QVERIFY(trainerDiff <= kReorderRtol);
     }
 
     void expertsSpecialise()

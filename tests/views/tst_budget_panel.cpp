@@ -204,6 +204,7 @@ void TstBudgetPanel::proxyIsRetainedSoftMass()
         for (std::size_t l = 0; l < 3; ++l)
             for (const int e : plan.keep[l])
                 sum += mass->values[(d * 3 + l) * 8 + static_cast<std::size_t>(e)];
+        // Double sums of the stored shares (in [0, 1]) in the panel's order: rounding alone, relative to 1.
         QVERIFY(qAbs(panel.proxy().perDomain[d] - sum / 3.0) < 1e-12);
         QVERIFY(panel.proxy().perDomain[d] > 0 && panel.proxy().perDomain[d] < 1);
     }

@@ -29,6 +29,8 @@ using namespace moeatlas::views;
 
 namespace {
 
+// Chart points are the table's doubles (sparsity exactly; the loss, or exp of it, or a mean of random
+// plans' losses summed in another order): double arithmetic, so 1e-9 relative is far above its rounding.
 bool hasPoint(const QList<QPointF>& points, double x, double y)
 {
     for (const QPointF& p : points)

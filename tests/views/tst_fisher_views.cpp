@@ -119,7 +119,11 @@ void TstFisherViews::summaryEqualsAtlas()
     for (const FisherSummaryForm& f : s.forms) {
         QCOMPARE(f.experts, group(m_atlas, "fisher/" + f.form).find("experts")->values);
         QCOMPARE(f.concentration, concentration.find(f.form)->values);
-        // Consistency with the unit scores: expert sums and the all-layer shares recomputed.
+        // Consistency with the unit scores: expert sums and the all-layer shares recomputed, in double,
+        // from the units as FisherTable holds them (rounded to fp32). Scores are >= 0, so each recomputed
+        // sum is within 2^-24 relative of the stored one (a float64 sum of the float64 units): 1e-6 of
+        // the sum, with no floor at 1 (Fisher scores can be far below 1), + 1e-40 for scores below
+        // fp32's normal range. Shares lie in [0, 1]: 1e-5 absolute is relative to their scale.
         const FisherTable units = readFisherTable(m_atlas.toStdString(), f.form);
         const std::size_t L = s.layers.size(), E = 8, I = 32;
         for (std::size_t r = 0; r < static_cast<std::size_t>(f.rows); ++r) {
@@ -128,7 +132,7 @@ void TstFisherViews::summaryEqualsAtlas()
                 double sum = 0;
                 for (std::size_t j = 0; j < I; ++j)
                     sum += row[k * I + j];
-                QVERIFY2(close(f.experts[r * L * E + k], sum, 1e-5), f.form.c_str());
+                QVERIFY2(std::abs(f.experts[r * L * E + k] - sum) <= 1e-6 * sum + 1e-40, f.form.c_str());
             }
             const std::vector<double> all(row.begin(), row.end());
             const std::vector<double> shares = concentrationShares(all, s.fractions);

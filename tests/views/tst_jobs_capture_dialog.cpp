@@ -108,6 +108,8 @@ void TstJobsCaptureDialog::captureMatchesCliAndIsScored()
     QVERIFY(started.at(0).at(1).toString().startsWith(QStringLiteral("capture")));
     QVERIFY(started.at(1).at(1).toString().startsWith(QStringLiteral("score")));
 
+    // Exact: the job and the CLI run the same capture code with the same options on this machine (the
+    // same kernels, LibTorch's default thread count in both processes, the same tokens and micro-batches).
     const AtlasFile a = AtlasFile::openReadOnly(gui.toStdString());
     const AtlasFile b = AtlasFile::openReadOnly(m_cliAtlas.toStdString());
     QVERIFY(a.isComplete());

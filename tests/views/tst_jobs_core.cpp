@@ -89,6 +89,10 @@ void TstJobsCore::captureScoreEvalMatchCli()
     eval.label = "sweep";
     QVERIFY2(runToEnd(evalJob(eval), &message), qPrintable(message));
 
+    // Exact: the jobs and the CLI run the same core code with the same options on this machine -- the same
+    // OpenBLAS and ATen kernels, LibTorch's default thread count in both processes, the same tokens and
+    // micro-batches -- so the same operations in the same order. (The evaluation's memory grouping may
+    // differ, but every variant runs alone through the same micro-batches: Executor::evaluate.)
     const AtlasFile a = AtlasFile::openReadOnly(gui.toStdString());
     const AtlasFile b = AtlasFile::openReadOnly(m_cliAtlas.toStdString());
     QVERIFY(a.isComplete());
@@ -115,6 +119,7 @@ void TstJobsCore::captureScoreEvalMatchCli()
         const AtlasArray *x = ea->find(array), *y = eb->find(array);
         QVERIFY2(x && y, array);
         QCOMPARE(x->dims, y->dims);
+        // The same fp32 losses averaged in double; 1e-9 relative leaves room for no more than that.
         for (std::size_t i = 0; i < y->values.size(); ++i)
             QVERIFY2(std::abs(x->values[i] - y->values[i]) <= 1e-9 * std::max(1.0, std::abs(y->values[i])), array);
     }

@@ -8,6 +8,7 @@
 #include "jobs/core_jobs.h"
 #include "jobs/job_runner.h"
 #include "main_window.h"
+#include "test_io.h"
 #include "util/sha256.h"
 #include "views_fixture.h"
 
@@ -19,6 +20,7 @@
 #include <QTemporaryDir>
 #include <QTest>
 
+#include <algorithm>
 #include <cmath>
 
 using namespace moeatlas;
@@ -32,6 +34,25 @@ FisherOptions maskOnly()
     o.weightForm = o.gradAbs = false;
     o.activation = o.magnitude = false;
     return o;
+}
+
+// The GUI job and `moeatlas fisher` run the same core functions with the same options, in two processes
+// on this machine, each with LibTorch's default thread count (the job on a worker thread): the same
+// numbers, unless the two thread counts differ, when OpenBLAS' threads (the Fisher pass) and ATen's
+// thread-split path (the ablation's evaluation) sum in another order. Hence:
+// - scores within kReorderRtol of the largest score of their array (test_io.h);
+// - mean losses within 1e-6 relative: this random model (init std 0.02) has logits near 0 and losses
+//   near ln 256 = 5.5, so a reordering moves a loss by a few ulp of 5.5 at most, on any CPU.
+bool sameScores(const std::vector<double>& a, const std::vector<double>& b)
+{
+    if (a.size() != b.size())
+        return false;
+    double err = 0, scale = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        err = std::max(err, std::abs(a[i] - b[i]));
+        scale = std::max(scale, std::abs(b[i]));
+    }
+    return err <= test::kReorderRtol * scale;
 }
 
 bool close(double a, double b)
@@ -105,11 +126,10 @@ void TstJobsFisher::jobWritesWhatCliWrites()
     QCOMPARE(sb->tokens, sa->tokens);
     QCOMPARE(sb->forms.size(), std::size_t(1));
     QCOMPARE(sb->forms[0].experts.size(), sa->forms[0].experts.size());
-    for (std::size_t k = 0; k < sa->forms[0].experts.size(); ++k)
-        QVERIFY(close(sb->forms[0].experts[k], sa->forms[0].experts[k]));
+    QVERIFY(sameScores(sb->forms[0].experts, sa->forms[0].experts));
     const FisherTable ua = readFisherTable(a, "mask"), ub = readFisherTable(b, "mask");
-    for (std::size_t k = 0; k < ua.units.size(); ++k)
-        QVERIFY(close(ub.units[k], ua.units[k]));
+    QVERIFY(sameScores(
+        std::vector<double>(ub.units.begin(), ub.units.end()), std::vector<double>(ua.units.begin(), ua.units.end())));
     const nlohmann::json pa = nlohmann::json::parse(sa->params), pb = nlohmann::json::parse(sb->params);
     for (const char* key : { "checkpoint", "config_sha256", "forms", "layers", "domains", "samples", "tokens" })
         QVERIFY2(pb.at(key) == pa.at(key), key);
