@@ -4,6 +4,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fcntl.h>
 #include <unistd.h>
 
 namespace fs = std::filesystem;
@@ -105,12 +106,33 @@ void failRead(hid_t location, const std::string& object, const std::string& what
 
 // ---- files and groups ----------------------------------------------------------------------
 
+namespace {
+
+// HDF5 opens files without O_CLOEXEC, so a process started meanwhile (a QProcess of the workbench
+// or of a test) would keep the descriptor, and with it HDF5's flock on the file, after the atlas is
+// closed here: a later open of that file in this process then fails ("unable to lock file").
+void closeOnExec(hid_t file)
+{
+    void* handle = nullptr;
+    if (H5Fget_vfd_handle(file, H5P_DEFAULT, &handle) < 0 || handle == nullptr) {
+        takeErrorDetail();
+        return;
+    }
+    const int fd = *static_cast<int*>(handle);
+    const int flags = ::fcntl(fd, F_GETFD);
+    if (flags >= 0)
+        ::fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+}
+
+} // namespace
+
 File createFile(const fs::path& path)
 {
     silenceErrorPrinting();
     File file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
     if (!file)
         throw Error(withDetail(path.string() + ": cannot create HDF5 file"));
+    closeOnExec(file.id());
     return file;
 }
 
@@ -133,6 +155,7 @@ File openFile(const fs::path& path, bool writable)
             message += "; another process (a running capture?) has it open for writing";
         throw InputError(message);
     }
+    closeOnExec(file.id());
     return file;
 }
 
