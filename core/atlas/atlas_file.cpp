@@ -4,10 +4,12 @@
 #include "atlas/h5.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/file_lock.h"
 #include "util/half.h"
 
 #include <algorithm>
 #include <map>
+#include <set>
 
 namespace fs = std::filesystem;
 
@@ -34,11 +36,29 @@ std::string joinInts(const std::vector<int>& values)
     return text;
 }
 
+// A file removed when this object ends, unless release()d first.
+struct TempFile {
+    fs::path path;
+    TempFile() = default;
+    TempFile(const TempFile&) = delete;
+    TempFile& operator=(const TempFile&) = delete;
+    ~TempFile()
+    {
+        if (path.empty())
+            return;
+        std::error_code ec;
+        fs::remove(path, ec);
+    }
+    void release() { path.clear(); }
+};
+
 // Everything behind AtlasFile::Impl; a namespace-level type so helpers here can take it.
 struct AtlasState {
     fs::path path; // the file open now (.partial while writing)
     fs::path finalPath; // where finalize() moves it; empty for read-only
-    bool updating = false; // openForUpdate(): path is a copy that commitUpdate() renames
+    // openForUpdate(): `file` is the atlas, open read-only; result groups go to `staging`, which
+    // commitUpdate() completes with the atlas's other objects and renames over `target`.
+    bool updating = false;
     bool writable = false;
     bool complete = false; // root attribute "complete"
     AtlasModelInfo model;
@@ -46,6 +66,13 @@ struct AtlasState {
     AtlasCreateOptions options;
     int64_t numTokens = 0;
     std::vector<int32_t> layerComplete; // parallel to model.moeLayers, as in /progress
+
+    // ---- openForUpdate() (members end in reverse order: file closed, then removed, then unlocked)
+    FileLock updateLock; // <atlas>.lock, held until commitUpdate() or the end of the object
+    fs::path target; // the atlas file commitUpdate() replaces (symlinks resolved)
+    TempFile stagingFile; // <atlas>.update-XXXXXX; removed unless commitUpdate() renamed it
+    h5::File staging;
+    std::vector<std::string> written; // result groups written by this update, each replaced whole
 
     // Declared before the handles below so it is closed after them.
     h5::File file;
@@ -62,6 +89,22 @@ struct AtlasState {
         requireOpen();
         if (!writable)
             throw Error(path.string() + ": atlas is open read-only");
+    }
+    // Routing records and progress: a capture's writes, not an update's.
+    void requireCapture() const
+    {
+        requireWritable();
+        if (updating)
+            throw Error(path.string() + ": an update adds result groups only; routing records are a capture's");
+    }
+
+    // True when `group` is, or lies inside, a result group this update wrote (and so replaced).
+    bool replacedByUpdate(const std::string& group) const
+    {
+        for (const std::string& w : written)
+            if (group == w || (group.size() > w.size() && group.compare(0, w.size(), w) == 0 && group[w.size()] == '/'))
+                return true;
+        return false;
     }
 
     size_t slotOf(int layer) const
@@ -181,13 +224,11 @@ AtlasFile::~AtlasFile()
 {
     if (!m_impl)
         return;
-    // Without finalize() the .partial file stays behind, closed cleanly, ready for resume.
+    // Without finalize() the .partial file stays behind, closed cleanly, ready for resume. An
+    // update never committed leaves the atlas untouched: its file is removed and its lock
+    // released as the members end (AtlasState).
     Lock lock(h5::libraryMutex());
     m_impl->close();
-    if (m_impl->updating) { // an update never committed: the original stays untouched
-        std::error_code ec;
-        fs::remove(m_impl->path, ec);
-    }
     m_impl.reset();
 }
 
@@ -399,7 +440,7 @@ void AtlasFile::writeRouterBlock(const RouterBlock& block)
 {
     Lock lock(h5::libraryMutex());
     AtlasState& impl = checked(m_impl);
-    impl.requireWritable();
+    impl.requireCapture();
     const std::string where = impl.path.string() + ": layer " + std::to_string(block.layer) + ": ";
     if (impl.layerComplete[impl.slotOf(block.layer)] != 0)
         throw Error(where + "already marked complete");
@@ -446,7 +487,7 @@ void AtlasFile::writeHiddenSamples(int layer, std::span<const int64_t> tokenIndi
 {
     Lock lock(h5::libraryMutex());
     AtlasState& impl = checked(m_impl);
-    impl.requireWritable();
+    impl.requireCapture();
     const std::string where = impl.path.string() + ": layer " + std::to_string(layer) + ": ";
     if (impl.layerComplete[impl.slotOf(layer)] != 0)
         throw Error(where + "already marked complete");
@@ -476,7 +517,7 @@ void AtlasFile::markLayerComplete(int layer)
 {
     Lock lock(h5::libraryMutex());
     AtlasState& impl = checked(m_impl);
-    impl.requireWritable();
+    impl.requireCapture();
     const size_t slot = impl.slotOf(layer);
     LayerHandles& handles = impl.openLayer(layer);
     h5::writeAttribute(handles.group.id(), "complete", int64_t { 1 });
@@ -488,15 +529,23 @@ void AtlasFile::markLayerComplete(int layer)
 
 void AtlasFile::finalize()
 {
-    Lock lock(h5::libraryMutex());
     AtlasState& impl = checked(m_impl);
-    impl.requireWritable();
-    std::vector<int> missing;
-    for (size_t i = 0; i < impl.model.moeLayers.size(); ++i)
-        if (impl.layerComplete[i] == 0)
-            missing.push_back(impl.model.moeLayers[i]);
-    if (!missing.empty())
-        throw Error(impl.path.string() + ": cannot finalize, MoE layers not complete: " + joinInts(missing));
+    {
+        Lock lock(h5::libraryMutex());
+        impl.requireCapture();
+        std::vector<int> missing;
+        for (size_t i = 0; i < impl.model.moeLayers.size(); ++i)
+            if (impl.layerComplete[i] == 0)
+                missing.push_back(impl.model.moeLayers[i]);
+        if (!missing.empty())
+            throw Error(impl.path.string() + ": cannot finalize, MoE layers not complete: " + joinInts(missing));
+    }
+    // An update of an older atlas under this name must not commit over the new capture: wait for
+    // its turn before anything changes (a timeout leaves the .partial file as it was, resumable),
+    // without the HDF5 lock so other atlases of this process go on meanwhile.
+    const FileLock turn
+        = FileLock::acquire(lockPathFor(impl.finalPath), LockWait {}, "an update of " + impl.finalPath.string());
+    Lock lock(h5::libraryMutex());
     h5::writeAttribute(impl.file.id(), "complete", int64_t { 1 });
     h5::flushFile(impl.file.id(), true);
     if (!impl.close()) {
@@ -580,32 +629,75 @@ const AtlasArray* AtlasResults::find(const std::string& name) const
     return nullptr;
 }
 
+fs::path AtlasFile::lockPathFor(const fs::path& atlas)
+{
+    std::error_code ec;
+    fs::path resolved = fs::weakly_canonical(atlas, ec);
+    if (ec)
+        resolved = atlas;
+    resolved += ".lock";
+    return resolved;
+}
+
+namespace {
+
+// Temporary files of updates of `target` that ended without commit or cleanup (killed, power
+// loss). Called with the update lock held: no live update of this atlas has a file then.
+void removeAbandonedUpdates(const fs::path& target)
+{
+    std::error_code ec;
+    for (fs::directory_iterator it(target.parent_path(), ec), end; !ec && it != end; it.increment(ec)) {
+        const fs::path entry = it->path();
+        std::error_code ignored;
+        if (isUniqueSiblingName(target, "update", entry.filename().string()) && it->is_regular_file(ignored))
+            fs::remove(entry, ignored);
+    }
+}
+
+} // namespace
+
 AtlasFile AtlasFile::openForUpdate(const fs::path& path)
 {
-    {
-        AtlasFile probe = openReadOnly(path);
-        if (!probe.isComplete())
+    return openForUpdate(path, LockWait {});
+}
+
+AtlasFile AtlasFile::openForUpdate(const fs::path& path, const LockWait& wait)
+{
+    const auto requireComplete = [&](const AtlasFile& atlas) {
+        if (!atlas.isComplete())
             throw InputError(path.string()
                 + ": the atlas is not complete (capture still running "
                   "or interrupted); finish it before scoring");
-    }
-    ensureWritableDirectory(path);
-    const fs::path copy = partialPathFor(path);
+    };
+    // Refuse what no wait would make updatable before waiting at all.
+    requireComplete(openReadOnly(path));
     std::error_code ec;
-    fs::copy_file(path, copy, fs::copy_options::overwrite_existing, ec);
+    const fs::path target = fs::canonical(path, ec);
     if (ec)
-        throw Error(copy.string() + ": cannot copy the atlas for updating: " + ec.message());
+        throw InputError(path.string() + ": " + ec.message());
+    ensureWritableDirectory(target); // where the update's file and the lock file go
+    const fs::perms permissions = fs::status(target, ec).permissions();
+    if (ec)
+        throw InputError(path.string() + ": " + ec.message());
+
+    // Not under the HDF5 lock: other atlases of this process (another thread's update) go on.
+    FileLock turn = FileLock::acquire(lockPathFor(path), wait, "another update of " + path.string());
+    removeAbandonedUpdates(target);
+
     Lock lock(h5::libraryMutex());
-    auto impl = std::make_unique<Impl>();
-    try {
-        loadExisting(impl.get(), copy, true);
-    } catch (...) {
-        impl->close();
-        fs::remove(copy, ec);
-        throw;
-    }
+    auto impl = std::make_unique<Impl>(); // ends before `lock`: closes, removes, unlocks on failure
+    impl->updateLock = std::move(turn);
+    impl->target = target;
+    // Read once the lock is held, so what an update committed while this one waited is kept.
+    loadExisting(impl.get(), target, false);
+    impl->path = path;
+    if (!impl->complete) // replaced by an unfinished file while this update waited
+        throw InputError(path.string() + ": the atlas is not complete; finish it before scoring");
+    impl->stagingFile.path = createUniqueSibling(target, "update", permissions);
+    impl->staging = h5::createFile(impl->stagingFile.path);
     impl->finalPath = path;
     impl->updating = true;
+    impl->writable = true;
     return AtlasFile(std::move(impl));
 }
 
@@ -653,9 +745,11 @@ void AtlasFile::writeResults(const std::string& group, const AtlasResults& resul
     Lock lock(h5::libraryMutex());
     AtlasState& impl = checked(m_impl);
     impl.requireWritable();
+    // An update writes into its own file; commitUpdate() adds the rest of the atlas around it.
+    const hid_t file = impl.updating ? impl.staging.id() : impl.file.id();
     const size_t slash = group.rfind('/');
-    h5::Group parent = slash == std::string::npos ? h5::openGroup(impl.file.id(), "/")
-                                                  : openGroupPath(impl.file.id(), group.substr(0, slash), true);
+    h5::Group parent
+        = slash == std::string::npos ? h5::openGroup(file, "/") : openGroupPath(file, group.substr(0, slash), true);
     const std::string leaf = slash == std::string::npos ? group : group.substr(slash + 1);
     if (h5::exists(parent.id(), leaf))
         h5::unlink(parent.id(), leaf); // replaced whole: stale arrays must not survive
@@ -674,7 +768,9 @@ void AtlasFile::writeResults(const std::string& group, const AtlasResults& resul
         if (n > 0)
             h5::writeAll(d.id(), H5T_NATIVE_DOUBLE, a.values.data());
     }
-    h5::flushFile(impl.file.id(), false);
+    if (impl.updating && !impl.replacedByUpdate(group))
+        impl.written.push_back(group);
+    h5::flushFile(file, false);
 }
 
 std::optional<AtlasResults> AtlasFile::readResults(const std::string& group) const
@@ -688,7 +784,9 @@ std::optional<AtlasResults> AtlasFile::readResults(
     Lock lock(h5::libraryMutex());
     AtlasState& impl = checked(m_impl);
     impl.requireOpen();
-    h5::Group g = openGroupPath(impl.file.id(), group, false);
+    // During an update a group it wrote is read from its file, any other from the atlas.
+    const hid_t file = impl.updating && impl.replacedByUpdate(group) ? impl.staging.id() : impl.file.id();
+    h5::Group g = openGroupPath(file, group, false);
     if (!g)
         return std::nullopt;
     AtlasResults results;
@@ -731,14 +829,54 @@ std::vector<std::string> AtlasFile::resultGroups(const std::string& group) const
     Lock lock(h5::libraryMutex());
     AtlasState& impl = checked(m_impl);
     impl.requireOpen();
-    std::vector<std::string> names;
-    h5::Group g = openGroupPath(impl.file.id(), group, false);
-    if (!g)
+    const auto subgroups = [&](hid_t file) {
+        std::vector<std::string> names;
+        h5::Group g = openGroupPath(file, group, false);
+        if (!g)
+            return names;
+        hsize_t index = 0;
+        H5Literate(g.id(), H5_INDEX_NAME, H5_ITER_INC, &index, collectGroupName, &names);
         return names;
-    hsize_t index = 0;
-    H5Literate(g.id(), H5_INDEX_NAME, H5_ITER_INC, &index, collectGroupName, &names);
-    return names;
+    };
+    if (!impl.updating)
+        return subgroups(impl.file.id());
+    if (impl.replacedByUpdate(group))
+        return subgroups(impl.staging.id());
+    // As commitUpdate() will merge them: the atlas's subgroups and those this update added.
+    std::set<std::string> names;
+    for (std::string& name : subgroups(impl.file.id()))
+        names.insert(std::move(name));
+    for (std::string& name : subgroups(impl.staging.id()))
+        names.insert(std::move(name));
+    return { names.begin(), names.end() };
 }
+
+namespace {
+
+// Completes an update's file: every link of the atlas group `from` (path `prefix`) that the
+// update did not replace is copied into `to`. A group present in both was created by the update
+// as the parent of what it wrote ("fisher" of "fisher/ablation"): it gets the atlas group's
+// attributes and is merged member by member. A group the update wrote is kept as written, and
+// what the atlas had there is left behind, so the result holds no dead space.
+void mergeAtlasInto(hid_t from, hid_t to, const std::string& prefix, const AtlasState& impl)
+{
+    h5::copyMissingAttributes(from, to);
+    for (const std::string& name : h5::linkNames(from)) {
+        std::string path = prefix;
+        if (!path.empty())
+            path += '/';
+        path += name;
+        if (!h5::exists(to, name)) {
+            h5::copyLink(from, name, to);
+        } else if (!impl.replacedByUpdate(path) && h5::isGroup(from, name) && h5::isGroup(to, name)) {
+            const h5::Group source = h5::openGroup(from, name);
+            const h5::Group target = h5::openGroup(to, name);
+            mergeAtlasInto(source.id(), target.id(), path, impl);
+        }
+    }
+}
+
+} // namespace
 
 void AtlasFile::commitUpdate()
 {
@@ -747,15 +885,28 @@ void AtlasFile::commitUpdate()
     impl.requireWritable();
     if (!impl.updating)
         throw Error(impl.path.string() + ": commitUpdate() needs an atlas from openForUpdate()");
-    h5::flushFile(impl.file.id(), true);
-    if (!impl.close())
-        throw Error(impl.path.string() + ": closing the updated atlas failed");
-    commitFile(impl.path, impl.finalPath);
-    impl.path = impl.finalPath;
+    {
+        const h5::Group from = h5::openGroup(impl.file.id(), "/");
+        const h5::Group to = h5::openGroup(impl.staging.id(), "/");
+        mergeAtlasInto(from.id(), to.id(), "", impl);
+    }
+    h5::flushFile(impl.staging.id(), true);
+    if (!impl.staging.close()) {
+        const std::string detail = h5::takeErrorDetail();
+        throw Error(impl.stagingFile.path.string() + ": closing the updated atlas failed"
+            + (detail.empty() ? std::string() : " (HDF5: " + detail + ")"));
+    }
+    impl.close();
+    commitFile(impl.stagingFile.path, impl.target);
+    impl.stagingFile.release();
     impl.updating = false;
     impl.writable = false;
-    // Reopen read-only so the object stays usable for reading back what was written.
-    loadExisting(&impl, impl.path, false);
+    impl.written.clear();
+    // Reopen read-only so the object stays usable for reading back what was written; then let
+    // the next update in.
+    loadExisting(&impl, impl.target, false);
+    impl.path = impl.finalPath;
+    impl.updateLock.release();
 }
 
 std::vector<int32_t> AtlasFile::readTopkIds(int layer, int64_t tokenBegin, int64_t numTokens) const

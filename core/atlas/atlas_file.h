@@ -13,6 +13,8 @@
 
 namespace moeatlas {
 
+struct LockWait; // util/file_lock.h
+
 inline constexpr int kAtlasSchemaVersion = 1;
 
 struct AtlasModelInfo {
@@ -144,6 +146,8 @@ public:
 
     // Marks the atlas complete (attribute "complete" = 1), closes it and renames .partial to the
     // final path. The object is closed afterwards. Throws Error when a MoE layer is not complete.
+    // The rename waits for the update lock of the final path (lockPathFor; up to 10 minutes), so
+    // an update of an older atlas of that name cannot commit over the new capture.
     void finalize();
 
     // Reading back (for tests, score, GUI): whole datasets of one layer.
@@ -158,12 +162,23 @@ public:
     AtlasHiddenSamples readHiddenSamples(int layer) const;
 
     // ---- derived results (scores and statistics; appended for issue 6) ----------------------
-    // Opens a complete atlas to add results. Writes go to a copy ("<path>.partial"), which
-    // commitUpdate() renames over the original: HDF5 1.10 has no journal, so writing in place
-    // (H5F_ACC_RDWR) and crashing mid-flush could make the whole file unreadable, and with it
-    // the capture that produced it. The copy costs one sequential read+write of the file,
-    // small next to the capture. Dropping the object without commitUpdate() removes the copy.
+    // Opens a complete atlas to add results (docs/atlas-format.md, "Updates"). The atlas is never
+    // written in place (HDF5 1.10 has no journal: a crash mid-flush could make the whole file
+    // unreadable, and with it the capture): result groups go to a new file with a unique name,
+    // "<path>.update-XXXXXX" beside the atlas, and commitUpdate() copies every other object of the
+    // atlas into it (H5Ocopy: compact, whatever was replaced is left behind) and renames it over
+    // the atlas. Dropping the object without commitUpdate() removes that file.
+    // Updates of one atlas take turns: the update holds an exclusive lock on "<path>.lock"
+    // (lockPathFor) from here until commitUpdate() or the object's end, and the atlas is read
+    // only once the lock is taken, so an update never loses what another committed meanwhile.
+    // The first overload waits up to 10 minutes; `wait` sets the time, a callback told who holds
+    // the lock while waiting, and what this update says it is doing. Throws InputError naming the
+    // lock file and its holder when the wait times out, Cancelled when the callback says stop.
     static AtlasFile openForUpdate(const std::filesystem::path& path);
+    static AtlasFile openForUpdate(const std::filesystem::path& path, const LockWait& wait);
+    // The lock file of updates of `atlas`: "<atlas>.lock" beside the file the atlas path names
+    // (symlinks resolved). It exists only while an update holds it (or after one was killed).
+    static std::filesystem::path lockPathFor(const std::filesystem::path& atlas);
     // Replaces the group `group` ("scores/peu", "statistics"), creating parents as needed.
     void writeResults(const std::string& group, const AtlasResults& results);
     // The results stored under `group`; empty optional when the group does not exist.
@@ -173,7 +188,8 @@ public:
     std::optional<AtlasResults> readResults(const std::string& group, const std::vector<std::string>& arrays) const;
     // Names of the subgroups of `group` (e.g. the criteria under "scores"); empty when absent.
     std::vector<std::string> resultGroups(const std::string& group) const;
-    // Flushes, closes and atomically renames the updated copy over the original path.
+    // Copies the rest of the atlas into the update's file, flushes and syncs it, renames it over
+    // the atlas and releases the lock. The object stays open, read-only, on the updated atlas.
     void commitUpdate();
     // Rows [tokenBegin, tokenBegin + numTokens) of topk_ids / topk_weights / expert_norms
     // (norms: empty when not stored).

@@ -2,6 +2,7 @@
 
 #include "util/error.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
@@ -204,6 +205,112 @@ void unlink(hid_t location, const std::string& name)
 {
     if (H5Ldelete(location, name.c_str(), H5P_DEFAULT) < 0)
         failWrite(location, name, "cannot delete");
+}
+
+// ---- copying between files -----------------------------------------------------------------
+
+std::vector<std::string> linkNames(hid_t group)
+{
+    std::vector<std::string> names;
+    hsize_t index = 0;
+    const herr_t status = H5Literate(
+        group, H5_INDEX_NAME, H5_ITER_INC, &index,
+        [](hid_t, const char* name, const H5L_info_t*, void* out) -> herr_t {
+            static_cast<std::vector<std::string>*>(out)->emplace_back(name);
+            return 0;
+        },
+        &names);
+    if (status < 0)
+        failRead(group, "", "cannot list the members of the group");
+    return names;
+}
+
+bool isGroup(hid_t location, const std::string& name)
+{
+    H5O_info_t info;
+    if (H5Oget_info_by_name(location, name.c_str(), &info, H5P_DEFAULT) < 0) {
+        takeErrorDetail(); // a dangling soft link: not a group
+        return false;
+    }
+    return info.type == H5O_TYPE_GROUP;
+}
+
+void copyLink(hid_t from, const std::string& name, hid_t to)
+{
+    H5L_info_t info;
+    if (H5Lget_info(from, name.c_str(), &info, H5P_DEFAULT) < 0)
+        failRead(from, name, "cannot read the link");
+    if (info.type == H5L_TYPE_HARD) {
+        if (H5Ocopy(from, name.c_str(), to, name.c_str(), H5P_DEFAULT, H5P_DEFAULT) < 0)
+            failWrite(to, name, "cannot copy " + childPath(from, name) + " from " + fileName(from));
+        return;
+    }
+    std::string value(info.u.val_size, '\0');
+    if (H5Lget_val(from, name.c_str(), value.data(), value.size(), H5P_DEFAULT) < 0)
+        failRead(from, name, "cannot read the link value");
+    herr_t status = -1;
+    if (info.type == H5L_TYPE_SOFT) {
+        status = H5Lcreate_soft(value.c_str(), to, name.c_str(), H5P_DEFAULT, H5P_DEFAULT);
+    } else if (info.type == H5L_TYPE_EXTERNAL) {
+        const char* file = nullptr;
+        const char* object = nullptr;
+        if (H5Lunpack_elink_val(value.data(), value.size(), nullptr, &file, &object) < 0)
+            failRead(from, name, "cannot read the external link");
+        status = H5Lcreate_external(file, object, to, name.c_str(), H5P_DEFAULT, H5P_DEFAULT);
+    } else {
+        failRead(from, name, "link of a user-defined type, which updates cannot copy");
+    }
+    if (status < 0)
+        failWrite(to, name, "cannot recreate the link");
+}
+
+namespace {
+
+struct AttributeCopy {
+    hid_t to = H5I_INVALID_HID;
+    std::string failure; // set by the callback; thrown after the iteration ends
+};
+
+herr_t copyAttribute(hid_t from, const char* name, const H5A_info_t*, void* data)
+{
+    auto& copy = *static_cast<AttributeCopy*>(data);
+    const htri_t present = H5Aexists(copy.to, name);
+    if (present > 0)
+        return 0;
+    Attribute source(H5Aopen(from, name, H5P_DEFAULT));
+    Datatype fileType(source ? H5Aget_type(source.id()) : H5I_INVALID_HID);
+    Dataspace space(source ? H5Aget_space(source.id()) : H5I_INVALID_HID);
+    Datatype memType(fileType ? H5Tget_native_type(fileType.id(), H5T_DIR_DEFAULT) : H5I_INVALID_HID);
+    const hssize_t points = space ? H5Sget_simple_extent_npoints(space.id()) : -1;
+    if (present < 0 || !memType || points < 0) {
+        copy.failure = std::string("cannot read attribute ") + name;
+        return -1;
+    }
+    std::vector<unsigned char> buffer(H5Tget_size(memType.id()) * static_cast<size_t>(std::max<hssize_t>(points, 1)));
+    if (H5Aread(source.id(), memType.id(), buffer.data()) < 0) {
+        copy.failure = std::string("cannot read attribute ") + name;
+        return -1;
+    }
+    Attribute target(H5Acreate2(copy.to, name, fileType.id(), space.id(), H5P_DEFAULT, H5P_DEFAULT));
+    const bool written = target && H5Awrite(target.id(), memType.id(), buffer.data()) >= 0;
+    // Variable-length strings were allocated by HDF5 in H5Aread.
+    if (H5Tdetect_class(memType.id(), H5T_VLEN) > 0 || H5Tis_variable_str(memType.id()) > 0)
+        H5Dvlen_reclaim(memType.id(), space.id(), H5P_DEFAULT, buffer.data());
+    if (!written) {
+        copy.failure = std::string("cannot write attribute ") + name;
+        return -1;
+    }
+    return 0;
+}
+
+} // namespace
+
+void copyMissingAttributes(hid_t from, hid_t to)
+{
+    AttributeCopy copy { to, {} };
+    hsize_t index = 0;
+    if (H5Aiterate2(from, H5_INDEX_NAME, H5_ITER_INC, &index, copyAttribute, &copy) < 0)
+        failWrite(to, "", copy.failure.empty() ? "cannot copy the attributes of " + objectPath(from) : copy.failure);
 }
 
 // ---- types ---------------------------------------------------------------------------------

@@ -97,6 +97,19 @@ Group openGroup(hid_t location, const std::string& name);
 bool exists(hid_t location, const std::string& name);
 void unlink(hid_t location, const std::string& name);
 
+// ---- copying between files (updates: docs/atlas-format.md, "Updates") ----------------------
+
+// Names of the links directly under `group`, in name order.
+std::vector<std::string> linkNames(hid_t group);
+// True when `name` under `location` is a group (following soft links).
+bool isGroup(hid_t location, const std::string& name);
+// Copies the link `name` under `from` to the same name under `to`, in another file too. Objects
+// go through H5Ocopy, whole: attributes, chunking, filters and fill values as they are, chunks
+// copied as stored (not recompressed). Soft and external links are recreated as links.
+void copyLink(hid_t from, const std::string& name, hid_t to);
+// Copies the attributes of object `from` that object `to` does not have (same type and shape).
+void copyMissingAttributes(hid_t from, hid_t to);
+
 // ---- types ---------------------------------------------------------------------------------
 
 // IEEE binary16 little-endian, built from F32LE because HDF5 1.10 predefines no half type.
