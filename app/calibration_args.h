@@ -1,10 +1,10 @@
-// The calibration-data options shared by `capture` and `eval` (--domain, packing, text reading):
+// The calibration-data options shared by `capture`, `eval` and `fisher` (--domain, packing, text reading):
 // one registration and one translation into CaptureParams, so both commands read data the same way.
 #pragma once
 
-#include "eval/eval.h"
 #include "runtime/capture.h"
 #include "util/error.h"
+#include "workflows/job_tokens.h"
 
 #include <CLI/CLI.hpp>
 
@@ -47,8 +47,8 @@ inline CLI::Option* addCalibrationOptions(CLI::App* sub, CalibrationArgs& a, con
     return domain;
 }
 
-// Fills the calibration part of `p` (domains, packing, text options, tokenizer, BOS).
-inline void applyCalibrationArgs(const CalibrationArgs& a, CaptureParams& p)
+// Fills the calibration input (domains, packing, text options, tokenizer, BOS).
+inline void applyCalibrationArgs(const CalibrationArgs& a, CalibrationInput& p)
 {
     for (const std::string& d : a.domains)
         p.domains.push_back(parseDomainArgument(d));
@@ -66,20 +66,15 @@ inline void applyCalibrationArgs(const CalibrationArgs& a, CaptureParams& p)
     p.text.wholeFile = a.wholeFile;
 }
 
-// The tokens a command evaluates: the --domain sets when given, else the atlas's calibration tokens
+// The tokens a command runs on: the --domain sets when given, else the atlas's calibration tokens
 // (the first --max-samples sequences of each domain).
-inline EvalTokens evaluationTokens(
-    const CalibrationArgs& a, const Checkpoint& ckpt, const ModelSpec& spec, const AtlasFile* atlas)
+inline JobTokens jobTokens(const CalibrationArgs& a)
 {
-    if (!a.domains.empty()) {
-        CaptureParams p;
-        p.checkpoint = ckpt.dir();
-        applyCalibrationArgs(a, p);
-        return evalTokensFromCalibration(loadCalibration(p, spec.vocabSize));
-    }
-    if (!atlas)
-        throw InputError("give --domain sets or an atlas whose calibration tokens to use");
-    return firstSequencesPerDomain(evalTokensFromAtlas(*atlas), a.maxSamples);
+    JobTokens t;
+    if (!a.domains.empty())
+        applyCalibrationArgs(a, t.heldout);
+    t.maxSamplesPerDomain = a.maxSamples;
+    return t;
 }
 
 } // namespace moeatlas::cli

@@ -4,6 +4,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <sys/resource.h>
 #include <unistd.h>
 
 namespace moeatlas::cli {
@@ -79,6 +80,31 @@ bool ProgressBar::update(const Progress& p)
 void ProgressBar::finish(const std::string& message)
 {
     std::fprintf(stderr, "%s%s\n", m_tty ? "\r\033[K" : "", message.c_str());
+}
+
+JobStages StagedProgressBars::stages()
+{
+    JobStages s;
+    s.begin = [this](const std::string& stage, const std::string& unit) -> ProgressFn {
+        m_stage = stage;
+        m_bar = std::make_unique<ProgressBar>(stage, unit);
+        return [bar = m_bar.get()](const Progress& p) { return bar->update(p); };
+    };
+    s.end = [this](const std::string& stage, const std::string& summary) {
+        rusage usage {};
+        ::getrusage(RUSAGE_SELF, &usage);
+        if (m_bar)
+            m_bar->finish(stage + ": " + summary + "; peak RSS " + std::to_string(usage.ru_maxrss >> 10) + " MiB");
+        m_bar.reset();
+    };
+    return s;
+}
+
+void StagedProgressBars::interrupted(const std::string& outcome)
+{
+    if (m_bar)
+        m_bar->finish(m_stage + " interrupted: " + outcome);
+    m_bar.reset();
 }
 
 } // namespace moeatlas::cli

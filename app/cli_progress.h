@@ -3,8 +3,10 @@
 #pragma once
 
 #include "util/progress.h"
+#include "workflows/job_stages.h"
 
 #include <chrono>
+#include <memory>
 #include <string>
 
 namespace moeatlas::cli {
@@ -26,6 +28,20 @@ private:
     bool m_tty;
     std::chrono::steady_clock::time_point m_start;
     std::chrono::steady_clock::time_point m_lastDraw;
+};
+
+// One progress bar per stage of a core job (workflows/job_stages.h): each stage's bar starts with the
+// stage and finishes with its summary and the process's peak RSS so far.
+class StagedProgressBars {
+public:
+    // Callbacks for the job; valid while this object lives.
+    JobStages stages();
+    // After Cancelled: "<stage> interrupted: <outcome>" under the running stage's bar.
+    void interrupted(const std::string& outcome);
+
+private:
+    std::unique_ptr<ProgressBar> m_bar;
+    std::string m_stage;
 };
 
 // Installs SIGINT/SIGTERM handlers that request a stop on the returned token (the second

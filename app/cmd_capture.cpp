@@ -31,6 +31,7 @@ struct CaptureArgs {
     bool force = false;
     bool noResumeState = false;
     bool resident = false;
+    uint64_t memoryBudgetMiB = 0;
 };
 
 int runCaptureCommand(const CaptureArgs& a)
@@ -45,6 +46,7 @@ int runCaptureCommand(const CaptureArgs& a)
     p.executor.threads = a.threads;
     p.executor.recordExpertNorms = a.expertNorms;
     p.executor.keepWeightsResident = a.resident;
+    p.executor.memoryBudgetBytes = a.memoryBudgetMiB << 20;
     if (a.logitsDtype == "float16" || a.logitsDtype == "fp16")
         p.logitStorage = LogitStorage::Float16;
     else if (a.logitsDtype != "float32" && a.logitsDtype != "fp32")
@@ -96,6 +98,8 @@ Command addCaptureCommand(CLI::App& app)
     sub->add_flag("--force", a->force, "Replace an existing atlas");
     sub->add_flag("--no-resume-state", a->noResumeState, "Do not keep hidden states between layers for --resume");
     sub->add_flag("--resident", a->resident, "Keep all layers in memory (small models)");
+    sub->add_option("--memory-budget-mib", a->memoryBudgetMiB,
+        "Memory budget of the plan, checked before any work (0 = MemAvailable)");
     return [a] { return runCaptureCommand(*a); };
 }
 

@@ -4,19 +4,17 @@
 #include "cli_progress.h"
 #include "commands.h"
 
-#include "checkpoint/checkpoint.h"
-#include "checkpoint/hf_config.h"
-#include "eval/eval.h"
-#include "runtime/capture.h"
-#include "util/atomic_file.h"
+#include "request_flags.h"
+
 #include "util/error.h"
-#include "util/sha256.h"
+#include "workflows/eval_workflow.h"
 
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <memory>
 
 namespace moeatlas::cli {
@@ -43,6 +41,7 @@ struct EvalArgs {
     int64_t batchTokens = 8192;
     int threads = 0;
     bool resident = false;
+    uint64_t memoryBudgetMiB = 0;
 };
 
 void printTable(const EvalTable& t)
@@ -72,89 +71,55 @@ void printTable(const EvalTable& t)
     }
 }
 
+// The request field -> flag of the errors prepareEval reports.
+const std::map<std::string, std::string> kEvalFlags { { "tokens", "--domain/--atlas" }, { "checkpoint", "checkpoint" },
+    { "sweep", "--sparsity" }, { "sweep.randomPlans", "--random-plans" }, { "csv", "--csv" }, { "plans", "--plan" } };
+
 int runEval(const EvalArgs& a)
 {
-    if (a.atlas.empty() && a.calibration.domains.empty())
-        throw InputError("give the tokens to evaluate on: --atlas ATLAS (its calibration tokens) and/or --domain");
-    if (a.atlas.empty() && !a.sparsities.empty() && (!a.noSpecialists || !a.noGeneralist))
-        throw InputError("--sparsity compiles specialist and generalist plans from scores: it needs --atlas");
     if (a.scope != "uniform" && a.scope != "global")
         throw InputError("--scope '" + a.scope + "' (expected uniform or global)");
-
-    std::optional<AtlasFile> atlas;
-    if (!a.atlas.empty())
-        atlas = AtlasFile::openReadOnly(a.atlas);
-    const std::string checkpointDir = !a.checkpoint.empty() ? a.checkpoint
-        : atlas                                             ? atlas->model().checkpointPath
-                                                            : std::string();
-    if (checkpointDir.empty())
-        throw InputError("give the checkpoint directory");
-    const Checkpoint ckpt(checkpointDir);
-    const std::string configPath = (ckpt.dir() / "config.json").string();
-    const std::string configSha = sha256File(ckpt.dir() / "config.json");
-    if (atlas && configSha != atlas->model().configSha256)
-        throw InputError(configPath + ": not the config.json " + a.atlas + " was captured from");
-    const ModelSpec spec = parseModelSpec(ckpt.config(), configPath);
-
-    const EvalTokens tokens = evaluationTokens(a.calibration, ckpt, spec, atlas ? &*atlas : nullptr);
-
-    std::vector<EvalVariant> variants;
-    if (!a.noFull)
-        variants.push_back(fullVariant(spec));
-    for (const std::string& path : a.plans)
-        variants.push_back(variantFromPlanFile(path, spec, configSha));
-    if (!a.sparsities.empty()) {
-        SweepOptions sweep;
-        sweep.sparsities = a.sparsities;
-        sweep.criteria = a.criteria;
-        sweep.specialists = !a.noSpecialists;
-        sweep.generalist = !a.noGeneralist;
-        sweep.randomPlans = a.randomPlans;
-        sweep.seed = a.calibration.seed;
-        sweep.scope = a.scope == "global" ? BudgetScope::Global : BudgetScope::Uniform;
-        for (EvalVariant& v : sweepVariants(a.atlas, ckpt, spec, sweep))
-            variants.push_back(std::move(v));
-    } else if (a.randomPlans > 0) {
-        throw InputError("--random-plans needs --sparsity");
-    }
-
-    // A CSV that cannot be written is refused before the evaluation, not after it.
-    if (!a.csv.empty()) {
-        const std::filesystem::path dir = std::filesystem::absolute(a.csv).parent_path();
-        if (!std::filesystem::is_directory(dir))
-            throw InputError("--csv " + a.csv + ": directory " + dir.string() + " does not exist");
-    }
-
-    ExecutorOptions options;
-    options.device = a.device;
-    options.computeDtype = a.dtype;
-    options.batchTokens = a.batchTokens;
-    options.threads = a.threads;
-    options.keepWeightsResident = a.resident;
+    EvalRequest request;
+    request.atlas = a.atlas;
+    request.checkpoint = a.checkpoint;
+    request.tokens = jobTokens(a.calibration);
+    request.full = !a.noFull;
+    request.planFiles.assign(a.plans.begin(), a.plans.end());
+    request.sweep.sparsities = a.sparsities;
+    request.sweep.criteria = a.criteria;
+    request.sweep.specialists = !a.noSpecialists;
+    request.sweep.generalist = !a.noGeneralist;
+    request.sweep.randomPlans = a.randomPlans;
+    request.sweep.seed = a.calibration.seed;
+    request.sweep.scope = a.scope == "global" ? BudgetScope::Global : BudgetScope::Uniform;
+    request.executor.device = a.device;
+    request.executor.computeDtype = a.dtype;
+    request.executor.batchTokens = a.batchTokens;
+    request.executor.threads = a.threads;
+    request.executor.keepWeightsResident = a.resident;
+    request.executor.memoryBudgetBytes = a.memoryBudgetMiB << 20;
+    request.csv = a.csv;
+    request.label = a.label;
+    request.save = !a.noSave;
+    const PreparedEval job = namingFlags(kEvalFlags, [&] { return prepareEval(request); });
 
     StopToken& stop = installStopHandler();
     ProgressBar bar("eval", "token-layers");
     EvalTable table;
     try {
-        table = evaluateVariants(
-            ckpt, spec, options, tokens, std::move(variants), [&](const Progress& p) { return bar.update(p); }, &stop);
+        table = runEval(
+            job, [&](const Progress& p) { return bar.update(p); }, &stop);
     } catch (const Cancelled&) {
         bar.finish("eval interrupted: nothing was written");
         return 130;
     }
-    bar.finish("eval: " + std::to_string(table.variants.size()) + " variants x " + std::to_string(tokens.tokens.size())
-        + " tokens in " + formatDuration(table.seconds));
+    bar.finish("eval: " + std::to_string(table.variants.size()) + " variants x "
+        + std::to_string(job.tokens.tokens.size()) + " tokens in " + formatDuration(table.seconds));
     printTable(table);
-    if (!a.csv.empty()) {
-        writeFileAtomically(a.csv, evalTableCsv(table));
-        std::printf("%s\n", a.csv.c_str());
-    }
-    if (atlas && !a.noSave) {
-        const std::filesystem::path path = atlas->path();
-        atlas.reset();
-        storeEvalTable(path, a.label, table);
-        std::printf("%s:/evaluation/%s\n", path.c_str(), a.label.c_str());
-    }
+    if (!job.csv.empty())
+        std::printf("%s\n", job.csv.c_str());
+    if (job.storeIn)
+        std::printf("%s:/evaluation/%s\n", job.storeIn->c_str(), job.label.c_str());
     return 0;
 }
 
@@ -190,6 +155,8 @@ Command addEvalCommand(CLI::App& app)
     sub->add_option("--batch-tokens", a->batchTokens, "Tokens per micro-batch")->capture_default_str();
     sub->add_option("--threads", a->threads, "Intra-op threads (0 = LibTorch default)");
     sub->add_flag("--resident", a->resident, "Keep all layers in memory (small models)");
+    sub->add_option("--memory-budget-mib", a->memoryBudgetMiB,
+        "Memory budget of the plan, checked before any work (0 = MemAvailable)");
     return [a] { return runEval(*a); };
 }
 

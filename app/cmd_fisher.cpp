@@ -5,27 +5,19 @@
 #include "cli_progress.h"
 #include "commands.h"
 
-#include "checkpoint/checkpoint.h"
-#include "checkpoint/hf_config.h"
-#include "eval/eval.h"
-#include "fisher/fisher_ablation.h"
-#include "fisher/fisher_store.h"
-#include "runtime/capture.h"
-#include "util/atomic_file.h"
+#include "request_flags.h"
+
 #include "util/error.h"
 #include "util/format.h"
-#include "util/sha256.h"
+#include "workflows/fisher_workflow.h"
 
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <memory>
-#include <optional>
-
-#include <sys/resource.h>
 
 namespace moeatlas::cli {
 
@@ -58,53 +50,16 @@ FisherOptions fisherOptions(const FisherArgs& a)
         o.mode = FisherMode::Streaming;
     else
         throw InputError("--mode: '" + a.mode + "' (expected auto, resident or streaming)");
-    if (a.chunkTokens < 0)
-        throw InputError("--chunk-tokens: " + std::to_string(a.chunkTokens) + " (expected a token count >= 0)");
     o.scratchDir = a.scratchDir;
     o.chunkTokens = a.chunkTokens;
     o.memoryBudgetBytes = a.memoryBudgetMiB << 20;
-    o.maskForm = o.weightForm = o.gradAbs = false;
-    for (const std::string& f : a.forms) {
-        if (f == "mask")
-            o.maskForm = true;
-        else if (f == "weight")
-            o.weightForm = true;
-        else if (f == "grad_abs" || f == "grad-abs")
-            o.gradAbs = true;
-        else
-            throw InputError("--forms: unknown form '" + f + "' (expected mask, weight, grad_abs)");
+    try {
+        setFisherForms(o, a.forms);
+    } catch (const InputError& e) {
+        throw InputError(std::string("--forms: ") + e.what());
     }
-    if (!o.maskForm && !o.weightForm && !o.gradAbs)
-        throw InputError("--forms: give at least one of mask, weight, grad_abs");
     o.activation = o.magnitude = !a.noBaselines;
     return o;
-}
-
-// "0,10,100" -> counts; "none" -> no ablation.
-std::optional<std::vector<int64_t>> ablationList(const std::string& text)
-{
-    if (text == "none")
-        return std::nullopt;
-    std::vector<int64_t> counts;
-    std::size_t begin = 0;
-    while (begin <= text.size()) {
-        const std::size_t end = std::min(text.find(',', begin), text.size());
-        const std::string item = text.substr(begin, end - begin);
-        int64_t n = -1;
-        const auto [ptr, ec] = std::from_chars(item.data(), item.data() + item.size(), n);
-        if (item.empty() || ec != std::errc() || ptr != item.data() + item.size() || n < 0)
-            throw InputError("--ablate '" + text + "': '" + item
-                + "' is not a unit count (expected comma-separated integers >= 0, or none)");
-        counts.push_back(n);
-        begin = end + 1;
-    }
-    return counts;
-}
-
-// The ranking form of the ablation: mask when computed, else the first gradient form computed.
-std::string rankingForm(const FisherOptions& o)
-{
-    return o.maskForm ? "mask" : o.weightForm ? "weight" : "grad_abs";
 }
 
 std::string percent(double fraction)
@@ -180,29 +135,35 @@ void printAblation(const FisherAblation& a)
     }
 }
 
+// The request field -> flag of the errors prepareFisher reports.
+const std::map<std::string, std::string> kFisherFlags { { "ablationTokens", "--ablation-domain" },
+    { "options.chunkTokens", "--chunk-tokens" } };
+
 int runFisher(const FisherArgs& a)
 {
     // Everything the user can get wrong is refused before the long computation.
-    const FisherOptions options = fisherOptions(a);
-    const std::optional<std::vector<int64_t>> ablate = ablationList(a.ablate);
-    std::optional<AtlasFile> atlas = AtlasFile::openReadOnly(a.atlas);
-    if (!atlas->isComplete())
-        throw InputError(a.atlas + ": the atlas is not complete (finish the capture with --resume)");
-    ensureWritableDirectory(a.atlas);
-    const std::string checkpointDir = a.checkpoint.empty() ? atlas->model().checkpointPath : a.checkpoint;
-    const Checkpoint ckpt(checkpointDir);
-    const std::string configPath = (ckpt.dir() / "config.json").string();
-    const std::string configSha = sha256File(ckpt.dir() / "config.json");
-    if (configSha != atlas->model().configSha256)
-        throw InputError(configPath + ": not the config.json " + a.atlas + " was captured from (config SHA-256 "
-            + configSha.substr(0, 12) + "..., the atlas has " + atlas->model().configSha256.substr(0, 12) + "...)");
-    const ModelSpec spec = parseModelSpec(ckpt.config(), configPath);
-
-    const EvalTokens tokens = evaluationTokens(a.calibration, ckpt, spec, atlas ? &*atlas : nullptr);
-    if (ablate)
-        checkAblationDomains(tokens.domains, tokens.source);
-    // The memory plan is checked (and printed) before the long computation.
-    const FisherPlan plan = planFisher(ckpt, spec, tokens.seqOffsets, tokens.seqDomain, options);
+    FisherRequest request;
+    request.atlas = a.atlas;
+    request.checkpoint = a.checkpoint;
+    request.tokens = jobTokens(a.calibration);
+    request.options = fisherOptions(a);
+    try {
+        request.ablate = parseAblationCounts(a.ablate);
+    } catch (const InputError& e) {
+        throw InputError(std::string("--ablate: ") + e.what());
+    }
+    if (!a.ablationDomains.empty()) {
+        CalibrationArgs heldout = a.calibration; // packed like --domain
+        heldout.domains = a.ablationDomains;
+        try {
+            applyCalibrationArgs(heldout, request.ablationTokens);
+        } catch (const InputError& e) {
+            throw InputError(std::string("--ablation-domain: ") + e.what());
+        }
+    }
+    request.seed = a.calibration.seed;
+    const PreparedFisher job = namingFlags(kFisherFlags, [&] { return prepareFisher(request); });
+    const FisherPlan& plan = job.plan;
     std::fprintf(stderr, "fisher: %s mode, planned peak %s of %s%s\n", fisherModeName(plan.mode),
         formatBytes(plan.peakBytes).c_str(), plan.budgetBytes ? formatBytes(plan.budgetBytes).c_str() : "(no limit)",
         plan.mode == FisherMode::Streaming
@@ -210,77 +171,20 @@ int runFisher(const FisherArgs& a)
                 + (plan.spill ? ", saved layer inputs spilled to disk (" + formatBytes(plan.spillBytes) + ")" : ""))
                   .c_str()
             : "");
-    // The ablation is measured on held-out text when given (the units are ranked on `tokens`).
-    EvalTokens ablationTokens = tokens;
-    if (!a.ablationDomains.empty()) {
-        if (!ablate)
-            throw InputError("--ablation-domain: given with --ablate none");
-        CalibrationArgs heldout = a.calibration;
-        heldout.domains = a.ablationDomains;
-        CaptureParams p;
-        p.checkpoint = ckpt.dir();
-        // The shared loader names --domain in its messages; the user gave --ablation-domain.
-        try {
-            applyCalibrationArgs(heldout, p);
-            ablationTokens = evalTokensFromCalibration(loadCalibration(p, spec.vocabSize));
-        } catch (const InputError& e) {
-            throw InputError(std::string("--ablation-domain: ") + e.what());
-        }
-    }
-    FisherRunInfo info;
-    info.tokenSource = tokens.source;
-    info.checkpoint = ckpt.dir().string();
-    info.configSha256 = configSha;
-    FisherAblationOptions ablation;
-    ablation.form = rankingForm(options);
-    ablation.seed = a.calibration.seed;
-    if (ablate)
-        ablation.counts = *ablate;
 
     StopToken& stop = installStopHandler();
-    FisherTables tables;
-    std::optional<FisherAblation> result;
-    {
-        ProgressBar bar("fisher", "steps");
-        try {
-            tables = computeFisherTables(
-                ckpt, spec, tokens, options, info, [&](const Progress& p) { return bar.update(p); }, &stop);
-        } catch (const Cancelled&) {
-            bar.finish("fisher interrupted: the atlas is unchanged");
-            return 130;
-        }
-        rusage usage {};
-        ::getrusage(RUSAGE_SELF, &usage);
-        bar.finish("fisher: " + std::to_string(tables.samples.back()) + " sequences, "
-            + std::to_string(tables.tokens.back()) + " tokens in " + formatDuration(tables.seconds) + " ("
-            + fisherModeName(plan.mode) + "); peak RSS " + std::to_string(usage.ru_maxrss >> 10) + " MiB");
+    StagedProgressBars bars;
+    FisherOutcome outcome;
+    try {
+        outcome = runFisher(job, bars.stages(), &stop);
+    } catch (const Cancelled&) {
+        bars.interrupted("the atlas is unchanged");
+        return 130;
     }
-    printConcentration(tables, ablation.form);
-    if (ablate) {
-        ProgressBar bar("ablation", "token-layers");
-        ExecutorOptions executor;
-        executor.threads = a.threads;
-        try {
-            result = runFisherAblation(
-                ckpt, spec, executor, ablationTokens, tables, ablation,
-                [&](const Progress& p) { return bar.update(p); }, &stop);
-        } catch (const Cancelled&) {
-            bar.finish("ablation interrupted: the atlas is unchanged");
-            return 130;
-        }
-        bar.finish("ablation: " + std::to_string(result->variants.size()) + " variants in "
-            + formatDuration(result->table.seconds));
-        printAblation(*result);
-    }
-
-    const std::filesystem::path path = atlas->path();
-    atlas.reset();
-    AtlasFile update = AtlasFile::openForUpdate(path);
-    writeFisherTables(update, tables);
-    if (result)
-        writeFisherAblation(update, *result);
-    update.commitUpdate();
-    std::printf("%s:/fisher\n", path.c_str());
+    printConcentration(outcome.tables, job.ablation ? job.ablation->form : ablationRankingForm(job.options));
+    if (outcome.ablation)
+        printAblation(*outcome.ablation);
+    std::printf("%s:/fisher\n", job.atlas.c_str());
     return 0;
 }
 

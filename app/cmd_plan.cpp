@@ -3,23 +3,19 @@
 // budgets, with predicted savings from the checkpoint's inventory.
 #include "commands.h"
 
-#include "atlas/atlas_file.h"
-#include "checkpoint/checkpoint.h"
-#include "fisher/fisher_store.h"
-#include "plan/atlas_scores.h"
+#include "request_flags.h"
+
 #include "plan/dim_plan.h"
 #include "plan/plan.h"
-#include "plan/plan_costs.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
-#include "util/sha256.h"
+#include "workflows/plan_workflow.h"
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
+#include <map>
 #include <memory>
 #include <optional>
 
@@ -51,19 +47,6 @@ struct PlanArgs {
     std::string dimCriterion;
 };
 
-// --dim-criterion names -> the /fisher/<form> they read (docs/plans.md, "Dimension pruning").
-const std::pair<const char*, const char*> kDimCriteria[] = { { "fisher_mask", "mask" }, { "fisher_weight", "weight" },
-    { "fisher_grad_abs", "grad_abs" }, { "activation", "activation" }, { "magnitude", "magnitude" } };
-
-std::string dimForm(const std::string& criterion)
-{
-    for (const auto& [name, form] : kDimCriteria)
-        if (criterion == name)
-            return form;
-    throw InputError("--dim-criterion '" + criterion
-        + "' (expected fisher_mask, fisher_weight, fisher_grad_abs, activation or magnitude)");
-}
-
 bool anyBudget(const PlanArgs& a)
 {
     return a.keep > 0 || a.globalKeep > 0 || a.keepFraction > 0 || a.targetBytes > 0 || a.targetParams > 0;
@@ -85,8 +68,7 @@ std::optional<DimBudget> dimBudgetOf(const PlanArgs& a)
         throw InputError("--dim-sparsity " + nlohmann::json(a.dimSparsity).dump()
             + ": expected the fraction of the kept experts' units dropped, in [0, 1)");
     b.sparsity = a.dimSparsity;
-    (void)dimForm(
-        a.dimCriterion.empty() ? std::string("fisher_mask") : a.dimCriterion); // refused here, not after reading
+    // Flag combinations, with the flags to use instead (makePlan refuses the same requests generically).
     if (a.atlas.empty() || !a.scores.empty())
         throw InputError("--dims reads unit scores from the /fisher tables of --atlas (moeatlas fisher); expert "
                          "scores then come from the same atlas (--criterion), not --scores");
@@ -99,22 +81,6 @@ std::optional<DimBudget> dimBudgetOf(const PlanArgs& a)
         throw InputError("an expert budget (--keep, --global-keep, --keep-fraction, --target-bytes, --target-params) "
                          "needs --criterion; without one the plan keeps every expert and prunes dimensions only");
     return b;
-}
-
-// The unit scores a --dims plan ranks: the specialist's domain row of /fisher/<form>/units, the
-// pooled row otherwise.
-UnitScoreTable unitScoresOf(
-    const AtlasFile& atlas, const std::string& criterion, const std::string& domain, const std::string& configSha256)
-{
-    UnitScoreTable s = readFisherUnitScores(atlas, dimForm(criterion), domain);
-    // moeatlas fisher refuses another checkpoint's config; this guards against a hand-edited atlas.
-    const auto top = atlas.readResults("fisher");
-    const nlohmann::json params = nlohmann::json::parse(top ? top->paramsJson : std::string(), nullptr, false);
-    if (params.is_object() && params.contains("config_sha256") && params["config_sha256"].is_string()
-        && params["config_sha256"].get<std::string>() != configSha256)
-        throw InputError(atlas.path().string() + ": /fisher was computed on a checkpoint with another config.json "
-            + "than the one the atlas was captured from (attribute params, config_sha256)");
-    return s;
 }
 
 Budget budgetOf(const PlanArgs& a)
@@ -158,103 +124,59 @@ Budget budgetOf(const PlanArgs& a)
     return b;
 }
 
-std::vector<ScoreTable> readScoresFile(const std::string& path)
+// The plan family and its budget, from --domain / --generalist [--weight ...] / --union.
+ExpertSelection expertSelection(const PlanArgs& a)
 {
-    std::ifstream in(path);
-    if (!in)
-        throw InputError(path + ": cannot open scores file");
-    const nlohmann::json doc = nlohmann::json::parse(in, nullptr, false);
-    if (doc.is_discarded())
-        throw InputError(path + ": not valid JSON");
-    return parseScores(doc, path);
+    ExpertSelection s;
+    if (a.unionPerDomain > 0) {
+        s.family = ExpertSelection::Family::Union;
+        s.perDomain = a.unionPerDomain;
+        return s;
+    }
+    s.budget = budgetOf(a);
+    if (!a.domain.empty()) {
+        s.family = ExpertSelection::Family::Specialist;
+        s.domain = a.domain;
+        return s;
+    }
+    s.family = ExpertSelection::Family::Generalist;
+    for (const std::string& w : a.weights) {
+        const auto eq = w.find('=');
+        if (eq == std::string::npos)
+            throw InputError("--weight '" + w + "' (expected NAME=WEIGHT)");
+        try {
+            s.weights[w.substr(0, eq)] = std::stod(w.substr(eq + 1));
+        } catch (const std::exception&) {
+            throw InputError("--weight '" + w + "': weight is not a number");
+        }
+    }
+    return s;
 }
+
+// The request field -> flag of the errors makePlan reports.
+const std::map<std::string, std::string> kPlanFlags { { "scores", "--atlas/--scores" }, { "criterion", "--criterion" },
+    { "checkpoint", "checkpoint" }, { "dims", "--dims" }, { "dimCriterion", "--dim-criterion" } };
 
 int runPlan(const PlanArgs& a)
 {
-    const std::optional<DimBudget> dimBudget = dimBudgetOf(a);
+    PlanRequest request;
+    request.dims = dimBudgetOf(a);
     // Expert selection needs expert scores; a --dims plan without them keeps every expert.
-    const bool experts = !dimBudget || !a.criterion.empty();
-    if (experts) {
-        if (a.scores.empty() == a.atlas.empty())
-            throw InputError("give exactly one score source: --atlas ATLAS --criterion NAME, or --scores FILE");
-        if (!a.atlas.empty() && a.criterion.empty())
-            throw InputError("--atlas needs --criterion (peu, frequency, reap, ...: see moeatlas score; fisher_mask, "
-                             "fisher_weight, fisher_grad_abs: see moeatlas fisher), or --dims for a plan that prunes "
-                             "dimensions only");
-        if (!a.scores.empty() && !a.criterion.empty())
-            throw InputError("--criterion selects scores inside an --atlas; a --scores file names its own criterion");
-    }
+    const bool experts = !request.dims || !a.criterion.empty();
     const int modes
         = (a.domain.empty() ? 0 : 1) + (a.generalist || !a.weights.empty() ? 1 : 0) + (a.unionPerDomain > 0 ? 1 : 0);
     if (experts ? modes != 1 : modes > 1)
         throw InputError("choose one of --domain NAME (specialist), --generalist [--weight NAME=W ...] or --union M");
-    std::optional<AtlasFile> atlas;
-    if (!a.atlas.empty())
-        atlas = AtlasFile::openReadOnly(a.atlas);
-    std::optional<AtlasScores> atlasScores;
-    if (atlas && experts)
-        atlasScores = readAtlasScores(*atlas, a.criterion);
-    std::vector<ScoreTable> domains;
-    if (atlasScores)
-        domains = atlasScores->domains;
-    else if (experts)
-        domains = readScoresFile(a.scores);
-    // With an atlas the checkpoint defaults to the one it was captured from.
-    const std::string checkpoint = !a.checkpoint.empty() ? a.checkpoint
-        : atlas                                          ? atlas->model().checkpointPath
-                                                         : std::string();
-    if (checkpoint.empty())
-        throw InputError("give the checkpoint directory (needed for costs without --atlas)");
-    const Checkpoint ckpt(checkpoint);
-    if (atlas) {
-        // Refused here as export would refuse it: scores of one model cannot plan another.
-        const std::string sha = sha256File(ckpt.dir() / "config.json");
-        if (sha != atlas->model().configSha256)
-            throw InputError(checkpoint + ": config.json differs from the one " + a.atlas
-                + " was captured from (sha256 " + sha.substr(0, 12) + "... vs "
-                + atlas->model().configSha256.substr(0, 12) + "...)");
-    }
-    const PlanContext ctx = planContextFor(ckpt);
-    // Read before compiling anything, so a missing /fisher is reported first.
-    std::optional<UnitScoreTable> unitScores;
-    const std::string dimCriterion = a.dimCriterion.empty() ? std::string("fisher_mask") : a.dimCriterion;
-    if (dimBudget)
-        unitScores = unitScoresOf(*atlas, dimCriterion, a.domain, atlas->model().configSha256);
-
-    Plan plan;
-    if (!experts) {
-        // Dimensions only: compileDimPlan keeps every expert of every scored layer.
-    } else if (a.unionPerDomain > 0) {
-        plan = compileUnion(domains, a.unionPerDomain, ctx);
-    } else if (!a.domain.empty()) {
-        plan = compileSpecialist(domains, a.domain, budgetOf(a), ctx);
-    } else {
-        std::map<std::string, double> weights;
-        for (const std::string& w : a.weights) {
-            const auto eq = w.find('=');
-            if (eq == std::string::npos)
-                throw InputError("--weight '" + w + "' (expected NAME=WEIGHT)");
-            try {
-                weights[w.substr(0, eq)] = std::stod(w.substr(eq + 1));
-            } catch (const std::exception&) {
-                throw InputError("--weight '" + w + "': weight is not a number");
-            }
-        }
-        // Token-weighted default from an atlas: its pooled row is the exact pooled score (a
-        // token-weighted mean of per-domain values only for criteria averaged per token).
-        plan = atlasScores && weights.empty() ? compilePooledGeneralist(domains, atlasScores->pooled, budgetOf(a), ctx)
-                                              : compileGeneralist(domains, weights, budgetOf(a), ctx);
-    }
-    if (unitScores)
-        plan = compileDimPlan(plan, *unitScores, *dimBudget, ctx);
-    if (atlas) {
-        plan.scoresSource
-            = experts ? a.atlas + ":" + atlasScores->source : a.atlas + ":/fisher/" + dimForm(dimCriterion) + "/units";
-        plan.atlas = std::filesystem::absolute(a.atlas).string();
-        plan.configSha256 = atlas->model().configSha256;
-    } else {
-        plan.scoresSource = a.scores;
-    }
+    if (experts)
+        request.experts = expertSelection(a);
+    request.atlas = a.atlas;
+    request.criterion = a.criterion;
+    request.scoresFile = a.scores;
+    request.checkpoint = a.checkpoint;
+    if (!a.dimCriterion.empty())
+        request.dimCriterion = a.dimCriterion;
+    request.unitDomain = a.domain;
+    const Plan plan = namingFlags(kPlanFlags, [&] { return makePlan(request); });
     writeFileAtomically(a.output, planToJson(plan).dump(2) + "\n");
 
     std::string counts;

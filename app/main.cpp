@@ -13,7 +13,7 @@ int main(int argc, char** argv)
 {
     CLI::App app { "MoE Atlas: analyse and compress Mixture-of-Experts LLMs" };
     app.require_subcommand(1);
-    app.set_version_flag("--version", "moeatlas 0.1.0");
+    app.set_version_flag("--version", "moeatlas " MOEATLAS_VERSION);
     // Each add*Command registers one subcommand; remember which callback belongs to which.
     std::vector<std::pair<CLI::App*, moeatlas::cli::Command>> commands;
     const auto registerCommand = [&](moeatlas::cli::Command cmd) {

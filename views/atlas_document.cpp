@@ -1,11 +1,11 @@
 #include "atlas_document.h"
 
-#include "charts/routing_stats_data.h"
 #include "checkpoint/checkpoint.h"
 #include "fisher_data.h"
+#include "metrics/routing_stats_reader.h"
 #include "plan/plan_costs.h"
 #include "util/error.h"
-#include "util/sha256.h"
+#include "workflows/atlas_model.h"
 
 #include <nlohmann/json.hpp>
 
@@ -26,7 +26,7 @@ const AtlasArray* findArray(const AtlasResults* results, const std::string& name
 
 // Top-k and router groups from the config the atlas recorded, so plans compile without the
 // checkpoint; costs and the model type come from the checkpoint when it is still there.
-void fillPlanContext(AtlasSnapshot& s)
+void fillPlanContext(const AtlasFile& atlas, AtlasSnapshot& s)
 {
     s.planContext = PlanContext {};
     s.planContext.topK = std::max(1, s.model.topK);
@@ -45,14 +45,9 @@ void fillPlanContext(AtlasSnapshot& s)
         return;
     }
     try {
-        if (sha256File(dir / "config.json") != s.model.configSha256) {
-            s.costsNote = QStringLiteral("checkpoint %1 has another config.json than the atlas was captured from: "
-                                         "predicted savings unavailable")
-                              .arg(QString::fromStdString(s.model.checkpointPath));
-            return;
-        }
-        const Checkpoint checkpoint(dir);
-        s.planContext = planContextFor(checkpoint);
+        // The checkpoint the atlas was captured from, its config.json checked (workflows/atlas_model.h).
+        const AtlasModel model = openAtlasModel(atlas, {});
+        s.planContext = planContextFor(model.checkpoint);
         s.hasCosts = true;
     } catch (const std::exception& e) {
         s.costsNote = QStringLiteral("predicted savings unavailable: %1").arg(QString::fromUtf8(e.what()));
@@ -80,6 +75,7 @@ void readFisher(const AtlasFile& atlas, AtlasSnapshot& s)
     } catch (const std::exception& e) {
         s.fisher.reset();
         s.fisherNote = QString::fromUtf8(e.what());
+        s.fisherMalformed = true;
         return;
     }
     try {
@@ -87,6 +83,7 @@ void readFisher(const AtlasFile& atlas, AtlasSnapshot& s)
             s.fisherAblation = std::make_shared<const FisherAblationResults>(std::move(*ablation));
     } catch (const std::exception& e) {
         s.fisherNote = QString::fromUtf8(e.what());
+        s.fisherMalformed = true;
     }
 }
 
@@ -163,7 +160,7 @@ std::shared_ptr<const AtlasSnapshot> loadAtlasSnapshot(const QString& path)
             s->scores.emplace(criterion, atlasScoresFromResults(atlas, criterion, group));
     }
     readFisher(atlas, *s);
-    fillPlanContext(*s);
+    fillPlanContext(atlas, *s);
     return s;
 }
 

@@ -19,12 +19,12 @@
 namespace moeatlas {
 struct FisherAblationResults;
 struct FisherSummary;
+struct RoutingStats;
 } // namespace moeatlas
 
 namespace moeatlas::views {
 
 class FisherUnitStore;
-struct RoutingStats;
 
 // Everything the views show of one atlas, read once. Plain value type: tests and benchmarks may
 // fill one in memory (no file behind it).
@@ -39,7 +39,7 @@ struct AtlasSnapshot {
     std::map<std::string, AtlasResults> scoreGroups;
     std::map<std::string, AtlasScores> scores;
     std::optional<AtlasResults> statistics; // /statistics
-    // The same statistics sliced for the routing charts (charts/routing_stats_data.h); null with
+    // The same statistics sliced for the routing charts (metrics/routing_stats_reader.h); null with
     // the reason in routingStatsNote when the atlas was not scored.
     std::shared_ptr<const RoutingStats> routingStats;
     QString routingStatsNote;
@@ -51,6 +51,7 @@ struct AtlasSnapshot {
     std::shared_ptr<const FisherAblationResults> fisherAblation;
     std::shared_ptr<FisherUnitStore> fisherUnits;
     QString fisherNote;
+    bool fisherMalformed = false; // /fisher (or its ablation) exists but could not be read: fisherNote says why
     // Planning context: top-k and groups always; costs only when the checkpoint the atlas was
     // captured from is present and its config.json still hashes to the atlas's config_sha256.
     PlanContext planContext;

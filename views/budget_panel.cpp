@@ -4,8 +4,10 @@
 #include "dim_planner.h"
 #include "fisher/fisher_store.h"
 #include "fisher_data.h"
+#include "plan/routing_mass.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "workflows/plan_workflow.h"
 
 #include <nlohmann/json.hpp>
 
@@ -49,32 +51,11 @@ QString reduction(double before, double after)
 
 RoutingMassProxy retainedRoutingMass(const AtlasSnapshot& snapshot, const Plan& plan)
 {
-    RoutingMassProxy proxy;
-    const AtlasArray* mass = snapshot.scoreArray("soft_mass");
-    proxy.source = QStringLiteral("soft_mass");
-    if (!mass) {
-        mass = snapshot.statisticsArray("load_share");
-        proxy.source = QStringLiteral("load_share");
-    }
-    const auto D = static_cast<uint64_t>(snapshot.domains.size());
-    const auto L = static_cast<uint64_t>(snapshot.numLayers());
-    const auto E = static_cast<uint64_t>(snapshot.numExperts());
-    if (!mass || mass->dims.size() != 3 || mass->dims[0] < D || mass->dims[1] != L || mass->dims[2] != E
-        || plan.keep.size() != L || L == 0) {
-        proxy.source.clear();
-        return proxy;
-    }
-    proxy.perDomain.assign(D, 0.0);
-    for (uint64_t d = 0; d < D; ++d) {
-        double total = 0;
-        for (uint64_t l = 0; l < L; ++l) {
-            const double* row = mass->values.data() + (d * L + l) * E;
-            for (const int e : plan.keep[l])
-                total += row[e];
-        }
-        proxy.perDomain[d] = total / static_cast<double>(L);
-    }
-    return proxy;
+    if (plan.keep.size() != static_cast<std::size_t>(snapshot.numLayers())
+        || plan.numExperts != static_cast<int>(snapshot.numExperts()))
+        return {};
+    return moeatlas::retainedRoutingMass(
+        snapshot.scoreArray("soft_mass"), snapshot.statisticsArray("load_share"), snapshot.domains.size(), plan);
 }
 
 BudgetPanel::BudgetPanel(QWidget* parent)
@@ -356,123 +337,6 @@ void BudgetPanel::updateBudgetControls()
     m_sliderLabel->setText(QStringLiteral("%1%").arg(m_slider->value()));
 }
 
-void BudgetPanel::setCriterion(const QString& criterion)
-{
-    m_criterion->setCurrentText(criterion);
-}
-
-QString BudgetPanel::criterion() const
-{
-    return m_criterion->currentText();
-}
-
-void BudgetPanel::setTargetDomain(const QString& domain)
-{
-    const int i = domain.isEmpty() ? 0 : m_target->findData(domain);
-    if (i >= 0)
-        m_target->setCurrentIndex(i);
-}
-
-QString BudgetPanel::targetDomain() const
-{
-    return m_target->currentData().toString();
-}
-
-void BudgetPanel::setCustomWeights(bool custom)
-{
-    m_customWeights->setChecked(custom);
-}
-
-void BudgetPanel::setDomainWeight(const QString& domain, int weight)
-{
-    for (auto& [name, slider] : m_weights) {
-        if (name == domain)
-            slider->setValue(weight);
-    }
-}
-
-void BudgetPanel::setScope(BudgetScope scope)
-{
-    m_scope->setCurrentIndex(scope == BudgetScope::Global ? 1 : 0);
-}
-
-BudgetScope BudgetPanel::scope() const
-{
-    return m_scope->currentIndex() == 1 ? BudgetScope::Global : BudgetScope::Uniform;
-}
-
-void BudgetPanel::setBudgetKind(BudgetKind kind)
-{
-    m_kind->setCurrentIndex(static_cast<int>(kind));
-}
-
-BudgetPanel::BudgetKind BudgetPanel::budgetKind() const
-{
-    return static_cast<BudgetKind>(std::max(0, m_kind->currentIndex()));
-}
-
-void BudgetPanel::setSparsityPercent(int percent)
-{
-    m_slider->setValue(percent);
-}
-
-int BudgetPanel::sparsityPercent() const
-{
-    return m_slider->value();
-}
-
-void BudgetPanel::setTargetAmount(double amount)
-{
-    m_amount->setValue(amount);
-}
-
-void BudgetPanel::setDimsEnabled(bool enabled)
-{
-    m_dims->setChecked(enabled && m_dims->isEnabled()); // disabled: the atlas has no Fisher tables
-}
-
-bool BudgetPanel::dimsEnabled() const
-{
-    return m_dims->isChecked();
-}
-
-void BudgetPanel::setDimScope(DimScope scope)
-{
-    m_dimScope->setCurrentIndex(m_dimScope->findData(static_cast<int>(scope)));
-}
-
-DimScope BudgetPanel::dimScope() const
-{
-    return static_cast<DimScope>(m_dimScope->currentData().toInt());
-}
-
-void BudgetPanel::setDimSparsityPercent(int percent)
-{
-    m_dimSlider->setValue(percent);
-}
-
-int BudgetPanel::dimSparsityPercent() const
-{
-    return m_dimSlider->value();
-}
-
-void BudgetPanel::setDimForm(const QString& form)
-{
-    const int i = m_dimForm->findData(form == QLatin1String("grad-abs") ? QStringLiteral("grad_abs") : form);
-    if (i >= 0)
-        m_dimForm->setCurrentIndex(i);
-}
-
-QString BudgetPanel::dimForm() const
-{
-    return m_dimForm->currentData().toString();
-}
-
-DimBudget BudgetPanel::dimBudget() const
-{
-    return DimBudget { dimScope(), m_dimSlider->value() / 100.0 };
-}
-
 Budget BudgetPanel::budget() const
 {
     Budget b;
@@ -515,23 +379,22 @@ void BudgetPanel::recompile()
     }
     const AtlasScores& scores = *found;
     try {
-        Plan plan;
+        ExpertSelection selection;
+        selection.budget = budget();
         const QString domain = targetDomain();
         if (!domain.isEmpty()) {
-            plan = compileSpecialist(scores.domains, domain.toStdString(), budget(), m_snapshot->planContext);
-        } else if (m_customWeights->isChecked()) {
-            std::map<std::string, double> weights;
-            for (const auto& [name, slider] : m_weights)
-                weights[name.toStdString()] = slider->value();
-            plan = compileGeneralist(scores.domains, weights, budget(), m_snapshot->planContext);
+            selection.family = ExpertSelection::Family::Specialist;
+            selection.domain = domain.toStdString();
         } else {
-            plan = compilePooledGeneralist(scores.domains, scores.pooled, budget(), m_snapshot->planContext);
+            selection.family = ExpertSelection::Family::Generalist;
+            if (m_customWeights->isChecked())
+                for (const auto& [name, slider] : m_weights)
+                    selection.weights[name.toStdString()] = slider->value();
         }
+        Plan plan = compileExpertPlan(scores.domains, &scores.pooled, selection, m_snapshot->planContext);
         // Provenance as `moeatlas plan --atlas` records it.
-        const std::string atlas = m_snapshot->path.toStdString();
-        plan.scoresSource = atlas + ":" + m_snapshot->scoreSource(criterion().toStdString());
-        plan.atlas = std::filesystem::absolute(atlas).string();
-        plan.configSha256 = m_snapshot->model.configSha256;
+        setAtlasProvenance(plan, m_snapshot->path.toStdString(), m_snapshot->scoreSource(criterion().toStdString()),
+            m_snapshot->model.configSha256);
         if (dimsEnabled() && m_snapshot->fisherUnits && domain.isEmpty() && m_customWeights->isChecked())
             throw InputError(tr("Custom domain weights cannot be combined with unit pruning: unit scores exist per "
                                 "domain and pooled only (moeatlas plan refuses --weight with --dims). Choose a "
@@ -632,10 +495,10 @@ void BudgetPanel::showResult()
     } else {
         m_savings->setText(m_snapshot->costsNote);
     }
-    if (m_proxy.source.isEmpty()) {
+    if (m_proxy.source.empty()) {
         m_proxyLabel->setText(tr("No soft_mass scores or load_share statistics: no quality proxy."));
     } else {
-        QString text = tr("Retained routing mass (%1):").arg(m_proxy.source);
+        QString text = tr("Retained routing mass (%1):").arg(QString::fromStdString(m_proxy.source));
         const QStringList names = m_snapshot->domainNames();
         for (std::size_t d = 0; d < m_proxy.perDomain.size(); ++d)
             text += QStringLiteral("\n  %1: %2%")

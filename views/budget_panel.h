@@ -6,6 +6,7 @@
 
 #include "plan/dim_plan.h"
 #include "plan/plan.h"
+#include "plan/routing_mass.h"
 
 #include <QString>
 #include <QWidget>
@@ -29,13 +30,7 @@ namespace moeatlas::views {
 struct AtlasSnapshot;
 class DimPlanner;
 
-// Retained routing mass per domain for a kept set: for each domain d, the mean over MoE layers of
-// the sum over kept experts of mass[d, l, e], where mass is scores/soft_mass/value (the mean
-// full-softmax probability per expert) or, without it, statistics/load_share. 1 = nothing lost.
-struct RoutingMassProxy {
-    QString source; // "soft_mass", "load_share" or empty (neither in the atlas)
-    std::vector<double> perDomain;
-};
+// The retained routing mass of a plan (plan/routing_mass.h) from the snapshot's arrays.
 RoutingMassProxy retainedRoutingMass(const AtlasSnapshot& snapshot, const Plan& plan);
 
 class BudgetPanel : public QWidget {

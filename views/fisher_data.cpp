@@ -1,5 +1,6 @@
 #include "fisher_data.h"
 
+#include "fisher/fisher_store.h"
 #include "util/error.h"
 
 #include <algorithm>
@@ -105,7 +106,7 @@ std::shared_ptr<const FisherTable> FisherUnitStore::load(const std::string& form
 std::shared_ptr<const FisherTable> FisherUnitStore::peek(const std::string& form) const
 {
     const std::lock_guard lock(m_mutex);
-    const auto it = m_tables.find(form == "grad-abs" ? std::string("grad_abs") : form);
+    const auto it = m_tables.find(canonicalFisherForm(form));
     return it == m_tables.end() ? nullptr : it->second;
 }
 

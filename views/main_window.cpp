@@ -14,7 +14,7 @@
 #include "jobs/export_dialog.h"
 #include "jobs/job_runner.h"
 #include "jobs/jobs_panel.h"
-#include "util/atomic_file.h"
+#include "util/error.h"
 #include "workbench_style.h"
 
 #include <nlohmann/json.hpp>
@@ -47,23 +47,12 @@
 #include <QStyle>
 #include <QTabWidget>
 #include <QTableView>
-#include <QTemporaryDir>
 #include <QTextStream>
 #include <QToolBar>
 #include <QToolButton>
 #include <QVBoxLayout>
 
 namespace moeatlas::views {
-
-namespace {
-
-bool isAtlasFile(const QString& path)
-{
-    return path.endsWith(QLatin1String(".h5"), Qt::CaseInsensitive)
-        || path.endsWith(QLatin1String(".h5.partial"), Qt::CaseInsensitive);
-}
-
-} // namespace
 
 MainWindow::MainWindow(QWidget* parent)
     : QMainWindow(parent)
@@ -300,21 +289,12 @@ void MainWindow::createActions()
             QLineEdit::Normal, QStringLiteral("0,10,100,1000"), &ok);
         if (!ok)
             return;
-        FisherJobParams params;
-        if (text.trimmed() == QLatin1String("none")) {
-            params.ablate.reset();
-        } else {
-            std::vector<int64_t> counts;
-            for (const QString& item : text.split(QLatin1Char(','))) {
-                bool number = false;
-                const qlonglong n = item.trimmed().toLongLong(&number);
-                if (!number || n < 0) {
-                    logError(tr("Ablation counts '%1': '%2' is not a unit count").arg(text, item));
-                    return;
-                }
-                counts.push_back(n);
-            }
-            params.ablate = counts;
+        FisherRequest params;
+        try {
+            params.ablate = parseAblationCounts(text.trimmed().toStdString());
+        } catch (const InputError& e) {
+            logError(QString::fromUtf8(e.what()));
+            return;
         }
         computeFisher(std::move(params));
     });
@@ -373,8 +353,8 @@ void MainWindow::onLoaded(const QString& path)
                        .arg(forms.join(QStringLiteral(", ")))
                        .arg(snapshot->fisher->samples.back())
                        .arg(snapshot->fisherAblation ? tr(", with the ablation") : QString()));
-    } else if (snapshot->complete && !snapshot->fisherNote.startsWith(QStringLiteral("No Fisher"))) {
-        logError(snapshot->fisherNote); // malformed tables
+    } else if (snapshot->complete && snapshot->fisherMalformed) {
+        logError(snapshot->fisherNote);
     }
     const bool sameAtlas = !m_recent.isEmpty() && m_recent.first() == QFileInfo(path).absoluteFilePath();
     addRecent(path);
@@ -421,6 +401,9 @@ void MainWindow::showEvaluation()
         const auto it = snapshot->evaluations.find(m_evalLabel->currentText().toStdString());
         table = it == snapshot->evaluations.end() ? nullptr : &it->second;
     }
+    // Without a table the chart is emptied too: the previous atlas's must not stay on show (or be
+    // exported under the new atlas's name).
+    m_tradeoff->setEvaluation(table);
     if (!table) {
         m_evalNote->setText(tr("No evaluation tables in this atlas: run moeatlas eval --atlas ATLAS --sparsity "
                                "0.25,0.5,0.75, or Evaluate… a plan in the budget panel."));
@@ -428,7 +411,6 @@ void MainWindow::showEvaluation()
         m_tradeoff->setEnabled(false);
         return;
     }
-    m_tradeoff->setEvaluation(*table);
     m_tradeoff->setEnabled(true);
     m_evalNote->setVisible(!m_tradeoff->errorText().isEmpty());
     m_evalNote->setText(m_tradeoff->errorText());
@@ -439,23 +421,14 @@ int MainWindow::evaluatePlan(const Plan& plan)
     const auto snapshot = m_document->snapshot();
     if (!snapshot)
         return 0;
-    if (!m_scratch)
-        m_scratch = std::make_unique<QTemporaryDir>();
-    // The plan file's name becomes the variant's name in the table.
+    // The plan's name in the table: method, domain, criterion and a running number.
     QString name = QString::fromStdString(plan.method);
     if (plan.method == "specialist" && plan.domainWeights.size() == 1)
         name += QLatin1Char('-') + QString::fromStdString(plan.domainWeights.begin()->first);
-    name += QStringLiteral("-%1-%2").arg(QString::fromStdString(plan.criterion)).arg(++m_planFiles);
-    const QString file = m_scratch->filePath(name + QStringLiteral(".json"));
-    try {
-        writeFileAtomically(file.toStdString(), planToJson(plan).dump(2) + "\n");
-    } catch (const std::exception& e) {
-        logError(QString::fromUtf8(e.what()));
-        return 0;
-    }
-    EvalJobParams params;
+    name += QStringLiteral("-%1-%2").arg(QString::fromStdString(plan.criterion)).arg(++m_evaluatedPlans);
+    EvalRequest params;
     params.atlas = snapshot->path.toStdString();
-    params.planFiles = { file.toStdString() };
+    params.plans = { { name.toStdString(), plan } };
     params.label = kEvaluationLabel;
     logMessage(tr("Evaluating plan %1 into /evaluation/%2 of %3")
                    .arg(name, QString::fromLatin1(kEvaluationLabel), snapshot->path));
@@ -475,7 +448,7 @@ int MainWindow::scoreAtlas()
     return m_scoreJob;
 }
 
-int MainWindow::computeFisher(FisherJobParams params)
+int MainWindow::computeFisher(FisherRequest params)
 {
     const auto snapshot = m_document->snapshot();
     if (!snapshot)
@@ -570,187 +543,6 @@ void MainWindow::refreshHeatmap()
     }
     if (const auto& plan = m_budget->plan())
         m_heatmapModel->setPlan(*plan);
-}
-
-QString MainWindow::logText() const
-{
-    return m_log->toPlainText();
-}
-
-void MainWindow::logMessage(const QString& text)
-{
-    if (text.isEmpty())
-        return;
-    m_log->appendPlainText(
-        QStringLiteral("[%1] %2").arg(QTime::currentTime().toString(QStringLiteral("HH:mm:ss")), text));
-    statusBar()->showMessage(text, 5000);
-}
-
-void MainWindow::logError(const QString& text)
-{
-    logMessage(tr("Error: %1").arg(text));
-    if (!m_errorDialogs)
-        return;
-    auto* box = new QMessageBox(QMessageBox::Warning, tr("MoE Atlas"), text, QMessageBox::Ok, this);
-    box->setAttribute(Qt::WA_DeleteOnClose);
-    box->setModal(false);
-    box->show();
-}
-
-bool MainWindow::exportHeatmapPng(const QString& path)
-{
-    const bool ok = m_heatmap->exportPng(path);
-    ok ? logMessage(tr("Heatmap written to %1").arg(path)) : logError(tr("Cannot write %1").arg(path));
-    return ok;
-}
-
-bool MainWindow::exportHeatmapSvg(const QString& path)
-{
-    const bool ok = m_heatmap->exportSvg(path);
-    ok ? logMessage(tr("Heatmap written to %1").arg(path)) : logError(tr("Cannot write %1").arg(path));
-    return ok;
-}
-
-QString MainWindow::currentViewName() const
-{
-    if (m_tabs->currentWidget() == m_tradeoffPage)
-        return QStringLiteral("tradeoff");
-    if (m_tabs->currentWidget() == m_statsPage)
-        return QStringLiteral("routing-statistics");
-    if (m_tabs->currentWidget() == m_fisher)
-        return QStringLiteral("fisher");
-    return QStringLiteral("heatmap");
-}
-
-bool MainWindow::exportCurrentView(const QString& path)
-{
-    const bool svg = path.endsWith(QStringLiteral(".svg"), Qt::CaseInsensitive);
-    QWidget* tab = m_tabs->currentWidget();
-    if (tab == m_tradeoffPage || tab == m_statsPage || tab == m_fisher) {
-        const bool ok = tab == m_tradeoffPage ? m_tradeoff->saveImage(path)
-            : tab == m_statsPage              ? m_stats->saveImage(path)
-                                              : m_fisher->saveImage(path);
-        ok ? logMessage(tr("Chart written to %1").arg(path)) : logError(tr("Cannot write %1").arg(path));
-        return ok;
-    }
-    return svg ? exportHeatmapSvg(path) : exportHeatmapPng(path);
-}
-
-bool MainWindow::exportTableCsv(const QString& path)
-{
-    QString text;
-    if (m_tabs->currentWidget() == m_tradeoffPage) {
-        // The evaluation table on show, one row per (variant, domain), as `moeatlas eval --csv`.
-        const TradeoffTable& t = m_tradeoff->table();
-        const int full = t.fullIndex();
-        QTextStream csv(&text);
-        csv.setRealNumberPrecision(9);
-        csv << "variant,method,criterion,target_domain,sparsity,kept_experts,domain,tokens,nll,perplexity,delta_nll\n";
-        for (const TradeoffVariant& v : t.variants)
-            for (std::size_t d = 0; d < t.domains.size(); ++d) {
-                csv << QString::fromStdString(v.name) << ',' << QString::fromStdString(v.method) << ','
-                    << QString::fromStdString(v.criterion) << ',' << QString::fromStdString(v.domain) << ','
-                    << v.sparsity << ',' << v.keptExperts << ',' << QString::fromStdString(t.domains[d]) << ','
-                    << t.tokens[d] << ',' << v.nll[d] << ',' << std::exp(v.nll[d]) << ',';
-                if (full >= 0)
-                    csv << v.nll[d] - t.variants[static_cast<std::size_t>(full)].nll[d];
-                csv << '\n';
-            }
-    } else if (m_tabs->currentWidget() == m_fisher) {
-        text = m_fisher->ablationModel()->toCsv(); // the ablation table
-    } else {
-        text = m_heatmapModel->toCsv();
-    }
-    QSaveFile out(path);
-    bool ok = out.open(QIODevice::WriteOnly | QIODevice::Text);
-    if (ok) {
-        out.write(text.toUtf8());
-        ok = out.commit();
-    }
-    ok ? logMessage(tr("Table written to %1").arg(path)) : logError(tr("Cannot write %1").arg(path));
-    return ok;
-}
-
-void MainWindow::setDarkPalette(bool dark)
-{
-    m_dark = dark;
-    if (m_darkAction && m_darkAction->isChecked() != dark)
-        m_darkAction->setChecked(dark);
-    QApplication::setPalette(dark ? darkPalette() : QApplication::style()->standardPalette());
-    m_heatmap->setPalette(QApplication::palette());
-    m_heatmap->update();
-}
-
-void MainWindow::addRecent(const QString& path)
-{
-    const QString absolute = QFileInfo(path).absoluteFilePath();
-    m_recent.removeAll(absolute);
-    m_recent.prepend(absolute);
-    while (m_recent.size() > kMaxRecentFiles)
-        m_recent.removeLast();
-    rebuildRecentMenu();
-    writeSettings();
-}
-
-void MainWindow::rebuildRecentMenu()
-{
-    m_recentMenu->clear();
-    for (int i = 0; i < m_recent.size(); ++i) {
-        const QString path = m_recent[i];
-        QAction* a = m_recentMenu->addAction(
-            QStringLiteral("&%1 %2").arg(i + 1).arg(path), this, [this, path] { openAtlas(path); });
-        a->setToolTip(path);
-    }
-    m_recentMenu->setEnabled(!m_recent.isEmpty());
-}
-
-void MainWindow::readSettings()
-{
-    const QSettings s = workbenchSettings();
-    m_recent = s.value(QStringLiteral("recentFiles")).toStringList();
-    rebuildRecentMenu();
-    if (!restoreGeometry(s.value(QStringLiteral("geometry")).toByteArray()))
-        resize(1280, 800);
-    restoreState(s.value(QStringLiteral("windowState")).toByteArray());
-    setDarkPalette(s.value(QStringLiteral("darkPalette"), false).toBool());
-    m_sortAction->setChecked(s.value(QStringLiteral("heatmap/sorted"), false).toBool());
-}
-
-void MainWindow::writeSettings() const
-{
-    QSettings s = workbenchSettings();
-    s.setValue(QStringLiteral("recentFiles"), m_recent);
-    s.setValue(QStringLiteral("geometry"), saveGeometry());
-    s.setValue(QStringLiteral("windowState"), saveState());
-    s.setValue(QStringLiteral("darkPalette"), m_dark);
-    s.setValue(QStringLiteral("heatmap/sorted"), m_sortAction->isChecked());
-}
-
-void MainWindow::closeEvent(QCloseEvent* event)
-{
-    writeSettings();
-    QMainWindow::closeEvent(event);
-}
-
-void MainWindow::dragEnterEvent(QDragEnterEvent* event)
-{
-    for (const QUrl& url : event->mimeData()->urls()) {
-        if (url.isLocalFile() && isAtlasFile(url.toLocalFile())) {
-            event->acceptProposedAction();
-            return;
-        }
-    }
-}
-
-void MainWindow::dropEvent(QDropEvent* event)
-{
-    for (const QUrl& url : event->mimeData()->urls()) {
-        if (url.isLocalFile() && isAtlasFile(url.toLocalFile())) {
-            openAtlas(url.toLocalFile());
-            event->acceptProposedAction();
-            return;
-        }
-    }
 }
 
 } // namespace moeatlas::views

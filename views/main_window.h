@@ -19,7 +19,10 @@ class QScrollArea;
 class QTabWidget;
 class QTableView;
 class QLabel;
-class QTemporaryDir;
+
+namespace moeatlas {
+struct FisherRequest;
+}
 
 namespace moeatlas::views {
 
@@ -27,7 +30,6 @@ class AtlasDocument;
 class BudgetPanel;
 class CaptureDialog;
 class FisherView;
-struct FisherJobParams;
 class HeatmapModel;
 class HeatmapView;
 class JobRunner;
@@ -88,7 +90,7 @@ public:
     CaptureDialog* showCaptureDialog();
     // Jobs > Compute Fisher…: `moeatlas fisher ATLAS` (params.atlas is set to the open atlas) as a
     // background job, reloading the atlas when done; returns the job id (0 when nothing is open).
-    int computeFisher(FisherJobParams params);
+    int computeFisher(FisherRequest params);
     QAction* scoreAction() const { return m_scoreAction; }
     QAction* fisherAction() const { return m_fisherAction; }
 
@@ -154,12 +156,11 @@ private:
     FisherView* m_fisher = nullptr;
     JobRunner* m_runner = nullptr;
     JobsPanel* m_jobsPanel = nullptr;
-    std::unique_ptr<QTemporaryDir> m_scratch; // plan files of evaluations
     int m_evalJob = 0; // the evaluation job last started
     int m_scoreJob = 0; // the score job last started
     int m_fisherJob = 0; // the Fisher job last started
     int m_runningJob = 0;
-    int m_planFiles = 0;
+    int m_evaluatedPlans = 0;
     QString m_preferredLabel;
 };
 

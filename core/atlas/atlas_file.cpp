@@ -619,7 +619,7 @@ AtlasHiddenSamples AtlasFile::readHiddenSamples(int layer) const
     return samples;
 }
 
-// ---- derived results (issue 6: /scores and /statistics) ------------------------------------
+// ---- derived results (/scores, /statistics, /evaluation, /fisher) ---------------------------
 
 const AtlasArray* AtlasResults::find(const std::string& name) const
 {

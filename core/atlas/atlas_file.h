@@ -161,7 +161,7 @@ public:
     // Empty when none were written for the layer.
     AtlasHiddenSamples readHiddenSamples(int layer) const;
 
-    // ---- derived results (scores and statistics; appended for issue 6) ----------------------
+    // ---- derived results (scores, statistics, evaluation and Fisher tables) -------------------
     // Opens a complete atlas to add results (docs/atlas-format.md, "Updates"). The atlas is never
     // written in place (HDF5 1.10 has no journal: a crash mid-flush could make the whole file
     // unreadable, and with it the capture): result groups go to a new file with a unique name,

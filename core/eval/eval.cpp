@@ -401,9 +401,61 @@ AtlasResults evalTableResults(const EvalTable& table)
     return r;
 }
 
-void storeEvalTable(const std::filesystem::path& atlas, const std::string& label, const EvalTable& table)
+EvalTable evalTableFromResults(const AtlasResults& results, const std::string& source)
 {
-    AtlasFile update = AtlasFile::openForUpdate(atlas);
+    const nlohmann::json params = nlohmann::json::parse(results.paramsJson, nullptr, false);
+    if (!params.is_object() || !params.contains("domains") || !params.contains("variants")
+        || !params["domains"].is_array() || !params["variants"].is_array())
+        throw InputError(source + ": attribute params has no 'domains' and 'variants' lists");
+    EvalTable t;
+    try {
+        for (const auto& d : params["domains"])
+            t.domains.push_back(d.get<std::string>());
+        const std::size_t V = params["variants"].size(), D = t.domains.size();
+        const AtlasArray* nll = results.find("nll");
+        const AtlasArray* sparsity = results.find("sparsity");
+        const AtlasArray* kept = results.find("kept_experts");
+        const AtlasArray* tokens = results.find("tokens");
+        if (!nll || nll->values.size() != V * D || !sparsity || sparsity->values.size() != V)
+            throw InputError(source + ": dataset 'nll' [" + std::to_string(V) + ", " + std::to_string(D)
+                + "] or 'sparsity' [" + std::to_string(V) + "] is missing or of another shape");
+        if (tokens && tokens->values.size() != D)
+            throw InputError(source + ": dataset 'tokens' holds " + std::to_string(tokens->values.size())
+                + " values, expected one per domain (" + std::to_string(D) + ")");
+        for (std::size_t d = 0; d < D; ++d)
+            t.predictedTokens.push_back(tokens ? static_cast<int64_t>(tokens->values[d]) : 0);
+        for (std::size_t v = 0; v < V; ++v) {
+            const nlohmann::json& j = params["variants"][v];
+            EvalVariant var;
+            var.name = j.value("name", std::string());
+            var.method = j.value("method", std::string());
+            var.criterion = j.value("criterion", std::string());
+            var.domain = j.value("domain", std::string());
+            var.sparsity = sparsity->values[v];
+            var.keptExperts = kept && kept->values.size() == V ? static_cast<int64_t>(kept->values[v]) : 0;
+            var.mask.name = var.name;
+            if (j.contains("keep") && j["keep"].is_object())
+                for (const auto& [layer, ids] : j["keep"].items())
+                    var.mask.keep[std::stoi(layer)] = ids.get<std::vector<int>>();
+            t.nll.emplace_back(nll->values.begin() + static_cast<std::ptrdiff_t>(v * D),
+                nll->values.begin() + static_cast<std::ptrdiff_t>((v + 1) * D));
+            t.variants.push_back(std::move(var));
+        }
+    } catch (const nlohmann::json::exception& e) {
+        throw InputError(source + ": attribute params: " + e.what());
+    } catch (const std::logic_error&) { // stoi on a layer key
+        throw InputError(source + ": attribute params: a variant's 'keep' has a layer key that is not a number");
+    }
+    t.tokenSource = params.value("token_source", std::string());
+    t.checkpoint = params.value("checkpoint", std::string());
+    t.computeDtype = params.value("compute_dtype", std::string());
+    return t;
+}
+
+void storeEvalTable(
+    const std::filesystem::path& atlas, const std::string& label, const EvalTable& table, const LockWait& wait)
+{
+    AtlasFile update = AtlasFile::openForUpdate(atlas, wait);
     update.writeResults("evaluation/" + label, evalTableResults(table));
     update.commitUpdate();
 }

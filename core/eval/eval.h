@@ -7,6 +7,7 @@
 #include "atlas/atlas_file.h"
 #include "plan/plan.h"
 #include "runtime/executor.h"
+#include "util/file_lock.h"
 #include "util/progress.h"
 
 #include <cstdint>
@@ -109,8 +110,15 @@ std::string evalTableCsv(const EvalTable& table);
 
 // The table as an atlas result group (docs/atlas-format.md, "Evaluation tables").
 AtlasResults evalTableResults(const EvalTable& table);
+// The inverse of evalTableResults: a table read back from an atlas (variants with their kept experts;
+// dimension plans' unit lists are not stored, only widths). `source` names the group in messages.
+// Throws InputError naming it when params or arrays are missing or their shapes disagree.
+EvalTable evalTableFromResults(const AtlasResults& results, const std::string& source);
+
 // Stores the table in a complete atlas as /evaluation/<label> (copy, write, atomic rename: a failure
 // leaves the atlas as it was).
-void storeEvalTable(const std::filesystem::path& atlas, const std::string& label, const EvalTable& table);
+// `wait`: how to wait for another update of the atlas (util/file_lock.h; default: up to 10 minutes).
+void storeEvalTable(
+    const std::filesystem::path& atlas, const std::string& label, const EvalTable& table, const LockWait& wait = {});
 
 } // namespace moeatlas

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <charconv>
 #include <map>
 #include <numeric>
 #include <set>
@@ -61,6 +62,33 @@ ExpertMask removalMask(const std::string& name, std::span<const int> layers, int
                     experts[static_cast<std::size_t>(e)].push_back(static_cast<int>(j));
     }
     return mask;
+}
+
+std::optional<std::vector<int64_t>> parseAblationCounts(const std::string& text)
+{
+    if (text == "none")
+        return std::nullopt;
+    std::vector<int64_t> counts;
+    std::size_t begin = 0;
+    while (begin <= text.size()) {
+        const std::size_t end = std::min(text.find(',', begin), text.size());
+        std::string item = text.substr(begin, end - begin);
+        const std::size_t first = item.find_first_not_of(' '), last = item.find_last_not_of(' ');
+        item = first == std::string::npos ? std::string() : item.substr(first, last - first + 1);
+        int64_t n = -1;
+        const auto [ptr, ec] = std::from_chars(item.data(), item.data() + item.size(), n);
+        if (item.empty() || ec != std::errc() || ptr != item.data() + item.size() || n < 0)
+            throw InputError("ablation counts '" + text + "': '" + item
+                + "' is not a unit count (expected comma-separated integers >= 0, or none)");
+        counts.push_back(n);
+        begin = end + 1;
+    }
+    return counts;
+}
+
+std::string ablationRankingForm(const FisherOptions& options)
+{
+    return options.maskForm ? "mask" : options.weightForm ? "weight" : "grad_abs";
 }
 
 std::vector<int64_t> ablationCounts(std::vector<int64_t> counts, int64_t totalUnits)

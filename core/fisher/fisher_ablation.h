@@ -55,6 +55,13 @@ ExpertMask removalMask(const std::string& name, std::span<const int> layers, int
 // named after the domain), naming `source`; call it before the Fisher pass so no work is thrown away.
 void checkAblationDomains(const std::vector<std::string>& domains, const std::string& source);
 
+// A list of unit counts as users write it: "0,10,100" -> {0, 10, 100}; "none" -> no ablation.
+// Throws InputError quoting the text and the item that is not an integer >= 0.
+std::optional<std::vector<int64_t>> parseAblationCounts(const std::string& text);
+
+// The form the ablation ranks units by: mask when computed, else the first gradient form computed.
+std::string ablationRankingForm(const FisherOptions& options);
+
 // The counts sorted, duplicates dropped, clipped to `totalUnits`, 0 first (always present).
 // Throws InputError for a negative count.
 std::vector<int64_t> ablationCounts(std::vector<int64_t> counts, int64_t totalUnits);

@@ -57,12 +57,30 @@ void checkDomainNames(const std::vector<std::string>& domains, const std::string
                   "rename the domain");
 }
 
-std::string canonicalForm(const std::string& form)
+} // namespace
+
+std::string canonicalFisherForm(const std::string& form)
 {
     return form == "grad-abs" ? std::string("grad_abs") : form;
 }
 
-} // namespace
+void setFisherForms(FisherOptions& options, const std::vector<std::string>& forms)
+{
+    options.maskForm = options.weightForm = options.gradAbs = false;
+    for (const std::string& f : forms) {
+        const std::string form = canonicalFisherForm(f);
+        if (form == "mask")
+            options.maskForm = true;
+        else if (form == "weight")
+            options.weightForm = true;
+        else if (form == "grad_abs")
+            options.gradAbs = true;
+        else
+            throw InputError("unknown Fisher form '" + f + "' (expected mask, weight, grad_abs)");
+    }
+    if (!options.maskForm && !options.weightForm && !options.gradAbs)
+        throw InputError("no Fisher form chosen: give at least one of mask, weight, grad_abs");
+}
 
 const FisherFormTable* FisherTables::find(const std::string& form) const
 {
@@ -285,7 +303,7 @@ namespace {
 // (float64, as stored).
 FisherTable readFisherForm(const AtlasFile& atlas, const std::string& formName, std::vector<double>& values)
 {
-    const std::string form = canonicalForm(formName);
+    const std::string form = canonicalFisherForm(formName);
     const std::string path = atlas.path().string();
     const bool magnitude = form == "magnitude";
     if (!magnitude && std::find(kFisherDomainForms.begin(), kFisherDomainForms.end(), form) == kFisherDomainForms.end())
@@ -372,7 +390,7 @@ FisherTable readFisherTable(const std::filesystem::path& atlas, const std::strin
 
 const FisherSummaryForm* FisherSummary::find(const std::string& form) const
 {
-    const std::string name = canonicalForm(form);
+    const std::string name = canonicalFisherForm(form);
     for (const FisherSummaryForm& f : forms)
         if (f.form == name)
             return &f;

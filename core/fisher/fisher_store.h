@@ -56,6 +56,13 @@ struct FisherTables {
     int64_t unitsPerRow() const { return static_cast<int64_t>(layers.size()) * numExperts * intermediate; }
 };
 
+// The stored name of a Fisher form: "grad-abs" (the authors' spelling) -> "grad_abs", others as given.
+std::string canonicalFisherForm(const std::string& form);
+
+// Chooses the gradient forms of `options` by name (mask, weight, grad_abs or grad-abs). Throws
+// InputError naming an unknown form, or when none is given.
+void setFisherForms(FisherOptions& options, const std::vector<std::string>& forms);
+
 // Share of the total mass of `scores` held by its largest max(1, ceil(f * n)) values, for every
 // fraction f (n = scores.size(); 0 when the total is 0 or there are no scores). Scores must be >= 0.
 std::vector<double> concentrationShares(std::span<const double> scores, std::span<const double> fractions);

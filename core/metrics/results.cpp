@@ -215,7 +215,10 @@ ScoreRunReport scoreAtlasFile(const std::filesystem::path& path, const ScorePara
         }
         acc = accumulateScores(atlas, params, progress, stop);
     }
-    AtlasFile update = AtlasFile::openForUpdate(path);
+    LockWait wait = options.lockWait;
+    if (!wait.onWait)
+        wait.onWait = reportingLockWait(progress, stop).onWait;
+    AtlasFile update = AtlasFile::openForUpdate(path, wait);
     for (const auto& [group, hash] : groups) {
         if (group == "statistics")
             update.writeResults(group, statisticsResults(acc, hash));

@@ -1,4 +1,4 @@
-// Expert scores and routing statistics computed from an atlas's router records (issue 6).
+// Expert scores and routing statistics computed from an atlas's router records.
 //
 // Everything is accumulated as fp64 SUMS and COUNTS per (domain, MoE layer, expert) in a plain
 // ScoreAccumulator, so accumulators of atlases recorded on separate machines add exactly
@@ -22,6 +22,7 @@
 #pragma once
 
 #include "atlas/atlas_file.h"
+#include "util/file_lock.h"
 #include "util/progress.h"
 
 #include <cstdint>
@@ -122,6 +123,9 @@ struct ScoreRunOptions {
     std::vector<std::string> criteria; // empty = every available criterion
     bool statistics = true;
     bool force = false; // recompute even when the stored hashes match
+    // Another update of the atlas in progress: wait for it (util/file_lock.h). Unset onWait: the
+    // progress callback reports the wait and a stop request ends it.
+    LockWait lockWait;
 };
 
 struct ScoreRunReport {

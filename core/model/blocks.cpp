@@ -178,9 +178,9 @@ at::Tensor causalMask(int64_t seqLen, std::optional<int64_t> window, const at::T
     at::Tensor visible = j <= i;
     if (window)
         visible = visible & (j > i - *window);
-    const double lowest = options.dtype() == at::kFloat ? std::numeric_limits<float>::lowest()
-        : options.dtype() == at::kBFloat16              ? -3.3895313892515355e38
-                                                        : -65504.0;
+    const double lowest = options.dtype() == at::kFloat ? static_cast<double>(std::numeric_limits<float>::lowest())
+        : options.dtype() == at::kBFloat16 ? static_cast<double>(std::numeric_limits<c10::BFloat16>::lowest())
+                                           : static_cast<double>(std::numeric_limits<c10::Half>::lowest());
     return at::zeros({ seqLen, seqLen }, options).masked_fill(visible.logical_not(), lowest);
 }
 

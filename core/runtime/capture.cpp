@@ -36,7 +36,8 @@ public:
     }
 
     // Layers already complete in a resumed atlas may be recomputed (the resume state can lag the
-    // atlas by one layer); their records are identical and are not written again.
+    // atlas by one layer); their records are identical (with the same machine and thread count) and are
+    // not written again either way.
     void skipLayers(const std::vector<int>& layers) { m_skip.insert(layers.begin(), layers.end()); }
 
     void onRouterBlock(const RouterBlock& block) override
@@ -110,7 +111,7 @@ fs::path resumeStatePath(const fs::path& output)
     return p;
 }
 
-CalibrationSet loadCalibration(const CaptureParams& params, int64_t vocabSize)
+CalibrationSet loadCalibration(const CalibrationInput& params, const fs::path& checkpoint, int64_t vocabSize)
 {
     // Decide first whether a tokenizer is needed, so that input_ids-only runs never read one.
     std::string textDomain;
@@ -129,7 +130,7 @@ CalibrationSet loadCalibration(const CaptureParams& params, int64_t vocabSize)
         if (!fs::exists(path, ec))
             throw InputError("--tokenizer " + params.tokenizer.string() + ": no such file");
     } else {
-        path = params.checkpoint / "tokenizer.json";
+        path = checkpoint / "tokenizer.json";
         if (!fs::exists(path, ec))
             throw InputError((textDomain.empty() ? "--add-bos takes the BOS token from the tokenizer"
                                                  : "domain " + textDomain + " is text and needs a tokenizer")
@@ -176,6 +177,7 @@ CaptureSummary runCapture(const CaptureParams& params, const ProgressFn& progres
     execOptions.hiddenSampleTokens
         = chooseSampleTokens(static_cast<int64_t>(tokens.size()), params.hiddenSamplesPerLayer, params.packing.seed);
     Executor executor(ckpt, spec, execOptions); // validates every tensor before any output exists
+    executor.checkRunMemory(offsets); // and the memory plan
 
     AtlasModelInfo model;
     model.checkpointPath = fs::absolute(ckpt.dir()).string();

@@ -13,15 +13,20 @@
 
 namespace moeatlas {
 
-struct CaptureParams {
-    std::filesystem::path checkpoint;
+// Domain-labelled calibration data and how it is read and packed: what capture records, and the
+// held-out sets that evaluation and Fisher run on.
+struct CalibrationInput {
     std::vector<DomainSource> domains;
-    std::filesystem::path output; // final atlas path, e.g. run.atlas.h5
     PackingOptions packing;
-    TextOptions text; // --text-field, --whole-file
+    TextOptions text; // text field of JSONL records, one document per file
     std::filesystem::path tokenizer; // tokenizer.json (or its directory) for text domains;
                                      // empty: <checkpoint>/tokenizer.json when present
     bool addBos = false; // BOS per document = the tokenizer's, unless packing.bosToken
+};
+
+struct CaptureParams : CalibrationInput {
+    std::filesystem::path checkpoint;
+    std::filesystem::path output; // final atlas path, e.g. run.atlas.h5
     ExecutorOptions executor;
     LogitStorage logitStorage = LogitStorage::Float32;
     int hiddenSamplesPerLayer = 0; // tokens whose MoE input is stored per layer
@@ -40,10 +45,15 @@ struct CaptureSummary {
     uint64_t peakRssBytes = 0; // peak resident memory of this process so far
 };
 
-// Loads, tokenizes and packs every domain of params (InputError naming the file on bad input).
-// The tokenizer is params.tokenizer or <checkpoint>/tokenizer.json; it is read only when a
+// Loads, tokenizes and packs every domain of `input` (InputError naming the file on bad input).
+// The tokenizer is input.tokenizer or <checkpoint>/tokenizer.json; it is read only when a
 // domain is text or addBos needs its BOS, and a text domain without one is an InputError.
-CalibrationSet loadCalibration(const CaptureParams& params, int64_t vocabSize);
+CalibrationSet loadCalibration(
+    const CalibrationInput& input, const std::filesystem::path& checkpoint, int64_t vocabSize);
+inline CalibrationSet loadCalibration(const CaptureParams& params, int64_t vocabSize)
+{
+    return loadCalibration(params, params.checkpoint, vocabSize);
+}
 
 // Runs the capture. On cancellation (Cancelled thrown) the partial atlas stays valid with the
 // layers completed so far; rerun with resume = true to continue it.

@@ -15,6 +15,7 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <fstream>
 #include <future>
@@ -47,9 +48,11 @@ c10::Device parseDevice(const std::string& name)
                   "(build with a CUDA-enabled LibTorch via Torch_DIR, and check nvidia-smi)");
         int index = 0;
         if (name.size() > 4) {
-            if (name[4] != ':')
-                throw InputError("--device: '" + name + "' (expected cpu, cuda or cuda:N)");
-            index = std::stoi(name.substr(5));
+            const std::string digits = name.substr(std::min<std::size_t>(5, name.size()));
+            const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), index);
+            if (name[4] != ':' || digits.empty() || ec != std::errc() || end != digits.data() + digits.size()
+                || index < 0)
+                throw InputError("--device: '" + name + "' (expected cpu, cuda or cuda:N with N a device index)");
         }
         return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
     }
@@ -296,6 +299,13 @@ std::string Executor::deviceName() const
     return m_impl->device.str();
 }
 
+void Executor::checkRunMemory(std::span<const int64_t> seqOffsets) const
+{
+    const int64_t T = seqOffsets.empty() ? 0 : seqOffsets.back();
+    const std::vector<MicroBatch> batches = planMicroBatches(seqOffsets, m_impl->options.batchTokens);
+    m_impl->checkMemoryPlan(plannedPeakBytes(T, longestOf(batches)), T, 1);
+}
+
 uint64_t Executor::plannedPeakBytes(int64_t numTokens, int64_t longestSequence) const
 {
     uint64_t peak = plannedForwardBytes(numTokens, longestSequence);
@@ -342,8 +352,8 @@ ExecutionResult Executor::run(std::span<const int32_t> tokens, std::span<const i
     const int64_t T = static_cast<int64_t>(tokens.size());
     const int64_t H = s.hiddenSize;
     checkOffsets(seqOffsets, T);
+    checkRunMemory(seqOffsets);
     const std::vector<MicroBatch> batches = planMicroBatches(seqOffsets, d.options.batchTokens);
-    d.checkMemoryPlan(plannedPeakBytes(T, longestOf(batches)), T, 1);
 
     const at::TensorOptions opts = at::TensorOptions().dtype(d.dtype).device(d.device);
     at::Tensor hidden;

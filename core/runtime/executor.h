@@ -125,6 +125,9 @@ public:
 
     // Bytes the run would hold at its peak (hidden states + one layer + activations).
     uint64_t plannedPeakBytes(int64_t numTokens, int64_t longestSequence) const;
+    // The memory check run() makes first, for callers that create outputs before running: throws the
+    // same InputError (the plan's numbers) when run() over these sequences would be refused.
+    void checkRunMemory(std::span<const int64_t> seqOffsets) const;
     // The same for evaluate() with `numVariants` residual streams; `dimensionPlans`: some variant has
     // unit lists, so one layer's routed experts are also held sliced (at most their full size).
     uint64_t plannedEvaluationBytes(int64_t numTokens, int64_t longestSequence, int numVariants,

@@ -1,4 +1,4 @@
-// The synthetic multi-domain corpus the embedded demo model is trained on (issue 8): four domains
+// The synthetic multi-domain corpus the embedded demo model is trained on: four domains
 // with clearly different statistics (arithmetic, a toy programming language, JSON records, prose).
 #pragma once
 

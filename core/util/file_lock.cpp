@@ -245,4 +245,16 @@ LockHolder FileLock::readHolder(const fs::path& lockPath)
     return holder;
 }
 
+LockWait reportingLockWait(ProgressFn progress, const StopToken* stop)
+{
+    LockWait wait;
+    wait.onWait = [progress = std::move(progress), stop](const LockHolder& holder, std::chrono::milliseconds waited) {
+        const bool go = !progress
+            || progress(
+                Progress { "waiting: another update holds the atlas: " + holder.describe(), waited.count() / 1000, 0 });
+        return go && !(stop && stop->stopRequested());
+    };
+    return wait;
+}
+
 } // namespace moeatlas

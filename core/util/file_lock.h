@@ -7,6 +7,8 @@
 // Core code: nothing here prints; waiting is reported through LockWait::onWait.
 #pragma once
 
+#include "util/progress.h"
+
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -62,5 +64,9 @@ private:
     int m_fd = -1;
     std::filesystem::path m_path;
 };
+
+// A wait that reports every tick through `progress` (stage "waiting: another update holds ...: <holder>",
+// done = seconds waited) and gives up, with Cancelled, when `progress` returns false or `stop` asks.
+LockWait reportingLockWait(ProgressFn progress, const StopToken* stop);
 
 } // namespace moeatlas

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "atlas/atlas_file.h"
+#include "util/error.h"
 
 #include <algorithm>
 #include <cmath>
@@ -10,6 +11,7 @@
 #include <limits>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace moeatlas::test {
@@ -147,6 +149,22 @@ inline void writeTestHiddenSamples(AtlasFile& atlas, int layer)
         for (int64_t h = 0; h < atlas.model().hiddenSize; ++h)
             values.push_back(testHiddenValue(layer, static_cast<int64_t>(i), h));
     atlas.writeHiddenSamples(layer, indices, values);
+}
+
+// Runs `body` and returns the message of the moeatlas error it throws ("" when none).
+template <typename Exception = Error, typename Body> std::string errorOf(Body body)
+{
+    try {
+        body();
+    } catch (const Exception& e) {
+        return e.what();
+    }
+    return {};
+}
+
+inline bool contains(const std::string& text, const std::string& part)
+{
+    return text.find(part) != std::string::npos;
 }
 
 } // namespace moeatlas::test

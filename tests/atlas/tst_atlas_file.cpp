@@ -34,22 +34,6 @@ AtlasFile createTestAtlas(const fs::path& path, const AtlasTestData& d, const At
     return AtlasFile::create(path, d.model, d.calibration, d.tokens, d.domainIds, d.seqOffsets, options);
 }
 
-// Runs `body` and returns the message of the moeatlas error it throws ("" when none).
-template <typename Exception = Error, typename Body> std::string errorOf(Body body)
-{
-    try {
-        body();
-    } catch (const Exception& e) {
-        return e.what();
-    }
-    return {};
-}
-
-bool contains(const std::string& text, const std::string& part)
-{
-    return text.find(part) != std::string::npos;
-}
-
 // Checks every record of `layer` against the formulas of atlas_test_data.h.
 void verifyLayer(const AtlasFile& atlas, int layer, bool half)
 {

@@ -40,21 +40,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-template <typename Exception = Error, typename Body> std::string errorOf(Body body)
-{
-    try {
-        body();
-    } catch (const Exception& e) {
-        return e.what();
-    }
-    return {};
-}
-
-bool contains(const std::string& text, const std::string& part)
-{
-    return text.find(part) != std::string::npos;
-}
-
 QByteArray fileHash(const fs::path& path)
 {
     QFile f(QString::fromStdString(path.string()));

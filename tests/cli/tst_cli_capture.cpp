@@ -312,7 +312,7 @@ private Q_SLOTS:
             weightsMiB, rssMiB, weightsMiB / rssMiB, layerMiB, rssMiB / layerMiB);
         QVERIFY2(weightsMiB >= 4.0 * rssMiB, "the capture held more than a quarter of the model in memory");
 
-        // The streaming Fisher pass over the same model and tokens (issue 7): forward saving each layer's
+        // The streaming Fisher pass over the same model and tokens: forward saving each layer's
         // input, backward in reverse reloading each layer, with the default (mask) form. The weight forms
         // add one layer's expert gradients (docs/fisher.md: 807 MiB on this model, 4.0x).
         const auto fisher = test::runCli({ QStringLiteral("fisher"), dir.filePath(QStringLiteral("big.atlas.h5")),

@@ -276,7 +276,7 @@ void TstCliDims::badInputWritesNoPlan_data()
                                           QStringLiteral("IntDim-E, IntDim-L or IntDim-G") };
     QTest::newRow("unknown criterion")
         << base + half + QStringList { QStringLiteral("--dim-criterion"), QStringLiteral("fisher_foo") }
-        << QStringList { QStringLiteral("--dim-criterion 'fisher_foo'"),
+        << QStringList { QStringLiteral("--dim-criterion: "), QStringLiteral("'fisher_foo'"),
                QStringLiteral("fisher_mask, fisher_weight, fisher_grad_abs, activation or magnitude") };
     for (const QString& s : { QStringLiteral("1"), QStringLiteral("-0.1"), QStringLiteral("1.5") })
         QTest::addRow("sparsity %s", qPrintable(s)) << base

@@ -653,9 +653,26 @@ void TstCliErrors::existingOutputKept()
 // The executor refuses plans above ExecutorOptions::memoryBudgetBytes (0 = MemAvailable), but the
 // CLI has no flag or environment variable to set the budget, and the tiny model cannot exceed the
 // real MemAvailable; the refusal is not reachable from the CLI.
+// A budget below the plan's peak is refused before any work, with the numbers, and nothing is written.
 void TstCliErrors::memoryPlanRefused()
 {
-    QSKIP("no CLI option sets ExecutorOptions::memoryBudgetBytes; the memory-plan refusal is not reachable");
+    const QString out = m_root.filePath(u"over-budget.atlas.h5"_s);
+    ProcessResult r;
+    capture(m_model, out, { u"--memory-budget-mib"_s, u"1"_s }, r);
+    QVERIFY(r.exitCode != 0 && r.exitCode != -1);
+    QVERIFY2(r.stdErr.contains(u"memory plan"_s) && r.stdErr.contains(u"1.00 MiB"_s), qPrintable(r.stdErr));
+    QVERIFY(!QFileInfo::exists(out));
+    QVERIFY(!QFileInfo::exists(out + u".partial"_s));
+
+    // Evaluation plans its memory too (the held-out set on the same model).
+    const ProcessResult e = cli({ u"eval"_s, m_model, u"--domain"_s, u"web="_s + m_calib, u"--seq-len"_s,
+        QString::number(kSeqLen), u"--memory-budget-mib"_s, u"1"_s });
+    QVERIFY(e.exitCode != 0 && e.exitCode != -1);
+    QVERIFY2(e.stdErr.contains(u"memory plan"_s), qPrintable(e.stdErr));
+
+    // The same runs with room succeed (the refusal is the budget's doing, not the input's).
+    capture(m_model, out, { u"--memory-budget-mib"_s, u"4096"_s }, r);
+    QCOMPARE(r.exitCode, 0);
 }
 
 QTEST_GUILESS_MAIN(TstCliErrors)

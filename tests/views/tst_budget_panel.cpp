@@ -7,6 +7,7 @@
 #include "heatmap_model.h"
 #include "plan/atlas_scores.h"
 #include "plan/plan_costs.h"
+#include "test_io.h"
 #include "test_support.h"
 #include "views_fixture.h"
 
@@ -191,7 +192,7 @@ void TstBudgetPanel::proxyIsRetainedSoftMass()
     panel.setTargetDomain(QStringLiteral("math"));
     panel.setSparsityPercent(50);
     QVERIFY(panel.plan());
-    QCOMPARE(panel.proxy().source, QStringLiteral("soft_mass"));
+    QCOMPARE(panel.proxy().source, std::string("soft_mass"));
     const AtlasFile atlas = AtlasFile::openReadOnly(m_atlas.toStdString());
     const auto group = atlas.readResults("scores/soft_mass");
     QVERIFY(group);
@@ -223,7 +224,7 @@ void TstBudgetPanel::proxyFallsBackToLoadShare()
     panel.setCriterion(QStringLiteral("peu"));
     panel.setTargetDomain(QStringLiteral("code"));
     panel.setSparsityPercent(75);
-    QCOMPARE(panel.proxy().source, QStringLiteral("load_share"));
+    QCOMPARE(panel.proxy().source, std::string("load_share"));
     const AtlasFile atlas = AtlasFile::openReadOnly(m_atlas.toStdString());
     const auto stats = atlas.readResults("statistics");
     QVERIFY(stats);
@@ -253,9 +254,9 @@ void TstBudgetPanel::savedPlanEqualsCli()
             QStringLiteral("--keep-fraction"), QStringLiteral("0.5"), QStringLiteral("-o"), cli });
     QVERIFY2(r.exitCode == 0, qPrintable(r.stdErr));
     const nlohmann::json a = readJson(ours);
-    const nlohmann::json b = readJson(cli);
     QVERIFY(a.is_object());
-    QVERIFY2(a == b, qPrintable(QString::fromStdString(a.dump(1) + "\nvs\n" + b.dump(1))));
+    // Both write planToJson of the plan compileExpertPlan made: the same bytes.
+    QCOMPARE(test::readText(ours.toStdString()), test::readText(cli.toStdString()));
 }
 
 void TstBudgetPanel::evaluateRequest()

@@ -96,7 +96,7 @@ void TstChartsTradeoff::seriesEqualTheAtlasTable()
     };
 
     TradeoffChartView view;
-    view.setEvaluation(m_table);
+    view.setEvaluation(&m_table);
     QVERIFY2(view.errorText().isEmpty(), qPrintable(view.errorText()));
     view.setDomain(domain);
     view.setMetric(perplexity ? TradeoffMetric::Perplexity : TradeoffMetric::Nll);
@@ -178,7 +178,7 @@ void TstChartsTradeoff::seriesEqualTheAtlasTable()
 void TstChartsTradeoff::domainSelectorSwitchesTheChart()
 {
     TradeoffChartView view;
-    view.setEvaluation(m_table);
+    view.setEvaluation(&m_table);
     QCOMPARE(view.domains(), (QStringList { QStringLiteral("math"), QStringLiteral("code") }));
     auto* box = view.findChildren<QComboBox*>().first();
     QCOMPARE(box->count(), 2);
@@ -193,7 +193,7 @@ void TstChartsTradeoff::domainSelectorSwitchesTheChart()
     QCOMPARE(after, nll[static_cast<std::size_t>(full) * 2 + 1]);
     QVERIFY(before != after);
     // A new table keeps the domain shown.
-    view.setEvaluation(m_table);
+    view.setEvaluation(&m_table);
     QCOMPARE(view.domain(), 1);
 }
 
@@ -222,7 +222,7 @@ void TstChartsTradeoff::familiesOfASyntheticTable()
     r.arrays = { nll, AtlasArray { "sparsity", { 8 }, { 0, 0.5, 0.25, 0.5, 0.5, 0.5, 0.5, 0.3 } },
         AtlasArray { "tokens", { 2 }, { 100, 200 } } };
 
-    const TradeoffTable t = tradeoffTableFromResults(r);
+    const EvalTable t = evalTableFromResults(r, "test table");
     QCOMPARE(t.fullIndex(), 0);
     QCOMPARE(tradeoffFullValue(t, 1, TradeoffMetric::Nll), 11.0);
     QCOMPARE(tradeoffFullValue(t, 0, TradeoffMetric::Perplexity), std::exp(1.0));
@@ -249,12 +249,12 @@ void TstChartsTradeoff::malformedTableIsRefused()
     broken.arrays.erase(
         std::remove_if(broken.arrays.begin(), broken.arrays.end(), [](const AtlasArray& a) { return a.name == "nll"; }),
         broken.arrays.end());
-    QVERIFY_THROWS_EXCEPTION(InputError, tradeoffTableFromResults(broken));
+    QVERIFY_THROWS_EXCEPTION(InputError, evalTableFromResults(broken, "test table"));
     TradeoffChartView view;
-    view.setEvaluation(broken);
+    view.setEvaluation(&broken);
     QVERIFY(view.errorText().contains(QStringLiteral("nll")));
     QVERIFY(view.series().isEmpty());
-    view.setEvaluation(m_table);
+    view.setEvaluation(&m_table);
     QVERIFY(view.errorText().isEmpty());
     QVERIFY(!view.series().isEmpty());
 }
@@ -262,7 +262,7 @@ void TstChartsTradeoff::malformedTableIsRefused()
 void TstChartsTradeoff::saveImage()
 {
     TradeoffChartView view;
-    view.setEvaluation(m_table);
+    view.setEvaluation(&m_table);
     view.resize(900, 600);
     view.show();
     QVERIFY(QTest::qWaitForWindowExposed(&view));

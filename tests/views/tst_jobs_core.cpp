@@ -82,7 +82,7 @@ void TstJobsCore::captureScoreEvalMatchCli()
     QString message;
     QVERIFY2(runToEnd(captureJob(captureParams(gui)), &message), qPrintable(message));
     QVERIFY2(runToEnd(scoreJob(gui.toStdString()), &message), qPrintable(message));
-    EvalJobParams eval;
+    EvalRequest eval;
     eval.atlas = gui.toStdString();
     eval.sweep.sparsities = { 0.5 };
     eval.sweep.randomPlans = 1;

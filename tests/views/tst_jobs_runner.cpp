@@ -171,7 +171,7 @@ void TstJobsRunner::coreJobFailureNamesTheFile()
     QSignalSpy failed(&runner, &JobRunner::failed);
     QSignalSpy finished(&runner, &JobRunner::finished);
     runner.start(scoreJob(missing.toStdString()));
-    EvalJobParams eval;
+    EvalRequest eval;
     eval.atlas = missing.toStdString();
     runner.start(evalJob(eval));
     QTRY_COMPARE_WITH_TIMEOUT(finished.size(), 2, 60000);

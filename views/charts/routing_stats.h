@@ -3,7 +3,7 @@
 // specialisation and the co-activation heatmap; a domain selector (domains + pooled) and a layer selector.
 #pragma once
 
-#include "charts/routing_stats_data.h"
+#include "metrics/routing_stats_reader.h"
 
 #include <QString>
 #include <QWidget>

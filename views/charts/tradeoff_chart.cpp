@@ -86,12 +86,12 @@ QStringList TradeoffChartView::evaluationLabels(const AtlasFile& atlas)
     return labels;
 }
 
-void TradeoffChartView::setEvaluation(const AtlasResults& results)
+void TradeoffChartView::setEvaluation(const AtlasResults* results)
 {
     const QString shown = m_domain < m_domainBox->count() ? m_domainBox->itemText(m_domain) : QString();
     m_error.clear();
     try {
-        m_table = tradeoffTableFromResults(results);
+        m_table = results ? evalTableFromResults(*results, "/evaluation") : EvalTable {};
     } catch (const std::exception& e) {
         m_table = {};
         m_error = QString::fromUtf8(e.what());

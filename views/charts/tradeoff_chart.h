@@ -22,14 +22,14 @@ class TradeoffChartView : public QWidget {
 public:
     explicit TradeoffChartView(QWidget* parent = nullptr);
 
-    // Shows a table read with AtlasFile::readResults("evaluation/<label>"). A malformed table
-    // leaves the chart empty with the reason in errorText(). Keeps the domain shown when the new
-    // table has it.
-    void setEvaluation(const AtlasResults& table);
+    // Shows a table read with AtlasFile::readResults("evaluation/<label>"); null: no table (an
+    // atlas without /evaluation), the chart empty. A malformed table leaves the chart empty with the
+    // reason in errorText(). Keeps the domain shown when the new table has it.
+    void setEvaluation(const AtlasResults* table);
     // The labels under /evaluation of an atlas ("default", ...), for a selector in the main window.
     static QStringList evaluationLabels(const AtlasFile& atlas);
 
-    const TradeoffTable& table() const { return m_table; }
+    const EvalTable& table() const { return m_table; }
     QStringList domains() const;
     int domain() const { return m_domain; }
     TradeoffMetric metric() const { return m_metric; }
@@ -55,7 +55,7 @@ Q_SIGNALS:
 private:
     void rebuild();
 
-    TradeoffTable m_table;
+    EvalTable m_table;
     int m_domain = 0;
     TradeoffMetric m_metric = TradeoffMetric::Nll;
     QString m_error;

@@ -1,9 +1,5 @@
 #include "charts/tradeoff_data.h"
 
-#include "util/error.h"
-
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -12,65 +8,24 @@
 
 namespace moeatlas::views {
 
-int TradeoffTable::fullIndex() const
-{
-    for (std::size_t v = 0; v < variants.size(); ++v)
-        if (variants[v].method == "full")
-            return static_cast<int>(v);
-    return -1;
-}
-
-TradeoffTable tradeoffTableFromResults(const AtlasResults& results)
-{
-    const nlohmann::json params = nlohmann::json::parse(results.paramsJson, nullptr, false);
-    if (!params.is_object() || !params.contains("domains") || !params.contains("variants"))
-        throw InputError("evaluation table: params has no 'domains' and 'variants'");
-    TradeoffTable t;
-    for (const auto& d : params["domains"])
-        t.domains.push_back(d.get<std::string>());
-    const std::size_t V = params["variants"].size(), D = t.domains.size();
-    const AtlasArray* nll = results.find("nll");
-    const AtlasArray* sparsity = results.find("sparsity");
-    const AtlasArray* kept = results.find("kept_experts");
-    const AtlasArray* tokens = results.find("tokens");
-    if (!nll || nll->values.size() != V * D || !sparsity || sparsity->values.size() != V)
-        throw InputError("evaluation table: 'nll' [V, D] or 'sparsity' [V] missing or of the wrong shape");
-    if (tokens && tokens->values.size() == D)
-        t.tokens = tokens->values;
-    for (std::size_t v = 0; v < V; ++v) {
-        const nlohmann::json& j = params["variants"][v];
-        TradeoffVariant var;
-        var.name = j.value("name", std::string());
-        var.method = j.value("method", std::string());
-        var.criterion = j.value("criterion", std::string());
-        var.domain = j.value("domain", std::string());
-        var.sparsity = sparsity->values[v];
-        var.keptExperts = kept && kept->values.size() == V ? kept->values[v] : 0;
-        var.nll.assign(nll->values.begin() + static_cast<std::ptrdiff_t>(v * D),
-            nll->values.begin() + static_cast<std::ptrdiff_t>((v + 1) * D));
-        t.variants.push_back(std::move(var));
-    }
-    return t;
-}
-
 double tradeoffValue(double nll, TradeoffMetric metric)
 {
     return metric == TradeoffMetric::Perplexity ? std::exp(nll) : nll;
 }
 
-double tradeoffFullValue(const TradeoffTable& table, int domain, TradeoffMetric metric)
+double tradeoffFullValue(const EvalTable& table, int domain, TradeoffMetric metric)
 {
     const int full = table.fullIndex();
     if (full < 0 || domain < 0 || domain >= static_cast<int>(table.domains.size()))
         return std::numeric_limits<double>::quiet_NaN();
-    return tradeoffValue(table.variants[static_cast<std::size_t>(full)].nll[static_cast<std::size_t>(domain)], metric);
+    return tradeoffValue(table.nll[static_cast<std::size_t>(full)][static_cast<std::size_t>(domain)], metric);
 }
 
 namespace {
 
 // Sweep variants are named "<method>[:<domain>]/<criterion>@<sparsity>" (core/eval); anything else
 // (a plan file, named after it) is a single point even when its method is specialist or generalist.
-bool fromSweep(const TradeoffVariant& v)
+bool fromSweep(const EvalVariant& v)
 {
     const std::string prefix = v.method + (v.domain.empty() ? "" : ":" + v.domain) + "/" + v.criterion + "@";
     return v.name.rfind(prefix, 0) == 0;
@@ -78,7 +33,7 @@ bool fromSweep(const TradeoffVariant& v)
 
 } // namespace
 
-std::vector<TradeoffFamily> tradeoffFamilies(const TradeoffTable& table, int domain, TradeoffMetric metric)
+std::vector<TradeoffFamily> tradeoffFamilies(const EvalTable& table, int domain, TradeoffMetric metric)
 {
     std::vector<TradeoffFamily> out;
     if (domain < 0 || domain >= static_cast<int>(table.domains.size()))
@@ -95,8 +50,9 @@ std::vector<TradeoffFamily> tradeoffFamilies(const TradeoffTable& table, int dom
     TradeoffFamily plans;
     plans.kind = TradeoffFamily::Kind::Plans;
     plans.label = "plans";
-    for (const TradeoffVariant& v : table.variants) {
-        const double y = tradeoffValue(v.nll[d], metric);
+    for (std::size_t i = 0; i < table.variants.size(); ++i) {
+        const EvalVariant& v = table.variants[i];
+        const double y = tradeoffValue(table.nll[i][d], metric);
         if (v.method == "full")
             continue;
         if (v.method == "random") {

@@ -1,34 +1,14 @@
-// The trade-off table of an atlas (/evaluation/<label>, docs/atlas-format.md "Evaluation tables")
-// as plain values, and its grouping into chart families (one curve per plan family), free of Qt
-// Charts so the arithmetic is testable on its own.
+// The grouping of an evaluation table (core/eval's EvalTable, read from /evaluation/<label> by
+// evalTableFromResults) into chart families (one curve per plan family), free of Qt Charts so the
+// arithmetic is testable on its own.
 #pragma once
 
-#include "atlas/atlas_file.h"
+#include "eval/eval.h"
 
 #include <string>
 #include <vector>
 
 namespace moeatlas::views {
-
-struct TradeoffVariant {
-    std::string name;
-    std::string method; // full | specialist | generalist | union | random | plan
-    std::string criterion;
-    std::string domain; // target domain of a specialist
-    double sparsity = 0;
-    double keptExperts = 0;
-    std::vector<double> nll; // per evaluated domain
-};
-
-struct TradeoffTable {
-    std::vector<std::string> domains;
-    std::vector<double> tokens; // predicted tokens per domain
-    std::vector<TradeoffVariant> variants;
-    int fullIndex() const; // -1 when the full model was not evaluated
-};
-
-// Throws InputError when arrays or params are missing or their shapes disagree.
-TradeoffTable tradeoffTableFromResults(const AtlasResults& results);
 
 enum class TradeoffMetric { Nll, Perplexity };
 double tradeoffValue(double nll, TradeoffMetric metric);
@@ -48,8 +28,8 @@ struct TradeoffFamily {
 // Families in display order: specialists (by domain, then criterion), generalists, unions,
 // random, then "plans": variants that are not from a sweep (plan files, method "plan"), one point
 // each. The full model is not a family (see tradeoffFullValue).
-std::vector<TradeoffFamily> tradeoffFamilies(const TradeoffTable& table, int domain, TradeoffMetric metric);
+std::vector<TradeoffFamily> tradeoffFamilies(const EvalTable& table, int domain, TradeoffMetric metric);
 // The full model's value on `domain`, or NaN when it was not evaluated.
-double tradeoffFullValue(const TradeoffTable& table, int domain, TradeoffMetric metric);
+double tradeoffFullValue(const EvalTable& table, int domain, TradeoffMetric metric);
 
 } // namespace moeatlas::views

@@ -1,15 +1,6 @@
 #include "jobs/core_jobs.h"
 
-#include "atlas/atlas_file.h"
-#include "checkpoint/checkpoint.h"
-#include "checkpoint/hf_config.h"
-#include "fisher/fisher_store.h"
-#include "util/error.h"
-#include "util/sha256.h"
-
 #include <QFileInfo>
-
-#include <optional>
 
 namespace moeatlas::views {
 
@@ -28,7 +19,7 @@ QString qstr(const std::filesystem::path& path)
 // Progress of one stage of a multi-stage job, its name in front of the engine's stage text.
 ProgressFn staged(const ProgressFn& progress, const std::string& name)
 {
-    return [&progress, name](const Progress& p) {
+    return [progress, name](const Progress& p) {
         return progress(Progress { p.stage.empty() ? name : name + ": " + p.stage, p.done, p.total });
     };
 }
@@ -68,101 +59,37 @@ Job scoreJob(std::filesystem::path atlas, ScoreParams params, ScoreRunOptions op
     return job;
 }
 
-Job evalJob(EvalJobParams params)
+Job evalJob(EvalRequest request)
 {
     Job job;
-    job.name = QObject::tr("eval %1 (%2)").arg(fileName(params.atlas), QString::fromStdString(params.label));
-    job.run = [params = std::move(params)](const ProgressFn& progress, const StopToken* stop) {
-        std::optional<AtlasFile> atlas = AtlasFile::openReadOnly(params.atlas);
-        const std::filesystem::path checkpointDir
-            = params.checkpoint.empty() ? std::filesystem::path(atlas->model().checkpointPath) : params.checkpoint;
-        const Checkpoint ckpt(checkpointDir);
-        const std::string configPath = (ckpt.dir() / "config.json").string();
-        const std::string configSha = sha256File(ckpt.dir() / "config.json");
-        if (configSha != atlas->model().configSha256)
-            throw InputError(configPath + ": not the config.json " + params.atlas.string() + " was captured from");
-        const ModelSpec spec = parseModelSpec(ckpt.config(), configPath);
-        const EvalTokens tokens = evalTokensFromAtlas(*atlas);
-
-        std::vector<EvalVariant> variants;
-        if (params.full)
-            variants.push_back(fullVariant(spec));
-        for (const std::string& path : params.planFiles)
-            variants.push_back(variantFromPlanFile(path, spec, configSha));
-        if (!params.sweep.sparsities.empty())
-            for (EvalVariant& v : sweepVariants(params.atlas, ckpt, spec, params.sweep))
-                variants.push_back(std::move(v));
-        if (variants.empty())
-            throw InputError("nothing to evaluate: no full model, plan or sparsity");
-
-        const EvalTable table
-            = evaluateVariants(ckpt, spec, params.executor, tokens, std::move(variants), progress, stop);
-        if (params.save) {
-            const std::filesystem::path path = atlas->path();
-            atlas.reset();
-            storeEvalTable(path, params.label, table);
-        }
+    job.name = QObject::tr("eval %1 (%2)").arg(fileName(request.atlas), QString::fromStdString(request.label));
+    job.run = [request = std::move(request)](const ProgressFn& progress, const StopToken* stop) {
+        const PreparedEval prepared = prepareEval(request);
+        const EvalTable table = runEval(prepared, progress, stop);
         return JobResult { QObject::tr("evaluated %1 variants in %2 s")
                                .arg(static_cast<qsizetype>(table.variants.size()))
                                .arg(table.seconds, 0, 'f', 1),
-            params.save ? qstr(params.atlas) : QString() };
+            prepared.storeIn ? qstr(*prepared.storeIn) : QString() };
     };
     return job;
 }
 
-Job fisherJob(FisherJobParams params)
+Job fisherJob(FisherRequest request)
 {
     Job job;
-    job.name = QObject::tr("fisher %1").arg(fileName(params.atlas));
-    job.run = [params = std::move(params)](const ProgressFn& progress, const StopToken* stop) {
-        const FisherOptions& o = params.options;
-        if (!o.maskForm && !o.weightForm && !o.gradAbs)
-            throw InputError("fisher: choose at least one of the mask, weight and grad_abs forms");
-        std::optional<AtlasFile> atlas = AtlasFile::openReadOnly(params.atlas);
-        if (!atlas->isComplete())
-            throw InputError(params.atlas.string() + ": the atlas is not complete (finish the capture with --resume)");
-        const std::filesystem::path checkpointDir
-            = params.checkpoint.empty() ? std::filesystem::path(atlas->model().checkpointPath) : params.checkpoint;
-        const Checkpoint ckpt(checkpointDir);
-        const std::string configPath = (ckpt.dir() / "config.json").string();
-        const std::string configSha = sha256File(ckpt.dir() / "config.json");
-        if (configSha != atlas->model().configSha256)
-            throw InputError(configPath + ": not the config.json " + params.atlas.string() + " was captured from");
-        const ModelSpec spec = parseModelSpec(ckpt.config(), configPath);
-        const EvalTokens tokens = evalTokensFromAtlas(*atlas);
-
-        if (params.ablate)
-            checkAblationDomains(tokens.domains, tokens.source); // before the pass, not after it
-        FisherRunInfo info;
-        info.tokenSource = tokens.source;
-        info.checkpoint = ckpt.dir().string();
-        info.configSha256 = configSha;
-        const FisherTables tables = computeFisherTables(ckpt, spec, tokens, o, info, staged(progress, "fisher"), stop);
-        std::optional<FisherAblation> ablation;
-        if (params.ablate) {
-            FisherAblationOptions a;
-            a.counts = *params.ablate;
-            a.form = o.maskForm ? "mask" : o.weightForm ? "weight" : "grad_abs";
-            a.seed = params.seed;
-            ExecutorOptions executor;
-            executor.threads = o.threads;
-            ablation = runFisherAblation(ckpt, spec, executor, tokens, tables, a, staged(progress, "ablation"), stop);
-        }
-        // Nothing is written before both stages are done: a cancel leaves the atlas as it was.
-        const std::filesystem::path path = atlas->path();
-        atlas.reset();
-        AtlasFile update = AtlasFile::openForUpdate(path);
-        writeFisherTables(update, tables);
-        if (ablation)
-            writeFisherAblation(update, *ablation);
-        update.commitUpdate();
+    job.name = QObject::tr("fisher %1").arg(fileName(request.atlas));
+    job.run = [request = std::move(request)](const ProgressFn& progress, const StopToken* stop) {
+        const PreparedFisher prepared = prepareFisher(request);
+        JobStages stages;
+        stages.begin = [&progress](const std::string& stage, const std::string&) { return staged(progress, stage); };
+        const FisherOutcome out = runFisher(prepared, stages, stop);
         return JobResult { QObject::tr("Fisher of %1 sequences in %2 s%3")
-                               .arg(tables.samples.back())
-                               .arg(tables.seconds, 0, 'f', 1)
-                               .arg(ablation ? QObject::tr(", ablation of %1 variants")
-                                                   .arg(static_cast<qsizetype>(ablation->variants.size()))
-                                             : QString()),
-            qstr(path) };
+                               .arg(out.tables.samples.back())
+                               .arg(out.tables.seconds, 0, 'f', 1)
+                               .arg(out.ablation ? QObject::tr(", ablation of %1 variants")
+                                                       .arg(static_cast<qsizetype>(out.ablation->variants.size()))
+                                                 : QString()),
+            qstr(prepared.atlas) };
     };
     return job;
 }

@@ -1,10 +1,10 @@
-#include "charts/routing_stats_data.h"
+#include "metrics/routing_stats_reader.h"
 
 #include "util/error.h"
 
 #include <nlohmann/json.hpp>
 
-namespace moeatlas::views {
+namespace moeatlas {
 
 namespace {
 
@@ -97,4 +97,4 @@ RoutingStats routingStatsFromResults(const AtlasFile& atlas, const AtlasResults&
     return s;
 }
 
-} // namespace moeatlas::views
+} // namespace moeatlas

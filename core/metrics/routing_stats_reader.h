@@ -1,5 +1,5 @@
 // The routing statistics of a scored atlas (/statistics, docs/atlas-format.md "Scores and
-// statistics") as plain values with the slices the routing charts show; no Qt.
+// statistics") read back as plain values, with the slices the workbench's routing charts show.
 #pragma once
 
 #include "atlas/atlas_file.h"
@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-namespace moeatlas::views {
+namespace moeatlas {
 
 struct RoutingStats {
     std::vector<std::string> domains; // D calibration domains; row D of [D+1, ...] arrays = pooled
@@ -40,4 +40,4 @@ RoutingStats routingStatsFromAtlas(const AtlasFile& atlas);
 // The same from its /statistics group already read (model and domains from `atlas`).
 RoutingStats routingStatsFromResults(const AtlasFile& atlas, const AtlasResults& statistics);
 
-} // namespace moeatlas::views
+} // namespace moeatlas
