@@ -1,11 +1,11 @@
 #include "model/blocks.h"
 
+#include "runtime/thread_pools.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 #include <ATen/core/grad_mode.h>
-
-#include <dlfcn.h>
 
 #include <algorithm>
 #include <atomic>
@@ -34,26 +34,10 @@ namespace {
 // agree up to the order of fp32 sums: bit for bit only where the kernel sums a row the same way
 // whatever the row count (measured so on one AVX-512 machine, docs/performance.md).
 
-// OpenBLAS' own thread count when OpenBLAS is the BLAS in this process, else 0.
-int openblasThreads()
-{
-    static const auto get = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-    return get ? get() : 0;
-}
-
-#ifndef _OPENMP
-// at::parallel_for is a template whose OpenMP code is only compiled in with -fopenmp; without it, it
-// runs inline on the calling thread. Then the OpenMP runtime LibTorch itself uses is called directly:
-// GOMP_parallel is what GCC compiles `#pragma omp parallel` to (libgomp, loaded with LibTorch), and
-// omp_in_parallel() inside it keeps ATen's own ops serial, as in an at::parallel_for body.
-using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
-GompParallel gompParallel()
-{
-    static const auto fn = reinterpret_cast<GompParallel>(dlsym(RTLD_DEFAULT, "GOMP_parallel"));
-    return fn;
-}
-#endif
-
+// at::parallel_for is a template whose OpenMP code is only compiled in with -fopenmp; without it (the
+// engine is built without: runtime/thread_pools.h says why), it runs inline on the calling thread. Then
+// the OpenMP runtime LibTorch itself uses is called directly (gompParallel), and omp_in_parallel()
+// inside it keeps ATen's own ops serial, as in an at::parallel_for body.
 bool canRunOnThreads()
 {
 #ifdef _OPENMP

@@ -2,7 +2,7 @@
 
 #include "model/blocks.h"
 #include "model/layer_weights.h"
-#include "runtime/blas_threads.h"
+#include "runtime/thread_pools.h"
 #include "runtime/variant_layers.h"
 #include "util/error.h"
 #include "util/format.h"
@@ -11,8 +11,6 @@
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 #include <malloc.h>
-
-#include <dlfcn.h>
 
 #include <algorithm>
 #include <charconv>
@@ -148,10 +146,8 @@ int64_t headRowsPerChunk(const ModelSpec& s, int64_t batchTokens)
 // thread count is per thread; at::set_num_threads would also change the process-wide default).
 void useOneIntraOpThreadHere()
 {
-    static const auto set = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"));
     (void)at::get_num_threads(); // LibTorch's lazy per-thread initialisation first
-    if (set)
-        set(1);
+    setOpenmpThreadsOfThisThread(1);
 }
 
 // One intra-op thread while it lives. Copying a layer out of the checkpoint's mapping is fastest on
@@ -347,7 +343,7 @@ ExecutionResult Executor::run(std::span<const int32_t> tokens, std::span<const i
     const ModelSpec& s = d.spec;
     const auto t0 = std::chrono::steady_clock::now();
     c10::InferenceMode inferenceMode;
-    // OpenBLAS single-threaded; the blocks split their products across ATen's threads (blas_threads.h).
+    // OpenBLAS single-threaded; the blocks split their products across ATen's threads (thread_pools.h).
     const OpenblasThreads blasGuard(d.device.is_cpu() && at::get_num_threads() > 1 ? 1 : 0);
     const int64_t T = static_cast<int64_t>(tokens.size());
     const int64_t H = s.hiddenSize;
@@ -491,7 +487,7 @@ EvaluationResult Executor::evaluate(std::span<const int32_t> tokens, std::span<c
     const ModelSpec& s = d.spec;
     const auto t0 = std::chrono::steady_clock::now();
     c10::InferenceMode inferenceMode;
-    // OpenBLAS single-threaded; the blocks split their products across ATen's threads (blas_threads.h).
+    // OpenBLAS single-threaded; the blocks split their products across ATen's threads (thread_pools.h).
     const OpenblasThreads blasGuard(d.device.is_cpu() && at::get_num_threads() > 1 ? 1 : 0);
     const int64_t T = static_cast<int64_t>(tokens.size());
     const int P = static_cast<int>(variants.size());

@@ -2,7 +2,7 @@
 
 #include "model/blocks.h"
 #include "model/layer_weights.h"
-#include "runtime/blas_threads.h"
+#include "runtime/thread_pools.h"
 #include "runtime/fisher_detail.h"
 #include "util/error.h"
 
@@ -571,7 +571,7 @@ FisherResult computeFisher(const Checkpoint& checkpoint, const ModelSpec& spec, 
     std::vector<int> group = sampleGroups(sampleGroup, samples, G);
     const FisherPlan plan = planFisher(checkpoint, spec, seqOffsets, sampleGroup, options);
     // Autograd's ops cannot take the blocks' thread-split paths, so the threads go to OpenBLAS' GEMMs
-    // and ATen runs single-threaded for the pass (blas_threads.h: with both pools active, 6x slower
+    // and ATen runs single-threaded for the pass (thread_pools.h: with both pools active, 6x slower
     // on 2 cores); restored afterwards.
     const int threads = options.threads > 0 ? options.threads : at::get_num_threads();
     const OpenblasThreads blas(threads);

@@ -25,7 +25,7 @@ const char* fisherModeName(FisherMode mode); // "auto", "resident", "streaming"
 
 struct FisherOptions {
     // Threads of the pass: OpenBLAS' GEMM threads, with ATen single-threaded meanwhile (both restored
-    // afterwards; runtime/blas_threads.h says why); 0 = LibTorch's intra-op default.
+    // afterwards; runtime/thread_pools.h says why); 0 = LibTorch's intra-op default.
     int threads = 0;
     FisherMode mode = FisherMode::Auto;
     uint64_t memoryBudgetBytes = 0; // 0 = MemAvailable (availableMemoryBytes()); plans above it are refused

@@ -3,6 +3,7 @@
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/checkpoint_writer.h"
 #include "checkpoint/safetensors.h"
+#include "runtime/thread_pools.h"
 #include "train/demo_corpus.h"
 #include "util/error.h"
 
@@ -11,8 +12,6 @@
 #include <ATen/core/grad_mode.h>
 
 #include <nlohmann/json.hpp>
-
-#include <dlfcn.h>
 
 #include <algorithm>
 #include <chrono>
@@ -232,9 +231,7 @@ void setThreads(int threads)
     if (threads > 0)
         at::set_num_threads(threads);
     // OpenBLAS' own threads would compete with ATen's: one per ATen thread is enough.
-    using SetFn = void (*)(int);
-    if (const auto set = reinterpret_cast<SetFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads")))
-        set(1);
+    setOpenblasThreads(1);
 }
 
 DType checkedDtype(DType d)
