@@ -150,28 +150,31 @@ void useOneIntraOpThreadHere()
     setOpenmpThreadsOfThisThread(1);
 }
 
-// One intra-op thread while it lives. Copying a layer out of the checkpoint's mapping is fastest on
-// one thread: with several, each small copy is a parallel region whose threads fault pages of the
-// same mapping at once and then wait for each other (benchmark model, 2 cores: 0.25 s per layer on
-// one thread, 0.6-0.8 s on two).
-class SingleIntraOpThread {
+// ATen's intra-op thread count (threads > 0) while it lives, the previous one restored afterwards, so
+// that library code leaves the process's thread settings as it found them. One thread is how layers
+// are copied out of the checkpoint's mapping: with several, each small copy is a parallel region
+// whose threads fault pages of the same mapping at once and then wait for each other (benchmark model,
+// 2 cores: 0.25 s per layer on one thread, 0.6-0.8 s on two).
+class IntraOpThreads {
 public:
-    SingleIntraOpThread()
+    explicit IntraOpThreads(int threads)
         : m_previous(at::get_num_threads())
+        , m_changed(threads > 0 && threads != m_previous)
     {
-        if (m_previous > 1)
-            at::set_num_threads(1);
+        if (m_changed)
+            at::set_num_threads(threads);
     }
-    ~SingleIntraOpThread()
+    ~IntraOpThreads()
     {
-        if (m_previous > 1)
+        if (m_changed)
             at::set_num_threads(m_previous);
     }
-    SingleIntraOpThread(const SingleIntraOpThread&) = delete;
-    SingleIntraOpThread& operator=(const SingleIntraOpThread&) = delete;
+    IntraOpThreads(const IntraOpThreads&) = delete;
+    IntraOpThreads& operator=(const IntraOpThreads&) = delete;
 
 private:
     int m_previous;
+    bool m_changed;
 };
 
 } // namespace
@@ -182,6 +185,7 @@ bool cudaAvailable()
 }
 
 struct Executor::Impl {
+    IntraOpThreads threads; // ExecutorOptions::threads for the executor's lifetime (first in, last out)
     const Checkpoint& ckpt;
     const ModelSpec& spec;
     ExecutorOptions options;
@@ -191,7 +195,8 @@ struct Executor::Impl {
     std::map<int, LayerWeights> resident;
 
     Impl(const Checkpoint& c, const ModelSpec& s, ExecutorOptions o)
-        : ckpt(c)
+        : threads(o.threads)
+        , ckpt(c)
         , spec(s)
         , options(std::move(o))
         , device(parseDevice(options.device))
@@ -200,8 +205,6 @@ struct Executor::Impl {
     {
         if (options.batchTokens <= 0)
             throw InputError("--batch-tokens must be > 0");
-        if (options.threads > 0)
-            at::set_num_threads(options.threads);
     }
 
     const LayerWeights& layer(int l, LayerWeights& scratch)
@@ -264,10 +267,10 @@ struct Executor::Impl {
             + " are available; lower --max-samples, --seq-len or --batch-tokens");
     }
 
-    // LayerWeights of layer l, loaded on one intra-op thread (see SingleIntraOpThread).
+    // LayerWeights of layer l, loaded on one intra-op thread (see IntraOpThreads).
     const LayerWeights& layerOnOneThread(int l, LayerWeights& scratch)
     {
-        const SingleIntraOpThread oneThread;
+        const IntraOpThreads oneThread(1);
         return layer(l, scratch);
     }
 
@@ -530,7 +533,7 @@ EvaluationResult Executor::evaluate(std::span<const int32_t> tokens, std::span<c
             // load did 3-10x slower than one (0.2-0.5 s vs 0.03-0.07 s for a 64 x 3 MiB layer).
             RaggedExperts ragged;
             if (const auto it = pv.unitLists.find(l); it != pv.unitLists.end()) {
-                const SingleIntraOpThread oneThread;
+                const IntraOpThreads oneThread(1);
                 ragged = sliceExperts(w, it->second);
                 moeOptions.ragged = &ragged;
             }

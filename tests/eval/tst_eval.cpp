@@ -12,6 +12,7 @@
 #include "test_io.h"
 #include "util/error.h"
 
+#include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
 
 #include <QTemporaryDir>
@@ -150,6 +151,26 @@ private Q_SLOTS:
     // Exact on any CPU: a router mask that keeps every expert fills nothing, so both variants run the same
     // operations on the same shapes with the same thread count (each variant alone through the same
     // micro-batches, Executor::evaluate).
+    // ExecutorOptions::threads holds for the executor's lifetime only: library code leaves ATen's
+    // intra-op thread count as it found it (during the run too, and after a refused construction).
+    void executorRestoresThreads()
+    {
+        const int before = at::get_num_threads();
+        const int other = before == 1 ? 2 : 1;
+        {
+            ExecutorOptions o;
+            o.threads = other;
+            const Executor ex(*m_ckpt, m_spec, o);
+            QCOMPARE(at::get_num_threads(), other);
+        }
+        QCOMPARE(at::get_num_threads(), before);
+        ExecutorOptions bad;
+        bad.threads = other;
+        bad.batchTokens = 0;
+        QVERIFY(!test::inputErrorOf([&] { const Executor ex(*m_ckpt, m_spec, bad); }).isEmpty());
+        QCOMPARE(at::get_num_threads(), before);
+    }
+
     void maskKeepingEveryExpertIsTheFullModel()
     {
         const std::vector<int> all = { 0, 1, 2, 3, 4, 5, 6, 7 };
