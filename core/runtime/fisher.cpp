@@ -2,8 +2,8 @@
 
 #include "model/blocks.h"
 #include "model/layer_weights.h"
-#include "runtime/thread_pools.h"
 #include "runtime/fisher_detail.h"
+#include "runtime/thread_pools.h"
 #include "util/error.h"
 
 #include <ATen/ATen.h>

@@ -95,7 +95,8 @@ public:
         const QByteArray line = m_proc->readLine();
         const QJsonObject reply = QJsonDocument::fromJson(line).object();
         if (reply.isEmpty()) {
-            result.stdErr = QStringLiteral("unreadable reply from the reference python worker: ") + QString::fromUtf8(line);
+            result.stdErr
+                = QStringLiteral("unreadable reply from the reference python worker: ") + QString::fromUtf8(line);
             stop();
             return result;
         }
