@@ -3,56 +3,28 @@
 #include "main_window.h"
 
 #include "atlas_document.h"
-#include "budget_panel.h"
 #include "charts/fisher_view.h"
 #include "charts/routing_stats.h"
 #include "charts/tradeoff_chart.h"
-#include "fisher/fisher_store.h"
 #include "fisher_ablation_model.h"
 #include "heatmap_model.h"
 #include "heatmap_view.h"
-#include "jobs/capture_dialog.h"
-#include "jobs/core_jobs.h"
-#include "jobs/export_dialog.h"
-#include "jobs/job_runner.h"
-#include "jobs/jobs_panel.h"
-#include "util/error.h"
 #include "workbench_style.h"
-
-#include <nlohmann/json.hpp>
-
-#include <cmath>
 
 #include <QAction>
 #include <QApplication>
 #include <QCloseEvent>
-#include <QComboBox>
-#include <QDateTime>
-#include <QDockWidget>
 #include <QDragEnterEvent>
 #include <QDropEvent>
-#include <QFile>
-#include <QFileDialog>
 #include <QFileInfo>
-#include <QHBoxLayout>
-#include <QHeaderView>
-#include <QInputDialog>
-#include <QLabel>
-#include <QMenuBar>
+#include <QMenu>
 #include <QMessageBox>
 #include <QMimeData>
 #include <QPlainTextEdit>
 #include <QSaveFile>
-#include <QScrollArea>
 #include <QSettings>
 #include <QStatusBar>
 #include <QStyle>
-#include <QTabWidget>
-#include <QTableView>
-#include <QTextStream>
-#include <QToolBar>
-#include <QToolButton>
-#include <QVBoxLayout>
 
 namespace moeatlas::views {
 
