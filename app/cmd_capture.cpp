@@ -91,7 +91,8 @@ Command addCaptureCommand(CLI::App& app)
     sub->add_option("--logits-dtype", a->logitsDtype, "Stored router logits: float32 or float16")
         ->capture_default_str();
     sub->add_option("--batch-tokens", a->batchTokens, "Tokens per micro-batch")->capture_default_str();
-    sub->add_option("--threads", a->threads, "Intra-op threads (0 = LibTorch default)");
+    sub->add_option(
+        "--threads", a->threads, "Intra-op threads (0 = OMP_NUM_THREADS, or every CPU the process may use)");
     sub->add_flag("--expert-norms", a->expertNorms, "Record L2 norms of routed expert outputs (needed for REAP)");
     sub->add_option("--hidden-samples", a->hiddenSamples, "Tokens whose MoE input is stored per layer");
     sub->add_flag("--resume", a->resume, "Continue an interrupted capture of the same output");

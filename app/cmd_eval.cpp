@@ -153,7 +153,8 @@ Command addEvalCommand(CLI::App& app)
     sub->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
     sub->add_option("--dtype", a->dtype, "Compute dtype: float32, bfloat16, float16")->capture_default_str();
     sub->add_option("--batch-tokens", a->batchTokens, "Tokens per micro-batch")->capture_default_str();
-    sub->add_option("--threads", a->threads, "Intra-op threads (0 = LibTorch default)");
+    sub->add_option(
+        "--threads", a->threads, "Intra-op threads (0 = OMP_NUM_THREADS, or every CPU the process may use)");
     sub->add_flag("--resident", a->resident, "Keep all layers in memory (small models)");
     sub->add_option("--memory-budget-mib", a->memoryBudgetMiB,
         "Memory budget of the plan, checked before any work (0 = MemAvailable)");

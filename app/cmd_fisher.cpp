@@ -211,7 +211,8 @@ Command addFisherCommand(CLI::App& app)
     sub->add_option("--ablation-domain", a->ablationDomains,
         "Held-out domain the ablation is measured on (NAME=PATH[:N], packed like --domain; repeatable); default: "
         "the tokens Fisher was computed on");
-    sub->add_option("--threads", a->threads, "Intra-op threads (0 = LibTorch default)");
+    sub->add_option(
+        "--threads", a->threads, "Intra-op threads (0 = OMP_NUM_THREADS, or every CPU the process may use)");
     sub->add_option("--mode", a->mode,
            "auto (resident when it fits in memory), resident (every layer kept) or streaming (layer by layer, "
            "backward in reverse from saved layer inputs)")

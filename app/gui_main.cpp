@@ -1,11 +1,16 @@
 // moeatlas-gui [atlas]: the workbench (views/MainWindow); opens the atlas given on the command line.
 #include "main_window.h"
 
+#include "runtime/runtime_policy.h"
+
 #include <QApplication>
 #include <QCommandLineParser>
 
 int main(int argc, char** argv)
 {
+    // Threads and allocator settings are the program's to choose (runtime/runtime_policy.h); jobs
+    // scope their own.
+    moeatlas::applyRuntimePolicy({});
     QApplication app(argc, argv);
     QApplication::setOrganizationName(QStringLiteral("MoE Atlas"));
     QApplication::setApplicationName(QStringLiteral("moeatlas-gui"));

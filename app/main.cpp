@@ -1,19 +1,26 @@
 // moeatlas: the command-line client of the MoE Atlas engine.
 #include "commands.h"
 
+#include "runtime/runtime_policy.h"
 #include "util/error.h"
 
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <exception>
+#include <string>
 #include <vector>
 
 int main(int argc, char** argv)
 {
+    // Threads and allocator settings are the program's to choose (runtime/runtime_policy.h); commands
+    // with --threads scope their own for the job.
+    moeatlas::applyRuntimePolicy({});
     CLI::App app { "MoE Atlas: analyse and compress Mixture-of-Experts LLMs" };
     app.require_subcommand(1);
-    app.set_version_flag("--version", "moeatlas " MOEATLAS_VERSION);
+    app.set_version_flag("--version", [] {
+        return std::string("moeatlas " MOEATLAS_VERSION "\n") + moeatlas::describeRuntime(moeatlas::runtimeInfo());
+    });
     // Each add*Command registers one subcommand; remember which callback belongs to which.
     std::vector<std::pair<CLI::App*, moeatlas::cli::Command>> commands;
     const auto registerCommand = [&](moeatlas::cli::Command cmd) {

@@ -23,14 +23,15 @@ namespace {
 
 // --- Splitting the work across ATen's threads ----------------------------------------------------
 //
-// With several ATen (OpenMP) threads and a single-threaded OpenBLAS -- what the executor sets up:
+// With several ATen (OpenMP) threads and a single-threaded BLAS -- what the executor sets up:
 // OpenBLAS' own pthreads spin after every GEMM and, on a small machine, take the cores that ATen's
-// OpenMP workers need between GEMMs -- the blocks split their matrix products themselves: experts,
+// OpenMP workers need between GEMMs; a BLAS without a thread control (reference BLAS, BLIS as
+// libblas.so.3) runs each call on one thread anyway -- the blocks split their matrix products themselves: experts,
 // sequences or heads, and row blocks of the projections are tasks that ATen's threads pull one at a
 // time. Each task runs the same single-threaded GEMM and element-wise ops on its subset. Experts,
 // sequences and heads are GEMMs of the other path's shapes, so their outputs are the same numbers; a row
-// block of a projection is a GEMM of fewer rows, which OpenBLAS may block, and so sum, differently from
-// the whole (it does under some of its CPU-specific kernels, e.g. Haswell/Zen), so there the two paths
+// block of a projection is a GEMM of fewer rows, which the BLAS may block, and so sum, differently from
+// the whole (OpenBLAS does under some of its CPU-specific kernels, e.g. Haswell/Zen), so there the two paths
 // agree up to the order of fp32 sums: bit for bit only where the kernel sums a row the same way
 // whatever the row count (measured so on one AVX-512 machine, docs/performance.md).
 
@@ -51,7 +52,7 @@ bool canRunOnThreads()
 // records (gradient passes): the split paths use out= and in-place ops on shared buffers.
 bool splitWork(const at::Tensor& x)
 {
-    return x.device().is_cpu() && at::get_num_threads() > 1 && !at::in_parallel_region() && openblasThreads() == 1
+    return x.device().is_cpu() && at::get_num_threads() > 1 && !at::in_parallel_region() && blasThreads() == 1
         && canRunOnThreads() && !at::GradMode::is_enabled();
 }
 

@@ -2,6 +2,7 @@
 
 #include "model/blocks.h"
 #include "model/layer_weights.h"
+#include "runtime/runtime_policy.h"
 #include "runtime/thread_pools.h"
 #include "runtime/variant_layers.h"
 #include "util/error.h"
@@ -150,33 +151,6 @@ void useOneIntraOpThreadHere()
     setOpenmpThreadsOfThisThread(1);
 }
 
-// ATen's intra-op thread count (threads > 0) while it lives, the previous one restored afterwards, so
-// that library code leaves the process's thread settings as it found them. One thread is how layers
-// are copied out of the checkpoint's mapping: with several, each small copy is a parallel region
-// whose threads fault pages of the same mapping at once and then wait for each other (benchmark model,
-// 2 cores: 0.25 s per layer on one thread, 0.6-0.8 s on two).
-class IntraOpThreads {
-public:
-    explicit IntraOpThreads(int threads)
-        : m_previous(at::get_num_threads())
-        , m_changed(threads > 0 && threads != m_previous)
-    {
-        if (m_changed)
-            at::set_num_threads(threads);
-    }
-    ~IntraOpThreads()
-    {
-        if (m_changed)
-            at::set_num_threads(m_previous);
-    }
-    IntraOpThreads(const IntraOpThreads&) = delete;
-    IntraOpThreads& operator=(const IntraOpThreads&) = delete;
-
-private:
-    int m_previous;
-    bool m_changed;
-};
-
 } // namespace
 
 bool cudaAvailable()
@@ -185,7 +159,9 @@ bool cudaAvailable()
 }
 
 struct Executor::Impl {
-    IntraOpThreads threads; // ExecutorOptions::threads for the executor's lifetime (first in, last out)
+    // ExecutorOptions::threads for the executor's lifetime (first in, last out). One thread is how
+    // layers are copied out of the checkpoint's mapping (layerOnOneThread).
+    ThreadScope threads;
     const Checkpoint& ckpt;
     const ModelSpec& spec;
     ExecutorOptions options;
@@ -195,7 +171,7 @@ struct Executor::Impl {
     std::map<int, LayerWeights> resident;
 
     Impl(const Checkpoint& c, const ModelSpec& s, ExecutorOptions o)
-        : threads(o.threads)
+        : threads(o.threads, 0)
         , ckpt(c)
         , spec(s)
         , options(std::move(o))
@@ -267,10 +243,12 @@ struct Executor::Impl {
             + " are available; lower --max-samples, --seq-len or --batch-tokens");
     }
 
-    // LayerWeights of layer l, loaded on one intra-op thread (see IntraOpThreads).
+    // LayerWeights of layer l, loaded on one intra-op thread: with several, each small copy is a
+    // parallel region whose threads fault pages of the same mapping at once and then wait for each
+    // other (benchmark model, 2 cores: 0.25 s per layer on one thread, 0.6-0.8 s on two).
     const LayerWeights& layerOnOneThread(int l, LayerWeights& scratch)
     {
-        const IntraOpThreads oneThread(1);
+        const ThreadScope oneThread(1, 0);
         return layer(l, scratch);
     }
 
@@ -346,8 +324,8 @@ ExecutionResult Executor::run(std::span<const int32_t> tokens, std::span<const i
     const ModelSpec& s = d.spec;
     const auto t0 = std::chrono::steady_clock::now();
     c10::InferenceMode inferenceMode;
-    // OpenBLAS single-threaded; the blocks split their products across ATen's threads (thread_pools.h).
-    const OpenblasThreads blasGuard(d.device.is_cpu() && at::get_num_threads() > 1 ? 1 : 0);
+    // The BLAS single-threaded; the blocks split their products across ATen's threads (thread_pools.h).
+    const ThreadScope blasGuard(0, d.device.is_cpu() && at::get_num_threads() > 1 ? 1 : 0);
     const int64_t T = static_cast<int64_t>(tokens.size());
     const int64_t H = s.hiddenSize;
     checkOffsets(seqOffsets, T);
@@ -490,8 +468,8 @@ EvaluationResult Executor::evaluate(std::span<const int32_t> tokens, std::span<c
     const ModelSpec& s = d.spec;
     const auto t0 = std::chrono::steady_clock::now();
     c10::InferenceMode inferenceMode;
-    // OpenBLAS single-threaded; the blocks split their products across ATen's threads (thread_pools.h).
-    const OpenblasThreads blasGuard(d.device.is_cpu() && at::get_num_threads() > 1 ? 1 : 0);
+    // The BLAS single-threaded; the blocks split their products across ATen's threads (thread_pools.h).
+    const ThreadScope blasGuard(0, d.device.is_cpu() && at::get_num_threads() > 1 ? 1 : 0);
     const int64_t T = static_cast<int64_t>(tokens.size());
     const int P = static_cast<int>(variants.size());
     if (P == 0)
@@ -533,7 +511,7 @@ EvaluationResult Executor::evaluate(std::span<const int32_t> tokens, std::span<c
             // load did 3-10x slower than one (0.2-0.5 s vs 0.03-0.07 s for a 64 x 3 MiB layer).
             RaggedExperts ragged;
             if (const auto it = pv.unitLists.find(l); it != pv.unitLists.end()) {
-                const IntraOpThreads oneThread(1);
+                const ThreadScope oneThread(1, 0);
                 ragged = sliceExperts(w, it->second);
                 moeOptions.ragged = &ragged;
             }

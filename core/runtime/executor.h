@@ -24,7 +24,7 @@ struct ExecutorOptions {
     std::string device = "cpu"; // "cpu", "cuda", "cuda:N"
     std::string computeDtype = "float32"; // "float32", "bfloat16", "float16"
     int64_t batchTokens = 8192; // tokens per micro-batch (whole sequences)
-    int threads = 0; // intra-op threads; 0 = LibTorch's default
+    int threads = 0; // intra-op threads; 0 = as the process is set (runtime/runtime_policy.h)
     bool recordExpertNorms = false;
     std::vector<int64_t> hiddenSampleTokens; // token indices whose MoE input is reported per MoE layer
     bool computeLogits = false; // final norm + lm_head at the end (tests, evaluation)

@@ -3,7 +3,7 @@
 #include "model/blocks.h"
 #include "model/layer_weights.h"
 #include "runtime/fisher_detail.h"
-#include "runtime/thread_pools.h"
+#include "runtime/runtime_policy.h"
 #include "util/error.h"
 
 #include <ATen/ATen.h>
@@ -570,23 +570,11 @@ FisherResult computeFisher(const Checkpoint& checkpoint, const ModelSpec& spec, 
     int G = 1;
     std::vector<int> group = sampleGroups(sampleGroup, samples, G);
     const FisherPlan plan = planFisher(checkpoint, spec, seqOffsets, sampleGroup, options);
-    // Autograd's ops cannot take the blocks' thread-split paths, so the threads go to OpenBLAS' GEMMs
+    // Autograd's ops cannot take the blocks' thread-split paths, so the threads go to the BLAS's GEMMs
     // and ATen runs single-threaded for the pass (thread_pools.h: with both pools active, 6x slower
-    // on 2 cores); restored afterwards.
-    const int threads = options.threads > 0 ? options.threads : at::get_num_threads();
-    const OpenblasThreads blas(threads);
-    const int atenThreads = at::get_num_threads();
-    at::set_num_threads(1);
-    struct RestoreAten {
-        int n;
-        ~RestoreAten() { at::set_num_threads(n); }
-    } restoreAten { atenThreads };
-    // Autograd allocates and frees many large temporaries per sample; served by mmap/munmap they cost
-    // page faults every time (measured: over a third of the pass in the kernel). Kept in the heap they
-    // are reused. Process-wide and left so: glibc cannot return to its self-adjusting thresholds once
-    // they are set, and the streaming code (and the executor) trims explicitly after each layer.
-    ::mallopt(M_MMAP_THRESHOLD, 256 << 20);
-    ::mallopt(M_TRIM_THRESHOLD, 512 << 20);
+    // on 2 cores); restored afterwards. (Autograd's large temporaries stay in the heap under the
+    // runtime policy the program's main applies: runtime/runtime_policy.h.)
+    const ThreadScope threadsOfPass(1, options.threads > 0 ? options.threads : at::get_num_threads());
 
     FisherRun run(spec, tokens, seqOffsets, std::move(group), G, options, progress, stop);
     std::map<int, at::Tensor> magnitude;

@@ -24,8 +24,9 @@ enum class FisherMode {
 const char* fisherModeName(FisherMode mode); // "auto", "resident", "streaming"
 
 struct FisherOptions {
-    // Threads of the pass: OpenBLAS' GEMM threads, with ATen single-threaded meanwhile (both restored
-    // afterwards; runtime/thread_pools.h says why); 0 = LibTorch's intra-op default.
+    // Threads of the pass: the BLAS's GEMM threads (with OpenBLAS; another BLAS keeps its own setting),
+    // with ATen single-threaded meanwhile (both restored afterwards; runtime/thread_pools.h says why);
+    // 0 = ATen's threads as the process is set (runtime/runtime_policy.h).
     int threads = 0;
     FisherMode mode = FisherMode::Auto;
     uint64_t memoryBudgetBytes = 0; // 0 = MemAvailable (availableMemoryBytes()); plans above it are refused

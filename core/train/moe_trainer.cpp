@@ -3,7 +3,7 @@
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/checkpoint_writer.h"
 #include "checkpoint/safetensors.h"
-#include "runtime/thread_pools.h"
+#include "runtime/runtime_policy.h"
 #include "train/demo_corpus.h"
 #include "util/error.h"
 
@@ -226,14 +226,6 @@ at::Tensor toIds(const std::vector<const std::vector<int32_t>*>& seqs, int64_t s
     return at::from_blob(flat.data(), { static_cast<int64_t>(seqs.size()), seqLen }, at::kLong).clone();
 }
 
-void setThreads(int threads)
-{
-    if (threads > 0)
-        at::set_num_threads(threads);
-    // OpenBLAS' own threads would compete with ATen's: one per ATen thread is enough.
-    setOpenblasThreads(1);
-}
-
 DType checkedDtype(DType d)
 {
     if (d != DType::F32 && d != DType::BF16)
@@ -397,7 +389,9 @@ TrainReport trainDemoModel(const TrainOptions& o, const std::vector<DomainSequen
         throw InputError("train: no training sequences");
 
     const auto t0 = std::chrono::steady_clock::now();
-    setThreads(o.threads);
+    // The BLAS single-threaded while ATen's threads run the ops: one pool at a time
+    // (runtime/thread_pools.h); both restored when training ends.
+    const ThreadScope threads(o.threads, 1);
     Model m = initModel(o.model, o.seed);
     m.build(true);
     TrainReport report;

@@ -9,6 +9,7 @@
 #include "checkpoint/safetensors.h"
 #include "runtime/executor.h"
 #include "runtime/fisher.h"
+#include "runtime/runtime_policy.h"
 #include "test_io.h"
 #include "test_support.h"
 #include "test_tensors.h"
@@ -17,8 +18,6 @@
 #include <QSet>
 #include <QTemporaryDir>
 #include <QTest>
-
-#include <dlfcn.h>
 
 #include <algorithm>
 #include <cmath>
@@ -73,19 +72,6 @@ VariantOutput inference(const Checkpoint& ckpt, const ModelSpec& spec, const std
     Executor executor(ckpt, spec, o);
     const std::vector<ExpertMask> full { ExpertMask { "full", {}, {} } };
     return executor.evaluate(tokens, offsets, full, true).variants.at(0);
-}
-
-// Sets OpenBLAS' thread count in this process (the executor sets it to 1 while it runs) and returns
-// the previous one; 0 and no change when OpenBLAS is not the BLAS here.
-int setOpenblasThreads(int n)
-{
-    const auto get = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-    const auto set = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
-    if (!get || !set)
-        return 0;
-    const int previous = get();
-    set(n);
-    return previous;
 }
 
 struct DemoInput {
@@ -337,18 +323,20 @@ private Q_SLOTS:
         FisherOptions one;
         one.threads = 1;
         const FisherResult serial = computeFisher(ckpt, spec, in.tokens, in.offsets, {}, one);
-        const int blasThreads = setOpenblasThreads(1);
         FisherOptions two;
         two.threads = 2;
         FisherResult split;
         QString error;
         try {
+            const ThreadScope blasOneThread(0, 1);
+            const RuntimeInfo before = runtimeInfo();
             split = computeFisher(ckpt, spec, in.tokens, in.offsets, {}, two);
+            // The pass ran ATen on one thread and the BLAS on two; both are as they were.
+            QCOMPARE(runtimeInfo().atenThreads, before.atenThreads);
+            QCOMPARE(runtimeInfo().blasThreads, before.blasThreads);
         } catch (const std::exception& e) {
             error = QString::fromUtf8(e.what());
         }
-        if (blasThreads > 0)
-            setOpenblasThreads(blasThreads);
         QVERIFY2(error.isEmpty(), qPrintable(error));
         QCOMPARE(split.layers.size(), serial.layers.size());
         for (std::size_t l = 0; l < serial.layers.size(); ++l) {

@@ -11,6 +11,7 @@
 #include "checkpoint/random_model.h"
 #include "export/exporter.h"
 #include "runtime/executor.h"
+#include "runtime/runtime_policy.h"
 #include "test_io.h"
 #include "test_support.h"
 
@@ -18,8 +19,6 @@
 
 #include <QTemporaryDir>
 #include <QTest>
-
-#include <dlfcn.h>
 
 #include <algorithm>
 #include <memory>
@@ -165,11 +164,6 @@ Plan planOf(const ModelSpec& spec, const ExpertMask& variant)
     return plan;
 }
 
-bool haveOpenblas()
-{
-    return dlsym(RTLD_DEFAULT, "openblas_get_num_threads") != nullptr;
-}
-
 } // namespace
 
 class TstRagged : public QObject {
@@ -219,6 +213,52 @@ private Q_SLOTS:
         writeRandomModel(qwen2Options(), m_qwen2, false);
     }
 
+    // The thread-split path needs LibTorch's OpenMP runtime and a BLAS that runs each call on one
+    // thread while the executor runs: OpenBLAS set so (and restored afterwards), or a BLAS without a
+    // thread control. MOEATLAS_EXPECT_BLAS, set by the ctest entries that run this suite on another
+    // BLAS (tests/runtime/CMakeLists.txt), names the library the process must have loaded, so that
+    // those runs cannot silently test OpenBLAS again.
+    void runtimeCanSplit()
+    {
+        const RuntimeInfo before = runtimeInfo();
+        qInfo("runtime: %s", describeRuntime(before).c_str());
+        QVERIFY2(before.openmp, "no OpenMP runtime found (GOMP_parallel): the split path cannot run");
+        {
+            const ThreadScope asTheExecutor(2, 1);
+            QCOMPARE(runtimeInfo().atenThreads, 2);
+            QCOMPARE(runtimeInfo().blasThreads, 1);
+            {
+                const ThreadScope asFisher(1, 2);
+                QCOMPARE(runtimeInfo().atenThreads, 1);
+                QCOMPARE(runtimeInfo().blasThreads, before.blasIsOpenblas ? 2 : 1);
+            }
+            QCOMPARE(runtimeInfo().atenThreads, 2);
+            QCOMPARE(runtimeInfo().blasThreads, 1);
+        }
+        QCOMPARE(runtimeInfo().atenThreads, before.atenThreads);
+        QCOMPARE(runtimeInfo().blasThreads, before.blasThreads);
+        const QByteArray expected = qgetenv("MOEATLAS_EXPECT_BLAS");
+        if (!expected.isEmpty())
+            QVERIFY2(before.blas.find(expected.toStdString()) != std::string::npos,
+                qPrintable(QStringLiteral("expected the BLAS %1, found %2")
+                               .arg(QString::fromUtf8(expected), QString::fromStdString(before.blas))));
+    }
+
+    // The policy a main applies: ATen at the requested threads (0: OMP_NUM_THREADS, which ctest sets to
+    // 2, else the CPUs of the process), the BLAS single-threaded (OpenBLAS; a BLAS without a thread
+    // control reports one thread anyway).
+    void policyOwnsThreads()
+    {
+        QCOMPARE(defaultThreads(), qEnvironmentVariableIntValue("OMP_NUM_THREADS"));
+        applyRuntimePolicy(RuntimePolicy { 3, true });
+        QCOMPARE(runtimeInfo().atenThreads, 3);
+        QCOMPARE(runtimeInfo().blasThreads, 1);
+        applyRuntimePolicy(RuntimePolicy {});
+        QCOMPARE(runtimeInfo().atenThreads, defaultThreads());
+        QCOMPARE(runtimeInfo().blasThreads, 1);
+        // The rest of the suite runs under the policy, as the CLI's jobs do.
+    }
+
     void raggedEqualsMask_data()
     {
         QTest::addColumn<QString>("model");
@@ -234,13 +274,11 @@ private Q_SLOTS:
     {
         QFETCH(QString, model);
         QFETCH(int, threads);
-        if (threads > 1 && !haveOpenblas())
-            QSKIP("the blocks split their products only with OpenBLAS as the BLAS");
         compareWithMask(fs::path(model.toStdString()), threads);
     }
 
-    // The thread-split path (2 ATen threads, OpenBLAS single-threaded) computes the same numbers as the
-    // plain path up to the order of fp32 sums: its projections multiply row blocks, and OpenBLAS may
+    // The thread-split path (2 ATen threads, the BLAS single-threaded) computes the same numbers as the
+    // plain path up to the order of fp32 sums: its projections multiply row blocks, and the BLAS may
     // block a GEMM of fewer rows differently (it does under its Haswell/Zen kernels), ragged experts
     // included.
     void splitPathMatchesPlainPath_data()
@@ -252,8 +290,6 @@ private Q_SLOTS:
     void splitPathMatchesPlainPath()
     {
         QFETCH(QString, model);
-        if (!haveOpenblas())
-            QSKIP("the blocks split their products only with OpenBLAS as the BLAS");
         const fs::path dir(model.toStdString());
         const Checkpoint ckpt(dir);
         const ModelSpec spec = parseModelSpec(ckpt.config(), dir.string() + "/config.json");
@@ -318,8 +354,6 @@ private Q_SLOTS:
     {
         QFETCH(QString, model);
         QFETCH(int, threads);
-        if (threads > 1 && !haveOpenblas())
-            QSKIP("the blocks split their products only with OpenBLAS as the BLAS");
         const fs::path dir(model.toStdString());
         const Checkpoint source(dir);
         const ModelSpec spec = parseModelSpec(source.config(), dir.string() + "/config.json");
