@@ -129,19 +129,30 @@ Architecture architectureOf(const std::string& modelType, const std::string& sou
           "qwen3_moe, olmoe)");
 }
 
+// The supported architectures rotate the whole head (their attention, like transformers', multiplies
+// q and k by tables of the full head width); a partial rotary factor would fail mid-run.
+RopeSpec checkedRotaryFactor(const RopeSpec& rope, const std::string& source, const std::string& field)
+{
+    if (rope.partialRotaryFactor != 1.0)
+        throw InputError(source + ": field '" + field + "' is " + json(rope.partialRotaryFactor).dump()
+            + " (expected 1.0: the supported architectures rotate the whole head)");
+    return rope;
+}
+
 RopeSpec parseRope(const ConfigReader& cfg, const std::string& source)
 {
     // v5 writes rope_parameters {rope_type, rope_theta, ...}; hub configs write rope_theta at the
     // top level and an optional rope_scaling {type|rope_type, factor, ...}.
     RopeSpec rope;
     rope.theta = cfg.number("rope_theta", 10000.0);
+    rope.partialRotaryFactor = cfg.number("partial_rotary_factor", 1.0);
     const json* params = nullptr;
     if (cfg.has("rope_parameters"))
         params = &cfg.raw().at("rope_parameters");
     else if (cfg.has("rope_scaling"))
         params = &cfg.raw().at("rope_scaling");
     if (!params)
-        return rope;
+        return checkedRotaryFactor(rope, source, "partial_rotary_factor");
     if (!params->is_object())
         throw InputError(source + ": field 'rope_parameters' must be an object, got " + params->dump());
     const std::string field = cfg.has("rope_parameters") ? "rope_parameters" : "rope_scaling";
@@ -149,7 +160,7 @@ RopeSpec parseRope(const ConfigReader& cfg, const std::string& source)
     rope.type = p.string("rope_type", p.string("type", "default"));
     rope.theta = p.number("rope_theta", rope.theta);
     rope.factor = p.number("factor", 1.0);
-    rope.partialRotaryFactor = p.number("partial_rotary_factor", cfg.number("partial_rotary_factor", 1.0));
+    rope.partialRotaryFactor = p.number("partial_rotary_factor", rope.partialRotaryFactor);
     rope.originalMaxPositionEmbeddings = p.integer("original_max_position_embeddings", 0);
     if (p.has("attention_factor"))
         rope.attentionFactor = p.number("attention_factor", 1.0);
@@ -168,7 +179,8 @@ RopeSpec parseRope(const ConfigReader& cfg, const std::string& source)
     if ((rope.type == "yarn" || rope.type == "llama3") && rope.originalMaxPositionEmbeddings <= 0)
         throw InputError(source + ": field '" + field + ".original_max_position_embeddings' is required for rope_type '"
             + rope.type + "'");
-    return rope;
+    return checkedRotaryFactor(rope, source,
+        p.has("partial_rotary_factor") ? field + ".partial_rotary_factor" : std::string("partial_rotary_factor"));
 }
 
 // The keys our exporter adds to a ragged export (docs/plans.md): moeatlas_expert_widths, one entry per
