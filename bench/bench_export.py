@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Export throughput vs a plain copy of the same bytes (issue 6 target: >= 0.8x).
+"""Export throughput vs a plain copy of the same bytes (target: >= 0.8x).
 
 Usage: bench/bench_export.py [--cli build/app/moeatlas] [--gb 1.0] [--keep 0.5] [--layout per-expert|fused]
                              [--repeats 3] [--workdir DIR]
