@@ -73,7 +73,7 @@ int64_t longestSequence(const std::vector<int64_t>& offsets)
 EvalTokens evalTokensFromAtlas(const AtlasFile& atlas)
 {
     if (!atlas.isComplete())
-        throw InputError(atlas.path().string() + ": the atlas is not complete (finish the capture with --resume)");
+        throw InputError(atlas.path().string() + ": the atlas is not complete (resume the interrupted capture first)");
     EvalTokens t;
     for (const AtlasDomain& d : atlas.calibration().domains)
         t.domains.push_back(d.name);

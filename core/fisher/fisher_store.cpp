@@ -311,7 +311,7 @@ FisherTable readFisherForm(const AtlasFile& atlas, const std::string& formName, 
             + "' (expected mask, weight, grad_abs, activation or magnitude)");
     const std::optional<AtlasResults> top = atlas.readResults("fisher");
     if (!top)
-        throw InputError(path + ": /fisher: no Fisher tables in this atlas (run moeatlas fisher)");
+        throw InputError(path + ": /fisher: no Fisher tables in this atlas (compute its Fisher importance first)");
     FisherTable t;
     t.form = form;
     t.atlas = atlas.path();

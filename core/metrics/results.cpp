@@ -183,9 +183,8 @@ ScoreRunReport scoreAtlasFile(const std::filesystem::path& path, const ScorePara
     {
         AtlasFile atlas = AtlasFile::openReadOnly(path);
         if (!atlas.isComplete())
-            throw InputError(path.string()
-                + ": the atlas is not complete; finish the capture "
-                  "(moeatlas capture --resume) before scoring");
+            throw InputError(
+                path.string() + ": the atlas is not complete; resume the interrupted capture before scoring");
         const ResolvedParams resolved = resolveParams(params, atlas.model().numExperts, atlas.model().topK);
         const bool norms = atlas.options().storeExpertNorms;
         for (const std::string& c : options.criteria.empty() ? allCriteria() : options.criteria) {

@@ -55,7 +55,7 @@ RoutingStats routingStatsFromAtlas(const AtlasFile& atlas)
 {
     const std::optional<AtlasResults> r = atlas.readResults("statistics");
     if (!r)
-        throw InputError(atlas.path().string() + ": no routing statistics (run `moeatlas score` on it)");
+        throw InputError(atlas.path().string() + ": no routing statistics (score the atlas first)");
     return routingStatsFromResults(atlas, *r);
 }
 

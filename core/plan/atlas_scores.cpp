@@ -45,7 +45,7 @@ AtlasScores fisherExpertScores(const AtlasFile& atlas, const std::string& criter
     const std::optional<AtlasResults> top = atlas.readResults("fisher", { "tokens" });
     if (!top)
         throw InputError(name + ": no Fisher tables (/fisher), so no expert-level criterion '" + criterion
-            + "'; run: moeatlas fisher " + name);
+            + "'; compute the Fisher importance of this atlas first");
     const AtlasModelInfo& m = atlas.model();
     std::vector<std::string> domains, forms, gradientForms;
     std::vector<int> layers;
@@ -64,7 +64,7 @@ AtlasScores fisherExpertScores(const AtlasFile& atlas, const std::string& criter
     if (domains.size() < 2 || domains.back() != "pooled" || layers != m.moeLayers || numExperts != m.numExperts)
         throw InputError(name + ": /fisher: attribute params does not describe this atlas's model (domains "
             + "ending with \"pooled\", its MoE layers and " + std::to_string(m.numExperts) + " experts)");
-    // `moeatlas fisher` refuses another checkpoint's config; this guards against a hand-edited atlas.
+    // The Fisher job refuses another checkpoint's config; this guards against a hand-edited atlas.
     if (!configSha256.empty() && configSha256 != m.configSha256)
         throw InputError(name + ": /fisher was computed on a checkpoint with another config.json than the one "
             + "the atlas was captured from (attribute params, config_sha256)");
@@ -77,7 +77,7 @@ AtlasScores fisherExpertScores(const AtlasFile& atlas, const std::string& criter
         throw InputError(name + ": the Fisher run did not compute the form '" + form + "' of criterion '" + criterion
             + "' ("
             + (gradientForms.empty() ? std::string("it has no gradient forms") : "it has: " + joined(gradientForms))
-            + "); run: moeatlas fisher " + name + " --forms " + joined(wanted, ","));
+            + "); compute the Fisher forms " + joined(wanted) + " first");
     }
 
     const uint64_t numR = domains.size(), numL = m.moeLayers.size(), numE = static_cast<uint64_t>(m.numExperts);
@@ -122,8 +122,7 @@ AtlasScores readAtlasScores(const AtlasFile& atlas, const std::string& criterion
 {
     const std::string name = atlas.path().string();
     if (!atlas.isComplete())
-        throw InputError(
-            name + ": the atlas is incomplete (finish the capture with --resume, then run moeatlas score)");
+        throw InputError(name + ": the atlas is incomplete (resume the interrupted capture, then score the atlas)");
     if (const std::string form = fisherExpertForm(criterion); !form.empty())
         return fisherExpertScores(atlas, criterion, form);
     const std::optional<AtlasResults> results = atlas.readResults("scores/" + criterion);
@@ -131,20 +130,20 @@ AtlasScores readAtlasScores(const AtlasFile& atlas, const std::string& criterion
         if ((criterion == "reap" || criterion == "ean") && !atlas.options().storeExpertNorms)
             throw InputError(name + ": criterion '" + criterion
                 + "' needs expert output norms, and this atlas was captured without them "
-                  "(capture again with --expert-norms, then run moeatlas score)");
+                  "(capture again recording expert output norms, then score the atlas)");
         if (criterion == "fisher_activation" || criterion == "fisher_magnitude" || criterion == "activation"
             || criterion == "magnitude")
             throw InputError(name + ": criterion '" + criterion
                 + "' ranks units, not experts (an expert's mean activation is blind to how often it is routed; "
-                  "magnitude has no domain axis): rank units by it with --dims --dim-criterion activation|magnitude, "
-                  "and experts by fisher_mask, fisher_weight or fisher_grad_abs");
+                  "magnitude has no domain axis): rank units by it with a dimension budget and the unit criterion "
+                  "activation or magnitude, and experts by fisher_mask, fisher_weight or fisher_grad_abs");
         std::vector<std::string> have = atlas.resultGroups("scores");
         for (const std::string& form : atlas.resultGroups("fisher"))
             if (!fisherExpertForm("fisher_" + form).empty())
                 have.push_back("fisher_" + form);
         throw InputError(name + ": no scores for criterion '" + criterion + "' ("
             + (have.empty() ? std::string("the atlas has no scores") : "the atlas has: " + joined(have))
-            + "); run: moeatlas score " + name);
+            + "); score the atlas first");
     }
     return atlasScoresFromResults(atlas, criterion, *results);
 }

@@ -32,9 +32,9 @@ struct AtlasScores {
 // routed, and magnitude has no domain axis.)
 std::string fisherExpertForm(const std::string& criterion);
 
-// Throws InputError with the remedy when the atlas is incomplete, has no such criterion (run
-// `moeatlas score`; reap/ean need a capture with --expert-norms; fisher_* need `moeatlas fisher`
-// with that form) or the group has the wrong shape.
+// Throws InputError with the remedy, in words that name no CLI command or flag, when the atlas is
+// incomplete, has no such criterion (score it; reap/ean need a capture that records expert output
+// norms; fisher_* need the Fisher job with that form) or the group has the wrong shape.
 AtlasScores readAtlasScores(const std::filesystem::path& atlas, const std::string& criterion);
 // The same from an open atlas (one file version for everything read from it).
 AtlasScores readAtlasScores(const AtlasFile& atlas, const std::string& criterion);

@@ -30,7 +30,7 @@ PreparedFisher prepareFisher(const FisherRequest& request)
         throw RequestError("ablationTokens", "ablation domains given, but the ablation is off (counts: none)");
     const AtlasFile atlas = AtlasFile::openReadOnly(request.atlas);
     if (!atlas.isComplete())
-        throw InputError(request.atlas.string() + ": the atlas is not complete (finish the capture with --resume)");
+        throw InputError(request.atlas.string() + ": the atlas is not complete (resume the interrupted capture first)");
     ensureWritableDirectory(request.atlas);
     AtlasModel model = openAtlasModel(atlas, request.checkpoint);
     EvalTokens tokens = loadJobTokens(request.tokens, model, &atlas);

@@ -52,7 +52,7 @@ void checkRequest(const PlanRequest& r)
         if (r.atlas.empty() || !r.scoresFile.empty())
             throw RequestError("dims",
                 "dimension pruning reads unit scores from the /fisher tables of an atlas "
-                "(moeatlas fisher); expert scores then come from the same atlas, not a "
+                "(its Fisher importance); expert scores then come from the same atlas, not a "
                 "scores file");
         if (r.experts && r.experts->family == ExpertSelection::Family::Generalist && !r.experts->weights.empty())
             throw RequestError("dims",
@@ -68,8 +68,8 @@ void checkRequest(const PlanRequest& r)
         throw RequestError("scores", "give exactly one score source: an atlas with a criterion, or a scores file");
     if (!r.atlas.empty() && r.criterion.empty())
         throw RequestError("criterion",
-            "no criterion to rank experts by (peu, frequency, reap, ...: see moeatlas score; fisher_mask, "
-            "fisher_weight, fisher_grad_abs: see moeatlas fisher)");
+            "no criterion to rank experts by (peu, frequency, reap, ...: from scoring; fisher_mask, "
+            "fisher_weight, fisher_grad_abs: from the Fisher importance)");
     if (!r.scoresFile.empty() && !r.criterion.empty())
         throw RequestError("criterion", "a criterion selects scores inside an atlas; a scores file names its own");
 }

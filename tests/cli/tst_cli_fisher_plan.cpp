@@ -225,11 +225,12 @@ void TstCliFisherPlan::refused_data()
         QStringLiteral("0.5") };
     QTest::newRow("atlas without /fisher")
         << "plain" << QStringList { QStringLiteral("--criterion"), QStringLiteral("fisher_mask") } + half
-        << QStringList { QStringLiteral("ATLAS: no Fisher tables"), QStringLiteral("run: moeatlas fisher ATLAS") };
+        << QStringList { QStringLiteral("ATLAS: no Fisher tables"),
+               QStringLiteral("compute the Fisher importance of this atlas first") };
     QTest::newRow("form not computed")
         << "mask" << QStringList { QStringLiteral("--criterion"), QStringLiteral("fisher_weight") } + half
         << QStringList { QStringLiteral("ATLAS: the Fisher run did not compute the form 'weight'"),
-               QStringLiteral("run: moeatlas fisher ATLAS --forms mask,weight") };
+               QStringLiteral("compute the Fisher forms mask, weight first") };
     QTest::newRow("unit-only criterion") << "fisher"
                                          << QStringList { QStringLiteral("--criterion"),
                                                 QStringLiteral("fisher_activation") }
