@@ -3,6 +3,7 @@
 
 #include "calibration_args.h"
 #include "cli_progress.h"
+#include "request_flags.h"
 #include "runtime/capture.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
@@ -101,7 +102,10 @@ Command addCaptureCommand(CLI::App& app)
     sub->add_flag("--resident", a->resident, "Keep all layers in memory (small models)");
     sub->add_option("--memory-budget-mib", a->memoryBudgetMiB,
         "Memory budget of the plan, checked before any work (0 = MemAvailable)");
-    return [a] { return runCaptureCommand(*a); };
+    return [a] {
+        return namingFlags(
+            fieldFlags({ &kExecutorFlags, &kCalibrationFlags, &kForceFlags }), [&] { return runCaptureCommand(*a); });
+    };
 }
 
 } // namespace moeatlas::cli

@@ -71,9 +71,11 @@ void printTable(const EvalTable& t)
     }
 }
 
-// The request field -> flag of the errors prepareEval reports.
-const std::map<std::string, std::string> kEvalFlags { { "tokens", "--domain/--atlas" }, { "checkpoint", "checkpoint" },
-    { "sweep", "--sparsity" }, { "sweep.randomPlans", "--random-plans" }, { "csv", "--csv" }, { "plans", "--plan" } };
+// The request field -> flag of the errors prepareEval and runEval report (with the executor's and
+// the held-out domains' fields).
+const FieldFlags kEvalFlags { { "tokens", "--domain/--atlas" }, { "checkpoint", "checkpoint" },
+    { "sweep", "--sparsity" }, { "sparsities", "--sparsity" }, { "sweep.randomPlans", "--random-plans" },
+    { "csv", "--csv" }, { "plans", "--plan" } };
 
 int runEval(const EvalArgs& a)
 {
@@ -101,7 +103,7 @@ int runEval(const EvalArgs& a)
     request.csv = a.csv;
     request.label = a.label;
     request.save = !a.noSave;
-    const PreparedEval job = namingFlags(kEvalFlags, [&] { return prepareEval(request); });
+    const PreparedEval job = prepareEval(request);
 
     StopToken& stop = installStopHandler();
     ProgressBar bar("eval", "token-layers");
@@ -158,7 +160,10 @@ Command addEvalCommand(CLI::App& app)
     sub->add_flag("--resident", a->resident, "Keep all layers in memory (small models)");
     sub->add_option("--memory-budget-mib", a->memoryBudgetMiB,
         "Memory budget of the plan, checked before any work (0 = MemAvailable)");
-    return [a] { return runEval(*a); };
+    return [a] {
+        return namingFlags(
+            fieldFlags({ &kExecutorFlags, &kCalibrationFlags, &kEvalFlags }), [&] { return runEval(*a); });
+    };
 }
 
 } // namespace moeatlas::cli

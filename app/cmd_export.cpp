@@ -1,6 +1,7 @@
 // moeatlas export: writes the pruned checkpoint a plan describes, streaming tensors from the
 // source checkpoint into a new directory (never into the source).
 #include "commands.h"
+#include "request_flags.h"
 
 #include "export/exporter.h"
 #include "plan/plan.h"
@@ -63,7 +64,7 @@ Command addExportCommand(CLI::App& app)
     sub->add_option("--atlas", a->atlas, "Atlas the scores came from (recorded in the model card)");
     sub->add_option("--max-shard-mib", a->shardMiB, "Largest shard in MiB")->capture_default_str();
     sub->add_flag("--force", a->force, "Replace a non-empty output directory");
-    return [a] { return runExport(*a); };
+    return [a] { return namingFlags(kForceFlags, [&] { return runExport(*a); }); };
 }
 
 } // namespace moeatlas::cli

@@ -135,9 +135,11 @@ void printAblation(const FisherAblation& a)
     }
 }
 
-// The request field -> flag of the errors prepareFisher reports.
-const std::map<std::string, std::string> kFisherFlags { { "ablationTokens", "--ablation-domain" },
-    { "options.chunkTokens", "--chunk-tokens" } };
+// The request field -> flag of the errors prepareFisher and runFisher report (with the held-out
+// domains' fields; the ablation's executor runs on the CPU with its defaults, so only its memory plan).
+const FieldFlags kFisherFlags { { "ablationTokens", "--ablation-domain" }, { "options.chunkTokens", "--chunk-tokens" },
+    { "ablate", { "", "--ablate none" } }, { "mode", { "", "--mode streaming" } },
+    { "memoryBudgetBytes", { "", "lower --seq-len or --max-samples" } } };
 
 int runFisher(const FisherArgs& a)
 {
@@ -162,7 +164,7 @@ int runFisher(const FisherArgs& a)
         }
     }
     request.seed = a.calibration.seed;
-    const PreparedFisher job = namingFlags(kFisherFlags, [&] { return prepareFisher(request); });
+    const PreparedFisher job = prepareFisher(request);
     const FisherPlan& plan = job.plan;
     std::fprintf(stderr, "fisher: %s mode, planned peak %s of %s%s\n", fisherModeName(plan.mode),
         formatBytes(plan.peakBytes).c_str(), plan.budgetBytes ? formatBytes(plan.budgetBytes).c_str() : "(no limit)",
@@ -223,7 +225,9 @@ Command addFisherCommand(CLI::App& app)
         "Streaming: tokens of samples per pass (each pass reads every layer twice; 0 = as few passes as memory "
         "allows)");
     sub->add_option("--memory-budget-mib", a->memoryBudgetMiB, "Memory budget of the plan (0 = MemAvailable)");
-    return [a] { return runFisher(*a); };
+    return [a] {
+        return namingFlags(fieldFlags({ &kCalibrationFlags, &kFisherFlags }), [&] { return runFisher(*a); });
+    };
 }
 
 } // namespace moeatlas::cli

@@ -1,6 +1,7 @@
 // moeatlas generate: random-weight MoE checkpoints (and random calibration files) for tests,
 // benchmarks and trying the tool without downloading a model.
 #include "commands.h"
+#include "request_flags.h"
 
 #include "checkpoint/random_model.h"
 #include "util/error.h"
@@ -85,7 +86,7 @@ Command addGenerateCommand(CLI::App& app)
     sub->add_option("--calibration-docs", a->calibrationDocs)->capture_default_str();
     sub->add_option("--calibration-doc-tokens", a->calibrationDocTokens)->capture_default_str();
     sub->add_flag("--force", a->force, "Replace an existing output directory");
-    return [a] { return runGenerate(*a); };
+    return [a] { return namingFlags(kForceFlags, [&] { return runGenerate(*a); }); };
 }
 
 } // namespace moeatlas::cli

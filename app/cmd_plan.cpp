@@ -154,7 +154,7 @@ ExpertSelection expertSelection(const PlanArgs& a)
 }
 
 // The request field -> flag of the errors makePlan reports.
-const std::map<std::string, std::string> kPlanFlags { { "scores", "--atlas/--scores" }, { "criterion", "--criterion" },
+const FieldFlags kPlanFlags { { "scores", "--atlas/--scores" }, { "criterion", "--criterion" },
     { "checkpoint", "checkpoint" }, { "dims", "--dims" }, { "dimCriterion", "--dim-criterion" } };
 
 int runPlan(const PlanArgs& a)

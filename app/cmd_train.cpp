@@ -1,6 +1,7 @@
 // moeatlas demo-data / train: the embedded demo's synthetic corpus and BPE tokenizer, and the
 // LibTorch trainer of the small Mixtral-architecture model (docs/demo-model.md).
 #include "commands.h"
+#include "request_flags.h"
 
 #include "cli_progress.h"
 #include "text/tokenizer.h"
@@ -192,7 +193,7 @@ Command addTrainCommand(CLI::App& app)
     sub->add_option("--dtype", a->dtype, "Saved weights: bfloat16 or float32")->capture_default_str();
     sub->add_option("--report", a->reportPath, "Also write the losses and timing as JSON");
     sub->add_flag("--force", a->force, "Replace an existing output directory");
-    return [a] { return runTrain(*a); };
+    return [a] { return namingFlags(kForceFlags, [&] { return runTrain(*a); }); };
 }
 
 } // namespace moeatlas::cli

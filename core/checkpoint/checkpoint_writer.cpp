@@ -139,7 +139,7 @@ CheckpointWriter::CheckpointWriter(fs::path dir, CheckpointWriterOptions options
         if (!fs::is_directory(dir, ec))
             throw InputError(dir.string() + ": output exists and is not a directory");
         if (!isEmptyDirectory(dir) && !options.overwrite)
-            throw InputError(dir.string() + ": output directory is not empty (use overwrite to replace it)");
+            throw RequestError("overwrite", dir.string() + ": output directory is not empty and is not replaced");
     }
     ensureWritableDirectory(dir);
     // A leftover from an interrupted run: it is ours by name and never a finished output.

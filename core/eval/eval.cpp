@@ -52,6 +52,14 @@ void countKept(EvalVariant& v, const ModelSpec& spec)
     v.sparsity = all > 0 ? 1.0 - static_cast<double>(keptUnits) / static_cast<double>(all) : 0.0;
 }
 
+// A number as the user would type it: 0.5, 1.5, 0.125.
+std::string shortNumber(double x)
+{
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", x);
+    return buf;
+}
+
 std::string sparsityLabel(double sparsity)
 {
     char buf[32];
@@ -214,11 +222,13 @@ std::vector<EvalVariant> sweepVariants(const std::filesystem::path& atlas, const
     for (std::size_t i = 0; i < options.sparsities.size(); ++i) {
         const double s = options.sparsities[i];
         if (!(s > 0.0 && s < 1.0))
-            throw InputError("--sparsity " + std::to_string(s) + ": expected a fraction of experts dropped in (0, 1)");
+            throw RequestError(
+                "sparsities", "sparsity " + shortNumber(s) + ": expected a fraction of experts dropped in (0, 1)");
         for (std::size_t j = 0; j < i; ++j)
             if (sparsityLabel(options.sparsities[j]) == sparsityLabel(s))
-                throw InputError("--sparsity " + sparsityLabel(options.sparsities[j]) + " and " + std::to_string(s)
-                    + ": give sparsities that differ in the first two decimals");
+                throw RequestError("sparsities",
+                    "sparsities " + shortNumber(options.sparsities[j]) + " and " + shortNumber(s) + " have one label ("
+                        + sparsityLabel(s) + "): give sparsities that differ in the first two decimals");
     }
     std::vector<EvalVariant> out;
     if (options.specialists || options.generalist) {
@@ -295,10 +305,11 @@ EvalTable evaluateVariants(const Checkpoint& checkpoint, const ModelSpec& spec, 
         = std::any_of(variants.begin(), variants.end(), [](const EvalVariant& v) { return !v.mask.units.empty(); });
     const int fit = executor.variantsThatFit(T, longestSequence(tokens.seqOffsets), false, dims);
     if (fit == 0)
-        throw InputError("memory plan: one evaluation of " + std::to_string(T) + " tokens needs about "
-            + std::to_string(
-                executor.plannedEvaluationBytes(T, longestSequence(tokens.seqOffsets), 1, false, dims) >> 20)
-            + " MiB, more than is available; evaluate fewer tokens (--max-samples)");
+        throw RequestError("memoryBudgetBytes",
+            "memory plan: one evaluation of " + std::to_string(T) + " tokens needs about "
+                + std::to_string(
+                    executor.plannedEvaluationBytes(T, longestSequence(tokens.seqOffsets), 1, false, dims) >> 20)
+                + " MiB, more than is available; evaluate fewer or shorter sequences");
     const std::size_t group = static_cast<std::size_t>(fit);
     const int64_t totalWork = static_cast<int64_t>(spec.numLayers) * T * static_cast<int64_t>(variants.size());
 

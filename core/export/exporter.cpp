@@ -266,7 +266,7 @@ ExportResult exportCheckpoint(
 
     std::error_code ec;
     if (!options.force && fs::is_directory(outDir, ec) && !fs::is_empty(outDir, ec))
-        throw InputError(outDir.string() + ": output directory is not empty (use --force to replace it)");
+        throw RequestError("force", outDir.string() + ": output directory is not empty and is not replaced");
     CheckpointWriterOptions wo;
     wo.maxShardBytes = options.maxShardBytes;
     wo.overwrite = options.force;

@@ -108,9 +108,9 @@ void checkAblationDomains(const std::vector<std::string>& domains, const std::st
 {
     for (const std::string& d : domains)
         if (d == "full" || d == "random")
-            throw InputError(source + ": domain name '" + d
-                + "' is reserved for a variant of the ablation; rename the domain or skip the ablation (moeatlas "
-                  "fisher --ablate none)");
+            throw RequestError("ablate",
+                source + ": domain name '" + d
+                    + "' is reserved for a variant of the ablation; rename the domain or skip the ablation");
 }
 
 std::vector<AblationVariant> ablationVariants(const FisherTables& tables, const FisherAblationOptions& options)

@@ -128,14 +128,15 @@ CalibrationSet loadCalibration(const CalibrationInput& params, const fs::path& c
         if (fs::is_directory(path, ec))
             path /= "tokenizer.json";
         if (!fs::exists(path, ec))
-            throw InputError("--tokenizer " + params.tokenizer.string() + ": no such file");
+            throw RequestError("tokenizer", "tokenizer " + params.tokenizer.string() + ": no such file");
     } else {
         path = checkpoint / "tokenizer.json";
         if (!fs::exists(path, ec))
-            throw InputError((textDomain.empty() ? "--add-bos takes the BOS token from the tokenizer"
-                                                 : "domain " + textDomain + " is text and needs a tokenizer")
-                + ", but " + path.string() + " does not exist; pass --tokenizer PATH"
-                + (textDomain.empty() ? " or --bos ID" : ""));
+            throw RequestError(textDomain.empty() ? "addBos" : "tokenizer",
+                (textDomain.empty() ? "the BOS token to add comes from the tokenizer"
+                                    : "domain " + textDomain + " is text and needs a tokenizer")
+                    + ", but " + path.string() + " does not exist; give a tokenizer file"
+                    + (textDomain.empty() ? " or a BOS token id" : ""));
     }
     path = fs::absolute(path);
     const Tokenizer tokenizer = Tokenizer::fromFile(path.string());
@@ -143,9 +144,10 @@ CalibrationSet loadCalibration(const CalibrationInput& params, const fs::path& c
     if (needBos) {
         packing.bosToken = tokenizer.bosTokenId();
         if (!packing.bosToken)
-            throw InputError("--add-bos: " + path.string()
-                + " names no BOS token (no bos_token in a tokenizer_config.json beside it, none in its "
-                  "template); pass --bos ID");
+            throw RequestError("bosToken",
+                "the BOS token to add comes from the tokenizer, but " + path.string()
+                    + " names none (no bos_token in a tokenizer_config.json beside it, none in its "
+                      "template); give a BOS token id");
     }
     const std::string description = path.string() + " (sha256 " + sha256Hex(readFile(path)) + ")";
     return buildCalibrationSet(params.domains, packing, params.text, &tokenizer, description, vocabSize);
@@ -159,7 +161,7 @@ CaptureSummary runCapture(const CaptureParams& params, const ProgressFn& progres
     if (spec.numMoeLayers() == 0)
         throw InputError(configPath.string() + ": the model has no MoE layer to record");
     if (!params.resume && fs::exists(params.output) && !params.overwrite)
-        throw InputError(params.output.string() + ": already exists (use --force to replace it)");
+        throw RequestError("overwrite", params.output.string() + ": already exists and is not replaced");
     ensureWritableDirectory(params.output);
 
     const CalibrationSet calib = loadCalibration(params, spec.vocabSize);

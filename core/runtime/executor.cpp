@@ -33,7 +33,7 @@ c10::ScalarType parseComputeDtype(const std::string& name)
         return at::kBFloat16;
     if (name == "float16" || name == "fp16")
         return at::kHalf;
-    throw InputError("--dtype: '" + name + "' is not a compute dtype (expected float32, bfloat16 or float16)");
+    throw RequestError("computeDtype", "'" + name + "' is not a compute dtype (expected float32, bfloat16 or float16)");
 }
 
 c10::Device parseDevice(const std::string& name)
@@ -42,20 +42,22 @@ c10::Device parseDevice(const std::string& name)
         return c10::Device(c10::kCPU);
     if (name.rfind("cuda", 0) == 0) {
         if (!cudaAvailable())
-            throw InputError("--device " + name
-                + ": this build of LibTorch has no usable CUDA device "
-                  "(build with a CUDA-enabled LibTorch via Torch_DIR, and check nvidia-smi)");
+            throw RequestError("device",
+                "cannot run on '" + name
+                    + "': this build of LibTorch has no usable CUDA device "
+                      "(build with a CUDA-enabled LibTorch via Torch_DIR, and check nvidia-smi)");
         int index = 0;
         if (name.size() > 4) {
             const std::string digits = name.substr(std::min<std::size_t>(5, name.size()));
             const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), index);
             if (name[4] != ':' || digits.empty() || ec != std::errc() || end != digits.data() + digits.size()
                 || index < 0)
-                throw InputError("--device: '" + name + "' (expected cpu, cuda or cuda:N with N a device index)");
+                throw RequestError(
+                    "device", "'" + name + "' is not a device (expected cpu, cuda or cuda:N with N a device index)");
         }
         return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
     }
-    throw InputError("--device: '" + name + "' (expected cpu, cuda or cuda:N)");
+    throw RequestError("device", "'" + name + "' is not a device (expected cpu, cuda or cuda:N)");
 }
 
 } // namespace
@@ -180,7 +182,8 @@ struct Executor::Impl {
         , loader(c, s, WeightLoadOptions { device, dtype, !options.keepWeightsResident })
     {
         if (options.batchTokens <= 0)
-            throw InputError("--batch-tokens must be > 0");
+            throw RequestError(
+                "batchTokens", std::to_string(options.batchTokens) + " tokens per micro-batch (expected a count > 0)");
     }
 
     const LayerWeights& layer(int l, LayerWeights& scratch)
@@ -236,11 +239,12 @@ struct Executor::Impl {
             return;
         const uint64_t hiddenBytes = static_cast<uint64_t>(numTokens * spec.hiddenSize) * c10::elementSize(dtype)
             * static_cast<uint64_t>(residualStreams);
-        throw InputError("memory plan: " + std::to_string(numTokens) + " tokens"
-            + (residualStreams > 1 ? " x " + std::to_string(residualStreams) + " variants" : std::string())
-            + " need about " + formatBytes(planned) + " (hidden states " + formatBytes(hiddenBytes)
-            + " + one layer + activations) but only " + formatBytes(budget)
-            + " are available; lower --max-samples, --seq-len or --batch-tokens");
+        throw RequestError("memoryBudgetBytes",
+            "memory plan: " + std::to_string(numTokens) + " tokens"
+                + (residualStreams > 1 ? " x " + std::to_string(residualStreams) + " variants" : std::string())
+                + " need about " + formatBytes(planned) + " (hidden states " + formatBytes(hiddenBytes)
+                + " + one layer + activations) but only " + formatBytes(budget)
+                + " are available; use fewer or shorter sequences, or fewer tokens per micro-batch");
     }
 
     // LayerWeights of layer l, loaded on one intra-op thread: with several, each small copy is a

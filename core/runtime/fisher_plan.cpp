@@ -208,9 +208,10 @@ FisherPlan planFisher(const Checkpoint& checkpoint, const ModelSpec& spec, std::
     const auto fits = [&](uint64_t bytes) { return in.budget == 0 || bytes <= in.budget; };
     if (options.mode == FisherMode::Resident || (options.mode == FisherMode::Auto && fits(plan.residentBytes))) {
         if (!fits(plan.residentBytes))
-            throw InputError("fisher memory plan: the resident mode needs about " + formatBytes(plan.residentBytes)
-                + " (every layer in fp32, one sequence's activations of every layer) but only " + formatBytes(in.budget)
-                + " are available; use --mode streaming");
+            throw RequestError("mode",
+                "fisher memory plan: the resident mode needs about " + formatBytes(plan.residentBytes)
+                    + " (every layer in fp32, one sequence's activations of every layer) but only "
+                    + formatBytes(in.budget) + " are available; use the streaming mode");
         plan.mode = FisherMode::Resident;
         plan.peakBytes = plan.residentBytes;
         plan.chunkTokens = T;
@@ -242,11 +243,14 @@ FisherPlan planFisher(const Checkpoint& checkpoint, const ModelSpec& spec, std::
         // Smaller chunks held in RAM: each reads every layer from the first MoE layer up twice.
         if (options.chunkTokens > 0 || !fits(streamingPeak(in, longest, false, longest))) {
             const uint64_t need = streamingPeak(in, options.chunkTokens > 0 ? chunk : longest, false, longest);
-            throw InputError("fisher memory plan: streaming needs about " + formatBytes(need)
-                + " (one layer in fp32 with its gradients, one sequence's activations and the saved layer inputs of "
-                + std::to_string(options.chunkTokens > 0 ? chunk : longest) + " tokens) but only "
-                + formatBytes(in.budget) + " are available, and the saved inputs cannot go to a scratch file in "
-                + scratch + " (no such directory, no room, or not even that fits); lower --seq-len or free memory");
+            throw RequestError("memoryBudgetBytes",
+                "fisher memory plan: streaming needs about " + formatBytes(need)
+                    + " (one layer in fp32 with its gradients, one sequence's activations, the saved layer "
+                      "inputs of "
+                    + std::to_string(options.chunkTokens > 0 ? chunk : longest) + " tokens) but only "
+                    + formatBytes(in.budget) + " are available, and the saved inputs cannot go to a scratch file in "
+                    + scratch
+                    + " (no such directory, no room, or not even that fits); use shorter sequences or free memory");
         }
         const uint64_t perToken = (savedLayers + 1) * in.streamBytesPerToken;
         const uint64_t base = streamingPeak(in, 0, false, longest);

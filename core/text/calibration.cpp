@@ -95,7 +95,7 @@ std::string describeTextSources(const CalibrationSet& set)
     }
     std::vector<std::string> parts;
     if (textFile)
-        parts.push_back(set.text.wholeFile ? "plain text files are one document each (--whole-file)"
+        parts.push_back(set.text.wholeFile ? "plain text files are one document each (whole files)"
                                            : "plain text files have one document per blank-line-separated block");
     if (textDirectory)
         parts.push_back("a directory has one document per .txt file");
@@ -142,7 +142,7 @@ DomainSource parseDomainArgument(const std::string& arg)
 {
     const auto eq = arg.find('=');
     if (eq == std::string::npos || eq == 0 || eq + 1 == arg.size())
-        throw InputError("--domain '" + arg + "': expected NAME=PATH or NAME=PATH:N");
+        throw RequestError("domains", "domain '" + arg + "': expected NAME=PATH or NAME=PATH:N");
     DomainSource d;
     d.name = arg.substr(0, eq);
     d.path = arg.substr(eq + 1);
@@ -154,11 +154,11 @@ DomainSource parseDomainArgument(const std::string& arg)
         d.maxSamples = std::stoll(d.path.substr(colon + 1));
         d.path = d.path.substr(0, colon);
         if (*d.maxSamples <= 0)
-            throw InputError("--domain '" + arg + "': the sample cap must be > 0");
+            throw RequestError("domains", "domain '" + arg + "': the sample cap must be > 0");
     }
     for (char c : d.name)
         if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.'))
-            throw InputError("--domain '" + arg + "': domain names use letters, digits, '_', '-', '.'");
+            throw RequestError("domains", "domain '" + arg + "': domain names use letters, digits, '_', '-', '.'");
     return d;
 }
 
@@ -173,7 +173,7 @@ std::string detectFormat(const std::string& path, const TextOptions& options)
         return kFormatText;
     std::string format;
     const std::string expected
-        = "an object with \"input_ids\", \"" + options.textField + "\" (--text-field) or \"messages\"";
+        = "an object with \"input_ids\", \"messages\" or the text field \"" + options.textField + "\"";
     forEachJsonlRecord(path, expected, [&](const nlohmann::json& j, const std::string& where) {
         if (j.contains("input_ids"))
             format = kFormatInputIdsJsonl;
@@ -372,7 +372,7 @@ std::vector<std::vector<int32_t>> packDocuments(
     std::vector<std::vector<int32_t>> documents, const PackingOptions& options, std::optional<int64_t> maxSequences)
 {
     if (options.seqLen <= 0)
-        throw InputError("--seq-len must be > 0");
+        throw RequestError("seqLen", std::to_string(options.seqLen) + " tokens per sequence (expected a count > 0)");
     std::vector<std::size_t> order(documents.size());
     std::iota(order.begin(), order.end(), 0);
     std::mt19937_64 rng(options.seed);
@@ -412,7 +412,7 @@ CalibrationSet buildCalibrationSet(const std::vector<DomainSource>& domains, con
     const TextOptions& text, const Tokenizer* tokenizer, const std::string& tokenizerDescription, int64_t vocabSize)
 {
     if (domains.empty())
-        throw InputError("no calibration data: give at least one --domain NAME=PATH");
+        throw RequestError("domains", "no calibration data: give at least one domain");
     if (packing.bosToken && (*packing.bosToken < 0 || (vocabSize > 0 && *packing.bosToken >= vocabSize)))
         throw InputError("BOS token " + std::to_string(*packing.bosToken) + " is outside the model vocabulary [0, "
             + std::to_string(vocabSize) + ")");
@@ -422,7 +422,7 @@ CalibrationSet buildCalibrationSet(const std::vector<DomainSource>& domains, con
     std::set<std::string> names;
     for (const DomainSource& d : domains) {
         if (!names.insert(d.name).second)
-            throw InputError("--domain " + d.name + ": the domain name is given twice");
+            throw RequestError("domains", "domain '" + d.name + "': the domain name is given twice");
         PackedDomain pd;
         pd.name = d.name;
         pd.source = d.path;
@@ -430,8 +430,8 @@ CalibrationSet buildCalibrationSet(const std::vector<DomainSource>& domains, con
         std::vector<std::vector<int32_t>> docs;
         if (isTextFormat(pd.format)) {
             if (!tokenizer)
-                throw InputError("--domain " + d.name + ": " + d.path + " is " + pd.format
-                    + " and needs a tokenizer (--tokenizer PATH)");
+                throw RequestError(
+                    "tokenizer", "domain '" + d.name + "': " + d.path + " is " + pd.format + " and needs a tokenizer");
             docs = tokenizeDocuments(readTextDocuments(d.path, pd.format, text), *tokenizer, vocabSize);
             if (docs.empty())
                 throw InputError(d.path + ": no documents (every document encodes to no token)");
@@ -443,8 +443,9 @@ CalibrationSet buildCalibrationSet(const std::vector<DomainSource>& domains, con
         const std::optional<int64_t> cap = d.maxSamples ? d.maxSamples : packing.maxSamplesPerDomain;
         pd.sequences = packDocuments(std::move(docs), packing, cap);
         if (pd.sequences.empty())
-            throw InputError(d.path + ": domain '" + d.name + "' has fewer tokens than one sequence of --seq-len "
-                + std::to_string(packing.seqLen));
+            throw RequestError("seqLen",
+                d.path + ": domain '" + d.name + "' has fewer tokens than one sequence of "
+                    + std::to_string(packing.seqLen) + " tokens");
         set.domains.push_back(std::move(pd));
     }
     return set;

@@ -361,7 +361,7 @@ TrainReport trainDemoModel(const TrainOptions& o, const std::vector<DomainSequen
     // Refused before minutes of training, not at the end (CheckpointWriter checks again).
     std::error_code ec;
     if (!overwrite && std::filesystem::exists(outDir, ec) && !std::filesystem::is_empty(outDir, ec))
-        throw InputError(outDir.string() + ": output directory is not empty (--force replaces it)");
+        throw RequestError("overwrite", outDir.string() + ": output directory is not empty and is not replaced");
     // Every sequence, training and held-out, is seq-len tokens of the vocabulary.
     auto check = [&](const std::vector<DomainSequences>& set, const char* split) {
         for (const auto& d : set)

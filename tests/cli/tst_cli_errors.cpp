@@ -513,7 +513,8 @@ void TstCliErrors::brokenCalibration_data()
         << QByteArray("[1, 2, 3]\n" + good) << QStringList { u"calib.jsonl:1:"_s, u"input_ids"_s };
     QTest::newRow("fewer tokens than --seq-len")
         << QByteArray("{\"input_ids\": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}\n")
-        << QStringList { u"domain 'web'"_s, u"fewer tokens"_s, u"--seq-len "_s + QString::number(kSeqLen) };
+        << QStringList { u"--seq-len: "_s, u"domain 'web'"_s, u"fewer tokens"_s,
+               u"one sequence of "_s + QString::number(kSeqLen) + u" tokens"_s };
 }
 
 void TstCliErrors::brokenCalibration()
@@ -536,14 +537,15 @@ void TstCliErrors::badDomainArgument_data()
     QTest::addColumn<QStringList>("domains"); // "%1" is the valid calibration file
     QTest::addColumn<QStringList>("keywords"); // "%1" likewise
 
-    QTest::newRow("no '='") << QStringList { u"%1"_s } << QStringList { u"--domain '%1'"_s, u"NAME=PATH"_s };
-    QTest::newRow("empty path") << QStringList { u"web="_s } << QStringList { u"--domain 'web='"_s, u"NAME=PATH"_s };
+    QTest::newRow("no '='") << QStringList { u"%1"_s } << QStringList { u"--domain: domain '%1'"_s, u"NAME=PATH"_s };
+    QTest::newRow("empty path") << QStringList { u"web="_s }
+                                << QStringList { u"--domain: domain 'web='"_s, u"NAME=PATH"_s };
     QTest::newRow("duplicate names") << QStringList { u"web=%1"_s, u"web=%1"_s }
-                                     << QStringList { u"--domain web"_s, u"twice"_s };
+                                     << QStringList { u"--domain: domain 'web'"_s, u"twice"_s };
     QTest::newRow("bad name characters") << QStringList { u"we/b=%1"_s }
-                                         << QStringList { u"--domain 'we/b=%1'"_s, u"domain names"_s };
+                                         << QStringList { u"--domain: domain 'we/b=%1'"_s, u"domain names"_s };
     QTest::newRow("sample cap 0") << QStringList { u"web=%1:0"_s }
-                                  << QStringList { u"--domain 'web=%1:0'"_s, u"> 0"_s };
+                                  << QStringList { u"--domain: domain 'web=%1:0'"_s, u"> 0"_s };
     QTest::newRow("file does not exist") << QStringList { u"web=%1.missing"_s }
                                          << QStringList { u"%1.missing"_s, u"cannot open calibration file"_s };
 }
@@ -573,17 +575,20 @@ void TstCliErrors::badOption_data()
 
     // This build's LibTorch is CPU-only (a CUDA build is skipped in the test body).
     QTest::newRow("--device cuda") << QStringList { u"--device"_s, u"cuda"_s }
-                                   << QStringList { u"--device cuda"_s, u"CUDA"_s };
+                                   << QStringList { u"--device: cannot run on 'cuda'"_s, u"CUDA"_s };
     QTest::newRow("--device tpu") << QStringList { u"--device"_s, u"tpu"_s }
-                                  << QStringList { u"--device: 'tpu'"_s, u"cpu, cuda or cuda:N"_s };
+                                  << QStringList { u"--device: 'tpu' is not a device"_s, u"cpu, cuda or cuda:N"_s };
     QTest::newRow("--dtype int8") << QStringList { u"--dtype"_s, u"int8"_s }
                                   << QStringList { u"--dtype: 'int8'"_s, u"float32, bfloat16 or float16"_s };
     QTest::newRow("--logits-dtype int8") << QStringList { u"--logits-dtype"_s, u"int8"_s }
                                          << QStringList { u"--logits-dtype"_s, u"'int8'"_s, u"float16"_s };
     QTest::newRow("--seq-len 0") << QStringList { u"--seq-len"_s, u"0"_s }
-                                 << QStringList { u"--seq-len must be > 0"_s };
-    QTest::newRow("--batch-tokens 0") << QStringList { u"--batch-tokens"_s, u"0"_s }
-                                      << QStringList { u"--batch-tokens must be > 0"_s };
+                                 << QStringList { u"--seq-len: 0 tokens per sequence (expected a count > 0)"_s };
+    QTest::newRow("--batch-tokens 0") << QStringList { u"--batch-tokens"_s,
+        u"0"_s } << QStringList { u"--batch-tokens: 0 tokens per micro-batch (expected a count > 0)"_s };
+    QTest::newRow("--tokenizer missing") << QStringList {
+        u"--add-bos"_s, u"--tokenizer"_s, u"/no/such/tokenizer.json"_s
+    } << QStringList { u"/no/such/tokenizer.json: no such file"_s, u"(--tokenizer PATH)"_s };
 }
 
 void TstCliErrors::badOption()
@@ -643,7 +648,7 @@ void TstCliErrors::existingOutputKept()
     capture(m_model, out, {}, r);
     // The final name exists (it is the user's file), so the existence check is replaced by a
     // byte-for-byte comparison.
-    CHECK_CLEAN_FAILURE(r, (QStringList { out, u"already exists"_s, u"--force"_s }), QString());
+    CHECK_CLEAN_FAILURE(r, (QStringList { out, u"already exists"_s, u"(use --force to replace it)"_s }), QString());
     QByteArray after;
     QVERIFY(readAll(out, after));
     QCOMPARE(after, precious);
@@ -661,6 +666,8 @@ void TstCliErrors::memoryPlanRefused()
     capture(m_model, out, { u"--memory-budget-mib"_s, u"1"_s }, r);
     QVERIFY(r.exitCode != 0 && r.exitCode != -1);
     QVERIFY2(r.stdErr.contains(u"memory plan"_s) && r.stdErr.contains(u"1.00 MiB"_s), qPrintable(r.stdErr));
+    // The engine says what to lower in words; the CLI names its flags for it.
+    QVERIFY2(r.stdErr.contains(u"(lower --max-samples, --seq-len or --batch-tokens)"_s), qPrintable(r.stdErr));
     QVERIFY(!QFileInfo::exists(out));
     QVERIFY(!QFileInfo::exists(out + u".partial"_s));
 
@@ -668,7 +675,7 @@ void TstCliErrors::memoryPlanRefused()
     const ProcessResult e = cli({ u"eval"_s, m_model, u"--domain"_s, u"web="_s + m_calib, u"--seq-len"_s,
         QString::number(kSeqLen), u"--memory-budget-mib"_s, u"1"_s });
     QVERIFY(e.exitCode != 0 && e.exitCode != -1);
-    QVERIFY2(e.stdErr.contains(u"memory plan"_s), qPrintable(e.stdErr));
+    QVERIFY2(e.stdErr.contains(u"memory plan"_s) && e.stdErr.contains(u"--batch-tokens)"_s), qPrintable(e.stdErr));
 
     // The same runs with room succeed (the refusal is the budget's doing, not the input's).
     capture(m_model, out, { u"--memory-budget-mib"_s, u"4096"_s }, r);

@@ -268,10 +268,10 @@ void TstCliPipeline::evalBadInputLosesNothing_data()
     QTest::newRow("no tokens") << QStringList { path(QStringLiteral("model")) } << QStringLiteral("--atlas");
     QTest::newRow("sparsity out of range")
         << QStringList { QStringLiteral("--atlas"), atlas, QStringLiteral("--sparsity"), QStringLiteral("1.5") }
-        << QStringLiteral("--sparsity 1.5");
+        << QStringLiteral("--sparsity: sparsity 1.5");
     QTest::newRow("criterion not scored") << QStringList { QStringLiteral("--atlas"), noNorms,
         QStringLiteral("--sparsity"), QStringLiteral("0.5"), QStringLiteral("--criteria"), QStringLiteral("reap") }
-                                          << QStringLiteral("--expert-norms");
+                                          << QStringLiteral("recording expert output norms");
     QTest::newRow("plan for another expert count")
         << QStringList { QStringLiteral("--atlas"), atlas, QStringLiteral("--plan"), path(QStringLiteral("e16.json")) }
         << QStringLiteral("16 experts");

@@ -2,12 +2,14 @@
 // generator: per-token loss against a second computation from the logits, a mask that keeps every
 // expert against the unmasked model, a masked source against the exported (pruned) checkpoint,
 // several variants in one pass against each alone, memory-driven grouping, domain means, random
-// plans, table outputs, bad masks and cancellation.
+// plans, table outputs, bad masks and cancellation; the executor's and calibration's input errors
+// name the request field at fault and no CLI flag.
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/hf_config.h"
 #include "checkpoint/random_model.h"
 #include "eval/eval.h"
 #include "export/exporter.h"
+#include "runtime/capture.h"
 #include "runtime/executor.h"
 #include "test_io.h"
 #include "util/error.h"
@@ -169,6 +171,56 @@ private Q_SLOTS:
         bad.batchTokens = 0;
         QVERIFY(!test::inputErrorOf([&] { const Executor ex(*m_ckpt, m_spec, bad); }).isEmpty());
         QCOMPARE(at::get_num_threads(), before);
+    }
+
+    // Errors about a request field are RequestErrors naming the field as ExecutorOptions,
+    // CalibrationInput and SweepOptions spell it, in words a workbench user can read: no CLI flag.
+    void requestErrorsNameTheirField()
+    {
+        const auto check = [](const test::CaughtRequestError& e, const char* field, const char* fragment) {
+            QCOMPARE(e.field, std::string(field));
+            QVERIFY2(e.message.contains(QLatin1String(fragment)), qPrintable(e.message));
+            QVERIFY2(!e.message.contains(QLatin1String("--")), qPrintable(e.message));
+        };
+        const auto executorError = [&](const std::function<void(ExecutorOptions&)>& edit) {
+            ExecutorOptions o;
+            edit(o);
+            return test::requestErrorOf([&] { const Executor ex(*m_ckpt, m_spec, o); });
+        };
+        check(executorError([](ExecutorOptions& o) { o.batchTokens = 0; }), "batchTokens",
+            "0 tokens per micro-batch (expected a count > 0)");
+        check(executorError([](ExecutorOptions& o) { o.device = "tpu"; }), "device",
+            "'tpu' is not a device (expected cpu, cuda or cuda:N)");
+        check(executorError([](ExecutorOptions& o) { o.computeDtype = "int8"; }), "computeDtype",
+            "'int8' is not a compute dtype");
+        ExecutorOptions tiny;
+        tiny.memoryBudgetBytes = 1024;
+        check(test::requestErrorOf([&] { evaluateVariants(*m_ckpt, m_spec, tiny, m_tokens, { fullVariant(m_spec) }); }),
+            "memoryBudgetBytes", "memory plan");
+
+        // A text domain needs a tokenizer: the checkpoint has none, and the one named does not exist.
+        const fs::path text = m_dir.filePath(QStringLiteral("prose.txt")).toStdString();
+        test::writeText(text, "one document\n\nanother one\n");
+        CalibrationInput input;
+        input.domains = { { "prose", text.string(), std::nullopt } };
+        check(test::requestErrorOf([&] { loadCalibration(input, m_model, m_spec.vocabSize); }), "tokenizer",
+            "domain prose (");
+        input.tokenizer = m_model / "no-such-tokenizer.json";
+        check(test::requestErrorOf([&] { loadCalibration(input, m_model, m_spec.vocabSize); }), "tokenizer",
+            "no-such-tokenizer.json: no such file");
+        input.tokenizer.clear();
+        input.domains.clear();
+        input.addBos = true;
+        check(test::requestErrorOf([&] { loadCalibration(input, m_model, m_spec.vocabSize); }), "addBos",
+            "the BOS token to add comes from the tokenizer");
+
+        SweepOptions sweep;
+        sweep.sparsities = { 1.5 };
+        check(test::requestErrorOf([&] { sweepVariants("unused.atlas.h5", *m_ckpt, m_spec, sweep); }), "sparsities",
+            "sparsity 1.5: expected a fraction");
+        sweep.sparsities = { 0.5, 0.501 };
+        check(test::requestErrorOf([&] { sweepVariants("unused.atlas.h5", *m_ckpt, m_spec, sweep); }), "sparsities",
+            "differ in the first two decimals");
     }
 
     void maskKeepingEveryExpertIsTheFullModel()

@@ -46,6 +46,26 @@ inline QString inputErrorOf(const std::function<void()>& f)
     return {};
 }
 
+// The RequestError f throws: its field and message (both empty when it throws nothing; field
+// "<wrong exception type>" for any other exception, with that exception's message if it has one).
+struct CaughtRequestError {
+    std::string field;
+    QString message;
+};
+inline CaughtRequestError requestErrorOf(const std::function<void()>& f)
+{
+    try {
+        f();
+    } catch (const RequestError& e) {
+        return { e.field(), QString::fromStdString(e.what()) };
+    } catch (const std::exception& e) {
+        return { "<wrong exception type>", QString::fromStdString(e.what()) };
+    } catch (...) {
+        return { "<wrong exception type>", {} };
+    }
+    return {};
+}
+
 // Largest |a[i] - b[i]|; infinity when the sizes differ or one side is NaN where the other is not
 // (NaN in both places counts as equal: e.g. positions with no next token).
 inline double maxAbsDiff(const std::vector<float>& a, const std::vector<float>& b)

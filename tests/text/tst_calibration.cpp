@@ -1,5 +1,6 @@
 // Calibration data: domain arguments, format detection, each reader (with the file:line of its
 // errors), tokenization, packing (seed determinism, BOS placement, caps) and domain separation.
+#include "test_io.h"
 #include "text/calibration.h"
 #include "text/tokenizer.h"
 #include "util/error.h"
@@ -43,6 +44,16 @@ std::string errorOf(const std::function<void()>& fn)
         QVERIFY2(what_.find(fragment) != std::string::npos,                                                            \
             qPrintable(QStringLiteral("'%1' lacks '%2'")                                                               \
                            .arg(QString::fromStdString(what_), QString::fromStdString(fragment))));                    \
+    } while (false)
+
+// expr throws a RequestError of `field_` whose message contains `fragment` and names no CLI flag
+// (the workbench shows it as it is; the CLI puts the flag in front, app/request_flags.h).
+#define EXPECT_REQUEST_ERROR(expr, field_, fragment)                                                                   \
+    do {                                                                                                               \
+        const moeatlas::test::CaughtRequestError e_ = moeatlas::test::requestErrorOf([&] { (void)(expr); });           \
+        QCOMPARE(e_.field, std::string(field_));                                                                       \
+        QVERIFY2(e_.message.contains(QString::fromStdString(fragment)), qPrintable(e_.message));                       \
+        QVERIFY2(!e_.message.contains(QLatin1String("--")), qPrintable(e_.message));                                   \
     } while (false)
 
 std::vector<std::string> texts(const std::vector<TextDocument>& docs)
@@ -120,9 +131,10 @@ private Q_SLOTS:
         d = parseDomainArgument("web=C:/x:y/prose.txt");
         QCOMPARE(d.path, std::string("C:/x:y/prose.txt"));
         QVERIFY(!d.maxSamples);
-        EXPECT_ERROR(parseDomainArgument("nopath"), std::string("expected NAME=PATH"));
-        EXPECT_ERROR(parseDomainArgument("a=b:0"), std::string("sample cap must be > 0"));
-        EXPECT_ERROR(parseDomainArgument("a b=x"), std::string("domain names use"));
+        EXPECT_REQUEST_ERROR(
+            parseDomainArgument("nopath"), "domains", std::string("domain 'nopath': expected NAME=PATH"));
+        EXPECT_REQUEST_ERROR(parseDomainArgument("a=b:0"), "domains", std::string("sample cap must be > 0"));
+        EXPECT_REQUEST_ERROR(parseDomainArgument("a b=x"), "domains", std::string("domain names use"));
     }
 
     void detectFormats()
@@ -148,11 +160,11 @@ private Q_SLOTS:
         QVERIFY(isTextFormat("text") && isTextFormat("text-jsonl:body") && isTextFormat("messages-jsonl"));
         QVERIFY(!isTextFormat("input_ids-jsonl"));
         EXPECT_ERROR(detectFormat(path("odd.jsonl"), body),
-            path("odd.jsonl") + ":3: expected an object with \"input_ids\", \"body\" (--text-field) or \"messages\"");
+            path("odd.jsonl") + ":3: expected an object with \"input_ids\", \"messages\" or the text field \"body\"");
         EXPECT_ERROR(detectFormat(path("empty.jsonl"), defaults), path("empty.jsonl") + ": no documents");
         EXPECT_ERROR(detectFormat(path("array.json"), defaults),
             path("array.json")
-                + ":1: expected an object with \"input_ids\", \"text\" (--text-field) or \"messages\", got array");
+                + ":1: expected an object with \"input_ids\", \"messages\" or the text field \"text\", got array");
         EXPECT_ERROR(detectFormat(path("missing.txt"), defaults), path("missing.txt") + ": cannot open");
     }
 
@@ -314,7 +326,8 @@ private Q_SLOTS:
         QCOMPARE(kept.size(), std::size_t(3));
         QCOMPARE(kept.back().size(), std::size_t(2));
         o.seqLen = 0;
-        EXPECT_ERROR(packDocuments(docs, o, std::nullopt), std::string("--seq-len must be > 0"));
+        EXPECT_REQUEST_ERROR(packDocuments(docs, o, std::nullopt), "seqLen",
+            std::string("0 tokens per sequence (expected a count > 0)"));
     }
 
     void packingCaps()
@@ -389,22 +402,23 @@ private Q_SLOTS:
         whole.wholeFile = true;
         const CalibrationSet wholeSet = buildCalibrationSet({ { "t", t, std::nullopt } }, o, whole, &tok, "tok", 128);
         QCOMPARE(wholeSet.domains[0].numDocuments, int64_t(1));
-        QVERIFY(wholeSet.describePacking().find("one document each (--whole-file)") != std::string::npos);
+        QVERIFY(wholeSet.describePacking().find("one document each (whole files)") != std::string::npos);
 
-        EXPECT_ERROR(buildCalibrationSet({ { "t", t, std::nullopt } }, o, {}, nullptr, {}, 128),
-            std::string("--domain t: " + t + " is text and needs a tokenizer"));
-        EXPECT_ERROR(
+        EXPECT_REQUEST_ERROR(buildCalibrationSet({ { "t", t, std::nullopt } }, o, {}, nullptr, {}, 128), "tokenizer",
+            std::string("domain 't': " + t + " is text and needs a tokenizer"));
+        EXPECT_REQUEST_ERROR(
             buildCalibrationSet({ { "a", a, std::nullopt }, { "a", b, std::nullopt } }, o, {}, nullptr, {}, 128),
-            std::string("--domain a: the domain name is given twice"));
-        EXPECT_ERROR(buildCalibrationSet({}, o, {}, nullptr, {}, 128), std::string("no calibration data"));
+            "domains", std::string("domain 'a': the domain name is given twice"));
+        EXPECT_REQUEST_ERROR(
+            buildCalibrationSet({}, o, {}, nullptr, {}, 128), "domains", std::string("no calibration data"));
         PackingOptions badBos = o;
         badBos.bosToken = 200;
         EXPECT_ERROR(buildCalibrationSet({ { "a", a, std::nullopt } }, badBos, {}, nullptr, {}, 128),
             std::string("BOS token 200 is outside the model vocabulary [0, 128)"));
         PackingOptions longSeq = o;
         longSeq.seqLen = 1000;
-        EXPECT_ERROR(buildCalibrationSet({ { "a", a, std::nullopt } }, longSeq, {}, nullptr, {}, 128),
-            a + ": domain 'a' has fewer tokens than one sequence of --seq-len 1000");
+        EXPECT_REQUEST_ERROR(buildCalibrationSet({ { "a", a, std::nullopt } }, longSeq, {}, nullptr, {}, 128), "seqLen",
+            a + ": domain 'a' has fewer tokens than one sequence of 1000 tokens");
         EXPECT_ERROR(buildCalibrationSet({ { "t", t, std::nullopt } }, o, {}, &tok, "tok", 110),
             t + ":6: ascii.json encodes this document to token id 120"); // 'x' of "xyz"
     }
