@@ -286,7 +286,7 @@ void MainWindow::createActions()
             logError(QString::fromUtf8(e.what()));
             return;
         }
-        computeFisher(std::move(params));
+        computeFisher(std::move(params), { { "ablate", tr("Ablation") } });
     });
     m_fisherAction->setEnabled(false);
     connect(m_document, &AtlasDocument::changed, this, [this] {
@@ -438,14 +438,16 @@ int MainWindow::scoreAtlas()
     return m_scoreJob;
 }
 
-int MainWindow::computeFisher(FisherRequest params)
+int MainWindow::computeFisher(FisherRequest params, FieldLabels labels)
 {
     const auto snapshot = m_document->snapshot();
     if (!snapshot)
         return 0;
     params.atlas = snapshot->path.toStdString();
     logMessage(tr("Computing Fisher importance of %1").arg(snapshot->path));
-    m_fisherJob = m_runner->start(fisherJob(std::move(params)));
+    Job job = fisherJob(std::move(params));
+    job.fieldLabels = std::move(labels);
+    m_fisherJob = m_runner->start(std::move(job));
     m_jobsDock->raise();
     return m_fisherJob;
 }

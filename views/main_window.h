@@ -3,6 +3,7 @@
 // menus and settings.
 #pragma once
 
+#include "jobs/job_runner.h"
 #include "plan/plan.h"
 
 #include <QMainWindow>
@@ -90,7 +91,8 @@ public:
     CaptureDialog* showCaptureDialog();
     // Jobs > Compute Fisher…: `moeatlas fisher ATLAS` (params.atlas is set to the open atlas) as a
     // background job, reloading the atlas when done; returns the job id (0 when nothing is open).
-    int computeFisher(FisherRequest params);
+    // `labels` names the controls of the request's fields in its error messages.
+    int computeFisher(FisherRequest params, FieldLabels labels = {});
     QAction* scoreAction() const { return m_scoreAction; }
     QAction* fisherAction() const { return m_fisherAction; }
 

@@ -56,6 +56,7 @@ private Q_SLOTS:
     void errorsBecomeFailed_data();
     void errorsBecomeFailed();
     void coreJobFailureNamesTheFile();
+    void requestErrorNamesTheControl();
     void jobsRunInOrder();
     void startFromFinishedHandler();
     void throttlingKeepsLastReport();
@@ -178,6 +179,30 @@ void TstJobsRunner::coreJobFailureNamesTheFile()
     QCOMPARE(failed.size(), 2);
     for (const QList<QVariant>& f : failed)
         QVERIFY2(f.at(0).toString().contains(QStringLiteral("missing.atlas.h5")), qPrintable(f.at(0).toString()));
+}
+
+// A RequestError is shown after the label of the control that sets its field, when the job's dialog
+// has one (Job::fieldLabels); other fields and other errors keep their message as it is.
+void TstJobsRunner::requestErrorNamesTheControl()
+{
+    const std::string message = "0 tokens per sequence (expected a count > 0)";
+    const FieldLabels labels { { "seqLen", QStringLiteral("Sequence length") } };
+    QCOMPARE(jobErrorText(RequestError("seqLen", message), labels),
+        QStringLiteral("Sequence length: ") + QString::fromStdString(message));
+    QCOMPARE(jobErrorText(RequestError("batchTokens", message), labels), QString::fromStdString(message));
+    QCOMPARE(jobErrorText(InputError(message), labels), QString::fromStdString(message));
+
+    JobRunner runner;
+    QSignalSpy failed(&runner, &JobRunner::failed);
+    QSignalSpy finished(&runner, &JobRunner::finished);
+    Job job = throwingJob([message] { throw RequestError("seqLen", message); });
+    job.fieldLabels = labels;
+    runner.start(std::move(job));
+    runner.start(throwingJob([message] { throw RequestError("seqLen", message); })); // no labels
+    QTRY_COMPARE_WITH_TIMEOUT(finished.size(), 2, 60000);
+    QCOMPARE(failed.size(), 2);
+    QCOMPARE(failed.at(0).at(0).toString(), QStringLiteral("Sequence length: ") + QString::fromStdString(message));
+    QCOMPARE(failed.at(1).at(0).toString(), QString::fromStdString(message));
 }
 
 void TstJobsRunner::jobsRunInOrder()

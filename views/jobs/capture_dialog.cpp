@@ -319,7 +319,10 @@ bool CaptureDialog::start()
     m_bar->setValue(0);
     m_status->setText(m_runner->isBusy() ? tr("Waiting for the running job…") : tr("Starting…"));
     setRunning(true);
-    m_captureId = m_runner->start(captureJob(std::move(params)));
+    Job job = captureJob(std::move(params));
+    job.fieldLabels
+        = { { "domains", tr("Domains") }, { "seqLen", tr("Sequence length") }, { "overwrite", m_force->text() } };
+    m_captureId = m_runner->start(std::move(job));
     return true;
 }
 

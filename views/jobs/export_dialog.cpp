@@ -164,7 +164,9 @@ bool ExportDialog::startExport()
     m_output->setReadOnly(true);
     m_source->setReadOnly(true);
     m_exportingTo = out;
-    m_jobId = m_runner->start(exportJob(source.toStdString(), m_plan, out.toStdString(), options));
+    Job job = exportJob(source.toStdString(), m_plan, out.toStdString(), options);
+    job.fieldLabels = { { "force", m_force->text() } };
+    m_jobId = m_runner->start(std::move(job));
     return true;
 }
 

@@ -8,6 +8,17 @@
 
 namespace moeatlas::views {
 
+QString jobErrorText(const std::exception& error, const FieldLabels& labels)
+{
+    const QString message = QString::fromUtf8(error.what());
+    if (const auto* request = dynamic_cast<const RequestError*>(&error)) {
+        const auto it = labels.find(request->field());
+        if (it != labels.end())
+            return it->second + QStringLiteral(": ") + message;
+    }
+    return message;
+}
+
 void EtaEstimator::reset()
 {
     m_started = false;
@@ -165,7 +176,7 @@ void JobRunner::startNext()
             job->outcome = Running::Outcome::Cancelled;
         } catch (const std::exception& e) {
             job->outcome = Running::Outcome::Failed;
-            job->error = QString::fromUtf8(e.what());
+            job->error = jobErrorText(e, job->job.fieldLabels);
         } catch (...) {
             job->outcome = Running::Outcome::Failed;
             job->error = QStringLiteral("unknown error");

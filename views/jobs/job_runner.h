@@ -9,9 +9,12 @@
 
 #include <chrono>
 #include <deque>
+#include <exception>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 
 namespace moeatlas::views {
 
@@ -27,10 +30,19 @@ struct JobResult {
 // std::exception; the runner turns them into signals.
 using JobFn = std::function<JobResult(const ProgressFn& progress, const StopToken* stop)>;
 
+// The label of the widget that sets each request field (RequestError::field(), e.g. "seqLen" ->
+// "Sequence length"), for the job's error messages.
+using FieldLabels = std::map<std::string, QString>;
+
 struct Job {
     QString name; // shown in the panel and the log, e.g. "score run.atlas.h5"
     JobFn run;
+    FieldLabels fieldLabels {}; // fields the dialog that started the job has a control for
 };
+
+// An error as the workbench shows it: its message, after the label of the control at fault when it
+// is a RequestError whose field `labels` names ("Sequence length: 0 tokens per sequence ...").
+QString jobErrorText(const std::exception& error, const FieldLabels& labels = {});
 
 // Remaining time from progress reports: rate measured from the first report of the job
 // (which excludes start-up work such as loading a checkpoint) to the latest one.
