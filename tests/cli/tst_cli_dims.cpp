@@ -268,7 +268,7 @@ void TstCliDims::badInputWritesNoPlan_data()
     QTest::newRow("atlas without /fisher")
         << QStringList { QStringLiteral("--atlas"), path(QStringLiteral("nofisher.atlas.h5")) } + half
         << QStringList { path(QStringLiteral("nofisher.atlas.h5")), QStringLiteral("/fisher"),
-               QStringLiteral("run moeatlas fisher") };
+               QStringLiteral("compute its Fisher importance first") };
     QTest::newRow("unknown scope") << base
             + QStringList { QStringLiteral("--dims"), QStringLiteral("IntDim-X"), QStringLiteral("--dim-sparsity"),
                   QStringLiteral("0.5") }
