@@ -268,6 +268,7 @@ void TstCliErrors::brokenCheckpoint_data()
     QTest::newRow("config.json not an object") << u"config-array"_s << QString();
     QTest::newRow("missing num_experts_per_tok") << u"missing-topk"_s << u"text"_s;
     QTest::newRow("num_experts_per_tok not an integer") << u"topk-string"_s << QString();
+    QTest::newRow("partial rotary factor") << u"partial-rotary"_s << u"text"_s;
 }
 
 QStringList TstCliErrors::breakCheckpoint(const QString& kind, const QString& dir) const
@@ -439,6 +440,15 @@ QStringList TstCliErrors::breakCheckpoint(const QString& kind, const QString& di
         if (!editConfig(dir, [](nlohmann::json& c) { c["num_experts_per_tok"] = "two"; }))
             return {};
         return { config, u"field 'num_experts_per_tok'"_s, u"integer"_s };
+    }
+    if (kind == u"partial-rotary") {
+        // Attention rotates whole heads; a smaller rotary width used to fail mid-run in a broadcast.
+        if (!editConfig(dir, [](nlohmann::json& c) {
+                c["rope_parameters"]
+                    = { { "rope_type", "default" }, { "rope_theta", 10000.0 }, { "partial_rotary_factor", 0.5 } };
+            }))
+            return {};
+        return { config, u"field 'rope_parameters.partial_rotary_factor'"_s, u"is 0.5"_s, u"expected 1.0"_s };
     }
     return {};
 }
