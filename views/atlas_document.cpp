@@ -144,7 +144,7 @@ std::shared_ptr<const AtlasSnapshot> loadAtlasSnapshot(const QString& path)
     s->statistics = atlas.readResults("statistics");
     try {
         if (!s->statistics)
-            throw InputError(file.string() + ": no routing statistics (run `moeatlas score` on it)");
+            throw InputError(file.string() + ": no routing statistics (Jobs > Score atlas, or moeatlas score)");
         s->routingStats = std::make_shared<const RoutingStats>(routingStatsFromResults(atlas, *s->statistics));
     } catch (const std::exception& e) {
         s->routingStatsNote = QString::fromUtf8(e.what());

@@ -373,7 +373,8 @@ void BudgetPanel::recompile()
         found = it == m_snapshot->scores.end() ? nullptr : &it->second;
     }
     if (!found) {
-        m_error = m_snapshot ? tr("This atlas has no scores: run moeatlas score on it.") : tr("No atlas open.");
+        m_error = m_snapshot ? tr("This atlas has no scores: Jobs > Score atlas (or moeatlas score) computes them.")
+                             : tr("No atlas open.");
         showResult();
         return;
     }

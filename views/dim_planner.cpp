@@ -27,7 +27,7 @@ struct Outcome {
 std::shared_ptr<const UnitScoreTable> unitsFor(const DimRequest& r, DimUnitCache* cache)
 {
     if (!r.units)
-        throw InputError("no Fisher unit scores in this atlas (run moeatlas fisher)");
+        throw InputError("no Fisher unit scores in this atlas (Jobs > Compute Fisher…, or moeatlas fisher)");
     if (cache && cache->table && cache->store.lock() == r.units && cache->form == r.form && cache->domain == r.domain)
         return cache->table;
     // The stored float64 scores, read as `moeatlas plan --dims` reads them (FisherUnitStore keeps

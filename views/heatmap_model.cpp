@@ -100,7 +100,9 @@ HeatmapData heatmapData(const AtlasSnapshot& snapshot, const HeatmapQuantity& qu
     const std::string what = quantity.name.toStdString();
     if (!src.values)
         throw InputError(snapshot.path.toStdString() + ": no " + what + " in the atlas ("
-            + (quantity.kind == HeatmapQuantity::Kind::Fisher ? "run moeatlas fisher" : "run moeatlas score") + ")");
+            + (quantity.kind == HeatmapQuantity::Kind::Fisher ? "Jobs > Compute Fisher…, or moeatlas fisher"
+                                                              : "Jobs > Score atlas, or moeatlas score")
+            + ")");
     const int L = snapshot.numLayers();
     const int E = snapshot.numExperts();
     if (src.rows == 0 || src.layers != static_cast<uint64_t>(L) || src.experts != static_cast<uint64_t>(E)

@@ -329,7 +329,7 @@ void MainWindow::onLoaded(const QString& path)
                    .arg(snapshot->numExperts())
                    .arg(snapshot->model.topK)
                    .arg(snapshot->domainNames().join(QStringLiteral(", ")),
-                       snapshot->criteria().isEmpty() ? tr("none (run moeatlas score)")
+                       snapshot->criteria().isEmpty() ? tr("none (Jobs > Score atlas)")
                                                       : snapshot->criteria().join(QStringLiteral(", "))));
     if (!snapshot->complete)
         logError(tr("%1 is a partial atlas (capture not finished): no scores or plans").arg(path));

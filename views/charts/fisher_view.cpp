@@ -242,9 +242,9 @@ void FisherView::setSnapshot(std::shared_ptr<const AtlasSnapshot> snapshot)
     else if (!m_snapshot->fisher)
         note = m_snapshot->fisherNote;
     else if (!m_snapshot->fisherAblation)
-        note = m_snapshot->fisherNote.isEmpty()
-            ? tr("No ablation in this atlas: run moeatlas fisher with --ablate 0,10,100 (for example).")
-            : m_snapshot->fisherNote;
+        note = m_snapshot->fisherNote.isEmpty() ? tr("No ablation in this atlas: Jobs > Compute Fisher… with ablation "
+                                                     "counts (moeatlas fisher --ablate 0,10,100).")
+                                                : m_snapshot->fisherNote;
     m_note->setText(note);
     m_note->setVisible(!note.isEmpty());
     m_ablModel->setResults(m_snapshot ? m_snapshot->fisherAblation : nullptr);
