@@ -95,15 +95,15 @@ std::string describeTextSources(const CalibrationSet& set)
     }
     std::vector<std::string> parts;
     if (textFile)
-        parts.push_back(set.text.wholeFile ? "plain text files are one document each (whole files)"
-                                           : "plain text files have one document per blank-line-separated block");
+        parts.emplace_back(set.text.wholeFile ? "plain text files are one document each (whole files)"
+                                              : "plain text files have one document per blank-line-separated block");
     if (textDirectory)
-        parts.push_back("a directory has one document per .txt file");
+        parts.emplace_back("a directory has one document per .txt file");
     if (formats.count(kFormatTextJsonlPrefix + set.text.textField))
         parts.push_back("JSONL documents are the string field \"" + set.text.textField + "\"");
     if (formats.count(kFormatMessagesJsonl))
-        parts.push_back("JSONL messages are rendered as \"<role>: <content>\" lines joined by \"\\n\" "
-                        "(no chat template applied)");
+        parts.emplace_back("JSONL messages are rendered as \"<role>: <content>\" lines joined by \"\\n\" "
+                           "(no chat template applied)");
     std::string out;
     for (const std::string& p : parts)
         out += "; " + p;

@@ -21,7 +21,7 @@ namespace tok {
 
 std::string getSingleChar(const Json& node, std::string_view key, const JsonPath& path)
 {
-    const std::string s = getString(node, key, path);
+    std::string s = getString(node, key, path);
     if (s.empty() || validUtf8Prefix(s) != s.size() || utf8Length(static_cast<unsigned char>(s[0])) != s.size())
         (path / key).fail("expected a single character");
     return s;

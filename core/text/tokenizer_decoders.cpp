@@ -155,7 +155,8 @@ public:
         std::string all;
         for (const auto& t : tokens)
             all += t;
-        tokens.assign(1, std::move(all));
+        tokens.clear();
+        tokens.push_back(std::move(all));
     }
 };
 

@@ -239,11 +239,11 @@ void splitBySpans(
     switch (behavior) {
     case SplitBehavior::Isolated:
         for (const auto& s : spans)
-            cuts.push_back({ s, false });
+            cuts.emplace_back(s, false);
         break;
     case SplitBehavior::Removed:
         for (const auto& s : spans)
-            cuts.push_back({ s, s.isMatch });
+            cuts.emplace_back(s, s.isMatch);
         break;
     case SplitBehavior::Contiguous: {
         bool previous = false;
@@ -251,7 +251,7 @@ void splitBySpans(
             if (s.isMatch == previous && !cuts.empty())
                 cuts.back().first.end = s.end;
             else
-                cuts.push_back({ s, false });
+                cuts.emplace_back(s, false);
             previous = s.isMatch;
         }
         break;
@@ -262,7 +262,7 @@ void splitBySpans(
             if (s.isMatch && !previous && !cuts.empty())
                 cuts.back().first.end = s.end;
             else
-                cuts.push_back({ s, false });
+                cuts.emplace_back(s, false);
             previous = s.isMatch;
         }
         break;
@@ -273,7 +273,7 @@ void splitBySpans(
             if (it->isMatch && !previous && !cuts.empty())
                 cuts.back().first.start = it->start;
             else
-                cuts.push_back({ *it, false });
+                cuts.emplace_back(*it, false);
             previous = it->isMatch;
         }
         std::reverse(cuts.begin(), cuts.end());
