@@ -62,7 +62,7 @@ bool splitWork(const at::Tensor& x)
 template <class F> void onEachThread(const F& worker)
 {
     struct Context {
-        const F* worker;
+        const F* worker = nullptr;
         at::ThreadLocalState state;
         std::atomic_flag failed = ATOMIC_FLAG_INIT;
         std::exception_ptr error;

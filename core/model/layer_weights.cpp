@@ -129,7 +129,7 @@ at::Tensor WeightLoader::load(const std::string& name, const std::vector<int64_t
     return t;
 }
 
-void WeightLoader::loadInto(const std::string& name, at::Tensor destination) const
+void WeightLoader::loadInto(const std::string& name, const at::Tensor& destination) const
 {
     const TensorInfo& info = m_ckpt.info(name);
     if (info.dtype == DType::F8_E4M3 || info.dtype == DType::F8_E5M2 || !destination.device().is_cpu()) {

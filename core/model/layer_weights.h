@@ -85,7 +85,7 @@ public:
 private:
     at::Tensor load(const std::string& name, const std::vector<int64_t>& shape) const;
     // Converts the tensor straight into `destination` (a slice of a fused buffer), no temporary.
-    void loadInto(const std::string& name, at::Tensor destination) const;
+    void loadInto(const std::string& name, const at::Tensor& destination) const;
     Linear loadLinear(const std::string& prefix, int64_t out, int64_t in, bool bias) const;
     void loadExperts(int layer, LayerWeights& w) const;
 

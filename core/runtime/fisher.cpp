@@ -122,7 +122,7 @@ at::Tensor layerForward(const ModelSpec& spec, const LayerWeights& w, const at::
             moe.ragged = &state->leaves;
     }
     RoutingRecord routing;
-    const at::Tensor out = h + moeForward(spec, w, hn, moe, state ? &routing : nullptr);
+    at::Tensor out = h + moeForward(spec, w, hn, moe, state ? &routing : nullptr);
     if (state)
         state->expertTokens[g].add_(
             at::bincount(routing.topkIds.reshape({ -1 }).to(at::kLong), {}, w.router.size(0)).to(at::kLong));
@@ -246,7 +246,7 @@ public:
     at::Tensor loss(int64_t n, const at::Tensor& x, const at::Tensor& norm, const at::Tensor& head)
     {
         at::Tensor nll;
-        const at::Tensor l = sequenceLoss(m_spec, x, norm, head, ids(n), nll);
+        at::Tensor l = sequenceLoss(m_spec, x, norm, head, ids(n), nll);
         m_result.sampleLoss[static_cast<std::size_t>(n)] = l.item<double>();
         const at::Tensor v = nll.detach().contiguous();
         std::copy_n(v.data_ptr<float>(), length(n) - 1, m_result.tokenNll.begin() + begin(n));
