@@ -242,6 +242,7 @@ ExportResult exportCheckpoint(
                 + " exports are not supported for model_type '" + spec.modelType + "'");
         if (!plan.uniform()) {
             std::vector<int> perLayer;
+            perLayer.reserve(keep.size());
             for (const auto& k : keep)
                 perLayer.push_back(static_cast<int>(k.experts.size()));
             config["num_experts_per_layer"] = perLayer;

@@ -190,7 +190,8 @@ void writeFisherAblation(AtlasFile& update, const FisherAblation& a)
             const int64_t u = var.units[k];
             double* out = &units.values[(v * most + k) * 3];
             out[0] = a.layers[static_cast<std::size_t>(u / perLayer)];
-            out[1] = static_cast<double>(u % perLayer / a.intermediate);
+            const int64_t expert = u % perLayer / a.intermediate;
+            out[1] = static_cast<double>(expert);
             out[2] = static_cast<double>(u % a.intermediate);
         }
     }

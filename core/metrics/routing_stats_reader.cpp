@@ -75,7 +75,7 @@ RoutingStats routingStatsFromResults(const AtlasFile& atlas, const AtlasResults&
         s.bandMin = params["dynamic_k_band"][0].get<int>();
         s.bandMax = params["dynamic_k_band"][1].get<int>();
     }
-    auto take = [&](const char* name, std::vector<uint64_t> dims) {
+    auto take = [&](const char* name, const std::vector<uint64_t>& dims) {
         const AtlasArray* a = r->find(name);
         if (!a || a->dims != dims)
             throw InputError(where + ":/statistics/" + name + " is missing or has an unexpected shape");

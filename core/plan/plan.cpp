@@ -39,6 +39,7 @@ std::vector<int> rankLayer(const ScoreTable& s, std::size_t i, int groupBegin, i
         r.push_back({ s.values[i][static_cast<std::size_t>(e)], static_cast<int>(i), e });
     std::sort(r.begin(), r.end(), rankedBefore);
     std::vector<int> out;
+    out.reserve(r.size());
     for (const Ranked& x : r)
         out.push_back(x.expert);
     return out;
@@ -311,6 +312,7 @@ std::vector<std::vector<int>> selectExperts(const ScoreTable& s, const Budget& b
         }
     }
     std::vector<std::vector<int>> keep;
+    keep.reserve(kept.size());
     for (const auto& k : kept)
         keep.emplace_back(k.begin(), k.end());
     return keep;

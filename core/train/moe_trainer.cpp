@@ -71,7 +71,7 @@ struct Model {
     }
 };
 
-at::Tensor normalTensor(SplitMix64& rng, std::vector<int64_t> shape, double std)
+at::Tensor normalTensor(SplitMix64& rng, const std::vector<int64_t>& shape, double std)
 {
     int64_t n = 1;
     for (int64_t d : shape)
@@ -415,6 +415,7 @@ TrainReport trainDemoModel(const TrainOptions& o, const std::vector<DomainSequen
         if (stop && stop->stopRequested())
             throw Cancelled();
         std::vector<const std::vector<int32_t>*> batch;
+        batch.reserve(static_cast<std::size_t>(o.batchSequences));
         for (int b = 0; b < o.batchSequences; ++b)
             batch.push_back(pool[rng.below(pool.size())]);
         const at::Tensor ids = toIds(batch, o.seqLen);

@@ -58,7 +58,7 @@ PreparedFisher prepareFisher(const FisherRequest& request)
         ablation->seed = request.seed;
     }
     return PreparedFisher { request.atlas, std::move(model), std::move(tokens), std::move(ablationTokens), o,
-        std::move(plan), std::move(info), std::move(ablation) };
+        plan, std::move(info), std::move(ablation) };
 }
 
 FisherOutcome runFisher(const PreparedFisher& job, const JobStages& stages, const StopToken* stop)
