@@ -1,6 +1,7 @@
 #include "cli_progress.h"
 
 #include <algorithm>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -32,7 +33,7 @@ std::string formatDuration(double seconds)
 {
     if (seconds < 0 || seconds > 1e7)
         return "--:--";
-    const long s = static_cast<long>(seconds + 0.5);
+    const long s = std::lround(seconds);
     char buf[32];
     if (s >= 3600)
         std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", s / 3600, (s / 60) % 60, s % 60);

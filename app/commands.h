@@ -4,7 +4,7 @@
 
 #include <functional>
 
-namespace CLI {
+namespace CLI { // NOLINT(readability-identifier-naming): CLI11's namespace, not ours
 class App;
 }
 

@@ -12,7 +12,7 @@
 #include <vector>
 
 int main(int argc, char** argv)
-{
+try {
     // Threads and allocator settings are the program's to choose (runtime/runtime_policy.h); commands
     // with --threads scope their own for the job.
     moeatlas::applyRuntimePolicy({});
@@ -46,16 +46,14 @@ int main(int argc, char** argv)
     } catch (const CLI::ParseError& e) {
         return app.exit(e);
     }
-    try {
-        for (const auto& [sub, run] : commands)
-            if (sub->parsed())
-                return run();
-        return 2;
-    } catch (const moeatlas::Cancelled&) {
-        std::fprintf(stderr, "moeatlas: cancelled\n");
-        return 130;
-    } catch (const std::exception& e) {
-        std::fprintf(stderr, "moeatlas: error: %s\n", e.what());
-        return 1;
-    }
+    for (const auto& [sub, run] : commands)
+        if (sub->parsed())
+            return run();
+    return 2;
+} catch (const moeatlas::Cancelled&) {
+    std::fprintf(stderr, "moeatlas: cancelled\n");
+    return 130;
+} catch (const std::exception& e) { // also what setting up the commands throws
+    std::fprintf(stderr, "moeatlas: error: %s\n", e.what());
+    return 1;
 }

@@ -229,7 +229,8 @@ void HeatmapView::render(QPainter& p) const
     p.drawText(QRect(grid.left(), grid.bottom() + 2, std::max(grid.width(), 200), kBottomMargin),
         Qt::AlignLeft | Qt::AlignVCenter, axis);
     p.save();
-    p.translate(10, grid.top() + grid.height() / 2);
+    const int middle = grid.top() + grid.height() / 2; // whole pixels
+    p.translate(10, middle);
     p.rotate(-90);
     p.drawText(QRect(-60, -8, 120, 16), Qt::AlignCenter, tr("layer"));
     p.restore();

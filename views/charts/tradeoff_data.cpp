@@ -80,7 +80,7 @@ std::vector<TradeoffFamily> tradeoffFamilies(const EvalTable& table, int domain,
     for (auto& [key, f] : curves) {
         std::vector<std::size_t> order(f.x.size());
         std::iota(order.begin(), order.end(), std::size_t { 0 });
-        std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return f.x[a] < f.x[b]; });
+        std::stable_sort(order.begin(), order.end(), [&x = f.x](std::size_t a, std::size_t b) { return x[a] < x[b]; });
         TradeoffFamily sorted;
         sorted.label = f.label;
         for (const std::size_t i : order) {
