@@ -21,7 +21,11 @@ public:
     void setMatrix(int n, std::vector<double> values, const QString& title = {});
 
     int matrixSize() const { return m_n; }
-    double value(int row, int column) const { return m_values[static_cast<std::size_t>(row * m_n + column)]; }
+    double value(int row, int column) const
+    {
+        const auto n = static_cast<std::size_t>(m_n);
+        return m_values[static_cast<std::size_t>(row) * n + static_cast<std::size_t>(column)];
+    }
     double scaleMax() const { return m_max; }
     // The cells as pixels: pixel (x = column, y = row).
     const QImage& image() const { return m_image; }
