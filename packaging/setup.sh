@@ -30,6 +30,8 @@ apt_packages=(
 if [[ "$mode" == test ]]; then
   apt_packages+=(python3 python3-venv python3-pip
     libblas3 liblapack3 libblis4-pthread)    # two other BLAS the split path is tested on (tst_ragged_*)
+  # clang-tidy for the ci preset (MOEATLAS_CLANG_TIDY); libc++ headers for its LibTorch TUs (decision 28).
+  apt_packages+=(clang-tidy-14 libc++-14-dev libc++abi-14-dev)
 fi
 missing=()
 for p in "${apt_packages[@]}"; do
