@@ -1,8 +1,8 @@
 # clang-tidy with the root .clang-tidy on the project's own sources (core/, views/, app/) while they
 # compile: each TU is checked right before it is compiled, and a finding fails its compile step
-# (WarningsAsErrors). Tests, benchmarks and third-party code are not checked. docs/decisions.md #27.
+# (WarningsAsErrors). Tests, benchmarks and third-party code are not checked. docs/decisions.md #28.
 #
-# Two things LibTorch needs (decision 28):
+# Two things LibTorch needs:
 # - no precompiled header: clang reads GCC's cmake_pch.hxx.gch beside the forced include and stops
 #   ("not a PCH file"), so core/CMakeLists.txt skips the PCH when this is on;
 # - the TUs of the targets that include LibTorch (moeatlas_engine, moeatlas_train) are parsed against
