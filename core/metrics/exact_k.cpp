@@ -71,8 +71,8 @@ ExactK::ExactK(int numExperts, const ExactKParams& params, Path path)
     m_theta.resize(e);
     m_w.resize(e);
     m_seen.assign(e, 0);
-    m_table.resize((e + 1) * static_cast<size_t>(m_maxK + 1));
-    m_logEk.resize(static_cast<size_t>(m_maxK + 1));
+    m_table.resize((e + 1) * (static_cast<size_t>(m_maxK) + 1));
+    m_logEk.resize(static_cast<size_t>(m_maxK) + 1);
     m_back.resize(static_cast<size_t>(params.k));
     m_backLog.resize(static_cast<size_t>(params.k));
 }
@@ -276,10 +276,10 @@ void ExactK::cardinality(double* probs) const
     const int kMin = m_params.kMin, bins = m_params.bins();
     double hi = kNegInf;
     for (int b = 0; b < bins; ++b)
-        hi = std::max(hi, m_logEk[static_cast<size_t>(kMin + b)]);
+        hi = std::max(hi, m_logEk[static_cast<size_t>(kMin) + static_cast<size_t>(b)]);
     double sum = 0.0;
     for (int b = 0; b < bins; ++b) {
-        probs[b] = std::exp(m_logEk[static_cast<size_t>(kMin + b)] - hi);
+        probs[b] = std::exp(m_logEk[static_cast<size_t>(kMin) + static_cast<size_t>(b)] - hi);
         sum += probs[b];
     }
     for (int b = 0; b < bins; ++b)
@@ -292,10 +292,10 @@ double ExactK::cardinalityEntropy() const
     const int kMin = m_params.kMin, bins = m_params.bins();
     double hi = kNegInf;
     for (int b = 0; b < bins; ++b)
-        hi = std::max(hi, m_logEk[static_cast<size_t>(kMin + b)]);
+        hi = std::max(hi, m_logEk[static_cast<size_t>(kMin) + static_cast<size_t>(b)]);
     double sum = 0.0, weighted = 0.0;
     for (int b = 0; b < bins; ++b) {
-        const double d = m_logEk[static_cast<size_t>(kMin + b)] - hi;
+        const double d = m_logEk[static_cast<size_t>(kMin) + static_cast<size_t>(b)] - hi;
         const double e = std::exp(d);
         sum += e;
         weighted += e * d;
