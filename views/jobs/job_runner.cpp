@@ -10,7 +10,7 @@ namespace moeatlas::views {
 
 QString jobErrorText(const std::exception& error, const FieldLabels& labels)
 {
-    const QString message = QString::fromUtf8(error.what());
+    QString message = QString::fromUtf8(error.what());
     if (const auto* request = dynamic_cast<const RequestError*>(&error)) {
         const auto it = labels.find(request->field());
         if (it != labels.end())
