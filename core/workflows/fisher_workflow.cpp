@@ -57,8 +57,8 @@ PreparedFisher prepareFisher(const FisherRequest& request)
         ablation->form = ablationRankingForm(o);
         ablation->seed = request.seed;
     }
-    return PreparedFisher { request.atlas, std::move(model), std::move(tokens), std::move(ablationTokens), o,
-        plan, std::move(info), std::move(ablation) };
+    return PreparedFisher { request.atlas, std::move(model), std::move(tokens), std::move(ablationTokens), o, plan,
+        std::move(info), std::move(ablation) };
 }
 
 FisherOutcome runFisher(const PreparedFisher& job, const JobStages& stages, const StopToken* stop)
