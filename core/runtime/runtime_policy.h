@@ -1,6 +1,7 @@
-// Process-wide run settings have one owner. A program's main applies a RuntimePolicy once (the CLI,
-// the workbench, the benchmarks); library code changes thread counts only for the duration of a job,
-// through ThreadScope, and leaves the process as it found it. Public API: no LibTorch types.
+// Process-wide run settings have one owner. A program's main applies a RuntimePolicy once (the CLI and
+// the workbench; the C++ benchmarks set the thread configurations they compare themselves); library code changes thread
+// counts only for the duration of a job, through ThreadScope, and leaves the process as it found it. Public API: no
+// LibTorch types.
 #pragma once
 
 #include <string>
@@ -24,7 +25,7 @@ int defaultThreads();
 // runtime/thread_pools.h) and the allocator's thresholds. Call once, from main, before any job.
 void applyRuntimePolicy(const RuntimePolicy& policy);
 
-// What the process runs on, for reports (`moeatlas --version`, CI logs, benchmarks).
+// What the process runs on, for reports (`moeatlas --version`, which packaging/setup.sh logs).
 struct RuntimeInfo {
     bool blasIsOpenblas = false; // OpenBLAS, whose threads the engine controls
     std::string blas; // OpenBLAS' configuration, or the file providing the BLAS
