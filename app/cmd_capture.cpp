@@ -3,6 +3,7 @@
 
 #include "calibration_args.h"
 #include "cli_progress.h"
+#include "executor_args.h"
 #include "request_flags.h"
 #include "runtime/capture.h"
 #include "util/atomic_file.h"
@@ -20,19 +21,14 @@ namespace {
 struct CaptureArgs {
     std::string checkpoint;
     CalibrationArgs calibration;
+    ExecutorArgs executor;
     std::string output;
-    std::string device = "cpu";
-    std::string dtype = "float32";
     std::string logitsDtype = "float32";
-    int64_t batchTokens = 8192;
-    int threads = 0;
     bool expertNorms = false;
     int hiddenSamples = 0;
     bool resume = false;
     bool force = false;
     bool noResumeState = false;
-    bool resident = false;
-    uint64_t memoryBudgetMiB = 0;
 };
 
 int runCaptureCommand(const CaptureArgs& a)
@@ -41,13 +37,8 @@ int runCaptureCommand(const CaptureArgs& a)
     p.checkpoint = a.checkpoint;
     applyCalibrationArgs(a.calibration, p);
     p.output = a.output;
-    p.executor.device = a.device;
-    p.executor.computeDtype = a.dtype;
-    p.executor.batchTokens = a.batchTokens;
-    p.executor.threads = a.threads;
+    applyExecutorArgs(a.executor, p.executor);
     p.executor.recordExpertNorms = a.expertNorms;
-    p.executor.keepWeightsResident = a.resident;
-    p.executor.memoryBudgetBytes = a.memoryBudgetMiB << 20;
     if (a.logitsDtype == "float16" || a.logitsDtype == "fp16")
         p.logitStorage = LogitStorage::Float16;
     else if (a.logitsDtype != "float32" && a.logitsDtype != "fp32")
@@ -87,21 +78,14 @@ Command addCaptureCommand(CLI::App& app)
     sub->add_option("checkpoint", a->checkpoint, "Hugging Face checkpoint directory")->required();
     addCalibrationOptions(sub, a->calibration, "Calibration domain")->required();
     sub->add_option("--output,-o", a->output, "Atlas file to write (e.g. run.atlas.h5)")->required();
-    sub->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
-    sub->add_option("--dtype", a->dtype, "Compute dtype: float32, bfloat16, float16")->capture_default_str();
+    addExecutorOptions(sub, a->executor);
     sub->add_option("--logits-dtype", a->logitsDtype, "Stored router logits: float32 or float16")
         ->capture_default_str();
-    sub->add_option("--batch-tokens", a->batchTokens, "Tokens per micro-batch")->capture_default_str();
-    sub->add_option(
-        "--threads", a->threads, "Intra-op threads (0 = OMP_NUM_THREADS, or every CPU the process may use)");
     sub->add_flag("--expert-norms", a->expertNorms, "Record L2 norms of routed expert outputs (needed for REAP)");
     sub->add_option("--hidden-samples", a->hiddenSamples, "Tokens whose MoE input is stored per layer");
     sub->add_flag("--resume", a->resume, "Continue an interrupted capture of the same output");
     sub->add_flag("--force", a->force, "Replace an existing atlas");
     sub->add_flag("--no-resume-state", a->noResumeState, "Do not keep hidden states between layers for --resume");
-    sub->add_flag("--resident", a->resident, "Keep all layers in memory (small models)");
-    sub->add_option("--memory-budget-mib", a->memoryBudgetMiB,
-        "Memory budget of the plan, checked before any work (0 = MemAvailable)");
     return [a] {
         return namingFlags(
             fieldFlags({ &kExecutorFlags, &kCalibrationFlags, &kForceFlags }), [&] { return runCaptureCommand(*a); });

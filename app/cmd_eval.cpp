@@ -3,6 +3,7 @@
 #include "calibration_args.h"
 #include "cli_progress.h"
 #include "commands.h"
+#include "executor_args.h"
 
 #include "request_flags.h"
 
@@ -25,6 +26,7 @@ struct EvalArgs {
     std::string checkpoint;
     std::string atlas;
     CalibrationArgs calibration; // held-out domains
+    ExecutorArgs executor;
     std::vector<std::string> plans;
     std::vector<double> sparsities;
     std::vector<std::string> criteria { "peu" };
@@ -36,12 +38,6 @@ struct EvalArgs {
     std::string csv;
     std::string label = "default";
     bool noSave = false;
-    std::string device = "cpu";
-    std::string dtype = "float32";
-    int64_t batchTokens = 8192;
-    int threads = 0;
-    bool resident = false;
-    uint64_t memoryBudgetMiB = 0;
 };
 
 void printTable(const EvalTable& t)
@@ -94,12 +90,7 @@ int runEval(const EvalArgs& a)
     request.sweep.randomPlans = a.randomPlans;
     request.sweep.seed = a.calibration.seed;
     request.sweep.scope = a.scope == "global" ? BudgetScope::Global : BudgetScope::Uniform;
-    request.executor.device = a.device;
-    request.executor.computeDtype = a.dtype;
-    request.executor.batchTokens = a.batchTokens;
-    request.executor.threads = a.threads;
-    request.executor.keepWeightsResident = a.resident;
-    request.executor.memoryBudgetBytes = a.memoryBudgetMiB << 20;
+    applyExecutorArgs(a.executor, request.executor);
     request.csv = a.csv;
     request.label = a.label;
     request.save = !a.noSave;
@@ -152,14 +143,7 @@ Command addEvalCommand(CLI::App& app)
     sub->add_option("--csv", a->csv, "Write the table as CSV (one row per variant and domain)");
     sub->add_option("--label", a->label, "Name of the table in the atlas (/evaluation/<label>)")->capture_default_str();
     sub->add_flag("--no-save", a->noSave, "Do not store the table in the atlas");
-    sub->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
-    sub->add_option("--dtype", a->dtype, "Compute dtype: float32, bfloat16, float16")->capture_default_str();
-    sub->add_option("--batch-tokens", a->batchTokens, "Tokens per micro-batch")->capture_default_str();
-    sub->add_option(
-        "--threads", a->threads, "Intra-op threads (0 = OMP_NUM_THREADS, or every CPU the process may use)");
-    sub->add_flag("--resident", a->resident, "Keep all layers in memory (small models)");
-    sub->add_option("--memory-budget-mib", a->memoryBudgetMiB,
-        "Memory budget of the plan, checked before any work (0 = MemAvailable)");
+    addExecutorOptions(sub, a->executor);
     return [a] {
         return namingFlags(
             fieldFlags({ &kExecutorFlags, &kCalibrationFlags, &kEvalFlags }), [&] { return runEval(*a); });
