@@ -290,10 +290,44 @@ at::Tensor denseMlp(const LayerWeights& w, const at::Tensor& x)
     return linear(at::silu(linear(x, w.mlpGate)) * linear(x, w.mlpUp), w.mlpDown);
 }
 
+namespace {
+
+// The k of every token under a dynamic rule ([N] int64, on x's device): checkpoint/routing_rule.h,
+// computed as ruleTokenK computes it. `logits`: the (masked) router logits; `sorted`: the top maxK
+// routing probabilities [N, maxK] fp32, descending.
+at::Tensor tokenKTensor(const RoutingRule& rule, const at::Tensor& logits, const at::Tensor& sorted, double threshold)
+{
+    const int64_t K = sorted.size(1);
+    at::Tensor k;
+    switch (rule.kind) {
+    case RoutingRule::Kind::ProbMoe:
+        k = logits.gt(0).sum(-1);
+        break;
+    case RoutingRule::Kind::TopP:
+        // The slots whose mass before them is < P: 1 + #(inclusive prefix sums of the first K - 1 < P).
+        k = at::cumsum(sorted.to(at::kDouble), -1).narrow(1, 0, K - 1).lt(rule.p).sum(-1) + 1;
+        break;
+    case RoutingRule::Kind::Threshold:
+        k = sorted.to(at::kDouble).ge(threshold).sum(-1);
+        break;
+    default:
+        throw std::invalid_argument("tokenKTensor: '" + rule.name() + "' gives every token the same k");
+    }
+    return k.clamp(rule.kMin, rule.kMax);
+}
+
+} // namespace
+
 at::Tensor moeForward(
     const ModelSpec& spec, const LayerWeights& w, const at::Tensor& x, const MoeOptions& options, RoutingRecord* record)
 {
-    const int64_t N = x.size(0), E = spec.router.numExperts, K = spec.router.topK;
+    const RoutingRule* rule = options.routing && !options.routing->isModel() ? options.routing : nullptr;
+    const int64_t N = x.size(0), E = spec.router.numExperts;
+    // Slots gathered per token: the model's top-k, or the most a rule gives.
+    const int64_t K = rule ? rule->maxK(spec.router.topK) : spec.router.topK;
+    if (K > E)
+        throw std::invalid_argument("moeForward: routing '" + rule->name() + "' gathers " + std::to_string(K)
+            + " experts of " + std::to_string(E));
     // Sliced for a dimension plan, or loaded so from a ragged checkpoint.
     const RaggedExperts* ragged = options.ragged ? options.ragged : w.ragged.empty() ? nullptr : &w.ragged;
     // The unit mask and activation sums are [E, I]: they only go with per-expert weights of full width
@@ -323,23 +357,42 @@ at::Tensor moeForward(
         routingLogits = routingLogits.masked_fill(options.keptExperts.logical_not(), -INFINITY);
     at::Tensor probs = at::softmax(routingLogits, -1, at::kFloat);
     auto [topVal, topIdx] = at::topk(probs, K, -1);
+    // A dynamic rule: each token keeps its first k slots; the others get weight 0 and are not run.
+    at::Tensor tokenK, slotKept;
+    if (rule && !rule->fixed()) {
+        tokenK = tokenKTensor(*rule, routingLogits, topVal, options.threshold);
+        slotKept = at::arange(K, tokenK.options()).unsqueeze(0).lt(tokenK.unsqueeze(1));
+        topVal = topVal.masked_fill(slotKept.logical_not(), 0.0f);
+    }
     if (spec.router.normTopkProb)
         topVal = topVal / topVal.sum(-1, /*keepdim=*/true);
+    if (options.expertsUsed)
+        *options.expertsUsed = (tokenK.defined() ? tokenK : at::full({ N }, K, at::kLong)).to(at::kCPU, at::kLong);
     // Mixtral multiplies expert outputs by fp32 weights; the others cast the weights to the
     // hidden dtype first. Both then accumulate in the hidden dtype.
     at::Tensor mixWeights = spec.arch == Architecture::Mixtral ? topVal : topVal.to(x.scalar_type());
 
+    // The routed (token, slot) pairs, flattened: all N * K, or the kept slots of a dynamic rule.
+    at::Tensor slotOf; // position of each routed pair in [N * K]; undefined = the identity
     at::Tensor flatIds = topIdx.reshape({ -1 });
+    at::Tensor flatWeights = mixWeights.reshape({ -1 });
+    if (slotKept.defined()) {
+        slotOf = slotKept.reshape({ -1 }).nonzero().squeeze(1);
+        flatIds = flatIds.index_select(0, slotOf);
+        flatWeights = flatWeights.index_select(0, slotOf);
+    }
+    const int64_t M = flatIds.size(0);
     at::Tensor order = at::argsort(flatIds);
-    at::Tensor tokenOf = at::div(order, K, "floor");
-    at::Tensor sortedWeights = mixWeights.reshape({ -1 }).index_select(0, order);
+    at::Tensor sortedSlots = slotOf.defined() ? slotOf.index_select(0, order) : order;
+    at::Tensor tokenOf = at::div(sortedSlots, K, "floor");
+    at::Tensor sortedWeights = flatWeights.index_select(0, order);
     at::Tensor counts = at::bincount(flatIds, {}, E).to(at::kCPU);
     const int64_t* countPtr = counts.data_ptr<int64_t>();
 
     at::Tensor out = at::zeros_like(x);
     at::Tensor sortedNorms;
     if (options.recordExpertNorms)
-        sortedNorms = at::empty({ N * K }, x.options().dtype(at::kFloat));
+        sortedNorms = at::empty({ M }, x.options().dtype(at::kFloat));
     if (splitWork(x)) {
         // Experts in parallel; each writes its weighted outputs into its rows of `weighted` (expert
         // order). One index_add_ then accumulates them in that order, which is the order in which the
@@ -352,7 +405,7 @@ at::Tensor moeForward(
         }
         const bool sameType = sortedWeights.scalar_type() == x.scalar_type();
         const int64_t H = x.size(1);
-        at::Tensor weighted = routedRowsBuffer(N * K, H, x.options());
+        at::Tensor weighted = routedRowsBuffer(M, H, x.options());
         struct Scratch {
             at::Tensor xe, gu, h;
         };
@@ -454,8 +507,8 @@ at::Tensor moeForward(
         record->topkIds = topIdx.to(at::kCPU, at::kInt).contiguous();
         record->topkWeights = topVal.to(at::kCPU, at::kFloat).contiguous();
         if (options.recordExpertNorms) {
-            at::Tensor norms = at::empty({ N * K }, sortedNorms.options());
-            norms.index_copy_(0, order, sortedNorms);
+            at::Tensor norms = at::zeros({ N * K }, sortedNorms.options());
+            norms.index_copy_(0, sortedSlots, sortedNorms);
             record->expertNorms = norms.view({ N, K }).to(at::kCPU).contiguous();
         }
     }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "checkpoint/model_spec.h"
+#include "checkpoint/routing_rule.h"
 #include "model/layer_weights.h"
 #include "model/rope.h"
 
@@ -49,6 +50,12 @@ struct MoeOptions {
     // unitActivationSum ([E, I], full width) go only with experts of full width (the Fisher pass's
     // per-expert weight leaves).
     const RaggedExperts* ragged = nullptr;
+    // Per-token k (checkpoint/routing_rule.h); null = the model's top-k. `threshold`: the layer's
+    // calibrated threshold of a Threshold rule.
+    const RoutingRule* routing = nullptr;
+    double threshold = 0.0;
+    // When not null, receives the experts each token was routed to: [N] int64 on the CPU.
+    at::Tensor* expertsUsed = nullptr;
 };
 
 // The MoE block (router + routed experts + shared expert). Tokens are grouped by expert and each

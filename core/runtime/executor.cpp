@@ -495,6 +495,10 @@ EvaluationResult Executor::evaluate(std::span<const int32_t> tokens, std::span<c
     const std::map<int64_t, RotaryCache> rotary = rotaryCaches(s, batches, opts);
 
     EvaluationResult result;
+    result.variants.resize(static_cast<std::size_t>(P));
+    const std::vector<int> moeLayers = s.moeLayerIndices();
+    for (VariantOutput& out : result.variants)
+        out.expertsUsed.assign(moeLayers.size() * static_cast<std::size_t>(T), 0);
     const int64_t totalWork = static_cast<int64_t>(s.numLayers) * T * P;
     int64_t done = 0;
     for (int l = 0; l < s.numLayers; ++l) {
@@ -519,11 +523,25 @@ EvaluationResult Executor::evaluate(std::span<const int32_t> tokens, std::span<c
                 ragged = sliceExperts(w, it->second);
                 moeOptions.ragged = &ragged;
             }
+            const ExpertMask& variant = variants[static_cast<std::size_t>(v)];
+            moeOptions.routing = &variant.routing;
+            if (const auto it = variant.routing.thresholds.find(l); it != variant.routing.thresholds.end())
+                moeOptions.threshold = it->second;
+            // Experts used per token: this layer's row of the variant's [numMoeLayers, T] counts.
+            const auto moeIndex = std::find(moeLayers.begin(), moeLayers.end(), l) - moeLayers.begin();
+            uint16_t* used = result.variants[static_cast<std::size_t>(v)].expertsUsed.data() + moeIndex * T;
+            at::Tensor usedBlock;
+            moeOptions.expertsUsed = w.moe ? &usedBlock : nullptr;
             for (const MicroBatch& b : batches) {
                 if (stop && stop->stopRequested())
                     throw Cancelled();
                 at::Tensor x = hidden[static_cast<std::size_t>(v)].narrow(0, b.tokenBegin, b.tokens());
                 x.copy_(decoderLayer(s, w, x, b, rotary.at(b.seqLen), sliding, moeOptions, nullptr, nullptr));
+                if (w.moe) {
+                    const int64_t* k = usedBlock.data_ptr<int64_t>();
+                    for (int64_t t = 0; t < b.tokens(); ++t)
+                        used[b.tokenBegin + t] = static_cast<uint16_t>(k[t]);
+                }
                 done += b.tokens();
                 if (progress) {
                     Progress p;
@@ -548,7 +566,6 @@ EvaluationResult Executor::evaluate(std::span<const int32_t> tokens, std::span<c
     const at::Tensor norm = d.loader.finalNorm();
     const at::Tensor head = d.loader.lmHead();
     const int64_t rows = headRowsPerChunk(s, d.options.batchTokens);
-    result.variants.resize(static_cast<std::size_t>(P));
     for (int v = 0; v < P; ++v) {
         VariantOutput& out = result.variants[static_cast<std::size_t>(v)];
         out.tokenNll.resize(static_cast<std::size_t>(T));

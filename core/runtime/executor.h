@@ -8,6 +8,7 @@
 #include "atlas/atlas_file.h"
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/model_spec.h"
+#include "checkpoint/routing_rule.h"
 #include "util/progress.h"
 
 #include <cstdint>
@@ -77,6 +78,9 @@ struct ExpertMask {
     // every unit. Executed directly: each routed expert runs with only its kept gate/up rows and
     // down columns (sliced once per layer and variant), unless ExecutorOptions::maskedUnits.
     std::map<int, std::vector<std::vector<int>>> units;
+    // How many experts each token is routed to (checkpoint/routing_rule.h); the model's own top-k by
+    // default. A Threshold rule needs its thresholds (calibrateThresholds in eval/).
+    RoutingRule routing;
 };
 
 struct VariantOutput {
@@ -84,6 +88,8 @@ struct VariantOutput {
     // within t's sequence; NaN at the last token of every sequence (nothing to predict).
     std::vector<float> tokenNll;
     std::vector<float> logits; // [T, V] fp32 when asked for (tests, small runs), else empty
+    // Experts each token was routed to in each MoE layer: [numMoeLayers, T], MoE layers in model order.
+    std::vector<uint16_t> expertsUsed;
 };
 
 struct EvaluationResult {

@@ -54,6 +54,17 @@ std::vector<VariantLayers> prepareVariants(const ModelSpec& s, std::span<const E
     std::vector<VariantLayers> out(variants.size());
     for (std::size_t v = 0; v < variants.size(); ++v) {
         const ExpertMask& m = variants[v];
+        const int slots = m.routing.maxK(s.router.topK);
+        if (slots < 1 || slots > E)
+            throw RequestError("routing",
+                "variant '" + m.name + "': routing '" + m.routing.name() + "' routes up to " + std::to_string(slots)
+                    + " experts; the router has " + std::to_string(E));
+        if (m.routing.kind == RoutingRule::Kind::Threshold)
+            for (const int layer : s.moeLayerIndices())
+                if (!m.routing.thresholds.contains(layer))
+                    throw RequestError("routing",
+                        "variant '" + m.name + "': routing '" + m.routing.name()
+                            + "' has no calibrated threshold for layer " + std::to_string(layer));
         for (const auto& [layer, keep] : m.keep) {
             const std::string where = "variant '" + m.name + "', layer " + std::to_string(layer);
             checkMoeLayer(s, layer, where);
@@ -65,9 +76,10 @@ std::vector<VariantLayers> prepareVariants(const ModelSpec& s, std::span<const E
                 kept[static_cast<std::size_t>(e)] = 1;
             }
             const auto count = std::count(kept.begin(), kept.end(), uint8_t { 1 });
-            if (count < s.router.topK)
-                throw InputError(where + ": keeps " + std::to_string(count)
-                    + " experts, fewer than the router's top-k (" + std::to_string(s.router.topK) + ")");
+            if (count < slots)
+                throw InputError(where + ": keeps " + std::to_string(count) + " experts, fewer than the "
+                    + (m.routing.isModel() ? "router's top-k (" : "routing's largest k (") + std::to_string(slots)
+                    + ")");
             out[v].keptExperts[layer] = at::tensor(at::ArrayRef<uint8_t>(kept), at::kByte).to(device, at::kBool);
         }
         for (const auto& [layer, perExpert] : m.units) {

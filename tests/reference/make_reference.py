@@ -18,6 +18,9 @@ model-0000k-of-0000N.safetensors, model.safetensors.index.json), plus
                          differently under a different summation order, so mask them when comparing ids;
                          alt_logits [B,S,V] f32 = logits with the other experts implementation
                          (see reference.json "alt_experts_implementation").
+                         rule_logits.<n> [B,S,V] f32, rule_k.<n>.<i> [B*S] i64: logits and per-token k of layer i
+                         with the n-th --routing rule applied to the stock routers (routing_reference.py);
+                         reference.json "routing" lists the rules, their threshold and their smallest margin.
   reference.json         arch, variant, dtype, seed, layout, moe_layers, dense_layers, num_experts, top_k, ...
 All outputs are computed by a model re-loaded with AutoModelForCausalLM.from_pretrained(DIR) (i.e. from
 what is on disk), in eval mode, attn_implementation="eager", output_router_logits=True; bf16 outputs are
@@ -84,6 +87,8 @@ import transformers
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, MixtralConfig, OlmoeConfig, Qwen2MoeConfig, Qwen3MoeConfig
+
+import routing_reference
 
 ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
 CONFIG_CLASSES = {
@@ -493,6 +498,12 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-layout-check", action="store_true",
                     help="only verify the requested layout, not all three")
     ap.add_argument("--list-variants", action="store_true")
+    ap.add_argument("--routing", action="append", default=[],
+                    help="a routing rule (top-k:K, probmoe:A:B, top-p:P[:A:B], threshold:M[:A:B]) whose logits and "
+                         "per-token k are recorded too (repeatable)")
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="the probability threshold of every MoE layer for threshold rules (default: the one of "
+                         "0.05, 0.055, ..., 0.2 farthest from every token's routing probabilities)")
     args = ap.parse_args(argv)
 
     if args.list_variants:
@@ -539,6 +550,26 @@ def main(argv=None) -> int:
         base.set_experts_implementation(args.experts_impl)
     ref["alt_logits"] = alt_logits.contiguous()
     alt_diff = float((alt_logits - ref["logits"]).abs().max())
+
+    # 2b. the same model with each routing rule applied to its routers.
+    rules = []
+    def with_rule(rule, threshold):
+        thresholds = {i: threshold for i in moe_layers}
+        with routing_reference.apply_rule(base, args.arch, rule, thresholds) as seen, torch.inference_mode():
+            logits = base(input_ids=input_ids, use_cache=False).logits.float().contiguous()
+        return logits, seen
+
+    for n, rule in enumerate(args.routing):
+        threshold = None
+        if rule.startswith("threshold"):
+            threshold = args.threshold
+            if threshold is None:  # a tie within reach of another summation order would make k differ
+                threshold = max((0.05 + 0.005 * j for j in range(31)), key=lambda t: with_rule(rule, t)[1]["margin"])
+        logits, seen = with_rule(rule, threshold)
+        ref[f"rule_logits.{n}"] = logits
+        for i in moe_layers:
+            ref[f"rule_k.{n}.{i}"] = seen["k"][i].contiguous()
+        rules.append(dict(rule=rule, threshold=threshold, margin=seen["margin"]))
 
     # 3. every layout must load and give bit-identical weights and logits (exact: one process, the same
     #    in-memory parameters, the same kernels and threads).
@@ -595,6 +626,7 @@ def main(argv=None) -> int:
         alt_experts_implementation=alt_impl,
         alt_logits_max_abs_diff=alt_diff,
         min_topk_margin=margins,
+        routing=rules,
         hidden_semantics="hidden.<i> = output of decoder layer i before the final norm; "
                          "final_norm = model.norm(hidden.<L-1>); embeddings = embed_tokens(input_ids)",
         tensors=list(ref.keys()),

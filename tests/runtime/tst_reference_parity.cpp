@@ -183,6 +183,72 @@ void checkBfloat16(const ModelSpec& spec, const SafetensorsFile& ref, const Coll
     QVERIFY2(worst / scale <= 0.05, qPrintable(QStringLiteral("final logits error %1").arg(worst / scale)));
 }
 
+// The routing rules every float32 reference also runs with (routing_reference.py applies them to the
+// stock routers of a model with top-k 2 and 8 experts); threshold rules get one threshold for every
+// layer, chosen by the script away from every token's probabilities (reference.json).
+const char* const kRules[] = { "top-k:1", "probmoe:1:4", "top-p:0.6:1:4", "threshold:2:1:4" };
+
+// Dynamic-k evaluation against transformers with the rule applied in Python: per-token k of every MoE
+// layer identical, final logits within kReorderRtol of their largest magnitude (as the plain model's),
+// per-token losses within 1e-4 nats.
+void checkRules(const Checkpoint& ckpt, const ModelSpec& spec, const ExecutorOptions& options,
+    const SafetensorsFile& ref, const nlohmann::json& meta, const std::vector<int32_t>& tokens,
+    const std::vector<int64_t>& offsets)
+{
+    std::vector<ExpertMask> variants;
+    for (std::size_t n = 0; n < std::size(kRules); ++n) {
+        ExpertMask v;
+        v.name = kRules[n];
+        v.routing = parseRoutingRule(kRules[n], spec.router.numExperts, spec.router.topK);
+        if (v.routing.kind == RoutingRule::Kind::Threshold)
+            for (const int l : spec.moeLayerIndices())
+                v.routing.thresholds[l] = meta["routing"][n]["threshold"].get<double>();
+        variants.push_back(v);
+    }
+    Executor executor(ckpt, spec, options);
+    const EvaluationResult result = executor.evaluate(tokens, offsets, variants, /*keepLogits=*/true);
+    const int64_t T = static_cast<int64_t>(tokens.size()), V = spec.vocabSize;
+    const std::vector<int> moeLayers = spec.moeLayerIndices();
+    for (std::size_t n = 0; n < variants.size(); ++n) {
+        const std::string key = std::to_string(n);
+        QCOMPARE(QString::fromStdString(meta["routing"][n]["rule"].get<std::string>()), QString::fromLatin1(kRules[n]));
+        // A token this close to a decision boundary may get another k under another summation order.
+        const double margin = meta["routing"][n]["margin"].get<double>();
+        QVERIFY2(margin >= 2e-5,
+            qPrintable(QStringLiteral("rule %1: a token within %2 of a tie; pick other "
+                                      "rule parameters")
+                           .arg(QString::fromLatin1(kRules[n]))
+                           .arg(margin)));
+        const VariantOutput& got = result.variants[n];
+        for (std::size_t m = 0; m < moeLayers.size(); ++m) {
+            const std::vector<int64_t> want = int64s(ref, "rule_k." + key + "." + std::to_string(moeLayers[m]));
+            for (int64_t t = 0; t < T; ++t)
+                QCOMPARE(static_cast<int64_t>(got.expertsUsed[m * static_cast<std::size_t>(T) + t]),
+                    want[static_cast<std::size_t>(t)]);
+        }
+        const std::vector<float> refLogits = floats(ref, "rule_logits." + key);
+        const double logitErr = relDiff(got.logits, refLogits, maxAbs(refLogits));
+        double worstNll = 0;
+        for (int64_t t = 0; t < T; ++t) {
+            if (std::isnan(got.tokenNll[static_cast<std::size_t>(t)]))
+                continue;
+            const float* row = refLogits.data() + t * V;
+            const double top = *std::max_element(row, row + V);
+            double sum = 0;
+            for (int64_t v = 0; v < V; ++v)
+                sum += std::exp(static_cast<double>(row[v]) - top);
+            const double nll = top + std::log(sum) - row[tokens[static_cast<std::size_t>(t + 1)]];
+            worstNll = std::max(worstNll, std::fabs(nll - got.tokenNll[static_cast<std::size_t>(t)]));
+        }
+        qInfo("  routing %s: final logits max error %.3g, per-token loss max error %.3g nats", kRules[n], logitErr,
+            worstNll);
+        QVERIFY2(logitErr <= kReorderRtol,
+            qPrintable(QStringLiteral("%1: logits error %2").arg(QString::fromLatin1(kRules[n])).arg(logitErr)));
+        QVERIFY2(worstNll <= 1e-4,
+            qPrintable(QStringLiteral("%1: loss error %2").arg(QString::fromLatin1(kRules[n])).arg(worstNll)));
+    }
+}
+
 } // namespace
 
 class TestReferenceParity : public QObject {
@@ -230,11 +296,16 @@ private Q_SLOTS:
         QVERIFY(dir.isValid());
         // bf16: the reference uses the eager expert loop, the semantics of the modeling file
         // (the grouped_mm kernel sums Mixtral's expert outputs in fp32 instead; see decisions.md).
-        const auto made = test::runPython(QStringLiteral("tests/reference/make_reference.py"),
-            { QStringLiteral("--arch"), arch, QStringLiteral("--variant"), variant, QStringLiteral("--dtype"), dtype,
-                QStringLiteral("--layout"), layout, QStringLiteral("--experts-impl"), QStringLiteral("eager"),
-                QStringLiteral("--skip-layout-check"), QStringLiteral("--out"),
-                dir.filePath(QStringLiteral("model")) });
+        QStringList args { QStringLiteral("--arch"), arch, QStringLiteral("--variant"), variant,
+            QStringLiteral("--dtype"), dtype, QStringLiteral("--layout"), layout, QStringLiteral("--experts-impl"),
+            QStringLiteral("eager"), QStringLiteral("--skip-layout-check"), QStringLiteral("--out"),
+            dir.filePath(QStringLiteral("model")) };
+        // Routing rules: once per model (float32, as saved).
+        const bool rules = dtype == QLatin1String("float32") && layout == QLatin1String("saved");
+        if (rules)
+            for (const char* rule : kRules)
+                args << QStringLiteral("--routing") << QString::fromLatin1(rule);
+        const auto made = test::runPython(QStringLiteral("tests/reference/make_reference.py"), args);
         QVERIFY2(made.exitCode == 0, qPrintable(made.stdErr));
 
         const std::string modelDir = dir.filePath(QStringLiteral("model")).toStdString();
@@ -261,6 +332,10 @@ private Q_SLOTS:
             checkFloat32(spec, ref, collector, result, T);
         else
             checkBfloat16(spec, ref, collector, result, B, S);
+        if (rules) {
+            std::ifstream metaFile(modelDir + "/reference.json");
+            checkRules(ckpt, spec, options, ref, nlohmann::json::parse(metaFile), tokens, offsets);
+        }
     }
 };
 
