@@ -1,7 +1,8 @@
-// moeatlas score <atlas>: expert scores (PEU and baselines) and routing statistics, written
-// into the atlas (docs/atlas-format.md, "Scores and statistics"); prints a short summary.
+// moeatlas score <atlas>: expert scores (PEU and baselines), routing statistics and ProbMoE's exact-k
+// tables, written into the atlas (docs/atlas-format.md, "Scores and statistics"); prints a short summary.
 #include "cli_progress.h"
 #include "commands.h"
+#include "request_flags.h"
 
 #include "atlas/atlas_file.h"
 #include "metrics/scores.h"
@@ -19,6 +20,9 @@
 namespace moeatlas::cli {
 
 namespace {
+
+// ScoreParams' fields (core/metrics/scores.h) as the CLI sets them.
+const FieldFlags kScoreFlags { { "band", "--dynamic-k-band" }, { "poolK", "--peu-pool-k" } };
 
 struct ScoreArgs {
     std::string atlas;
@@ -38,10 +42,11 @@ std::vector<std::string> splitList(const std::string& text)
     std::stringstream in(text);
     for (std::string item; std::getline(in, item, ',');)
         if (!item.empty())
-            out.push_back(item == "act-logits" ? "act_logits"
-                    : item == "all-logits"     ? "all_logits"
-                    : item == "soft-mass"      ? "soft_mass"
-                                               : item);
+            out.push_back(item == "act-logits"   ? "act_logits"
+                    : item == "all-logits"       ? "all_logits"
+                    : item == "soft-mass"        ? "soft_mass"
+                    : item == "probmoe-marginal" ? "probmoe_marginal"
+                                                 : item);
     return out;
 }
 
@@ -98,6 +103,9 @@ int runScore(const ScoreArgs& a)
         } catch (const std::exception&) {
             throw InputError("--dynamic-k-band: '" + a.band + "' (expected MIN:MAX, e.g. 2:4)");
         }
+        if (params.bandMin < 1 || params.bandMax < 1) // 0 is core's "default", not a band a user can ask for
+            throw InputError(
+                "--dynamic-k-band: band " + a.band + " must satisfy 1 <= min <= max <= the number of experts");
     }
     ScoreRunOptions options;
     options.criteria = splitList(a.criteria);
@@ -105,8 +113,10 @@ int runScore(const ScoreArgs& a)
 
     StopToken& stop = installStopHandler();
     ProgressBar bar("score", "token-layers");
-    const ScoreRunReport report = scoreAtlasFile(
-        a.atlas, params, options, [&](const Progress& p) { return bar.update(p); }, &stop);
+    const ScoreRunReport report = namingFlags(kScoreFlags, [&] {
+        return scoreAtlasFile(
+            a.atlas, params, options, [&](const Progress& p) { return bar.update(p); }, &stop);
+    });
     if (report.upToDate)
         bar.finish("score: up to date (use --force to recompute)");
     else
@@ -130,10 +140,11 @@ Command addScoreCommand(CLI::App& app)
     sub->add_option("atlas", args->atlas, "Complete atlas file (.atlas.h5)")->required();
     sub->add_option("--criteria", args->criteria,
         "Comma-separated: peu,frequency,act_logits,all_logits,soft_mass,reap,ean,"
-        "random (default: all available)");
+        "random,probmoe_marginal (default: all available)");
     sub->add_option("--peu-pool-k", args->poolK, "PEU top-K_a pool size (0 = the model's top-k)");
     sub->add_option("--peu-transform", args->transform, "PEU transform: max-sigmoid (default), sigmoid, exp, identity");
-    sub->add_option("--dynamic-k-band", args->band, "Dynamic-k band MIN:MAX (default k-2:k)");
+    sub->add_option("--dynamic-k-band", args->band,
+        "Dynamic-k band MIN:MAX of /statistics and the /probmoe exact-k tables (default max(1,k-2):k)");
     sub->add_option("--seed", args->seed, "Seed of the random baseline");
     sub->add_option("--threads", args->threads, "Worker threads (0 = all cores)");
     sub->add_option("--top", args->topExperts, "Experts listed per layer in the summary");

@@ -65,11 +65,13 @@ ResolvedParams resolveParams(const ScoreParams& params, int numExperts, int topK
     r.bandMax = params.bandMax == 0 ? topK : params.bandMax;
     r.seed = params.seed;
     if (r.poolK < 1 || r.poolK > numExperts)
-        throw InputError(
-            "PEU pool size K_a = " + std::to_string(r.poolK) + " is outside [1, " + std::to_string(numExperts) + "]");
+        throw RequestError("poolK",
+            "PEU pool size K_a = " + std::to_string(r.poolK) + " is outside [1, " + std::to_string(numExperts)
+                + "] (the number of experts)");
     if (r.bandMin < 1 || r.bandMax < r.bandMin || r.bandMax > numExperts)
-        throw InputError("dynamic-k band " + std::to_string(r.bandMin) + ":" + std::to_string(r.bandMax)
-            + " must satisfy 1 <= min <= max <= " + std::to_string(numExperts));
+        throw RequestError("band",
+            "dynamic-k band " + std::to_string(r.bandMin) + ":" + std::to_string(r.bandMax)
+                + " must satisfy 1 <= min <= max <= " + std::to_string(numExperts) + " (the number of experts)");
     return r;
 }
 
@@ -93,6 +95,9 @@ void ScoreAccumulator::reset(int domains, int layers, int experts, int k, const 
     coactivation.assign(nDle * experts, 0.0);
     dynamicKHist.assign(nDl * static_cast<size_t>(bandBins()), 0.0);
     patterns.assign(nDl, {});
+    ExactKSums empty;
+    empty.reset(experts, bandBins());
+    probmoe.assign(nDl, empty);
 }
 
 ScoreAccumulator& ScoreAccumulator::operator+=(const ScoreAccumulator& o)
@@ -115,6 +120,8 @@ ScoreAccumulator& ScoreAccumulator::operator+=(const ScoreAccumulator& o)
     for (size_t i = 0; i < patterns.size(); ++i)
         for (const auto& [key, count] : o.patterns[i])
             patterns[i][key] += count;
+    for (size_t i = 0; i < probmoe.size(); ++i)
+        probmoe[i] += o.probmoe[i];
     return *this;
 }
 
@@ -132,6 +139,7 @@ public:
         , m_slot(slot)
         , m_layer(atlas.model().moeLayers[static_cast<size_t>(slot)])
         , m_block(blockTokens)
+        , m_exactK(acc.numExperts, acc.exactKParams())
     {
     }
 
@@ -244,6 +252,27 @@ private:
                 pattern.size() * sizeof(int32_t)); // reused buffer: no allocation
             m_acc.patterns[m_acc.dl(d, m_slot)][m_key] += 1.0;
         }
+        addExactK(begin, n, logits, ids);
+    }
+
+    // ProbMoE exact-k sums, one ExactKSums::add per run of tokens of one domain.
+    void addExactK(int64_t begin, int64_t n, const std::vector<float>& logits, const std::vector<int32_t>& ids)
+    {
+        const int64_t numE = m_acc.numExperts, k = m_acc.topK;
+        for (int64_t t0 = 0; t0 < n;) {
+            const int d = m_domain[static_cast<size_t>(begin + t0)];
+            int64_t t1 = t0 + 1;
+            while (t1 < n && m_domain[static_cast<size_t>(begin + t1)] == d)
+                ++t1;
+            try {
+                m_acc.probmoe[m_acc.dl(d, m_slot)].add(
+                    m_exactK, logits.data() + t0 * numE, t1 - t0, ids.data() + t0 * k);
+            } catch (const InputError& e) { // "logits: ..." or "subset: ...": say where
+                throw InputError(m_atlas.path().string() + ": layers/" + std::to_string(m_layer) + ", tokens "
+                    + std::to_string(begin + t0) + ".." + std::to_string(begin + t1 - 1) + ": " + e.what());
+            }
+            t0 = t1;
+        }
     }
 
     // The K_a largest logits, largest first; ties keep the lower expert index first (a stable
@@ -309,6 +338,7 @@ private:
     std::vector<int32_t> m_poolIds; // [T, K_a] cache between the passes
     std::vector<float> m_poolLogits; // [T, K_a]
     std::string m_key; // pattern key buffer
+    ExactK m_exactK; // one token's exact-k scratch, reused
 };
 
 } // namespace

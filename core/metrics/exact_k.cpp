@@ -305,7 +305,7 @@ double ExactK::cardinalityEntropy() const
 
 void ExactKSums::reset(int numExperts, int bins)
 {
-    tokens = entropy = kStar = subsetProb = subsetLogProb = 0.0;
+    tokens = entropy = kStar = subsetProb = subsetLogProb = logSpaceTokens = 0.0;
     marginal.assign(static_cast<size_t>(numExperts), 0.0);
     cardinality.assign(static_cast<size_t>(bins), 0.0);
 }
@@ -319,6 +319,7 @@ ExactKSums& ExactKSums::operator+=(const ExactKSums& o)
     kStar += o.kStar;
     subsetProb += o.subsetProb;
     subsetLogProb += o.subsetLogProb;
+    logSpaceTokens += o.logSpaceTokens;
     for (size_t i = 0; i < marginal.size(); ++i)
         marginal[i] += o.marginal[i];
     for (size_t i = 0; i < cardinality.size(); ++i)
@@ -334,6 +335,7 @@ void ExactKSums::add(ExactK& solver, const float* logits, int64_t numTokens, con
     std::vector<double> mu(static_cast<size_t>(e)), card(static_cast<size_t>(bins));
     for (int64_t t = 0; t < numTokens; ++t) {
         solver.load(logits + t * e);
+        logSpaceTokens += solver.usedLogSpace() ? 1.0 : 0.0;
         solver.marginals(mu.data());
         solver.cardinality(card.data());
         for (int i = 0; i < e; ++i)

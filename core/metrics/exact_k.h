@@ -126,6 +126,7 @@ struct ExactKSums {
     double kStar = 0.0;
     double subsetProb = 0.0; // of the recorded top-k sets
     double subsetLogProb = 0.0;
+    double logSpaceTokens = 0.0; // tokens that needed the log-space path
 
     void reset(int numExperts, int bins);
     ExactKSums& operator+=(const ExactKSums& other);

@@ -63,7 +63,7 @@ double randomScore(uint64_t seed, uint64_t index)
 const std::vector<std::string>& allCriteria()
 {
     static const std::vector<std::string> names { "peu", "frequency", "act_logits", "all_logits", "soft_mass", "reap",
-        "ean", "random" };
+        "ean", "random", "probmoe_marginal" };
     return names;
 }
 
@@ -87,6 +87,10 @@ std::string criterionParamsJson(const ResolvedParams& p, const std::string& crit
         j["pool_k"] = p.poolK;
     } else if (criterion == "random") {
         j["seed"] = p.seed;
+    } else if (criterion == "probmoe_marginal") {
+        j["p"] = "sigmoid(raw router logit)";
+        j["k"] = "the model's top_k";
+        j["reference"] = "ProbMoE, arXiv 2606.01509";
     }
     return j.dump();
 }
@@ -136,6 +140,12 @@ AtlasResults criterionResults(const ScoreAccumulator& acc, const std::string& cr
         additive(acc.gatedNormSum, acc.selectCount);
     } else if (criterion == "ean") {
         additive(acc.normSum, tokens);
+    } else if (criterion == "probmoe_marginal") {
+        std::vector<double> sums(acc.selectCount.size());
+        for (size_t i = 0; i < acc.probmoe.size(); ++i)
+            std::copy(acc.probmoe[i].marginal.begin(), acc.probmoe[i].marginal.end(),
+                sums.begin() + static_cast<std::ptrdiff_t>(i * static_cast<size_t>(acc.numExperts)));
+        additive(sums, tokens);
     } else { // random
         std::vector<double> value((numD + 1) * numL * numE);
         for (size_t i = 0; i < value.size(); ++i)
@@ -204,6 +214,9 @@ ScoreRunReport scoreAtlasFile(const std::filesystem::path& path, const ScorePara
         }
         if (options.statistics)
             groups.emplace_back("statistics", inputsHash(fingerprint, "statistics", statisticsParamsJson(resolved)));
+        if (options.probmoe)
+            groups.emplace_back(
+                "probmoe", inputsHash(fingerprint, "probmoe", probmoeParamsJson(resolved, atlas.model().topK)));
         for (const auto& [group, hash] : groups) {
             const auto stored = atlas.readResults(group);
             upToDate = upToDate && stored && stored->inputsHash == hash;
@@ -221,6 +234,8 @@ ScoreRunReport scoreAtlasFile(const std::filesystem::path& path, const ScorePara
     for (const auto& [group, hash] : groups) {
         if (group == "statistics")
             update.writeResults(group, statisticsResults(acc, hash));
+        else if (group == "probmoe")
+            update.writeResults(group, probmoeResults(acc, hash));
         else
             update.writeResults(group, criterionResults(acc, group.substr(7), hash));
         report.written.push_back(group);

@@ -19,9 +19,17 @@
 //   ean         expert activation norm: sum of ||E_j(x)|| over routed tokens divided by the
 //               domain's token count (our choice: a per-token mean, so it stays additive).
 //   random      seeded uniform [0, 1) per (layer, expert), identical for every domain.
+//   probmoe_marginal  ProbMoE (arXiv 2606.01509): mean over tokens of the exact-k marginal
+//               P(z_j = 1 | sum z = k) of independent Bernoullis p_i = sigmoid(raw logit_i),
+//               k = the model's top-k (a soft utilisation; sums to k over the experts).
+//
+// The same pass fills the ProbMoE exact-k tables of the /probmoe group (probmoeResults): per
+// (domain, layer) exact-k marginals, the probability of the recorded top-k set, the cardinality
+// distribution over the dynamic-k band and k* (docs/methods.md, "Exact-k tables in the atlas").
 #pragma once
 
 #include "atlas/atlas_file.h"
+#include "metrics/exact_k.h"
 #include "util/file_lock.h"
 #include "util/progress.h"
 
@@ -47,8 +55,8 @@ struct PeuParams {
 
 struct ScoreParams {
     PeuParams peu;
-    int bandMin = 0; // dynamic-k band [bandMin, bandMax]; 0 = [max(1, k-2), k]
-    int bandMax = 0; //   (ProbMoE's defaults: OLMoE k=8 -> 6..8, Qwen1.5 k=4 -> 2..4)
+    int bandMin = 0; // dynamic-k band [bandMin, bandMax] of /statistics and /probmoe; 0 = [max(1, k-2), k]
+    int bandMax = 0; //   (ProbMoE's defaults: OLMoE k=8 -> 6..8, Qwen1.5 k=4 -> 2..4); RequestError "band"
     uint64_t seed = 0; // for the random baseline
     int64_t blockTokens = 4096; // tokens read per HDF5 call
     int threads = 0; // worker threads over layers; 0 = hardware_concurrency
@@ -62,6 +70,7 @@ struct ResolvedParams {
     int bandMax = 0;
     uint64_t seed = 0;
 };
+// Throws RequestError("poolK") or RequestError("band") naming the values and the expected range.
 ResolvedParams resolveParams(const ScoreParams& params, int numExperts, int topK);
 
 // Sums and counts of one atlas. Index helpers give flat row-major offsets.
@@ -86,9 +95,12 @@ struct ScoreAccumulator {
     std::vector<double> dynamicKHist; // [D, L, B] tokens with k* = bandMin + b
     // Distinct recorded top-k sets per (domain, layer): sorted ids -> token count.
     std::vector<std::unordered_map<std::string, double>> patterns; // [D * L]
+    // ProbMoE exact-k sums per (domain, layer), k = topK, band [bandMin, bandMax]. [D * L]
+    std::vector<ExactKSums> probmoe;
 
     void reset(int domains, int layers, int experts, int k, const ResolvedParams& p, bool norms);
     int bandBins() const { return params.bandMax - params.bandMin + 1; }
+    ExactKParams exactKParams() const { return { params.bandMin, params.bandMax, topK }; }
     size_t dl(int d, int l) const { return static_cast<size_t>(d) * numLayers + l; }
     size_t dle(int d, int l, int e) const { return dl(d, l) * numExperts + e; }
 
@@ -113,6 +125,9 @@ AtlasResults criterionResults(const ScoreAccumulator& acc, const std::string& cr
 AtlasResults statisticsResults(const ScoreAccumulator& acc, const std::string& inputsHash);
 std::string criterionParamsJson(const ResolvedParams& p, const std::string& criterion);
 std::string statisticsParamsJson(const ResolvedParams& p);
+// The /probmoe group (docs/atlas-format.md, "ProbMoE exact-k tables").
+AtlasResults probmoeResults(const ScoreAccumulator& acc, const std::string& inputsHash);
+std::string probmoeParamsJson(const ResolvedParams& p, int topK);
 
 // Identity of the inputs: model, tokens, domains, completed layers (not the logits' bytes:
 // an atlas is write-once, and those determine which records it holds).
@@ -122,6 +137,7 @@ std::string inputsHash(const std::string& fingerprint, const std::string& group,
 struct ScoreRunOptions {
     std::vector<std::string> criteria; // empty = every available criterion
     bool statistics = true;
+    bool probmoe = true; // the /probmoe exact-k tables
     bool force = false; // recompute even when the stored hashes match
     // Another update of the atlas in progress: wait for it (util/file_lock.h). Unset onWait: the
     // progress callback reports the wait and a stop request ends it.
@@ -130,11 +146,13 @@ struct ScoreRunOptions {
 
 struct ScoreRunReport {
     bool upToDate = false; // nothing recomputed
-    std::vector<std::string> written; // result groups written ("scores/peu", "statistics")
+    std::vector<std::string> written; // result groups written ("scores/peu", "statistics", "probmoe")
     std::vector<std::string> skipped; // requested but unavailable (e.g. reap without norms)
 };
 
-// Scores a complete atlas file and writes the results into it (through openForUpdate).
+// Scores a complete atlas file and writes the results into it (through openForUpdate). The CLI's
+// `moeatlas score` and the workbench's "Score atlas" job both call this. Parameters are checked
+// before anything is read or written (RequestError as resolveParams; unknown criteria InputError).
 ScoreRunReport scoreAtlasFile(const std::filesystem::path& path, const ScoreParams& params,
     const ScoreRunOptions& options, const ProgressFn& progress = {}, const StopToken* stop = nullptr);
 

@@ -4,6 +4,7 @@
 // naming the file and the tensor/field at fault, and leave nothing under the final output name
 // (a ".partial" may remain when the failure comes after the atlas was started; it is never
 // mistaken for a finished atlas, so only the final name is checked unless a case says otherwise).
+// `moeatlas score` with a bad option must leave the atlas it was given byte for byte as it was.
 #include "test_support.h"
 
 #include <nlohmann/json.hpp>
@@ -178,6 +179,8 @@ private Q_SLOTS:
     void unwritableOutput_data();
     void unwritableOutput();
     void existingOutputKept();
+    void badScoreOption_data();
+    void badScoreOption();
     void memoryPlanRefused();
 
 private:
@@ -690,6 +693,46 @@ void TstCliErrors::memoryPlanRefused()
     // The same runs with room succeed (the refusal is the budget's doing, not the input's).
     capture(m_model, out, { u"--memory-budget-mib"_s, u"4096"_s }, r);
     QCOMPARE(r.exitCode, 0);
+}
+
+void TstCliErrors::badScoreOption_data()
+{
+    QTest::addColumn<QStringList>("options");
+    QTest::addColumn<QStringList>("keywords");
+
+    // The test model has 4 experts.
+    QTest::newRow("--dynamic-k-band 3:2")
+        << QStringList { u"--dynamic-k-band"_s, u"3:2"_s }
+        << QStringList { u"--dynamic-k-band: dynamic-k band 3:2"_s, u"1 <= min <= max <= 4 (the number of experts)"_s };
+    QTest::newRow("--dynamic-k-band 1:5") << QStringList { u"--dynamic-k-band"_s, u"1:5"_s }
+                                          << QStringList { u"--dynamic-k-band: dynamic-k band 1:5"_s, u"<= 4"_s };
+    QTest::newRow("--dynamic-k-band 0:2") << QStringList { u"--dynamic-k-band"_s, u"0:2"_s }
+                                          << QStringList { u"--dynamic-k-band: band 0:2"_s, u"1 <= min"_s };
+    QTest::newRow("--dynamic-k-band 2") << QStringList { u"--dynamic-k-band"_s, u"2"_s }
+                                        << QStringList { u"--dynamic-k-band: '2'"_s, u"MIN:MAX"_s };
+    QTest::newRow("--peu-pool-k 5") << QStringList { u"--peu-pool-k"_s, u"5"_s }
+                                    << QStringList { u"--peu-pool-k: PEU pool size K_a = 5 is outside [1, 4]"_s };
+    QTest::newRow("--criteria nonsense") << QStringList { u"--criteria"_s, u"nonsense"_s }
+                                         << QStringList { u"unknown criterion \"nonsense\""_s };
+}
+
+// `moeatlas score` with a bad option fails before it touches the atlas: same bytes, nothing beside it.
+void TstCliErrors::badScoreOption()
+{
+    QFETCH(QStringList, options);
+    QFETCH(QStringList, keywords);
+    QTemporaryDir tmp;
+    QVERIFY(tmp.isValid());
+    ProcessResult r;
+    const QString atlas = capture(m_model, tmp.filePath(u"run.atlas.h5"_s), {}, r);
+    QVERIFY2(r.exitCode == 0, qPrintable(r.stdErr));
+    QByteArray before, after;
+    QVERIFY(readAll(atlas, before));
+    const ProcessResult s = cli(QStringList { u"score"_s, atlas } + options);
+    CHECK_CLEAN_FAILURE(s, keywords, QString());
+    QVERIFY(readAll(atlas, after));
+    QVERIFY2(before == after, "the atlas changed");
+    QCOMPARE(QDir(tmp.path()).entryList(QDir::Files | QDir::NoDotAndDotDot), QStringList { u"run.atlas.h5"_s });
 }
 
 QTEST_GUILESS_MAIN(TstCliErrors)

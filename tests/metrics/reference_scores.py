@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
-"""Independent numpy + h5py implementation of the atlas scores and routing statistics.
+"""Independent numpy + h5py implementation of the atlas scores, routing statistics and ProbMoE tables.
 
 Written from the published definitions (PreMoE arXiv 2505.17639 v3 for PEU and its
-Act-/All-Logits ablations; REAP; OLMoE co-activation; ProbMoE arXiv 2606.01509 for m99 and
-dynamic-k), not from the C++ code. Two uses:
+Act-/All-Logits ablations; REAP; OLMoE co-activation; ProbMoE arXiv 2606.01509 for m99,
+dynamic-k and the exact-k distribution), not from the C++ code. The exact-k quantities are
+computed by enumerating every subset of each needed size (when there are at most
+ENUMERATE_LIMIT of them; otherwise by a float64 log-space forward-backward DP), where the C++
+code runs a scaled linear-space DP. Two uses:
 
-  reference_scores.py ATLAS --check [params]   compare with /scores and /statistics in ATLAS
-                                                (relative tolerance 1e-9); exit 1 on mismatch
+  reference_scores.py ATLAS --check [params]   compare with /scores, /statistics and /probmoe in
+                                                ATLAS (relative tolerance 1e-9); exit 1 on mismatch
   reference_scores.py ATLAS --time [params]    compute everything, print seconds (benchmark)
 """
 import argparse
+import itertools
+import math
 import sys
 import time
 
@@ -36,6 +41,68 @@ def random_scores(seed, n):
     return out
 
 
+ENUMERATE_LIMIT = 20000
+
+
+def logsumexp(x, axis):
+    m = np.max(x, axis=axis, keepdims=True)
+    return (m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def log_esp(s, sizes):
+    """{c: log e_c(exp s)} per token (e_c = elementary symmetric polynomial of the odds exp(s)),
+    and the marginals of size k: mu_i = P(z_i = 1 | |S| = k) for p_i = sigmoid(s_i)."""
+    T, E = s.shape
+    k = sizes[-1]
+    if sum(math.comb(E, c) for c in sizes) <= ENUMERATE_LIMIT:
+        out, mu = {}, None
+        for c in sizes:
+            subsets = np.array(list(itertools.combinations(range(E), c)), dtype=np.int64).reshape(-1, c)
+            lw = s[:, subsets].sum(axis=2)  # [T, S]: log prod_{i in S} exp(s_i)
+            out[c] = logsumexp(lw, axis=1)
+            if c == k:
+                onehot = np.zeros((len(subsets), E))
+                np.put_along_axis(onehot, subsets, 1.0, axis=1)
+                mu = np.exp(lw - out[c][:, None]) @ onehot
+        return out, mu
+    # Log-space DP (METHODS.md section 5, less log Q), forward and backward, in token chunks.
+    n = max(sizes) + 1
+    out = {c: np.empty(T) for c in sizes}
+    mu = np.empty((T, E))
+    for t0 in range(0, T, 2048):
+        x = s[t0:t0 + 2048]
+        fw = np.full((E + 1, len(x), n), -np.inf)
+        fw[0, :, 0] = 0.0
+        for i in range(E):
+            fw[i + 1] = fw[i]
+            fw[i + 1, :, 1:] = np.logaddexp(fw[i, :, 1:], fw[i, :, :-1] + x[:, i:i + 1])
+        bw = np.full((len(x), n), -np.inf)  # polynomials of the experts after i
+        bw[:, 0] = 0.0
+        for i in range(E - 1, -1, -1):
+            # e_{k-1} of all experts but i = sum_j fw[i][j] * bw[k-1-j]
+            terms = fw[i, :, :k] + bw[:, k - 1::-1][:, :k]
+            mu[t0:t0 + len(x), i] = np.exp(x[:, i] + logsumexp(terms, axis=1) - fw[E, :, k])
+            nb = bw.copy()
+            nb[:, 1:] = np.logaddexp(bw[:, 1:], bw[:, :-1] + x[:, i:i + 1])
+            bw = nb
+        for c in sizes:
+            out[c][t0:t0 + len(x)] = fw[E, :, c]
+    return out, mu
+
+
+def exact_k(s, ids, k, bmin, bmax):
+    """Per token: exact-k marginals [T, E], log P(recorded top-k | |S| = k), the cardinality
+    distribution over the band [T, B] and its entropy (nats)."""
+    sizes = sorted(set(range(bmin, bmax + 1)) - {k}) + [k]
+    le, mu = log_esp(s, sizes)
+    lp = np.take_along_axis(s, ids, axis=1).sum(axis=1) - le[k]
+    band = np.stack([le[c] for c in range(bmin, bmax + 1)], axis=1)
+    logp = band - logsumexp(band, axis=1)[:, None]
+    card = np.exp(logp)
+    ent = -(card * logp).sum(axis=1)
+    return mu, lp, card, ent
+
+
 def compute(f, pool_k=0, tf="max-sigmoid", band=None, seed=0):
     model = f["model"]
     E, k = int(model.attrs["num_experts"]), int(model.attrs["top_k"])
@@ -49,6 +116,10 @@ def compute(f, pool_k=0, tf="max-sigmoid", band=None, seed=0):
     z3 = lambda *s: np.zeros((D, L) + s)
     acc = {n: z3(E) for n in ["peu", "freq", "act", "all", "soft", "norm", "gnorm", "m99"]}
     acc.update(tokens=z3(), top=z3(), ent=z3(), coact=z3(E, E), dynk=z3(bmax - bmin + 1))
+    B = bmax - bmin + 1
+    pm = {n: z3() for n in ["ksum", "lpsum", "psum", "entsum"]}
+    pm.update(marg=z3(E), card=z3(B))
+    no_fallback = True
     patterns = [[None] * L for _ in range(D)]
     for li, layer in enumerate(layers):
         g = f[f"layers/{layer}"]
@@ -73,6 +144,11 @@ def compute(f, pool_k=0, tf="max-sigmoid", band=None, seed=0):
         kstar = np.clip((s > 0).sum(axis=1), bmin, bmax)
         onehot = np.zeros((len(s), E))
         np.put_along_axis(onehot, ids, 1.0, axis=1)
+        mu, set_lp, card, cent = exact_k(s, ids, k, bmin, bmax)
+        # e_c(exp(s - max)) >= exp(-(c - 1) * spread) for c >= 1: no token can need the C++ code's
+        # log-space path (below 1e-200) while this stays under 460; then log_space_tokens must be 0.
+        spread = s.max(axis=1) - s.min(axis=1)
+        no_fallback = no_fallback and bool((spread * (max(bmax, k) - 1) < 460).all())
         for d in range(D):
             m = dom == d
             n = m.sum()
@@ -87,6 +163,12 @@ def compute(f, pool_k=0, tf="max-sigmoid", band=None, seed=0):
             acc["ent"][d, li] = ent[m].sum()
             np.add.at(acc["m99"][d, li], m99[m] - 1, 1.0)
             np.add.at(acc["dynk"][d, li], kstar[m] - bmin, 1.0)
+            pm["marg"][d, li] = mu[m].sum(axis=0)
+            pm["card"][d, li] = card[m].sum(axis=0)
+            pm["entsum"][d, li] = cent[m].sum()
+            pm["ksum"][d, li] = kstar[m].sum()
+            pm["lpsum"][d, li] = set_lp[m].sum()
+            pm["psum"][d, li] = np.exp(set_lp[m]).sum()
             np.add.at(acc["freq"][d, li], ids[m], 1.0)
             if has_norms:
                 np.add.at(acc["norm"][d, li], ids[m], nrm[m])
@@ -94,7 +176,19 @@ def compute(f, pool_k=0, tf="max-sigmoid", band=None, seed=0):
             acc["coact"][d, li] = onehot[m].T @ onehot[m]
             _, counts = np.unique(np.sort(ids[m], axis=1), axis=0, return_counts=True)
             patterns[d][li] = (np.unique(np.sort(ids[m], axis=1), axis=0), counts)
-    return derive(acc, patterns, D, L, E, k, bmin, seed, has_norms)
+    scores, stats = derive(acc, patterns, D, L, E, k, bmin, seed, has_norms)
+    tok = acc["tokens"]
+    scores["scores/probmoe_marginal"] = ratio(pm["marg"], np.repeat(tok[..., None], E, axis=2))
+    probmoe = {"token_counts": tok, "marginal_sums": pm["marg"], "cardinality_sums": pm["card"],
+               "cardinality_entropy_sums": pm["entsum"], "kstar_sums": pm["ksum"],
+               "topk_log_prob_sums": pm["lpsum"], "topk_prob_sums": pm["psum"],
+               "marginal_mean": scores["scores/probmoe_marginal"],
+               "cardinality": ratio(pm["card"], np.repeat(tok[..., None], B, axis=2)),
+               "cardinality_entropy": ratio(pm["entsum"], tok), "kstar_mean": ratio(pm["ksum"], tok),
+               "topk_log_prob": ratio(pm["lpsum"], tok), "topk_prob": ratio(pm["psum"], tok)}
+    if no_fallback:
+        probmoe["log_space_tokens"] = np.zeros((D, L))
+    return scores, stats, probmoe
 
 
 def ratio(sums, counts):
@@ -178,7 +272,7 @@ def main():
     band = tuple(int(x) for x in args.band.split(":")) if args.band else None
     with h5py.File(args.atlas, "r") as f:
         t0 = time.perf_counter()
-        scores, stats = compute(f, args.pool_k, args.transform, band, args.seed)
+        scores, stats, probmoe = compute(f, args.pool_k, args.transform, band, args.seed)
         elapsed = time.perf_counter() - t0
         if args.time:
             print(f"{elapsed:.6f}")
@@ -192,11 +286,15 @@ def main():
             checked += 1
             if not ok:
                 failures.append(f"{group}/value: {why}")
-        for name, ref in stats.items():
-            ok, why = close(f["statistics"][name][:], ref)
-            checked += 1
-            if not ok:
-                failures.append(f"statistics/{name}: {why}")
+        for group, arrays in (("statistics", stats), ("probmoe", probmoe)):
+            if group not in f:
+                failures.append(f"{group}: missing in atlas")
+                continue
+            for name, ref in arrays.items():
+                ok, why = close(f[group][name][:], ref)
+                checked += 1
+                if not ok:
+                    failures.append(f"{group}/{name}: {why}")
         for line in failures:
             print(line, file=sys.stderr)
         print(f"checked {checked} arrays, {len(failures)} mismatches")

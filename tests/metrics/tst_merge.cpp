@@ -79,7 +79,7 @@ private Q_SLOTS:
             QCOMPARE(m.calibration().domains[d].numTokens, w.calibration().domains[d].numTokens);
         }
         QCOMPARE(atlasFingerprint(m), atlasFingerprint(w)); // same inputs, same hashes
-        std::vector<std::string> groups { "statistics" };
+        std::vector<std::string> groups { "statistics", "probmoe" };
         for (const std::string& c : allCriteria())
             groups.push_back("scores/" + c);
         int arrays = 0;
@@ -96,7 +96,7 @@ private Q_SLOTS:
                 ++arrays;
             }
         }
-        QVERIFY(arrays > 40);
+        QVERIFY(arrays > 55);
     }
 
     void accumulatorsAdd()
@@ -117,6 +117,15 @@ private Q_SLOTS:
                 &ScoreAccumulator::m99Hist, &ScoreAccumulator::coactivation, &ScoreAccumulator::dynamicKHist })
             QVERIFY2(closeTo(sum.*member, all.*member, &why), why.c_str());
         QCOMPARE(sum.patterns, all.patterns);
+        QCOMPARE(sum.probmoe.size(), all.probmoe.size());
+        for (size_t i = 0; i < all.probmoe.size(); ++i) {
+            const ExactKSums &x = sum.probmoe[i], &y = all.probmoe[i];
+            QVERIFY2(closeTo(x.marginal, y.marginal, &why), why.c_str());
+            QVERIFY2(closeTo(x.cardinality, y.cardinality, &why), why.c_str());
+            QVERIFY2(closeTo({ x.tokens, x.entropy, x.kStar, x.subsetProb, x.subsetLogProb, x.logSpaceTokens },
+                         { y.tokens, y.entropy, y.kStar, y.subsetProb, y.subsetLogProb, y.logSpaceTokens }, &why),
+                why.c_str());
+        }
     }
 
     void refusesAnotherModel()

@@ -177,7 +177,7 @@ private Q_SLOTS:
         ScoreRunOptions options;
         ScoreRunReport report = scoreAtlasFile(path, {}, options);
         QVERIFY(!report.upToDate);
-        QCOMPARE(report.written.size(), size_t { 9 }); // 8 criteria + statistics
+        QCOMPARE(report.written.size(), size_t { 11 }); // 9 criteria + statistics + probmoe
         report = scoreAtlasFile(path, {}, options);
         QVERIFY(report.upToDate);
         ScoreParams changed;
@@ -193,14 +193,20 @@ private Q_SLOTS:
         QVERIFY(std::fabs(peu->find("value")->values[1 * 4 + 0] - std::exp(3.0)) < 1e-9);
         QVERIFY(!fs::exists(fs::path(path.string() + ".partial")));
         const auto groups = atlas.resultGroups("scores");
-        QCOMPARE(groups.size(), size_t { 8 });
+        QCOMPARE(groups.size(), size_t { 9 });
     }
 
     void badParameters()
     {
         ScoreParams p;
         p.peu.poolK = 5;
-        QVERIFY_THROWS_EXCEPTION(InputError, score(p));
+        try {
+            score(p);
+            QFAIL("K_a = 5 > E = 4 was accepted");
+        } catch (const RequestError& e) {
+            QCOMPARE(e.field(), std::string("poolK"));
+            QVERIFY2(std::string(e.what()).find("K_a = 5 is outside [1, 4]") != std::string::npos, e.what());
+        }
         QVERIFY_THROWS_EXCEPTION(InputError, parsePeuTransform("softplus"));
         QCOMPARE(parsePeuTransform("max-sigmoid"), PeuTransform::MaxSigmoid);
     }
