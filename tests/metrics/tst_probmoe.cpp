@@ -93,6 +93,7 @@ private Q_SLOTS:
 
         const std::vector<double> mu { 232.0 / 269, 177.0 / 269, 92.0 / 269, 37.0 / 269 };
         std::vector<double> marginal;
+        marginal.reserve(12);
         for (double m : mu) // domain a
             marginal.push_back((m + 0.5) / 2);
         marginal.insert(marginal.end(), mu.begin(), mu.end()); // domain b
@@ -142,7 +143,7 @@ private Q_SLOTS:
         QVERIFY(pm && crit && stats);
         const AtlasArray& value = array(*crit, "value");
         QCOMPARE(value.dims, (std::vector<uint64_t> { 4, 3, 16 }));
-        for (size_t row = 0; row < 4 * 3; ++row) {
+        for (size_t row = 0; row < size_t { 12 }; ++row) {
             const double sum = std::accumulate(value.values.begin() + static_cast<std::ptrdiff_t>(row * 16),
                 value.values.begin() + static_cast<std::ptrdiff_t>((row + 1) * 16), 0.0);
             QVERIFY2(std::fabs(sum - 4.0) < 1e-12, qPrintable(QString::number(sum, 'g', 17)));
@@ -187,7 +188,7 @@ private Q_SLOTS:
         const AtlasFile atlas = AtlasFile::openReadOnly(path);
         const std::vector<double>& v = array(*atlas.readResults("scores/probmoe_marginal"), "value").values;
         for (size_t l = 0; l < 2; ++l) {
-            const double* row = v.data() + (1 * 2 + l) * 8; // domain1, layer l
+            const double* row = v.data() + (size_t { 2 } + l) * 8; // domain1 (row 1 of 2 layers), layer l
             std::vector<int> order(8);
             std::iota(order.begin(), order.end(), 0);
             std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return row[a] > row[b]; });
@@ -199,7 +200,7 @@ private Q_SLOTS:
         QCOMPARE(planFromJson(planToJson(pooled), "pooled plan").keep.size(), size_t { 2 });
     }
 
-    void badBand_data()
+    void badBand_data() // NOLINT(readability-identifier-naming): QtTest's name for the rows of badBand
     {
         QTest::addColumn<int>("bandMin");
         QTest::addColumn<int>("bandMax");
