@@ -8,6 +8,7 @@
 #include "request_flags.h"
 
 #include "util/error.h"
+#include "util/format.h"
 #include "workflows/eval_workflow.h"
 
 #include <CLI/CLI.hpp>
@@ -30,6 +31,7 @@ struct EvalArgs {
     std::vector<std::string> plans;
     std::vector<double> sparsities;
     std::vector<std::string> criteria { "peu" };
+    std::vector<std::string> routing;
     bool noSpecialists = false;
     bool noGeneralist = false;
     bool noFull = false;
@@ -40,19 +42,31 @@ struct EvalArgs {
     bool noSave = false;
 };
 
+// Token-weighted mean over the domains of one row of a [variant][domain] table.
+double overDomains(const EvalTable& t, const std::vector<std::vector<double>>& a, std::size_t v)
+{
+    double sum = 0, weight = 0;
+    for (std::size_t d = 0; d < t.domains.size(); ++d) {
+        sum += a[v][d] * static_cast<double>(t.predictedTokens[d]);
+        weight += static_cast<double>(t.predictedTokens[d]);
+    }
+    return weight > 0 ? sum / weight : std::nan("");
+}
+
 void printTable(const EvalTable& t)
 {
     std::size_t width = 8;
     for (const EvalVariant& v : t.variants)
         width = std::max(width, v.name.size());
-    std::printf("%-*s %8s", static_cast<int>(width), "variant", "kept");
+    std::printf("%-*s %8s %6s %9s", static_cast<int>(width), "variant", "kept", "k/tok", "active");
     for (const std::string& d : t.domains)
         std::printf("  %22s", (d + " nll (ppl)").c_str());
     std::printf("\n");
     const int full = t.fullIndex();
     for (std::size_t v = 0; v < t.variants.size(); ++v) {
-        std::printf("%-*s %8lld", static_cast<int>(width), t.variants[v].name.c_str(),
-            static_cast<long long>(t.variants[v].keptExperts));
+        std::printf("%-*s %8lld %6.2f %9s", static_cast<int>(width), t.variants[v].name.c_str(),
+            static_cast<long long>(t.variants[v].keptExperts), overDomains(t, t.meanExperts, v),
+            formatCount(static_cast<int64_t>(std::llround(overDomains(t, t.activeParams, v)))).c_str());
         for (std::size_t d = 0; d < t.domains.size(); ++d) {
             const double nll = t.nll[v][d];
             char cell[64];
@@ -65,13 +79,28 @@ void printTable(const EvalTable& t)
         }
         std::printf("\n");
     }
+    // Each dynamic rule against its base's fixed top-k at the same mean experts per token.
+    bool header = false;
+    for (std::size_t v = 0; v < t.variants.size(); ++v)
+        for (std::size_t d = 0; d < t.domains.size(); ++d) {
+            const double equal = t.equalCostNll[v][d];
+            if (std::isnan(equal))
+                continue;
+            if (!header)
+                std::printf(
+                    "\ndynamic k vs fixed top-k at the same mean experts per token (nll, negative = better):\n");
+            header = true;
+            std::printf("  %-*s %-12s k/tok %.3f  nll %.4f  top-k at equal cost %.4f  %+.4f\n", static_cast<int>(width),
+                t.variants[v].name.c_str(), t.domains[d].c_str(), t.meanExperts[v][d], t.nll[v][d], equal,
+                t.nll[v][d] - equal);
+        }
 }
 
 // The request field -> flag of the errors prepareEval and runEval report (with the executor's and
 // the held-out domains' fields).
 const FieldFlags kEvalFlags { { "tokens", "--domain/--atlas" }, { "checkpoint", "checkpoint" },
     { "sweep", "--sparsity" }, { "sparsities", "--sparsity" }, { "sweep.randomPlans", "--random-plans" },
-    { "csv", "--csv" }, { "plans", "--plan" } };
+    { "csv", "--csv" }, { "plans", "--plan" }, { "routing", "--routing" } };
 
 int runEval(const EvalArgs& a)
 {
@@ -90,6 +119,7 @@ int runEval(const EvalArgs& a)
     request.sweep.randomPlans = a.randomPlans;
     request.sweep.seed = a.calibration.seed;
     request.sweep.scope = a.scope == "global" ? BudgetScope::Global : BudgetScope::Uniform;
+    request.routing = a.routing;
     applyExecutorArgs(a.executor, request.executor);
     request.csv = a.csv;
     request.label = a.label;
@@ -135,6 +165,10 @@ Command addEvalCommand(CLI::App& app)
            "--criteria", a->criteria, "Sweep: scores to rank experts by (peu, frequency, reap, ..., fisher_mask, ...)")
         ->delimiter(',')
         ->capture_default_str();
+    sub->add_option("--routing", a->routing,
+        "Also evaluate every variant with this routing rule: top-k:K, probmoe:KMIN:KMAX, top-p:P[:KMIN:KMAX], "
+        "threshold:M[:KMIN:KMAX] (M: mean k, thresholds calibrated on the atlas); dynamic rules add the fixed "
+        "top-k ladder they are compared with at equal cost; repeatable");
     sub->add_flag("--no-specialists", a->noSpecialists, "Sweep: no per-domain specialist plans");
     sub->add_flag("--no-generalist", a->noGeneralist, "Sweep: no pooled generalist plans");
     sub->add_option("--random-plans", a->randomPlans, "Sweep: uniformly random plans per sparsity (seeded)");

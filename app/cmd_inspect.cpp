@@ -23,19 +23,6 @@ struct InspectArgs {
     bool json = false;
 };
 
-std::string count(int64_t n)
-{
-    char buf[32];
-    const double v = static_cast<double>(n);
-    if (v >= 1e9)
-        std::snprintf(buf, sizeof buf, "%.2fB", v / 1e9);
-    else if (v >= 1e6)
-        std::snprintf(buf, sizeof buf, "%.2fM", v / 1e6);
-    else
-        std::snprintf(buf, sizeof buf, "%.1fK", v / 1e3);
-    return buf;
-}
-
 std::string layerPattern(const ModelSpec& s)
 {
     std::string out;
@@ -103,16 +90,17 @@ int runInspect(const InspectArgs& a)
         const Amount& am = inv.byComponent[static_cast<std::size_t>(c)];
         if (am.params == 0)
             continue;
-        std::printf("%-16s %12s %12s %6.1f%%\n", componentName(static_cast<Component>(c)), count(am.params).c_str(),
-            formatBytes(am.bytes).c_str(),
+        std::printf("%-16s %12s %12s %6.1f%%\n", componentName(static_cast<Component>(c)),
+            formatCount(am.params).c_str(), formatBytes(am.bytes).c_str(),
             100.0 * static_cast<double>(am.bytes) / static_cast<double>(inv.total.bytes));
     }
-    std::printf("%-16s %12s %12s\n", "total", count(inv.total.params).c_str(), formatBytes(inv.total.bytes).c_str());
-    std::printf("active/token    %s params\n\n", count(inv.activeParamsPerToken).c_str());
+    std::printf(
+        "%-16s %12s %12s\n", "total", formatCount(inv.total.params).c_str(), formatBytes(inv.total.bytes).c_str());
+    std::printf("active/token    %s params\n\n", formatCount(inv.activeParamsPerToken).c_str());
     std::printf("pruning routed experts (same count in every MoE layer):\n");
     for (double kept : { 0.75, 0.5, 0.25 }) {
         const Amount after = sizeAfterExpertPruning(inv, kept);
-        std::printf("  keep %3.0f%%  -> %12s, %12s (saves %s)\n", kept * 100.0, count(after.params).c_str(),
+        std::printf("  keep %3.0f%%  -> %12s, %12s (saves %s)\n", kept * 100.0, formatCount(after.params).c_str(),
             formatBytes(after.bytes).c_str(), formatBytes(inv.total.bytes - after.bytes).c_str());
     }
     return 0;

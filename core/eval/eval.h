@@ -31,7 +31,12 @@ struct EvalVariant {
     // MoE layers: for expert-only plans the fraction of routed experts dropped.
     double sparsity = 0;
     int64_t keptExperts = 0; // routed experts kept (zero-width ones included), over all MoE layers
-    ExpertMask mask; // empty keep map = the full model; units set for dimension plans
+    ExpertMask mask; // empty keep map = the full model; units set for dimension plans; mask.routing its rule
+    // The routing rule's name (RoutingRule::name(), "model" for the model's own top-k); what a table
+    // read back from an atlas keeps of mask.routing.
+    std::string routing = "model";
+    // The variant this one routes differently ("full", a plan's name); empty for a variant of its own.
+    std::string base;
 };
 
 // The token set variants are evaluated on: each sequence belongs to one domain.
@@ -79,6 +84,13 @@ struct SweepOptions {
 std::vector<EvalVariant> sweepVariants(const std::filesystem::path& atlas, const Checkpoint& checkpoint,
     const ModelSpec& spec, const SweepOptions& options);
 
+// Every variant once more with each routing rule (checkpoint/routing_rule.h), named
+// "<variant>+<rule>"; with a dynamic rule among them, also the fixed top-k ladder each dynamic rule is
+// compared with at equal cost: "<variant>+top-k:K" for every K from the rules' smallest k to their
+// largest (the model's own k is the variant itself). Threshold rules must be calibrated already.
+std::vector<EvalVariant> withRoutingRules(
+    const std::vector<EvalVariant>& variants, const std::vector<RoutingRule>& rules, const ModelSpec& spec);
+
 // Uniformly random experts per MoE layer (keep = round((1 - sparsity) * E), at least top-k); the
 // same seed gives the same plan on every platform.
 EvalVariant randomVariant(const ModelSpec& spec, double sparsity, uint64_t seed, const std::string& name);
@@ -89,6 +101,14 @@ struct EvalTable {
     std::vector<int64_t> predictedTokens; // per domain: positions with a next token
     std::vector<EvalVariant> variants;
     std::vector<std::vector<double>> nll; // [variant][domain], nats per predicted token
+    // Routing cost per variant and domain, over every token of the domain and every MoE layer:
+    std::vector<std::vector<double>> meanExperts; // experts a token is routed to, per MoE layer
+    std::vector<std::vector<std::vector<double>>> expertsHistogram; // [v][d][k]: share of (token, layer) with k
+    std::vector<std::vector<double>> activeParams; // parameters a token uses (docs/methods.md)
+    std::vector<std::vector<double>> flopsPerToken; // 2 x the matrix parameters a token multiplies
+    // nll of the variant's base under fixed top-k at the same mean experts per token (linear between
+    // the two nearest K of the ladder); NaN for fixed-k variants and means outside the ladder.
+    std::vector<std::vector<double>> equalCostNll;
     std::string tokenSource;
     std::string checkpoint;
     std::string computeDtype;
@@ -105,7 +125,9 @@ EvalTable evaluateVariants(const Checkpoint& checkpoint, const ModelSpec& spec, 
     const StopToken* stop = nullptr);
 
 // One row per (variant, domain): variant,method,criterion,target_domain,sparsity,kept_experts,
-// domain,tokens,nll,perplexity,delta_nll (vs the full model when it is in the table, else empty).
+// domain,tokens,nll,perplexity,delta_nll (vs the full model when it is in the table, else empty),
+// routing,mean_experts,active_params,flops_per_token,equal_cost_topk_nll,delta_vs_equal_cost,
+// experts_histogram ("k:share" pairs joined by ';').
 std::string evalTableCsv(const EvalTable& table);
 
 // The table as an atlas result group (docs/atlas-format.md, "Evaluation tables").

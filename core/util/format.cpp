@@ -17,4 +17,17 @@ std::string formatBytes(uint64_t bytes)
     return buf;
 }
 
+std::string formatCount(int64_t n)
+{
+    char buf[32];
+    const double v = static_cast<double>(n);
+    if (v >= 1e9)
+        std::snprintf(buf, sizeof buf, "%.2fB", v / 1e9);
+    else if (v >= 1e6)
+        std::snprintf(buf, sizeof buf, "%.2fM", v / 1e6);
+    else
+        std::snprintf(buf, sizeof buf, "%.1fK", v / 1e3);
+    return buf;
+}
+
 } // namespace moeatlas

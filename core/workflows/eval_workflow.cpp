@@ -1,5 +1,6 @@
 #include "workflows/eval_workflow.h"
 
+#include "metrics/routing_rule_stats.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 #include "util/file_lock.h"
@@ -48,6 +49,22 @@ PreparedEval prepareEval(const EvalRequest& request)
             variants.push_back(std::move(v));
     if (variants.empty())
         throw RequestError("plans", "nothing to evaluate: no full model, plan or sparsity");
+    if (!request.routing.empty()) {
+        std::vector<RoutingRule> rules;
+        for (const std::string& text : request.routing) {
+            RoutingRule rule = parseRoutingRule(text, model.spec.router.numExperts, model.spec.router.topK);
+            if (rule.kind == RoutingRule::Kind::Threshold) {
+                if (!atlas)
+                    throw RequestError("routing",
+                        "routing rule '" + text
+                            + "': thresholds are calibrated on an atlas's recorded router "
+                              "logits: give an atlas");
+                calibrateThresholds(*atlas, rule);
+            }
+            rules.push_back(std::move(rule));
+        }
+        variants = withRoutingRules(variants, rules, model.spec);
+    }
     return PreparedEval { store ? std::optional(request.atlas) : std::nullopt, request.csv, request.label,
         std::move(model), std::move(tokens), std::move(variants), request.executor };
 }

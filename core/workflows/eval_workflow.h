@@ -23,6 +23,10 @@ struct EvalRequest {
     std::vector<std::filesystem::path> planFiles; // moeatlas plan files, named after the file
     std::vector<std::pair<std::string, Plan>> plans; // plans held in memory, with their variant names
     SweepOptions sweep; // no sparsities: no sweep
+    // Routing rules (RoutingRule text): every variant is also evaluated with each, plus the fixed
+    // top-k ladder dynamic rules are compared with (withRoutingRules). Threshold rules are calibrated
+    // on the atlas's recorded router logits.
+    std::vector<std::string> routing;
     ExecutorOptions executor;
     std::filesystem::path csv; // empty: no CSV
     std::string label = "default"; // /evaluation/<label>
@@ -39,7 +43,7 @@ struct PreparedEval {
     ExecutorOptions executor;
 };
 
-// Throws RequestError (field: tokens, checkpoint, sweep, sweep.randomPlans, csv, plans) or the
+// Throws RequestError (field: tokens, checkpoint, sweep, sweep.randomPlans, csv, plans, routing) or the
 // InputError of a file (atlas, checkpoint, plan, calibration) before any evaluation.
 PreparedEval prepareEval(const EvalRequest& request);
 

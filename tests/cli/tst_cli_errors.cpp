@@ -181,6 +181,8 @@ private Q_SLOTS:
     void existingOutputKept();
     void badScoreOption_data();
     void badScoreOption();
+    void badEvalRouting_data();
+    void badEvalRouting();
     void memoryPlanRefused();
 
 private:
@@ -733,6 +735,40 @@ void TstCliErrors::badScoreOption()
     QVERIFY(readAll(atlas, after));
     QVERIFY2(before == after, "the atlas changed");
     QCOMPARE(QDir(tmp.path()).entryList(QDir::Files | QDir::NoDotAndDotDot), QStringList { u"run.atlas.h5"_s });
+}
+
+void TstCliErrors::badEvalRouting_data()
+{
+    QTest::addColumn<QStringList>("options");
+    QTest::addColumn<QStringList>("keywords");
+    // The test model has 4 experts.
+    QTest::newRow("P above 1") << QStringList { u"--routing"_s, u"top-p:1.5"_s }
+                               << QStringList { u"--routing: routing rule 'top-p:1.5': P 1.5 must lie in (0, 1]"_s };
+    QTest::newRow("KMIN > KMAX") << QStringList { u"--routing"_s, u"probmoe:3:2"_s }
+                                 << QStringList { u"--routing: routing rule 'probmoe:3:2'"_s, u"KMIN 3 is greater"_s };
+    QTest::newRow("band below 1") << QStringList { u"--routing"_s, u"probmoe:0:2"_s }
+                                  << QStringList { u"'probmoe:0:2'"_s, u"must lie in [1, 4]"_s };
+    QTest::newRow("band above E") << QStringList { u"--routing"_s, u"top-k:1"_s, u"--routing"_s, u"probmoe:1:5"_s }
+                                  << QStringList { u"'probmoe:1:5'"_s, u"must lie in [1, 4]"_s };
+    QTest::newRow("unknown rule") << QStringList { u"--routing"_s, u"top-q:2"_s }
+                                  << QStringList { u"'top-q:2'"_s, u"expected model, top-k:K"_s };
+    QTest::newRow("threshold without an atlas") << QStringList { u"--routing"_s,
+        u"threshold:1.5"_s } << QStringList { u"--routing: routing rule 'threshold:1.5'"_s, u"give an atlas"_s };
+}
+
+// `moeatlas eval --routing` with a bad rule fails before any evaluation and writes no CSV.
+void TstCliErrors::badEvalRouting()
+{
+    QFETCH(QStringList, options);
+    QFETCH(QStringList, keywords);
+    QTemporaryDir tmp;
+    QVERIFY(tmp.isValid());
+    const QString csv = tmp.filePath(u"routing.csv"_s);
+    const ProcessResult e = cli(QStringList { u"eval"_s, m_model, u"--domain"_s, u"web="_s + m_calib, u"--seq-len"_s,
+                                    QString::number(kSeqLen), u"--csv"_s, csv }
+        + options);
+    CHECK_CLEAN_FAILURE(e, keywords, QString());
+    QVERIFY(QDir(tmp.path()).isEmpty());
 }
 
 QTEST_GUILESS_MAIN(TstCliErrors)

@@ -351,9 +351,12 @@ private Q_SLOTS:
         QCOMPARE(lines.size(), std::size_t { 5 });
         QCOMPARE(lines[0],
             std::string("variant,method,criterion,target_domain,sparsity,kept_experts,domain,tokens,nll,perplexity,"
-                        "delta_nll"));
+                        "delta_nll,routing,mean_experts,active_params,flops_per_token,equal_cost_topk_nll,"
+                        "delta_vs_equal_cost,experts_histogram"));
         QVERIFY(lines[1].rfind("full,full,,,0,16,code,17,", 0) == 0);
-        QVERIFY(lines[1].size() > 2 && lines[1].substr(lines[1].size() - 2) == ",0");
+        // delta_nll 0, the model's routing with two experts for every token and layer, no equal-cost cells.
+        QVERIFY2(lines[1].find(",0,model,2,") != std::string::npos, lines[1].c_str());
+        QVERIFY2(lines[1].size() > 6 && lines[1].substr(lines[1].size() - 6) == ",,,2:1", lines[1].c_str());
         QVERIFY(lines[3].rfind("r,random,,,0.5,8,code,17,", 0) == 0);
 
         const AtlasResults r = evalTableResults(table);
