@@ -131,6 +131,10 @@ log "moeatlas eval: held-out loss of PEU/frequency specialists, generalist and r
 # shellcheck disable=SC2046
 "$cli" eval --atlas "$out/demo.atlas.h5" --sparsity 0.25,0.5,0.75 --criteria peu,frequency --random-plans 2 \
   $(domains heldout) --seq-len 128 --add-bos --csv "$out/tradeoff.csv"
+log "moeatlas eval --routing: dynamic k (ProbMoE, top-p, a calibrated threshold) against fixed top-k at the same mean experts per token"
+# shellcheck disable=SC2046
+"$cli" eval --atlas "$out/demo.atlas.h5" --routing probmoe:1:4 --routing top-p:0.7 --routing top-p:0.9:1:4 \
+  --routing threshold:1.5 $(domains heldout) --seq-len 128 --add-bos --label routing --csv "$out/routing.csv"
 log "moeatlas fisher: Fisher importance of every expert unit per domain, its concentration, and the loss of removing the top units (held-out text)"
 # shellcheck disable=SC2046
 "$cli" fisher "$out/demo.atlas.h5" --max-samples 16 --seq-len 128 --add-bos --ablate 0,16,128 \
@@ -145,7 +149,7 @@ log "moeatlas plan + export with dimension pruning: the code specialist's expert
 # shellcheck disable=SC2046
 "$cli" eval --atlas "$out/demo.atlas.h5" --plan "$out/code-50.plan.json" --plan "$out/code-50-dims-50.plan.json" \
   $(domains heldout) --seq-len 128 --add-bos --label dims
-log "done: atlas $out/demo.atlas.h5, trade-off table $out/tradeoff.csv, plans $out/*.plan.json, pruned checkpoints $out/code-50 and $out/code-50-dims-50"
+log "done: atlas $out/demo.atlas.h5, trade-off table $out/tradeoff.csv, routing rules $out/routing.csv, plans $out/*.plan.json, pruned checkpoints $out/code-50 and $out/code-50-dims-50"
 if [[ -x "$gui" && ( -n "${DISPLAY:-}" || -n "${WAYLAND_DISPLAY:-}" ) ]]; then
   log "opening the workbench: moeatlas-gui $out/demo.atlas.h5"
   exec "$gui" "$out/demo.atlas.h5"
