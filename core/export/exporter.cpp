@@ -4,6 +4,7 @@
 #include "checkpoint/checkpoint_writer.h"
 #include "checkpoint/hf_config.h"
 #include "checkpoint/tensor_layout.h"
+#include "export/export_routing.h"
 #include "export/export_tensors.h"
 #include "plan/dim_plan.h"
 #include "util/error.h"
@@ -49,8 +50,10 @@ const char* expertWidthKey(Architecture arch)
 
 // Checks the plan (and its dims) against the model and returns, per decoder layer, what it
 // keeps (nothing for dense layers). `planName` names the plan in errors.
+// A routing rule other than the model's is checked afterwards (checkExportRouting): it may route
+// fewer experts than the model's top-k.
 std::vector<LayerKeep> keptPerLayer(
-    const Plan& plan, const ModelSpec& spec, const std::string& source, const std::string& planName)
+    const Plan& plan, const ModelSpec& spec, const std::string& source, const std::string& planName, bool modelRouting)
 {
     if (plan.numExperts != spec.router.numExperts)
         throw InputError(planName + " is for " + std::to_string(plan.numExperts) + " experts per layer but " + source
@@ -69,7 +72,7 @@ std::vector<LayerKeep> keptPerLayer(
     for (std::size_t i = 0; i < plan.layers.size(); ++i) {
         const std::string layer = planName + ", layer " + std::to_string(plan.layers[i]);
         const std::vector<int>& k = plan.keep[i];
-        if (plan.keptIn(i) < spec.router.topK)
+        if (modelRouting && plan.keptIn(i) < spec.router.topK)
             throw InputError(layer + ": keeps " + std::to_string(plan.keptIn(i))
                 + " experts, fewer than top-k = " + std::to_string(spec.router.topK));
         for (std::size_t j = 0; j < k.size(); ++j)
@@ -140,7 +143,7 @@ std::string dimsSection(const Plan& plan, const std::vector<LayerKeep>& keep, Ex
 }
 
 std::string modelCard(const Plan& plan, const fs::path& source, const ExportOptions& options,
-    const std::vector<LayerKeep>& keep, ExportKind kind, bool uniform)
+    const std::vector<LayerKeep>& keep, ExportKind kind, bool uniform, const std::string& routing)
 {
     std::string counts;
     for (std::size_t l = 0; l < keep.size(); ++l)
@@ -154,7 +157,7 @@ std::string modelCard(const Plan& plan, const fs::path& source, const ExportOpti
           "This checkpoint keeps a subset of the routed experts of `"
         + source.string()
         + "`, renumbered densely; router rows of dropped experts were removed, so the "
-          "router's softmax runs over the kept experts only. Top-k is unchanged.\n\n"
+          "router's softmax runs over the kept experts only.\n\n"
           "## Provenance\n\n"
           "- Source checkpoint: `"
         + source.string()
@@ -177,14 +180,21 @@ std::string modelCard(const Plan& plan, const fs::path& source, const ExportOpti
         + std::to_string(plan.paramsAfter) + " of " + std::to_string(plan.paramsBefore)
         + " parameters\n\n## Experts kept per layer\n\n| layer | experts |\n|---|---|\n" + counts + "\n";
     if (kind != ExportKind::Experts)
-        return card + dimsSection(plan, keep, kind);
+        return card + dimsSection(plan, keep, kind) + "\n" + routing;
     card += uniform ? "Every MoE layer keeps the same number of experts: stock transformers loads this model.\n"
                     : "MoE layers keep different numbers of experts (config `num_experts_per_layer`): load with\n"
                       "`AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)` (modeling_moeatlas.py).\n";
-    return card;
+    return card + "\n" + routing;
 }
 
 } // namespace
+
+RoutingRule exportRoutingRule(const fs::path& sourceDir, const std::string& text)
+{
+    const Checkpoint ckpt(sourceDir);
+    const ModelSpec spec = parseModelSpec(ckpt.config(), (sourceDir / "config.json").string());
+    return parseRoutingRule(text, spec.router.numExperts, spec.router.topK);
+}
 
 ExportResult exportCheckpoint(
     const fs::path& sourceDir, const Plan& plan, const fs::path& outDir, const ExportOptions& options)
@@ -208,7 +218,10 @@ ExportResult exportCheckpoint(
     const TensorLayout layout(ckpt, spec);
     layout.validate(ckpt);
     const std::string planName = options.planPath.empty() ? std::string("plan") : options.planPath;
-    const std::vector<LayerKeep> keep = keptPerLayer(plan, spec, sourceDir.string(), planName);
+    const std::vector<LayerKeep> keep
+        = keptPerLayer(plan, spec, sourceDir.string(), planName, options.routing.isModel());
+    checkExportRouting(options.routing, spec, keep, planName);
+    const bool dynamicRouting = !options.routing.fixed();
     const ExportKind kind = exportKindOf(plan, keep);
     const std::vector<OutTensor> out = mapTensors(ckpt, spec, layout, keep, kind);
 
@@ -233,9 +246,14 @@ ExportResult exportCheckpoint(
             throw InputError(configName + ": no expert-width key '" + key + "'");
         config[key] = plan.units.front().front().size();
     }
+    writeRoutingConfig(options.routing, spec, config);
     std::string modeling;
-    if (!uniform) {
+    if (!uniform || dynamicRouting) {
         const std::string cls = nonUniformClassName(spec.modelType);
+        if (cls.empty() && uniform)
+            throw RequestError("routing",
+                configName + ": dynamic routing rules (" + options.routing.name()
+                    + ") are not supported for model_type '" + spec.modelType + "'");
         if (cls.empty())
             throw InputError(configName + ": "
                 + (kind == ExportKind::Ragged ? "ragged (per-expert width)" : "non-uniform")
@@ -278,13 +296,15 @@ ExportResult exportCheckpoint(
     for (const char* f : kCopiedFiles)
         if (fs::is_regular_file(sourceDir / f))
             writer.copyFile(sourceDir / f, f);
-    writer.addFile("README.md", modelCard(plan, sourceDir, options, keep, kind, uniform));
+    writer.addFile(
+        "README.md", modelCard(plan, sourceDir, options, keep, kind, uniform, routingSection(options.routing, spec)));
 
     for (const OutTensor& t : out)
         writer.declare(t.name, ckpt.info(t.source).dtype, t.shape);
     ExportResult result;
     result.uniform = uniform;
     result.ragged = kind == ExportKind::Ragged;
+    result.dynamicRouting = dynamicRouting;
     result.dir = outDir;
     int64_t done = 0;
     for (std::size_t i = 0; i < out.size(); ++i) {

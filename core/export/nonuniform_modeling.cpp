@@ -1,9 +1,12 @@
-// The Python modeling file written next to a non-uniform or ragged export. Stock transformers
-// builds every MoE layer with config.num_experts experts of one width; these subclasses rebuild
-// each MoE block from a copy of the config holding that layer's count (num_experts_per_layer) and
-// give its experts their own widths (moeatlas_expert_widths) before weights are loaded, so
-// from_pretrained(..., trust_remote_code=True) loads the checkpoint with no extra code. The stock
-// block's router and forward are kept, so routing is exactly the stock one.
+// The Python modeling file written next to a non-uniform or ragged export, or one with a dynamic
+// routing rule. Stock transformers builds every MoE layer with config.num_experts experts of one
+// width; these subclasses rebuild each MoE block from a copy of the config holding that layer's
+// count (num_experts_per_layer) and give its experts their own widths (moeatlas_expert_widths)
+// before weights are loaded, so from_pretrained(..., trust_remote_code=True) loads the checkpoint
+// with no extra code. The stock block's router and forward are kept, so routing is exactly the
+// stock one, unless config.moeatlas_routing names a rule with a per-token k (docs/decisions.md,
+// decision 29): then each router's class becomes a subclass whose forward gives every token its own
+// k (routing_rule.h's ruleTokenK) and weight 0 to the slots past it.
 #include "export/exporter.h"
 
 #include <map>
@@ -18,10 +21,18 @@ const char* const kModelingSource
 # config.moeatlas_expert_widths[i] (when present): the intermediate width of each routed expert of
 # layer i (null for a dense layer); expert k is stored as model.layers.<i>.mlp.experts.<k>.
 # {gate,up,down}_proj.weight and a width-0 expert contributes nothing (the router still weighs it).
+# config.moeatlas_routing (when present): {"rule", "kind": probmoe | top-p | threshold, "k_min", "k_max",
+# "p", "mean_k", "thresholds": {"<layer>": t}}: every token of a MoE layer is routed to its own k experts,
+# k = clamp(k_raw, k_min, k_max) with k_raw = the number of positive router logits (probmoe), the smallest
+# k whose top-k routing probabilities add up to p in float64 (top-p), or the number of routing
+# probabilities >= the layer's threshold (threshold; a layer without one routes with k_max). The
+# router's softmax, its top-k_max (config.num_experts_per_tok) and weights are the stock ones; slots past
+# a token's k get weight 0 (before the stock renormalisation, when the model renormalises).
 # Load with AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.models.mixtral import modeling_mixtral
@@ -65,6 +76,69 @@ class MoeAtlasRaggedExperts(nn.ModuleList):
         return final_hidden_states
 
 
+class MoeAtlasRuleRouter:
+    """Mixin before a stock top-k router class: the same logits, softmax and top-k_max, then each token
+    keeps only its first k slots (the others get weight 0, and their expert adds nothing)."""
+
+    moeatlas_routing = None  # config.moeatlas_routing
+    moeatlas_threshold = None  # this layer's threshold (threshold rules)
+    moeatlas_renormalize = True  # Mixtral always; the others per norm_topk_prob
+    moeatlas_cast = True  # weights back to the logits' dtype (all but Mixtral)
+
+    def moeatlas_token_k(self, router_logits, top_value):
+        rule = self.moeatlas_routing
+        kind = rule["kind"]
+        if kind == "probmoe":
+            k = (router_logits > 0).sum(dim=-1)
+        elif kind == "top-p":
+            mass = top_value.double().cumsum(dim=-1)
+            before = torch.cat([torch.zeros_like(mass[:, :1]), mass[:, :-1]], dim=-1)
+            k = (before < float(rule["p"])).sum(dim=-1)
+        elif kind == "threshold":
+            if self.moeatlas_threshold is None:
+                k = torch.full(top_value.shape[:1], int(rule["k_max"]), device=top_value.device)
+            else:
+                k = (top_value.double() >= float(self.moeatlas_threshold)).sum(dim=-1)
+        else:
+            raise ValueError(f"moeatlas_routing: unknown kind {kind!r}")
+        return k.clamp(int(rule["k_min"]), int(rule["k_max"]))
+
+    def forward(self, hidden_states):
+        hidden_states = hidden_states.reshape(-1, self.hidden_dim)
+        router_logits = F.linear(hidden_states, self.weight)  # (tokens, experts)
+        router_probs = F.softmax(router_logits, dtype=torch.float, dim=-1)
+        top_value, top_index = torch.topk(router_probs, self.top_k, dim=-1)  # (tokens, k_max), descending
+        k = self.moeatlas_token_k(router_logits, top_value)
+        slot = torch.arange(self.top_k, device=top_value.device)
+        top_value = top_value.masked_fill(slot[None, :] >= k[:, None], 0.0)
+        if self.moeatlas_renormalize:
+            top_value = top_value / top_value.sum(dim=-1, keepdim=True)
+        if self.moeatlas_cast:
+            top_value = top_value.to(router_logits.dtype)
+        return router_logits, top_value, top_index
+
+
+def _install_routing(model, config, block_cls):
+    routing = getattr(config, "moeatlas_routing", None)
+    if routing is None:
+        return
+    if int(routing["k_max"]) != int(config.num_experts_per_tok):
+        raise ValueError(f"moeatlas_routing k_max {routing['k_max']} != num_experts_per_tok "
+                         f"{config.num_experts_per_tok}")
+    thresholds = routing.get("thresholds") or {}
+    mixtral = config.model_type == "mixtral"
+    for i, layer in enumerate(model.model.layers):
+        if not isinstance(layer.mlp, block_cls):
+            continue
+        gate = layer.mlp.gate
+        base = type(gate)
+        gate.__class__ = type("MoeAtlasRule" + base.__name__, (MoeAtlasRuleRouter, base), {"__module__": __name__})
+        gate.moeatlas_routing = routing
+        gate.moeatlas_threshold = thresholds.get(str(i))
+        gate.moeatlas_renormalize = mixtral or bool(getattr(gate, "norm_topk_prob", False))
+        gate.moeatlas_cast = not mixtral
+
+
 def _rebuild_moe_blocks(model, config, block_cls, count_key):
     layers = model.model.layers
     counts = getattr(config, "num_experts_per_layer", None)
@@ -98,6 +172,7 @@ def _make(base_cls, block_cls, count_key):
         def __init__(self, config):
             super().__init__(config)
             _rebuild_moe_blocks(self, config, block_cls, count_key)
+            _install_routing(self, config, block_cls)
             self.post_init()
 
     MoeAtlasForCausalLM.__name__ = "MoeAtlas" + base_cls.__name__
