@@ -16,11 +16,14 @@ namespace moeatlas::cli {
 
 namespace {
 
+const FieldFlags kExportFlags { { "routing", "--routing" } };
+
 struct ExportArgs {
     std::string checkpoint;
     std::string plan;
     std::string output;
     std::string atlas;
+    std::string routing = "model";
     int64_t shardMiB = 5000;
     bool force = false;
 };
@@ -33,13 +36,23 @@ int runExport(const ExportArgs& a)
     o.maxShardBytes = static_cast<uint64_t>(a.shardMiB) << 20;
     o.planPath = a.plan;
     o.atlasPath = a.atlas;
+    o.routing = exportRoutingRule(a.checkpoint, a.routing);
     const auto start = std::chrono::steady_clock::now();
     const ExportResult r = exportCheckpoint(a.checkpoint, plan, a.output, o);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (r.dynamicRouting)
+        std::printf("routing %s gives every token its own number of experts: load with trust_remote_code=True "
+                    "(modeling_moeatlas.py)\n",
+            o.routing.name().c_str());
+    else if (o.routing.kind == RoutingRule::Kind::TopK)
+        std::printf("routing %s: num_experts_per_tok = %d\n", o.routing.name().c_str(), o.routing.k);
     if (r.ragged)
         std::printf("wrote a RAGGED export (per-expert widths%s): load with trust_remote_code=True "
                     "(modeling_moeatlas.py)\n",
             plan.uniform() ? "" : ", per-layer expert counts");
+    else if (r.uniform && r.dynamicRouting)
+        std::printf("wrote a UNIFORM export%s with DYNAMIC-K routing: load with trust_remote_code=True\n",
+            plan.hasDims() ? " (every kept expert of the same, smaller width)" : "");
     else if (r.uniform)
         std::printf("wrote a UNIFORM export%s: loads in stock transformers (AutoModelForCausalLM)\n",
             plan.hasDims() ? " (every kept expert of the same, smaller width)" : "");
@@ -62,9 +75,14 @@ Command addExportCommand(CLI::App& app)
     sub->add_option("--plan", a->plan, "Plan JSON from `moeatlas plan`")->required();
     sub->add_option("--output,-o", a->output, "Output directory (must be empty or absent)")->required();
     sub->add_option("--atlas", a->atlas, "Atlas the scores came from (recorded in the model card)");
+    sub->add_option("--routing", a->routing,
+           "Routing rule of the exported model: model, top-k:K (stock checkpoint), probmoe:KMIN:KMAX or "
+           "top-p:P[:KMIN:KMAX] (per-token k, loads with trust_remote_code); threshold: rules need calibrated "
+           "thresholds, which export does not compute")
+        ->capture_default_str();
     sub->add_option("--max-shard-mib", a->shardMiB, "Largest shard in MiB")->capture_default_str();
     sub->add_flag("--force", a->force, "Replace a non-empty output directory");
-    return [a] { return namingFlags(kForceFlags, [&] { return runExport(*a); }); };
+    return [a] { return namingFlags(fieldFlags({ &kForceFlags, &kExportFlags }), [&] { return runExport(*a); }); };
 }
 
 } // namespace moeatlas::cli

@@ -184,6 +184,8 @@ private Q_SLOTS:
     void badEvalRouting_data();
     void badEvalRouting();
     void memoryPlanRefused();
+    void badRouting_data();
+    void badRouting();
 
 private:
     QString capture(const QString& checkpoint, const QString& out, const QStringList& extra, ProcessResult& r) const;
@@ -769,6 +771,53 @@ void TstCliErrors::badEvalRouting()
         + options);
     CHECK_CLEAN_FAILURE(e, keywords, QString());
     QVERIFY(QDir(tmp.path()).isEmpty());
+
+// `moeatlas export --routing`: a rule the model cannot take, or one routing more experts than the plan
+// keeps (3 of 4 per layer), is refused naming --routing before the output directory exists.
+void TstCliErrors::badRouting_data()
+{
+    QTest::addColumn<QString>("rule");
+    QTest::addColumn<QStringList>("keywords");
+    QTest::newRow("top-p:1.5") << u"top-p:1.5"_s
+                               << QStringList { u"--routing: routing rule 'top-p:1.5'"_s,
+                                      u"P 1.5 must lie in (0, 1]"_s };
+    QTest::newRow("probmoe:5:3") << u"probmoe:5:3"_s
+                                 << QStringList { u"--routing: "_s, u"KMIN 5 is greater than KMAX 3"_s };
+    QTest::newRow("probmoe:0:2") << u"probmoe:0:2"_s
+                                 << QStringList { u"--routing: "_s, u"the band [0, 2] must lie in [1, 4]"_s };
+    QTest::newRow("top-k above the kept experts")
+        << u"top-k:4"_s << QStringList { u"--routing: routing rule 'top-k:4' routes up to 4 experts"_s, u"keeps 3"_s };
+    QTest::newRow("threshold without calibration")
+        << u"threshold:1.5"_s << QStringList { u"--routing: "_s, u"export does not calibrate"_s };
+    QTest::newRow("unknown rule") << u"top-q:2"_s << QStringList { u"--routing: "_s, u"expected model, top-k:K"_s };
+}
+
+void TstCliErrors::badRouting()
+{
+    QFETCH(QString, rule);
+    QFETCH(QStringList, keywords);
+    QTemporaryDir tmp;
+    QVERIFY(tmp.isValid());
+    nlohmann::json layers = nlohmann::json::array();
+    for (const int l : { 0, 1 })
+        layers.push_back({ { "layer", l }, { "keep", { 0, 1, 3 } } });
+    const nlohmann::json plan
+        = { { "format", "moeatlas-plan" }, { "version", 1 }, { "source", { { "num_experts", 4 }, { "top_k", 2 } } },
+              { "derivation", { { "method", "specialist" }, { "criterion", "test" } } }, { "layers", layers } };
+    const QString planPath = tmp.filePath(u"plan.json"_s);
+    QVERIFY(writeAll(planPath, QByteArray::fromStdString(plan.dump())));
+    const QString out = tmp.filePath(u"pruned"_s);
+    const auto run = [&](const QString& r) {
+        return cli({ u"export"_s, m_model, u"--plan"_s, planPath, u"-o"_s, out, u"--routing"_s, r });
+    };
+    CHECK_CLEAN_FAILURE(run(rule), keywords, out);
+    QVERIFY(!QFileInfo::exists(out + u".partial"_s));
+    // The plan itself is fine: the largest top-k it allows, and a dynamic rule, export.
+    for (const QString& ok : { u"top-k:3"_s, u"probmoe:1:3"_s }) {
+        const ProcessResult r = run(ok);
+        QVERIFY2(r.exitCode == 0, qPrintable(ok + u": "_s + r.stdErr));
+        QVERIFY(QDir(out).removeRecursively());
+    }
 }
 
 QTEST_GUILESS_MAIN(TstCliErrors)
