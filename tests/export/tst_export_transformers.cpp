@@ -12,6 +12,7 @@
 #include "eval/eval.h"
 #include "plan/dim_plan.h"
 #include "plan/plan_costs.h"
+#include "reference_source.h"
 #include "test_support.h"
 #include "util/splitmix64.h"
 
@@ -75,14 +76,6 @@ int zeroWidthExperts(const Plan& p)
     return n;
 }
 
-// A source checkpoint built by transformers and the token ids both sides evaluate.
-struct Source {
-    QString dir;
-    std::vector<int> moeLayers;
-    std::vector<std::vector<int32_t>> ids; // three sequences of 24 tokens
-    QString idsPath;
-};
-
 // Our masked evaluation of `plan` on the source for `ids` (B sequences of S tokens), written as raw
 // float32 logits [B, S, V] for check_export.py --ours.
 void writeOurLogits(
@@ -103,31 +96,6 @@ void writeOurLogits(
     std::ofstream(out.toStdString(), std::ios::binary)
         .write(
             reinterpret_cast<const char*>(logits.data()), static_cast<std::streamsize>(logits.size() * sizeof(float)));
-}
-
-// make_reference.py's model of `arch`/`variant` in `layout` under dir/src, and the ids file.
-bool makeSource(const QTemporaryDir& dir, const QString& arch, const QString& variant, const QString& layout, Source& s)
-{
-    s.dir = dir.filePath(QStringLiteral("src"));
-    const auto made = test::runPython(QStringLiteral("tests/reference/make_reference.py"),
-        { QStringLiteral("--arch"), arch, QStringLiteral("--variant"), variant, QStringLiteral("--layout"), layout,
-            QStringLiteral("--skip-layout-check"), QStringLiteral("--out"), s.dir });
-    if (made.exitCode != 0) {
-        qWarning("make_reference.py: %s", qPrintable(made.stdErr));
-        return false;
-    }
-    std::ifstream refIn(QString(s.dir + QStringLiteral("/reference.json")).toStdString());
-    const nlohmann::json reference = nlohmann::json::parse(refIn);
-    s.moeLayers = reference["moe_layers"].get<std::vector<int>>();
-    s.ids.assign(3, {});
-    const int64_t vocab = Checkpoint(s.dir.toStdString()).config()["vocab_size"].get<int64_t>();
-    for (std::size_t b = 0; b < s.ids.size(); ++b)
-        for (int64_t t = 0; t < 24; ++t)
-            s.ids[b].push_back(static_cast<int32_t>(
-                (b * 7919 + static_cast<std::size_t>(t) * 104729 + 13) % static_cast<std::size_t>(vocab)));
-    s.idsPath = dir.filePath(QStringLiteral("ids.json"));
-    std::ofstream(s.idsPath.toStdString()) << nlohmann::json(s.ids).dump();
-    return true;
 }
 
 // Bytes of tensor data in a checkpoint (what the plan's bytes_after predicts).
@@ -176,8 +144,8 @@ private Q_SLOTS:
         QFETCH(QString, variant);
         QFETCH(QString, layout);
         QTemporaryDir dir;
-        Source source;
-        QVERIFY(makeSource(dir, arch, variant, layout, source));
+        test::Source source;
+        QVERIFY(test::makeSource(dir, arch, variant, layout, source));
         const QString& src = source.dir;
         const std::vector<int>& moeLayers = source.moeLayers;
         const auto& ids = source.ids;
@@ -235,8 +203,8 @@ private Q_SLOTS:
         QFETCH(QString, variant);
         QFETCH(QString, layout);
         QTemporaryDir dir;
-        Source source;
-        QVERIFY(makeSource(dir, arch, variant, layout, source));
+        test::Source source;
+        QVERIFY(test::makeSource(dir, arch, variant, layout, source));
         const Checkpoint ckpt(source.dir.toStdString());
         const PlanContext ctx = planContextFor(ckpt);
         const std::string widthKey = arch == QLatin1String("mixtral") || arch == QLatin1String("olmoe")
