@@ -1,6 +1,7 @@
 // ExportDialog driven like a user would (fields set, Export clicked): the checkpoint it writes is
 // byte-identical, file by file, to `moeatlas export SRC --plan P -o OUT` with the same options;
-// a non-empty output is refused without "Replace" and replaced with it.
+// a non-empty output is refused without "Replace" and replaced with it; a routing rule gives the
+// bytes of `--routing RULE`, and a bad one is shown after its control's label with nothing written.
 #include "jobs/export_dialog.h"
 #include "jobs/job_runner.h"
 #include "tst_charts_fixture.h"
@@ -54,6 +55,7 @@ private Q_SLOTS:
     void sameBytesAsCli();
     void nonEmptyOutputNeedsReplace();
     void closingWhileQueuedDropsTheExport();
+    void routingRule();
 
 private:
     QTemporaryDir m_dir;
@@ -176,6 +178,37 @@ void TstJobsExportDialog::closingWhileQueuedDropsTheExport()
     QCOMPARE(cancelled.size(), 0);
     QVERIFY(!runner.isBusy());
     QVERIFY(!fs::exists(out.toStdString()));
+}
+
+void TstJobsExportDialog::routingRule()
+{
+    const QString cliOut = m_dir.filePath(QStringLiteral("cli-probmoe"));
+    const QString guiOut = m_dir.filePath(QStringLiteral("gui-probmoe"));
+    QCOMPARE(test::runMoeatlas(
+                 { QStringLiteral("export"), m_f.model, QStringLiteral("--plan"), m_f.plan, QStringLiteral("-o"),
+                     cliOut, QStringLiteral("--routing"), QStringLiteral("probmoe:1:2") })
+                 .exitCode,
+        0);
+    JobRunner runner;
+    ExportDialog dialog(readPlan(m_f.plan.toStdString()), m_f.plan, m_f.model, &runner);
+    QSignalSpy done(&dialog, &ExportDialog::exportFinished);
+    dialog.setOutputDir(guiOut);
+    dialog.setRouting(QStringLiteral("probmoe:5:3"));
+    QVERIFY(dialog.startExport());
+    QTRY_COMPARE_WITH_TIMEOUT(done.size(), 1, 300000);
+    QCOMPARE(done.first().at(0).toBool(), false);
+    QVERIFY2(dialog.statusText().startsWith(QStringLiteral("Routing rule: "))
+            && dialog.statusText().contains(QStringLiteral("KMIN 5 is greater than KMAX 3")),
+        qPrintable(dialog.statusText()));
+    QVERIFY(!fs::exists(guiOut.toStdString()));
+
+    dialog.setRouting(QStringLiteral("probmoe:1:2"));
+    QVERIFY(dialog.startExport());
+    QTRY_COMPARE_WITH_TIMEOUT(done.size(), 2, 300000);
+    QVERIFY2(done.last().at(0).toBool(), qPrintable(done.last().at(1).toString()));
+    const auto cli = digests(cliOut.toStdString());
+    QVERIFY(cli.count("modeling_moeatlas.py"));
+    QVERIFY(digests(guiOut.toStdString()) == cli);
 }
 
 QTEST_MAIN(TstJobsExportDialog)

@@ -94,17 +94,23 @@ Job fisherJob(FisherRequest request)
     return job;
 }
 
-Job exportJob(std::filesystem::path source, Plan plan, std::filesystem::path out, ExportOptions options)
+Job exportJob(
+    std::filesystem::path source, Plan plan, std::filesystem::path out, ExportOptions options, std::string routing)
 {
     Job job;
     job.name = QObject::tr("export %1").arg(fileName(out));
-    job.run = [source = std::move(source), plan = std::move(plan), out = std::move(out), options = std::move(options)](
-                  const ProgressFn& progress, const StopToken* stop) {
+    job.run = [source = std::move(source), plan = std::move(plan), out = std::move(out), options = std::move(options),
+                  routing = std::move(routing)](const ProgressFn& progress, const StopToken* stop) {
         ExportOptions o = options;
+        o.routing = exportRoutingRule(source, routing);
         // exportCheckpoint takes no stop token: the runner's progress returns false after a stop.
         o.progress = [&progress, stop](const Progress& p) { return progress(p) && !stop->stopRequested(); };
         const ExportResult r = exportCheckpoint(source, plan, out, o);
-        return JobResult { r.uniform
+        return JobResult { r.dynamicRouting
+                ? QObject::tr("exported %1 tensors (routing %2, a per-token k: load with trust_remote_code=True)")
+                      .arg(r.tensors)
+                      .arg(QString::fromStdString(o.routing.name()))
+                : r.uniform
                 ? QObject::tr("exported %1 tensors (uniform: loads in stock transformers)").arg(r.tensors)
                 : QObject::tr("exported %1 tensors (non-uniform: load with trust_remote_code=True)").arg(r.tensors),
             qstr(r.dir) };

@@ -36,8 +36,10 @@ Job evalJob(EvalRequest request);
 // failed or cancelled run leaves the atlas as it was). outputPath = the atlas.
 Job fisherJob(FisherRequest request);
 
-// `moeatlas export SOURCE --plan PLAN -o OUT`: options.progress is replaced by the runner's.
-// outputPath = the exported directory.
-Job exportJob(std::filesystem::path source, Plan plan, std::filesystem::path out, ExportOptions options);
+// `moeatlas export SOURCE --plan PLAN -o OUT --routing ROUTING`: options.progress is replaced by the
+// runner's, options.routing by exportRoutingRule(source, routing) (a RequestError("routing") when it is
+// not a rule of the model). outputPath = the exported directory.
+Job exportJob(std::filesystem::path source, Plan plan, std::filesystem::path out, ExportOptions options,
+    std::string routing = "model");
 
 } // namespace moeatlas::views

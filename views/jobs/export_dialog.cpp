@@ -52,6 +52,7 @@ ExportDialog::ExportDialog(
     , m_browse(new QPushButton(tr("Browse…"), this))
     , m_force(new QCheckBox(tr("Replace a non-empty output directory"), this))
     , m_shard(new QSpinBox(this))
+    , m_routing(new QLineEdit(QStringLiteral("model"), this))
     , m_bar(new QProgressBar(this))
     , m_status(new QLabel(this))
     , m_buttons(new QDialogButtonBox(QDialogButtonBox::Close, this))
@@ -67,6 +68,10 @@ ExportDialog::ExportDialog(
     m_bar->setRange(0, 1000);
     m_bar->setValue(0);
     m_output->setPlaceholderText(tr("new or empty directory"));
+    m_routing->setPlaceholderText(tr("model, top-k:K, probmoe:KMIN:KMAX or top-p:P[:KMIN:KMAX]"));
+    m_routing->setToolTip(tr("How the exported model routes each token (the CLI's --routing). model and top-k:K "
+                             "give a stock checkpoint; probmoe and top-p give every token its own number of "
+                             "experts and load with trust_remote_code=True."));
 
     auto* outRow = new QHBoxLayout;
     outRow->addWidget(m_output, 1);
@@ -76,6 +81,7 @@ ExportDialog::ExportDialog(
     form->addRow(tr("Output directory"), outRow);
     form->addRow(QString(), m_force);
     form->addRow(tr("Largest shard"), m_shard);
+    form->addRow(tr("Routing rule"), m_routing);
     auto* layout = new QVBoxLayout(this);
     layout->addWidget(m_summary);
     layout->addLayout(form);
@@ -123,6 +129,11 @@ void ExportDialog::setMaxShardMiB(int mib)
     m_shard->setValue(mib);
 }
 
+void ExportDialog::setRouting(const QString& rule)
+{
+    m_routing->setText(rule);
+}
+
 void ExportDialog::setAtlasPath(const QString& atlas)
 {
     m_atlasPath = atlas;
@@ -163,9 +174,12 @@ bool ExportDialog::startExport()
     // The form describes the export under way until it ends.
     m_output->setReadOnly(true);
     m_source->setReadOnly(true);
+    m_routing->setReadOnly(true);
     m_exportingTo = out;
-    Job job = exportJob(source.toStdString(), m_plan, out.toStdString(), options);
-    job.fieldLabels = { { "force", m_force->text() } };
+    const QString routing = m_routing->text().trimmed();
+    Job job = exportJob(source.toStdString(), m_plan, out.toStdString(), options,
+        routing.isEmpty() ? std::string("model") : routing.toStdString());
+    job.fieldLabels = { { "force", m_force->text() }, { "routing", tr("Routing rule") } };
     m_jobId = m_runner->start(std::move(job));
     return true;
 }
@@ -199,6 +213,7 @@ void ExportDialog::onFinished(bool ok, const QString& message)
     m_exportButton->setEnabled(true);
     m_output->setReadOnly(false);
     m_source->setReadOnly(false);
+    m_routing->setReadOnly(false);
     if (ok) {
         m_bar->setValue(1000);
         m_status->setText(message);

@@ -1,5 +1,6 @@
 // The Export dialog: writes the pruned checkpoint of a plan, exactly as
-// `moeatlas export SOURCE --plan PLAN -o OUT [--force] [--max-shard-mib N]` does, through a JobRunner.
+// `moeatlas export SOURCE --plan PLAN -o OUT [--force] [--max-shard-mib N] [--routing RULE]` does,
+// through a JobRunner.
 #pragma once
 
 #include "plan/plan.h"
@@ -33,6 +34,7 @@ public:
     void setForce(bool force);
     void setMaxShardMiB(int mib);
     void setAtlasPath(const QString& atlas); // --atlas: recorded in the model card
+    void setRouting(const QString& rule); // --routing: "model", "top-k:K", "probmoe:KMIN:KMAX", ...
     QString outputDir() const;
     bool isExporting() const { return m_jobId != 0; }
     // The last error or result line shown under the form.
@@ -69,6 +71,7 @@ private:
     QPushButton* m_browse;
     QCheckBox* m_force;
     QSpinBox* m_shard;
+    QLineEdit* m_routing;
     QProgressBar* m_bar;
     QLabel* m_status;
     QDialogButtonBox* m_buttons;
