@@ -52,6 +52,11 @@ void checkExportRouting(
                       "not calibrate them from an atlas; export with probmoe:KMIN:KMAX, top-p:P[:KMIN:KMAX] or "
                       "top-k:K instead");
         const std::vector<int> moe = spec.moeLayerIndices();
+        // As the engine (Executor::evaluate) does: no layer falls back to another k silently.
+        for (const int layer : moe)
+            if (!rule.thresholds.contains(layer))
+                throw RequestError(
+                    "routing", what + ": has no calibrated threshold for MoE layer " + std::to_string(layer));
         for (const auto& [layer, t] : rule.thresholds) {
             if (std::find(moe.begin(), moe.end(), layer) == moe.end())
                 throw RequestError(

@@ -25,7 +25,7 @@ const char* const kModelingSource
 # "p", "mean_k", "thresholds": {"<layer>": t}}: every token of a MoE layer is routed to its own k experts,
 # k = clamp(k_raw, k_min, k_max) with k_raw = the number of positive router logits (probmoe), the smallest
 # k whose top-k routing probabilities add up to p in float64 (top-p), or the number of routing
-# probabilities >= the layer's threshold (threshold; a layer without one routes with k_max). The
+# probabilities >= the layer's threshold (threshold; every MoE layer has one). The
 # router's softmax, its top-k_max (config.num_experts_per_tok) and weights are the stock ones; slots past
 # a token's k get weight 0 (before the stock renormalisation, when the model renormalises).
 # Load with AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).
@@ -95,10 +95,7 @@ class MoeAtlasRuleRouter:
             before = torch.cat([torch.zeros_like(mass[:, :1]), mass[:, :-1]], dim=-1)
             k = (before < float(rule["p"])).sum(dim=-1)
         elif kind == "threshold":
-            if self.moeatlas_threshold is None:
-                k = torch.full(top_value.shape[:1], int(rule["k_max"]), device=top_value.device)
-            else:
-                k = (top_value.double() >= float(self.moeatlas_threshold)).sum(dim=-1)
+            k = (top_value.double() >= float(self.moeatlas_threshold)).sum(dim=-1)
         else:
             raise ValueError(f"moeatlas_routing: unknown kind {kind!r}")
         return k.clamp(int(rule["k_min"]), int(rule["k_max"]))
@@ -135,6 +132,8 @@ def _install_routing(model, config, block_cls):
         gate.__class__ = type("MoeAtlasRule" + base.__name__, (MoeAtlasRuleRouter, base), {"__module__": __name__})
         gate.moeatlas_routing = routing
         gate.moeatlas_threshold = thresholds.get(str(i))
+        if routing["kind"] == "threshold" and gate.moeatlas_threshold is None:
+            raise ValueError(f"moeatlas_routing.thresholds has no threshold for MoE layer {i}")
         gate.moeatlas_renormalize = mixtral or bool(getattr(gate, "norm_topk_prob", False))
         gate.moeatlas_cast = not mixtral
 

@@ -4,6 +4,8 @@
 // Dimension plans: kept units sliced from gate/up rows and down columns (stock layout with a smaller
 // width key for one width everywhere, per-expert ragged tensors otherwise, width 0 included), and
 // the bytes written equal the plan's predicted size.
+// Routing rules: top-k:K changes only num_experts_per_tok, a dynamic rule adds moeatlas_routing and
+// the modeling file; bad rules are refused with RequestError("routing") before anything is written.
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/random_model.h"
 #include "export/exporter.h"
@@ -487,6 +489,75 @@ private Q_SLOTS:
             exportCheckpoint(src, p, src.parent_path(), force);
         }).contains(QStringLiteral("source")));
         QCOMPARE(hashTree(src), before);
+    }
+    void routingRuleInConfig()
+    {
+        QTemporaryDir tmp;
+        const fs::path src = tmp.filePath(QStringLiteral("src")).toStdString();
+        writeRandomModel(smallModel(Architecture::Olmoe, false), src, false);
+        const Plan p = planFor({ { 0, 1, 2, 5 }, { 1, 2, 3, 4 }, { 0, 3, 6, 7 } });
+        const nlohmann::json source = Checkpoint(src).config();
+        const auto exportWith = [&](const std::string& name, const RoutingRule& rule) {
+            ExportOptions o;
+            o.routing = rule;
+            const ExportResult r = exportCheckpoint(src, p, src.parent_path() / name, o);
+            return std::make_pair(r, Checkpoint(src.parent_path() / name).config());
+        };
+        // top-k:3: the expert count and num_experts_per_tok, nothing else; no modeling file.
+        const auto [topK, topKConfig] = exportWith("topk", exportRoutingRule(src, "top-k:3"));
+        QVERIFY(topK.uniform && !topK.dynamicRouting);
+        nlohmann::json expected = source;
+        expected["num_experts"] = 4;
+        expected["num_experts_per_tok"] = 3;
+        QCOMPARE(QString::fromStdString(topKConfig.dump()), QString::fromStdString(expected.dump()));
+        QVERIFY(!fs::exists(src.parent_path() / "topk" / "modeling_moeatlas.py"));
+        // top-p:0.75:1:4: the rule, KMAX as num_experts_per_tok, the modeling file with auto_map.
+        const auto [topP, topPConfig] = exportWith("topp", exportRoutingRule(src, "top-p:0.75:1:4"));
+        QVERIFY(topP.uniform && topP.dynamicRouting);
+        QCOMPARE(topPConfig["num_experts_per_tok"].get<int>(), 4);
+        QCOMPARE(QString::fromStdString(topPConfig["moeatlas_routing"].dump()),
+            QStringLiteral(R"({"k_max":4,"k_min":1,"kind":"top-p","p":0.75,"rule":"top-p:0.75:1:4"})"));
+        QCOMPARE(topPConfig["auto_map"]["AutoModelForCausalLM"].get<std::string>(),
+            std::string("modeling_moeatlas.MoeAtlasOlmoeForCausalLM"));
+        QVERIFY(fs::exists(src.parent_path() / "topp" / "modeling_moeatlas.py"));
+        // threshold with every layer's threshold: written as given.
+        RoutingRule threshold = exportRoutingRule(src, "threshold:1.5");
+        threshold.thresholds = { { 0, 0.25 }, { 1, 0.5 }, { 2, 0.125 } };
+        const auto [th, thConfig] = exportWith("threshold", threshold);
+        QCOMPARE(QString::fromStdString(thConfig["moeatlas_routing"]["thresholds"].dump()),
+            QStringLiteral(R"({"0":0.25,"1":0.5,"2":0.125})"));
+        QCOMPARE(thConfig["moeatlas_routing"]["mean_k"].get<double>(), 1.5);
+
+        // Refused, naming the field, before anything is written.
+        const fs::path dst = tmp.filePath(QStringLiteral("refused")).toStdString();
+        const auto refused = [&](const RoutingRule& rule) {
+            ExportOptions o;
+            o.routing = rule;
+            return requestErrorOf([&] { exportCheckpoint(src, p, dst, o); });
+        };
+        auto e = refused(exportRoutingRule(src, "top-k:5"));
+        QCOMPARE(e.field, std::string("routing"));
+        QVERIFY2(e.message.contains(QStringLiteral("routes up to 5 experts")), qPrintable(e.message));
+        e = refused(exportRoutingRule(src, "threshold:1.5"));
+        QVERIFY2(
+            e.field == "routing" && e.message.contains(QStringLiteral("does not calibrate")), qPrintable(e.message));
+        threshold.thresholds.erase(1);
+        e = refused(threshold);
+        QVERIFY2(e.field == "routing" && e.message.contains(QStringLiteral("no calibrated threshold for MoE layer 1")),
+            qPrintable(e.message));
+        threshold.thresholds[1] = 1.5;
+        e = refused(threshold);
+        QVERIFY2(e.field == "routing" && e.message.contains(QStringLiteral("[0, 1]")), qPrintable(e.message));
+        RoutingRule built; // built in code, not parsed: the same checks
+        built.kind = RoutingRule::Kind::ProbMoe;
+        built.kMin = 3;
+        built.kMax = 2;
+        e = refused(built);
+        QVERIFY2(e.field == "routing" && e.message.contains(QStringLiteral("KMIN 3 is greater than KMAX 2")),
+            qPrintable(e.message));
+        QCOMPARE(requestErrorOf([&] { exportRoutingRule(src, "top-p:0"); }).field, std::string("routing"));
+        QVERIFY(!fs::exists(dst));
+        QVERIFY(!fs::exists(tmp.filePath(QStringLiteral("refused.partial")).toStdString()));
     }
 };
 
