@@ -2,7 +2,7 @@
 """Check an export written with `moeatlas export --routing RULE` against its ORIGINAL checkpoint.
 
 Usage: check_routing.py --source DIR --export DIR --plan plan.json --routing RULE --ids ids.json
-                        [--thresholds '{"<layer>": t}'] [--atol 1e-4]
+                        [--thresholds '{"<layer>": t}'] [--atol 1e-4] [--ours logits.f32 [--rtol 2e-5]]
 
 The rule is read here from its text, independently of the exporter (checkpoint/routing_rule.h):
 top-k:K, probmoe:KMIN:KMAX, top-p:P[:KMIN:KMAX], threshold:M[:KMIN:KMAX] (default band [1, model k];
@@ -19,7 +19,10 @@ thresholds from --thresholds, the values the test gave the exporter).
    by-hand loop over tokens (sort the float32 softmax, count the token's k in Python floats, keep the
    first k of the top-KMAX slots, renormalise as the model does: Mixtral always, the others per
    norm_topk_prob). The export's float32 logits on --ids must equal the reference's within --atol.
-4. Not vacuous: the logits must move (> 1e-3 of max |logit|) from the same plan routed with the
+4. With --ours: the export's logits equal MoE Atlas's evaluation of the plan with the same rule on the
+   source (Executor::evaluate, ExpertMask::routing; raw little-endian float32 [B, S, V]) within
+   rtol x max |logit|: another implementation, so sums run in another order (check_export.py's bar).
+5. Not vacuous: the logits must move (> 1e-3 of max |logit|) from the same plan routed with the
    model's own top-k, and a dynamic rule must give tokens at least two different k.
 Prints one JSON line {"max_abs_diff", "scale", "diff_vs_model_k", "k_histogram", ...}; exits 1 on failure.
 """
@@ -32,6 +35,7 @@ import os
 import sys
 from collections import Counter
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -87,7 +91,7 @@ def token_k(rule: dict, sorted_probs: list, positive: int, threshold) -> int:
             mass += q
             k += 1
     else:
-        k = rule["k_max"] if threshold is None else sum(1 for q in sorted_probs if q >= threshold)
+        k = sum(1 for q in sorted_probs if q >= threshold)
     return min(max(k, rule["k_min"]), rule["k_max"])
 
 
@@ -166,6 +170,8 @@ def main(argv=None) -> int:
     ap.add_argument("--thresholds", default="{}")
     ap.add_argument("--ids", required=True)
     ap.add_argument("--atol", type=float, default=1e-4)
+    ap.add_argument("--ours", help="float32 logits of our evaluation of the plan with the rule on --ids")
+    ap.add_argument("--rtol", type=float, default=2e-5, help="bar on max |export - ours| / max |logit|")
     args = ap.parse_args(argv)
     with open(args.plan) as f:
         plan = json.load(f)
@@ -208,7 +214,16 @@ def main(argv=None) -> int:
     report = {"max_abs_diff": diff, "scale": scale, "diff_vs_model_k": effect,
               "k_histogram": {str(k): n for k, n in sorted(Counter(ks).items())}, "routers": routers,
               "model_class": type(pruned).__name__}
+    ours_diff = None
+    if args.ours:
+        ours = torch.from_numpy(np.fromfile(args.ours, dtype="<f4")).reshape(a.shape)
+        ours_diff = float((a - ours).abs().max())
+        report["max_abs_diff_ours"] = ours_diff
     print(json.dumps(report))
+    if ours_diff is not None and not ours_diff <= args.rtol * scale:
+        print(f"export vs our evaluation with the rule: max |diff| = {ours_diff} > {args.rtol} x max |logit| {scale}",
+              file=sys.stderr)
+        return 1
     if dynamic and not all(r.startswith("MoeAtlasRule") for r in routers):
         print(f"the export's routers {routers} are not the rule's", file=sys.stderr)
         return 1

@@ -9,7 +9,11 @@
 // probmoe runs on a non-uniform plan (4..6 experts per layer), so one modeling file serves a plan and
 // a rule together. Bar: max |logit diff| <= 1e-4 in float32; the rule must move the logits away from
 // the model's own top-k and, when dynamic, give tokens different k (check_routing.py says how).
-// Our engine's evaluation of a rule (ExpertMask::routing) is not compared here: it does not exist yet.
+// Every export is also compared with our engine's evaluation of the same plan and rule on the source
+// (Executor::evaluate with ExpertMask::routing, what `moeatlas eval` runs), within 2e-5 of the largest
+// |logit| (another implementation: check_export.py's bar).
+#include "checkpoint/hf_config.h"
+#include "eval/eval.h"
 #include "export/exporter.h"
 #include "plan/plan.h"
 #include "reference_source.h"
@@ -42,6 +46,28 @@ nlohmann::json makePlan(const std::vector<int>& moeLayers, bool uniform)
     }
     return { { "format", "moeatlas-plan" }, { "version", 1 }, { "source", { { "num_experts", 8 }, { "top_k", 2 } } },
         { "derivation", { { "method", "specialist" }, { "criterion", "test" } } }, { "layers", layers } };
+}
+
+// Our evaluation of `plan` with `rule` on the source for its ids, written as raw float32 logits
+// [B, S, V] for check_routing.py --ours.
+void writeOurLogits(const test::Source& source, const nlohmann::json& plan, const RoutingRule& rule, const QString& out)
+{
+    const Checkpoint ckpt(source.dir.toStdString());
+    const ModelSpec spec = parseModelSpec(ckpt.config(), "config.json");
+    EvalVariant variant = variantFromPlan(planFromJson(plan, "plan"), spec, "plan");
+    variant.mask.routing = rule;
+    std::vector<int32_t> tokens;
+    std::vector<int64_t> offsets { 0 };
+    for (const auto& seq : source.ids) {
+        tokens.insert(tokens.end(), seq.begin(), seq.end());
+        offsets.push_back(static_cast<int64_t>(tokens.size()));
+    }
+    Executor executor(ckpt, spec, {});
+    const EvaluationResult r = executor.evaluate(tokens, offsets, std::vector<ExpertMask> { variant.mask }, true);
+    const std::vector<float>& logits = r.variants.at(0).logits;
+    std::ofstream(out.toStdString(), std::ios::binary)
+        .write(
+            reinterpret_cast<const char*>(logits.data()), static_cast<std::streamsize>(logits.size() * sizeof(float)));
 }
 
 QString writePlan(const QTemporaryDir& dir, const QString& name, const nlohmann::json& plan)
@@ -84,17 +110,19 @@ private Q_SLOTS:
         const QString uniformPath = writePlan(dir, QStringLiteral("uniform"), uniform);
         const QString nonUniformPath = writePlan(dir, QStringLiteral("nonuniform"), nonUniform);
 
-        const auto check
-            = [&](const QString& out, const QString& planPath, const QString& rule, const QString& thresholds) {
-                  QStringList args = { QStringLiteral("--source"), source.dir, QStringLiteral("--export"), out,
-                      QStringLiteral("--plan"), planPath, QStringLiteral("--routing"), rule, QStringLiteral("--ids"),
-                      source.idsPath };
-                  if (!thresholds.isEmpty())
-                      args << QStringLiteral("--thresholds") << thresholds;
-                  const auto checked = test::runPython(QStringLiteral("tests/export/check_routing.py"), args);
-                  qInfo("%s %s: %s", qPrintable(arch), qPrintable(rule), qPrintable(checked.stdOut.trimmed()));
-                  return checked.exitCode == 0 ? QString() : checked.stdErr + checked.stdOut;
-              };
+        const auto check = [&](const QString& out, const QString& planPath, const QString& rule,
+                               const QString& thresholds, const RoutingRule& parsed) {
+            const QString oursPath = out + QStringLiteral(".ours.f32");
+            writeOurLogits(source, planPath == uniformPath ? uniform : nonUniform, parsed, oursPath);
+            QStringList args = { QStringLiteral("--source"), source.dir, QStringLiteral("--export"), out,
+                QStringLiteral("--plan"), planPath, QStringLiteral("--routing"), rule, QStringLiteral("--ids"),
+                source.idsPath, QStringLiteral("--ours"), oursPath };
+            if (!thresholds.isEmpty())
+                args << QStringLiteral("--thresholds") << thresholds;
+            const auto checked = test::runPython(QStringLiteral("tests/export/check_routing.py"), args);
+            qInfo("%s %s: %s", qPrintable(arch), qPrintable(rule), qPrintable(checked.stdOut.trimmed()));
+            return checked.exitCode == 0 ? QString() : checked.stdErr + checked.stdOut;
+        };
 
         struct CliCase {
             QString rule;
@@ -113,14 +141,15 @@ private Q_SLOTS:
                     QStringLiteral("--routing"), c.rule });
             QVERIFY2(exported.exitCode == 0, qPrintable(exported.stdErr));
             QVERIFY2(exported.stdOut.contains(c.says), qPrintable(exported.stdOut));
-            const QString failed = check(out, c.planPath, c.rule, {});
+            const QString failed
+                = check(out, c.planPath, c.rule, {}, exportRoutingRule(source.dir.toStdString(), c.rule.toStdString()));
             QVERIFY2(failed.isEmpty(), qPrintable(c.rule + QStringLiteral(": ") + failed));
         }
 
-        // threshold: calibrated elsewhere, given here; the last MoE layer has none (it routes with KMAX).
+        // threshold: calibrated elsewhere, given here (one per MoE layer).
         RoutingRule rule = exportRoutingRule(source.dir.toStdString(), "threshold:1.5");
         nlohmann::json thresholds = nlohmann::json::object();
-        for (std::size_t i = 0; i + 1 < source.moeLayers.size(); ++i) {
+        for (std::size_t i = 0; i < source.moeLayers.size(); ++i) {
             const double t = 0.25 + 0.05 * static_cast<double>(i);
             rule.thresholds[source.moeLayers[i]] = t;
             thresholds[std::to_string(source.moeLayers[i])] = t;
@@ -132,7 +161,7 @@ private Q_SLOTS:
             = exportCheckpoint(source.dir.toStdString(), planFromJson(uniform, "plan"), out.toStdString(), options);
         QVERIFY(r.uniform && r.dynamicRouting);
         const QString failed
-            = check(out, uniformPath, QStringLiteral("threshold:1.5"), QString::fromStdString(thresholds.dump()));
+            = check(out, uniformPath, QStringLiteral("threshold:1.5"), QString::fromStdString(thresholds.dump()), rule);
         QVERIFY2(failed.isEmpty(), qPrintable(failed));
     }
 };
