@@ -5,6 +5,7 @@
 
 #include "export/exporter.h"
 #include "plan/plan.h"
+#include "workflows/export_workflow.h"
 
 #include <CLI/CLI.hpp>
 
@@ -16,7 +17,7 @@ namespace moeatlas::cli {
 
 namespace {
 
-const FieldFlags kExportFlags { { "routing", "--routing" } };
+const FieldFlags kExportFlags { { "routing", "--routing" }, { "atlas", "--atlas" } };
 
 struct ExportArgs {
     std::string checkpoint;
@@ -36,7 +37,7 @@ int runExport(const ExportArgs& a)
     o.maxShardBytes = static_cast<uint64_t>(a.shardMiB) << 20;
     o.planPath = a.plan;
     o.atlasPath = a.atlas;
-    o.routing = exportRoutingRule(a.checkpoint, a.routing);
+    o.routing = exportRouting(a.checkpoint, a.routing, a.atlas);
     const auto start = std::chrono::steady_clock::now();
     const ExportResult r = exportCheckpoint(a.checkpoint, plan, a.output, o);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -74,11 +75,12 @@ Command addExportCommand(CLI::App& app)
     sub->add_option("checkpoint", a->checkpoint, "Source Hugging Face checkpoint directory")->required();
     sub->add_option("--plan", a->plan, "Plan JSON from `moeatlas plan`")->required();
     sub->add_option("--output,-o", a->output, "Output directory (must be empty or absent)")->required();
-    sub->add_option("--atlas", a->atlas, "Atlas the scores came from (recorded in the model card)");
+    sub->add_option("--atlas", a->atlas,
+        "Atlas the scores came from (recorded in the model card; --routing threshold: calibrates on it)");
     sub->add_option("--routing", a->routing,
            "Routing rule of the exported model: model, top-k:K (stock checkpoint), probmoe:KMIN:KMAX or "
-           "top-p:P[:KMIN:KMAX] (per-token k, loads with trust_remote_code); threshold: rules need calibrated "
-           "thresholds, which export does not compute")
+           "top-p:P[:KMIN:KMAX] or threshold:M[:KMIN:KMAX] (per-token k, loads with trust_remote_code; threshold "
+           "calibrates its per-layer thresholds on --atlas for a mean k of M)")
         ->capture_default_str();
     sub->add_option("--max-shard-mib", a->shardMiB, "Largest shard in MiB")->capture_default_str();
     sub->add_flag("--force", a->force, "Replace a non-empty output directory");

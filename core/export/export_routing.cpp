@@ -48,9 +48,8 @@ void checkExportRouting(
         if (rule.thresholds.empty())
             throw RequestError("routing",
                 what
-                    + ": a threshold rule needs one calibrated probability threshold per MoE layer, and export does "
-                      "not calibrate them from an atlas; export with probmoe:KMIN:KMAX, top-p:P[:KMIN:KMAX] or "
-                      "top-k:K instead");
+                    + ": a threshold rule needs one calibrated probability threshold per MoE layer; calibrate them "
+                      "on an atlas of the checkpoint first (exportRouting, calibrateThresholds)");
         const std::vector<int> moe = spec.moeLayerIndices();
         // As the engine (Executor::evaluate) does: no layer falls back to another k silently.
         for (const int layer : moe)

@@ -18,8 +18,8 @@ namespace moeatlas {
 // Checks that `rule` is a valid rule for the source model and that every MoE layer of the export
 // keeps at least rule.maxK() experts (`planName` names the plan). Throws RequestError("routing")
 // naming the rule and what was expected; a threshold rule needs a threshold in [0, 1] for every MoE
-// layer and none for another layer (export does not calibrate them). The model rule is checked by the plan checks
-// (keeps >= the model's top-k).
+// layer and none for another layer (exportCheckpoint does not calibrate them: exportRouting does).
+// The model rule is checked by the plan checks (keeps >= the model's top-k).
 void checkExportRouting(
     const RoutingRule& rule, const ModelSpec& spec, const std::vector<LayerKeep>& keep, const std::string& planName);
 

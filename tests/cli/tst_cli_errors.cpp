@@ -5,6 +5,9 @@
 // (a ".partial" may remain when the failure comes after the atlas was started; it is never
 // mistaken for a finished atlas, so only the final name is checked unless a case says otherwise).
 // `moeatlas score` with a bad option must leave the atlas it was given byte for byte as it was.
+#include "atlas/atlas_file.h"
+#include "export/exporter.h"
+#include "metrics/routing_rule_stats.h"
 #include "test_support.h"
 
 #include <nlohmann/json.hpp>
@@ -186,6 +189,7 @@ private Q_SLOTS:
     void memoryPlanRefused();
     void badRouting_data();
     void badRouting();
+    void thresholdCalibratedOnAtlas();
 
 private:
     QString capture(const QString& checkpoint, const QString& out, const QStringList& extra, ProcessResult& r) const;
@@ -787,8 +791,8 @@ void TstCliErrors::badRouting_data()
                                  << QStringList { u"--routing: "_s, u"the band [0, 2] must lie in [1, 4]"_s };
     QTest::newRow("top-k above the kept experts")
         << u"top-k:4"_s << QStringList { u"--routing: routing rule 'top-k:4' routes up to 4 experts"_s, u"keeps 3"_s };
-    QTest::newRow("threshold without calibration")
-        << u"threshold:1.5"_s << QStringList { u"--routing: "_s, u"export does not calibrate"_s };
+    QTest::newRow("threshold without an atlas")
+        << u"threshold:1.5"_s << QStringList { u"--atlas: routing rule 'threshold:1.5:1:2'"_s, u"none was given"_s };
     QTest::newRow("unknown rule") << u"top-q:2"_s << QStringList { u"--routing: "_s, u"expected model, top-k:K"_s };
 }
 
@@ -818,6 +822,58 @@ void TstCliErrors::badRouting()
         QVERIFY2(r.exitCode == 0, qPrintable(ok + u": "_s + r.stdErr));
         QVERIFY(QDir(out).removeRecursively());
     }
+}
+
+namespace {
+
+QString keepAllPlan(const QString& dir)
+{
+    nlohmann::json layers = nlohmann::json::array();
+    for (const int l : { 0, 1 })
+        layers.push_back({ { "layer", l }, { "keep", { 0, 1, 2, 3 } } });
+    const nlohmann::json plan
+        = { { "format", "moeatlas-plan" }, { "version", 1 }, { "source", { { "num_experts", 4 }, { "top_k", 2 } } },
+              { "derivation", { { "method", "specialist" }, { "criterion", "test" } } }, { "layers", layers } };
+    const QString path = QDir(dir).filePath(u"all.json"_s);
+    return writeAll(path, QByteArray::fromStdString(plan.dump())) ? path : QString();
+}
+
+} // namespace
+
+// `--routing threshold:M --atlas A`: the thresholds written are calibrateThresholds' on A; an atlas of
+// another config.json is refused naming --atlas, before the output exists.
+void TstCliErrors::thresholdCalibratedOnAtlas()
+{
+    QTemporaryDir tmp;
+    QVERIFY(tmp.isValid());
+    ProcessResult r;
+    const QString atlas = capture(m_model, tmp.filePath(u"run.atlas.h5"_s), {}, r);
+    QVERIFY2(r.exitCode == 0, qPrintable(r.stdErr));
+    const QString plan = keepAllPlan(tmp.path());
+    QVERIFY(!plan.isEmpty());
+    const QString out = tmp.filePath(u"pruned"_s);
+    r = cli({ u"export"_s, m_model, u"--plan"_s, plan, u"-o"_s, out, u"--routing"_s, u"threshold:1.5"_s, u"--atlas"_s,
+        atlas });
+    QVERIFY2(r.exitCode == 0, qPrintable(r.stdErr));
+    moeatlas::RoutingRule expected = moeatlas::exportRoutingRule(m_model.toStdString(), "threshold:1.5");
+    moeatlas::calibrateThresholds(moeatlas::AtlasFile::openReadOnly(atlas.toStdString()), expected);
+    QByteArray config;
+    QVERIFY(readAll(QDir(out).filePath(u"config.json"_s), config));
+    const nlohmann::json written = nlohmann::json::parse(config.toStdString())["moeatlas_routing"]["thresholds"];
+    QCOMPARE(written.size(), std::size_t { 2 });
+    for (const auto& [layer, t] : expected.thresholds)
+        QCOMPARE(written.at(std::to_string(layer)).get<double>(), t);
+
+    const QString other = tmp.filePath(u"other"_s);
+    QVERIFY(copyDir(m_model, other));
+    QByteArray otherConfig;
+    QVERIFY(readAll(QDir(other).filePath(u"config.json"_s), otherConfig));
+    QVERIFY(writeAll(QDir(other).filePath(u"config.json"_s), otherConfig + "\n"));
+    const QString out2 = tmp.filePath(u"pruned-other"_s);
+    r = cli({ u"export"_s, other, u"--plan"_s, plan, u"-o"_s, out2, u"--routing"_s, u"threshold:1.5"_s, u"--atlas"_s,
+        atlas });
+    CHECK_CLEAN_FAILURE(r, (QStringList { u"--atlas: "_s + atlas, u"another config.json"_s }), out2);
+    QVERIFY(!QFileInfo::exists(out2 + u".partial"_s));
 }
 
 QTEST_GUILESS_MAIN(TstCliErrors)

@@ -539,8 +539,8 @@ private Q_SLOTS:
         QCOMPARE(e.field, std::string("routing"));
         QVERIFY2(e.message.contains(QStringLiteral("routes up to 5 experts")), qPrintable(e.message));
         e = refused(exportRoutingRule(src, "threshold:1.5"));
-        QVERIFY2(
-            e.field == "routing" && e.message.contains(QStringLiteral("does not calibrate")), qPrintable(e.message));
+        QVERIFY2(e.field == "routing" && e.message.contains(QStringLiteral("calibrate them on an atlas")),
+            qPrintable(e.message));
         threshold.thresholds.erase(1);
         e = refused(threshold);
         QVERIFY2(e.field == "routing" && e.message.contains(QStringLiteral("no calibrated threshold for MoE layer 1")),

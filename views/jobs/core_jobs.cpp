@@ -102,7 +102,7 @@ Job exportJob(
     job.run = [source = std::move(source), plan = std::move(plan), out = std::move(out), options = std::move(options),
                   routing = std::move(routing)](const ProgressFn& progress, const StopToken* stop) {
         ExportOptions o = options;
-        o.routing = exportRoutingRule(source, routing);
+        o.routing = exportRouting(source, routing, options.atlasPath, progress, stop);
         // exportCheckpoint takes no stop token: the runner's progress returns false after a stop.
         o.progress = [&progress, stop](const Progress& p) { return progress(p) && !stop->stopRequested(); };
         const ExportResult r = exportCheckpoint(source, plan, out, o);

@@ -10,6 +10,7 @@
 #include "plan/plan.h"
 #include "runtime/capture.h"
 #include "workflows/eval_workflow.h"
+#include "workflows/export_workflow.h"
 #include "workflows/fisher_workflow.h"
 
 #include <filesystem>
@@ -37,8 +38,9 @@ Job evalJob(EvalRequest request);
 Job fisherJob(FisherRequest request);
 
 // `moeatlas export SOURCE --plan PLAN -o OUT --routing ROUTING`: options.progress is replaced by the
-// runner's, options.routing by exportRoutingRule(source, routing) (a RequestError("routing") when it is
-// not a rule of the model). outputPath = the exported directory.
+// runner's, options.routing by exportRouting(source, routing, options.atlasPath) (a RequestError
+// "routing" when it is not a rule of the model; threshold rules calibrated on the atlas).
+// outputPath = the exported directory.
 Job exportJob(std::filesystem::path source, Plan plan, std::filesystem::path out, ExportOptions options,
     std::string routing = "model");
 

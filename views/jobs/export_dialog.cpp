@@ -68,10 +68,11 @@ ExportDialog::ExportDialog(
     m_bar->setRange(0, 1000);
     m_bar->setValue(0);
     m_output->setPlaceholderText(tr("new or empty directory"));
-    m_routing->setPlaceholderText(tr("model, top-k:K, probmoe:KMIN:KMAX or top-p:P[:KMIN:KMAX]"));
+    m_routing->setPlaceholderText(tr("model, top-k:K, probmoe:KMIN:KMAX, top-p:P[:KMIN:KMAX] or threshold:M"));
     m_routing->setToolTip(tr("How the exported model routes each token (the CLI's --routing). model and top-k:K "
-                             "give a stock checkpoint; probmoe and top-p give every token its own number of "
-                             "experts and load with trust_remote_code=True."));
+                             "give a stock checkpoint; probmoe, top-p and threshold give every token its own number "
+                             "of experts and load with trust_remote_code=True. threshold:M calibrates its "
+                             "thresholds on the plan's atlas for a mean k of M."));
 
     auto* outRow = new QHBoxLayout;
     outRow->addWidget(m_output, 1);
