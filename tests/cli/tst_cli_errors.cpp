@@ -187,8 +187,8 @@ private Q_SLOTS:
     void badEvalRouting_data();
     void badEvalRouting();
     void memoryPlanRefused();
-    void badRouting_data();
-    void badRouting();
+    void badExportRouting_data();
+    void badExportRouting();
     void thresholdCalibratedOnAtlas();
 
 private:
@@ -775,10 +775,11 @@ void TstCliErrors::badEvalRouting()
         + options);
     CHECK_CLEAN_FAILURE(e, keywords, QString());
     QVERIFY(QDir(tmp.path()).isEmpty());
+}
 
 // `moeatlas export --routing`: a rule the model cannot take, or one routing more experts than the plan
 // keeps (3 of 4 per layer), is refused naming --routing before the output directory exists.
-void TstCliErrors::badRouting_data()
+void TstCliErrors::badExportRouting_data()
 {
     QTest::addColumn<QString>("rule");
     QTest::addColumn<QStringList>("keywords");
@@ -796,7 +797,7 @@ void TstCliErrors::badRouting_data()
     QTest::newRow("unknown rule") << u"top-q:2"_s << QStringList { u"--routing: "_s, u"expected model, top-k:K"_s };
 }
 
-void TstCliErrors::badRouting()
+void TstCliErrors::badExportRouting()
 {
     QFETCH(QString, rule);
     QFETCH(QStringList, keywords);
