@@ -2,6 +2,7 @@
 
 #include "checkpoint/checkpoint.h"
 #include "fisher_data.h"
+#include "metrics/probmoe_reader.h"
 #include "metrics/routing_stats_reader.h"
 #include "plan/plan_costs.h"
 #include "util/error.h"
@@ -148,6 +149,11 @@ std::shared_ptr<const AtlasSnapshot> loadAtlasSnapshot(const QString& path)
         s->routingStats = std::make_shared<const RoutingStats>(routingStatsFromResults(atlas, *s->statistics));
     } catch (const std::exception& e) {
         s->routingStatsNote = QString::fromUtf8(e.what());
+    }
+    try {
+        s->probmoe = std::make_shared<const ProbMoeTables>(probmoeTablesFromAtlas(atlas));
+    } catch (const std::exception& e) {
+        s->probmoeNote = QString::fromUtf8(e.what());
     }
     for (const std::string& label : atlas.resultGroups("evaluation")) {
         if (std::optional<AtlasResults> table = atlas.readResults("evaluation/" + label))

@@ -19,6 +19,7 @@
 namespace moeatlas {
 struct FisherAblationResults;
 struct FisherSummary;
+struct ProbMoeTables;
 struct RoutingStats;
 } // namespace moeatlas
 
@@ -43,6 +44,9 @@ struct AtlasSnapshot {
     // the reason in routingStatsNote when the atlas was not scored.
     std::shared_ptr<const RoutingStats> routingStats;
     QString routingStatsNote;
+    // /probmoe (ProbMoE exact-k tables, metrics/probmoe_reader.h); null with the reason in probmoeNote.
+    std::shared_ptr<const ProbMoeTables> probmoe;
+    QString probmoeNote;
     std::map<std::string, AtlasResults> evaluations; // /evaluation/<label>
     // /fisher (moeatlas fisher): counts, expert-level sums and concentration of every form, the
     // ablation, and a store that reads a form's unit scores on demand (they can be large). Null

@@ -4,6 +4,7 @@
 #include "budget_panel.h"
 #include "charts/fisher_view.h"
 #include "charts/routing_stats.h"
+#include "charts/routing_view.h"
 #include "charts/tradeoff_chart.h"
 #include "fisher/fisher_store.h"
 #include "fisher_ablation_model.h"
@@ -111,6 +112,9 @@ MainWindow::MainWindow(QWidget* parent)
     m_stats = new RoutingStatsView(statsPage);
     statsLayout->addWidget(m_stats, 1);
     m_tabs->addTab(statsPage, tr("Routing &statistics"));
+    // Routing: ProbMoE's exact-k tables (/probmoe) and the routing rules' trade-off.
+    m_routing = new RoutingView(this);
+    m_tabs->addTab(m_routing, tr("R&outing"));
     // Fisher: concentration, ablation and unit profiles of /fisher (moeatlas fisher).
     m_fisher = new FisherView(this);
     m_tabs->addTab(m_fisher, tr("&Fisher"));
@@ -381,6 +385,7 @@ void MainWindow::refreshCharts()
         m_statsNote->setVisible(snapshot != nullptr);
     }
     m_fisher->setSnapshot(snapshot);
+    m_routing->setSnapshot(snapshot);
 }
 
 void MainWindow::showEvaluation()

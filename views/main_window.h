@@ -36,6 +36,7 @@ class HeatmapView;
 class JobRunner;
 class JobsPanel;
 class RoutingStatsView;
+class RoutingView;
 class TradeoffChartView;
 
 class MainWindow : public QMainWindow {
@@ -76,6 +77,7 @@ public:
     TradeoffChartView* tradeoffChart() const { return m_tradeoff; }
     QComboBox* evaluationCombo() const { return m_evalLabel; }
     RoutingStatsView* routingStatsView() const { return m_stats; }
+    RoutingView* routingView() const { return m_routing; }
     FisherView* fisherView() const { return m_fisher; }
     JobRunner* jobRunner() const { return m_runner; }
     JobsPanel* jobsPanel() const { return m_jobsPanel; }
@@ -155,6 +157,7 @@ private:
     QLabel* m_evalNote = nullptr;
     RoutingStatsView* m_stats = nullptr;
     QLabel* m_statsNote = nullptr;
+    RoutingView* m_routing = nullptr;
     FisherView* m_fisher = nullptr;
     JobRunner* m_runner = nullptr;
     JobsPanel* m_jobsPanel = nullptr;
