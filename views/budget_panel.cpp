@@ -1,6 +1,7 @@
 #include "budget_panel.h"
 
 #include "atlas_document.h"
+#include "budget_routing.h"
 #include "dim_planner.h"
 #include "fisher/fisher_store.h"
 #include "fisher_data.h"
@@ -94,6 +95,8 @@ BudgetPanel::BudgetPanel(QWidget* parent)
     m_amount->setRange(0, 1e12);
     m_amount->setKeyboardTracking(false);
     form->addRow(tr("T&arget:"), m_amount);
+    m_routingRule = new RoutingRuleControl(planBox);
+    form->addRow(tr("&Routing:"), m_routingRule);
     outer->addWidget(planBox);
 
     // Dimension pruning (Fisher-MoE): a checkable group, so its controls are off with it.
@@ -227,6 +230,7 @@ BudgetPanel::~BudgetPanel() = default;
 void BudgetPanel::setSnapshot(std::shared_ptr<const AtlasSnapshot> snapshot)
 {
     m_snapshot = std::move(snapshot);
+    m_routingRule->setSnapshot(m_snapshot);
     m_updating = true;
     // Reopening (e.g. after an evaluation wrote to the atlas) keeps the choices that still apply.
     const QString previousCriterion = m_criterion->currentText();
@@ -445,6 +449,7 @@ void BudgetPanel::showResult()
     m_save->setEnabled(m_plan.has_value());
     m_units->clear();
     m_units->setVisible(m_plan && m_plan->hasDims());
+    m_routingRule->setPlan(m_plan ? &*m_plan : nullptr);
     if (!m_plan) {
         m_kept->setText(m_compiling ? tr("Selecting units…") : m_error);
         m_savings->clear();

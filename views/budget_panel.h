@@ -29,6 +29,7 @@ namespace moeatlas::views {
 
 struct AtlasSnapshot;
 class DimPlanner;
+class RoutingRuleControl;
 
 // The retained routing mass of a plan (plan/routing_mass.h) from the snapshot's arrays.
 RoutingMassProxy retainedRoutingMass(const AtlasSnapshot& snapshot, const Plan& plan);
@@ -84,6 +85,8 @@ public:
     const std::optional<Plan>& plan() const { return m_plan; }
     const RoutingMassProxy& proxy() const { return m_proxy; }
     QString statusText() const;
+    // The routing rule field and its predicted active parameters per token (budget_routing.h).
+    RoutingRuleControl* routingRuleControl() const { return m_routingRule; }
 
     // Writes the current plan as `moeatlas plan` does; false with a message on failure.
     bool savePlan(const QString& path, QString* error = nullptr) const;
@@ -133,6 +136,7 @@ private:
     QLabel* m_proxyLabel = nullptr;
     QPushButton* m_evaluate = nullptr;
     QPushButton* m_save = nullptr;
+    RoutingRuleControl* m_routingRule = nullptr;
 };
 
 } // namespace moeatlas::views
