@@ -121,8 +121,9 @@ void TstAtlasDocument::statisticsAndEvaluations()
     QVERIFY(!s->statisticsArray("no_such_array"));
 
     const std::vector<std::string> labels = atlas.resultGroups("evaluation");
-    QCOMPARE(labels, std::vector<std::string> { "default" });
-    QCOMPARE(s->evaluations.size(), std::size_t(1));
+    // The fixture's sweep (default) and its routing-rule evaluation (routing).
+    QCOMPARE(labels, (std::vector<std::string> { "default", "routing" }));
+    QCOMPARE(s->evaluations.size(), std::size_t(2));
     const AtlasResults& eval = s->evaluations.at("default");
     const auto expected = atlas.readResults("evaluation/default");
     QCOMPARE(eval.find("nll")->values, expected->find("nll")->values);

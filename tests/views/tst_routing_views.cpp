@@ -191,23 +191,37 @@ private Q_SLOTS:
             const AtlasArray& tokens = *group.find("tokens");
             const auto params = nlohmann::json::parse(group.paramsJson);
             const std::size_t V = nll.dims[0], D = nll.dims[1];
+            // Only tables that route some variant with a rule are points (/evaluation/routing here).
+            bool routed = false;
+            for (const auto& variant : params["variants"])
+                routed = routed || variant.value("routing", std::string("model")) != "model";
+            if (!routed)
+                continue;
+            const AtlasArray& meanExperts = *group.find("mean_experts");
             double all = 0;
             for (const double n : tokens.values)
                 all += n;
             for (std::size_t v = 0; v < V; ++v) {
-                double loss = 0;
-                for (std::size_t d = 0; d < D; ++d)
+                double loss = 0, experts = 0;
+                for (std::size_t d = 0; d < D; ++d) {
                     loss += nll.values[v * D + d] * tokens.values[d] / all;
+                    experts += meanExperts.values[v * D + d] * tokens.values[d] / all;
+                }
                 const std::string name = params["variants"][v]["name"].get<std::string>();
                 const auto it = std::find_if(view.tradeoffPoints().begin(), view.tradeoffPoints().end(),
                     [&](const RoutingTradeoffPoint& p) { return p.table == label && p.variant == name; });
                 QVERIFY2(it != view.tradeoffPoints().end(), name.c_str());
                 QVERIFY(std::fabs(it->loss - loss) < 1e-12);
-                QCOMPARE(it->meanExperts, static_cast<double>(m_topK)); // no routing columns yet: the model's k
+                QVERIFY(std::fabs(it->meanExperts - experts) < 1e-12);
+                QCOMPARE(QString::fromStdString(it->rule),
+                    QString::fromStdString(params["variants"][v].value("routing", std::string("model"))));
                 ++expected;
             }
         }
         QCOMPARE(view.tradeoffPoints().size(), expected);
+        // The fixture's /evaluation/routing: the full model, its top-p variant and the top-k ladder.
+        QVERIFY(expected >= 3);
+        QCOMPARE(view.tradeoffChart()->series().size(), 2); // "fixed top-k" and the top-p rule
         int points = 0;
         for (QAbstractSeries* s : view.tradeoffChart()->series())
             points += qobject_cast<QScatterSeries*>(s)->count();
@@ -221,13 +235,8 @@ private Q_SLOTS:
         QVERIFY(w.openAtlasBlocking(m_atlas));
         QVERIFY(w.tabs()->indexOf(w.routingView()) >= 0);
         QVERIFY(w.routingView()->hasTables());
-        QCOMPARE(
-            w.routingView()->tradeoffPoints().size(), RoutingView().tradeoffPoints().size() + [&] {
-                std::size_t n = 0;
-                for (const auto& [label, group] : m_evaluations)
-                    n += group.find("nll")->dims[0];
-                return n;
-            }());
+        // The points of the one table with routing rules (the sweep in /evaluation/default has none).
+        QCOMPARE(w.routingView()->tradeoffPoints().size(), m_evaluations.at("routing").find("nll")->dims[0]);
     }
 
     void routingTabWithoutProbmoe()

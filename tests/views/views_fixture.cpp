@@ -70,6 +70,9 @@ QString buildViewsAtlas(const QString& dir, QString* error)
         || !run({ QStringLiteral("score"), atlas }, error)
         || !run({ QStringLiteral("eval"), QStringLiteral("--atlas"), atlas, QStringLiteral("--sparsity"),
                     QStringLiteral("0.25,0.5"), QStringLiteral("--random-plans"), QStringLiteral("2") },
+            error)
+        || !run({ QStringLiteral("eval"), QStringLiteral("--atlas"), atlas, QStringLiteral("--routing"),
+                    QStringLiteral("top-p:0.5"), QStringLiteral("--label"), QStringLiteral("routing") },
             error))
         return {};
     return atlas;

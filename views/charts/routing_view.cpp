@@ -84,24 +84,26 @@ void bars(QChart* chart, const QStringList& categories,
 
 } // namespace
 
-std::vector<RoutingTradeoffPoint> routingTradeoffPoints(const EvalTable& table, const std::string& label, int modelTopK)
+std::vector<RoutingTradeoffPoint> routingTradeoffPoints(const EvalTable& table, const std::string& label)
 {
     std::vector<RoutingTradeoffPoint> out;
     double tokens = 0;
     for (const int64_t n : table.predictedTokens)
         tokens += static_cast<double>(n);
-    if (tokens <= 0)
+    const bool routed = std::any_of(
+        table.variants.begin(), table.variants.end(), [](const EvalVariant& v) { return v.routing != "model"; });
+    if (tokens <= 0 || !routed || table.meanExperts.size() != table.variants.size())
         return out;
     for (std::size_t v = 0; v < table.variants.size(); ++v) {
         RoutingTradeoffPoint p;
         p.table = label;
         p.variant = table.variants[v].name;
-        // HOOK (see the header): the variant's rule and mean experts per token, from the evaluation
-        // table's routing columns once it has them; today every variant routes with the model's top-k.
-        p.rule = table.variants[v].mask.routing.name();
-        p.meanExperts = modelTopK;
-        for (std::size_t d = 0; d < table.domains.size(); ++d)
-            p.loss += table.nll[v][d] * static_cast<double>(table.predictedTokens[d]) / tokens;
+        p.rule = table.variants[v].routing;
+        for (std::size_t d = 0; d < table.domains.size(); ++d) {
+            const double w = static_cast<double>(table.predictedTokens[d]) / tokens;
+            p.loss += table.nll[v][d] * w;
+            p.meanExperts += table.meanExperts[v][d] * w;
+        }
         out.push_back(std::move(p));
     }
     return out;
@@ -295,8 +297,8 @@ void RoutingView::rebuildTradeoff()
         return;
     for (const auto& [label, group] : m_snapshot->evaluations) {
         try {
-            const std::vector<RoutingTradeoffPoint> points = routingTradeoffPoints(
-                evalTableFromResults(group, "/evaluation/" + label), label, m_snapshot->model.topK);
+            const std::vector<RoutingTradeoffPoint> points
+                = routingTradeoffPoints(evalTableFromResults(group, "/evaluation/" + label), label);
             m_points.insert(m_points.end(), points.begin(), points.end());
         } catch (const std::exception& e) {
             m_tradeoffNote = QString::fromUtf8(e.what());
@@ -304,18 +306,20 @@ void RoutingView::rebuildTradeoff()
     }
     if (m_points.empty()) {
         if (m_tradeoffNote.isEmpty())
-            m_tradeoffNote = tr(
-                "No evaluation table for the trade-off: Evaluate in the budget panel (or moeatlas eval --atlas) adds "
-                "one.");
+            m_tradeoffNote = tr("No evaluation with routing rules for the trade-off: moeatlas eval --atlas ATLAS "
+                                "--routing probmoe:KMIN:KMAX --routing top-p:P ... adds one (with the fixed top-k "
+                                "ladder each dynamic rule is compared with).");
         return;
     }
     std::map<std::string, QScatterSeries*> byRule;
     double xMin = m_points.front().meanExperts, xMax = xMin, yMin = m_points.front().loss, yMax = yMin;
     for (const RoutingTradeoffPoint& p : m_points) {
-        QScatterSeries*& s = byRule[p.rule];
+        // The model's k and the fixed top-k ladder are one series: the line a dynamic rule must beat.
+        const bool fixed = p.rule == "model" || p.rule.rfind("top-k:", 0) == 0;
+        QScatterSeries*& s = byRule[fixed ? std::string("fixed top-k") : p.rule];
         if (s == nullptr) {
             s = new QScatterSeries;
-            s->setName(qs(p.rule));
+            s->setName(fixed ? tr("fixed top-k") : qs(p.rule));
             s->setMarkerSize(9);
         }
         s->append(p.meanExperts, p.loss);

@@ -35,12 +35,10 @@ struct RoutingTradeoffPoint {
     double loss = 0;
 };
 
-// The points of one evaluation table. HOOK: the evaluation table does not yet record a variant's
-// routing rule or the experts its tokens used (core/eval is being extended with per variant and
-// domain routing columns); until then every variant counts as rule "model" with the model's top-k
-// per token. Fill `rule` and `meanExperts` from those columns here once EvalTable has them.
-std::vector<RoutingTradeoffPoint> routingTradeoffPoints(
-    const EvalTable& table, const std::string& label, int modelTopK);
+// The points of one evaluation table that routes some variant with a rule (moeatlas eval --routing):
+// every variant's routing rule, mean experts per token and loss, both token-weighted over the domains.
+// A table without routing rules gives none.
+std::vector<RoutingTradeoffPoint> routingTradeoffPoints(const EvalTable& table, const std::string& label);
 
 class RoutingView : public QWidget {
     Q_OBJECT
