@@ -2,6 +2,7 @@
 
 #include "atlas_document.h"
 #include "budget_panel.h"
+#include "budget_routing.h"
 #include "charts/fisher_view.h"
 #include "charts/routing_stats.h"
 #include "charts/routing_view.h"
@@ -425,6 +426,11 @@ int MainWindow::evaluatePlan(const Plan& plan)
     params.atlas = snapshot->path.toStdString();
     params.plans = { { name.toStdString(), plan } };
     params.label = kEvaluationLabel;
+    // The budget panel's routing rule: the full model and the plan also with it (and, for a dynamic
+    // rule, the fixed top-k ladder it is compared with).
+    const RoutingRule& rule = m_budget->routingRuleControl()->rule();
+    if (!rule.isModel())
+        params.routing = { rule.name() };
     logMessage(tr("Evaluating plan %1 into /evaluation/%2 of %3")
                    .arg(name, QString::fromLatin1(kEvaluationLabel), snapshot->path));
     m_evalJob = m_runner->start(evalJob(params));

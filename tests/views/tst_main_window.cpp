@@ -4,6 +4,7 @@
 #include "atlas/atlas_file.h"
 #include "atlas_document.h"
 #include "budget_panel.h"
+#include "budget_routing.h"
 #include "charts/routing_stats.h"
 #include "charts/tradeoff_chart.h"
 #include "heatmap_model.h"
@@ -48,6 +49,7 @@ private Q_SLOTS:
     void sliderDrivesOverlay();
     void chartsShowAtlas();
     void evaluatePlanEndToEnd();
+    void evaluatePlanWithRoutingRule();
 
 private:
     QTemporaryDir m_dir;
@@ -322,6 +324,30 @@ void TstMainWindow::evaluatePlanEndToEnd()
         QCOMPARE(variant["keep"][std::to_string(plan.layers[i])].get<std::vector<int>>(), plan.keep[i]);
     QCOMPARE(w.evaluationCombo()->currentText(), QStringLiteral("workbench"));
     QVERIFY(w.logText().contains(QStringLiteral("Evaluating plan")));
+}
+
+// The budget panel's routing rule goes with the evaluation: every variant also routed with it.
+void TstMainWindow::evaluatePlanWithRoutingRule()
+{
+    MainWindow w;
+    w.setErrorDialogsEnabled(false);
+    QVERIFY(w.openAtlasBlocking(m_atlas));
+    w.budgetPanel()->setTargetDomain(QStringLiteral("code"));
+    w.budgetPanel()->setSparsityPercent(50);
+    w.budgetPanel()->routingRuleControl()->setRuleText(QStringLiteral("top-k:1"));
+    QCOMPARE(QString::fromStdString(w.budgetPanel()->routingRuleControl()->rule().name()), QStringLiteral("top-k:1"));
+    QSignalSpy loaded(w.document(), &AtlasDocument::loaded);
+    QVERIFY(w.evaluatePlan(*w.budgetPanel()->plan()) > 0);
+    QTRY_COMPARE_WITH_TIMEOUT(loaded.count(), 1, 240000);
+    const auto params = nlohmann::json::parse(w.document()->snapshot()->evaluations.at("workbench").paramsJson);
+    // full, the plan, and both with top-k:1 (a fixed rule adds no ladder).
+    QCOMPARE(params["variants"].size(), std::size_t(4));
+    QCOMPARE(params["variants"][2]["routing"].get<std::string>(), std::string("top-k:1"));
+    QCOMPARE(params["variants"][2]["base"].get<std::string>(), std::string("full"));
+    QCOMPARE(params["variants"][3]["base"].get<std::string>(), params["variants"][1]["name"].get<std::string>());
+    const AtlasArray* mean = w.document()->snapshot()->evaluations.at("workbench").find("mean_experts");
+    QVERIFY(mean && mean->values.size() == 4 * mean->dims[1]);
+    QCOMPARE(mean->values[2 * mean->dims[1]], 1.0);
 }
 
 QTEST_MAIN(TstMainWindow)
