@@ -30,8 +30,9 @@ struct RoutingRule {
     int kMax = 0;
     double p = 0.0; // TopP: routing mass
     double meanK = 0.0; // Threshold: the target mean k of every MoE layer
-    // Threshold: decoder layer -> softmax probability threshold t_l (calibrateThresholds in eval/).
-    // Empty until calibrated; a layer without an entry routes with kMax.
+    // Threshold: decoder layer -> softmax probability threshold t_l (calibrateThresholds in
+    // metrics/routing_rule_stats.h). Empty until calibrated; evaluation and export refuse a rule that lacks a MoE
+    // layer's threshold.
     std::map<int, double> thresholds;
 
     bool isModel() const { return kind == Kind::Model; }

@@ -79,7 +79,7 @@ struct ExpertMask {
     // down columns (sliced once per layer and variant), unless ExecutorOptions::maskedUnits.
     std::map<int, std::vector<std::vector<int>>> units;
     // How many experts each token is routed to (checkpoint/routing_rule.h); the model's own top-k by
-    // default. A Threshold rule needs its thresholds (calibrateThresholds in eval/).
+    // default. A Threshold rule needs its thresholds (calibrateThresholds in metrics/routing_rule_stats.h).
     RoutingRule routing;
 };
 

@@ -250,7 +250,10 @@ void RoutingView::rebuild()
     auto* x = new QValueAxis;
     x->setTitleText(tr("decoder layer"));
     x->setLabelFormat(QStringLiteral("%d"));
-    x->setRange(t.layers.front(), std::max(t.layers.back(), t.layers.front() + 1));
+    const int span = std::max(t.layers.back() - t.layers.front(), 1);
+    x->setRange(t.layers.front(), t.layers.front() + span);
+    if (span <= 16)
+        x->setTickCount(span + 1); // one tick per decoder layer: labels are whole layer numbers
     auto* y = new QValueAxis;
     y->setTitleText(tr("experts"));
     y->setRange(t.bandMin - 0.5, t.bandMax + 0.5);
