@@ -1,8 +1,8 @@
 #include "eval/eval.h"
 
 #include "checkpoint/checkpoint.h"
-#include "checkpoint/inventory.h"
 #include "checkpoint/model_spec.h"
+#include "eval/eval_routing.h"
 #include "plan/atlas_scores.h"
 #include "plan/dim_plan.h"
 #include "plan/plan_costs.h"
@@ -11,14 +11,11 @@
 #include "util/sha256.h"
 #include "util/splitmix64.h"
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <numeric>
 #include <random>
-#include <sstream>
 
 namespace moeatlas {
 
@@ -75,113 +72,6 @@ int64_t longestSequence(const std::vector<int64_t>& offsets)
     for (std::size_t i = 0; i + 1 < offsets.size(); ++i)
         longest = std::max(longest, offsets[i + 1] - offsets[i]);
     return longest;
-}
-
-// What a token's routing costs in parameters: everything but the routed experts (as
-// Inventory::activeParamsPerToken counts it) plus, per MoE layer, one routed expert's parameters for
-// each expert the token is routed to.
-struct RoutingCosts {
-    double fixedActive = 0; // active parameters per token without the routed experts
-    double norms = 0; // norm weights: element-wise, not part of the FLOPs
-    std::vector<double> expertParams; // per MoE layer (model order): one routed expert at full width
-};
-
-RoutingCosts routingCosts(const Checkpoint& checkpoint, const ModelSpec& spec)
-{
-    const Inventory inv = takeInventory(checkpoint, spec);
-    RoutingCosts c;
-    const double E = spec.router.numExperts;
-    double routedActive = 0;
-    for (const int l : spec.moeLayerIndices()) {
-        c.expertParams.push_back(
-            static_cast<double>(inv.routedExpertsPerLayer.at(static_cast<std::size_t>(l)).params) / E);
-        routedActive += c.expertParams.back() * spec.router.topK;
-    }
-    // activeParamsPerToken rounds top-k/E of all routed experts; the per-layer sum is the same count.
-    c.fixedActive = static_cast<double>(inv.activeParamsPerToken) - routedActive;
-    c.norms = static_cast<double>(inv[Component::Norms].params);
-    return c;
-}
-
-// Mean experts per token and layer, their histogram, active parameters and FLOPs per token of one
-// variant in every domain, from the experts each token was routed to ([numMoeLayers, T]). A dimension
-// plan's experts count with their kept experts' mean width.
-void addRoutingCosts(EvalTable& table, std::size_t v, const EvalVariant& variant, const std::vector<uint16_t>& used,
-    const EvalTokens& tokens, const ModelSpec& spec, const RoutingCosts& costs)
-{
-    const std::vector<int> moeLayers = spec.moeLayerIndices();
-    const std::size_t T = tokens.tokens.size(), D = tokens.domains.size(), L = moeLayers.size();
-    std::vector<double> widthFraction(L, 1.0);
-    for (std::size_t m = 0; m < L; ++m) {
-        const auto units = variant.mask.units.find(moeLayers[m]);
-        if (units == variant.mask.units.end() || spec.moeIntermediate <= 0)
-            continue;
-        const auto keep = variant.mask.keep.find(moeLayers[m]);
-        double width = 0, count = 0;
-        for (int e = 0; e < spec.router.numExperts; ++e) {
-            if (keep != variant.mask.keep.end()
-                && std::find(keep->second.begin(), keep->second.end(), e) == keep->second.end())
-                continue;
-            width += static_cast<double>(units->second.at(static_cast<std::size_t>(e)).size());
-            ++count;
-        }
-        widthFraction[m] = count > 0 ? width / count / static_cast<double>(spec.moeIntermediate) : 0.0;
-    }
-    std::vector<double> tokensIn(D, 0.0), experts(D, 0.0), params(D, 0.0);
-    auto& histogram = table.expertsHistogram[v];
-    for (std::size_t i = 0; i + 1 < tokens.seqOffsets.size(); ++i) {
-        const auto d = static_cast<std::size_t>(tokens.seqDomain[i]);
-        for (int64_t t = tokens.seqOffsets[i]; t < tokens.seqOffsets[i + 1]; ++t) {
-            tokensIn[d] += 1;
-            for (std::size_t m = 0; m < L; ++m) {
-                const uint16_t k = used.at(m * T + static_cast<std::size_t>(t));
-                experts[d] += k;
-                histogram[d][std::min<std::size_t>(k, histogram[d].size() - 1)] += 1;
-                params[d] += k * costs.expertParams[m] * widthFraction[m];
-            }
-        }
-    }
-    for (std::size_t d = 0; d < D; ++d) {
-        const double pairs = tokensIn[d] * static_cast<double>(L);
-        table.meanExperts[v][d] = pairs > 0 ? experts[d] / pairs : std::nan("");
-        for (double& h : histogram[d])
-            h = pairs > 0 ? h / pairs : std::nan("");
-        table.activeParams[v][d] = tokensIn[d] > 0 ? costs.fixedActive + params[d] / tokensIn[d] : std::nan("");
-        table.flopsPerToken[v][d] = 2.0 * (table.activeParams[v][d] - costs.norms);
-    }
-}
-
-// equalCostNll: per dynamic-k variant and domain, its base's fixed top-k ladder (the base at the
-// model's k and "<base>+top-k:K") interpolated linearly at the variant's mean experts per token.
-void fillEqualCost(EvalTable& table)
-{
-    const std::size_t V = table.variants.size(), D = table.domains.size();
-    table.equalCostNll.assign(V, std::vector<double>(D, std::nan("")));
-    for (std::size_t v = 0; v < V; ++v) {
-        const EvalVariant& var = table.variants[v];
-        if (var.base.empty() || var.mask.routing.fixed())
-            continue;
-        for (std::size_t d = 0; d < D; ++d) {
-            std::vector<std::pair<double, double>> ladder; // (mean experts, nll)
-            for (std::size_t u = 0; u < V; ++u) {
-                const EvalVariant& other = table.variants[u];
-                const bool fixed = (other.name == var.base && other.mask.routing.isModel())
-                    || (other.base == var.base && other.mask.routing.kind == RoutingRule::Kind::TopK);
-                if (fixed)
-                    ladder.emplace_back(table.meanExperts[u][d], table.nll[u][d]);
-            }
-            std::sort(ladder.begin(), ladder.end());
-            const double x = table.meanExperts[v][d];
-            for (std::size_t i = 0; i + 1 < ladder.size(); ++i) {
-                const auto [x0, y0] = ladder[i];
-                const auto [x1, y1] = ladder[i + 1];
-                if (x >= x0 && x <= x1 && x1 > x0) {
-                    table.equalCostNll[v][d] = y0 + (y1 - y0) * (x - x0) / (x1 - x0);
-                    break;
-                }
-            }
-        }
-    }
 }
 
 } // namespace
@@ -324,48 +214,6 @@ EvalVariant randomVariant(const ModelSpec& spec, double sparsity, uint64_t seed,
     return v;
 }
 
-std::vector<EvalVariant> withRoutingRules(
-    const std::vector<EvalVariant>& variants, const std::vector<RoutingRule>& rules, const ModelSpec& spec)
-{
-    const int K = spec.router.topK;
-    std::vector<RoutingRule> all = rules;
-    // The equal-cost ladder: fixed top-k over the range of k the dynamic rules give.
-    int lo = K, hi = K;
-    bool dynamic = false;
-    for (const RoutingRule& r : rules)
-        if (!r.fixed()) {
-            dynamic = true;
-            lo = std::min(lo, r.minK(K));
-            hi = std::max(hi, r.maxK(K));
-        }
-    if (dynamic)
-        for (int k = lo; k <= hi; ++k) {
-            if (k == K)
-                continue;
-            RoutingRule fixed;
-            fixed.kind = RoutingRule::Kind::TopK;
-            fixed.k = k;
-            if (std::find(all.begin(), all.end(), fixed) == all.end())
-                all.push_back(fixed);
-        }
-    std::vector<EvalVariant> out = variants;
-    for (const EvalVariant& v : variants)
-        for (const RoutingRule& r : all) {
-            if (r.isModel())
-                continue;
-            if (r.kind == RoutingRule::Kind::Threshold && r.thresholds.empty())
-                throw RequestError("routing", "routing '" + r.name() + "' has no calibrated thresholds");
-            EvalVariant routed = v;
-            routed.name = v.name + "+" + r.name();
-            routed.mask.name = routed.name;
-            routed.mask.routing = r;
-            routed.routing = r.name();
-            routed.base = v.name;
-            out.push_back(std::move(routed));
-        }
-    return out;
-}
-
 std::vector<EvalVariant> sweepVariants(const std::filesystem::path& atlas, const Checkpoint& checkpoint,
     const ModelSpec& spec, const SweepOptions& options)
 {
@@ -465,7 +313,7 @@ EvalTable evaluateVariants(const Checkpoint& checkpoint, const ModelSpec& spec, 
 
     const std::size_t D = tokens.domains.size();
     table.nll.assign(variants.size(), std::vector<double>(D, 0.0));
-    const RoutingCosts costs = routingCosts(checkpoint, spec);
+    const eval_internal::RoutingCosts costs = eval_internal::routingCosts(checkpoint, spec);
     std::size_t bins = static_cast<std::size_t>(spec.router.topK) + 1;
     for (const EvalVariant& v : variants)
         bins = std::max(bins, static_cast<std::size_t>(v.mask.routing.maxK(spec.router.topK)) + 1);
@@ -503,218 +351,13 @@ EvalTable evaluateVariants(const Checkpoint& checkpoint, const ModelSpec& spec, 
             for (std::size_t d = 0; d < sums.size(); ++d)
                 sums[d] = table.predictedTokens[d] > 0 ? sums[d] / static_cast<double>(table.predictedTokens[d])
                                                        : std::nan("");
-            addRoutingCosts(table, first + v, variants[first + v], r.variants[v].expertsUsed, tokens, spec, costs);
+            eval_internal::addRoutingCosts(
+                table, first + v, variants[first + v], r.variants[v].expertsUsed, tokens, spec, costs);
         }
     }
     table.variants = std::move(variants);
-    fillEqualCost(table);
+    eval_internal::fillEqualCost(table);
     return table;
-}
-
-std::string evalTableCsv(const EvalTable& table)
-{
-    std::ostringstream out;
-    out.precision(9);
-    out << "variant,method,criterion,target_domain,sparsity,kept_experts,domain,tokens,nll,perplexity,delta_nll,"
-           "routing,mean_experts,active_params,flops_per_token,equal_cost_topk_nll,delta_vs_equal_cost,"
-           "experts_histogram\n";
-    // An empty cell for what the table does not hold (NaN, or a table read back without the column).
-    const auto cell = [&](const std::vector<std::vector<double>>& a, std::size_t v, std::size_t d) {
-        if (v < a.size() && d < a[v].size() && !std::isnan(a[v][d]))
-            out << a[v][d];
-    };
-    const int full = table.fullIndex();
-    for (std::size_t v = 0; v < table.variants.size(); ++v) {
-        const EvalVariant& var = table.variants[v];
-        for (std::size_t d = 0; d < table.domains.size(); ++d) {
-            const double nll = table.nll[v][d];
-            out << var.name << ',' << var.method << ',' << var.criterion << ',' << var.domain << ',' << var.sparsity
-                << ',' << var.keptExperts << ',' << table.domains[d] << ',' << table.predictedTokens[d] << ',' << nll
-                << ',' << std::exp(nll) << ',';
-            if (full >= 0)
-                out << nll - table.nll[static_cast<std::size_t>(full)][d];
-            out << ',' << var.routing << ',';
-            cell(table.meanExperts, v, d);
-            out << ',';
-            cell(table.activeParams, v, d);
-            out << ',';
-            cell(table.flopsPerToken, v, d);
-            out << ',';
-            cell(table.equalCostNll, v, d);
-            out << ',';
-            if (v < table.equalCostNll.size() && !std::isnan(table.equalCostNll[v][d]))
-                out << nll - table.equalCostNll[v][d];
-            out << ',';
-            if (v < table.expertsHistogram.size())
-                for (std::size_t k = 0, first = 1; k < table.expertsHistogram[v][d].size(); ++k)
-                    if (table.expertsHistogram[v][d][k] > 0) {
-                        out << (first ? "" : ";") << k << ':' << table.expertsHistogram[v][d][k];
-                        first = 0;
-                    }
-            out << '\n';
-        }
-    }
-    return out.str();
-}
-
-AtlasResults evalTableResults(const EvalTable& table)
-{
-    const uint64_t V = table.variants.size(), D = table.domains.size();
-    AtlasResults r;
-    nlohmann::json variants = nlohmann::json::array();
-    AtlasArray nll { "nll", { V, D }, {} }, sparsity { "sparsity", { V }, {} }, kept { "kept_experts", { V }, {} };
-    for (std::size_t v = 0; v < V; ++v) {
-        const EvalVariant& var = table.variants[v];
-        nlohmann::json keep = nlohmann::json::object();
-        for (const auto& [layer, ids] : var.mask.keep)
-            keep[std::to_string(layer)] = ids;
-        nlohmann::json entry = { { "name", var.name }, { "method", var.method }, { "criterion", var.criterion },
-            { "domain", var.domain }, { "keep", keep }, { "routing", var.routing }, { "base", var.base } };
-        if (!var.mask.routing.thresholds.empty()) {
-            nlohmann::json thresholds = nlohmann::json::object();
-            for (const auto& [layer, t] : var.mask.routing.thresholds)
-                thresholds[std::to_string(layer)] = t;
-            entry["thresholds"] = thresholds;
-        }
-        if (!var.mask.units.empty()) {
-            // Dimension plans: kept width per routed expert (original ids), not the unit lists.
-            nlohmann::json widths = nlohmann::json::object();
-            for (const auto& [layer, perExpert] : var.mask.units) {
-                std::vector<int> w;
-                for (const auto& u : perExpert)
-                    w.push_back(static_cast<int>(u.size()));
-                widths[std::to_string(layer)] = w;
-            }
-            entry["widths"] = widths;
-        }
-        variants.push_back(std::move(entry));
-        nll.values.insert(nll.values.end(), table.nll[v].begin(), table.nll[v].end());
-        sparsity.values.push_back(var.sparsity);
-        kept.values.push_back(static_cast<double>(var.keptExperts));
-    }
-    AtlasArray tokens { "tokens", { D }, {} };
-    for (const int64_t n : table.predictedTokens)
-        tokens.values.push_back(static_cast<double>(n));
-    // Routing costs [V, D] (and the histogram [V, D, B]), when the table has them.
-    const auto matrix = [&](const char* name, const std::vector<std::vector<double>>& a) {
-        AtlasArray out { name, { V, D }, {} };
-        for (const auto& row : a)
-            out.values.insert(out.values.end(), row.begin(), row.end());
-        return out;
-    };
-    std::vector<AtlasArray> routingArrays;
-    if (table.meanExperts.size() == V && V > 0) {
-        routingArrays.push_back(matrix("mean_experts", table.meanExperts));
-        routingArrays.push_back(matrix("active_params", table.activeParams));
-        routingArrays.push_back(matrix("flops_per_token", table.flopsPerToken));
-        routingArrays.push_back(matrix("equal_cost_topk_nll", table.equalCostNll));
-        const uint64_t B = table.expertsHistogram[0].empty() ? 0 : table.expertsHistogram[0][0].size();
-        AtlasArray histogram { "experts_histogram", { V, D, B }, {} };
-        for (const auto& perDomain : table.expertsHistogram)
-            for (const auto& row : perDomain)
-                histogram.values.insert(histogram.values.end(), row.begin(), row.end());
-        routingArrays.push_back(std::move(histogram));
-    }
-    const nlohmann::json params = { { "format", "moeatlas-evaluation" }, { "version", 2 }, { "domains", table.domains },
-        { "variants", variants }, { "token_source", table.tokenSource }, { "checkpoint", table.checkpoint },
-        { "compute_dtype", table.computeDtype }, { "loss", "next-token nll, nats" } };
-    r.paramsJson = params.dump();
-    r.inputsHash = sha256Hex(r.paramsJson);
-    r.arrays = { std::move(nll), std::move(tokens), std::move(sparsity), std::move(kept) };
-    for (AtlasArray& a : routingArrays)
-        r.arrays.push_back(std::move(a));
-    return r;
-}
-
-EvalTable evalTableFromResults(const AtlasResults& results, const std::string& source)
-{
-    const nlohmann::json params = nlohmann::json::parse(results.paramsJson, nullptr, false);
-    if (!params.is_object() || !params.contains("domains") || !params.contains("variants")
-        || !params["domains"].is_array() || !params["variants"].is_array())
-        throw InputError(source + ": attribute params has no 'domains' and 'variants' lists");
-    EvalTable t;
-    try {
-        for (const auto& d : params["domains"])
-            t.domains.push_back(d.get<std::string>());
-        const std::size_t V = params["variants"].size(), D = t.domains.size();
-        const AtlasArray* nll = results.find("nll");
-        const AtlasArray* sparsity = results.find("sparsity");
-        const AtlasArray* kept = results.find("kept_experts");
-        const AtlasArray* tokens = results.find("tokens");
-        if (!nll || nll->values.size() != V * D || !sparsity || sparsity->values.size() != V)
-            throw InputError(source + ": dataset 'nll' [" + std::to_string(V) + ", " + std::to_string(D)
-                + "] or 'sparsity' [" + std::to_string(V) + "] is missing or of another shape");
-        if (tokens && tokens->values.size() != D)
-            throw InputError(source + ": dataset 'tokens' holds " + std::to_string(tokens->values.size())
-                + " values, expected one per domain (" + std::to_string(D) + ")");
-        for (std::size_t d = 0; d < D; ++d)
-            t.predictedTokens.push_back(tokens ? static_cast<int64_t>(tokens->values[d]) : 0);
-        for (std::size_t v = 0; v < V; ++v) {
-            const nlohmann::json& j = params["variants"][v];
-            EvalVariant var;
-            var.name = j.value("name", std::string());
-            var.method = j.value("method", std::string());
-            var.criterion = j.value("criterion", std::string());
-            var.domain = j.value("domain", std::string());
-            var.sparsity = sparsity->values[v];
-            var.keptExperts = kept && kept->values.size() == V ? static_cast<int64_t>(kept->values[v]) : 0;
-            var.mask.name = var.name;
-            var.routing = j.value("routing", std::string("model"));
-            var.base = j.value("base", std::string());
-            if (j.contains("keep") && j["keep"].is_object())
-                for (const auto& [layer, ids] : j["keep"].items())
-                    var.mask.keep[std::stoi(layer)] = ids.get<std::vector<int>>();
-            t.nll.emplace_back(nll->values.begin() + static_cast<std::ptrdiff_t>(v * D),
-                nll->values.begin() + static_cast<std::ptrdiff_t>((v + 1) * D));
-            t.variants.push_back(std::move(var));
-        }
-        // Routing costs (version 2): all or none.
-        const AtlasArray* mean = results.find("mean_experts");
-        if (mean) {
-            const auto matrix = [&](const char* name) {
-                const AtlasArray* a = results.find(name);
-                if (!a || a->values.size() != V * D)
-                    throw InputError(source + ": dataset '" + name + "' [" + std::to_string(V) + ", "
-                        + std::to_string(D) + "] is missing or of another shape");
-                std::vector<std::vector<double>> out;
-                for (std::size_t v = 0; v < V; ++v)
-                    out.emplace_back(a->values.begin() + static_cast<std::ptrdiff_t>(v * D),
-                        a->values.begin() + static_cast<std::ptrdiff_t>((v + 1) * D));
-                return out;
-            };
-            t.meanExperts = matrix("mean_experts");
-            t.activeParams = matrix("active_params");
-            t.flopsPerToken = matrix("flops_per_token");
-            t.equalCostNll = matrix("equal_cost_topk_nll");
-            const AtlasArray* h = results.find("experts_histogram");
-            if (!h || h->dims.size() != 3 || h->dims[0] != V || h->dims[1] != D
-                || h->values.size() != V * D * h->dims[2])
-                throw InputError(source + ": dataset 'experts_histogram' [" + std::to_string(V) + ", "
-                    + std::to_string(D) + ", B] is missing or of another shape");
-            const std::size_t B = h->dims[2];
-            t.expertsHistogram.assign(V, std::vector<std::vector<double>>(D));
-            for (std::size_t v = 0; v < V; ++v)
-                for (std::size_t d = 0; d < D; ++d)
-                    t.expertsHistogram[v][d].assign(h->values.begin() + static_cast<std::ptrdiff_t>((v * D + d) * B),
-                        h->values.begin() + static_cast<std::ptrdiff_t>((v * D + d + 1) * B));
-        }
-    } catch (const nlohmann::json::exception& e) {
-        throw InputError(source + ": attribute params: " + e.what());
-    } catch (const std::logic_error&) { // stoi on a layer key
-        throw InputError(source + ": attribute params: a variant's 'keep' has a layer key that is not a number");
-    }
-    t.tokenSource = params.value("token_source", std::string());
-    t.checkpoint = params.value("checkpoint", std::string());
-    t.computeDtype = params.value("compute_dtype", std::string());
-    return t;
-}
-
-void storeEvalTable(
-    const std::filesystem::path& atlas, const std::string& label, const EvalTable& table, const LockWait& wait)
-{
-    AtlasFile update = AtlasFile::openForUpdate(atlas, wait);
-    update.writeResults("evaluation/" + label, evalTableResults(table));
-    update.commitUpdate();
 }
 
 } // namespace moeatlas
