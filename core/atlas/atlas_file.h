@@ -90,6 +90,25 @@ struct AtlasResults {
     const AtlasArray* find(const std::string& name) const;
 };
 
+// What a capture with --prefetch records under /prefetch (docs/atlas-format.md).
+struct AtlasPrefetchInfo {
+    std::vector<std::string> predictors; // recorded ones: "next-router", "quasi-hidden", "linear", "mlp"
+    int maxLookahead = 0; // 1..3, in MoE layers
+    int budget = 0; // experts stored per prediction, best first (k <= budget <= E)
+    double trainFraction = 0.0;
+    uint64_t splitSeed = 0;
+    std::vector<uint8_t> trainSequences; // [S]: 1 = training sequence
+};
+
+// Parameters and losses of one learned estimator under /prefetch/learned/<predictor>/<layer>/d<d>.
+struct AtlasLearnedEstimator {
+    std::vector<AtlasArray> parameters; // float32 datasets (AtlasArray values are converted)
+    double trainLoss = 0.0;
+    double heldoutLoss = 0.0;
+    int64_t epochs = 0;
+    int64_t trainTokens = 0;
+};
+
 // Writer/reader of an atlas file. A new atlas is created under "<path>.partial"; finalize()
 // marks it complete and renames it to <path>. An interrupted capture leaves the .partial file
 // valid (flushed after every layer) with "/progress" saying which layers are complete, and
@@ -196,6 +215,26 @@ public:
     std::vector<int32_t> readTopkIds(int layer, int64_t tokenBegin, int64_t numTokens) const;
     std::vector<float> readTopkWeights(int layer, int64_t tokenBegin, int64_t numTokens) const;
     std::vector<float> readExpertNorms(int layer, int64_t tokenBegin, int64_t numTokens) const;
+
+    // ---- /prefetch: expert predictions recorded by a capture (docs/atlas-format.md) ----------
+    // Writing (a capture's partial atlas): createPrefetch once, before the first prediction, allocates
+    // every <predictor>/<layer>/d<d> dataset ([T, budget]) and writes the attributes and the split;
+    // blocks then come in any order, until the target layer (layer + lookahead MoE layers) is
+    // marked complete. Throws Error on an atlas opened read-only or for update.
+    void createPrefetch(const AtlasPrefetchInfo& info);
+    void writePrefetchBlock(const std::string& predictor, int layer, int lookahead, int64_t tokenBegin,
+        int64_t numTokens, const int32_t* ids);
+    void writeDefaultVectors(int layer, std::span<const float> values, std::span<const int64_t> counts);
+    void writeLearnedEstimator(const std::string& predictor, int layer, int lookahead, const AtlasLearnedEstimator& e);
+    // Reading: empty optional when the atlas has no /prefetch.
+    std::optional<AtlasPrefetchInfo> prefetchInfo() const;
+    // [T, budget] predictions of `predictor` made at MoE layer `layer` for lookahead `lookahead`;
+    // InputError naming the dataset when it is absent.
+    std::vector<int32_t> readPrefetchIds(const std::string& predictor, int layer, int lookahead) const;
+    // [E, H] default vectors and [E] counts of a layer; both empty when not recorded.
+    std::pair<std::vector<float>, std::vector<int64_t>> readDefaultVectors(int layer) const;
+    std::optional<AtlasLearnedEstimator> readLearnedEstimator(
+        const std::string& predictor, int layer, int lookahead) const;
 
 private:
     struct Impl;
