@@ -24,5 +24,6 @@ Command addEvalCommand(CLI::App& app);
 Command addFisherCommand(CLI::App& app);
 Command addDemoDataCommand(CLI::App& app);
 Command addTrainCommand(CLI::App& app);
+Command addPrefetchCommand(CLI::App& app);
 
 } // namespace moeatlas::cli

@@ -40,6 +40,7 @@ try {
     registerCommand(moeatlas::cli::addFisherCommand(app));
     registerCommand(moeatlas::cli::addDemoDataCommand(app));
     registerCommand(moeatlas::cli::addTrainCommand(app));
+    registerCommand(moeatlas::cli::addPrefetchCommand(app));
 
     try {
         app.parse(argc, argv);
