@@ -45,7 +45,8 @@ std::string rate(double v)
 void printSummary(const PrefetchHitTable& t)
 {
     const std::size_t D = t.numDomains();
-    std::printf("hit rate = |first %d predicted & routed| / %d per token, mean over source layers; recall at budget %d\n",
+    std::printf(
+        "hit rate = |first %d predicted & routed| / %d per token, mean over source layers; recall at budget %d\n",
         t.topK, t.topK, t.budget);
     std::printf("%-13s %3s %9s %9s %11s  held-out hit rate per domain\n", "predictor", "d", "held-out", "all",
         ("recall@" + std::to_string(t.budget)).c_str());
@@ -83,7 +84,8 @@ int runPrefetch(const PrefetchArgs& a)
     ProgressBar bar("prefetch", "predictions");
     PrefetchHitTable table;
     try {
-        table = runPrefetch(job, [&](const Progress& p) { return bar.update(p); }, &stop);
+        table = runPrefetch(
+            job, [&](const Progress& p) { return bar.update(p); }, &stop);
     } catch (const Cancelled&) {
         bar.finish("prefetch interrupted: nothing was written");
         return 130;
@@ -91,7 +93,8 @@ int runPrefetch(const PrefetchArgs& a)
     bar.finish("prefetch: " + std::to_string(job.predictors.size()) + " predictors x "
         + std::to_string(job.lookaheads.size()) + " lookaheads on " + std::to_string(job.trace.numTokens())
         + " tokens (" + std::to_string(heldout) + " held out, split "
-        + (job.split.recorded ? std::string("from /prefetch/train_sequences") : std::string("seeded, half the sequences of each domain"))
+        + (job.split.recorded ? std::string("from /prefetch/train_sequences")
+                              : std::string("seeded, half the sequences of each domain"))
         + ")");
     printSummary(table);
     if (!job.csv.empty())

@@ -508,7 +508,8 @@ std::optional<AtlasPrefetchInfo> AtlasFile::prefetchInfo() const
     const hsize_t sequences = offsetDims.empty() || offsetDims[0] == 0 ? 0 : offsetDims[0] - 1;
     if (dims[0] != sequences)
         h5::failRead(split.id(), "",
-            "has " + std::to_string(dims[0]) + " entries, expected one per sequence (" + std::to_string(sequences) + ")");
+            "has " + std::to_string(dims[0]) + " entries, expected one per sequence (" + std::to_string(sequences)
+                + ")");
     const h5::Datatype type = h5::datasetType(split.id());
     if (H5Tget_class(type.id()) != H5T_INTEGER)
         h5::failRead(split.id(), "", "is not an integer dataset");
@@ -563,8 +564,9 @@ std::pair<std::vector<float>, std::vector<int64_t>> AtlasFile::readDefaultVector
     if (!haveValues && !haveCounts)
         return {};
     if (!haveValues || !haveCounts)
-        throw InputError(impl.path.string() + ": /prefetch/" + (haveValues ? "default_vector_counts/" : "default_vectors/")
-            + name + ": dataset is missing (default vectors and their counts come together)");
+        throw InputError(impl.path.string() + ": /prefetch/"
+            + (haveValues ? "default_vector_counts/" : "default_vectors/") + name
+            + ": dataset is missing (default vectors and their counts come together)");
     h5::Dataset v = h5::openDataset(values.id(), name);
     h5::Dataset c = h5::openDataset(counts.id(), name);
     const auto experts = static_cast<hsize_t>(impl.model.numExperts);

@@ -70,12 +70,14 @@ PredictionSet predictions(
     if (!info || std::find(info->predictors.begin(), info->predictors.end(), name) == info->predictors.end())
         throw RequestError("predictor",
             atlas.path().string() + ": no recorded '" + name + "' predictions"
-                + (info ? " (/prefetch has: " + [&] {
-                      std::string names;
-                      for (const std::string& p : info->predictors)
-                          names += (names.empty() ? "" : ", ") + p;
-                      return names.empty() ? std::string("none") : names;
-                  }() + ")"
+                + (info ? " (/prefetch has: " +
+                            [&] {
+                                std::string names;
+                                for (const std::string& p : info->predictors)
+                                    names += (names.empty() ? "" : ", ") + p;
+                                return names.empty() ? std::string("none") : names;
+                            }()
+                            + ")"
                         : std::string(" (the atlas has no /prefetch)"))
                 + "; capture with --prefetch to record them, or ask for frequency, previous or oracle");
     if (lookahead > info->maxLookahead)
@@ -84,8 +86,8 @@ PredictionSet predictions(
                 + "' up to lookahead " + std::to_string(info->maxLookahead));
     if (budget > info->budget)
         throw RequestError("budget",
-            "budget " + std::to_string(budget) + ": " + atlas.path().string() + " recorded " + std::to_string(info->budget)
-                + " experts per prediction");
+            "budget " + std::to_string(budget) + ": " + atlas.path().string() + " recorded "
+                + std::to_string(info->budget) + " experts per prediction");
     const std::vector<int32_t> stored
         = atlas.readPrefetchIds(name, trace.moeLayers[static_cast<std::size_t>(source)], lookahead);
     const auto numT = static_cast<std::size_t>(trace.numTokens());
@@ -93,7 +95,8 @@ PredictionSet predictions(
     if (width != static_cast<std::size_t>(info->budget))
         throw InputError(atlas.path().string() + ": /prefetch/" + name + "/"
             + std::to_string(trace.moeLayers[static_cast<std::size_t>(source)]) + "/d" + std::to_string(lookahead)
-            + ": " + std::to_string(width) + " experts per token, the attribute budget says " + std::to_string(info->budget));
+            + ": " + std::to_string(width) + " experts per token, the attribute budget says "
+            + std::to_string(info->budget));
     PredictionSet out { predictor, source, lookahead, budget, {} };
     const auto b = static_cast<std::size_t>(budget);
     out.ids.reserve(numT * b);
@@ -113,9 +116,9 @@ AtlasResults hitTableResults(const PrefetchHitTable& table, const TraceSplit& sp
     std::vector<std::string> domains = table.domains;
     domains.emplace_back("pooled");
     const nlohmann::json params = { { "format", "moeatlas-prefetch-hit-rates" }, { "version", 1 },
-        { "predictors", names }, { "splits", { "heldout", "all" } }, { "domains", domains },
-        { "layers", table.layers }, { "lookaheads", table.lookaheads }, { "budget", table.budget },
-        { "top_k", table.topK }, { "num_experts", table.numExperts },
+        { "predictors", names }, { "splits", { "heldout", "all" } }, { "domains", domains }, { "layers", table.layers },
+        { "lookaheads", table.lookaheads }, { "budget", table.budget }, { "top_k", table.topK },
+        { "num_experts", table.numExperts },
         { "split",
             { { "source", split.recorded ? "/prefetch/train_sequences" : "splitSequences" },
                 { "train_fraction", split.trainFraction }, { "seed", std::to_string(split.seed) } } },
@@ -147,9 +150,7 @@ AtlasResults hitTableResults(const PrefetchHitTable& table, const TraceSplit& sp
 PrefetchHitTable hitTableFromResults(const AtlasResults& results, const std::string& where)
 {
     const nlohmann::json params = nlohmann::json::parse(results.paramsJson, nullptr, false);
-    const auto fail = [&](const std::string& what) -> PrefetchHitTable {
-        throw InputError(where + ": " + what);
-    };
+    const auto fail = [&](const std::string& what) -> PrefetchHitTable { throw InputError(where + ": " + what); };
     if (!params.is_object() || params.value("format", "") != "moeatlas-prefetch-hit-rates")
         return fail("attribute params is not a moeatlas-prefetch-hit-rates description");
     PrefetchHitTable t;
@@ -188,8 +189,8 @@ PrefetchHitTable hitTableFromResults(const AtlasResults& results, const std::str
     return t;
 }
 
-void storeHitTable(const std::filesystem::path& atlas, const PrefetchHitTable& table, const TraceSplit& split,
-    const LockWait& wait)
+void storeHitTable(
+    const std::filesystem::path& atlas, const PrefetchHitTable& table, const TraceSplit& split, const LockWait& wait)
 {
     AtlasFile update = AtlasFile::openForUpdate(atlas, wait);
     update.writeResults(kHitRateGroup, hitTableResults(table, split));

@@ -46,8 +46,8 @@ AtlasResults hitTableResults(const PrefetchHitTable& table, const TraceSplit& sp
 // Back from the group; InputError naming `where` when it is not one.
 PrefetchHitTable hitTableFromResults(const AtlasResults& results, const std::string& where);
 // Replaces /prefetch_hit_rates of a complete atlas through an update (nothing changes on failure).
-void storeHitTable(const std::filesystem::path& atlas, const PrefetchHitTable& table, const TraceSplit& split,
-    const LockWait& wait);
+void storeHitTable(
+    const std::filesystem::path& atlas, const PrefetchHitTable& table, const TraceSplit& split, const LockWait& wait);
 // The stored table; empty optional when the atlas has none.
 std::optional<PrefetchHitTable> readHitTable(const AtlasFile& atlas);
 

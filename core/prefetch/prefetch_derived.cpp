@@ -22,11 +22,11 @@ void checkTrace(const RoutingTrace& trace)
 {
     const std::size_t sequences = trace.seqOffsets.empty() ? 0 : trace.seqOffsets.size() - 1;
     if (trace.trainSequences.size() != sequences)
-        throw InputError("routing trace: " + std::to_string(trace.trainSequences.size())
-            + " training-split flags for " + std::to_string(sequences) + " sequences");
+        throw InputError("routing trace: " + std::to_string(trace.trainSequences.size()) + " training-split flags for "
+            + std::to_string(sequences) + " sequences");
     if (trace.seqOffsets.empty() || trace.seqOffsets.front() != 0 || trace.seqOffsets.back() != trace.numTokens())
-        throw InputError("routing trace: sequence offsets do not cover the " + std::to_string(trace.numTokens())
-            + " tokens");
+        throw InputError(
+            "routing trace: sequence offsets do not cover the " + std::to_string(trace.numTokens()) + " tokens");
     if (trace.routed.size() != trace.moeLayers.size())
         throw InputError("routing trace: routing of " + std::to_string(trace.routed.size()) + " layers for "
             + std::to_string(trace.moeLayers.size()) + " MoE layers");
@@ -69,8 +69,8 @@ std::vector<int32_t> frequencyOrder(const RoutingTrace& trace, int layer)
     for (std::size_t s = 0; s + 1 < trace.seqOffsets.size(); ++s) {
         if (trace.trainSequences[s] == 0)
             continue;
-        for (auto t = static_cast<std::size_t>(trace.seqOffsets[s]); t < static_cast<std::size_t>(trace.seqOffsets[s + 1]);
-             ++t)
+        for (auto t = static_cast<std::size_t>(trace.seqOffsets[s]);
+             t < static_cast<std::size_t>(trace.seqOffsets[s + 1]); ++t)
             for (std::size_t j = 0; j < k; ++j)
                 ++counts[static_cast<std::size_t>(routed[t * k + j])];
     }
@@ -85,8 +85,8 @@ std::vector<int32_t> frequencyOrder(const RoutingTrace& trace, int layer)
 PredictionSet derivedPredictions(const RoutingTrace& trace, Predictor predictor, int source, int lookahead, int budget)
 {
     if (isRecorded(predictor))
-        throw RequestError("predictor",
-            "'" + predictorName(predictor) + "' is recorded at capture, not derived from the routing");
+        throw RequestError(
+            "predictor", "'" + predictorName(predictor) + "' is recorded at capture, not derived from the routing");
     checkPrediction(trace, source, lookahead, budget);
     checkTrace(trace);
     const int target = source + lookahead;

@@ -31,7 +31,8 @@ int64_t PrefetchHitTable::tokens(HitSplit split, std::size_t domain) const
     return sum;
 }
 
-std::size_t PrefetchHitTable::at(std::size_t p, HitSplit split, std::size_t domain, std::size_t layer, std::size_t a) const
+std::size_t PrefetchHitTable::at(
+    std::size_t p, HitSplit split, std::size_t domain, std::size_t layer, std::size_t a) const
 {
     return (((p * kHitSplits + static_cast<std::size_t>(split)) * domains.size() + domain) * layers.size() + layer)
         * lookaheads.size()
@@ -56,17 +57,20 @@ double PrefetchHitTable::ratio(const std::vector<int64_t>& sums, std::size_t p, 
     return static_cast<double>(hits) / (static_cast<double>(topK) * static_cast<double>(n));
 }
 
-double PrefetchHitTable::hitRate(std::size_t p, HitSplit split, std::size_t domain, std::size_t layer, std::size_t a) const
+double PrefetchHitTable::hitRate(
+    std::size_t p, HitSplit split, std::size_t domain, std::size_t layer, std::size_t a) const
 {
     return ratio(hitSums, p, split, domain, layer, a);
 }
 
-double PrefetchHitTable::recall(std::size_t p, HitSplit split, std::size_t domain, std::size_t layer, std::size_t a) const
+double PrefetchHitTable::recall(
+    std::size_t p, HitSplit split, std::size_t domain, std::size_t layer, std::size_t a) const
 {
     return ratio(recallSums, p, split, domain, layer, a);
 }
 
-std::vector<double> PrefetchHitTable::heatmap(std::size_t p, HitSplit split, std::size_t domain, bool recallAtBudget) const
+std::vector<double> PrefetchHitTable::heatmap(
+    std::size_t p, HitSplit split, std::size_t domain, bool recallAtBudget) const
 {
     std::vector<double> out;
     out.reserve(layers.size() * lookaheads.size());

@@ -56,8 +56,8 @@ struct PrefetchHitTable {
 
 private:
     std::size_t at(std::size_t p, HitSplit split, std::size_t domain, std::size_t layer, std::size_t a) const;
-    double ratio(const std::vector<int64_t>& sums, std::size_t p, HitSplit split, std::size_t domain,
-        std::size_t layer, std::size_t a) const;
+    double ratio(const std::vector<int64_t>& sums, std::size_t p, HitSplit split, std::size_t domain, std::size_t layer,
+        std::size_t a) const;
 };
 
 // The predictions of one predictor at source MoE layer index `source`, lookahead d, budget B.

@@ -54,8 +54,9 @@ PreparedPrefetch preparePrefetch(const PrefetchRequest& request)
     if (request.store) {
         if (!atlas.isComplete())
             throw RequestError("store",
-                request.atlas.string() + ": the atlas is not complete, the table cannot be stored in it "
-                                         "(resume the capture first)");
+                request.atlas.string()
+                    + ": the atlas is not complete, the table cannot be stored in it "
+                      "(resume the capture first)");
         ensureWritableDirectory(request.atlas);
     }
     const std::optional<AtlasPrefetchInfo> info = atlas.prefetchInfo();
@@ -79,7 +80,8 @@ PreparedPrefetch preparePrefetch(const PrefetchRequest& request)
     for (const Predictor p : job.predictors)
         if (isRecorded(p)
             && (!info
-                || std::find(info->predictors.begin(), info->predictors.end(), predictorName(p)) == info->predictors.end()))
+                || std::find(info->predictors.begin(), info->predictors.end(), predictorName(p))
+                    == info->predictors.end()))
             throw RequestError("predictors",
                 request.atlas.string() + ": no recorded '" + predictorName(p) + "' predictions"
                     + (info ? std::string(" in /prefetch") : std::string(" (the atlas has no /prefetch)"))
@@ -99,13 +101,15 @@ PreparedPrefetch preparePrefetch(const PrefetchRequest& request)
     for (const int d : job.lookaheads) {
         if (d < 1 || d >= numLayers)
             throw RequestError("lookaheads",
-                "lookahead " + std::to_string(d) + " is " + (d < 1 ? "not a positive count of MoE layers" : "beyond the last MoE layer")
+                "lookahead " + std::to_string(d) + " is "
+                    + (d < 1 ? "not a positive count of MoE layers" : "beyond the last MoE layer")
                     + ": the model's MoE layers are " + joinInts(model.moeLayers) + ", so a lookahead is 1 to "
                     + std::to_string(numLayers - 1) + " MoE layers");
         if (anyRecorded && d > info->maxLookahead)
             throw RequestError("lookaheads",
-                "lookahead " + std::to_string(d) + ": " + request.atlas.string() + " recorded predictions up to lookahead "
-                    + std::to_string(info->maxLookahead) + " (capture again with a larger lookahead, or ask for derived predictors only)");
+                "lookahead " + std::to_string(d) + ": " + request.atlas.string()
+                    + " recorded predictions up to lookahead " + std::to_string(info->maxLookahead)
+                    + " (capture again with a larger lookahead, or ask for derived predictors only)");
     }
     std::sort(job.lookaheads.begin(), job.lookaheads.end());
     job.lookaheads.erase(std::unique(job.lookaheads.begin(), job.lookaheads.end()), job.lookaheads.end());

@@ -46,6 +46,7 @@ PreparedPrefetch preparePrefetch(const PrefetchRequest& request);
 
 // Computes the table (progress: one unit per predictor x source layer x lookahead), then writes the CSV
 // (atomically) and stores the table. Cancelled propagates with nothing written.
-PrefetchHitTable runPrefetch(const PreparedPrefetch& job, const ProgressFn& progress = {}, const StopToken* stop = nullptr);
+PrefetchHitTable runPrefetch(
+    const PreparedPrefetch& job, const ProgressFn& progress = {}, const StopToken* stop = nullptr);
 
 } // namespace moeatlas

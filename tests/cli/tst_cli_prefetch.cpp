@@ -111,7 +111,8 @@ void TstCliPrefetch::oracleIsExactlyOne()
     // splits (held-out rows of a domain without held-out tokens would be empty; both have some).
     QCOMPARE(oracleRows, 6 * 3 * 2);
     // The stored table: every valid oracle cell exactly 1.
-    const std::optional<AtlasResults> stored = AtlasFile::openReadOnly(atlas.toStdString()).readResults("prefetch_hit_rates");
+    const std::optional<AtlasResults> stored
+        = AtlasFile::openReadOnly(atlas.toStdString()).readResults("prefetch_hit_rates");
     QVERIFY(stored.has_value());
     const AtlasArray* rates = stored->find("hit_rate");
     QVERIFY(rates);
@@ -141,14 +142,15 @@ void TstCliPrefetch::equalsNumpyWithRecordedPredictions()
     QVERIFY2(r.exitCode == 0, qPrintable(r.stdErr));
     const test::ProcessResult check = test::runPython(QStringLiteral("tests/cli/check_prefetch.py"), { atlas, csv });
     QVERIFY2(check.exitCode == 0, qPrintable(check.stdOut + check.stdErr));
-    QVERIFY2(check.stdOut.contains(QStringLiteral("\"predictors\": [\"frequency\", \"next-router\", \"oracle\", \"previous\"]"))
+    QVERIFY2(check.stdOut.contains(
+                 QStringLiteral("\"predictors\": [\"frequency\", \"next-router\", \"oracle\", \"previous\"]"))
             && check.stdOut.contains(QStringLiteral("\"oracle_exact\": true")),
         qPrintable(check.stdOut));
     // --predictor with a comma list and repeated flags, and --no-store: the stored table stays the one above.
     const QByteArray before = digest(atlas);
-    const test::ProcessResult again = test::runCli({ QStringLiteral("prefetch"), atlas, QStringLiteral("--predictor"),
-        QStringLiteral("frequency,previous"), QStringLiteral("--predictor"), QStringLiteral("next-router"),
-        QStringLiteral("--no-store") });
+    const test::ProcessResult again = test::runCli(
+        { QStringLiteral("prefetch"), atlas, QStringLiteral("--predictor"), QStringLiteral("frequency,previous"),
+            QStringLiteral("--predictor"), QStringLiteral("next-router"), QStringLiteral("--no-store") });
     QVERIFY2(again.exitCode == 0, qPrintable(again.stdErr));
     QVERIFY(again.stdOut.contains(QStringLiteral("next-router")));
     QCOMPARE(digest(atlas), before);
@@ -159,7 +161,8 @@ void TstCliPrefetch::badInputWritesNothing_data()
     QTest::addColumn<QStringList>("args");
     QTest::addColumn<QString>("flag");
     QTest::addColumn<QString>("says");
-    QTest::newRow("unknown predictor") << QStringList { QStringLiteral("--predictor"), QStringLiteral("oracle,psychic") }
+    QTest::newRow("unknown predictor") << QStringList { QStringLiteral("--predictor"),
+        QStringLiteral("oracle,psychic") }
                                        << "--predictor"
                                        << "psychic";
     QTest::newRow("lookahead beyond the last MoE layer")

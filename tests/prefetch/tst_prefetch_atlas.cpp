@@ -76,8 +76,8 @@ QString TstPrefetchAtlas::withPrefetch(const QString& name, const QStringList& a
         return {};
     QFile::setPermissions(copy, QFile::ReadOwner | QFile::WriteOwner);
     const QString json = copy + QStringLiteral(".json");
-    const ProcessResult r = runPython(
-        QStringLiteral("tests/prefetch/write_prefetch.py"), QStringList { copy, QStringLiteral("--json"), json } + args);
+    const ProcessResult r = runPython(QStringLiteral("tests/prefetch/write_prefetch.py"),
+        QStringList { copy, QStringLiteral("--json"), json } + args);
     if (r.exitCode != 0) {
         qWarning("%s", qPrintable(r.stdErr));
         return {};
@@ -234,19 +234,21 @@ void TstPrefetchAtlas::recordedLimits()
 {
     nlohmann::json w;
     const QString path = withPrefetch(QStringLiteral("limits.atlas.h5"),
-        { QStringLiteral("--max-lookahead"), QStringLiteral("1"), QStringLiteral("--budget"), QStringLiteral("3") }, &w);
+        { QStringLiteral("--max-lookahead"), QStringLiteral("1"), QStringLiteral("--budget"), QStringLiteral("3") },
+        &w);
     QVERIFY(!path.isEmpty());
     const AtlasFile atlas = AtlasFile::openReadOnly(path.toStdString());
     const RoutingTrace trace = readRoutingTrace(atlas);
     QVERIFY(requestFieldOf([&] { predictions(atlas, trace, Predictor::NextRouter, 0, 2, 2); }).rfind("lookahead: ", 0)
         == 0);
-    QVERIFY(requestFieldOf([&] { predictions(atlas, trace, Predictor::NextRouter, 0, 1, 4); }).rfind("budget: ", 0)
-        == 0);
+    QVERIFY(
+        requestFieldOf([&] { predictions(atlas, trace, Predictor::NextRouter, 0, 1, 4); }).rfind("budget: ", 0) == 0);
     QVERIFY(requestFieldOf([&] { predictions(atlas, trace, Predictor::NextRouter, 1, 2, 2); }).rfind("lookahead: ", 0)
         == 0);
     const std::string notRecorded = requestFieldOf([&] { predictions(atlas, trace, Predictor::Mlp, 0, 1, 2); });
     QVERIFY2(notRecorded.rfind("predictor: ", 0) == 0 && contains(notRecorded, "mlp"), notRecorded.c_str());
-    QCOMPARE(predictions(atlas, trace, Predictor::Linear, 1, 1, 3).ids, w["ids"]["linear/1/d1"].get<std::vector<int32_t>>());
+    QCOMPARE(
+        predictions(atlas, trace, Predictor::Linear, 1, 1, 3).ids, w["ids"]["linear/1/d1"].get<std::vector<int32_t>>());
 }
 
 QTEST_GUILESS_MAIN(TstPrefetchAtlas)

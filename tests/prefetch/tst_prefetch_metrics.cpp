@@ -186,8 +186,8 @@ void TstPrefetchMetrics::errorsNameTheField()
     QVERIFY(requestFieldOf([&] { derivedPredictions(t, Predictor::Oracle, 0, 0, 2); }).rfind("lookahead: ", 0) == 0);
     QVERIFY(requestFieldOf([&] { derivedPredictions(t, Predictor::Oracle, 0, 1, 1); }).rfind("budget: ", 0) == 0);
     QVERIFY(requestFieldOf([&] { derivedPredictions(t, Predictor::Oracle, 0, 1, 5); }).rfind("budget: ", 0) == 0);
-    QVERIFY(requestFieldOf([&] { derivedPredictions(t, Predictor::NextRouter, 0, 1, 2); }).rfind("predictor: ", 0)
-        == 0);
+    QVERIFY(
+        requestFieldOf([&] { derivedPredictions(t, Predictor::NextRouter, 0, 1, 2); }).rfind("predictor: ", 0) == 0);
     QVERIFY(requestFieldOf([&] { parsePredictor("nope", "predictors"); }).rfind("predictors: ", 0) == 0);
     // Budget E is allowed: every expert.
     QCOMPARE(derivedPredictions(t, Predictor::Frequency, 0, 1, 4).ids.size(), std::size_t { 28 });
@@ -275,8 +275,8 @@ void TstPrefetchMetrics::splitIsSeededPerDomainWithFraction()
     for (uint64_t seed = 8; seed < 12 && !differs; ++seed)
         differs = splitSequences(offsets, domains, 0.5, seed) != splitSequences(offsets, domains, 0.5, 7);
     QVERIFY(differs);
-    QCOMPARE(requestFieldOf([&] { splitSequences(offsets, domains, 1.0, 1); }).substr(0, 14),
-        std::string("trainFraction:"));
+    QCOMPARE(
+        requestFieldOf([&] { splitSequences(offsets, domains, 1.0, 1); }).substr(0, 14), std::string("trainFraction:"));
 }
 
 QTEST_GUILESS_MAIN(TstPrefetchMetrics)
