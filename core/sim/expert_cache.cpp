@@ -6,14 +6,14 @@ namespace moeatlas::detail {
 
 bool IndexedHeap::less(std::size_t a, std::size_t b) const
 {
-    return m_key[static_cast<std::size_t>(m_heap[a])] < m_key[static_cast<std::size_t>(m_heap[b])];
+    return m_heap[a].key < m_heap[b].key;
 }
 
 void IndexedHeap::swapAt(std::size_t a, std::size_t b)
 {
     std::swap(m_heap[a], m_heap[b]);
-    m_pos[static_cast<std::size_t>(m_heap[a])] = static_cast<int>(a);
-    m_pos[static_cast<std::size_t>(m_heap[b])] = static_cast<int>(b);
+    m_pos[static_cast<std::size_t>(m_heap[a].id)] = static_cast<int>(a);
+    m_pos[static_cast<std::size_t>(m_heap[b].id)] = static_cast<int>(b);
 }
 
 void IndexedHeap::up(std::size_t i)
@@ -47,8 +47,7 @@ void IndexedHeap::down(std::size_t i)
 
 void IndexedHeap::push(int id, EvictionKey key)
 {
-    m_key[static_cast<std::size_t>(id)] = key;
-    m_heap.push_back(id);
+    m_heap.push_back(Node { key, id });
     m_pos[static_cast<std::size_t>(id)] = static_cast<int>(m_heap.size() - 1);
     up(m_heap.size() - 1);
 }
@@ -74,7 +73,7 @@ void IndexedHeap::remove(int id)
 
 int IndexedHeap::popMin()
 {
-    const int id = m_heap.front();
+    const int id = m_heap.front().id;
     remove(id);
     return id;
 }
@@ -88,20 +87,20 @@ ExpertCache::ExpertCache(const CacheSpec& spec, const ModelCosts& costs, int num
     const std::size_t ids = static_cast<std::size_t>(numLayers) * static_cast<std::size_t>(m_numExperts);
     const std::size_t pools = m_perLayer ? static_cast<std::size_t>(numLayers) : 1;
     m_used.assign(pools, 0.0);
-    m_heaps.assign(pools, IndexedHeap(ids));
+    m_heaps.assign(pools, IndexedHeap(m_perLayer ? static_cast<std::size_t>(m_numExperts) : ids));
     m_entries.assign(ids, CacheEntry {});
 }
 
 void ExpertCache::pin(int id, Pin pin)
 {
-    m_heaps[static_cast<std::size_t>(poolOf(id))].remove(id);
+    m_heaps[static_cast<std::size_t>(poolOf(id))].remove(localOf(id));
     entry(id).pin = pin;
 }
 
 void ExpertCache::release(int id, EvictionKey key)
 {
     entry(id).pin = Pin::None;
-    m_heaps[static_cast<std::size_t>(poolOf(id))].push(id, key);
+    m_heaps[static_cast<std::size_t>(poolOf(id))].push(localOf(id), key);
 }
 
 bool ExpertCache::makeRoom(int id)
@@ -111,7 +110,7 @@ bool ExpertCache::makeRoom(int id)
     while (m_used[pool] + cost > m_capacity) {
         if (m_heaps[pool].empty())
             return false;
-        evict(m_heaps[pool].popMin());
+        evict(idOf(pool, m_heaps[pool].popMin()));
     }
     return true;
 }
@@ -128,7 +127,7 @@ void ExpertCache::admit(int id)
 void ExpertCache::evict(int id)
 {
     CacheEntry& e = entry(id);
-    m_heaps[static_cast<std::size_t>(poolOf(id))].remove(id);
+    m_heaps[static_cast<std::size_t>(poolOf(id))].remove(localOf(id));
     e.resident = false;
     e.prefetchedUnused = false;
     e.pin = Pin::None;

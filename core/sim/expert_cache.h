@@ -13,12 +13,12 @@ namespace moeatlas::detail {
 // Eviction order: the entry with the smallest key goes first.
 using EvictionKey = std::pair<int64_t, int64_t>;
 
-// A binary min-heap over entry ids with removal of any member (positions tracked per id).
+// A binary min-heap over ids [0, ids) with removal of any member (positions tracked per id); keys are
+// stored in the nodes so that sifting reads one array.
 class IndexedHeap {
 public:
     explicit IndexedHeap(std::size_t ids = 0)
         : m_pos(ids, -1)
-        , m_key(ids)
     {
     }
     bool empty() const { return m_heap.empty(); }
@@ -33,9 +33,12 @@ private:
     void up(std::size_t i);
     void down(std::size_t i);
 
-    std::vector<int> m_heap;
+    struct Node {
+        EvictionKey key;
+        int id;
+    };
+    std::vector<Node> m_heap;
     std::vector<int> m_pos; // per id: index in m_heap, -1 when absent
-    std::vector<EvictionKey> m_key; // per id
 };
 
 enum class Pin : uint8_t {
@@ -72,6 +75,12 @@ public:
     int poolOf(int id) const { return m_perLayer ? id / m_numExperts : 0; }
 
 private:
+    // Heaps are indexed within their pool: the expert (per-layer pools) or the id (one global pool).
+    int localOf(int id) const { return m_perLayer ? id % m_numExperts : id; }
+    int idOf(std::size_t pool, int local) const
+    {
+        return m_perLayer ? static_cast<int>(pool) * m_numExperts + local : local;
+    }
     double costOf(int id) const { return m_perLayer ? 1.0 : m_bytes[static_cast<std::size_t>(id)]; }
 
     bool m_perLayer = true;

@@ -125,6 +125,7 @@ private:
     int64_t m_stampNow = 0;
     std::vector<char> m_run; // per m_set entry: resident or fetched, run by the layer
     std::vector<int32_t> m_ran, m_ranAssign;
+    std::vector<int32_t> m_predicted; // predicted experts to fetch, best first
 
     double m_clock = 0; // compute stream
     double m_linkFree = 0; // copy stream
@@ -377,16 +378,19 @@ void Simulation::countReplaced(int64_t step, int layer, SimLayerStats& stats)
 }
 
 // At layer `source`'s router point: fetch the predicted experts of layer source + d (rank-major over the
-// batch's tokens: every token's best guess first) that are not resident, into free or evictable room only;
-// pin every predicted expert until that layer's router point.
+// batch's tokens: every token's best guess first) that are not resident, into free or evictable room only
+// (no room: dropped); pin every predicted expert until that layer's router point.
 void Simulation::prefetchFor(int64_t step, int source, double issue)
 {
     const int target = source + m_lookahead;
     SimLayerStats& stats = statsFor(step, target);
     const PredictionSet& pred = *m_bySource[static_cast<std::size_t>(source)];
     const int base = target * m_experts;
-    ++m_stampNow;
     auto& pinned = m_targets[static_cast<std::size_t>(target)];
+    // The batch's predictions, rank-major and distinct; the resident ones are pinned first, so that fetching
+    // one predicted expert never evicts another.
+    ++m_stampNow;
+    m_predicted.clear();
     for (int r = 0; r < m_budget; ++r) {
         for (int64_t i = m_steps.offsets[step]; i < m_steps.offsets[step + 1]; ++i) {
             const int64_t t = m_steps.tokens[static_cast<std::size_t>(i)];
@@ -396,25 +400,28 @@ void Simulation::prefetchFor(int64_t step, int source, double issue)
             m_stamp[static_cast<std::size_t>(e)] = m_stampNow;
             const int id = base + e;
             CacheEntry& entry = m_cache.entry(id);
-            if (entry.resident) {
-                if (entry.pin == Pin::None) {
-                    m_cache.pin(id, Pin::Prefetch);
-                    pinned.push_back(id);
-                }
-                continue;
+            if (!entry.resident) {
+                m_predicted.push_back(e);
+            } else if (entry.pin == Pin::None) {
+                m_cache.pin(id, Pin::Prefetch);
+                pinned.push_back(id);
             }
-            if (!m_cache.makeRoom(id)) {
-                ++stats.droppedPrefetches;
-                continue;
-            }
-            m_cache.admit(id);
-            entry.arrival = transfer(step, target, e, true, issue, stats);
-            entry.prefetchedUnused = true;
-            entry.lastUse = m_position;
-            m_cache.pin(id, Pin::Prefetch);
-            pinned.push_back(id);
-            ++stats.prefetches;
         }
+    }
+    for (const int32_t e : m_predicted) {
+        const int id = base + e;
+        if (!m_cache.makeRoom(id)) {
+            ++stats.droppedPrefetches;
+            continue;
+        }
+        m_cache.admit(id);
+        CacheEntry& entry = m_cache.entry(id);
+        entry.arrival = transfer(step, target, e, true, issue, stats);
+        entry.prefetchedUnused = true;
+        entry.lastUse = m_position;
+        m_cache.pin(id, Pin::Prefetch);
+        pinned.push_back(id);
+        ++stats.prefetches;
     }
 }
 

@@ -178,6 +178,39 @@ private Q_SLOTS:
         }
     }
 
+    // An oracle prefetch (lookahead 1, budget k) with per-layer slots moves exactly the bytes of on-demand (pool
+    // l+1 is touched by nothing between layer l's and layer l+1's router points, so the same victims go) but
+    // issues every transfer of layers >= 1 one layer earlier: it is never slower, and no prefetch is wasted.
+    void oraclePrefetchNeverSlower()
+    {
+        std::mt19937_64 rng(99);
+        for (int trial = 0; trial < 30; ++trial) {
+            const int layers = std::uniform_int_distribution<int>(2, 4)(rng);
+            const int experts = std::uniform_int_distribution<int>(4, 12)(rng);
+            const int topK = std::uniform_int_distribution<int>(1, 3)(rng);
+            const RoutingTrace trace = randomTrace(rng, layers, experts, topK, 120, 1.0);
+            const ComputeModel model = measuredModel(layers, experts, topK, 1.0, LayerTime { 0.5, 1.0, 0.0 }, 0.25);
+            for (const Eviction e : { Eviction::Lru, Eviction::Lfu, Eviction::Belady }) {
+                SimConfig c = onDemand(e, std::uniform_int_distribution<int>(topK, experts)(rng), 1);
+                const SimResult base = simulate(trace, {}, model, c);
+                std::vector<PredictionSet> oracle;
+                for (int s = 0; s + 1 < layers; ++s) {
+                    PredictionSet p;
+                    p.source = s;
+                    p.budget = topK;
+                    p.ids = trace.routed[s + 1];
+                    oracle.push_back(p);
+                }
+                c.policy = SimPolicy::Prefetch;
+                const SimResult pre = simulate(trace, oracle, model, c);
+                QCOMPARE(pre.total.bytes, base.total.bytes);
+                QCOMPARE(pre.total.wastedPrefetches, 0);
+                QCOMPARE(pre.total.misses + pre.total.prefetches, base.total.misses);
+                QVERIFY(pre.totalTime <= base.totalTime);
+            }
+        }
+    }
+
     // All experts fit: after a warm-up that touches every expert, no step stalls and each takes exactly
     // sum over layers (pre + experts + per-expert x distinct) + tail, counted here from the trace.
     void infiniteCacheIsPureCompute_data()
