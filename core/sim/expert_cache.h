@@ -62,6 +62,7 @@ public:
     ExpertCache(const CacheSpec& spec, const ModelCosts& costs, int numLayers);
 
     CacheEntry& entry(int id) { return m_entries[static_cast<std::size_t>(id)]; }
+    const CacheEntry& entry(int id) const { return m_entries[static_cast<std::size_t>(id)]; }
     // Takes an entry out of the eviction order (if it was in it) and pins it.
     void pin(int id, Pin pin);
     // Unpins an entry and puts it in the eviction order under `key`.

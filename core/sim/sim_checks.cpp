@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace moeatlas {
 
@@ -64,6 +65,8 @@ void validateSimulation(const RoutingTrace& trace, std::span<const PredictionSet
     const int64_t numTokens = trace.numTokens();
     if (numLayers <= 0 || numExperts <= 0 || trace.topK <= 0 || trace.topK > numExperts)
         throw RequestError("trace", "the routing trace has no MoE layers, experts or top-k");
+    if (numTokens >= std::numeric_limits<int32_t>::max())
+        throw RequestError("trace", "the trace has " + std::to_string(numTokens) + " tokens: at most 2^31 - 1");
     if (trace.seqOffsets.empty() || trace.seqOffsets.front() != 0 || trace.seqOffsets.back() != numTokens)
         throw RequestError("trace", "the trace's sequence offsets do not cover its tokens");
     for (const auto& layer : trace.routed) {

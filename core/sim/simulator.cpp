@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <stdexcept>
 
 namespace moeatlas {
 
@@ -197,8 +198,9 @@ void Simulation::buildNextUses()
     for (int64_t s = 0; s < m_steps.count(); ++s)
         for (int l = 0; l < m_layers; ++l) {
             demandSet(s, l);
+            const std::size_t base = static_cast<std::size_t>(l) * static_cast<std::size_t>(m_experts);
             for (const int32_t e : m_set)
-                m_occurrences[static_cast<std::size_t>(l * m_experts + e)].push_back(static_cast<int32_t>(s));
+                m_occurrences[base + static_cast<std::size_t>(e)].push_back(static_cast<int32_t>(s));
         }
 }
 
@@ -214,7 +216,7 @@ int64_t Simulation::nextUse(int id) const
 
 EvictionKey Simulation::keyOf(int id) const
 {
-    const CacheEntry& e = const_cast<ExpertCache&>(m_cache).entry(id);
+    const CacheEntry& e = m_cache.entry(id);
     switch (m_config.eviction) {
     case Eviction::Lru:
         return { e.lastUse, 0 };
