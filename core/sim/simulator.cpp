@@ -248,15 +248,15 @@ bool Simulation::preemptPrefetch(int64_t step, int id, int layer)
 {
     for (int target = m_layers - 1; target > layer; --target) {
         auto& list = m_targets[static_cast<std::size_t>(target)];
-        while (!list.empty()) {
-            const int victim = list.back();
-            list.pop_back();
+        for (std::size_t i = list.size(); i-- > 0;) {
+            const int victim = list[i];
             CacheEntry& v = m_cache.entry(victim);
             if (!v.resident || v.pin != Pin::Prefetch || m_cache.poolOf(victim) != m_cache.poolOf(id))
                 continue;
             if (v.prefetchedUnused)
                 ++statsFor(step, target).wastedPrefetches;
             m_cache.evict(victim);
+            list.erase(list.begin() + static_cast<std::ptrdiff_t>(i));
             return true;
         }
     }

@@ -285,6 +285,52 @@ private Q_SLOTS:
         }
     }
 
+    // A global budget of 2 experts, batch 2 (one token in each of two sequences), lookahead 2, budget 1.
+    //   routing: L0 {0, 0}, L1 {0, 1}, L2 {2, 2}, L3 {0, 0}; predictions for L2: {3, 3}, for L3: {0, 0}
+    // R0: miss L0e0 (1 used); prefetch L2e3 (2 used, pinned). L0e0 evictable after L0.
+    // R1: L1 needs e0 and e1: e0 evicts L0e0; e1 finds nothing evictable and takes the place of the pending
+    //     prefetch L2e3 (wasted); the prefetch for L3 finds no room: dropped.
+    // R2: L2e2 miss (L2e3 is gone). R3: L3e0 miss.
+    void globalDemandPreemptsPrefetch()
+    {
+        const RoutingTrace trace
+            = makeTrace(4, 1, { { { 0 }, { 0 } }, { { 0 }, { 1 } }, { { 2 }, { 2 } }, { { 0 }, { 0 } } }, { 1, 1 });
+        const ComputeModel model = measuredModel(4, 4, 1, 1.0, LayerTime { 1.0, 1.0, 0.0 }, 0.0);
+        const std::vector<PredictionSet> preds { makePredictions(0, 2, { { 3 }, { 3 } }),
+            makePredictions(1, 2, { { 0 }, { 0 } }) };
+        SimConfig c = handConfig(SimPolicy::Prefetch, Eviction::Lru);
+        c.batch = 2;
+        c.cache.kind = CacheSpec::Kind::GlobalBytes;
+        c.cache.bytes = 2;
+        const SimResult r = simulate(trace, preds, model, c);
+        QCOMPARE(r.layers[1].misses, 2);
+        QCOMPARE(r.layers[2].prefetches, 1);
+        QCOMPARE(r.layers[2].wastedPrefetches, 1);
+        QCOMPARE(r.layers[2].misses, 1);
+        QCOMPARE(r.layers[3].droppedPrefetches, 1);
+        QCOMPARE(r.layers[3].misses, 1);
+        QCOMPARE(r.total.transfers, 6);
+    }
+
+    // Progress reports the steps; returning false, or a stop request, cancels.
+    void progressAndCancel()
+    {
+        std::vector<int64_t> seen;
+        simulate(handTrace(), {}, handModel(), handConfig(SimPolicy::OnDemand, Eviction::Lru), [&](const Progress& p) {
+            seen.push_back(p.done);
+            return p.total == 4;
+        });
+        QCOMPARE(seen.front(), 0);
+        QCOMPARE(seen.back(), 4);
+        QVERIFY_THROWS_EXCEPTION(Cancelled,
+            simulate(handTrace(), {}, handModel(), handConfig(SimPolicy::OnDemand, Eviction::Lru),
+                [](const Progress&) { return false; }));
+        StopToken stop;
+        stop.requestStop();
+        QVERIFY_THROWS_EXCEPTION(
+            Cancelled, simulate(handTrace(), {}, handModel(), handConfig(SimPolicy::OnDemand, Eviction::Lru), {}, &stop));
+    }
+
     // Warm-up steps are simulated but not counted.
     void warmup()
     {
