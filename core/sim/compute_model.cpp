@@ -10,61 +10,61 @@ namespace moeatlas {
 
 namespace {
 
-    std::string lower(std::string s)
-    {
-        std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
-        return s;
-    }
+std::string lower(std::string s)
+{
+    std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+    return s;
+}
 
-    std::optional<DType> parseAnyDtype(const std::string& text)
-    {
-        const std::string t = lower(text);
-        if (t == "bfloat16" || t == "bf16")
-            return DType::BF16;
-        if (t == "float16" || t == "half" || t == "f16" || t == "fp16")
-            return DType::F16;
-        if (t == "float32" || t == "float" || t == "f32" || t == "fp32")
-            return DType::F32;
-        if (t == "float8_e4m3fn" || t == "f8_e4m3" || t == "fp8")
-            return DType::F8_E4M3;
-        if (t == "float8_e5m2" || t == "f8_e5m2")
-            return DType::F8_E5M2;
-        return std::nullopt;
-    }
+std::optional<DType> parseAnyDtype(const std::string& text)
+{
+    const std::string t = lower(text);
+    if (t == "bfloat16" || t == "bf16")
+        return DType::BF16;
+    if (t == "float16" || t == "half" || t == "f16" || t == "fp16")
+        return DType::F16;
+    if (t == "float32" || t == "float" || t == "f32" || t == "fp32")
+        return DType::F32;
+    if (t == "float8_e4m3fn" || t == "f8_e4m3" || t == "fp8")
+        return DType::F8_E4M3;
+    if (t == "float8_e5m2" || t == "f8_e5m2")
+        return DType::F8_E5M2;
+    return std::nullopt;
+}
 
-    // Attention projections of one decoder layer: q, k, v, o.
-    double attentionParams(const ModelSpec& s)
-    {
-        const double h = static_cast<double>(s.hiddenSize);
-        const double q = static_cast<double>(s.numHeads) * static_cast<double>(s.headDim);
-        const double kv = static_cast<double>(s.numKvHeads) * static_cast<double>(s.headDim);
-        return h * q + 2.0 * h * kv + q * h;
-    }
+// Attention projections of one decoder layer: q, k, v, o.
+double attentionParams(const ModelSpec& s)
+{
+    const double h = static_cast<double>(s.hiddenSize);
+    const double q = static_cast<double>(s.numHeads) * static_cast<double>(s.headDim);
+    const double kv = static_cast<double>(s.numKvHeads) * static_cast<double>(s.headDim);
+    return h * q + 2.0 * h * kv + q * h;
+}
 
-    void addParams(PhaseShape& phase, double params, double dtypeBytes)
-    {
-        phase.weightBytes += params * dtypeBytes;
-        phase.flopsPerToken += 2.0 * params;
-    }
+void addParams(PhaseShape& phase, double params, double dtypeBytes)
+{
+    phase.weightBytes += params * dtypeBytes;
+    phase.flopsPerToken += 2.0 * params;
+}
 
-    void addAttention(PhaseShape& phase, const ModelSpec& s, const LayerSpec& layer, double dtypeBytes)
-    {
-        addParams(phase, attentionParams(s), dtypeBytes);
-        if (layer.slidingWindow && s.slidingWindow)
-            phase.windows.push_back(*s.slidingWindow);
-        else
-            ++phase.fullAttention;
-    }
+void addAttention(PhaseShape& phase, const ModelSpec& s, const LayerSpec& layer, double dtypeBytes)
+{
+    addParams(phase, attentionParams(s), dtypeBytes);
+    if (layer.slidingWindow && s.slidingWindow)
+        phase.windows.push_back(*s.slidingWindow);
+    else
+        ++phase.fullAttention;
+}
 
-    double requiredTime(const nlohmann::json& obj, const std::string& source, const std::string& field)
-    {
-        const auto it = obj.find(field.substr(field.find_last_of('.') + 1));
-        if (it == obj.end())
-            throw InputError(source + ": field '" + field + "' is missing");
-        if (!it->is_number() || !(it->get<double>() >= 0))
-            throw InputError(source + ": field '" + field + "' must be a number of seconds >= 0");
-        return it->get<double>();
-    }
+double requiredTime(const nlohmann::json& obj, const std::string& source, const std::string& field)
+{
+    const auto it = obj.find(field.substr(field.find_last_of('.') + 1));
+    if (it == obj.end())
+        throw InputError(source + ": field '" + field + "' is missing");
+    if (!it->is_number() || !(it->get<double>() >= 0))
+        throw InputError(source + ": field '" + field + "' must be a number of seconds >= 0");
+    return it->get<double>();
+}
 
 } // namespace
 

@@ -81,8 +81,7 @@ struct ComputeModel {
     // contexts: the number of keys each token of the step attends to (its position in its sequence + 1).
     double preTime(int layer, std::span<const int64_t> contexts) const;
     // experts: the distinct experts run; assignments[i]: how many of the step's tokens run experts[i].
-    double moeTime(
-        int layer, std::span<const int32_t> experts, std::span<const int32_t> assignments, int tokens) const;
+    double moeTime(int layer, std::span<const int32_t> experts, std::span<const int32_t> assignments, int tokens) const;
     double tailTime(std::span<const int64_t> contexts) const;
 
     // FLOPs and bytes of the phases, as the roofline counts them (tests and reports).

@@ -13,60 +13,60 @@ namespace moeatlas {
 
 namespace {
 
-    [[noreturn]] void fail(const std::string& source, const std::string& field, const std::string& what)
-    {
-        throw InputError(source + ": field '" + field + "' " + what);
-    }
+[[noreturn]] void fail(const std::string& source, const std::string& field, const std::string& what)
+{
+    throw InputError(source + ": field '" + field + "' " + what);
+}
 
-    const nlohmann::json& required(const nlohmann::json& doc, const std::string& source, const std::string& field)
-    {
-        const auto it = doc.find(field);
-        if (it == doc.end())
-            fail(source, field, "is missing (every hardware field is required)");
-        return *it;
-    }
+const nlohmann::json& required(const nlohmann::json& doc, const std::string& source, const std::string& field)
+{
+    const auto it = doc.find(field);
+    if (it == doc.end())
+        fail(source, field, "is missing (every hardware field is required)");
+    return *it;
+}
 
-    std::string requiredString(const nlohmann::json& doc, const std::string& source, const std::string& field)
-    {
-        const nlohmann::json& v = required(doc, source, field);
-        if (!v.is_string())
-            fail(source, field, "must be a string");
-        return v.get<std::string>();
-    }
+std::string requiredString(const nlohmann::json& doc, const std::string& source, const std::string& field)
+{
+    const nlohmann::json& v = required(doc, source, field);
+    if (!v.is_string())
+        fail(source, field, "must be a string");
+    return v.get<std::string>();
+}
 
-    double requiredNumber(const nlohmann::json& v, const std::string& source, const std::string& field, bool positive)
-    {
-        if (!v.is_number())
-            fail(source, field, "must be a number");
-        const double x = v.get<double>();
-        if (!std::isfinite(x) || (positive ? !(x > 0) : x < 0))
-            fail(source, field, std::string("must be ") + (positive ? "> 0" : ">= 0") + ", got " + v.dump());
-        return x;
-    }
+double requiredNumber(const nlohmann::json& v, const std::string& source, const std::string& field, bool positive)
+{
+    if (!v.is_number())
+        fail(source, field, "must be a number");
+    const double x = v.get<double>();
+    if (!std::isfinite(x) || (positive ? !(x > 0) : x < 0))
+        fail(source, field, std::string("must be ") + (positive ? "> 0" : ">= 0") + ", got " + v.dump());
+    return x;
+}
 
-    std::string stemOf(const std::string& path)
-    {
-        std::string s = path.substr(path.find_last_of('/') + 1);
-        if (s.size() > 5 && s.ends_with(".json"))
-            s.resize(s.size() - 5);
-        return s;
-    }
+std::string stemOf(const std::string& path)
+{
+    std::string s = path.substr(path.find_last_of('/') + 1);
+    if (s.size() > 5 && s.ends_with(".json"))
+        s.resize(s.size() - 5);
+    return s;
+}
 
-    HardwareSpec parseText(const std::string& text, const std::string& source)
-    {
-        const nlohmann::json doc = nlohmann::json::parse(text, nullptr, false);
-        if (doc.is_discarded() || !doc.is_object())
-            throw InputError(source + ": not a JSON object (a hardware description)");
-        HardwareSpec hw = parseHardware(doc, source);
-        hw.name = stemOf(source);
-        return hw;
-    }
+HardwareSpec parseText(const std::string& text, const std::string& source)
+{
+    const nlohmann::json doc = nlohmann::json::parse(text, nullptr, false);
+    if (doc.is_discarded() || !doc.is_object())
+        throw InputError(source + ": not a JSON object (a hardware description)");
+    HardwareSpec hw = parseHardware(doc, source);
+    hw.name = stemOf(source);
+    return hw;
+}
 
-    void requirePositive(double x, const std::string& field, const std::string& what)
-    {
-        if (!std::isfinite(x) || !(x > 0))
-            throw RequestError(field, what + " must be > 0, got " + std::to_string(x));
-    }
+void requirePositive(double x, const std::string& field, const std::string& what)
+{
+    if (!std::isfinite(x) || !(x > 0))
+        throw RequestError(field, what + " must be > 0, got " + std::to_string(x));
+}
 
 } // namespace
 
@@ -108,8 +108,8 @@ std::string hardwarePresetText(const std::string& name, const std::string& field
     std::string names;
     for (const std::string& n : hardwarePresetNames())
         names += (names.empty() ? "" : ", ") + n;
-    throw RequestError(field, "unknown hardware preset '" + name + "': expected one of " + names
-            + ", or a path to a hardware JSON file");
+    throw RequestError(field,
+        "unknown hardware preset '" + name + "': expected one of " + names + ", or a path to a hardware JSON file");
 }
 
 HardwareSpec loadHardware(const std::string& presetOrPath, const std::string& field)
@@ -165,7 +165,8 @@ double flopsFor(const HardwareSpec& hw, DType dtype, const std::string& field)
 {
     const auto it = hw.flopsPerSecond.find(flopsKey(dtype));
     if (it == hw.flopsPerSecond.end())
-        throw RequestError(field, "hardware '" + hw.name + "' gives no FLOP/s for " + std::string(dtypeName(dtype))
+        throw RequestError(field,
+            "hardware '" + hw.name + "' gives no FLOP/s for " + std::string(dtypeName(dtype))
                 + " weights (flops_per_s has no \"" + flopsKey(dtype) + "\")");
     return it->second;
 }

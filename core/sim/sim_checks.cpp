@@ -57,8 +57,8 @@ std::string describeCache(const CacheSpec& cache)
     return std::to_string(static_cast<int64_t>(cache.bytes)) + " bytes global";
 }
 
-void validateSimulation(const RoutingTrace& trace, std::span<const PredictionSet> predictions, const ComputeModel& compute,
-    const SimConfig& c)
+void validateSimulation(const RoutingTrace& trace, std::span<const PredictionSet> predictions,
+    const ComputeModel& compute, const SimConfig& c)
 {
     const int numLayers = trace.numMoeLayers();
     const int numExperts = trace.numExperts;
@@ -74,20 +74,23 @@ void validateSimulation(const RoutingTrace& trace, std::span<const PredictionSet
             throw RequestError("trace", "a layer of the trace does not hold top-k experts for every token");
         for (const int32_t e : layer)
             if (e < 0 || e >= numExperts)
-                throw RequestError("trace", "the trace routes to expert " + std::to_string(e) + " of "
-                        + std::to_string(numExperts));
+                throw RequestError(
+                    "trace", "the trace routes to expert " + std::to_string(e) + " of " + std::to_string(numExperts));
     }
     if (static_cast<int>(trace.routed.size()) != numLayers)
-        throw RequestError("trace", "the trace has routing for " + std::to_string(trace.routed.size())
-                + " layers, " + std::to_string(numLayers) + " MoE layers");
+        throw RequestError("trace",
+            "the trace has routing for " + std::to_string(trace.routed.size()) + " layers, " + std::to_string(numLayers)
+                + " MoE layers");
     const ModelCosts& m = compute.costs;
     if (m.numMoeLayers() != numLayers || m.numExperts != numExperts)
-        throw RequestError("trace", "the trace has " + std::to_string(numLayers) + " MoE layers of "
-                + std::to_string(numExperts) + " experts, the model " + std::to_string(m.numMoeLayers())
-                + " of " + std::to_string(m.numExperts) + ": a trace of another architecture");
+        throw RequestError("trace",
+            "the trace has " + std::to_string(numLayers) + " MoE layers of " + std::to_string(numExperts)
+                + " experts, the model " + std::to_string(m.numMoeLayers()) + " of " + std::to_string(m.numExperts)
+                + ": a trace of another architecture");
     if (compute.measured && static_cast<int>(compute.measured->layers.size()) != numLayers)
-        throw RequestError("measuredTimes", "measured times for " + std::to_string(compute.measured->layers.size())
-                + " layers, the model has " + std::to_string(numLayers) + " MoE layers");
+        throw RequestError("measuredTimes",
+            "measured times for " + std::to_string(compute.measured->layers.size()) + " layers, the model has "
+                + std::to_string(numLayers) + " MoE layers");
     if (!compute.measured && (!(compute.flopsPerSecond > 0) || !(compute.memoryBandwidth > 0)))
         throw RequestError("hardware", "the roofline needs FLOP/s and memory bandwidth > 0");
     if (c.batch < 1)
@@ -104,13 +107,15 @@ void validateSimulation(const RoutingTrace& trace, std::span<const PredictionSet
     const int needed = std::min<int64_t>(numExperts, static_cast<int64_t>(trace.topK) * c.batch);
     if (c.cache.kind == CacheSpec::Kind::PerLayerSlots) {
         if (c.cache.slots < needed)
-            throw RequestError("cache", "a cache of " + std::to_string(c.cache.slots)
+            throw RequestError("cache",
+                "a cache of " + std::to_string(c.cache.slots)
                     + " slots per layer cannot hold one step's experts: at least min(E, top-k x batch) = "
                     + std::to_string(needed));
     } else {
         const double largest = *std::max_element(m.expertBytes.begin(), m.expertBytes.end());
         if (!(c.cache.bytes >= needed * largest))
-            throw RequestError("cache", "a cache of " + std::to_string(c.cache.bytes)
+            throw RequestError("cache",
+                "a cache of " + std::to_string(c.cache.bytes)
                     + " bytes cannot hold one step's experts: at least min(E, top-k x batch) x the largest expert = "
                     + std::to_string(needed * largest) + " bytes");
     }
@@ -121,16 +126,19 @@ void validateSimulation(const RoutingTrace& trace, std::span<const PredictionSet
     const int d = predictions.front().lookahead;
     const int budget = predictions.front().budget;
     if (d < 1 || d >= numLayers)
-        throw RequestError("predictions", "lookahead " + std::to_string(d) + " must lie in [1, "
-                + std::to_string(numLayers - 1) + "] (the model has " + std::to_string(numLayers) + " MoE layers)");
+        throw RequestError("predictions",
+            "lookahead " + std::to_string(d) + " must lie in [1, " + std::to_string(numLayers - 1) + "] (the model has "
+                + std::to_string(numLayers) + " MoE layers)");
     if (budget < 1 || budget > numExperts)
         throw RequestError("predictions", "prefetch budget " + std::to_string(budget) + " must lie in [1, E]");
     if (c.policy == SimPolicy::Speculative && budget < trace.topK)
-        throw RequestError("predictions", "speculative execution runs the predicted top-k: budget "
-                + std::to_string(budget) + " < top-k " + std::to_string(trace.topK));
+        throw RequestError("predictions",
+            "speculative execution runs the predicted top-k: budget " + std::to_string(budget) + " < top-k "
+                + std::to_string(trace.topK));
     if (static_cast<int>(predictions.size()) != numLayers - d)
-        throw RequestError("predictions", "expected one prediction set per source layer 0.." + std::to_string(numLayers - d - 1)
-                + ", got " + std::to_string(predictions.size()));
+        throw RequestError("predictions",
+            "expected one prediction set per source layer 0.." + std::to_string(numLayers - d - 1) + ", got "
+                + std::to_string(predictions.size()));
     std::vector<char> seen(static_cast<std::size_t>(numLayers), 0);
     for (const PredictionSet& p : predictions) {
         if (p.lookahead != d || p.budget != budget || p.predictor != predictions.front().predictor)
@@ -138,7 +146,8 @@ void validateSimulation(const RoutingTrace& trace, std::span<const PredictionSet
         if (p.source < 0 || p.source + d >= numLayers || seen[static_cast<std::size_t>(p.source)]++)
             throw RequestError("predictions", "source layer " + std::to_string(p.source) + " repeated or out of range");
         if (static_cast<int64_t>(p.ids.size()) != numTokens * budget)
-            throw RequestError("predictions", "the predictions of source layer " + std::to_string(p.source)
+            throw RequestError("predictions",
+                "the predictions of source layer " + std::to_string(p.source)
                     + " do not have budget ids for every token");
         for (const int32_t e : p.ids)
             if (e < 0 || e >= numExperts)

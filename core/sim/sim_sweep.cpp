@@ -9,24 +9,24 @@ namespace moeatlas {
 
 namespace {
 
-    std::string num(double x)
-    {
-        char buf[32];
-        std::snprintf(buf, sizeof buf, "%.9g", x);
-        return buf;
-    }
+std::string num(double x)
+{
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.9g", x);
+    return buf;
+}
 
-    std::string counts(const SimLayerStats& s)
-    {
-        return std::to_string(s.hits) + "," + std::to_string(s.misses) + "," + std::to_string(s.prefetchHits) + ","
-            + std::to_string(s.latePrefetchHits) + "," + std::to_string(s.prefetches) + ","
-            + std::to_string(s.wastedPrefetches) + "," + std::to_string(s.droppedPrefetches) + ","
-            + std::to_string(s.skipped) + "," + std::to_string(s.replaced) + "," + num(simHitRate(s));
-    }
+std::string counts(const SimLayerStats& s)
+{
+    return std::to_string(s.hits) + "," + std::to_string(s.misses) + "," + std::to_string(s.prefetchHits) + ","
+        + std::to_string(s.latePrefetchHits) + "," + std::to_string(s.prefetches) + ","
+        + std::to_string(s.wastedPrefetches) + "," + std::to_string(s.droppedPrefetches) + ","
+        + std::to_string(s.skipped) + "," + std::to_string(s.replaced) + "," + num(simHitRate(s));
+}
 
-    const char* kCountColumns
-        = "hits,misses,prefetch_hits,late_prefetch_hits,prefetches,wasted_prefetches,dropped_prefetches,skipped,"
-          "replaced,hit_rate";
+const char* kCountColumns
+    = "hits,misses,prefetch_hits,late_prefetch_hits,prefetches,wasted_prefetches,dropped_prefetches,skipped,"
+      "replaced,hit_rate";
 
 } // namespace
 
@@ -35,8 +35,7 @@ std::vector<SimSweepPoint> sweepSimulation(const RoutingTrace& trace, std::span<
     const std::vector<double>& bandwidths, const ProgressFn& progress, const StopToken* stop)
 {
     const std::vector<CacheSpec> cacheList = caches.empty() ? std::vector<CacheSpec> { config.cache } : caches;
-    const std::vector<double> linkList
-        = bandwidths.empty() ? std::vector<double> { config.linkBandwidth } : bandwidths;
+    const std::vector<double> linkList = bandwidths.empty() ? std::vector<double> { config.linkBandwidth } : bandwidths;
     std::vector<SimConfig> configs;
     for (const CacheSpec& cache : cacheList)
         for (const double bw : linkList) {
@@ -47,8 +46,8 @@ std::vector<SimSweepPoint> sweepSimulation(const RoutingTrace& trace, std::span<
             try {
                 validateSimulation(trace, predictions, compute, c);
             } catch (const RequestError& e) {
-                throw RequestError("sweep", "sweep point " + describeCache(cache) + ", " + num(bw) + " bytes/s: "
-                        + e.what());
+                throw RequestError(
+                    "sweep", "sweep point " + describeCache(cache) + ", " + num(bw) + " bytes/s: " + e.what());
             }
             configs.push_back(c);
         }
@@ -59,8 +58,8 @@ std::vector<SimSweepPoint> sweepSimulation(const RoutingTrace& trace, std::span<
         ProgressFn inner;
         if (progress)
             inner = [&](const Progress& p) {
-                return progress(Progress { "simulate " + std::to_string(i + 1) + "/" + std::to_string(n),
-                    i * p.total + p.done, n * p.total });
+                return progress(Progress {
+                    "simulate " + std::to_string(i + 1) + "/" + std::to_string(n), i * p.total + p.done, n * p.total });
             };
         SimResult r = simulate(trace, predictions, compute, c, inner, stop);
         r.stepTimes.clear();
@@ -87,12 +86,12 @@ std::string simSummaryCsv(const std::vector<SimSweepPoint>& points, const SimRun
         const SimResult& r = p.result;
         const bool slots = p.cache.kind == CacheSpec::Kind::PerLayerSlots;
         out += std::string(slots ? "per-layer" : "global") + "," + (slots ? std::to_string(p.cache.slots) : "") + ","
-            + (slots ? "" : num(p.cache.bytes)) + "," + num(p.linkBandwidth) + "," + label.policy + ","
-            + label.eviction + "," + label.predictor + "," + std::to_string(label.lookahead) + ","
-            + std::to_string(label.budget) + "," + std::to_string(label.batch) + "," + std::to_string(r.steps) + ","
-            + std::to_string(r.tokens) + "," + num(r.tpotMean) + "," + num(r.tpotP50) + "," + num(r.tpotP90) + ","
-            + num(r.tpotP99) + "," + num(r.tpotMax) + "," + num(r.computePerToken) + "," + num(r.stallPerToken) + ","
-            + num(r.bytesPerToken) + "," + num(r.tokensPerSecond) + "," + counts(r.total) + "\n";
+            + (slots ? "" : num(p.cache.bytes)) + "," + num(p.linkBandwidth) + "," + label.policy + "," + label.eviction
+            + "," + label.predictor + "," + std::to_string(label.lookahead) + "," + std::to_string(label.budget) + ","
+            + std::to_string(label.batch) + "," + std::to_string(r.steps) + "," + std::to_string(r.tokens) + ","
+            + num(r.tpotMean) + "," + num(r.tpotP50) + "," + num(r.tpotP90) + "," + num(r.tpotP99) + ","
+            + num(r.tpotMax) + "," + num(r.computePerToken) + "," + num(r.stallPerToken) + "," + num(r.bytesPerToken)
+            + "," + num(r.tokensPerSecond) + "," + counts(r.total) + "\n";
     }
     return out;
 }

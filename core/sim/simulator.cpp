@@ -18,65 +18,65 @@ using detail::Pin;
 
 namespace {
 
-    constexpr int64_t kNever = std::numeric_limits<int64_t>::max();
+constexpr int64_t kNever = std::numeric_limits<int64_t>::max();
 
-    // The decode steps: batch b of sequences [b*B, (b+1)*B), step j runs token j of each of them that has one.
-    struct Steps {
-        std::vector<int64_t> offsets { 0 }; // [S+1] into tokens
-        std::vector<int64_t> tokens; // trace token index
-        std::vector<int64_t> contexts; // keys the token attends to: its position in its sequence + 1
-        int64_t count() const { return static_cast<int64_t>(offsets.size()) - 1; }
-    };
+// The decode steps: batch b of sequences [b*B, (b+1)*B), step j runs token j of each of them that has one.
+struct Steps {
+    std::vector<int64_t> offsets { 0 }; // [S+1] into tokens
+    std::vector<int64_t> tokens; // trace token index
+    std::vector<int64_t> contexts; // keys the token attends to: its position in its sequence + 1
+    int64_t count() const { return static_cast<int64_t>(offsets.size()) - 1; }
+};
 
-    Steps buildSteps(const RoutingTrace& trace, int batch)
-    {
-        Steps st;
-        const int64_t numSeqs = static_cast<int64_t>(trace.seqOffsets.size()) - 1;
-        for (int64_t first = 0; first < numSeqs; first += batch) {
-            const int64_t last = std::min(numSeqs, first + batch);
-            int64_t longest = 0;
-            for (int64_t s = first; s < last; ++s)
-                longest = std::max(longest, trace.seqOffsets[s + 1] - trace.seqOffsets[s]);
-            for (int64_t j = 0; j < longest; ++j) {
-                for (int64_t s = first; s < last; ++s) {
-                    if (trace.seqOffsets[s] + j < trace.seqOffsets[s + 1]) {
-                        st.tokens.push_back(trace.seqOffsets[s] + j);
-                        st.contexts.push_back(j + 1);
-                    }
+Steps buildSteps(const RoutingTrace& trace, int batch)
+{
+    Steps st;
+    const int64_t numSeqs = static_cast<int64_t>(trace.seqOffsets.size()) - 1;
+    for (int64_t first = 0; first < numSeqs; first += batch) {
+        const int64_t last = std::min(numSeqs, first + batch);
+        int64_t longest = 0;
+        for (int64_t s = first; s < last; ++s)
+            longest = std::max(longest, trace.seqOffsets[s + 1] - trace.seqOffsets[s]);
+        for (int64_t j = 0; j < longest; ++j) {
+            for (int64_t s = first; s < last; ++s) {
+                if (trace.seqOffsets[s] + j < trace.seqOffsets[s + 1]) {
+                    st.tokens.push_back(trace.seqOffsets[s] + j);
+                    st.contexts.push_back(j + 1);
                 }
-                st.offsets.push_back(static_cast<int64_t>(st.tokens.size()));
             }
+            st.offsets.push_back(static_cast<int64_t>(st.tokens.size()));
         }
-        return st;
     }
+    return st;
+}
 
-    // Percentile with linear interpolation between order statistics (numpy's default) of sorted values.
-    double percentile(const std::vector<double>& sorted, double q)
-    {
-        if (sorted.empty())
-            return 0;
-        const double at = q * static_cast<double>(sorted.size() - 1);
-        const std::size_t lo = static_cast<std::size_t>(std::floor(at));
-        const std::size_t hi = std::min(lo + 1, sorted.size() - 1);
-        return sorted[lo] + (at - static_cast<double>(lo)) * (sorted[hi] - sorted[lo]);
-    }
+// Percentile with linear interpolation between order statistics (numpy's default) of sorted values.
+double percentile(const std::vector<double>& sorted, double q)
+{
+    if (sorted.empty())
+        return 0;
+    const double at = q * static_cast<double>(sorted.size() - 1);
+    const std::size_t lo = static_cast<std::size_t>(std::floor(at));
+    const std::size_t hi = std::min(lo + 1, sorted.size() - 1);
+    return sorted[lo] + (at - static_cast<double>(lo)) * (sorted[hi] - sorted[lo]);
+}
 
-    void add(SimLayerStats& into, const SimLayerStats& s)
-    {
-        into.compute += s.compute;
-        into.stall += s.stall;
-        into.bytes += s.bytes;
-        into.transfers += s.transfers;
-        into.hits += s.hits;
-        into.misses += s.misses;
-        into.prefetchHits += s.prefetchHits;
-        into.latePrefetchHits += s.latePrefetchHits;
-        into.prefetches += s.prefetches;
-        into.wastedPrefetches += s.wastedPrefetches;
-        into.droppedPrefetches += s.droppedPrefetches;
-        into.skipped += s.skipped;
-        into.replaced += s.replaced;
-    }
+void add(SimLayerStats& into, const SimLayerStats& s)
+{
+    into.compute += s.compute;
+    into.stall += s.stall;
+    into.bytes += s.bytes;
+    into.transfers += s.transfers;
+    into.hits += s.hits;
+    into.misses += s.misses;
+    into.prefetchHits += s.prefetchHits;
+    into.latePrefetchHits += s.latePrefetchHits;
+    into.prefetches += s.prefetches;
+    into.wastedPrefetches += s.wastedPrefetches;
+    into.droppedPrefetches += s.droppedPrefetches;
+    into.skipped += s.skipped;
+    into.replaced += s.replaced;
+}
 
 } // namespace
 

@@ -1,6 +1,8 @@
 #include "workflows/simulate_workflow.h"
 
+#include "atlas/atlas_file.h"
 #include "checkpoint/hf_config.h"
+#include "prefetch/prefetch_atlas.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 
@@ -12,31 +14,31 @@ namespace moeatlas {
 
 namespace {
 
-    nlohmann::json readJson(const std::filesystem::path& path, const std::string& what)
-    {
-        std::ifstream in(path);
-        if (!in)
-            throw InputError(path.string() + ": cannot read the " + what);
-        nlohmann::json doc = nlohmann::json::parse(in, nullptr, false);
-        if (doc.is_discarded())
-            throw InputError(path.string() + ": not valid JSON (a " + what + ")");
-        return doc;
-    }
+nlohmann::json readJson(const std::filesystem::path& path, const std::string& what)
+{
+    std::ifstream in(path);
+    if (!in)
+        throw InputError(path.string() + ": cannot read the " + what);
+    nlohmann::json doc = nlohmann::json::parse(in, nullptr, false);
+    if (doc.is_discarded())
+        throw InputError(path.string() + ": not valid JSON (a " + what + ")");
+    return doc;
+}
 
-    void checkOutput(const std::filesystem::path& path, const std::string& field)
-    {
-        if (path.empty())
-            return;
-        const std::filesystem::path dir = std::filesystem::absolute(path).parent_path();
-        if (!std::filesystem::is_directory(dir))
-            throw RequestError(field, path.string() + ": directory " + dir.string() + " does not exist");
-    }
+void checkOutput(const std::filesystem::path& path, const std::string& field)
+{
+    if (path.empty())
+        return;
+    const std::filesystem::path dir = std::filesystem::absolute(path).parent_path();
+    if (!std::filesystem::is_directory(dir))
+        throw RequestError(field, path.string() + ": directory " + dir.string() + " does not exist");
+}
 
-    void checkCache(const CacheSpec& cache, const std::string& field)
-    {
-        if (cache.kind == CacheSpec::Kind::PerLayerSlots ? cache.slots <= 0 : !(cache.bytes > 0))
-            throw RequestError(field, "the GPU expert cache must hold something: give slots per layer or bytes > 0");
-    }
+void checkCache(const CacheSpec& cache, const std::string& field)
+{
+    if (cache.kind == CacheSpec::Kind::PerLayerSlots ? cache.slots <= 0 : !(cache.bytes > 0))
+        throw RequestError(field, "the GPU expert cache must hold something: give slots per layer or bytes > 0");
+}
 
 } // namespace
 
@@ -73,11 +75,22 @@ PreparedSimulation prepareSimulation(const SimulateRequest& request)
         job.hardware.linkLatency = *request.linkLatency;
     validateHardware(job.hardware, "hardware");
 
-    if (request.config.empty())
-        throw RequestError("config", "no model shapes: give a config.json or a checkpoint directory");
-    const std::filesystem::path configPath
-        = std::filesystem::is_directory(request.config) ? request.config / "config.json" : request.config;
-    job.model = parseModelSpec(readJson(configPath, "model config"), configPath.string());
+    job.atlas = request.atlas;
+    if (!request.atlas.empty() && !std::filesystem::is_regular_file(request.atlas))
+        throw RequestError("atlas", request.atlas.string() + ": no such atlas file");
+    if (!request.config.empty()) {
+        const std::filesystem::path configPath
+            = std::filesystem::is_directory(request.config) ? request.config / "config.json" : request.config;
+        job.model = parseModelSpec(readJson(configPath, "model config"), configPath.string());
+    } else if (!request.atlas.empty()) {
+        const AtlasFile atlas = AtlasFile::openReadOnly(request.atlas);
+        const nlohmann::json config = nlohmann::json::parse(atlas.model().configJson, nullptr, false);
+        if (config.is_discarded())
+            throw InputError(request.atlas.string() + ": the stored config.json is not valid JSON");
+        job.model = parseModelSpec(config, request.atlas.string() + ":config.json");
+    } else {
+        throw RequestError("config", "no model shapes: give a config.json, a checkpoint directory or an atlas");
+    }
     const DType dtype = weightDtype(job.model, request.dtype, "dtype");
     job.compute.costs = modelCosts(job.model, dtype);
     if (request.measuredTimes.empty()) {
@@ -107,7 +120,8 @@ PreparedSimulation prepareSimulation(const SimulateRequest& request)
         checkCache(s, "sweepCache");
     for (const double bw : request.sweepBandwidth)
         if (!std::isfinite(bw) || !(bw > 0))
-            throw RequestError("sweepBandwidth", "every swept link bandwidth must be > 0 bytes/s, got " + std::to_string(bw));
+            throw RequestError(
+                "sweepBandwidth", "every swept link bandwidth must be > 0 bytes/s, got " + std::to_string(bw));
     job.sweepCache = request.sweepCache;
     job.sweepBandwidth = request.sweepBandwidth;
 
@@ -116,14 +130,17 @@ PreparedSimulation prepareSimulation(const SimulateRequest& request)
     job.budget = request.budget == 0 ? job.model.router.topK : request.budget;
     if (job.needsPredictions()) {
         if (job.lookahead < 1 || job.lookahead >= layers)
-            throw RequestError("lookahead", "lookahead " + std::to_string(job.lookahead) + " reaches beyond the last MoE layer: "
-                    + "the model has " + std::to_string(layers) + " MoE layers, so 1.." + std::to_string(layers - 1));
+            throw RequestError("lookahead",
+                "lookahead " + std::to_string(job.lookahead) + " reaches beyond the last MoE layer: " + "the model has "
+                    + std::to_string(layers) + " MoE layers, so 1.." + std::to_string(layers - 1));
         if (job.budget < 1 || job.budget > job.model.router.numExperts)
-            throw RequestError("budget", "prefetch budget " + std::to_string(job.budget) + " must lie in [1, "
+            throw RequestError("budget",
+                "prefetch budget " + std::to_string(job.budget) + " must lie in [1, "
                     + std::to_string(job.model.router.numExperts) + "]");
         if (c.policy == SimPolicy::Speculative && job.budget < job.model.router.topK)
-            throw RequestError("budget", "speculative execution runs the predicted top-k: budget "
-                    + std::to_string(job.budget) + " < top-k " + std::to_string(job.model.router.topK));
+            throw RequestError("budget",
+                "speculative execution runs the predicted top-k: budget " + std::to_string(job.budget) + " < top-k "
+                    + std::to_string(job.model.router.topK));
     }
 
     checkOutput(request.csv, "csv");
@@ -141,15 +158,18 @@ SimulationReport runSimulation(const PreparedSimulation& job, const RoutingTrace
     if (job.needsPredictions())
         for (const PredictionSet& p : predictions)
             if (p.predictor != job.predictor || p.lookahead != job.lookahead || p.budget != job.budget)
-                throw RequestError("predictions", "predictions of " + predictorName(p.predictor) + " (lookahead "
-                        + std::to_string(p.lookahead) + ", budget " + std::to_string(p.budget) + ") given for "
-                        + predictorName(job.predictor) + " (lookahead " + std::to_string(job.lookahead) + ", budget "
-                        + std::to_string(job.budget) + ")");
-    const std::span<const PredictionSet> used = job.needsPredictions() ? predictions : std::span<const PredictionSet> {};
+                throw RequestError("predictions",
+                    "predictions of " + predictorName(p.predictor) + " (lookahead " + std::to_string(p.lookahead)
+                        + ", budget " + std::to_string(p.budget) + ") given for " + predictorName(job.predictor)
+                        + " (lookahead " + std::to_string(job.lookahead) + ", budget " + std::to_string(job.budget)
+                        + ")");
+    const std::span<const PredictionSet> used
+        = job.needsPredictions() ? predictions : std::span<const PredictionSet> {};
     SimulationReport report;
     const bool sweep = !job.sweepCache.empty() || !job.sweepBandwidth.empty();
     if (sweep) {
-        report.points = sweepSimulation(trace, used, job.compute, job.config, job.sweepCache, job.sweepBandwidth, progress, stop);
+        report.points
+            = sweepSimulation(trace, used, job.compute, job.config, job.sweepCache, job.sweepBandwidth, progress, stop);
     } else {
         SimResult r = simulate(trace, used, job.compute, job.config, progress, stop);
         SimSweepPoint p { job.config.cache, job.config.linkBandwidth, r };
@@ -164,6 +184,21 @@ SimulationReport runSimulation(const PreparedSimulation& job, const RoutingTrace
     if (!job.layersCsv.empty())
         writeFileAtomically(job.layersCsv, simLayersCsv(report.points.front().result, job.compute.costs.moeLayers));
     return report;
+}
+
+SimulationReport simulateAtlas(const PreparedSimulation& job, const ProgressFn& progress, const StopToken* stop)
+{
+    if (job.atlas.empty())
+        throw RequestError("atlas", "no atlas to read the routing from");
+    const AtlasFile atlas = AtlasFile::openReadOnly(job.atlas);
+    const RoutingTrace trace = readRoutingTrace(atlas);
+    std::vector<PredictionSet> sets;
+    for (const int source : job.predictionSources()) {
+        if (stop && stop->stopRequested())
+            throw Cancelled();
+        sets.push_back(predictions(atlas, trace, job.predictor, source, job.lookahead, job.budget));
+    }
+    return runSimulation(job, trace, sets, progress, stop);
 }
 
 } // namespace moeatlas

@@ -17,10 +17,13 @@
 namespace moeatlas {
 
 struct SimulateRequest {
+    // The recorded routing and predictions (simulateAtlas); also the shapes when `config` is empty (the
+    // config.json the atlas stores). Empty: the caller passes a trace to runSimulation.
+    std::filesystem::path atlas;
     std::string hardware = "a6000-pcie4"; // a preset name or a hardware JSON file
     std::optional<double> linkBandwidth; // what-if overrides of the hardware's link (bytes/s, seconds)
     std::optional<double> linkLatency;
-    std::filesystem::path config; // a config.json, or a checkpoint directory holding one
+    std::filesystem::path config; // a config.json, or a checkpoint directory holding one; empty: the atlas's
     std::string dtype; // weight dtype; empty: the config's torch_dtype
     std::filesystem::path measuredTimes; // per-layer times JSON (compute_model.h); empty: the roofline
 
@@ -42,6 +45,7 @@ struct SimulateRequest {
 };
 
 struct PreparedSimulation {
+    std::filesystem::path atlas;
     HardwareSpec hardware; // with the overrides applied
     ModelSpec model;
     ComputeModel compute;
@@ -60,7 +64,7 @@ struct PreparedSimulation {
     SimRunLabel label() const;
 };
 
-// Throws RequestError (fields: hardware, hardware.linkBandwidth, hardware.linkLatency, config, dtype,
+// Throws RequestError (fields: atlas, hardware, hardware.linkBandwidth, hardware.linkLatency, config, dtype,
 // measuredTimes, cache, batch, warmupSteps, predictor, lookahead, budget, sweepCache, sweepBandwidth, csv,
 // layersCsv) or the InputError of a file (hardware JSON, config.json, measured times) before any simulation.
 PreparedSimulation prepareSimulation(const SimulateRequest& request);
@@ -75,5 +79,12 @@ struct SimulationReport {
 // budget), then writes the CSVs atomically. Cancelled propagates with nothing written.
 SimulationReport runSimulation(const PreparedSimulation& job, const RoutingTrace& trace,
     std::span<const PredictionSet> predictions, const ProgressFn& progress = {}, const StopToken* stop = nullptr);
+
+// The whole job from job.atlas: its routing trace and, for prefetch and speculative, job.predictor's
+// predictions for every source layer (prefetch/prefetch_atlas.h: recorded ones from /prefetch, derived ones
+// computed), all read before the first simulated step (RequestError "predictor", "lookahead", "budget" from
+// the atlas side), then runSimulation.
+SimulationReport simulateAtlas(
+    const PreparedSimulation& job, const ProgressFn& progress = {}, const StopToken* stop = nullptr);
 
 } // namespace moeatlas

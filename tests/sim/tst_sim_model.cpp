@@ -69,9 +69,10 @@ private Q_SLOTS:
             QVERIFY(hw.flopsPerSecond.count("bf16") == 1);
             QVERIFY(!hw.source.empty());
             // The built-in text is the file in resources/sim, and loading the file gives the same numbers.
-            const std::string file = sourcePath(QStringLiteral("resources/sim/%1.json").arg(QString::fromStdString(name)))
-                                         .toStdString();
-            QCOMPARE(QString::fromStdString(hardwarePresetText(name, "hardware")), QString::fromStdString(readText(file)));
+            const std::string file
+                = sourcePath(QStringLiteral("resources/sim/%1.json").arg(QString::fromStdString(name))).toStdString();
+            QCOMPARE(
+                QString::fromStdString(hardwarePresetText(name, "hardware")), QString::fromStdString(readText(file)));
             const HardwareSpec fromFile = loadHardware(file, "hardware");
             QCOMPARE(fromFile.linkBandwidth, hw.linkBandwidth);
             QCOMPARE(fromFile.memoryBandwidth, hw.memoryBandwidth);
@@ -99,8 +100,8 @@ private Q_SLOTS:
     void presetMissingField_data()
     {
         QTest::addColumn<QString>("field");
-        for (const char* f : { "gpu", "link", "source", "flops_per_s", "memory_bytes_per_s", "link_bytes_per_s",
-                 "link_latency_s" })
+        for (const char* f :
+            { "gpu", "link", "source", "flops_per_s", "memory_bytes_per_s", "link_bytes_per_s", "link_latency_s" })
             QTest::newRow(f) << QString::fromLatin1(f);
     }
     void presetMissingField()

@@ -51,7 +51,8 @@ SimConfig handConfig(SimPolicy policy, Eviction eviction)
 //   t3     1 (1)                 3 (3)
 std::vector<PredictionSet> handPredictions()
 {
-    return { makePredictions(0, 1, { { 1 }, { 0 }, { 1 }, { 1 } }), makePredictions(1, 1, { { 2 }, { 2 }, { 2 }, { 3 } }) };
+    return { makePredictions(0, 1, { { 1 }, { 0 }, { 1 }, { 1 } }),
+        makePredictions(1, 1, { { 2 }, { 2 }, { 2 }, { 3 } }) };
 }
 
 struct Ev {
@@ -70,8 +71,8 @@ void checkTimeline(const SimResult& r, const std::vector<Ev>& expected)
         const SimLayerEvent& e = r.timeline[i];
         const Ev& x = expected[i];
         const std::string what = "step " + std::to_string(e.step) + " layer " + std::to_string(e.layer) + ": "
-            + num(e.start) + " " + num(e.router) + " " + num(e.ready) + " " + num(e.end) + ", expected "
-            + num(x.start) + " " + num(x.router) + " " + num(x.ready) + " " + num(x.end);
+            + num(e.start) + " " + num(e.router) + " " + num(e.ready) + " " + num(e.end) + ", expected " + num(x.start)
+            + " " + num(x.router) + " " + num(x.ready) + " " + num(x.end);
         QVERIFY2(e.start == x.start && e.router == x.router && e.ready == x.ready && e.end == x.end, what.c_str());
     }
 }
@@ -180,8 +181,7 @@ private Q_SLOTS:
     void prefetch()
     {
         const auto preds = handPredictions();
-        const SimResult r
-            = simulate(handTrace(), preds, handModel(), handConfig(SimPolicy::Prefetch, Eviction::Lru));
+        const SimResult r = simulate(handTrace(), preds, handModel(), handConfig(SimPolicy::Prefetch, Eviction::Lru));
         checkTimeline(r,
             { { 0, 1, 3.5, 5.5 }, { 5.5, 6.5, 6.5, 8.5 }, { 8.5, 9.5, 9.5, 11.5 }, { 12.5, 13.5, 16, 18 },
                 { 18, 19, 19, 21 }, { 21, 22, 24.5, 26.5 }, { 27.5, 28.5, 31, 33 }, { 33, 34, 34, 36 },
@@ -327,8 +327,8 @@ private Q_SLOTS:
                 [](const Progress&) { return false; }));
         StopToken stop;
         stop.requestStop();
-        QVERIFY_THROWS_EXCEPTION(
-            Cancelled, simulate(handTrace(), {}, handModel(), handConfig(SimPolicy::OnDemand, Eviction::Lru), {}, &stop));
+        QVERIFY_THROWS_EXCEPTION(Cancelled,
+            simulate(handTrace(), {}, handModel(), handConfig(SimPolicy::OnDemand, Eviction::Lru), {}, &stop));
     }
 
     // Warm-up steps are simulated but not counted.

@@ -160,7 +160,8 @@ private Q_SLOTS:
         char tpot[32];
         std::snprintf(tpot, sizeof tpot, "%.9g", direct.tpotMean);
         QVERIFY2(summary[1].find(std::string(",") + tpot + ",") != std::string::npos, summary[1].c_str());
-        QVERIFY2(summary[1].starts_with("per-layer,4,,3.15e+10,prefetch,lru,next-router,1,2,1,64,64,"), summary[1].c_str());
+        QVERIFY2(
+            summary[1].starts_with("per-layer,4,,3.15e+10,prefetch,lru,next-router,1,2,1,64,64,"), summary[1].c_str());
         const auto layers = lines(readText(m_dir.filePath(QStringLiteral("layers.csv"))));
         QCOMPARE(layers.size(), std::size_t(4)); // header + 3 MoE layers
         QVERIFY(layers[3].starts_with("2,2,"));
@@ -169,7 +170,8 @@ private Q_SLOTS:
     void sweep()
     {
         SimulateRequest r = request();
-        r.sweepCache = { CacheSpec { CacheSpec::Kind::PerLayerSlots, 2, 0 }, CacheSpec { CacheSpec::Kind::PerLayerSlots, 8, 0 } };
+        r.sweepCache = { CacheSpec { CacheSpec::Kind::PerLayerSlots, 2, 0 },
+            CacheSpec { CacheSpec::Kind::PerLayerSlots, 8, 0 } };
         r.sweepBandwidth = { 1e9, 32e9 };
         r.csv = m_dir.filePath(QStringLiteral("sweep.csv")).toStdString();
         const PreparedSimulation job = prepareSimulation(r);
