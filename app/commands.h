@@ -25,5 +25,6 @@ Command addFisherCommand(CLI::App& app);
 Command addDemoDataCommand(CLI::App& app);
 Command addTrainCommand(CLI::App& app);
 Command addPrefetchCommand(CLI::App& app);
+Command addSimulateCommand(CLI::App& app);
 
 } // namespace moeatlas::cli

@@ -41,6 +41,7 @@ try {
     registerCommand(moeatlas::cli::addDemoDataCommand(app));
     registerCommand(moeatlas::cli::addTrainCommand(app));
     registerCommand(moeatlas::cli::addPrefetchCommand(app));
+    registerCommand(moeatlas::cli::addSimulateCommand(app));
 
     try {
         app.parse(argc, argv);
