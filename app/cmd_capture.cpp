@@ -123,19 +123,18 @@ Command addCaptureCommand(CLI::App& app)
     sub->add_flag("--force", a->force, "Replace an existing atlas");
     sub->add_flag("--no-resume-state", a->noResumeState, "Do not keep hidden states between layers for --resume");
     a->prefetchOption = sub->add_option("--prefetch", a->prefetch,
-                                "Record expert predictions for the next MoE layers: next-router, quasi-hidden "
-                                "(comma-separated; without a value both)")
+                               "Record expert predictions for the next MoE layers: next-router, quasi-hidden "
+                               "(comma-separated; without a value both)")
                             ->expected(0, 1)
                             ->allow_extra_args(false);
     a->prefetchTuning.push_back(sub->add_option("--prefetch-lookahead", a->prefetchLookahead,
         "MoE layers ahead to predict (1..3, below the number of MoE layers; default 3, or all there are)"));
-    a->prefetchTuning.push_back(sub->add_option(
-        "--prefetch-budget", a->prefetchBudget, "Experts stored per prediction, best first (k..E; default min(2k, E))"));
+    a->prefetchTuning.push_back(sub->add_option("--prefetch-budget", a->prefetchBudget,
+        "Experts stored per prediction, best first (k..E; default min(2k, E))"));
     a->prefetchTuning.push_back(sub->add_option("--prefetch-train-fraction", a->prefetchTrainFraction,
         "Share of each domain's sequences in the training split (default 0.5)"));
     return [a] {
-        return namingFlags(
-            fieldFlags({ &kExecutorFlags, &kCalibrationFlags, &kForceFlags, &kPrefetchFlags }),
+        return namingFlags(fieldFlags({ &kExecutorFlags, &kCalibrationFlags, &kForceFlags, &kPrefetchFlags }),
             [&] { return runCaptureCommand(*a); });
     };
 }

@@ -60,8 +60,8 @@ void createPredictionDataset(const AtlasState& impl, hid_t layerGroup, int looka
     const hid_t idType = impl.model.numExperts <= std::numeric_limits<int16_t>::max() ? H5T_STD_I16LE : H5T_STD_I32LE;
     const hsize_t chunkRows = std::max<hsize_t>(1, std::min(rows, schema::kChunkTokens));
     const int gzip = impl.options.compressionLevel;
-    h5::createDataset(layerGroup, lookaheadName(lookahead), idType, { rows, columns },
-        { { chunkRows, columns }, gzip, gzip > 0 });
+    h5::createDataset(
+        layerGroup, lookaheadName(lookahead), idType, { rows, columns }, { { chunkRows, columns }, gzip, gzip > 0 });
 }
 
 // Checks a resumed capture's prefetch options against those the partial atlas was made with.
@@ -83,7 +83,7 @@ void checkSameOptions(const AtlasState& impl, hid_t g, const AtlasPrefetchInfo& 
     const double fraction = h5::readDoubleAttribute(g, "train_fraction");
     if (fraction != info.trainFraction)
         mismatch("training fraction", std::to_string(fraction), std::to_string(info.trainFraction));
-    const auto seed = static_cast<uint64_t>(h5::readInt64Attribute(g, "split_seed"));
+    const uint64_t seed = h5::readUInt64Attribute(g, "split_seed");
     if (seed != info.splitSeed)
         mismatch("split seed", std::to_string(seed), std::to_string(info.splitSeed));
     h5::Dataset split = h5::openDataset(g, "train_sequences");
@@ -114,8 +114,8 @@ void validateInfo(const AtlasState& impl, const AtlasPrefetchInfo& info)
     h5::Dataset offsets = h5::openDataset(impl.file.id(), "tokens/seq_offsets");
     const std::size_t numSeqs = h5::shape(offsets.id()).at(0) - 1;
     if (info.trainSequences.size() != numSeqs)
-        throw Error(where + "training split of " + std::to_string(info.trainSequences.size()) + " sequences, the atlas has "
-            + std::to_string(numSeqs));
+        throw Error(where + "training split of " + std::to_string(info.trainSequences.size())
+            + " sequences, the atlas has " + std::to_string(numSeqs));
 }
 
 } // namespace
@@ -146,7 +146,7 @@ void AtlasFile::createPrefetch(const AtlasPrefetchInfo& info)
         h5::writeAttribute(g.id(), "max_lookahead", static_cast<int64_t>(info.maxLookahead));
         h5::writeAttribute(g.id(), "budget", static_cast<int64_t>(info.budget));
         h5::writeAttribute(g.id(), "train_fraction", info.trainFraction);
-        h5::writeAttribute(g.id(), "split_seed", static_cast<int64_t>(info.splitSeed)); // the seed's 64 bits
+        h5::writeAttribute(g.id(), "split_seed", info.splitSeed); // uint64, as /calibration's seed
         std::vector<int8_t> split(info.trainSequences.begin(), info.trainSequences.end());
         h5::Dataset d = h5::createDataset(g.id(), "train_sequences", H5T_STD_I8LE, { split.size() });
         if (!split.empty())

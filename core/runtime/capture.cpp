@@ -50,7 +50,8 @@ public:
     void onPrefetchBlock(const PrefetchBlock& b) override
     {
         if (!m_skip.count(b.targetLayer))
-            m_atlas.writePrefetchBlock(predictorName(b.predictor), b.layer, b.lookahead, b.tokenBegin, b.numTokens, b.ids);
+            m_atlas.writePrefetchBlock(
+                predictorName(b.predictor), b.layer, b.lookahead, b.tokenBegin, b.numTokens, b.ids);
     }
 
     void onDefaultVectors(int layer, std::span<const float> values, std::span<const int64_t> counts) override
@@ -201,20 +202,23 @@ CapturePrefetch validatePrefetch(const CapturePrefetch& prefetch, const ModelSpe
     const int moeLayers = spec.numMoeLayers();
     const int most = std::min(3, moeLayers - 1);
     if (most < 1)
-        throw RequestError("prefetch", "the model has " + std::to_string(moeLayers)
+        throw RequestError("prefetch",
+            "the model has " + std::to_string(moeLayers)
                 + " MoE layer: there is no later MoE layer to predict the experts of");
     out.maxLookahead = prefetch.maxLookahead == 0 ? most : prefetch.maxLookahead;
     if (out.maxLookahead < 1 || out.maxLookahead > most)
-        throw RequestError("prefetchLookahead", "lookahead " + std::to_string(prefetch.maxLookahead)
-                + " MoE layers: expected 1.." + std::to_string(most) + " (the model has "
-                + std::to_string(moeLayers) + " MoE layers; at most 3 ahead are recorded)");
+        throw RequestError("prefetchLookahead",
+            "lookahead " + std::to_string(prefetch.maxLookahead) + " MoE layers: expected 1.." + std::to_string(most)
+                + " (the model has " + std::to_string(moeLayers) + " MoE layers; at most 3 ahead are recorded)");
     const int E = spec.router.numExperts, k = spec.router.topK;
     out.budget = prefetch.budget == 0 ? std::min(2 * k, E) : prefetch.budget;
     if (out.budget < k || out.budget > E)
-        throw RequestError("prefetchBudget", "budget " + std::to_string(prefetch.budget) + " experts: expected "
-                + std::to_string(k) + ".." + std::to_string(E) + " (from the model's top-k to its expert count)");
+        throw RequestError("prefetchBudget",
+            "budget " + std::to_string(prefetch.budget) + " experts: expected " + std::to_string(k) + ".."
+                + std::to_string(E) + " (from the model's top-k to its expert count)");
     if (!(prefetch.trainFraction > 0.0 && prefetch.trainFraction < 1.0))
-        throw RequestError("prefetchTrainFraction", "training fraction " + std::to_string(prefetch.trainFraction)
+        throw RequestError("prefetchTrainFraction",
+            "training fraction " + std::to_string(prefetch.trainFraction)
                 + " must lie in (0, 1): some sequences train, the others are held out");
     return out;
 }
@@ -311,7 +315,8 @@ CaptureSummary runCapture(const CaptureParams& params, const ProgressFn& progres
         o.trainTokens.assign(tokens.size(), 0);
         for (std::size_t seq = 0; seq + 1 < offsets.size(); ++seq)
             if (prefetchInfo.trainSequences[seq])
-                std::fill(o.trainTokens.begin() + offsets[seq], o.trainTokens.begin() + offsets[seq + 1], uint8_t { 1 });
+                std::fill(
+                    o.trainTokens.begin() + offsets[seq], o.trainTokens.begin() + offsets[seq + 1], uint8_t { 1 });
     }
     Executor executor(ckpt, spec, execOptions); // validates every tensor before any output exists
     executor.checkRunMemory(offsets); // and the memory plan

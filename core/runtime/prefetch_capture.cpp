@@ -118,8 +118,8 @@ void PrefetchRecorder::predict(const LayerWeights& w, const Source& source, Pred
         PrefetchBlock block;
         block.predictor = predictor;
         block.layer = source.layer;
-        block.lookahead = static_cast<int>(std::find(m_moeLayers.begin(), m_moeLayers.end(), w.layer)
-                              - m_moeLayers.begin())
+        block.lookahead
+            = static_cast<int>(std::find(m_moeLayers.begin(), m_moeLayers.end(), w.layer) - m_moeLayers.begin())
             - source.moeIndex;
         block.targetLayer = w.layer;
         block.tokenBegin = r0;

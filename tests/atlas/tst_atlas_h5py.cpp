@@ -17,7 +17,7 @@ using namespace moeatlas::test;
 namespace {
 
 // /prefetch of the "full" atlas (read_atlas.py computes the same): both recorded predictors, lookahead 1 (the
-// test model's MoE layers are 1 and 3), budget 4, a split seed above INT64_MAX (stored as its 64 bits).
+// test model's MoE layers are 1 and 3), budget 4, a split seed above INT64_MAX (uint64 storage).
 AtlasPrefetchInfo testPrefetchInfo()
 {
     AtlasPrefetchInfo info;
