@@ -123,8 +123,8 @@ Command addCaptureCommand(CLI::App& app)
     sub->add_flag("--force", a->force, "Replace an existing atlas");
     sub->add_flag("--no-resume-state", a->noResumeState, "Do not keep hidden states between layers for --resume");
     a->prefetchOption = sub->add_option("--prefetch", a->prefetch,
-                               "Record expert predictions for the next MoE layers: next-router, quasi-hidden "
-                               "(comma-separated; without a value both)")
+                               "Record expert predictions for the next MoE layers: next-router, quasi-hidden, linear, "
+                               "mlp (comma-separated; without a value next-router,quasi-hidden)")
                             ->expected(0, 1)
                             ->allow_extra_args(false);
     a->prefetchTuning.push_back(sub->add_option("--prefetch-lookahead", a->prefetchLookahead,

@@ -32,6 +32,7 @@ public:
         , m_hidden(hiddenSize)
         , m_saveResume(saveResume)
         , m_moeLayers(atlas.model().moeLayers.begin(), atlas.model().moeLayers.end())
+        , m_moeOrder(atlas.model().moeLayers)
     {
     }
 
@@ -58,6 +59,15 @@ public:
     {
         if (!m_skip.count(layer))
             m_atlas.writeDefaultVectors(layer, values, counts);
+    }
+
+    void onLearnedEstimator(Predictor p, int layer, int lookahead, const AtlasLearnedEstimator& e) override
+    {
+        // Its target, `lookahead` MoE layers after `layer`, is the layer being completed.
+        const auto at = std::find(m_moeOrder.begin(), m_moeOrder.end(), layer);
+        const int target = m_moeOrder[static_cast<std::size_t>(at - m_moeOrder.begin() + lookahead)];
+        if (!m_skip.count(target))
+            m_atlas.writeLearnedEstimator(predictorName(p), layer, lookahead, e);
     }
 
     void onPrefetchState(int layer, PrefetchState&& state) override
@@ -101,6 +111,8 @@ public:
                     extra.emplace_back("prefetch.hidden." + l, &m_prefetch.hidden[i]);
                     if (!m_prefetch.quasi[i].empty())
                         extra.emplace_back("prefetch.quasi." + l, &m_prefetch.quasi[i]);
+                    if (!m_prefetch.features[i].empty())
+                        extra.emplace_back("prefetch.features." + l, &m_prefetch.features[i]);
                 }
                 w.setMetadata({ { "completed_layer", std::to_string(layer) }, { "prefetch_layers", layers } });
             }
@@ -121,6 +133,7 @@ private:
     int64_t m_hidden;
     bool m_saveResume;
     std::set<int> m_moeLayers;
+    std::vector<int> m_moeOrder;
     std::set<int> m_skip;
     std::map<int, std::pair<std::vector<int64_t>, std::vector<float>>> m_samples;
     PrefetchState m_prefetch; // the latest onPrefetchState, until the resume state is written
@@ -129,7 +142,7 @@ private:
 
 // The expert-prefetch state a resume continues from: the held layers of "prefetch_layers" (absent: the
 // interrupted capture ran without --prefetch).
-PrefetchState readPrefetchState(const SafetensorsFile& state, bool quasi)
+PrefetchState readPrefetchState(const SafetensorsFile& state, bool quasi, bool learned)
 {
     const auto& meta = state.metadata();
     const auto it = meta.find("prefetch_layers");
@@ -154,6 +167,7 @@ PrefetchState readPrefetchState(const SafetensorsFile& state, bool quasi)
         out.layers.push_back(std::stoi(layer));
         out.hidden.push_back(read("prefetch.hidden." + layer));
         out.quasi.push_back(quasi ? read("prefetch.quasi." + layer) : std::vector<float> {});
+        out.features.push_back(learned ? read("prefetch.features." + layer) : std::vector<float> {});
         pos = comma + 1;
     }
     return out;
@@ -189,12 +203,10 @@ CapturePrefetch validatePrefetch(const CapturePrefetch& prefetch, const ModelSpe
             throw RequestError("prefetch", "predictor '" + predictorName(p) + "' is named twice");
         if (n == 0)
             continue;
-        if (p != Predictor::NextRouter && p != Predictor::QuasiHidden)
+        if (!isRecorded(p))
             throw RequestError("prefetch",
-                "'" + predictorName(p) + "' is not recorded by capture: it records next-router and quasi-hidden"
-                    + (isRecorded(p) ? std::string(" (the learned estimators are not available in capture yet)")
-                                     : std::string(" (") + predictorName(p)
-                                + " is derived from the recorded routing when the hit rates are computed)"));
+                "'" + predictorName(p) + "' is not recorded by capture (it records next-router, quasi-hidden, linear "
+                    + "and mlp): it is derived from the recorded routing when the hit rates are computed");
         out.predictors.push_back(p);
     }
     if (out.predictors.empty())
@@ -360,7 +372,8 @@ CaptureSummary runCapture(const CaptureParams& params, const ProgressFn& progres
             start.hidden.resize(bytes.size() / sizeof(float));
             std::memcpy(start.hidden.data(), bytes.data(), bytes.size());
             if (!prefetchInfo.predictors.empty())
-                start.prefetch = readPrefetchState(state, execOptions.prefetch.has(Predictor::QuasiHidden));
+                start.prefetch = readPrefetchState(
+                    state, execOptions.prefetch.has(Predictor::QuasiHidden), execOptions.prefetch.learned());
         }
     } else {
         AtlasCreateOptions createOptions;

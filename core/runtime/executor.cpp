@@ -385,7 +385,7 @@ ExecutionResult Executor::run(std::span<const int32_t> tokens, std::span<const i
             const at::Tensor h = decoderLayer(s, w, x, b, rotary.at(b.seqLen), sliding, batchMoe,
                 w.moe ? &rec : nullptr, &hn, prefetch.enabled() ? &post : nullptr);
             if (w.moe) {
-                prefetch.afterBatch(b.tokenBegin, post, rec);
+                prefetch.afterBatch(b.tokenBegin, post, hn, rec);
                 RouterBlock block;
                 block.layer = l;
                 block.tokenBegin = b.tokenBegin;
@@ -421,7 +421,7 @@ ExecutionResult Executor::run(std::span<const int32_t> tokens, std::span<const i
                     throw Cancelled();
             }
         }
-        prefetch.endLayer(l, observer, observer.wantsHiddenSnapshots());
+        prefetch.endLayer(l, observer, observer.wantsHiddenSnapshots(), stop);
         if (observer.wantsHiddenSnapshots()) {
             at::Tensor snap = hidden.to(at::kCPU, at::kFloat).contiguous();
             observer.onLayerComplete(l, { snap.data_ptr<float>(), static_cast<std::size_t>(snap.numel()) });

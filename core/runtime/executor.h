@@ -26,12 +26,13 @@ namespace moeatlas {
 // Expert prefetching recorded by run() (docs/methods.md, "Expert prefetching"): at every MoE layer l, the
 // experts of the next `maxLookahead` MoE layers that each predictor would prefetch. Off when no predictor.
 struct PrefetchOptions {
-    std::vector<Predictor> predictors; // NextRouter, QuasiHidden (runtime/prefetch_capture.h)
+    std::vector<Predictor> predictors; // NextRouter, QuasiHidden, Linear, Mlp (runtime/prefetch_capture.h)
     int maxLookahead = 0; // in MoE layers, 1..3
     int budget = 0; // experts per prediction, best first
     std::vector<uint8_t> trainTokens; // [T]: 1 = a token of a training sequence (default vectors average these)
     bool enabled() const { return !predictors.empty(); }
     bool has(Predictor p) const { return std::find(predictors.begin(), predictors.end(), p) != predictors.end(); }
+    bool learned() const { return has(Predictor::Linear) || has(Predictor::Mlp); }
 };
 
 // One block of predictions: for tokens [tokenBegin, tokenBegin + numTokens), the `budget` experts of MoE layer
@@ -48,12 +49,13 @@ struct PrefetchBlock {
 };
 
 // What predictions at later layers still need of the MoE layers run so far (a resumed run starts from it):
-// for each of the last maxLookahead MoE layers, its post-attention residual stream h_l and, with
-// quasi-hidden, its quasi-hidden state q_l ([T, H] fp32 each).
+// for each of the last maxLookahead MoE layers, its post-attention residual stream h_l, with quasi-hidden
+// its quasi-hidden state q_l, with a learned estimator its normed MoE input x_l ([T, H] fp32 each).
 struct PrefetchState {
     std::vector<int> layers; // decoder indices, model order
     std::vector<std::vector<float>> hidden; // per layer [T, H]
     std::vector<std::vector<float>> quasi; // per layer [T, H]; empty vectors without quasi-hidden
+    std::vector<std::vector<float>> features; // per layer [T, H]; empty vectors without linear / mlp
 };
 
 struct ExecutorOptions {
@@ -103,6 +105,15 @@ public:
         (void)layer;
         (void)values;
         (void)counts;
+    }
+    // A learned estimator (linear, mlp) of MoE layer `layer` for lookahead `lookahead`, trained once the
+    // target layer has routed every token (its predictions come through onPrefetchBlock just before).
+    virtual void onLearnedEstimator(Predictor predictor, int layer, int lookahead, const AtlasLearnedEstimator& e)
+    {
+        (void)predictor;
+        (void)layer;
+        (void)lookahead;
+        (void)e;
     }
     // The prefetch state after decoder layer `layer` (every layer), just before onLayerComplete(layer), when
     // wantsHiddenSnapshots(): what a resume after this layer continues from (ExecutionStart::prefetch).

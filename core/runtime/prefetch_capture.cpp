@@ -1,8 +1,11 @@
 #include "runtime/prefetch_capture.h"
 
+#include "atlas/atlas_file.h"
+#include "runtime/prefetch_estimator.h"
 #include "util/error.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
 
 #include <algorithm>
 
@@ -39,13 +42,13 @@ PrefetchRecorder::PrefetchRecorder(const ModelSpec& spec, const PrefetchOptions&
         throw InputError("expert prefetching: a training split of " + std::to_string(m_options.trainTokens.size())
             + " tokens for a run of " + std::to_string(numTokens));
     m_trainTokens = at::tensor(at::ArrayRef<uint8_t>(m_options.trainTokens), at::kByte).to(compute.device()).gt(0);
-    const bool quasi = m_options.has(Predictor::QuasiHidden);
+    const bool quasi = m_options.has(Predictor::QuasiHidden), learned = m_options.learned();
     const int64_t H = spec.hiddenSize;
     for (std::size_t i = 0; i < start.layers.size(); ++i) {
         const auto at = std::find(m_moeLayers.begin(), m_moeLayers.end(), start.layers[i]);
         const auto expected = static_cast<std::size_t>(numTokens * H);
         if (at == m_moeLayers.end() || start.hidden.at(i).size() != expected
-            || (quasi && start.quasi.at(i).size() != expected))
+            || (quasi && start.quasi.at(i).size() != expected) || (learned && start.features.at(i).size() != expected))
             throw InputError("resume state: the expert-prefetch state of layer " + std::to_string(start.layers[i])
                 + " does not fit this run (" + std::to_string(numTokens) + " tokens x " + std::to_string(H) + ")");
         Source s;
@@ -54,6 +57,8 @@ PrefetchRecorder::PrefetchRecorder(const ModelSpec& spec, const PrefetchOptions&
         s.hidden = fromFloats(start.hidden[i], numTokens, H, compute);
         if (quasi)
             s.quasi = fromFloats(start.quasi[i], numTokens, H, compute);
+        if (learned)
+            s.features = fromFloats(start.features[i], numTokens, H, compute);
         m_sources.push_back(std::move(s));
     }
 }
@@ -66,13 +71,15 @@ uint64_t PrefetchRecorder::plannedBytes(const ModelSpec& spec, const PrefetchOpt
     const auto T = static_cast<uint64_t>(numTokens), H = static_cast<uint64_t>(spec.hiddenSize);
     const auto E = static_cast<uint64_t>(spec.router.numExperts), K = static_cast<uint64_t>(spec.router.topK);
     const auto D = static_cast<uint64_t>(options.maxLookahead);
-    const uint64_t states = options.has(Predictor::QuasiHidden) ? 2 : 1;
+    const uint64_t states = 1 + (options.has(Predictor::QuasiHidden) ? 1 : 0) + (options.learned() ? 1 : 0);
     const auto rows = static_cast<uint64_t>(std::min(rowsPerChunk, numTokens));
     return (D + 1) * T * H * elementSize * states // held layers and the current one
         + D * T * H * 4 * states // their fp32 copies in a resume snapshot
         + T * K * 12 + T // the current layer's ids and weights, the split
         + E * H * 8 * 3 // default-vector sums and their means
-        + rows * (H * (elementSize + 4) * 2 + E * 4 * 3 + K * H * 4 + static_cast<uint64_t>(options.budget) * 8);
+        + rows * (H * (elementSize + 4) * 2 + E * 4 * 3 + K * H * 4 + static_cast<uint64_t>(options.budget) * 8)
+        // one estimator's training: fp32 features of every token, the multi-hot targets and a minibatch
+        + (options.learned() ? T * (H + E + static_cast<uint64_t>(options.budget)) * 4 * 2 : 0);
 }
 
 void PrefetchRecorder::beginLayer(const LayerWeights& w, ExecutionObserver& observer, const StopToken* stop)
@@ -88,7 +95,8 @@ void PrefetchRecorder::beginLayer(const LayerWeights& w, ExecutionObserver& obse
         if (d < 1 || d > m_options.maxLookahead)
             continue;
         for (const Predictor p : m_options.predictors)
-            predict(w, source, p, p == Predictor::QuasiHidden ? source.quasi : source.hidden, observer, stop);
+            if (p == Predictor::NextRouter || p == Predictor::QuasiHidden)
+                predict(w, source, p, p == Predictor::QuasiHidden ? source.quasi : source.hidden, observer, stop);
     }
     // This layer as a source for the layers after it.
     m_layer = w.layer;
@@ -97,6 +105,8 @@ void PrefetchRecorder::beginLayer(const LayerWeights& w, ExecutionObserver& obse
     m_current.moeIndex = moeIndex;
     const int64_t H = m_spec.hiddenSize, K = m_spec.router.topK;
     m_current.hidden = at::empty({ m_tokens, H }, m_compute);
+    if (m_options.learned())
+        m_current.features = at::empty({ m_tokens, H }, m_compute);
     m_ids = at::empty({ m_tokens, K }, at::kLong);
     m_weights = at::empty({ m_tokens, K }, at::kFloat);
     if (m_options.has(Predictor::QuasiHidden))
@@ -138,12 +148,15 @@ void PrefetchRecorder::prepareBatch(MoeOptions& moe, int64_t tokenBegin, int64_t
     moe.expertOutputTokens = m_trainTokens.narrow(0, tokenBegin, numTokens);
 }
 
-void PrefetchRecorder::afterBatch(int64_t tokenBegin, const at::Tensor& postAttention, const RoutingRecord& record)
+void PrefetchRecorder::afterBatch(
+    int64_t tokenBegin, const at::Tensor& postAttention, const at::Tensor& moeInput, const RoutingRecord& record)
 {
     if (m_layer < 0)
         return;
     const int64_t n = postAttention.size(0);
     m_current.hidden.narrow(0, tokenBegin, n).copy_(postAttention);
+    if (m_current.features.defined())
+        m_current.features.narrow(0, tokenBegin, n).copy_(moeInput);
     m_ids.narrow(0, tokenBegin, n).copy_(record.topkIds);
     m_weights.narrow(0, tokenBegin, n).copy_(record.topkWeights);
 }
@@ -172,12 +185,12 @@ void PrefetchRecorder::formQuasiHidden(Source& source, ExecutionObserver& observ
     }
 }
 
-void PrefetchRecorder::endLayer(int layer, ExecutionObserver& observer, bool snapshot)
+void PrefetchRecorder::endLayer(int layer, ExecutionObserver& observer, bool snapshot, const StopToken* stop)
 {
     if (!enabled())
         return;
     if (m_layer >= 0)
-        endMoeLayer(observer);
+        endMoeLayer(observer, stop);
     if (!snapshot)
         return;
     PrefetchState state;
@@ -185,21 +198,53 @@ void PrefetchRecorder::endLayer(int layer, ExecutionObserver& observer, bool sna
         state.layers.push_back(s.layer);
         state.hidden.push_back(toFloats(s.hidden));
         state.quasi.push_back(s.quasi.defined() ? toFloats(s.quasi) : std::vector<float> {});
+        state.features.push_back(s.features.defined() ? toFloats(s.features) : std::vector<float> {});
     }
     observer.onPrefetchState(layer, std::move(state));
 }
 
-void PrefetchRecorder::endMoeLayer(ExecutionObserver& observer)
+void PrefetchRecorder::trainLearned(
+    const Source& source, int lookahead, ExecutionObserver& observer, const StopToken* stop)
+{
+    // The executor runs in inference mode; training needs autograd, and tensors made in inference mode cannot
+    // enter it: leave the mode and work on normal copies.
+    const c10::InferenceMode training(false);
+    const at::Tensor features = source.features.clone();
+    const at::Tensor targets = m_ids.to(m_compute.device()).clone();
+    const at::Tensor trainMask = m_trainTokens.clone();
+    for (const Predictor p : m_options.predictors) {
+        if (p != Predictor::Linear && p != Predictor::Mlp)
+            continue;
+        EstimatorOptions o; // the defaults of docs/methods.md, "Learned expert estimators"
+        o.kind = p == Predictor::Linear ? EstimatorKind::Linear : EstimatorKind::Mlp;
+        const TrainedEstimator model = trainEstimator(features, targets, m_spec.router.numExperts, trainMask, o, stop);
+        const at::Tensor ids = predictTopB(model, features, m_options.budget).contiguous();
+        PrefetchBlock block;
+        block.predictor = p;
+        block.layer = source.layer;
+        block.lookahead = lookahead;
+        block.targetLayer = m_layer;
+        block.tokenBegin = 0;
+        block.numTokens = m_tokens;
+        block.budget = m_options.budget;
+        block.ids = ids.data_ptr<int32_t>();
+        observer.onPrefetchBlock(block);
+        observer.onLearnedEstimator(p, source.layer, lookahead, toAtlas(model));
+    }
+}
+
+void PrefetchRecorder::endMoeLayer(ExecutionObserver& observer, const StopToken* stop)
 {
     if (m_options.has(Predictor::QuasiHidden))
         formQuasiHidden(m_current, observer);
-    // ==== Integration point: learned estimators (linear, mlp) ======================================
-    // Here every token of MoE layer j = m_layer has been routed (m_ids, [T, k]), and m_sources holds each
-    // source l = j - d (d = 1..maxLookahead) with h_l. An estimator trained on (features of l, targets of j) --
-    // features: layer l's MoE input after its pre-MoE norm (rmsNorm(h_l, norm2_l), which would be kept per
-    // source from afterBatch's MoE input), targets: m_ids, on the training split m_trainTokens -- would write
-    // its [T, budget] predictions for (l, d) through observer.onPrefetchBlock and its parameters with them.
-    // Not wired yet: capture refuses linear and mlp (runtime/capture.cpp, validatePrefetch).
+    // Learned estimators: every token of target j = m_layer is routed (m_ids); each held source l = j - d has
+    // its normed MoE input. Trained on the training split, predicting every token.
+    if (m_options.learned())
+        for (const Source& source : m_sources) {
+            const int d = m_current.moeIndex - source.moeIndex;
+            if (d >= 1 && d <= m_options.maxLookahead)
+                trainLearned(source, d, observer, stop);
+        }
     m_sources.push_back(std::move(m_current));
     m_current = Source {};
     m_ids = at::Tensor();

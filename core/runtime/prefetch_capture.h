@@ -6,7 +6,9 @@
 // pre-MoE norm), S_l / w_e layer l's routed experts and weights, DV_l[e] the mean output of expert e over the
 // training tokens routed to it at layer l (measured while layer l runs). Layers stream, so layer j's norm and
 // router exist only while j runs: the recorder keeps h_l (and q_l) of the last maxLookahead MoE layers and
-// predicts for j from all of them when j's weights are loaded. Engine-internal header (LibTorch types).
+// predicts for j from all of them when j's weights are loaded. The learned estimators (linear, mlp;
+// runtime/prefetch_estimator.h) of every held l for j are trained once j has routed every token, on layer l's
+// normed MoE input and j's routed experts over the training split. Engine-internal header (LibTorch types).
 #pragma once
 
 #include "model/blocks.h"
@@ -32,11 +34,13 @@ public:
     void beginLayer(const LayerWeights& w, ExecutionObserver& observer, const StopToken* stop);
     // The MoE options of one micro-batch of the current layer: the default-vector sums (quasi-hidden).
     void prepareBatch(MoeOptions& moe, int64_t tokenBegin, int64_t numTokens) const;
-    // A micro-batch of the current MoE layer has run: its post-attention residual rows and routing.
-    void afterBatch(int64_t tokenBegin, const at::Tensor& postAttention, const RoutingRecord& record);
+    // A micro-batch of the current MoE layer has run: its post-attention residual rows, its MoE input (after the
+    // pre-MoE norm) and routing.
+    void afterBatch(
+        int64_t tokenBegin, const at::Tensor& postAttention, const at::Tensor& moeInput, const RoutingRecord& record);
     // Every token of decoder layer `layer` has run: for a MoE layer its default vectors, q_l and the held
     // layers; then, when `snapshot`, the state a resume needs (observer.onPrefetchState), after every layer.
-    void endLayer(int layer, ExecutionObserver& observer, bool snapshot);
+    void endLayer(int layer, ExecutionObserver& observer, bool snapshot, const StopToken* stop);
 
     // Bytes the recorder holds at its peak (for the executor's memory plan).
     static uint64_t plannedBytes(const ModelSpec& spec, const PrefetchOptions& options, int64_t numTokens,
@@ -48,11 +52,13 @@ private:
         int moeIndex = 0; // position among the MoE layers
         at::Tensor hidden; // [T, H] compute dtype: h_l
         at::Tensor quasi; // [T, H] compute dtype: q_l (quasi-hidden only)
+        at::Tensor features; // [T, H] compute dtype: norm2_l(h_l) (linear, mlp only)
     };
+    void trainLearned(const Source& source, int lookahead, ExecutionObserver& observer, const StopToken* stop);
     void predict(const LayerWeights& w, const Source& source, Predictor predictor, const at::Tensor& states,
         ExecutionObserver& observer, const StopToken* stop) const;
     void formQuasiHidden(Source& source, ExecutionObserver& observer);
-    void endMoeLayer(ExecutionObserver& observer);
+    void endMoeLayer(ExecutionObserver& observer, const StopToken* stop);
 
     const ModelSpec& m_spec;
     PrefetchOptions m_options;

@@ -16,6 +16,10 @@ Usage:
         ids    identical, best first, on every token whose B+1 largest probabilities are pairwise at least
                --tie-margin apart (closer pairs could be ordered either way by another summation order;
                counted and required to be under 5% of the predictions);
+        linear, mlp (when recorded): the stored estimator (/prefetch/learned/...) applied to layer l's normed MoE
+               input from the hooks gives the recorded ids (ties: lower id first; scores closer than --tie-margin
+               of the largest |score| skipped as above) -- checks the features, the targets' layer and the storage,
+               not the training (tests/runtime/tst_prefetch_estimator checks that);
         DV     within 5e-4 of the largest |DV| of the layer (two fp32 implementations), counts identical.
       Exits 1 with the first mismatch, else prints one summary line.
   prefetch_reference.py compare ATLAS_A ATLAS_B
@@ -49,12 +53,18 @@ def load_atlas(path):
             tokens=f["tokens/ids"][:].astype(np.int64),
             offsets=f["tokens/seq_offsets"][:],
             moe_layers=[int(x) for x in f["model/moe_layers"][:]],
-            ids={}, dv={}, dv_counts={},
+            ids={}, dv={}, dv_counts={}, learned={},
         )
         for p in info["predictors"]:
             for l in g[p]:
                 for d in g[p][l]:
                     info["ids"][(p, int(l), int(d[1:]))] = g[p][l][d][:].astype(np.int64)
+        if "learned" in g:
+            for p in g["learned"]:
+                for l in g["learned"][p]:
+                    for d in g["learned"][p][l]:
+                        grp = g["learned"][p][l][d]
+                        info["learned"][(p, int(l), int(d[1:]))] = {k: torch.from_numpy(grp[k][:]) for k in grp}
         if "default_vectors" in g:
             for l in g["default_vectors"]:
                 info["dv"][int(l)] = g["default_vectors"][l][:]
@@ -117,7 +127,21 @@ def reference(model, info):
         states["quasi-hidden"][l] = q.to(h.dtype)
 
     preds = {}
+    # Learned estimators: the stored parameters applied to layer l's normed MoE input as transformers computes it.
+    for (p, l, d), w in info["learned"].items():
+        x = layers[l].post_attention_layernorm(post_attn[l]).float()
+        z = (x - w["feature_mean"]) / w["feature_std"]
+        if p == "linear":
+            s = z @ w["weight"].T + w["bias"]
+        else:
+            s = torch.relu(z @ w["hidden_weight"].T + w["hidden_bias"]) @ w["output_weight"].T + w["output_bias"]
+        order = torch.from_numpy(np.argsort(-s.numpy(), axis=1, kind="stable"))  # ties: lower id first
+        top = torch.gather(s, 1, order[:, :B + 1])
+        gaps = (top[:, :-1] - top[:, 1:]) / s.abs().amax().clamp_min(1e-30)  # relative to the largest |logit|
+        preds[(p, l, d)] = (order[:, :B].numpy(), gaps[:, :B].min(dim=1).values.numpy())
     for p in info["predictors"]:
+        if p in ("linear", "mlp"):
+            continue
         for a, l in enumerate(moe):
             for d in range(1, D + 1):
                 if a + d >= len(moe):

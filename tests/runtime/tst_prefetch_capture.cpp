@@ -1,7 +1,8 @@
 // `capture --prefetch` (runtime/prefetch_capture.h): the next-router and quasi-hidden predictions and the default
 // vectors recorded by the engine equal those transformers gives with forward hooks on tiny random models of every
-// supported architecture (tests/reference/prefetch_reference.py, reading the atlas with h5py); an interrupted and
-// resumed capture records byte-identical /prefetch datasets; bad options are refused before anything is written.
+// supported architecture (tests/reference/prefetch_reference.py, reading the atlas with h5py), and the recorded
+// linear / mlp predictions are those of the stored estimators on transformers' normed MoE inputs; an interrupted
+// and resumed capture records byte-identical /prefetch datasets; bad options are refused before anything is written.
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/hf_config.h"
 #include "runtime/capture.h"
@@ -65,7 +66,7 @@ CaptureParams captureParams(const QTemporaryDir& dir, const QString& model, cons
     p.checkpoint = model.toStdString();
     p.output = output.toStdString();
     p.executor.batchTokens = 2 * kSeqLen; // several micro-batches per layer
-    p.prefetch.predictors = { Predictor::NextRouter, Predictor::QuasiHidden };
+    p.prefetch.predictors = { Predictor::NextRouter, Predictor::QuasiHidden, Predictor::Linear, Predictor::Mlp };
     return p;
 }
 
@@ -94,7 +95,7 @@ private Q_SLOTS:
         }
     }
 
-    // Every architecture and variant: the largest lookahead the model allows, the default budget (2k), both
+    // Every architecture and variant: the largest lookahead the model allows, the default budget (2k), all four
     // recorded predictors; ids identical to transformers' (near-ties excepted and counted by the script).
     void matchesTransformers()
     {
@@ -178,7 +179,7 @@ private Q_SLOTS:
         QTest::newRow("budget above E") << 0 << 9 << 0.5 << QString() << "prefetchBudget";
         QTest::newRow("train fraction 1") << 0 << 0 << 1.0 << QString() << "prefetchTrainFraction";
         QTest::newRow("train fraction 0") << 0 << 0 << 0.0 << QString() << "prefetchTrainFraction";
-        QTest::newRow("learned estimator") << 0 << 0 << 0.5 << QStringLiteral("linear") << "prefetch";
+        QTest::newRow("frequency baseline") << 0 << 0 << 0.5 << QStringLiteral("frequency") << "prefetch";
         QTest::newRow("derived predictor") << 0 << 0 << 0.5 << QStringLiteral("oracle") << "prefetch";
     }
 
