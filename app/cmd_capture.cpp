@@ -29,7 +29,42 @@ struct CaptureArgs {
     bool resume = false;
     bool force = false;
     bool noResumeState = false;
+    // --prefetch [PREDICTORS]: the option (given without a value: the default predictors) and its value.
+    CLI::Option* prefetchOption = nullptr;
+    std::vector<std::string> prefetch;
+    std::vector<CLI::Option*> prefetchTuning; // --prefetch-lookahead, --prefetch-budget, --prefetch-train-fraction
+    int prefetchLookahead = 0; // 0: min(3, MoE layers - 1)
+    int prefetchBudget = 0;
+    double prefetchTrainFraction = 0.5;
 };
+
+// The request fields of CapturePrefetch (validatePrefetch) and the flags that set them.
+const FieldFlags kPrefetchFlags { { "prefetch", "--prefetch" }, { "prefetchLookahead", "--prefetch-lookahead" },
+    { "prefetchBudget", "--prefetch-budget" }, { "prefetchTrainFraction", "--prefetch-train-fraction" },
+    { "trainFraction", "--prefetch-train-fraction" } };
+
+CapturePrefetch prefetchParams(const CaptureArgs& a)
+{
+    CapturePrefetch p;
+    if (a.prefetchOption == nullptr || a.prefetchOption->count() == 0) {
+        for (const CLI::Option* o : a.prefetchTuning)
+            if (o->count() > 0)
+                throw InputError(o->get_name() + " tunes --prefetch, which is not given");
+        return p;
+    }
+    std::string list = a.prefetch.empty() ? std::string() : a.prefetch.front();
+    if (list.empty())
+        list = "next-router,quasi-hidden";
+    for (std::size_t pos = 0; pos <= list.size();) {
+        const std::size_t comma = std::min(list.find(',', pos), list.size());
+        p.predictors.push_back(parsePredictor(list.substr(pos, comma - pos), "prefetch"));
+        pos = comma + 1;
+    }
+    p.maxLookahead = a.prefetchLookahead;
+    p.budget = a.prefetchBudget;
+    p.trainFraction = a.prefetchTrainFraction;
+    return p;
+}
 
 int runCaptureCommand(const CaptureArgs& a)
 {
@@ -47,6 +82,7 @@ int runCaptureCommand(const CaptureArgs& a)
     p.resume = a.resume;
     p.overwrite = a.force;
     p.saveResumeState = !a.noResumeState;
+    p.prefetch = prefetchParams(a);
 
     StopToken& stop = installStopHandler();
     ProgressBar bar("capture", "token-layers");
@@ -86,9 +122,20 @@ Command addCaptureCommand(CLI::App& app)
     sub->add_flag("--resume", a->resume, "Continue an interrupted capture of the same output");
     sub->add_flag("--force", a->force, "Replace an existing atlas");
     sub->add_flag("--no-resume-state", a->noResumeState, "Do not keep hidden states between layers for --resume");
+    a->prefetchOption = sub->add_option("--prefetch", a->prefetch,
+                               "Record expert predictions for the next MoE layers: next-router, quasi-hidden, linear, "
+                               "mlp (comma-separated; without a value next-router,quasi-hidden)")
+                            ->expected(0, 1)
+                            ->allow_extra_args(false);
+    a->prefetchTuning.push_back(sub->add_option("--prefetch-lookahead", a->prefetchLookahead,
+        "MoE layers ahead to predict (1..3, below the number of MoE layers; default 3, or all there are)"));
+    a->prefetchTuning.push_back(sub->add_option("--prefetch-budget", a->prefetchBudget,
+        "Experts stored per prediction, best first (k..E; default min(2k, E))"));
+    a->prefetchTuning.push_back(sub->add_option("--prefetch-train-fraction", a->prefetchTrainFraction,
+        "Share of each domain's sequences in the training split (default 0.5)"));
     return [a] {
-        return namingFlags(
-            fieldFlags({ &kExecutorFlags, &kCalibrationFlags, &kForceFlags }), [&] { return runCaptureCommand(*a); });
+        return namingFlags(fieldFlags({ &kExecutorFlags, &kCalibrationFlags, &kForceFlags, &kPrefetchFlags }),
+            [&] { return runCaptureCommand(*a); });
     };
 }
 

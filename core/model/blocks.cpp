@@ -176,7 +176,22 @@ void addUnitActivation(const at::Tensor& sum, int64_t e, const at::Tensor& h)
     sum[e].add_(h.detach().abs().sum(0).to(sum.device(), at::kDouble));
 }
 
+// Adds the outputs y ([c, H]) of expert e for the tokens idx ([c]) into row e of options.expertOutputSum,
+// those of the tokens options.expertOutputTokens selects.
+void addExpertOutput(const MoeOptions& options, int64_t e, const at::Tensor& idx, const at::Tensor& y)
+{
+    if (!options.expertOutputSum.defined())
+        return;
+    const at::Tensor keep = options.expertOutputTokens.index_select(0, idx).to(at::kDouble).unsqueeze(1);
+    options.expertOutputSum[e].add_((y.to(at::kDouble) * keep).sum(0));
+}
+
 } // namespace
+
+at::Tensor routerLogits(const LayerWeights& w, const at::Tensor& x)
+{
+    return linear(x, Linear { w.router, {} });
+}
 
 RotaryCache buildRotaryCache(const ModelSpec& spec, int64_t seqLen, const at::TensorOptions& options)
 {
@@ -350,7 +365,7 @@ at::Tensor moeForward(
     const auto downOf = [&](int64_t e) { return ragged ? ragged->down[static_cast<std::size_t>(e)] : w.down[e]; };
     const bool fp32 = x.scalar_type() == at::kFloat;
     // transformers computes the router in the hidden dtype; observers get an fp32 computation.
-    at::Tensor logits = linear(x, Linear { w.router, {} });
+    at::Tensor logits = routerLogits(w, x);
     at::Tensor logits32 = fp32 ? logits : at::linear(x.to(at::kFloat), w.router.to(at::kFloat));
     at::Tensor routingLogits = logits;
     if (options.keptExperts.defined())
@@ -454,11 +469,13 @@ at::Tensor moeForward(
             const at::Tensor mix = sortedWeights.narrow(0, off, c).unsqueeze(1);
             if (sameType) {
                 at::mm_out(dst, h, down.t());
+                addExpertOutput(options, e, tokenOf.narrow(0, off, c), dst);
                 if (options.recordExpertNorms)
                     sortedNorms.narrow(0, off, c).copy_(dst.to(at::kFloat).norm(2, { 1 }));
                 dst.mul_(mix);
             } else {
                 const at::Tensor y = at::mm(h, down.t());
+                addExpertOutput(options, e, tokenOf.narrow(0, off, c), y);
                 if (options.recordExpertNorms)
                     sortedNorms.narrow(0, off, c).copy_(y.to(at::kFloat).norm(2, { 1 }));
                 dst.copy_((y * mix).to(x.scalar_type()));
@@ -492,6 +509,7 @@ at::Tensor moeForward(
             if (options.unitMask.defined())
                 h = h * options.unitMask[e].to(h.scalar_type());
             at::Tensor y = at::linear(h, downOf(e));
+            addExpertOutput(options, e, idx, y);
             if (options.recordExpertNorms)
                 sortedNorms.narrow(0, offset, c).copy_(y.to(at::kFloat).norm(2, { 1 }));
             y = y * sortedWeights.narrow(0, offset, c).unsqueeze(1);

@@ -56,7 +56,16 @@ struct MoeOptions {
     double threshold = 0.0;
     // When not null, receives the experts each token was routed to: [N] int64 on the CPU.
     at::Tensor* expertsUsed = nullptr;
+    // Default vectors of expert prefetching (runtime/prefetch_capture.h): when defined, [E, H] float64 on x's
+    // device; every routed (token, slot) pair whose token is set in expertOutputTokens ([N] bool, x's device)
+    // adds its expert's output E_e(x) (before the routing weight, in float64) to row e. Statistics only.
+    at::Tensor expertOutputSum;
+    at::Tensor expertOutputTokens;
 };
+
+// The router logits of layer w for x ([N, H], compute dtype), computed as moeForward computes the logits it
+// routes by (same dtype, same products): expert prefetching applies one layer's router to another's states.
+at::Tensor routerLogits(const LayerWeights& w, const at::Tensor& x);
 
 // The MoE block (router + routed experts + shared expert). Tokens are grouped by expert and each
 // expert runs once on its tokens (at its own width with options.ragged; a zero-width expert is skipped). With autograd

@@ -32,6 +32,7 @@ public:
         , m_hidden(hiddenSize)
         , m_saveResume(saveResume)
         , m_moeLayers(atlas.model().moeLayers.begin(), atlas.model().moeLayers.end())
+        , m_moeOrder(atlas.model().moeLayers)
     {
     }
 
@@ -44,6 +45,36 @@ public:
     {
         if (!m_skip.count(block.layer))
             m_atlas.writeRouterBlock(block);
+    }
+
+    // Predictions for a target layer already complete were written with it.
+    void onPrefetchBlock(const PrefetchBlock& b) override
+    {
+        if (!m_skip.count(b.targetLayer))
+            m_atlas.writePrefetchBlock(
+                predictorName(b.predictor), b.layer, b.lookahead, b.tokenBegin, b.numTokens, b.ids);
+    }
+
+    void onDefaultVectors(int layer, std::span<const float> values, std::span<const int64_t> counts) override
+    {
+        if (!m_skip.count(layer))
+            m_atlas.writeDefaultVectors(layer, values, counts);
+    }
+
+    void onLearnedEstimator(Predictor p, int layer, int lookahead, const AtlasLearnedEstimator& e) override
+    {
+        // Its target, `lookahead` MoE layers after `layer`, is the layer being completed.
+        const auto at = std::find(m_moeOrder.begin(), m_moeOrder.end(), layer);
+        const int target = m_moeOrder[static_cast<std::size_t>(at - m_moeOrder.begin() + lookahead)];
+        if (!m_skip.count(target))
+            m_atlas.writeLearnedEstimator(predictorName(p), layer, lookahead, e);
+    }
+
+    void onPrefetchState(int layer, PrefetchState&& state) override
+    {
+        (void)layer;
+        m_prefetch = std::move(state);
+        m_hasPrefetch = true;
     }
 
     void onHiddenSamples(int layer, std::span<const int64_t> idx, std::span<const float> values) override
@@ -69,8 +100,30 @@ public:
             w.setMetadata({ { "completed_layer", std::to_string(layer) } });
             const int64_t tokens = static_cast<int64_t>(hidden.size()) / m_hidden;
             w.declare("hidden", DType::F32, { tokens, m_hidden });
+            // Expert prefetching: the held layers' states (runtime/prefetch_capture.h), so that a resumed
+            // capture predicts from the same numbers.
+            std::vector<std::pair<std::string, const std::vector<float>*>> extra;
+            if (m_hasPrefetch) {
+                std::string layers;
+                for (std::size_t i = 0; i < m_prefetch.layers.size(); ++i) {
+                    const std::string l = std::to_string(m_prefetch.layers[i]);
+                    layers += (layers.empty() ? "" : ",") + l;
+                    extra.emplace_back("prefetch.hidden." + l, &m_prefetch.hidden[i]);
+                    if (!m_prefetch.quasi[i].empty())
+                        extra.emplace_back("prefetch.quasi." + l, &m_prefetch.quasi[i]);
+                    if (!m_prefetch.features[i].empty())
+                        extra.emplace_back("prefetch.features." + l, &m_prefetch.features[i]);
+                }
+                w.setMetadata({ { "completed_layer", std::to_string(layer) }, { "prefetch_layers", layers } });
+            }
+            for (const auto& [name, values] : extra)
+                w.declare(name, DType::F32, { tokens, m_hidden });
             w.write("hidden", std::as_bytes(hidden));
+            for (const auto& [name, values] : extra)
+                w.write(name, std::as_bytes(std::span<const float>(*values)));
             w.finish();
+            m_prefetch = PrefetchState {};
+            m_hasPrefetch = false;
         }
     }
 
@@ -80,9 +133,45 @@ private:
     int64_t m_hidden;
     bool m_saveResume;
     std::set<int> m_moeLayers;
+    std::vector<int> m_moeOrder;
     std::set<int> m_skip;
     std::map<int, std::pair<std::vector<int64_t>, std::vector<float>>> m_samples;
+    PrefetchState m_prefetch; // the latest onPrefetchState, until the resume state is written
+    bool m_hasPrefetch = false;
 };
+
+// The expert-prefetch state a resume continues from: the held layers of "prefetch_layers" (absent: the
+// interrupted capture ran without --prefetch).
+PrefetchState readPrefetchState(const SafetensorsFile& state, bool quasi, bool learned)
+{
+    const auto& meta = state.metadata();
+    const auto it = meta.find("prefetch_layers");
+    if (it == meta.end())
+        throw InputError(state.path().string() + ": the interrupted capture ran without --prefetch; resume without "
+            + "it, or delete the partial atlas to start over");
+    PrefetchState out;
+    const auto read = [&](const std::string& name) {
+        if (!state.contains(name))
+            throw InputError(state.path().string() + ": " + name + " is missing (the interrupted capture recorded "
+                + "other predictors; give the same --prefetch options)");
+        const auto bytes = state.bytes(name);
+        std::vector<float> values(bytes.size() / sizeof(float));
+        std::memcpy(values.data(), bytes.data(), bytes.size());
+        return values;
+    };
+    std::size_t pos = 0;
+    const std::string& list = it->second;
+    while (pos < list.size()) {
+        const std::size_t comma = std::min(list.find(',', pos), list.size());
+        const std::string layer = list.substr(pos, comma - pos);
+        out.layers.push_back(std::stoi(layer));
+        out.hidden.push_back(read("prefetch.hidden." + layer));
+        out.quasi.push_back(quasi ? read("prefetch.quasi." + layer) : std::vector<float> {});
+        out.features.push_back(learned ? read("prefetch.features." + layer) : std::vector<float> {});
+        pos = comma + 1;
+    }
+    return out;
+}
 
 std::string readFile(const fs::path& p)
 {
@@ -103,6 +192,48 @@ std::vector<int64_t> chooseSampleTokens(int64_t totalTokens, int count, uint64_t
 }
 
 } // namespace
+
+CapturePrefetch validatePrefetch(const CapturePrefetch& prefetch, const ModelSpec& spec)
+{
+    CapturePrefetch out = prefetch;
+    out.predictors.clear();
+    for (const Predictor p : kAllPredictors) {
+        const auto n = std::count(prefetch.predictors.begin(), prefetch.predictors.end(), p);
+        if (n > 1)
+            throw RequestError("prefetch", "predictor '" + predictorName(p) + "' is named twice");
+        if (n == 0)
+            continue;
+        if (!isRecorded(p))
+            throw RequestError("prefetch",
+                "'" + predictorName(p) + "' is not recorded by capture (it records next-router, quasi-hidden, linear "
+                    + "and mlp): it is derived from the recorded routing when the hit rates are computed");
+        out.predictors.push_back(p);
+    }
+    if (out.predictors.empty())
+        return out;
+    const int moeLayers = spec.numMoeLayers();
+    const int most = std::min(3, moeLayers - 1);
+    if (most < 1)
+        throw RequestError("prefetch",
+            "the model has " + std::to_string(moeLayers)
+                + " MoE layer: there is no later MoE layer to predict the experts of");
+    out.maxLookahead = prefetch.maxLookahead == 0 ? most : prefetch.maxLookahead;
+    if (out.maxLookahead < 1 || out.maxLookahead > most)
+        throw RequestError("prefetchLookahead",
+            "lookahead " + std::to_string(prefetch.maxLookahead) + " MoE layers: expected 1.." + std::to_string(most)
+                + " (the model has " + std::to_string(moeLayers) + " MoE layers; at most 3 ahead are recorded)");
+    const int E = spec.router.numExperts, k = spec.router.topK;
+    out.budget = prefetch.budget == 0 ? std::min(2 * k, E) : prefetch.budget;
+    if (out.budget < k || out.budget > E)
+        throw RequestError("prefetchBudget",
+            "budget " + std::to_string(prefetch.budget) + " experts: expected " + std::to_string(k) + ".."
+                + std::to_string(E) + " (from the model's top-k to its expert count)");
+    if (!(prefetch.trainFraction > 0.0 && prefetch.trainFraction < 1.0))
+        throw RequestError("prefetchTrainFraction",
+            "training fraction " + std::to_string(prefetch.trainFraction)
+                + " must lie in (0, 1): some sequences train, the others are held out");
+    return out;
+}
 
 fs::path resumeStatePath(const fs::path& output)
 {
@@ -164,6 +295,7 @@ CaptureSummary runCapture(const CaptureParams& params, const ProgressFn& progres
         throw RequestError("overwrite", params.output.string() + ": already exists and is not replaced");
     ensureWritableDirectory(params.output);
 
+    const CapturePrefetch prefetch = validatePrefetch(params.prefetch, spec);
     const CalibrationSet calib = loadCalibration(params, spec.vocabSize);
     std::vector<int32_t> tokens;
     std::vector<int16_t> domainIds;
@@ -178,6 +310,26 @@ CaptureSummary runCapture(const CaptureParams& params, const ProgressFn& progres
     ExecutorOptions execOptions = params.executor;
     execOptions.hiddenSampleTokens
         = chooseSampleTokens(static_cast<int64_t>(tokens.size()), params.hiddenSamplesPerLayer, params.packing.seed);
+    AtlasPrefetchInfo prefetchInfo;
+    if (!prefetch.predictors.empty()) {
+        for (const Predictor p : prefetch.predictors)
+            prefetchInfo.predictors.push_back(predictorName(p));
+        prefetchInfo.maxLookahead = prefetch.maxLookahead;
+        prefetchInfo.budget = prefetch.budget;
+        prefetchInfo.trainFraction = prefetch.trainFraction;
+        prefetchInfo.splitSeed = prefetch.splitSeed.value_or(calib.packing.seed);
+        prefetchInfo.trainSequences
+            = splitSequences(offsets, domainIds, prefetchInfo.trainFraction, prefetchInfo.splitSeed);
+        PrefetchOptions& o = execOptions.prefetch;
+        o.predictors = prefetch.predictors;
+        o.maxLookahead = prefetch.maxLookahead;
+        o.budget = prefetch.budget;
+        o.trainTokens.assign(tokens.size(), 0);
+        for (std::size_t seq = 0; seq + 1 < offsets.size(); ++seq)
+            if (prefetchInfo.trainSequences[seq])
+                std::fill(
+                    o.trainTokens.begin() + offsets[seq], o.trainTokens.begin() + offsets[seq + 1], uint8_t { 1 });
+    }
     Executor executor(ckpt, spec, execOptions); // validates every tensor before any output exists
     executor.checkRunMemory(offsets); // and the memory plan
 
@@ -209,6 +361,9 @@ CaptureSummary runCapture(const CaptureParams& params, const ProgressFn& progres
         // Refuses a partial atlas of another model or other tokens (resume needs the same
         // --domain, --seq-len, --max-samples and --seed).
         atlas.emplace(AtlasFile::openForResume(params.output, model, tokens));
+        if (prefetchInfo.predictors.empty() && !atlas->resultGroups("prefetch").empty())
+            throw InputError(atlas->path().string() + ": the interrupted capture recorded expert predictions "
+                + "(/prefetch); resume with the same --prefetch options");
         if (fs::exists(resumePath)) {
             const SafetensorsFile state(resumePath);
             const int layer = std::stoi(state.metadata().at("completed_layer"));
@@ -216,6 +371,9 @@ CaptureSummary runCapture(const CaptureParams& params, const ProgressFn& progres
             start.firstLayer = layer + 1;
             start.hidden.resize(bytes.size() / sizeof(float));
             std::memcpy(start.hidden.data(), bytes.data(), bytes.size());
+            if (!prefetchInfo.predictors.empty())
+                start.prefetch = readPrefetchState(
+                    state, execOptions.prefetch.has(Predictor::QuasiHidden), execOptions.prefetch.learned());
         }
     } else {
         AtlasCreateOptions createOptions;
@@ -226,6 +384,9 @@ CaptureSummary runCapture(const CaptureParams& params, const ProgressFn& progres
         fs::remove(resumePath, ec);
         atlas.emplace(AtlasFile::create(params.output, model, calibration, tokens, domainIds, offsets, createOptions));
     }
+    // Allocates /prefetch (a resumed one: checks the options and empties the predictions still to come).
+    if (!prefetchInfo.predictors.empty())
+        atlas->createPrefetch(prefetchInfo);
 
     AtlasObserver observer(*atlas, resumePath, spec.hiddenSize, params.saveResumeState);
     observer.skipLayers(atlas->completedLayers());

@@ -8,6 +8,7 @@
 #include "util/progress.h"
 
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,15 @@ struct CalibrationInput {
     bool addBos = false; // BOS per document = the tokenizer's, unless packing.bosToken
 };
 
+// Expert prefetching recorded by a capture (`capture --prefetch`; docs/methods.md, "Expert prefetching").
+struct CapturePrefetch {
+    std::vector<Predictor> predictors; // empty: off; next-router and quasi-hidden are recorded
+    int maxLookahead = 0; // MoE layers ahead, 1..min(3, MoE layers - 1); 0 = that largest one
+    int budget = 0; // experts stored per prediction, k..E; 0 = min(2k, E)
+    double trainFraction = 0.5; // share of each domain's sequences in the training split, (0, 1)
+    std::optional<uint64_t> splitSeed; // the split's seed; default: the calibration seed
+};
+
 struct CaptureParams : CalibrationInput {
     std::filesystem::path checkpoint;
     std::filesystem::path output; // final atlas path, e.g. run.atlas.h5
@@ -33,6 +43,7 @@ struct CaptureParams : CalibrationInput {
     bool resume = false; // continue "<output>.partial"
     bool saveResumeState = true; // keep "<output>.resume.safetensors" between layers
     bool overwrite = false; // replace an existing final atlas
+    CapturePrefetch prefetch;
 };
 
 struct CaptureSummary {
@@ -58,6 +69,11 @@ inline CalibrationSet loadCalibration(const CaptureParams& params, int64_t vocab
 // Runs the capture. On cancellation (Cancelled thrown) the partial atlas stays valid with the
 // layers completed so far; rerun with resume = true to continue it.
 CaptureSummary runCapture(const CaptureParams& params, const ProgressFn& progress, const StopToken* stop);
+
+// Checks the prefetch options against the model (RequestError naming the field: "prefetch",
+// "prefetchLookahead", "prefetchBudget", "prefetchTrainFraction") and returns them with the defaults resolved
+// (the budget; predictors deduplicated in the order of kAllPredictors). Called by runCapture before any output.
+CapturePrefetch validatePrefetch(const CapturePrefetch& prefetch, const ModelSpec& spec);
 
 // Path of the resume state kept next to a partial atlas.
 std::filesystem::path resumeStatePath(const std::filesystem::path& output);

@@ -2,6 +2,7 @@
 
 #include "model/blocks.h"
 #include "model/layer_weights.h"
+#include "runtime/prefetch_capture.h"
 #include "runtime/runtime_policy.h"
 #include "runtime/thread_pools.h"
 #include "runtime/variant_layers.h"
@@ -102,11 +103,15 @@ std::vector<MicroBatch> planMicroBatches(std::span<const int64_t> offsets, int64
 }
 
 // One decoder layer over one micro-batch: the residual stream after the layer. `moeInput`
-// receives the MoE block's input (the post-attention norm) when not null.
+// receives the MoE block's input (the post-attention norm) when not null, `postAttention` the residual
+// stream after attention (before that norm).
 at::Tensor decoderLayer(const ModelSpec& s, const LayerWeights& w, const at::Tensor& x, const MicroBatch& b,
-    const RotaryCache& rope, bool sliding, const MoeOptions& moe, RoutingRecord* record, at::Tensor* moeInput)
+    const RotaryCache& rope, bool sliding, const MoeOptions& moe, RoutingRecord* record, at::Tensor* moeInput,
+    at::Tensor* postAttention = nullptr)
 {
     at::Tensor h = x + attention(s, w, rmsNorm(x, w.inputNorm, s.rmsNormEps), b.numSeqs, rope, sliding);
+    if (postAttention)
+        *postAttention = h;
     at::Tensor hn = rmsNorm(h, w.postAttentionNorm, s.rmsNormEps);
     h = h + (w.moe ? moeForward(s, w, hn, moe, record) : denseMlp(w, hn));
     if (moeInput)
@@ -315,7 +320,8 @@ uint64_t Executor::plannedForwardBytes(int64_t numTokens, int64_t longestSequenc
     uint64_t peak = T * H * es // residual stream
         + maxLayer // one layer of weights
         + B * es * (10 * H + K * (4 * I + 2 * H)) // micro-batch activations
-        + static_cast<uint64_t>(s.numHeads) * S * S * 8; // one sequence's scores
+        + static_cast<uint64_t>(s.numHeads) * S * S * 8 // one sequence's scores
+        + PrefetchRecorder::plannedBytes(s, m_impl->options.prefetch, numTokens, m_impl->options.batchTokens, es);
     if (m_impl->options.keepWeightsResident)
         peak += maxLayer * static_cast<uint64_t>(s.numLayers - 1);
     return peak;
@@ -357,11 +363,14 @@ ExecutionResult Executor::run(std::span<const int32_t> tokens, std::span<const i
     const int64_t totalWork = static_cast<int64_t>(layersToRun) * T;
     MoeOptions moeOptions;
     moeOptions.recordExpertNorms = d.options.recordExpertNorms;
+    // Expert prefetching (runtime/prefetch_capture.h); inert when not asked for.
+    PrefetchRecorder prefetch(s, d.options.prefetch, T, d.options.batchTokens, opts, start.prefetch);
 
     for (int l = start.firstLayer; l < s.numLayers; ++l) {
         LayerWeights scratch;
         const LayerWeights& w = d.layerOnOneThread(l, scratch);
         d.startPrefetch(l + 1);
+        prefetch.beginLayer(w, observer, stop);
         result.peakLayerBytes = std::max(result.peakLayerBytes, w.sourceBytes);
         const bool sliding = s.layers[static_cast<std::size_t>(l)].slidingWindow;
         int64_t doneInLayer = 0;
@@ -370,10 +379,13 @@ ExecutionResult Executor::run(std::span<const int32_t> tokens, std::span<const i
                 throw Cancelled();
             at::Tensor x = hidden.narrow(0, b.tokenBegin, b.tokens());
             RoutingRecord rec;
-            at::Tensor hn;
-            const at::Tensor h
-                = decoderLayer(s, w, x, b, rotary.at(b.seqLen), sliding, moeOptions, w.moe ? &rec : nullptr, &hn);
+            at::Tensor hn, post;
+            MoeOptions batchMoe = moeOptions;
+            prefetch.prepareBatch(batchMoe, b.tokenBegin, b.tokens());
+            const at::Tensor h = decoderLayer(s, w, x, b, rotary.at(b.seqLen), sliding, batchMoe,
+                w.moe ? &rec : nullptr, &hn, prefetch.enabled() ? &post : nullptr);
             if (w.moe) {
+                prefetch.afterBatch(b.tokenBegin, post, hn, rec);
                 RouterBlock block;
                 block.layer = l;
                 block.tokenBegin = b.tokenBegin;
@@ -409,6 +421,7 @@ ExecutionResult Executor::run(std::span<const int32_t> tokens, std::span<const i
                     throw Cancelled();
             }
         }
+        prefetch.endLayer(l, observer, observer.wantsHiddenSnapshots(), stop);
         if (observer.wantsHiddenSnapshots()) {
             at::Tensor snap = hidden.to(at::kCPU, at::kFloat).contiguous();
             observer.onLayerComplete(l, { snap.data_ptr<float>(), static_cast<std::size_t>(snap.numel()) });

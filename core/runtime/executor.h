@@ -9,8 +9,10 @@
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/model_spec.h"
 #include "checkpoint/routing_rule.h"
+#include "prefetch/prefetch_data.h"
 #include "util/progress.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -20,6 +22,41 @@
 #include <vector>
 
 namespace moeatlas {
+
+// Expert prefetching recorded by run() (docs/methods.md, "Expert prefetching"): at every MoE layer l, the
+// experts of the next `maxLookahead` MoE layers that each predictor would prefetch. Off when no predictor.
+struct PrefetchOptions {
+    std::vector<Predictor> predictors; // NextRouter, QuasiHidden, Linear, Mlp (runtime/prefetch_capture.h)
+    int maxLookahead = 0; // in MoE layers, 1..3
+    int budget = 0; // experts per prediction, best first
+    std::vector<uint8_t> trainTokens; // [T]: 1 = a token of a training sequence (default vectors average these)
+    bool enabled() const { return !predictors.empty(); }
+    bool has(Predictor p) const { return std::find(predictors.begin(), predictors.end(), p) != predictors.end(); }
+    bool learned() const { return has(Predictor::Linear) || has(Predictor::Mlp); }
+};
+
+// One block of predictions: for tokens [tokenBegin, tokenBegin + numTokens), the `budget` experts of MoE layer
+// `targetLayer` (`lookahead` MoE layers after `layer`) predicted at MoE layer `layer`, best first.
+struct PrefetchBlock {
+    Predictor predictor = Predictor::NextRouter;
+    int layer = 0; // decoder index of the source MoE layer
+    int lookahead = 1;
+    int targetLayer = 0; // decoder index of the predicted MoE layer
+    int64_t tokenBegin = 0;
+    int64_t numTokens = 0;
+    int budget = 0;
+    const int32_t* ids = nullptr; // [numTokens, budget]
+};
+
+// What predictions at later layers still need of the MoE layers run so far (a resumed run starts from it):
+// for each of the last maxLookahead MoE layers, its post-attention residual stream h_l, with quasi-hidden
+// its quasi-hidden state q_l, with a learned estimator its normed MoE input x_l ([T, H] fp32 each).
+struct PrefetchState {
+    std::vector<int> layers; // decoder indices, model order
+    std::vector<std::vector<float>> hidden; // per layer [T, H]
+    std::vector<std::vector<float>> quasi; // per layer [T, H]; empty vectors without quasi-hidden
+    std::vector<std::vector<float>> features; // per layer [T, H]; empty vectors without linear / mlp
+};
 
 struct ExecutorOptions {
     std::string device = "cpu"; // "cpu", "cuda", "cuda:N"
@@ -35,6 +72,7 @@ struct ExecutorOptions {
     // instead of experts sliced to their kept units. Same function, full cost: the reference the
     // ragged path is tested and benchmarked against.
     bool maskedUnits = false;
+    PrefetchOptions prefetch; // run() only
 };
 
 // Receives what the executor observes. Callbacks run on the executor's thread.
@@ -57,6 +95,33 @@ public:
         (void)hidden;
     }
     virtual bool wantsHiddenSnapshots() const { return false; }
+    // Expert prefetching (ExecutorOptions::prefetch): predictions for a target MoE layer, made once its weights
+    // are loaded, before its tokens run (so before onLayerComplete of the target).
+    virtual void onPrefetchBlock(const PrefetchBlock& block) { (void)block; }
+    // The default vectors of a MoE layer ([E, H] fp32) and the (token, slot) pairs each is the mean of ([E]),
+    // before onLayerComplete of that layer (quasi-hidden only).
+    virtual void onDefaultVectors(int layer, std::span<const float> values, std::span<const int64_t> counts)
+    {
+        (void)layer;
+        (void)values;
+        (void)counts;
+    }
+    // A learned estimator (linear, mlp) of MoE layer `layer` for lookahead `lookahead`, trained once the
+    // target layer has routed every token (its predictions come through onPrefetchBlock just before).
+    virtual void onLearnedEstimator(Predictor predictor, int layer, int lookahead, const AtlasLearnedEstimator& e)
+    {
+        (void)predictor;
+        (void)layer;
+        (void)lookahead;
+        (void)e;
+    }
+    // The prefetch state after decoder layer `layer` (every layer), just before onLayerComplete(layer), when
+    // wantsHiddenSnapshots(): what a resume after this layer continues from (ExecutionStart::prefetch).
+    virtual void onPrefetchState(int layer, PrefetchState&& state)
+    {
+        (void)layer;
+        (void)state;
+    }
 };
 
 struct ExecutionResult {
@@ -103,6 +168,7 @@ struct EvaluationResult {
 struct ExecutionStart {
     int firstLayer = 0;
     std::vector<float> hidden; // [T, H] fp32; empty when firstLayer == 0
+    PrefetchState prefetch; // with ExecutorOptions::prefetch: as onPrefetchState gave it after firstLayer - 1
 };
 
 class Executor {

@@ -241,7 +241,50 @@ def check_layers_group(f, half, norms, hidden_count, gzip):
     check_eq(sorted(g.keys(), key=int), [str(x) for x in MOE_LAYERS], "/layers members")
 
 
-def check_atlas(path, half, norms, hidden, gzip):
+def check_float_attr(obj, name, want):
+    check(name in obj.attrs, f"{obj.name}: attribute {name} missing")
+    check_eq(obj.attrs.get_id(name).dtype, np.dtype(np.float64), f"{obj.name}@{name} dtype")
+    check_eq(obj.attrs[name], np.float64(want), f"{obj.name}@{name}")
+
+
+def check_prefetch(f, gzip):
+    """/prefetch as tst_atlas_h5py writes it into the full atlas (writeTestPrefetch)."""
+    g = f["prefetch"]
+    check_str_attr(g, "predictors", "next-router,quasi-hidden")
+    check_int_attr(g, "max_lookahead", 1)
+    check_int_attr(g, "budget", 4)
+    check_float_attr(g, "train_fraction", 0.5)
+    check_int_attr(g, "split_seed", 9223372036854775813, np.uint64)
+    check_eq(dataset(f, "/prefetch/train_sequences", np.int8, (NUM_SEQ,))[:], np.array([1, 0, 1, 0, 1], np.int8),
+             "/prefetch/train_sequences")
+    t = np.arange(T, dtype=np.int64)[:, None]
+    i = np.arange(4, dtype=np.int64)[None, :]
+    for p, name in enumerate(["next-router", "quasi-hidden"]):
+        # Only MoE layer 1 has a MoE layer after it.
+        check_eq(sorted(g[name].keys()), ["1"], f"/prefetch/{name} members")
+        check_eq(sorted(g[name]["1"].keys()), ["d1"], f"/prefetch/{name}/1 members")
+        d = dataset(f, f"/prefetch/{name}/1/d1", np.int16, (T, 4))
+        check_filters(d, (1024, 4), gzip)
+        check_eq(d[:], ((t + 3 * i + p) % 8).astype(np.int16), d.name)
+    e = np.arange(E, dtype=np.int64)[:, None]
+    h = np.arange(H, dtype=np.int64)[None, :]
+    for layer in MOE_LAYERS:
+        v = dataset(f, f"/prefetch/default_vectors/{layer}", np.float32, (E, H))
+        check_eq(v[:], (e * H + h).astype(np.float32) * np.float32(0.5) - np.float32(layer), v.name)
+        c = dataset(f, f"/prefetch/default_vector_counts/{layer}", np.int64, (E,))
+        check_eq(c[:], np.arange(E, dtype=np.int64) * 10 + layer, c.name)
+    est = f["prefetch/learned/linear/1/d1"]
+    w = dataset(f, "/prefetch/learned/linear/1/d1/weight", np.float32, (E, H))
+    check_eq(w[:], (np.arange(E * H, dtype=np.float64) * 0.25 - 3.0).astype(np.float32).reshape(E, H), w.name)
+    b = dataset(f, "/prefetch/learned/linear/1/d1/bias", np.float32, (E,))
+    check_eq(b[:], np.arange(1, E + 1, dtype=np.float32), b.name)
+    check_float_attr(est, "train_loss", 0.5)
+    check_float_attr(est, "heldout_loss", 0.75)
+    check_int_attr(est, "epochs", 3)
+    check_int_attr(est, "train_tokens", 1000)
+
+
+def check_atlas(path, half, norms, hidden, gzip, prefetch=False):
     with h5py.File(path, "r") as f:
         check_root(f, 1)
         check_model(f)
@@ -252,6 +295,10 @@ def check_atlas(path, half, norms, hidden, gzip):
             check_layer(f, layer, half, norms, hidden, gzip)
         progress = dataset(f, "/progress/layers_complete", np.int32, (2,))
         check_eq(progress[:], np.array([1, 1], np.int32), progress.name)
+        if prefetch:
+            check_prefetch(f, gzip)
+        else:
+            check("prefetch" not in f, "/prefetch present without capture --prefetch")
 
 
 def check_partial(path):
@@ -268,12 +315,12 @@ def check_partial(path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", required=True, help="fp32, expert norms, hidden samples, gzip 4")
+    parser.add_argument("--full", required=True, help="fp32, expert norms, hidden samples, /prefetch, gzip 4")
     parser.add_argument("--half", required=True, help="fp16, no norms, no samples, uncompressed")
     parser.add_argument("--partial", required=True, help="fp32, gzip 4, only layer 1 complete")
     args = parser.parse_args()
     try:
-        check_atlas(args.full, half=False, norms=True, hidden=True, gzip=4)
+        check_atlas(args.full, half=False, norms=True, hidden=True, gzip=4, prefetch=True)
         check_atlas(args.half, half=True, norms=False, hidden=False, gzip=0)
         check_partial(args.partial)
     except Mismatch as e:
