@@ -1,6 +1,5 @@
-// The write side of /prefetch (docs/atlas-format.md, "/prefetch"): what a capture with --prefetch
-// records. Kept apart from atlas_file.cpp (routing records) so that file stays one responsibility;
-// the read side of /prefetch lives with the other readers.
+// /prefetch (docs/atlas-format.md, "/prefetch"): what a capture with --prefetch records, written
+// and read back. Kept apart from atlas_file.cpp (routing records) so that file stays one responsibility.
 #include "atlas/atlas_file.h"
 
 #include "atlas/atlas_state.h"
@@ -292,6 +291,189 @@ void AtlasFile::writeLearnedEstimator(
     h5::writeAttribute(dg.id(), "heldout_loss", e.heldoutLoss);
     h5::writeAttribute(dg.id(), "epochs", e.epochs);
     h5::writeAttribute(dg.id(), "train_tokens", e.trainTokens);
+}
+
+// ---- /prefetch: reading (docs/atlas-format.md, "/prefetch") --------------------------------
+
+namespace {
+
+// The group at the relative path `group` ("prefetch/next-router/3"); invalid when a component is missing.
+h5::Group openPrefetchGroup(hid_t file, const std::string& group)
+{
+    h5::Group current;
+    hid_t location = file;
+    std::size_t begin = 0;
+    while (begin < group.size()) {
+        std::size_t end = group.find('/', begin);
+        if (end == std::string::npos)
+            end = group.size();
+        const std::string part = group.substr(begin, end - begin);
+        if (!h5::exists(location, part) || !h5::isGroup(location, part))
+            return {};
+        current = h5::openGroup(location, part);
+        location = current.id();
+        begin = end + 1;
+    }
+    return current;
+}
+
+std::string prefetchLayerPath(const std::string& predictor, int layer, int lookahead)
+{
+    return "prefetch/" + predictor + "/" + schema::layerGroupName(layer) + "/d" + std::to_string(lookahead);
+}
+
+std::vector<hsize_t> prefetchShape(hid_t dataset, std::size_t rank, const std::string& what)
+{
+    std::vector<hsize_t> dims = h5::shape(dataset);
+    if (dims.size() != rank)
+        h5::failRead(dataset, "", "is not " + what);
+    return dims;
+}
+
+} // namespace
+
+std::optional<AtlasPrefetchInfo> AtlasFile::prefetchInfo() const
+{
+    Lock lock(h5::libraryMutex());
+    AtlasState& impl = checked(m_impl);
+    impl.requireOpen();
+    const hid_t f = impl.file.id();
+    if (!h5::exists(f, "prefetch"))
+        return std::nullopt;
+    h5::Group g = h5::openGroup(f, "prefetch");
+    AtlasPrefetchInfo info;
+    const std::string names = h5::readStringAttribute(g.id(), "predictors");
+    for (std::size_t begin = 0; begin <= names.size();) {
+        std::size_t end = names.find(',', begin);
+        if (end == std::string::npos)
+            end = names.size();
+        std::string name = names.substr(begin, end - begin);
+        name.erase(0, name.find_first_not_of(' '));
+        name.erase(name.find_last_not_of(' ') + 1);
+        if (!name.empty())
+            info.predictors.push_back(name);
+        begin = end + 1;
+    }
+    const int64_t maxLookahead = h5::readInt64Attribute(g.id(), "max_lookahead");
+    const int64_t budget = h5::readInt64Attribute(g.id(), "budget");
+    if (maxLookahead < 1 || maxLookahead > static_cast<int64_t>(impl.model.moeLayers.size()))
+        h5::failRead(g.id(), "",
+            "attribute 'max_lookahead' is " + std::to_string(maxLookahead) + ", expected 1 to the MoE layer count");
+    if (budget < impl.model.topK || budget > impl.model.numExperts)
+        h5::failRead(g.id(), "",
+            "attribute 'budget' is " + std::to_string(budget) + ", expected " + std::to_string(impl.model.topK)
+                + " (top-k) to " + std::to_string(impl.model.numExperts) + " (experts)");
+    info.maxLookahead = static_cast<int>(maxLookahead);
+    info.budget = static_cast<int>(budget);
+    info.trainFraction = h5::readDoubleAttribute(g.id(), "train_fraction");
+    info.splitSeed = h5::readUInt64Attribute(g.id(), "split_seed");
+
+    h5::Dataset split = h5::openDataset(g.id(), "train_sequences");
+    const std::vector<hsize_t> dims = prefetchShape(split.id(), 1, "one-dimensional");
+    h5::Dataset offsets = h5::openDataset(f, "tokens/seq_offsets");
+    const std::vector<hsize_t> offsetDims = h5::shape(offsets.id());
+    const hsize_t sequences = offsetDims.empty() || offsetDims[0] == 0 ? 0 : offsetDims[0] - 1;
+    if (dims[0] != sequences)
+        h5::failRead(split.id(), "",
+            "has " + std::to_string(dims[0]) + " entries, expected one per sequence (" + std::to_string(sequences)
+                + ")");
+    const h5::Datatype type = h5::datasetType(split.id());
+    if (H5Tget_class(type.id()) != H5T_INTEGER)
+        h5::failRead(split.id(), "", "is not an integer dataset");
+    info.trainSequences.resize(dims[0]);
+    if (!info.trainSequences.empty())
+        h5::readAll(split.id(), H5T_NATIVE_UINT8, info.trainSequences.data());
+    for (const uint8_t v : info.trainSequences)
+        if (v > 1)
+            h5::failRead(split.id(), "", "holds " + std::to_string(v) + ", expected 0 (held out) or 1 (training)");
+    return info;
+}
+
+std::vector<int32_t> AtlasFile::readPrefetchIds(const std::string& predictor, int layer, int lookahead) const
+{
+    Lock lock(h5::libraryMutex());
+    AtlasState& impl = checked(m_impl);
+    impl.requireOpen();
+    impl.slotOf(layer);
+    const std::string path = prefetchLayerPath(predictor, layer, lookahead);
+    const std::size_t slash = path.rfind('/');
+    h5::Group parent = openPrefetchGroup(impl.file.id(), path.substr(0, slash));
+    const std::string leaf = path.substr(slash + 1);
+    if (!parent || !h5::exists(parent.id(), leaf))
+        throw InputError(impl.path.string() + ": /" + path + ": dataset is missing (predictions of '" + predictor
+            + "' at layer " + std::to_string(layer) + " for lookahead " + std::to_string(lookahead) + ")");
+    h5::Dataset d = h5::openDataset(parent.id(), leaf);
+    const std::vector<hsize_t> dims = prefetchShape(d.id(), 2, "two-dimensional [T, budget]");
+    if (dims[0] != static_cast<hsize_t>(impl.numTokens) || dims[1] == 0)
+        h5::failRead(d.id(), "",
+            "shape is [" + std::to_string(dims[0]) + ", " + std::to_string(dims[1]) + "], expected ["
+                + std::to_string(impl.numTokens) + ", budget]");
+    std::vector<int32_t> ids = h5::readVector<int32_t>(d.id());
+    for (const int32_t id : ids)
+        if (id < 0 || id >= impl.model.numExperts)
+            h5::failRead(d.id(), "",
+                "holds expert id " + std::to_string(id) + ", outside [0, " + std::to_string(impl.model.numExperts)
+                    + ")");
+    return ids;
+}
+
+std::pair<std::vector<float>, std::vector<int64_t>> AtlasFile::readDefaultVectors(int layer) const
+{
+    Lock lock(h5::libraryMutex());
+    AtlasState& impl = checked(m_impl);
+    impl.requireOpen();
+    impl.slotOf(layer);
+    const std::string name = schema::layerGroupName(layer);
+    h5::Group values = openPrefetchGroup(impl.file.id(), "prefetch/default_vectors");
+    h5::Group counts = openPrefetchGroup(impl.file.id(), "prefetch/default_vector_counts");
+    const bool haveValues = values && h5::exists(values.id(), name);
+    const bool haveCounts = counts && h5::exists(counts.id(), name);
+    if (!haveValues && !haveCounts)
+        return {};
+    if (!haveValues || !haveCounts)
+        throw InputError(impl.path.string() + ": /prefetch/"
+            + (haveValues ? "default_vector_counts/" : "default_vectors/") + name
+            + ": dataset is missing (default vectors and their counts come together)");
+    h5::Dataset v = h5::openDataset(values.id(), name);
+    h5::Dataset c = h5::openDataset(counts.id(), name);
+    const auto experts = static_cast<hsize_t>(impl.model.numExperts);
+    const auto hidden = static_cast<hsize_t>(impl.model.hiddenSize);
+    if (prefetchShape(v.id(), 2, "two-dimensional [E, H]") != std::vector<hsize_t> { experts, hidden })
+        h5::failRead(v.id(), "", "shape is not [" + std::to_string(experts) + ", " + std::to_string(hidden) + "]");
+    if (prefetchShape(c.id(), 1, "one-dimensional [E]")[0] != experts)
+        h5::failRead(c.id(), "", "shape is not [" + std::to_string(experts) + "]");
+    return { h5::readVector<float>(v.id()), h5::readVector<int64_t>(c.id()) };
+}
+
+std::optional<AtlasLearnedEstimator> AtlasFile::readLearnedEstimator(
+    const std::string& predictor, int layer, int lookahead) const
+{
+    Lock lock(h5::libraryMutex());
+    AtlasState& impl = checked(m_impl);
+    impl.requireOpen();
+    impl.slotOf(layer);
+    h5::Group g = openPrefetchGroup(impl.file.id(),
+        "prefetch/learned/" + predictor + "/" + schema::layerGroupName(layer) + "/d" + std::to_string(lookahead));
+    if (!g)
+        return std::nullopt;
+    AtlasLearnedEstimator e;
+    e.trainLoss = h5::readDoubleAttribute(g.id(), "train_loss");
+    e.heldoutLoss = h5::readDoubleAttribute(g.id(), "heldout_loss");
+    e.epochs = h5::readInt64Attribute(g.id(), "epochs");
+    e.trainTokens = h5::readInt64Attribute(g.id(), "train_tokens");
+    for (const std::string& name : h5::linkNames(g.id())) {
+        if (h5::isGroup(g.id(), name))
+            continue;
+        h5::Dataset d = h5::openDataset(g.id(), name);
+        AtlasArray a;
+        a.name = name;
+        for (const hsize_t dim : h5::shape(d.id()))
+            a.dims.push_back(dim);
+        const std::vector<float> values = h5::readVector<float>(d.id());
+        a.values.assign(values.begin(), values.end());
+        e.parameters.push_back(std::move(a));
+    }
+    return e;
 }
 
 } // namespace moeatlas
