@@ -34,7 +34,10 @@ struct PrefetchGrid {
     int topK = 0;
     int budget = 0;
 
-    double at(int row, int col) const { return values[static_cast<std::size_t>(row * cols + col)]; }
+    double at(int row, int col) const
+    {
+        return values[static_cast<std::size_t>(row) * static_cast<std::size_t>(cols) + static_cast<std::size_t>(col)];
+    }
     // Decoder layer predicted for row (source) and column (lookahead); -1 when it does not exist.
     int targetLayer(int row, int col) const;
     QString toolTip(int row, int col) const;

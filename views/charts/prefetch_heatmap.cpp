@@ -115,6 +115,7 @@ void PrefetchHeatmap::paintEvent(QPaintEvent*)
             QStringLiteral("d=%1").arg(m_grid.lookaheads[static_cast<std::size_t>(c)]));
     const int labelEvery = std::max(1, (p.fontMetrics().height() + l.cellHeight - 1) / std::max(l.cellHeight, 1));
     for (int r = 0; r < l.rows; ++r) {
+        p.setPen(palette().color(QPalette::Text)); // the cells' labels below change it
         if (r % labelEvery == 0)
             p.drawText(QRect(0, l.cellRect(r, 0).top(), kLeft - 6, l.cellHeight), Qt::AlignRight | Qt::AlignVCenter,
                 QStringLiteral("L%1").arg(m_grid.layers[static_cast<std::size_t>(r)]));

@@ -8,12 +8,14 @@
 
 #include <QComboBox>
 #include <QFileInfo>
+#include <QGridLayout>
 #include <QGroupBox>
 #include <QHBoxLayout>
 #include <QHeaderView>
 #include <QLabel>
 #include <QProgressBar>
 #include <QPushButton>
+#include <QScrollArea>
 #include <QSplitter>
 #include <QTableWidget>
 #include <QVBoxLayout>
@@ -74,13 +76,17 @@ PrefetchView::PrefetchView(QWidget* parent)
                              "as /prefetch_hit_rates (a background job)"));
     m_progress->setTextVisible(true);
 
-    auto* selectors = new QHBoxLayout;
+    // Two rows of two pickers: the tab stays narrow enough for the what-if panel beside it.
+    auto* selectors = new QGridLayout;
+    int cell = 0;
     for (const auto& [label, box] : { std::pair { tr("Predictor"), m_predictor }, std::pair { tr("Domain"), m_domain },
              std::pair { tr("Split"), m_split }, std::pair { tr("Metric"), m_metric } }) {
-        selectors->addWidget(new QLabel(label, this));
-        selectors->addWidget(box);
+        selectors->addWidget(new QLabel(label, this), cell / 2, (cell % 2) * 2);
+        selectors->addWidget(box, cell / 2, (cell % 2) * 2 + 1);
+        ++cell;
     }
-    selectors->addStretch(1);
+    selectors->setColumnStretch(1, 1);
+    selectors->setColumnStretch(3, 1);
     auto* jobRow = new QHBoxLayout;
     jobRow->addWidget(m_compute);
     jobRow->addWidget(m_progress, 1);
@@ -114,11 +120,16 @@ PrefetchView::PrefetchView(QWidget* parent)
     auto* split = new QSplitter(Qt::Horizontal, this);
     split->addWidget(left);
     split->addWidget(right);
-    split->setStretchFactor(0, 2);
-    split->setStretchFactor(1, 3);
+    split->setStretchFactor(0, 1);
+    split->setStretchFactor(1, 2);
+    // In a scroll area: the tab must not force a minimum window size (the other tabs do not).
+    auto* scroll = new QScrollArea(this);
+    scroll->setWidget(split);
+    scroll->setWidgetResizable(true);
+    scroll->setFrameShape(QFrame::NoFrame);
     auto* layout = new QVBoxLayout(this);
     layout->setContentsMargins(0, 0, 0, 0);
-    layout->addWidget(split);
+    layout->addWidget(scroll);
 
     for (QComboBox* box : { m_predictor, m_domain, m_split, m_metric })
         connect(box, &QComboBox::currentIndexChanged, this, &PrefetchView::rebuildHeatmap);

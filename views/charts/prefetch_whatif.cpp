@@ -38,7 +38,7 @@ QChartView* chartView(QChart* chart, QWidget* parent)
 {
     auto* view = new QChartView(chart, parent);
     view->setRenderHint(QPainter::Antialiasing);
-    view->setMinimumSize(260, 200);
+    view->setMinimumSize(220, 200);
     chart->legend()->setAlignment(Qt::AlignBottom);
     return view;
 }
@@ -158,6 +158,8 @@ PrefetchWhatIf::PrefetchWhatIf(QWidget* parent)
     auto* charts = new QHBoxLayout;
     charts->addWidget(chartView(m_tpotChart, this), 2);
     charts->addWidget(chartView(m_stallChart, this), 3);
+    for (QChart* chart : { m_tpotChart, m_stallChart })
+        chart->setMargins(QMargins(2, 2, 2, 2));
     auto* layout = new QVBoxLayout(this);
     layout->setContentsMargins(0, 0, 0, 0);
     layout->addLayout(form);
