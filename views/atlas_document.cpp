@@ -5,6 +5,7 @@
 #include "metrics/probmoe_reader.h"
 #include "metrics/routing_stats_reader.h"
 #include "plan/plan_costs.h"
+#include "prefetch/prefetch_atlas.h"
 #include "util/error.h"
 #include "workflows/atlas_model.h"
 
@@ -159,6 +160,18 @@ std::shared_ptr<const AtlasSnapshot> loadAtlasSnapshot(const QString& path)
         if (std::optional<AtlasResults> table = atlas.readResults("evaluation/" + label))
             s->evaluations.emplace(label, std::move(*table));
     }
+    try {
+        if (std::optional<PrefetchHitTable> hits = readHitTable(atlas))
+            s->prefetchHits = std::make_shared<const PrefetchHitTable>(std::move(*hits));
+        else
+            s->prefetchNote = QStringLiteral("No prefetch hit rates in this atlas: run moeatlas prefetch ATLAS (or "
+                                             "Compute hit rates on the Prefetch tab).");
+    } catch (const std::exception& e) {
+        s->prefetchNote = QString::fromUtf8(e.what());
+        s->prefetchMalformed = true;
+    }
+    if (std::optional<AtlasPrefetchInfo> info = atlas.prefetchInfo())
+        s->prefetchInfo = std::make_shared<const AtlasPrefetchInfo>(std::move(*info));
     // Plan-ready tables through the same reader as `moeatlas plan` (shape checks included), from
     // the groups read above: one file version for the whole snapshot.
     if (s->complete) {

@@ -19,6 +19,7 @@
 namespace moeatlas {
 struct FisherAblationResults;
 struct FisherSummary;
+struct PrefetchHitTable;
 struct ProbMoeTables;
 struct RoutingStats;
 } // namespace moeatlas
@@ -48,6 +49,12 @@ struct AtlasSnapshot {
     std::shared_ptr<const ProbMoeTables> probmoe;
     QString probmoeNote;
     std::map<std::string, AtlasResults> evaluations; // /evaluation/<label>
+    // /prefetch_hit_rates (moeatlas prefetch): null with the reason in prefetchNote when absent or malformed.
+    std::shared_ptr<const PrefetchHitTable> prefetchHits;
+    QString prefetchNote;
+    bool prefetchMalformed = false;
+    // /prefetch's attributes (capture --prefetch: recorded predictors, lookahead, budget, split); null without.
+    std::shared_ptr<const AtlasPrefetchInfo> prefetchInfo;
     // /fisher (moeatlas fisher): counts, expert-level sums and concentration of every form, the
     // ablation, and a store that reads a form's unit scores on demand (they can be large). Null
     // with the reason in fisherNote when the atlas has none or they are malformed.

@@ -4,6 +4,7 @@
 #include "budget_panel.h"
 #include "budget_routing.h"
 #include "charts/fisher_view.h"
+#include "charts/prefetch_view.h"
 #include "charts/routing_stats.h"
 #include "charts/routing_view.h"
 #include "charts/tradeoff_chart.h"
@@ -119,9 +120,18 @@ MainWindow::MainWindow(QWidget* parent)
     // Fisher: concentration, ablation and unit profiles of /fisher (moeatlas fisher).
     m_fisher = new FisherView(this);
     m_tabs->addTab(m_fisher, tr("&Fisher"));
+    // Prefetch: hit rates of expert predictors (/prefetch_hit_rates), offload what-ifs, speculative quality.
+    m_prefetch = new PrefetchView(this);
+    m_tabs->addTab(m_prefetch, tr("&Prefetch"));
     setCentralWidget(m_tabs);
 
     createDocks();
+    m_prefetch->setJobRunner(m_runner);
+    connect(m_prefetch, &PrefetchView::message, this, &MainWindow::logMessage);
+    connect(m_prefetch, &PrefetchView::hitTableStored, this, [this](const QString& atlas) {
+        if (m_document->isOpen() && m_document->path() == atlas)
+            m_document->open(atlas); // the atlas now holds /prefetch_hit_rates
+    });
     createActions();
 
     connect(m_document, &AtlasDocument::loadingStarted, this,
@@ -387,6 +397,7 @@ void MainWindow::refreshCharts()
     }
     m_fisher->setSnapshot(snapshot);
     m_routing->setSnapshot(snapshot);
+    m_prefetch->setSnapshot(snapshot);
 }
 
 void MainWindow::showEvaluation()

@@ -1,5 +1,5 @@
 // The workbench window: the expert heatmap (and its table) of the open atlas, the budget panel
-// driving a live plan overlay, the chart tabs (trade-off, routing statistics, Fisher), jobs, a log,
+// driving a live plan overlay, the chart tabs (trade-off, routing statistics, Fisher, prefetch), jobs, a log,
 // menus and settings.
 #pragma once
 
@@ -35,6 +35,7 @@ class HeatmapModel;
 class HeatmapView;
 class JobRunner;
 class JobsPanel;
+class PrefetchView;
 class RoutingStatsView;
 class RoutingView;
 class TradeoffChartView;
@@ -79,6 +80,7 @@ public:
     RoutingStatsView* routingStatsView() const { return m_stats; }
     RoutingView* routingView() const { return m_routing; }
     FisherView* fisherView() const { return m_fisher; }
+    PrefetchView* prefetchView() const { return m_prefetch; }
     JobRunner* jobRunner() const { return m_runner; }
     JobsPanel* jobsPanel() const { return m_jobsPanel; }
 
@@ -159,6 +161,7 @@ private:
     QLabel* m_statsNote = nullptr;
     RoutingView* m_routing = nullptr;
     FisherView* m_fisher = nullptr;
+    PrefetchView* m_prefetch = nullptr;
     JobRunner* m_runner = nullptr;
     JobsPanel* m_jobsPanel = nullptr;
     int m_evalJob = 0; // the evaluation job last started

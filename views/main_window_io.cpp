@@ -3,7 +3,9 @@
 #include "main_window.h"
 
 #include "atlas_document.h"
+#include "charts/chart_image.h"
 #include "charts/fisher_view.h"
+#include "charts/prefetch_view.h"
 #include "charts/routing_stats.h"
 #include "charts/tradeoff_chart.h"
 #include "fisher_ablation_model.h"
@@ -85,6 +87,8 @@ QString MainWindow::currentViewName() const
         return QStringLiteral("routing-statistics");
     if (m_tabs->currentWidget() == m_fisher)
         return QStringLiteral("fisher");
+    if (m_tabs->currentWidget() == m_prefetch)
+        return QStringLiteral("prefetch");
     return QStringLiteral("heatmap");
 }
 
@@ -92,9 +96,10 @@ bool MainWindow::exportCurrentView(const QString& path)
 {
     const bool svg = path.endsWith(QStringLiteral(".svg"), Qt::CaseInsensitive);
     QWidget* tab = m_tabs->currentWidget();
-    if (tab == m_tradeoffPage || tab == m_statsPage || tab == m_fisher) {
+    if (tab == m_tradeoffPage || tab == m_statsPage || tab == m_fisher || tab == m_prefetch) {
         const bool ok = tab == m_tradeoffPage ? m_tradeoff->saveImage(path)
             : tab == m_statsPage              ? m_stats->saveImage(path)
+            : tab == m_prefetch               ? saveWidgetImage(m_prefetch, path)
                                               : m_fisher->saveImage(path);
         ok ? logMessage(tr("Chart written to %1").arg(path)) : logError(tr("Cannot write %1").arg(path));
         return ok;

@@ -5,6 +5,8 @@
 #include "atlas_document.h"
 #include "budget_panel.h"
 #include "charts/fisher_view.h"
+#include "charts/prefetch_view.h"
+#include "charts/prefetch_whatif.h"
 #include "fisher/fisher_store.h"
 #include "heatmap_model.h"
 #include "heatmap_view.h"
@@ -50,6 +52,7 @@ private Q_SLOTS:
     void render_data();
     void render();
     void fisherTab();
+    void prefetchTab();
     void deepSeekScale();
 
 private:
@@ -131,8 +134,8 @@ void TstScreenshots::render()
 
     // The other tabs (trade-off chart, routing statistics) as the window shows them.
     for (int i = 1; i < w.tabs()->count(); ++i) {
-        if (w.tabs()->widget(i) == w.fisherView())
-            continue; // fisherTab() renders it from an atlas with Fisher tables
+        if (w.tabs()->widget(i) == w.fisherView() || w.tabs()->widget(i) == w.prefetchView())
+            continue; // fisherTab() and prefetchTab() render them from an atlas with their tables
         w.tabs()->setCurrentIndex(i);
         QCoreApplication::processEvents();
         QString tab = w.tabs()->tabText(i).remove(QLatin1Char('&')).toLower();
@@ -205,6 +208,42 @@ void TstScreenshots::fisherTab()
     QVERIFY(!view->ablationChart()->series().isEmpty());
     QTest::qWait(200);
     save(view->grab().toImage(), QStringLiteral("tab-fisher.png"));
+}
+
+void TstScreenshots::prefetchTab()
+{
+    QString atlas = m_atlas;
+    if (!AtlasFile::openReadOnly(atlas.toStdString()).readResults("prefetch_hit_rates")) {
+        atlas = m_tmp.filePath(QStringLiteral("prefetch.atlas.h5"));
+        QFile::remove(atlas);
+        QVERIFY(QFile::copy(m_atlas, atlas));
+        QFile(atlas).setPermissions(QFile::ReadOwner | QFile::WriteOwner);
+        const test::ProcessResult r = test::runCli({ QStringLiteral("prefetch"), atlas });
+        QVERIFY2(r.exitCode == 0, qPrintable(r.stdErr));
+    }
+    MainWindow w;
+    w.setErrorDialogsEnabled(false);
+    w.setDarkPalette(false);
+    w.resize(1440, 900);
+    w.show();
+    QVERIFY(QTest::qWaitForWindowExposed(&w));
+    QVERIFY(w.openAtlasBlocking(atlas));
+    PrefetchView* view = w.prefetchView();
+    w.tabs()->setCurrentWidget(view);
+    QVERIFY(view->hasTable());
+    // The frequency baseline's held-out hit rates, pooled; the what-if at prefetch with frequency.
+    view->predictorBox()->setCurrentText(QStringLiteral("frequency"));
+    view->domainBox()->setCurrentText(QStringLiteral("pooled"));
+    PrefetchWhatIf* whatIf = view->whatIf();
+    whatIf->policyBox()->setCurrentText(QStringLiteral("prefetch"));
+    whatIf->predictorBox()->setCurrentText(QStringLiteral("frequency"));
+    QTRY_VERIFY_WITH_TIMEOUT(whatIf->shownOutcome() && !whatIf->runner()->isBusy(), 120000);
+    QVERIFY2(whatIf->errorText().isEmpty(), qPrintable(whatIf->errorText()));
+    QTest::qWait(200);
+    const QImage image = view->grab().toImage();
+    const QString path = QDir(m_out).filePath(QStringLiteral("tab-prefetch.png"));
+    QVERIFY2(image.save(path), qPrintable(path));
+    QVERIFY2(distinctColors(image) > 16, qPrintable(path + QStringLiteral(" looks blank")));
 }
 
 void TstScreenshots::deepSeekScale()

@@ -94,6 +94,22 @@ Job fisherJob(FisherRequest request)
     return job;
 }
 
+Job prefetchJob(PrefetchRequest request)
+{
+    Job job;
+    job.name = QObject::tr("prefetch %1").arg(fileName(request.atlas));
+    job.run = [request = std::move(request)](const ProgressFn& progress, const StopToken* stop) {
+        const PreparedPrefetch prepared = preparePrefetch(request);
+        const PrefetchHitTable table = runPrefetch(prepared, progress, stop);
+        return JobResult { QObject::tr("prefetch hit rates of %1 predictors x %2 lookaheads on %3 tokens")
+                               .arg(static_cast<qsizetype>(table.predictors.size()))
+                               .arg(static_cast<qsizetype>(table.lookaheads.size()))
+                               .arg(table.tokens(HitSplit::All, table.numDomains())),
+            prepared.store ? qstr(prepared.atlas) : QString() };
+    };
+    return job;
+}
+
 Job exportJob(
     std::filesystem::path source, Plan plan, std::filesystem::path out, ExportOptions options, std::string routing)
 {

@@ -1,4 +1,4 @@
-// The workbench's core jobs as JobRunner jobs: capture, score, eval, Fisher and export. Each wraps
+// The workbench's core jobs as JobRunner jobs: capture, score, eval, Fisher, prefetch and export. Each wraps
 // the core call its CLI command makes (runtime/capture.h, metrics/scores.h, core/workflows,
 // export/exporter.h), so both give the same files.
 #pragma once
@@ -12,6 +12,7 @@
 #include "workflows/eval_workflow.h"
 #include "workflows/export_workflow.h"
 #include "workflows/fisher_workflow.h"
+#include "workflows/prefetch_workflow.h"
 
 #include <filesystem>
 #include <optional>
@@ -36,6 +37,11 @@ Job evalJob(EvalRequest request);
 // checked before the pass, Fisher tables (and the ablation) written under /fisher at the end (a
 // failed or cancelled run leaves the atlas as it was). outputPath = the atlas.
 Job fisherJob(FisherRequest request);
+
+// `moeatlas prefetch ATLAS ...` through the same core calls (workflows/prefetch_workflow.h): hit rates of
+// every predictor the request names (all by default) stored as /prefetch_hit_rates at the end (a failed or
+// cancelled run leaves the atlas as it was). outputPath = the atlas when the table was stored.
+Job prefetchJob(PrefetchRequest request);
 
 // `moeatlas export SOURCE --plan PLAN -o OUT --routing ROUTING`: options.progress is replaced by the
 // runner's, options.routing by exportRouting(source, routing, options.atlasPath) (a RequestError
