@@ -130,7 +130,7 @@ struct ExecutionResult {
     uint64_t peakLayerBytes = 0; // largest layer read from the checkpoint
 };
 
-// Speculative execution (docs/methods.md, "Speculative execution, evaluated"; decision 38): every MoE layer j
+// Speculative execution (docs/methods.md, "Speculative execution, evaluated"; decision 39): every MoE layer j
 // that has a source MoE layer l = j - lookahead (counted in MoE layers) runs, for each token, the top-k experts
 // `predictor` predicts for it at l instead of those its own router picks; the first `lookahead` MoE layers
 // route as the model does. Predictions use the variant's own residual stream (errors compound).

@@ -159,11 +159,9 @@ private Q_SLOTS:
         for (std::size_t n = 1; n < variants.size(); ++n) {
             const nlohmann::json& o = meta["options"][n - 1];
             const std::string key = std::to_string(o["index"].get<int>());
+            // The smallest gap between a token's k-th and (k+1)-th choice in transformers: a decision this close
+            // to a tie may go the other way under another summation order, which the message then says.
             const double margin = o["margin"].get<double>();
-            QVERIFY2(margin >= 2e-5,
-                qPrintable(QStringLiteral("%1: a decision within %2 of a tie")
-                               .arg(QString::fromStdString(variants[n].name))
-                               .arg(margin)));
             const VariantOutput& got = result.variants[n];
             // Identical experts in every speculated layer, and only there.
             std::vector<int> layers = o["layers"].get<std::vector<int>>();
@@ -175,13 +173,15 @@ private Q_SLOTS:
                 QCOMPARE(static_cast<int64_t>(ids.size()), T * K);
                 for (std::size_t i = 0; i < ids.size(); ++i)
                     QVERIFY2(static_cast<int64_t>(ids[i]) == want[i],
-                        qPrintable(QStringLiteral("%1, layer %2, token %3 slot %4: expert %5, transformers %6")
+                        qPrintable(QStringLiteral("%1, layer %2, token %3 slot %4: expert %5, transformers %6 "
+                                                  "(smallest decision margin %7)")
                                        .arg(QString::fromStdString(variants[n].name))
                                        .arg(j)
                                        .arg(i / static_cast<std::size_t>(K))
                                        .arg(i % static_cast<std::size_t>(K))
                                        .arg(ids[i])
-                                       .arg(want[i])));
+                                       .arg(want[i])
+                                       .arg(margin)));
             }
             const std::vector<float> refLogits = test::tensorValues<float>(specRef, "spec_logits." + key);
             const double logitErr = relDiff(got.logits, refLogits, maxAbs(refLogits));
