@@ -32,6 +32,7 @@ struct EvalArgs {
     std::vector<double> sparsities;
     std::vector<std::string> criteria { "peu" };
     std::vector<std::string> routing;
+    std::vector<std::string> speculative;
     bool noSpecialists = false;
     bool noGeneralist = false;
     bool noFull = false;
@@ -94,13 +95,32 @@ void printTable(const EvalTable& t)
                 t.variants[v].name.c_str(), t.domains[d].c_str(), t.meanExperts[v][d], t.nll[v][d], equal,
                 t.nll[v][d] - equal);
         }
+    // Speculative execution: the loss change against the variant it speculates on.
+    header = false;
+    for (std::size_t v = 0; v < t.variants.size(); ++v) {
+        const int base = t.baseIndex(v);
+        if (t.variants[v].speculative.empty() || base < 0)
+            continue;
+        if (!header) {
+            std::printf("\nspeculative execution: loss change vs the base (nll, nats per token):\n  %-*s",
+                static_cast<int>(width), "variant");
+            for (const std::string& d : t.domains)
+                std::printf("  %10s", d.c_str());
+            std::printf("  %10s\n", "all");
+        }
+        header = true;
+        std::printf("  %-*s", static_cast<int>(width), t.variants[v].name.c_str());
+        for (std::size_t d = 0; d < t.domains.size(); ++d)
+            std::printf("  %+10.4f", t.nll[v][d] - t.nll[static_cast<std::size_t>(base)][d]);
+        std::printf("  %+10.4f\n", overDomains(t, t.nll, v) - overDomains(t, t.nll, static_cast<std::size_t>(base)));
+    }
 }
 
 // The request field -> flag of the errors prepareEval and runEval report (with the executor's and
 // the held-out domains' fields).
 const FieldFlags kEvalFlags { { "tokens", "--domain/--atlas" }, { "checkpoint", "checkpoint" },
     { "sweep", "--sparsity" }, { "sparsities", "--sparsity" }, { "sweep.randomPlans", "--random-plans" },
-    { "csv", "--csv" }, { "plans", "--plan" }, { "routing", "--routing" } };
+    { "csv", "--csv" }, { "plans", "--plan" }, { "routing", "--routing" }, { "speculative", "--speculative" } };
 
 int runEval(const EvalArgs& a)
 {
@@ -120,6 +140,7 @@ int runEval(const EvalArgs& a)
     request.sweep.seed = a.calibration.seed;
     request.sweep.scope = a.scope == "global" ? BudgetScope::Global : BudgetScope::Uniform;
     request.routing = a.routing;
+    request.speculative = a.speculative;
     applyExecutorArgs(a.executor, request.executor);
     request.csv = a.csv;
     request.label = a.label;
@@ -169,6 +190,11 @@ Command addEvalCommand(CLI::App& app)
         "Also evaluate every variant with this routing rule: top-k:K, probmoe:KMIN:KMAX, top-p:P[:KMIN:KMAX], "
         "threshold:M[:KMIN:KMAX] (M: mean k, thresholds calibrated on the atlas); dynamic rules add the fixed "
         "top-k ladder they are compared with at equal cost; repeatable");
+    sub->add_option("--speculative", a->speculative,
+        "Also evaluate every variant (model routing) with speculative execution: each MoE layer runs the experts "
+        "PREDICTOR predicted LOOKAHEAD MoE layers earlier (default 1) instead of its own routing: next-router, "
+        "previous, oracle; quasi-hidden, linear, mlp (recorded by capture --prefetch) and frequency need --atlas. "
+        "PREDICTOR[:LOOKAHEAD]; repeatable");
     sub->add_flag("--no-specialists", a->noSpecialists, "Sweep: no per-domain specialist plans");
     sub->add_flag("--no-generalist", a->noGeneralist, "Sweep: no pooled generalist plans");
     sub->add_option("--random-plans", a->randomPlans, "Sweep: uniformly random plans per sparsity (seeded)");

@@ -135,6 +135,15 @@ log "moeatlas eval --routing: dynamic k (ProbMoE, top-p, a calibrated threshold)
 # shellcheck disable=SC2046
 "$cli" eval --atlas "$out/demo.atlas.h5" --routing probmoe:1:4 --routing top-p:0.7 --routing top-p:0.9:1:4 \
   --routing threshold:1.5 $(domains heldout) --seq-len 128 --add-bos --label routing --csv "$out/routing.csv"
+log "moeatlas eval --speculative: the loss of running the experts predicted one or two MoE layers earlier"
+# shellcheck disable=SC2046
+"$cli" capture "$demo/model" $(domains calibration) --seq-len 128 --add-bos --seed 1 --force \
+  --prefetch next-router,quasi-hidden,linear,mlp -o "$out/prefetch.atlas.h5"
+# shellcheck disable=SC2046
+"$cli" eval --atlas "$out/prefetch.atlas.h5" --speculative next-router --speculative quasi-hidden \
+  --speculative linear --speculative mlp --speculative previous --speculative frequency --speculative oracle \
+  --speculative next-router:2 --speculative quasi-hidden:2 $(domains heldout) --seq-len 128 --add-bos \
+  --label speculative --csv "$out/speculative.csv"
 log "moeatlas fisher: Fisher importance of every expert unit per domain, its concentration, and the loss of removing the top units (held-out text)"
 # shellcheck disable=SC2046
 "$cli" fisher "$out/demo.atlas.h5" --max-samples 16 --seq-len 128 --add-bos --ablate 0,16,128 \

@@ -268,6 +268,16 @@ int EvalTable::fullIndex() const
     return -1;
 }
 
+int EvalTable::baseIndex(std::size_t v) const
+{
+    if (v >= variants.size() || variants[v].base.empty())
+        return -1;
+    for (std::size_t i = 0; i < variants.size(); ++i)
+        if (variants[i].name == variants[v].base)
+            return static_cast<int>(i);
+    return -1;
+}
+
 EvalTable evaluateVariants(const Checkpoint& checkpoint, const ModelSpec& spec, const ExecutorOptions& options,
     const EvalTokens& tokens, std::vector<EvalVariant> variants, const ProgressFn& progress, const StopToken* stop)
 {
@@ -308,7 +318,10 @@ EvalTable evaluateVariants(const Checkpoint& checkpoint, const ModelSpec& spec, 
                 + std::to_string(
                     executor.plannedEvaluationBytes(T, longestSequence(tokens.seqOffsets), 1, false, dims) >> 20)
                 + " MiB, more than is available; evaluate fewer or shorter sequences");
-    const std::size_t group = static_cast<std::size_t>(fit);
+    // A speculative variant holds `lookahead` more [T, H] states: it counts as that many more variants.
+    const auto weightOf = [](const EvalVariant& v) {
+        return 1 + (v.mask.speculative ? static_cast<std::size_t>(std::max(v.mask.speculative->lookahead, 0)) : 0);
+    };
     const int64_t totalWork = static_cast<int64_t>(spec.numLayers) * T * static_cast<int64_t>(variants.size());
 
     const std::size_t D = tokens.domains.size();
@@ -321,8 +334,13 @@ EvalTable evaluateVariants(const Checkpoint& checkpoint, const ModelSpec& spec, 
     table.expertsHistogram.assign(variants.size(), std::vector<std::vector<double>>(D, std::vector<double>(bins, 0.0)));
     table.activeParams.assign(variants.size(), std::vector<double>(D, 0.0));
     table.flopsPerToken.assign(variants.size(), std::vector<double>(D, 0.0));
-    for (std::size_t first = 0; first < variants.size(); first += group) {
-        const std::size_t n = std::min(group, variants.size() - first);
+    for (std::size_t first = 0, n = 0; first < variants.size(); first += n) {
+        // As many variants as fit (at least one: evaluate() refuses one that does not).
+        std::size_t weight = weightOf(variants[first]);
+        for (n = 1;
+             first + n < variants.size() && weight + weightOf(variants[first + n]) <= static_cast<std::size_t>(fit);
+             ++n)
+            weight += weightOf(variants[first + n]);
         std::vector<ExpertMask> masks;
         for (std::size_t v = first; v < first + n; ++v) {
             masks.push_back(variants[v].mask);

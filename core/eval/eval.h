@@ -37,6 +37,9 @@ struct EvalVariant {
     std::string routing = "model";
     // The variant this one routes differently ("full", a plan's name); empty for a variant of its own.
     std::string base;
+    // Speculative execution (mask.speculative): SpeculativeExecution::name(), e.g. "next-router" or
+    // "quasi-hidden:2"; empty for a variant that routes by its own routers. What a table read back keeps of it.
+    std::string speculative;
 };
 
 // The token set variants are evaluated on: each sequence belongs to one domain.
@@ -91,6 +94,19 @@ std::vector<EvalVariant> sweepVariants(const std::filesystem::path& atlas, const
 std::vector<EvalVariant> withRoutingRules(
     const std::vector<EvalVariant>& variants, const std::vector<RoutingRule>& rules, const ModelSpec& spec);
 
+// Speculative execution (runtime/executor.h, SpeculativeExecution) parsed from "<predictor>[:<lookahead>]"
+// (prefetch_data.h's predictor names; lookahead in MoE layers, default 1) and filled from the atlas: frequency
+// orders from its routing (training split), quasi-hidden's default vectors and the learned estimators from
+// /prefetch. next-router, previous and oracle need no atlas (`atlas` may be null). RequestError("speculative")
+// naming the text for an unknown predictor, a lookahead that leaves no MoE layer to speculate, a predictor that
+// needs an atlas without one, or an atlas that did not record it (with "--atlas" / "capture --prefetch").
+SpeculativeExecution parseSpeculative(const std::string& text, const ModelSpec& spec, const AtlasFile* atlas);
+
+// Every variant routed by the model's own top-k (no routing rule, not speculative) once more with each
+// speculative execution, named "<variant>+spec:<name>", base the variant.
+std::vector<EvalVariant> withSpeculative(
+    const std::vector<EvalVariant>& variants, const std::vector<SpeculativeExecution>& speculative);
+
 // Uniformly random experts per MoE layer (keep = round((1 - sparsity) * E), at least top-k); the
 // same seed gives the same plan on every platform.
 EvalVariant randomVariant(const ModelSpec& spec, double sparsity, uint64_t seed, const std::string& name);
@@ -116,6 +132,8 @@ struct EvalTable {
 
     // Index of the full-model variant, or -1.
     int fullIndex() const;
+    // Index of variant v's base (EvalVariant::base), or -1 when it has none or the table does not hold it.
+    int baseIndex(std::size_t v) const;
 };
 
 // Evaluates the variants, as many at once as fit in memory (each layer is read once per group).
@@ -127,7 +145,8 @@ EvalTable evaluateVariants(const Checkpoint& checkpoint, const ModelSpec& spec, 
 // One row per (variant, domain): variant,method,criterion,target_domain,sparsity,kept_experts,
 // domain,tokens,nll,perplexity,delta_nll (vs the full model when it is in the table, else empty),
 // routing,mean_experts,active_params,flops_per_token,equal_cost_topk_nll,delta_vs_equal_cost,
-// experts_histogram ("k:share" pairs joined by ';').
+// experts_histogram ("k:share" pairs joined by ';'),speculative (SpeculativeExecution::name() or empty),
+// delta_vs_base (nll minus the nll of the variant's base when it is in the table, else empty).
 std::string evalTableCsv(const EvalTable& table);
 
 // The table as an atlas result group (docs/atlas-format.md, "Evaluation tables").

@@ -17,7 +17,7 @@ std::string evalTableCsv(const EvalTable& table)
     out.precision(9);
     out << "variant,method,criterion,target_domain,sparsity,kept_experts,domain,tokens,nll,perplexity,delta_nll,"
            "routing,mean_experts,active_params,flops_per_token,equal_cost_topk_nll,delta_vs_equal_cost,"
-           "experts_histogram\n";
+           "experts_histogram,speculative,delta_vs_base\n";
     // An empty cell for what the table does not hold (NaN, or a table read back without the column).
     const auto cell = [&](const std::vector<std::vector<double>>& a, std::size_t v, std::size_t d) {
         if (v < a.size() && d < a[v].size() && !std::isnan(a[v][d]))
@@ -51,6 +51,9 @@ std::string evalTableCsv(const EvalTable& table)
                         out << (first ? "" : ";") << k << ':' << table.expertsHistogram[v][d][k];
                         first = 0;
                     }
+            out << ',' << var.speculative << ',';
+            if (const int base = table.baseIndex(v); base >= 0)
+                out << nll - table.nll[static_cast<std::size_t>(base)][d];
             out << '\n';
         }
     }
@@ -70,6 +73,8 @@ AtlasResults evalTableResults(const EvalTable& table)
             keep[std::to_string(layer)] = ids;
         nlohmann::json entry = { { "name", var.name }, { "method", var.method }, { "criterion", var.criterion },
             { "domain", var.domain }, { "keep", keep }, { "routing", var.routing }, { "base", var.base } };
+        if (!var.speculative.empty())
+            entry["speculative"] = var.speculative;
         if (!var.mask.routing.thresholds.empty()) {
             nlohmann::json thresholds = nlohmann::json::object();
             for (const auto& [layer, t] : var.mask.routing.thresholds)
@@ -161,6 +166,7 @@ EvalTable evalTableFromResults(const AtlasResults& results, const std::string& s
             var.mask.name = var.name;
             var.routing = j.value("routing", std::string("model"));
             var.base = j.value("base", std::string());
+            var.speculative = j.value("speculative", std::string());
             if (j.contains("keep") && j["keep"].is_object())
                 for (const auto& [layer, ids] : j["keep"].items())
                     var.mask.keep[std::stoi(layer)] = ids.get<std::vector<int>>();

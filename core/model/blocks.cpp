@@ -367,11 +367,19 @@ at::Tensor moeForward(
     // transformers computes the router in the hidden dtype; observers get an fp32 computation.
     at::Tensor logits = routerLogits(w, x);
     at::Tensor logits32 = fp32 ? logits : at::linear(x.to(at::kFloat), w.router.to(at::kFloat));
-    at::Tensor routingLogits = logits;
+    const bool speculative = options.speculativeLogits.defined() || options.speculativeIds.defined();
+    if (speculative && (rule || (options.speculativeLogits.defined() && options.speculativeIds.defined())))
+        throw std::invalid_argument("moeForward: speculative execution takes predicted logits or ids, with the "
+                                    "model's own top-k");
+    at::Tensor routingLogits = options.speculativeLogits.defined() ? options.speculativeLogits : logits;
     if (options.keptExperts.defined())
         routingLogits = routingLogits.masked_fill(options.keptExperts.logical_not(), -INFINITY);
     at::Tensor probs = at::softmax(routingLogits, -1, at::kFloat);
     auto [topVal, topIdx] = at::topk(probs, K, -1);
+    if (options.speculativeIds.defined()) {
+        topIdx = options.speculativeIds;
+        topVal = probs.gather(1, topIdx);
+    }
     // A dynamic rule: each token keeps its first k slots; the others get weight 0 and are not run.
     at::Tensor tokenK, slotKept;
     if (rule && !rule->fixed()) {

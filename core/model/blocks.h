@@ -37,6 +37,13 @@ struct MoeOptions {
     bool recordExpertNorms = false;
     // Expert mask for evaluation of pruning plans: [E] bool, true = kept. Undefined = all kept.
     at::Tensor keptExperts;
+    // Speculative execution (runtime/speculative.h), with the model's own top-k only; at most one of the two.
+    // speculativeLogits [N, E] (compute dtype): predicted router logits routed by the model's rule in place of the
+    // layer's own (the mask above, fp32 softmax, top-k, renormalisation where the model has one).
+    // speculativeIds [N, k] int64: the experts each token runs, weighted by the layer's own routing
+    // probabilities of them (renormalised over the k where the model renormalises its top-k).
+    at::Tensor speculativeLogits;
+    at::Tensor speculativeIds;
     // Per-unit mask of the routed experts' intermediate activations: [E, I], multiplies
     // a = silu(gate x) * up x of expert e by row e before the down projection. Undefined = no mask
     // (the unmasked numerics). With requires_grad its gradient is the mask-form Fisher signal.

@@ -4,6 +4,7 @@
 #include "model/layer_weights.h"
 #include "runtime/prefetch_capture.h"
 #include "runtime/runtime_policy.h"
+#include "runtime/speculative.h"
 #include "runtime/thread_pools.h"
 #include "runtime/variant_layers.h"
 #include "util/error.h"
@@ -495,12 +496,29 @@ EvaluationResult Executor::evaluate(std::span<const int32_t> tokens, std::span<c
     const std::vector<MicroBatch> batches = planMicroBatches(seqOffsets, d.options.batchTokens);
     const bool dimensionPlans
         = std::any_of(variants.begin(), variants.end(), [](const ExpertMask& m) { return !m.units.empty(); });
-    d.checkMemoryPlan(plannedEvaluationBytes(T, longestOf(batches), P, keepLogits, dimensionPlans), T, P);
+    // Speculative variants hold the states of their last `lookahead` MoE layers: one residual stream each.
+    int heldStates = 0;
+    for (const ExpertMask& m : variants)
+        heldStates += m.speculative ? SpeculativeRunner::heldStates(*m.speculative) : 0;
+    d.checkMemoryPlan(
+        plannedEvaluationBytes(T, longestOf(batches), P + heldStates, keepLogits, dimensionPlans), T, P + heldStates);
 
     // Router masks and unit lists of every variant, validated before any work.
     const std::vector<VariantLayers> prepared = prepareVariants(s, variants, d.options.maskedUnits, d.device, d.dtype);
 
     const at::TensorOptions opts = at::TensorOptions().dtype(d.dtype).device(d.device);
+    std::vector<std::unique_ptr<SpeculativeRunner>> speculative(static_cast<std::size_t>(P));
+    for (int v = 0; v < P; ++v) {
+        const ExpertMask& m = variants[static_cast<std::size_t>(v)];
+        if (!m.speculative)
+            continue;
+        if (!m.routing.isModel())
+            throw RequestError("speculative",
+                "variant '" + m.name + "': speculative execution runs the model's own top-k, not routing '"
+                    + m.routing.name() + "'");
+        speculative[static_cast<std::size_t>(v)]
+            = std::make_unique<SpeculativeRunner>(s, *m.speculative, m.name, T, opts, keepLogits);
+    }
     const at::Tensor embedded = d.loader.embed(std::vector<int32_t>(tokens.begin(), tokens.end()));
     std::vector<at::Tensor> hidden(static_cast<std::size_t>(P));
     for (int v = 0; v < P; ++v)
@@ -549,7 +567,11 @@ EvaluationResult Executor::evaluate(std::span<const int32_t> tokens, std::span<c
                 if (stop && stop->stopRequested())
                     throw Cancelled();
                 at::Tensor x = hidden[static_cast<std::size_t>(v)].narrow(0, b.tokenBegin, b.tokens());
-                x.copy_(decoderLayer(s, w, x, b, rotary.at(b.seqLen), sliding, moeOptions, nullptr, nullptr));
+                if (SpeculativeRunner* runner = speculative[static_cast<std::size_t>(v)].get())
+                    x.copy_(runner->decoderLayer(
+                        w, x, b.tokenBegin, b.numSeqs, b.seqLen, rotary.at(b.seqLen), sliding, moeOptions));
+                else
+                    x.copy_(decoderLayer(s, w, x, b, rotary.at(b.seqLen), sliding, moeOptions, nullptr, nullptr));
                 if (w.moe) {
                     const int64_t* k = usedBlock.data_ptr<int64_t>();
                     for (int64_t t = 0; t < b.tokens(); ++t)
@@ -566,9 +588,14 @@ EvaluationResult Executor::evaluate(std::span<const int32_t> tokens, std::span<c
                         throw Cancelled();
                 }
             }
+            if (SpeculativeRunner* runner = speculative[static_cast<std::size_t>(v)].get())
+                runner->endLayer(l);
         }
         d.release(scratch);
     }
+    for (int v = 0; v < P; ++v)
+        if (SpeculativeRunner* runner = speculative[static_cast<std::size_t>(v)].get())
+            result.variants[static_cast<std::size_t>(v)].speculatedIds = runner->takeSpeculatedIds();
 
     // Targets: the next token of the same sequence, -1 at each sequence's last token.
     std::vector<int64_t> next(static_cast<std::size_t>(T), -1);

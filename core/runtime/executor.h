@@ -130,6 +130,35 @@ struct ExecutionResult {
     uint64_t peakLayerBytes = 0; // largest layer read from the checkpoint
 };
 
+// Speculative execution (docs/methods.md, "Speculative execution, evaluated"; decision 40): every MoE layer j
+// that has a source MoE layer l = j - lookahead (counted in MoE layers) runs, for each token, the top-k experts
+// `predictor` predicts for it at l instead of those its own router picks; the first `lookahead` MoE layers
+// route as the model does. Predictions use the variant's own residual stream (errors compound).
+// - next-router, quasi-hidden: predicted router logits, router_j(norm2_j(h_l)) or router_j(norm2_j(q_l)) with
+//   q_l = h_l + sum over l's routed experts of w_e DV_l[e]; the model's rule runs on them (mask, fp32 softmax,
+//   top-k, renormalised where the model renormalises).
+// - linear, mlp, frequency, previous, oracle: expert ids only (the first k of the predictor's ranking among
+//   the experts the variant keeps), weighted by layer j's own routing probabilities of them, renormalised
+//   where the model renormalises its top-k. Oracle is therefore the unmodified model.
+// h_l: layer l's residual stream after attention (the MoE block's input before its pre-MoE norm).
+struct SpeculativeExecution {
+    Predictor predictor = Predictor::Oracle;
+    int lookahead = 1; // in MoE layers, >= 1, less than the number of MoE layers
+    // frequency: per target MoE layer (decoder index), its experts ranked by how many training tokens were
+    // routed to them (frequencyOrder, prefetch_derived.h). `previous` runs, at a sequence's first token (no
+    // previous token), the token's own routing.
+    std::map<int, std::vector<int32_t>> frequencyOrder;
+    // quasi-hidden: per source MoE layer (decoder index), DV_l as [E * H] (row e = expert e's default vector).
+    std::map<int, std::vector<float>> defaultVectors;
+    // linear, mlp: per source MoE layer (decoder index), its estimator for `lookahead` as the atlas stores it.
+    std::map<int, AtlasLearnedEstimator> estimators;
+    // "<predictor>" for lookahead 1, else "<predictor>:<lookahead>".
+    std::string name() const
+    {
+        return predictorName(predictor) + (lookahead == 1 ? std::string() : ":" + std::to_string(lookahead));
+    }
+};
+
 // A model variant for evaluation: the routed experts each MoE layer keeps. The router of a masked
 // layer gives the dropped experts -inf before its softmax, so it renormalises over the kept ones
 // exactly as the router of the pruned (exported) checkpoint does (the same function; computed with
@@ -146,6 +175,8 @@ struct ExpertMask {
     // How many experts each token is routed to (checkpoint/routing_rule.h); the model's own top-k by
     // default. A Threshold rule needs its thresholds (calibrateThresholds in metrics/routing_rule_stats.h).
     RoutingRule routing;
+    // Speculative execution (below); none by default. Needs the model's own routing rule.
+    std::optional<SpeculativeExecution> speculative;
 };
 
 struct VariantOutput {
@@ -155,6 +186,9 @@ struct VariantOutput {
     std::vector<float> logits; // [T, V] fp32 when asked for (tests, small runs), else empty
     // Experts each token was routed to in each MoE layer: [numMoeLayers, T], MoE layers in model order.
     std::vector<uint16_t> expertsUsed;
+    // Speculative variants with keepLogits: per speculated MoE layer (decoder index), the [T, k] experts each
+    // token ran (the prediction), slot order. Empty otherwise.
+    std::map<int, std::vector<int32_t>> speculatedIds;
 };
 
 struct EvaluationResult {

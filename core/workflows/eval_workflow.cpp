@@ -65,6 +65,16 @@ PreparedEval prepareEval(const EvalRequest& request)
         }
         variants = withRoutingRules(variants, rules, model.spec);
     }
+    if (!request.speculative.empty()) {
+        std::vector<SpeculativeExecution> speculative;
+        for (const std::string& text : request.speculative) {
+            speculative.push_back(parseSpeculative(text, model.spec, atlas ? &*atlas : nullptr));
+            for (std::size_t i = 0; i + 1 < speculative.size(); ++i)
+                if (speculative[i].name() == speculative.back().name())
+                    throw RequestError("speculative", "speculative '" + text + "' is given twice");
+        }
+        variants = withSpeculative(variants, speculative);
+    }
     return PreparedEval { store ? std::optional(request.atlas) : std::nullopt, request.csv, request.label,
         std::move(model), std::move(tokens), std::move(variants), request.executor };
 }

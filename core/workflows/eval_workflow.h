@@ -27,6 +27,10 @@ struct EvalRequest {
     // top-k ladder dynamic rules are compared with (withRoutingRules). Threshold rules are calibrated
     // on the atlas's recorded router logits.
     std::vector<std::string> routing;
+    // Speculative execution, "<predictor>[:<lookahead>]" (parseSpeculative in eval/eval.h): every variant routed
+    // by the model's own top-k is also evaluated with each, as "<variant>+spec:<predictor>[:<lookahead>]".
+    // quasi-hidden, linear, mlp and frequency come from the atlas.
+    std::vector<std::string> speculative;
     ExecutorOptions executor;
     std::filesystem::path csv; // empty: no CSV
     std::string label = "default"; // /evaluation/<label>
@@ -43,7 +47,7 @@ struct PreparedEval {
     ExecutorOptions executor;
 };
 
-// Throws RequestError (field: tokens, checkpoint, sweep, sweep.randomPlans, csv, plans, routing) or the
+// Throws RequestError (field: tokens, checkpoint, sweep, sweep.randomPlans, csv, plans, routing, speculative) or the
 // InputError of a file (atlas, checkpoint, plan, calibration) before any evaluation.
 PreparedEval prepareEval(const EvalRequest& request);
 

@@ -760,6 +760,15 @@ void TstCliErrors::badEvalRouting_data()
                                   << QStringList { u"'top-q:2'"_s, u"expected model, top-k:K"_s };
     QTest::newRow("threshold without an atlas") << QStringList { u"--routing"_s,
         u"threshold:1.5"_s } << QStringList { u"--routing: routing rule 'threshold:1.5'"_s, u"give an atlas"_s };
+    // Speculative execution (--speculative), refused the same way.
+    QTest::newRow("unknown predictor") << QStringList { u"--speculative"_s, u"psychic"_s }
+                                       << QStringList { u"--speculative: speculative 'psychic'"_s,
+                                              u"unknown predictor 'psychic'"_s, u"next-router"_s };
+    QTest::newRow("lookahead beyond") << QStringList { u"--speculative"_s, u"next-router:9"_s }
+                                      << QStringList { u"--speculative: speculative 'next-router:9'"_s,
+                                             u"beyond the last MoE layer"_s };
+    QTest::newRow("frequency without an atlas") << QStringList { u"--speculative"_s, u"frequency"_s }
+                                                << QStringList { u"--speculative: "_s, u"give --atlas"_s };
 }
 
 // `moeatlas eval --routing` with a bad rule fails before any evaluation and writes no CSV.

@@ -352,11 +352,12 @@ private Q_SLOTS:
         QCOMPARE(lines[0],
             std::string("variant,method,criterion,target_domain,sparsity,kept_experts,domain,tokens,nll,perplexity,"
                         "delta_nll,routing,mean_experts,active_params,flops_per_token,equal_cost_topk_nll,"
-                        "delta_vs_equal_cost,experts_histogram"));
+                        "delta_vs_equal_cost,experts_histogram,speculative,delta_vs_base"));
         QVERIFY(lines[1].rfind("full,full,,,0,16,code,17,", 0) == 0);
         // delta_nll 0, the model's routing with two experts for every token and layer, no equal-cost cells.
         QVERIFY2(lines[1].find(",0,model,2,") != std::string::npos, lines[1].c_str());
-        QVERIFY2(lines[1].size() > 6 && lines[1].substr(lines[1].size() - 6) == ",,,2:1", lines[1].c_str());
+        // ... and no speculative execution, no base.
+        QVERIFY2(lines[1].size() > 8 && lines[1].substr(lines[1].size() - 8) == ",,,2:1,,", lines[1].c_str());
         QVERIFY(lines[3].rfind("r,random,,,0.5,8,code,17,", 0) == 0);
 
         const AtlasResults r = evalTableResults(table);
