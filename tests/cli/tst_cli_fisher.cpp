@@ -368,7 +368,7 @@ class TstCliFisher : public QObject {
                 QCOMPARE(row[2], static_cast<double>(u % kI));
                 gone.insert({ static_cast<int>(row[0]), static_cast<int>(row[1]), static_cast<int>(row[2]) });
             }
-            ExpertMask mask { names[v], {}, {}, {} };
+            ExpertMask mask { names[v], {}, {}, {}, {} };
             if (v > 0)
                 for (int l = 0; l < kL; ++l) {
                     auto& experts = mask.units[l];

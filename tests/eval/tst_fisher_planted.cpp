@@ -129,7 +129,7 @@ class TstFisherPlanted : public QObject {
     // The variant without `removed` (every other unit of every expert kept).
     ExpertMask without(const std::string& name, const std::set<Unit>& removed) const
     {
-        ExpertMask mask { name, {}, {}, {} };
+        ExpertMask mask { name, {}, {}, {}, {} };
         for (const FisherLayer& l : m_fisher.layers) {
             auto& perExpert = mask.units[l.layer];
             perExpert.resize(static_cast<std::size_t>(m_experts));
@@ -218,7 +218,7 @@ private Q_SLOTS:
             worst, scale);
         QVERIFY(worst <= test::kReorderRtol * scale);
 
-        std::vector<ExpertMask> variants { ExpertMask { "full", {}, {}, {} } };
+        std::vector<ExpertMask> variants { ExpertMask { "full", {}, {}, {}, {} } };
         for (std::size_t d = 0; d < m_domains.size(); ++d)
             variants.push_back(without("no planted " + m_domains[d], m_planted[d]));
         const auto out = evaluateHeldout(variants);
@@ -263,7 +263,7 @@ private Q_SLOTS:
     void ablation()
     {
         const std::size_t D = m_domains.size();
-        std::vector<ExpertMask> variants { ExpertMask { "full", {}, {}, {} } };
+        std::vector<ExpertMask> variants { ExpertMask { "full", {}, {}, {}, {} } };
         for (std::size_t d = 0; d < D; ++d)
             for (const Criterion c : { Fisher, Activation, Magnitude }) {
                 const auto& r = m_ranking[d][c];

@@ -78,7 +78,7 @@ FisherResult smallResult()
 ExpertMask maskWithout(
     const std::string& name, const std::vector<int>& layers, int experts, int units, const std::set<Unit>& removed)
 {
-    ExpertMask mask { name, {}, {}, {} };
+    ExpertMask mask { name, {}, {}, {}, {} };
     for (const int layer : layers) {
         auto& perExpert = mask.units[layer];
         perExpert.assign(static_cast<std::size_t>(experts), {});
@@ -390,7 +390,7 @@ private Q_SLOTS:
             for (const int64_t u : removed[v])
                 gone.insert(
                     { static_cast<int>(u / (16 * 128)), static_cast<int>(u / 128 % 16), static_cast<int>(u % 128) });
-            masks.push_back(v == 0 ? ExpertMask { "full", {}, {}, {} } : maskWithout(names[v], layers, 16, 128, gone));
+            masks.push_back(v == 0 ? ExpertMask { "full", {}, {}, {}, {} } : maskWithout(names[v], layers, 16, 128, gone));
         }
 
         const Checkpoint ckpt(m_modelDir);

@@ -70,7 +70,7 @@ VariantOutput inference(const Checkpoint& ckpt, const ModelSpec& spec, const std
     ExecutorOptions o;
     o.threads = 2;
     Executor executor(ckpt, spec, o);
-    const std::vector<ExpertMask> full { ExpertMask { "full", {}, {}, {} } };
+    const std::vector<ExpertMask> full { ExpertMask { "full", {}, {}, {}, {} } };
     return executor.evaluate(tokens, offsets, full, true).variants.at(0);
 }
 

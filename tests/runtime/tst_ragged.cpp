@@ -119,7 +119,7 @@ ExpertMask dimensionPlan(const ModelSpec& spec, Widths widths, bool dropHalf, ui
 
 std::vector<ExpertMask> planSet(const ModelSpec& spec)
 {
-    return { ExpertMask { "full", {}, {}, {} }, dimensionPlan(spec, Widths::Uniform, false, 1, "uniform"),
+    return { ExpertMask { "full", {}, {}, {}, {} }, dimensionPlan(spec, Widths::Uniform, false, 1, "uniform"),
         dimensionPlan(spec, Widths::Ragged, false, 2, "ragged"),
         dimensionPlan(spec, Widths::ZeroWidth, false, 3, "zero-width"),
         dimensionPlan(spec, Widths::Ragged, true, 4, "ragged, dropped experts"),
@@ -323,8 +323,8 @@ private Q_SLOTS:
         QCOMPARE(prunedSpec.router.numExperts, spec.router.numExperts / 2);
 
         const Tokens t = sampleTokens(spec.vocabSize);
-        const auto stock = evaluate(pruned, prunedSpec, t, { ExpertMask { "stock", {}, {}, {} } }, false, 1);
-        const auto ragged = evaluate(source, spec, t, { ExpertMask { "full", {}, {}, {} }, variant }, false, 1);
+        const auto stock = evaluate(pruned, prunedSpec, t, { ExpertMask { "stock", {}, {}, {}, {} } }, false, 1);
+        const auto ragged = evaluate(source, spec, t, { ExpertMask { "full", {}, {}, {}, {} }, variant }, false, 1);
         // Sliced at run time vs sliced on disk: the same shapes, the same operations, but the stock model
         // runs its experts as ordinary full-width experts (another code path): reordering tolerance.
         const double scale = maxAbs(stock[0].logits);
@@ -376,8 +376,8 @@ private Q_SLOTS:
         }
 
         const Tokens t = sampleTokens(spec.vocabSize);
-        const auto masked = evaluate(source, spec, t, { ExpertMask { "full", {}, {}, {} }, variant }, true, threads);
-        const auto direct = evaluate(exported, exportedSpec, t, { ExpertMask { "export", {}, {}, {} } }, false, threads);
+        const auto masked = evaluate(source, spec, t, { ExpertMask { "full", {}, {}, {}, {} }, variant }, true, threads);
+        const auto direct = evaluate(exported, exportedSpec, t, { ExpertMask { "export", {}, {}, {}, {} } }, false, threads);
         ExecutorOptions o;
         o.computeLogits = true;
         o.threads = threads;
