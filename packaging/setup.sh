@@ -121,10 +121,10 @@ domains() { # $1 = calibration | heldout
 }
 log "moeatlas inspect (the demo MoE: 4 layers x 16 experts, top-2, trained on arith/code/json/prose)"
 "$cli" inspect "$demo/model"
-log "moeatlas capture: routing of every calibration token into $out/demo.atlas.h5"
+log "moeatlas capture: routing of every calibration token into $out/demo.atlas.h5, and each MoE layer's predictions of the next layers' experts"
 # shellcheck disable=SC2046
 "$cli" capture "$demo/model" $(domains calibration) --seq-len 128 --add-bos --seed 1 --force \
-  -o "$out/demo.atlas.h5"
+  --prefetch next-router,quasi-hidden,linear,mlp -o "$out/demo.atlas.h5"
 log "moeatlas score: PEU, frequency, ... and routing statistics"
 "$cli" score "$out/demo.atlas.h5" --top 2
 log "moeatlas eval: held-out loss of PEU/frequency specialists, generalist and random plans per budget"
@@ -135,12 +135,16 @@ log "moeatlas eval --routing: dynamic k (ProbMoE, top-p, a calibrated threshold)
 # shellcheck disable=SC2046
 "$cli" eval --atlas "$out/demo.atlas.h5" --routing probmoe:1:4 --routing top-p:0.7 --routing top-p:0.9:1:4 \
   --routing threshold:1.5 $(domains heldout) --seq-len 128 --add-bos --label routing --csv "$out/routing.csv"
+log "moeatlas prefetch: how well each predictor names the next MoE layers' experts (hit rates per layer, lookahead, domain)"
+"$cli" prefetch "$out/demo.atlas.h5" --csv "$out/prefetch.csv"
+log "moeatlas simulate: time per output token with experts offloaded (A6000 + PCIe 4, 8 of 16 experts per layer cached), on demand vs prefetched vs speculated"
+for policy in on-demand prefetch speculative; do
+  "$cli" simulate "$out/demo.atlas.h5" --preset a6000-pcie4 --cache-slots 8 --policy "$policy" \
+    --predictor quasi-hidden --csv "$out/simulate-$policy.csv"
+done
 log "moeatlas eval --speculative: the loss of running the experts predicted one or two MoE layers earlier"
 # shellcheck disable=SC2046
-"$cli" capture "$demo/model" $(domains calibration) --seq-len 128 --add-bos --seed 1 --force \
-  --prefetch next-router,quasi-hidden,linear,mlp -o "$out/prefetch.atlas.h5"
-# shellcheck disable=SC2046
-"$cli" eval --atlas "$out/prefetch.atlas.h5" --speculative next-router --speculative quasi-hidden \
+"$cli" eval --atlas "$out/demo.atlas.h5" --speculative next-router --speculative quasi-hidden \
   --speculative linear --speculative mlp --speculative previous --speculative frequency --speculative oracle \
   --speculative next-router:2 --speculative quasi-hidden:2 $(domains heldout) --seq-len 128 --add-bos \
   --label speculative --csv "$out/speculative.csv"
@@ -158,7 +162,7 @@ log "moeatlas plan + export with dimension pruning: the code specialist's expert
 # shellcheck disable=SC2046
 "$cli" eval --atlas "$out/demo.atlas.h5" --plan "$out/code-50.plan.json" --plan "$out/code-50-dims-50.plan.json" \
   $(domains heldout) --seq-len 128 --add-bos --label dims
-log "done: atlas $out/demo.atlas.h5, trade-off table $out/tradeoff.csv, routing rules $out/routing.csv, plans $out/*.plan.json, pruned checkpoints $out/code-50 and $out/code-50-dims-50"
+log "done: atlas $out/demo.atlas.h5, trade-off table $out/tradeoff.csv, routing rules $out/routing.csv, prefetch hit rates $out/prefetch.csv, speculative execution $out/speculative.csv, plans $out/*.plan.json, pruned checkpoints $out/code-50 and $out/code-50-dims-50"
 if [[ -x "$gui" && ( -n "${DISPLAY:-}" || -n "${WAYLAND_DISPLAY:-}" ) ]]; then
   log "opening the workbench: moeatlas-gui $out/demo.atlas.h5"
   exec "$gui" "$out/demo.atlas.h5"
