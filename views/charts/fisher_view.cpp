@@ -2,6 +2,7 @@
 
 #include "atlas_document.h"
 #include "charts/chart_image.h"
+#include "charts/chart_parts.h"
 #include "fisher/fisher_ablation.h"
 #include "fisher/fisher_store.h"
 #include "fisher_ablation_model.h"
@@ -31,11 +32,6 @@
 namespace moeatlas::views {
 
 namespace {
-
-QString qs(const std::string& s)
-{
-    return QString::fromStdString(s);
-}
 
 // One colour per row or ranking (Tableau 10 without grey); "pooled" dark purple, "random" grey
 // (black is the full model's dashed reference, as on the trade-off chart).

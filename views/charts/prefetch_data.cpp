@@ -1,5 +1,6 @@
 #include "charts/prefetch_data.h"
 
+#include "charts/chart_parts.h"
 #include "eval/eval.h"
 
 #include <algorithm>
@@ -8,11 +9,6 @@
 namespace moeatlas::views {
 
 namespace {
-
-QString qs(const std::string& s)
-{
-    return QString::fromStdString(s);
-}
 
 constexpr const char* kSpecMarker = "+spec:";
 

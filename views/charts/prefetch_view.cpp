@@ -1,6 +1,7 @@
 #include "charts/prefetch_view.h"
 
 #include "atlas_document.h"
+#include "charts/chart_parts.h"
 #include "charts/prefetch_heatmap.h"
 #include "charts/prefetch_whatif.h"
 #include "jobs/core_jobs.h"
@@ -26,11 +27,6 @@
 namespace moeatlas::views {
 
 namespace {
-
-QString qs(const std::string& s)
-{
-    return QString::fromStdString(s);
-}
 
 QTableWidgetItem* item(const QString& text)
 {

@@ -1,6 +1,7 @@
 #include "charts/prefetch_whatif.h"
 
 #include "atlas_document.h"
+#include "charts/chart_parts.h"
 #include "sim/hardware.h"
 
 #include <QBarCategoryAxis>
@@ -28,30 +29,6 @@ namespace {
 
 constexpr double kBandwidthStep = 0.5e9; // the bandwidth slider's unit: 0.5 GB/s
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
-
-QString qs(const std::string& s)
-{
-    return QString::fromStdString(s);
-}
-
-QChartView* chartView(QChart* chart, QWidget* parent)
-{
-    auto* view = new QChartView(chart, parent);
-    view->setRenderHint(QPainter::Antialiasing);
-    view->setMinimumSize(220, 200);
-    chart->legend()->setAlignment(Qt::AlignBottom);
-    return view;
-}
-
-void reset(QChart* chart, const QString& title)
-{
-    chart->removeAllSeries();
-    for (QAbstractAxis* axis : chart->axes()) {
-        chart->removeAxis(axis);
-        delete axis;
-    }
-    chart->setTitle(title);
-}
 
 void attach(QChart* chart, QAbstractSeries* series, const QStringList& categories, const QString& yTitle, double top)
 {
@@ -156,8 +133,8 @@ PrefetchWhatIf::PrefetchWhatIf(QWidget* parent)
     form->addRow(tr("Sequences"), m_sequences);
 
     auto* charts = new QHBoxLayout;
-    charts->addWidget(chartView(m_tpotChart, this), 2);
-    charts->addWidget(chartView(m_stallChart, this), 3);
+    charts->addWidget(makeChartView(m_tpotChart, this, 220), 2);
+    charts->addWidget(makeChartView(m_stallChart, this, 220), 3);
     for (QChart* chart : { m_tpotChart, m_stallChart })
         chart->setMargins(QMargins(2, 2, 2, 2));
     auto* layout = new QVBoxLayout(this);
@@ -208,8 +185,8 @@ void PrefetchWhatIf::setSnapshot(const std::shared_ptr<const AtlasSnapshot>& sna
     m_runner->setAtlas(snapshot && snapshot->complete ? snapshot->path : QString());
     m_dirty = false;
     setEnabled(snapshot && snapshot->complete);
-    reset(m_tpotChart, tr("Time per output token"));
-    reset(m_stallChart, tr("Stall per MoE layer"));
+    resetChart(m_tpotChart, tr("Time per output token"));
+    resetChart(m_stallChart, tr("Stall per MoE layer"));
     m_tpot->clear();
     if (!isEnabled()) {
         m_scope->setText(snapshot ? tr("A partial atlas: finish the capture to simulate it.") : QString());
@@ -366,7 +343,7 @@ void PrefetchWhatIf::show(const WhatIfOutcome& o)
                         .arg(speedup, 0, 'f', 2)
                         .arg(speedup >= 1 ? tr("faster") : tr("(slower)")));
 
-    reset(m_tpotChart, tr("Time per output token (%1)").arg(unit));
+    resetChart(m_tpotChart, tr("Time per output token (%1)").arg(unit));
     auto* stacked = new QStackedBarSeries;
     auto* compute = new QBarSet(tr("compute"));
     auto* stall = new QBarSet(tr("stall"));
@@ -389,7 +366,7 @@ void PrefetchWhatIf::show(const WhatIfOutcome& o)
     const std::vector<double> mine = perStep(r);
     const std::vector<double> base = perStep(b);
     const auto [lscale, lunit] = timeUnit(top);
-    reset(m_stallChart, tr("Stall per MoE layer and decode step (%1)").arg(lunit));
+    resetChart(m_stallChart, tr("Stall per MoE layer and decode step (%1)").arg(lunit));
     auto* bars = new QBarSeries;
     for (const auto& [name, values] : { std::pair { policy, &mine }, std::pair { tr("on-demand"), &base } }) {
         if (name == tr("on-demand") && o.settings.policy == SimPolicy::OnDemand)

@@ -1,6 +1,7 @@
 #include "charts/routing_view.h"
 
 #include "atlas_document.h"
+#include "charts/chart_parts.h"
 #include "eval/eval.h"
 #include "metrics/probmoe_reader.h"
 
@@ -24,31 +25,6 @@
 namespace moeatlas::views {
 
 namespace {
-
-QString qs(const std::string& s)
-{
-    return QString::fromStdString(s);
-}
-
-QChartView* chartView(QChart* chart, QWidget* parent)
-{
-    auto* view = new QChartView(chart, parent);
-    view->setRenderHint(QPainter::Antialiasing);
-    view->setMinimumSize(260, 200);
-    chart->legend()->setAlignment(Qt::AlignBottom);
-    return view;
-}
-
-// Series are replaced on every rebuild; axes are removed with them (the charts are rebuilt whole).
-void reset(QChart* chart, const QString& title)
-{
-    chart->removeAllSeries();
-    for (QAbstractAxis* axis : chart->axes()) {
-        chart->removeAxis(axis);
-        delete axis;
-    }
-    chart->setTitle(title);
-}
 
 double maxOf(const std::vector<double>& v)
 {
@@ -126,23 +102,23 @@ RoutingView::RoutingView(QWidget* parent)
     bar->addWidget(new QLabel(tr("MoE layer"), this));
     bar->addWidget(m_layerBox);
     bar->addStretch(1);
-    m_marginalView = chartView(m_marginalChart, this);
+    m_marginalView = makeChartView(m_marginalChart, this, 260);
     m_marginalView->setToolTip(
         tr("Exact-k marginals P(expert j chosen | exactly k chosen) under independent Bernoullis "
            "p_j = sigmoid(router logit), divided by k so that they sum to 1 like the softmax. Softmax routers are "
            "invariant to a shift of all logits, so sigmoid-based exact-k quantities are a post-hoc lens on models "
            "not trained with ProbMoE."));
-    auto* kstarView = chartView(m_kstarChart, this);
+    auto* kstarView = makeChartView(m_kstarChart, this, 260);
     kstarView->setToolTip(tr("Mean k* = clamp(#positive router logits, band) per MoE layer (ProbMoE's dynamic-k "
                              "rule). Softmax routers are invariant to a shift of all logits, so sigmoid-based exact-k "
                              "quantities are a post-hoc lens on models not trained with ProbMoE."));
-    auto* cardView = chartView(m_cardChart, this);
+    auto* cardView = makeChartView(m_cardChart, this, 260);
     cardView->setToolTip(kstarView->toolTip());
     auto* grid = new QGridLayout;
     grid->addWidget(kstarView, 0, 0);
     grid->addWidget(cardView, 0, 1);
     grid->addWidget(m_marginalView, 1, 0);
-    grid->addWidget(chartView(m_tradeoffChart, this), 1, 1);
+    grid->addWidget(makeChartView(m_tradeoffChart, this, 260), 1, 1);
     auto* layout = new QVBoxLayout(this);
     layout->setContentsMargins(0, 0, 0, 0);
     layout->addLayout(bar);
@@ -230,16 +206,16 @@ void RoutingView::rebuild()
     m_note->setText(notes.join(QLatin1Char('\n')));
     m_note->setVisible(!notes.isEmpty());
     if (!hasTables()) {
-        reset(m_kstarChart, QString());
-        reset(m_cardChart, QString());
-        reset(m_marginalChart, QString());
+        resetChart(m_kstarChart, QString());
+        resetChart(m_cardChart, QString());
+        resetChart(m_marginalChart, QString());
         return;
     }
     const ProbMoeTables& t = *m_snapshot->probmoe;
     const QString domain = m_row == t.pooledRow() ? tr("pooled") : qs(t.domains[static_cast<std::size_t>(m_row)]);
     const int layer = t.layers[static_cast<std::size_t>(m_layer)];
 
-    reset(m_kstarChart, tr("Mean k* per layer, %1 (band %2–%3)").arg(domain).arg(t.bandMin).arg(t.bandMax));
+    resetChart(m_kstarChart, tr("Mean k* per layer, %1 (band %2–%3)").arg(domain).arg(t.bandMin).arg(t.bandMax));
     auto* line = new QLineSeries;
     line->setName(tr("mean k*"));
     line->setPointsVisible(true);
@@ -266,7 +242,7 @@ void RoutingView::rebuild()
     QStringList cs;
     for (int b = 0; b < t.bins(); ++b)
         cs << QString::number(t.bandMin + b);
-    reset(m_cardChart, tr("Cardinality over the band, layer %1, %2").arg(layer).arg(domain));
+    resetChart(m_cardChart, tr("Cardinality over the band, layer %1, %2").arg(layer).arg(domain));
     bars(m_cardChart, cs, { { tr("P(|S| = c)"), t.cardinalityOf(m_row, m_layer) } }, tr("c (experts)"),
         tr("probability"));
 
@@ -287,7 +263,8 @@ void RoutingView::rebuild()
     QStringList experts;
     for (int e = 0; e < t.numExperts; ++e)
         experts << QString::number(e);
-    reset(m_marginalChart, tr("Exact-k marginals (k = %1) vs softmax, layer %2, %3").arg(t.k).arg(layer).arg(domain));
+    resetChart(
+        m_marginalChart, tr("Exact-k marginals (k = %1) vs softmax, layer %2, %3").arg(t.k).arg(layer).arg(domain));
     bars(m_marginalChart, experts, sets, tr("expert"), tr("share of a token's experts"));
 }
 
@@ -295,7 +272,7 @@ void RoutingView::rebuildTradeoff()
 {
     m_points.clear();
     m_tradeoffNote.clear();
-    reset(m_tradeoffChart, tr("Loss vs mean experts per token"));
+    resetChart(m_tradeoffChart, tr("Loss vs mean experts per token"));
     if (!m_snapshot)
         return;
     for (const auto& [label, group] : m_snapshot->evaluations) {

@@ -1,6 +1,7 @@
 #include "charts/tradeoff_chart.h"
 
 #include "charts/chart_image.h"
+#include "charts/chart_parts.h"
 
 #include <QAreaSeries>
 #include <QChart>
@@ -21,11 +22,6 @@
 namespace moeatlas::views {
 
 namespace {
-
-QString qs(const std::string& s)
-{
-    return QString::fromStdString(s);
-}
 
 // Curve colours (Tableau 10 without its grey): the default theme repeats after five series, and a
 // specialist and the plan markers would share one. Random is grey, the full model and plans black.
