@@ -41,6 +41,7 @@ struct SimulateArgs {
     std::vector<double> sweepBandwidth;
     std::string csv;
     std::string layersCsv;
+    bool store = false;
 };
 
 const FieldFlags kSimulateFlags { { "atlas", "ATLAS" }, { "hardware", "--preset" },
@@ -51,7 +52,8 @@ const FieldFlags kSimulateFlags { { "atlas", "ATLAS" }, { "hardware", "--preset"
     { "policy", "--policy" }, { "eviction", "--eviction" }, { "predictor", "--predictor" },
     { "predictions", "--predictor" }, { "lookahead", "--lookahead" }, { "budget", "--budget" },
     { "sweepCache", "--sweep-cache" }, { "sweepBandwidth", "--sweep-bandwidth" },
-    { "sweep", "--sweep-cache/--sweep-bandwidth" }, { "csv", "--csv" }, { "layersCsv", "--layers-csv" } };
+    { "sweep", "--sweep-cache/--sweep-bandwidth" }, { "csv", "--csv" }, { "layersCsv", "--layers-csv" },
+    { "store", "--store" } };
 
 CacheSpec cacheOf(const SimulateArgs& a, double value)
 {
@@ -101,6 +103,7 @@ int runSimulate(const SimulateArgs& a)
     request.sweepBandwidth = a.sweepBandwidth;
     request.csv = a.csv;
     request.layersCsv = a.layersCsv;
+    request.store = a.store;
     const PreparedSimulation job = prepareSimulation(request);
 
     StopToken& stop = installStopHandler();
@@ -126,6 +129,8 @@ int runSimulate(const SimulateArgs& a)
         std::printf("%s\n", job.csv.c_str());
     if (!job.layersCsv.empty())
         std::printf("%s\n", job.layersCsv.c_str());
+    if (job.store)
+        std::printf("%s:/simulation/%s\n", job.atlas.c_str(), job.runName().c_str());
     return 0;
 }
 
@@ -161,6 +166,7 @@ Command addSimulateCommand(CLI::App& app)
     sub->add_option("--sweep-bandwidth", a->sweepBandwidth, "Link bandwidths to sweep, bytes/s")->delimiter(',');
     sub->add_option("--csv", a->csv, "Write one row per run (sweep point) as CSV");
     sub->add_option("--layers-csv", a->layersCsv, "Write one row per MoE layer of the run as CSV");
+    sub->add_flag("--store", a->store, "Store the run table (every sweep point) in the atlas as /simulation/<run>");
     return [a] { return namingFlags(kSimulateFlags, [&] { return runSimulate(*a); }); };
 }
 

@@ -140,7 +140,7 @@ log "moeatlas prefetch: how well each predictor names the next MoE layers' exper
 log "moeatlas simulate: time per output token with experts offloaded (A6000 + PCIe 4, 8 of 16 experts per layer cached), on demand vs prefetched vs speculated"
 for policy in on-demand prefetch speculative; do
   "$cli" simulate "$out/demo.atlas.h5" --preset a6000-pcie4 --cache-slots 8 --policy "$policy" \
-    --predictor quasi-hidden --csv "$out/simulate-$policy.csv"
+    --predictor quasi-hidden --store --csv "$out/simulate-$policy.csv"
 done
 log "moeatlas eval --speculative: the loss of running the experts predicted one or two MoE layers earlier"
 # shellcheck disable=SC2046

@@ -149,7 +149,57 @@ PreparedSimulation prepareSimulation(const SimulateRequest& request)
         throw RequestError("layersCsv", "the per-layer table is of a single run: no sweep");
     job.csv = request.csv;
     job.layersCsv = request.layersCsv;
+    if (request.store && request.atlas.empty())
+        throw RequestError("store", "there is no atlas to store the run table in");
+    job.store = request.store;
     return job;
+}
+
+std::string PreparedSimulation::runName() const
+{
+    const SimRunLabel l = label();
+    std::string name = l.policy + "-" + l.eviction;
+    if (!l.predictor.empty())
+        name += "-" + l.predictor + "-d" + std::to_string(l.lookahead) + "-b" + std::to_string(l.budget);
+    return name + "-batch" + std::to_string(l.batch);
+}
+
+AtlasResults simulationResults(const PreparedSimulation& job, const std::vector<SimSweepPoint>& points)
+{
+    const SimRunLabel l = job.label();
+    AtlasResults r;
+    r.paramsJson = nlohmann::json {
+        { "policy", l.policy }, { "eviction", l.eviction }, { "predictor", l.predictor }, { "lookahead", l.lookahead },
+        { "budget", l.budget }, { "batch", l.batch }, { "hardware", job.hardware.name },
+        { "warmup_steps", job.config.warmupSteps }
+    }.dump();
+    const double nan = std::nan("");
+    const auto column = [&](const std::string& name, const auto& value) {
+        AtlasArray a { name, { points.size() }, {} };
+        for (const SimSweepPoint& p : points)
+            a.values.push_back(value(p));
+        r.arrays.push_back(std::move(a));
+    };
+    const auto slots = [](const SimSweepPoint& p) { return p.cache.kind == CacheSpec::Kind::PerLayerSlots; };
+    column("cache_slots", [&](const SimSweepPoint& p) { return slots(p) ? p.cache.slots : nan; });
+    column("cache_bytes", [&](const SimSweepPoint& p) { return slots(p) ? nan : p.cache.bytes; });
+    column("link_bandwidth", [](const SimSweepPoint& p) { return p.linkBandwidth; });
+    column("tpot_mean", [](const SimSweepPoint& p) { return p.result.tpotMean; });
+    column("tpot_p50", [](const SimSweepPoint& p) { return p.result.tpotP50; });
+    column("tpot_p90", [](const SimSweepPoint& p) { return p.result.tpotP90; });
+    column("tpot_p99", [](const SimSweepPoint& p) { return p.result.tpotP99; });
+    column("tpot_max", [](const SimSweepPoint& p) { return p.result.tpotMax; });
+    column("compute_per_token", [](const SimSweepPoint& p) { return p.result.computePerToken; });
+    column("stall_per_token", [](const SimSweepPoint& p) { return p.result.stallPerToken; });
+    column("bytes_per_token", [](const SimSweepPoint& p) { return p.result.bytesPerToken; });
+    column("tokens_per_second", [](const SimSweepPoint& p) { return p.result.tokensPerSecond; });
+    column("hits", [](const SimSweepPoint& p) { return static_cast<double>(p.result.total.hits); });
+    column("misses", [](const SimSweepPoint& p) { return static_cast<double>(p.result.total.misses); });
+    column("prefetch_hits", [](const SimSweepPoint& p) { return static_cast<double>(p.result.total.prefetchHits); });
+    column("wasted_prefetches",
+        [](const SimSweepPoint& p) { return static_cast<double>(p.result.total.wastedPrefetches); });
+    column("replaced", [](const SimSweepPoint& p) { return static_cast<double>(p.result.total.replaced); });
+    return r;
 }
 
 SimulationReport runSimulation(const PreparedSimulation& job, const RoutingTrace& trace,
@@ -190,15 +240,27 @@ SimulationReport simulateAtlas(const PreparedSimulation& job, const ProgressFn& 
 {
     if (job.atlas.empty())
         throw RequestError("atlas", "no atlas to read the routing from");
-    const AtlasFile atlas = AtlasFile::openReadOnly(job.atlas);
-    const RoutingTrace trace = readRoutingTrace(atlas);
+    RoutingTrace trace;
     std::vector<PredictionSet> sets;
-    for (const int source : job.predictionSources()) {
-        if (stop && stop->stopRequested())
-            throw Cancelled();
-        sets.push_back(predictions(atlas, trace, job.predictor, source, job.lookahead, job.budget));
+    {
+        const AtlasFile atlas = AtlasFile::openReadOnly(job.atlas);
+        if (job.store && !atlas.isComplete())
+            throw RequestError(
+                "store", job.atlas.string() + " is a partial atlas: results are stored in complete ones");
+        trace = readRoutingTrace(atlas);
+        for (const int source : job.predictionSources()) {
+            if (stop && stop->stopRequested())
+                throw Cancelled();
+            sets.push_back(predictions(atlas, trace, job.predictor, source, job.lookahead, job.budget));
+        }
     }
-    return runSimulation(job, trace, sets, progress, stop);
+    SimulationReport report = runSimulation(job, trace, sets, progress, stop);
+    if (job.store) {
+        AtlasFile update = AtlasFile::openForUpdate(job.atlas);
+        update.writeResults("simulation/" + job.runName(), simulationResults(job, report.points));
+        update.commitUpdate();
+    }
+    return report;
 }
 
 } // namespace moeatlas

@@ -4,6 +4,7 @@
 // takes the trace and predictions as values, so the atlas reader (prefetch_atlas.h) and tests feed it alike.
 #pragma once
 
+#include "atlas/atlas_file.h"
 #include "prefetch/prefetch_data.h"
 #include "sim/hardware.h"
 #include "sim/sim_sweep.h"
@@ -42,6 +43,9 @@ struct SimulateRequest {
     std::vector<double> sweepBandwidth; // empty: the hardware's (or overridden) link only
     std::filesystem::path csv; // one row per run (sweep point); empty: none
     std::filesystem::path layersCsv; // one row per MoE layer (a single run only); empty: none
+    // simulateAtlas: store the run table (every sweep point) into the atlas as /simulation/<runName()>
+    // (docs/atlas-format.md), replacing a table of the same run name and keeping the others.
+    bool store = false;
 };
 
 struct PreparedSimulation {
@@ -57,16 +61,25 @@ struct PreparedSimulation {
     std::vector<double> sweepBandwidth;
     std::filesystem::path csv;
     std::filesystem::path layersCsv;
+    bool store = false;
 
     bool needsPredictions() const { return config.policy != SimPolicy::OnDemand; }
     // The source MoE layers whose PredictionSet runSimulation needs: 0 .. L-1-lookahead (none on demand).
     std::vector<int> predictionSources() const;
     SimRunLabel label() const;
+    // The run's name in /simulation: "<policy>-<eviction>[-<predictor>-d<lookahead>-b<budget>]-batch<B>".
+    std::string runName() const;
 };
+
+// The run table as stored under /simulation/<run name>: one value per sweep point in float64 arrays
+// (cache_slots or cache_bytes, NaN for the other kind; link_bandwidth; tpot_mean/p50/p90/p99/max, compute,
+// stall and bytes per token, tokens_per_second; hits, misses, prefetch_hits, wasted_prefetches, replaced), and
+// the label and hardware in the parameters.
+AtlasResults simulationResults(const PreparedSimulation& job, const std::vector<SimSweepPoint>& points);
 
 // Throws RequestError (fields: atlas, hardware, hardware.linkBandwidth, hardware.linkLatency, config, dtype,
 // measuredTimes, cache, batch, warmupSteps, predictor, lookahead, budget, sweepCache, sweepBandwidth, csv,
-// layersCsv) or the InputError of a file (hardware JSON, config.json, measured times) before any simulation.
+// layersCsv, store) or the InputError of a file (hardware JSON, config.json, measured times) before any simulation.
 PreparedSimulation prepareSimulation(const SimulateRequest& request);
 
 struct SimulationReport {
@@ -83,7 +96,7 @@ SimulationReport runSimulation(const PreparedSimulation& job, const RoutingTrace
 // The whole job from job.atlas: its routing trace and, for prefetch and speculative, job.predictor's
 // predictions for every source layer (prefetch/prefetch_atlas.h: recorded ones from /prefetch, derived ones
 // computed), all read before the first simulated step (RequestError "predictor", "lookahead", "budget" from
-// the atlas side), then runSimulation.
+// the atlas side), then runSimulation, then (job.store) the run table into the atlas.
 SimulationReport simulateAtlas(
     const PreparedSimulation& job, const ProgressFn& progress = {}, const StopToken* stop = nullptr);
 

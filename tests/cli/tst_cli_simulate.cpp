@@ -3,9 +3,13 @@
 // (decision 34), and bad input that names its flag, exits non-zero and writes nothing.
 #include "test_support.h"
 
+#include "atlas/atlas_file.h"
+
 #include <QFile>
 #include <QTemporaryDir>
 #include <QTest>
+
+#include <cmath>
 
 using namespace moeatlas;
 
@@ -88,6 +92,50 @@ private Q_SLOTS:
         QCOMPARE(cell(o, 1, QStringLiteral("wasted_prefetches")), QStringLiteral("0"));
         QVERIFY(cell(o, 1, QStringLiteral("tpot_mean_s")).toDouble()
             <= cell(d, 1, QStringLiteral("tpot_mean_s")).toDouble());
+    }
+
+    // --store: the run table lands in a copy of the atlas as /simulation/<run>, equal to the CSV's rows; a
+    // second run of another policy adds its own table and keeps the first.
+    void storedTableEqualsCsv()
+    {
+        const QString atlas = m_dir.filePath(QStringLiteral("stored.atlas.h5")),
+                      csv = m_dir.filePath(QStringLiteral("stored.csv"));
+        QVERIFY(QFile::copy(m_atlas, atlas));
+        QStringList args = base(csv);
+        args[1] = atlas;
+        QCOMPARE(test::runCli(args << QStringLiteral("--sweep-cache") << QStringLiteral("2,8")
+                                   << QStringLiteral("--sweep-bandwidth") << QStringLiteral("1e9,3e10")
+                                   << QStringLiteral("--store"))
+                     .exitCode,
+            0);
+        QStringList prefetch = base(m_dir.filePath(QStringLiteral("stored-prefetch.csv")));
+        prefetch[1] = atlas;
+        QCOMPARE(test::runCli(prefetch << QStringLiteral("--policy") << QStringLiteral("prefetch")
+                                       << QStringLiteral("--predictor") << QStringLiteral("frequency")
+                                       << QStringLiteral("--store"))
+                     .exitCode,
+            0);
+        const AtlasFile file = AtlasFile::openReadOnly(atlas.toStdString());
+        QCOMPARE(file.resultGroups("simulation"),
+            (std::vector<std::string> { "on-demand-lru-batch1", "prefetch-lru-frequency-d1-b2-batch1" }));
+        const std::optional<AtlasResults> table = file.readResults("simulation/on-demand-lru-batch1");
+        QVERIFY(table);
+        const QStringList rows = csvLines(csv);
+        QCOMPARE(rows.size(), 5);
+        const std::pair<const char*, const char*> columns[]
+            = { { "cache_slots", "cache_slots" }, { "link_bandwidth", "link_bytes_per_s" },
+                  { "tpot_mean", "tpot_mean_s" }, { "stall_per_token", "stall_per_token_s" },
+                  { "bytes_per_token", "bytes_per_token" }, { "misses", "misses" } };
+        for (const auto& [stored, column] : columns) {
+            const AtlasArray* a = table->find(stored);
+            QVERIFY2(a && a->values.size() == 4, stored);
+            for (int row = 1; row <= 4; ++row) {
+                const double expected = cell(rows, row, QString::fromLatin1(column)).toDouble();
+                QVERIFY2(std::abs(a->values[static_cast<std::size_t>(row - 1)] - expected) <= 1e-8 * std::abs(expected),
+                    qPrintable(QStringLiteral("%1 row %2").arg(QString::fromLatin1(stored)).arg(row)));
+            }
+        }
+        QVERIFY(std::isnan(table->find("cache_bytes")->values[0]));
     }
 
     void badInputWritesNothing_data()

@@ -109,6 +109,9 @@ private Q_SLOTS:
         r.cache.slots = 0;
         expectRefused(r, "cache");
         r = request();
+        r.store = true; // no atlas to store the table in
+        expectRefused(r, "store");
+        r = request();
         r.sweepBandwidth = { 1e9, 0 };
         expectRefused(r, "sweepBandwidth");
         r = request();
