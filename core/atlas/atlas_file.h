@@ -107,6 +107,7 @@ struct AtlasLearnedEstimator {
     double heldoutLoss = 0.0;
     int64_t epochs = 0;
     int64_t trainTokens = 0;
+    std::string optionsJson; // how it was trained (attribute `options`); empty when not recorded
 };
 
 // Writer/reader of an atlas file. A new atlas is created under "<path>.partial"; finalize()

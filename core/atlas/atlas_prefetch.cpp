@@ -291,6 +291,8 @@ void AtlasFile::writeLearnedEstimator(
     h5::writeAttribute(dg.id(), "heldout_loss", e.heldoutLoss);
     h5::writeAttribute(dg.id(), "epochs", e.epochs);
     h5::writeAttribute(dg.id(), "train_tokens", e.trainTokens);
+    if (!e.optionsJson.empty())
+        h5::writeAttribute(dg.id(), "options", e.optionsJson);
 }
 
 // ---- /prefetch: reading (docs/atlas-format.md, "/prefetch") --------------------------------
@@ -461,6 +463,8 @@ std::optional<AtlasLearnedEstimator> AtlasFile::readLearnedEstimator(
     e.heldoutLoss = h5::readDoubleAttribute(g.id(), "heldout_loss");
     e.epochs = h5::readInt64Attribute(g.id(), "epochs");
     e.trainTokens = h5::readInt64Attribute(g.id(), "train_tokens");
+    if (h5::hasAttribute(g.id(), "options"))
+        e.optionsJson = h5::readStringAttribute(g.id(), "options");
     for (const std::string& name : h5::linkNames(g.id())) {
         if (h5::isGroup(g.id(), name))
             continue;

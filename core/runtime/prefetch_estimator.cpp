@@ -11,6 +11,8 @@
 #include <ATen/core/Reduction.h>
 #include <ATen/core/grad_mode.h>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -53,8 +55,8 @@ void checkTargets(const at::Tensor& targets, int64_t rows, int numExperts)
             "targets must be an integer [N, k] tensor of routed expert ids, got "
                 + (targets.defined() ? shapeText(targets) : std::string("none")));
     if (targets.size(0) != rows)
-        throw RequestError("targets",
-            "targets have " + std::to_string(targets.size(0)) + " rows, features " + std::to_string(rows));
+        throw RequestError(
+            "targets", "targets have " + std::to_string(targets.size(0)) + " rows, features " + std::to_string(rows));
     if (targets.size(1) < 1 || targets.size(1) > numExperts)
         throw RequestError("targets",
             "targets must hold 1..numExperts (" + std::to_string(numExperts) + ") ids per token, got "
@@ -240,8 +242,8 @@ void checkFeatureWidth(const TrainedEstimator& m, const at::Tensor& features)
 }
 
 // Mean loss per token over `rows` (NaN when empty), in chunks, no gradient.
-double meanLoss(
-    const TrainedEstimator& model, const at::Tensor& features, const at::Tensor& targets, const std::vector<int64_t>& rows)
+double meanLoss(const TrainedEstimator& model, const at::Tensor& features, const at::Tensor& targets,
+    const std::vector<int64_t>& rows)
 {
     if (rows.empty())
         return std::numeric_limits<double>::quiet_NaN();
@@ -300,8 +302,7 @@ TrainedEstimator trainEstimator(const at::Tensor& features, const at::Tensor& ta
     checkFeatures(features);
     const int64_t n = features.size(0);
     checkTargets(targets, n, numExperts);
-    if (!trainMask.defined() || trainMask.dim() != 1 || trainMask.scalar_type() != at::kBool
-        || trainMask.size(0) != n)
+    if (!trainMask.defined() || trainMask.dim() != 1 || trainMask.scalar_type() != at::kBool || trainMask.size(0) != n)
         throw RequestError("trainMask",
             "trainMask must be a bool [N] tensor with N = " + std::to_string(n) + " rows, got "
                 + (trainMask.defined() ? shapeText(trainMask) : std::string("none")));
@@ -343,8 +344,8 @@ TrainedEstimator trainEstimator(const at::Tensor& features, const at::Tensor& ta
     const std::vector<bool> decays = m.kind == EstimatorKind::Linear ? std::vector<bool> { true, false }
                                                                      : std::vector<bool> { true, false, true, false };
 
-    const double lr
-        = options.learningRate > 0.0 ? options.learningRate : kDefaultLrScale / std::sqrt(static_cast<double>(x.size(1)));
+    const double lr = options.learningRate > 0.0 ? options.learningRate
+                                                 : kDefaultLrScale / std::sqrt(static_cast<double>(x.size(1)));
     std::vector<int64_t> order = trainRows;
     const auto rows = static_cast<int64_t>(order.size());
     int64_t step = 0;
@@ -379,6 +380,10 @@ TrainedEstimator trainEstimator(const at::Tensor& features, const at::Tensor& ta
     for (at::Tensor* p : params)
         *p = p->detach().set_requires_grad(false);
 
+    m.options = options;
+    m.options.kind = m.kind;
+    m.options.hiddenUnits = m.kind == EstimatorKind::Mlp ? hiddenUnits : 0;
+    m.options.learningRate = lr;
     m.epochs = options.epochs;
     m.trainTokens = rows;
     m.heldoutTokens = static_cast<int64_t>(heldoutRows.size());
@@ -476,6 +481,13 @@ AtlasLearnedEstimator toAtlas(const TrainedEstimator& model)
     out.heldoutLoss = model.heldoutLoss;
     out.epochs = model.epochs;
     out.trainTokens = model.trainTokens;
+    const EstimatorOptions& o = model.options;
+    out.optionsJson = nlohmann::json {
+        { "kind", model.kind == EstimatorKind::Mlp ? "mlp" : "linear" }, { "hidden_units", o.hiddenUnits },
+        { "epochs", o.epochs }, { "learning_rate", o.learningRate }, { "batch_size", o.batchSize },
+        { "weight_decay", o.weightDecay }, { "seed", o.seed }, { "max_train_tokens", o.maxTrainTokens },
+        { "optimizer", "adam" }, { "loss", "binary cross-entropy" }
+    }.dump();
     return out;
 }
 
@@ -511,7 +523,8 @@ TrainedEstimator fromAtlas(const AtlasLearnedEstimator& stored, EstimatorKind ki
             std::string expected;
             for (uint64_t d : shapes[i])
                 expected += (expected.empty() ? "" : ", ") + std::to_string(d);
-            throw InputError(where + ": parameter '" + names[i] + "' has the wrong shape (expected [" + expected + "])");
+            throw InputError(
+                where + ": parameter '" + names[i] + "' has the wrong shape (expected [" + expected + "])");
         }
         for (double v : a.values)
             if (!std::isfinite(v) || (i == 1 && !(v > 0.0)))

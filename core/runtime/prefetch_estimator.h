@@ -49,6 +49,7 @@ struct TrainedEstimator {
     int64_t epochs = 0;
     int64_t trainTokens = 0; // tokens trained on (after the sub-sample)
     int64_t heldoutTokens = 0;
+    EstimatorOptions options; // as trained, hiddenUnits and learningRate resolved (stored with the parameters)
 
     int64_t inputSize() const; // H
     int64_t numExperts() const; // E

@@ -282,6 +282,7 @@ def check_prefetch(f, gzip):
     check_float_attr(est, "heldout_loss", 0.75)
     check_int_attr(est, "epochs", 3)
     check_int_attr(est, "train_tokens", 1000)
+    check_str_attr(est, "options", '{"epochs":3,"kind":"linear"}')
 
 
 def check_atlas(path, half, norms, hidden, gzip, prefetch=False):

@@ -66,6 +66,7 @@ void writeTestPrefetch(AtlasFile& atlas, int64_t numTokens, int64_t hidden)
     est.heldoutLoss = 0.75;
     est.epochs = 3;
     est.trainTokens = 1000;
+    est.optionsJson = R"({"epochs":3,"kind":"linear"})";
     atlas.writeLearnedEstimator("linear", 1, 1, est);
 }
 

@@ -89,8 +89,8 @@ struct Synthetic {
 };
 
 // x ~ N(0, I) shown to the estimator with per-column scales and offsets; labels top-k of rule(x) + noise.
-Synthetic makeData(uint64_t seed, int64_t n, int64_t h, int k, const std::function<at::Tensor(const at::Tensor&)>& rule,
-    double noise)
+Synthetic makeData(
+    uint64_t seed, int64_t n, int64_t h, int k, const std::function<at::Tensor(const at::Tensor&)>& rule, double noise)
 {
     SplitMix64 rng(seed);
     const at::Tensor x = normal(rng, { n, h });
@@ -205,7 +205,8 @@ private Q_SLOTS:
 
         const EstimatorLossGradient got = estimatorLossAndGradient(m, features, targets);
         const double refLoss = out["loss"].get<double>();
-        qInfo("%s: loss %.8f (numpy %.8f)", qPrintable(QString::fromStdString(estimatorKindName(k))), got.loss, refLoss);
+        qInfo(
+            "%s: loss %.8f (numpy %.8f)", qPrintable(QString::fromStdString(estimatorKindName(k))), got.loss, refLoss);
         QVERIFY(std::abs(got.loss - refLoss) <= 1e-5 * std::max(1.0, std::abs(refLoss)));
         QCOMPARE(got.gradients.size(), out["gradients"].size());
         for (const auto& [name, grad] : got.gradients) {
@@ -227,7 +228,8 @@ private Q_SLOTS:
         const int e = 16, k = 2;
         SplitMix64 rng(3);
         const at::Tensor w = normal(rng, { e, h });
-        const Synthetic d = makeData(21, 6000, h, k, [&](const at::Tensor& x) { return x.matmul(w.t()); }, 0.5);
+        const Synthetic d = makeData(
+            21, 6000, h, k, [&](const at::Tensor& x) { return x.matmul(w.t()); }, 0.5);
         EstimatorOptions o;
         o.kind = EstimatorKind::Linear; // default epochs, learning rate, batch size
         o.maxTrainTokens = 0;
@@ -250,8 +252,8 @@ private Q_SLOTS:
         const int e = 8, k = 2;
         SplitMix64 rng(4);
         const at::Tensor w = normal(rng, { e, h });
-        const Synthetic d
-            = makeData(22, 6000, h, k, [&](const at::Tensor& x) { return (x * x).matmul(w.t()); }, 0.3);
+        const Synthetic d = makeData(
+            22, 6000, h, k, [&](const at::Tensor& x) { return (x * x).matmul(w.t()); }, 0.3);
         EstimatorOptions o;
         o.epochs = 30;
         o.maxTrainTokens = 0;
@@ -284,7 +286,8 @@ private Q_SLOTS:
         QFETCH(int, kind);
         SplitMix64 rng(8);
         const at::Tensor w = normal(rng, { 8, 12 });
-        const Synthetic d = makeData(23, 1500, 12, 2, [&](const at::Tensor& x) { return x.matmul(w.t()); }, 0.5);
+        const Synthetic d = makeData(
+            23, 1500, 12, 2, [&](const at::Tensor& x) { return x.matmul(w.t()); }, 0.5);
         EstimatorOptions o;
         o.kind = static_cast<EstimatorKind>(kind);
         o.epochs = 3;
@@ -308,10 +311,7 @@ private Q_SLOTS:
         QVERIFY2(anyDifferent, "another seed gave the same parameters");
     }
 
-    void atlasRoundTripGivesIdenticalPredictions_data()
-    {
-        sameSeedSameParameters_data();
-    }
+    void atlasRoundTripGivesIdenticalPredictions_data() { sameSeedSameParameters_data(); }
 
     void atlasRoundTripGivesIdenticalPredictions()
     {
@@ -319,7 +319,8 @@ private Q_SLOTS:
         const auto k = static_cast<EstimatorKind>(kind);
         SplitMix64 rng(9);
         const at::Tensor w = normal(rng, { 10, 7 });
-        const Synthetic d = makeData(24, 900, 7, 3, [&](const at::Tensor& x) { return x.matmul(w.t()); }, 0.5);
+        const Synthetic d = makeData(
+            24, 900, 7, 3, [&](const at::Tensor& x) { return x.matmul(w.t()); }, 0.5);
         EstimatorOptions o;
         o.kind = k;
         o.epochs = 2;
@@ -334,6 +335,12 @@ private Q_SLOTS:
         QCOMPARE(stored.parameters.size(), m.namedParameters().size());
         QCOMPARE(stored.trainTokens, m.trainTokens);
         QCOMPARE(stored.epochs, m.epochs);
+        // How it was trained: the resolved options (learning rate 0.1/sqrt(H), MLP width min(2E, 256)).
+        const nlohmann::json options = nlohmann::json::parse(stored.optionsJson);
+        QCOMPARE(options.at("epochs").get<int>(), 2);
+        QCOMPARE(options.at("learning_rate").get<double>(), 0.1 / std::sqrt(7.0));
+        QCOMPARE(options.at("hidden_units").get<int>(), k == EstimatorKind::Mlp ? 20 : 0);
+        QCOMPARE(options.at("kind").get<std::string>(), std::string(k == EstimatorKind::Mlp ? "mlp" : "linear"));
         const TrainedEstimator back = fromAtlas(stored, k, "/prefetch/learned/x/0/d1");
         QCOMPARE(back.trainLoss, m.trainLoss);
         QCOMPARE(back.heldoutLoss, m.heldoutLoss);
@@ -361,7 +368,8 @@ private Q_SLOTS:
     {
         SplitMix64 rng(10);
         const at::Tensor w = normal(rng, { 6, 5 });
-        Synthetic d = makeData(25, 700, 5, 2, [&](const at::Tensor& x) { return x.matmul(w.t()); }, 0.5);
+        Synthetic d = makeData(
+            25, 700, 5, 2, [&](const at::Tensor& x) { return x.matmul(w.t()); }, 0.5);
         EstimatorOptions o;
         o.epochs = 2;
         const TrainedEstimator m = trainEstimator(d.features, d.targets, 6, d.trainMask, o);
@@ -389,11 +397,14 @@ private Q_SLOTS:
             QStringLiteral("19"));
         checkThrows([&] { (void)trainEstimator(x, t, 4, mask.slice(0, 0, 10), o); }, QStringLiteral("trainMask"),
             QStringLiteral("[10]"));
-        checkThrows([&] { (void)trainEstimator(x[0], t, 4, mask, o); }, QStringLiteral("features"),
-            QStringLiteral("[N, H]"));
+        checkThrows(
+            [&] { (void)trainEstimator(x[0], t, 4, mask, o); }, QStringLiteral("features"), QStringLiteral("[N, H]"));
         checkThrows([&] { (void)trainEstimator(x, t.to(at::kFloat), 4, mask, o); }, QStringLiteral("targets"),
             QStringLiteral("integer"));
-        checkThrows([&] { (void)trainEstimator(x, at::zeros({ 20, 2 }, at::kBool), 4, mask, o); },
+        checkThrows(
+            [&] {
+                (void)trainEstimator(x, at::zeros({ 20, 2 }, at::kBool), 4, mask, o);
+            },
             QStringLiteral("targets"), QStringLiteral("integer"));
         checkThrows([&] { (void)trainEstimator(x, t, 4, at::zeros({ 20 }, at::kBool), o); },
             QStringLiteral("trainMask"), QStringLiteral("training split is empty"));
@@ -404,8 +415,8 @@ private Q_SLOTS:
         bad[7][1] = -1;
         checkThrows([&] { (void)trainEstimator(x, bad, 4, mask, o); }, QStringLiteral("targets"),
             QStringLiteral("expert id -1"));
-        checkThrows([&] { (void)trainEstimator(x, t, 0, mask, o); }, QStringLiteral("numExperts"),
-            QStringLiteral(">= 1"));
+        checkThrows(
+            [&] { (void)trainEstimator(x, t, 0, mask, o); }, QStringLiteral("numExperts"), QStringLiteral(">= 1"));
         at::Tensor nan = x.clone();
         nan[3][2] = std::numeric_limits<float>::quiet_NaN();
         checkThrows([&] { (void)trainEstimator(nan, t, 4, mask, o); }, QStringLiteral("features"),
