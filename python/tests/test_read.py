@@ -24,7 +24,9 @@ def read_everything(a: moeatlas.Atlas) -> None:
     a.tokens.ids, a.tokens.domain, a.tokens.seq_offsets
     a.layer_options, a.layers_complete
     for layer in a.layers.values():
-        layer.router_logits[:], layer.topk_ids[:], layer.topk_weights[:]
+        layer.topk_ids[:]
+        if not layer.ids_only:
+            layer.router_logits[:], layer.topk_weights[:]
         if layer.expert_norms is not None:
             layer.expert_norms[:]
         layer.hidden_samples

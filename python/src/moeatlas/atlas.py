@@ -348,9 +348,11 @@ class Layer:
     """Routing records of one MoE layer (``/layers/<index>``). The per-token datasets are lazy
     ``h5py.Dataset`` objects: slice them (``[t0:t1]``, ``[:]``) to read numpy arrays."""
 
-    def __init__(self, f: _File, index: int, num_tokens: int, num_experts: int, top_k: int) -> None:
+    def __init__(self, f: _File, index: int, num_tokens: int, num_experts: int, top_k: int,
+                 ids_only: bool = False) -> None:
         self._f = f
         self.index = index
+        self.ids_only = ids_only
         self._path = f"layers/{index}"
         g = f.group(self._path)
         self.complete = bool(f.attr(g, "complete", "iu"))
@@ -362,9 +364,10 @@ class Layer:
         return self._f.dataset(f"{self._path}/{name}", kinds, 2, self._shapes[name])
 
     @property
-    def router_logits(self) -> h5py.Dataset:
-        """``[T, E]`` float16 or float32 raw router logits (``.astype(np.float32)`` after slicing)."""
-        return self._ds("router_logits", "f")
+    def router_logits(self) -> Optional[h5py.Dataset]:
+        """``[T, E]`` float16 or float32 raw router logits (``.astype(np.float32)`` after slicing);
+        None in an ids-only atlas (ingested expert ids, docs/atlas-format.md)."""
+        return None if self.ids_only else self._ds("router_logits", "f")
 
     @property
     def topk_ids(self) -> h5py.Dataset:
@@ -372,8 +375,9 @@ class Layer:
         return self._ds("topk_ids", "iu")
 
     @property
-    def topk_weights(self) -> h5py.Dataset:
-        return self._ds("topk_weights", "f")
+    def topk_weights(self) -> Optional[h5py.Dataset]:
+        """``[T, k]`` float32 routing weights; None in an ids-only atlas."""
+        return None if self.ids_only else self._ds("topk_weights", "f")
 
     @property
     def expert_norms(self) -> Optional[h5py.Dataset]:
@@ -574,14 +578,22 @@ class Atlas:
         return {"logit_storage": f.attr(g, "logit_storage", "S"),
                 "store_expert_norms": bool(f.attr(g, "store_expert_norms", "iu")),
                 "hidden_sample_count": int(f.attr(g, "hidden_sample_count", "iu")),
-                "compression_level": int(f.attr(g, "compression_level", "iu"))}
+                "compression_level": int(f.attr(g, "compression_level", "iu")),
+                "ids_only": bool(f.attr(g, "ids_only", "iu")) if "ids_only" in g.attrs else False}
+
+    @property
+    def ids_only(self) -> bool:
+        """True for an atlas of routed expert ids only (``/layers`` attribute ``ids_only`` = 1: ingested
+        from vLLM/SGLang routed-experts output): no router logits, no weights."""
+        return bool(self.layer_options["ids_only"])
 
     @property
     def layers(self) -> Dict[int, Layer]:
         """Decoder-layer index -> :class:`Layer`, for every MoE layer (model order)."""
         self._f.group("layers")
         t = self.tokens.count
-        return {i: Layer(self._f, i, t, self.model.num_experts, self.model.top_k) for i in self.moe_layers}
+        ids_only = self.ids_only
+        return {i: Layer(self._f, i, t, self.model.num_experts, self.model.top_k, ids_only) for i in self.moe_layers}
 
     @property
     def layers_complete(self) -> np.ndarray:
