@@ -116,9 +116,9 @@ def id_scores(a: Atlas) -> Dict[str, Dict[str, np.ndarray]]:
                 hits[d, li] = onehot[sel].sum(axis=0)
                 co[d, li] = onehot[sel].T @ onehot[sel]
             if sel.any():
-                _, counts = np.unique(patterns[sel], axis=0, return_counts=True)
-                p = counts / counts.sum()
-                distinct[d, li] = len(counts)
+                _, seen = np.unique(patterns[sel], axis=0, return_counts=True)
+                p = seen / seen.sum()
+                distinct[d, li] = len(seen)
                 pent[d, li] = -(p * np.log(p)).sum()
     counts = np.broadcast_to(tokens[:, :, None], hits.shape).copy()
     value = np.concatenate([hits / np.where(counts > 0, counts, 1), (hits.sum(0) / np.maximum(counts.sum(0), 1))[None]])

@@ -111,12 +111,11 @@ def record(model: Any, tokens: TokenSet, *, batch_size: int = 1, progress: bool 
     out: Dict[int, LayerRecords] = {}
     E = k = 0
     for i, parts in per_layer.items():
-        logits = torch.cat([p[0].reshape(-1, p[0].shape[-1]) for p in parts]).numpy() if parts else None
-        weights = torch.cat([p[1].reshape(-1, p[1].shape[-1]) for p in parts]).numpy() if parts else None
-        idx = torch.cat([p[2].reshape(-1, p[2].shape[-1]) for p in parts]).numpy() if parts else None
-        if logits is None:
-            E, k = E or 0, k or 0
+        if not parts:
             continue
+        logits = torch.cat([p[0].reshape(-1, p[0].shape[-1]) for p in parts]).numpy()
+        weights = torch.cat([p[1].reshape(-1, p[1].shape[-1]) for p in parts]).numpy()
+        idx = torch.cat([p[2].reshape(-1, p[2].shape[-1]) for p in parts]).numpy()
         E, k = logits.shape[1], idx.shape[1]
         out[i] = LayerRecords(topk_ids=idx, router_logits=logits, topk_weights=weights)
     if not out:  # a shard without sequences: E and k from the routers

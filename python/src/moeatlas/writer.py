@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import h5py
 import numpy as np
@@ -99,7 +99,7 @@ class LayerRecords:
 
 def _chunked(g: h5py.Group, name: str, data: np.ndarray, level: int) -> None:
     rows = max(1, min(1024, data.shape[0]))
-    kw = {"chunks": (rows,) + data.shape[1:]} if data.shape[0] > 0 else {}
+    kw: Dict[str, Any] = {"chunks": (rows,) + data.shape[1:]} if data.shape[0] > 0 else {}
     if level > 0 and data.shape[0] > 0:
         kw.update(compression="gzip", compression_opts=level, shuffle=True)
     g.create_dataset(name, data=data, **kw)
@@ -162,11 +162,12 @@ def write_atlas(out: "os.PathLike[str] | str", model: ModelInfo, tokens: TokenSe
                 if rec.topk_ids.shape != (T, model.top_k):
                     raise ValueError(f"layer {i}: topk_ids shape {rec.topk_ids.shape}, expected {(T, model.top_k)}")
                 if not ids_only:
-                    assert rec.router_logits is not None and rec.topk_weights is not None
+                    if rec.router_logits is None or rec.topk_weights is None:
+                        raise ValueError(f"layer {i}: no router logits or weights (pass ids_only=True for ids alone)")
                     dt = np.float16 if logit_storage == "float16" else np.float32
                     _chunked(g, "router_logits", rec.router_logits.astype(np.float32).astype(dt), compression_level)
                 _chunked(g, "topk_ids", rec.topk_ids.astype(id_dtype), compression_level)
-                if not ids_only:
+                if rec.topk_weights is not None and not ids_only:
                     _chunked(g, "topk_weights", rec.topk_weights.astype(np.float32), compression_level)
                 g.attrs["complete"] = np.int64(1)
             p = f.create_group("progress")
