@@ -14,7 +14,7 @@ REPO = Path(os.environ.get("MOEATLAS_SOURCE_DIR", Path(__file__).resolve().paren
 
 def _cli_path() -> Path:
     env = os.environ.get("MOEATLAS_CLI")
-    return Path(env) if env else REPO / "build" / "app" / "moeatlas"
+    return Path(env).resolve() if env else REPO / "build" / "app" / "moeatlas"
 
 
 @pytest.fixture(scope="session")

@@ -76,6 +76,25 @@ def test_record_equals_capture(arch: str, captured: Dict[str, Dict[str, Path]]) 
         assert_same_routing(cpp, py)
 
 
+def test_record_with_accelerate_disk_offload(captured: Dict[str, Dict[str, Path]], tmp_path: Path) -> None:
+    """device_map="auto" with a CPU budget too small for the decoder layers: accelerate offloads them to
+    disk and runs them through its hooks; the routers' records are unchanged."""
+    pytest.importorskip("accelerate")
+    from moeatlas.record import record
+    c = captured["mixtral"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        c["model"], dtype=torch.float32, attn_implementation="eager", device_map="auto",
+        max_memory={"cpu": "400KB"}, offload_folder=str(tmp_path / "offload")).eval()
+    placement = set(getattr(model, "hf_device_map", {}).values())
+    assert "disk" in placement, placement
+    layers, _, _ = record(model, TokenSet.from_atlas(c["atlas"]), batch_size=4)
+    with moeatlas.read(c["atlas"]) as cpp:
+        assert list(layers) == cpp.moe_layers
+        for i in cpp.moe_layers:
+            np.testing.assert_array_equal(layers[i].topk_ids, cpp.layers[i].topk_ids[:])
+            np.testing.assert_allclose(layers[i].router_logits, cpp.layers[i].router_logits[:], rtol=0, atol=1e-5)
+
+
 def _env() -> Dict[str, str]:
     env = dict(os.environ)
     src = str(Path(moeatlas.__file__).resolve().parents[1])

@@ -15,6 +15,7 @@ the ``r``-th contiguous block of sequences into ``OUT`` with ``.rank<r>-of<N>`` 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -72,6 +73,15 @@ class Recorder:
             h.remove()
 
 
+def input_device(model: Any) -> Any:
+    """Where the input ids go: the embedding's device; the CPU when accelerate offloaded it (meta
+    parameters: its hooks bring weights and inputs to the execution device)."""
+    import torch
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    dev = emb.weight.device if emb is not None else next(model.parameters()).device
+    return torch.device("cpu") if dev.type == "meta" else dev
+
+
 def record(model: Any, tokens: TokenSet, *, batch_size: int = 1, progress: bool = False
            ) -> Tuple[Dict[int, LayerRecords], int, int]:
     """Runs every sequence of ``tokens`` through ``model`` (each its own sample, positions from 0)
@@ -82,7 +92,7 @@ def record(model: Any, tokens: TokenSet, *, batch_size: int = 1, progress: bool 
     if not routers:
         raise RuntimeError(f"{type(model).__name__}: no MoE router found (modules named *Router under layers.<i>)")
     rec = Recorder(routers)
-    device = next(model.parameters()).device
+    device = input_device(model)
     per_layer: Dict[int, List[Tuple[Any, Any, Any]]] = {i: [] for i in routers}
     S = tokens.num_sequences
     try:
@@ -156,6 +166,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--logits-dtype", default="float32", choices=["float32", "float16"], help="stored router logits")
     ap.add_argument("--device", default="cpu", help="device for the whole model (cpu, cuda:0); ignored with --device-map")
     ap.add_argument("--device-map", default=None, help="accelerate device map, e.g. auto (GPUs, CPU and disk offload)")
+    ap.add_argument("--max-memory", default=None, metavar="JSON",
+                    help='with --device-map: memory per device, e.g. \'{"0": "70GiB", "cpu": "200GiB"}\'')
+    ap.add_argument("--offload-folder", default=None, help="with --device-map: folder for weights offloaded to disk")
     ap.add_argument("--batch-size", type=int, default=1, help="sequences per forward pass")
     ap.add_argument("--compression-level", type=int, default=4, help="gzip level of the chunked datasets (0 = off)")
     ap.add_argument("--force", action="store_true", help="replace an existing output")
@@ -177,6 +190,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     kwargs: Dict[str, Any] = {"dtype": _dtype(args.dtype), "attn_implementation": "eager"}
     if args.device_map:
         kwargs["device_map"] = args.device_map
+        if args.max_memory:
+            kwargs["max_memory"] = {(int(k) if k.isdigit() else k): v for k, v in json.loads(args.max_memory).items()}
+        if args.offload_folder:
+            kwargs["offload_folder"] = args.offload_folder
     model = AutoModelForCausalLM.from_pretrained(args.checkpoint, **kwargs)
     model.eval()
     if not args.device_map:
