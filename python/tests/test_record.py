@@ -76,6 +76,32 @@ def test_record_equals_capture(arch: str, captured: Dict[str, Dict[str, Path]]) 
         assert_same_routing(cpp, py)
 
 
+def test_record_equals_capture_on_reference_variants(cli: Path, repo: Path, tmp_path: Path) -> None:
+    """Every variant of tests/reference/make_reference.py (each supported architecture with its config
+    features: dense layers, shared experts, sparse steps, norms ...; docs/architecture.md, step 6), built
+    by transformers: the recorder equals `moeatlas capture` on it."""
+    script = repo / "tests" / "reference" / "make_reference.py"
+    listed = subprocess.run([sys.executable, str(script), "--list-variants"], capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    variants = [tuple(line.split()) for line in listed.stdout.splitlines() if line.strip()]
+    assert {arch for arch, _ in variants} >= set(ARCHS), variants
+    cal = make_calibration(cli, tmp_path)
+    for arch, variant in variants:
+        d = tmp_path / f"{arch}-{variant}"
+        made = subprocess.run([sys.executable, str(script), "--arch", arch, "--variant", variant, "--dtype", "float32",
+                               "--out", str(d)], capture_output=True, text=True)
+        assert made.returncode == 0, f"{arch} {variant}: {made.stderr}"
+        cap = tmp_path / f"{arch}-{variant}.atlas.h5"
+        run_cli(cli, "capture", d, "-d", f"math={cal['math']}", "-d", f"code={cal['code']}", "--seq-len", "32",
+                "--max-samples", "4", "--logits-dtype", "float32", "-o", cap, cwd=tmp_path)
+        out = record_in_process(d, cap, tmp_path / f"{arch}-{variant}.py.atlas.h5")
+        with moeatlas.read(cap) as cpp, moeatlas.read(out) as py:
+            try:
+                assert_same_routing(cpp, py)
+            except AssertionError as e:
+                raise AssertionError(f"{arch} {variant}: {e}") from None
+
+
 def test_record_with_accelerate_disk_offload(captured: Dict[str, Dict[str, Path]], tmp_path: Path) -> None:
     """device_map="auto" with a CPU budget too small for the decoder layers: accelerate offloads them to
     disk and runs them through its hooks; the routers' records are unchanged."""
