@@ -86,3 +86,15 @@ def test_unknown_member_listed_not_fatal(demo_copy: Path) -> None:
     with moeatlas.read(demo_copy) as a:
         assert a.unknown_objects() == ["/statistics/new_thing (dataset)"]
         assert "new_thing" not in a.statistics
+
+
+def test_locked_by_a_writer(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    p = tmp_path / "busy.atlas.h5.partial"
+    with h5py.File(p, "w") as f:  # held open for writing, as a running capture holds its .partial
+        f.attrs["format"] = "moeatlas"
+        f.flush()
+        r = subprocess.run([sys.executable, "-c", f"import moeatlas; moeatlas.read({str(p)!r})"],
+                           capture_output=True, text=True)
+    assert r.returncode != 0 and "busy.atlas.h5.partial: locked by another process" in r.stderr, r.stderr

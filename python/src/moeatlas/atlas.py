@@ -45,6 +45,9 @@ class _File:
         except FileNotFoundError:
             raise
         except OSError as e:
+            if "lock" in str(e).lower():
+                raise AtlasSchemaError(f"{path}: locked by another process (a capture still writing it?): "
+                                       f"read it after that process stopped ({e})") from e
             raise AtlasSchemaError(f"{path}: not an HDF5 file, so not an atlas ({e})") from e
 
     def error(self, obj: str, what: str) -> AtlasSchemaError:
