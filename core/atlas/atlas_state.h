@@ -71,6 +71,9 @@ struct AtlasState {
     AtlasModelInfo model;
     AtlasCalibration calibration;
     AtlasCreateOptions options;
+    // /layers attribute ids_only = 1: layers hold topk_ids only (expert ids ingested from an
+    // inference engine by python -m moeatlas.ingest; docs/atlas-format.md). Read-only.
+    bool idsOnly = false;
     int64_t numTokens = 0;
     std::vector<int32_t> layerComplete; // parallel to model.moeLayers, as in /progress
 
@@ -142,8 +145,14 @@ struct AtlasState {
         const size_t logitBytes
             = std::min(rows, schema::kChunkTokens) * experts * (options.logitStorage == LogitStorage::Float16 ? 2 : 4);
         const size_t cacheBytes = writable ? std::max<size_t>(2 * logitBytes, 1 << 20) : 0;
-        handles.logits = h5::openDataset(g, "router_logits", cacheBytes);
         handles.topkIds = h5::openDataset(g, "topk_ids");
+        if (idsOnly) {
+            if (h5::shape(handles.topkIds.id()) != std::vector<hsize_t> { rows, k })
+                h5::failRead(handles.topkIds.id(), "",
+                    "shape is not [" + std::to_string(rows) + ", " + std::to_string(k) + "]");
+            return layers.emplace(layer, std::move(handles)).first->second;
+        }
+        handles.logits = h5::openDataset(g, "router_logits", cacheBytes);
         handles.topkWeights = h5::openDataset(g, "topk_weights");
         if (options.storeExpertNorms)
             handles.expertNorms = h5::openDataset(g, "expert_norms");
@@ -164,6 +173,17 @@ struct AtlasState {
         if (half != (options.logitStorage == LogitStorage::Float16))
             h5::failRead(handles.logits.id(), "", "datatype does not match logit_storage");
         return layers.emplace(layer, std::move(handles)).first->second;
+    }
+
+    // Throws for an ids-only atlas: what it lacks and which results need it.
+    void requireLogits(int layer) const
+    {
+        if (idsOnly)
+            throw InputError(path.string() + ": /layers/" + std::to_string(layer)
+                + "/router_logits: this atlas holds routed expert ids only (/layers ids_only = 1, ingested from an "
+                  "inference engine's output), no router logits or weights; peu, act_logits, all_logits, soft_mass, "
+                  "probmoe_marginal, reap, ean and the softmax statistics need them. Its frequency scores and "
+                  "id-based routing statistics were stored by python -m moeatlas.ingest (docs/python.md)");
     }
 
     // Reads rows of a [T, columns] float dataset, converting stored halves when `half`.
