@@ -2,6 +2,7 @@
 
 #include <array>
 #include <cmath>
+#include <cstddef>
 
 namespace moeatlas {
 
@@ -26,7 +27,7 @@ void decodeMxfp4(const uint8_t* blocks, const uint8_t* scales, int64_t rows, int
         const int exponent = static_cast<int>(scales[g]) - 127;
         const uint8_t* b = blocks + g * 16;
         float* o = out + g * 32;
-        for (int i = 0; i < 16; ++i) {
+        for (std::ptrdiff_t i = 0; i < 16; ++i) {
             o[2 * i] = std::ldexp(table[b[i] & 0x0F], exponent);
             o[2 * i + 1] = std::ldexp(table[b[i] >> 4], exponent);
         }
