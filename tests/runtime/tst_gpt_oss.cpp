@@ -6,6 +6,7 @@
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/hf_config.h"
 #include "checkpoint/mxfp4.h"
+#include "checkpoint/random_model.h"
 #include "checkpoint/safetensors.h"
 #include "export/exporter.h"
 #include "runtime/executor.h"
@@ -20,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstring>
+#include <fstream>
 
 using namespace moeatlas;
 
@@ -185,6 +187,58 @@ private Q_SLOTS:
         const std::vector<int32_t> tokens = { 3, 1, 4, 1, 5, 9, 2, 6 };
         const std::vector<int64_t> offsets = { 0, 8 };
         executor.run(tokens, offsets, none);
+    }
+
+    // moeatlas generate --arch gpt_oss: stock transformers loads it with no missing or unexpected keys and
+    // gives our logits (sliding and full layers, sinks, biases, interleaved experts as the generator wrote them).
+    void generatedModelMatchesTransformers()
+    {
+        QTemporaryDir dir;
+        RandomModelOptions o;
+        o.arch = Architecture::GptOss;
+        o.numLayers = 2;
+        o.hiddenSize = 64;
+        o.numHeads = 4;
+        o.numKvHeads = 2;
+        o.headDim = 16;
+        o.numExperts = 8;
+        o.topK = 2;
+        o.moeIntermediate = 32;
+        o.vocabSize = 256;
+        o.initStd = 0.2;
+        const std::string model = dir.filePath(QStringLiteral("gen")).toStdString();
+        writeRandomModel(o, model, false);
+        // 2 sequences of 150 tokens: past the generator's 128-token window.
+        const int64_t S = 150;
+        std::vector<int32_t> tokens;
+        QString ids;
+        for (int b = 0; b < 2; ++b) {
+            for (int64_t t = 0; t < S; ++t) {
+                tokens.push_back(static_cast<int32_t>((37 * (t + 1) + 11 * b) % 256));
+                ids += (t ? QStringLiteral(",") : QString()) + QString::number(tokens.back());
+            }
+            ids += b == 0 ? QStringLiteral(";") : QString();
+        }
+        const QString out = dir.filePath(QStringLiteral("logits.f32"));
+        const auto ran = test::runPython(QStringLiteral("tests/reference/stock_logits.py"),
+            { QStringLiteral("--model"), QString::fromStdString(model), QStringLiteral("--ids"), ids,
+                QStringLiteral("--out"), out });
+        QVERIFY2(ran.exitCode == 0, qPrintable(ran.stdErr));
+        std::vector<float> want(static_cast<std::size_t>(2 * S * 256));
+        std::ifstream(out.toStdString(), std::ios::binary)
+            .read(reinterpret_cast<char*>(want.data()), static_cast<std::streamsize>(want.size() * sizeof(float)));
+        const Checkpoint ckpt(model);
+        const ModelSpec spec = parseModelSpec(ckpt.config(), model + "/config.json");
+        QVERIFY(spec.layers[0].slidingWindow && !spec.layers[1].slidingWindow && *spec.slidingWindow == 128);
+        ExecutorOptions options;
+        options.computeLogits = true;
+        Executor executor(ckpt, spec, options);
+        NoObserver none;
+        const std::vector<int64_t> offsets = { 0, S, 2 * S };
+        const ExecutionResult result = executor.run(tokens, offsets, none);
+        const double err = test::relDiff(result.logits, want, test::maxAbs(want));
+        qInfo("generated gpt_oss: logits max error %.3g of max |logit| %.3g", err, test::maxAbs(want));
+        QVERIFY2(err <= test::kReorderRtol, qPrintable(QString::number(err)));
     }
 
     void malformedMxfp4()
