@@ -32,11 +32,12 @@ int runGenerate(GenerateArgs a)
 {
     static const std::map<std::string, Architecture> archs
         = { { "mixtral", Architecture::Mixtral }, { "qwen2_moe", Architecture::Qwen2Moe },
-              { "qwen3_moe", Architecture::Qwen3Moe }, { "olmoe", Architecture::Olmoe } };
+              { "qwen3_moe", Architecture::Qwen3Moe }, { "olmoe", Architecture::Olmoe },
+              { "gpt_oss", Architecture::GptOss } };
     static const std::map<std::string, DType> dtypes
         = { { "float32", DType::F32 }, { "bfloat16", DType::BF16 }, { "float16", DType::F16 } };
     if (!archs.count(a.arch))
-        throw InputError("--arch '" + a.arch + "' (expected mixtral, qwen2_moe, qwen3_moe or olmoe)");
+        throw InputError("--arch '" + a.arch + "' (expected mixtral, qwen2_moe, qwen3_moe, olmoe or gpt_oss)");
     if (!dtypes.count(a.dtype))
         throw InputError("--dtype '" + a.dtype + "' (expected float32, bfloat16 or float16)");
     a.model.arch = archs.at(a.arch);
@@ -63,7 +64,7 @@ Command addGenerateCommand(CLI::App& app)
     auto a = std::make_shared<GenerateArgs>();
     CLI::App* sub = app.add_subcommand("generate", "Write a random-weight MoE checkpoint in Hugging Face layout");
     sub->add_option("--output,-o", a->output, "Checkpoint directory to create");
-    sub->add_option("--arch", a->arch, "mixtral, qwen2_moe, qwen3_moe or olmoe")->capture_default_str();
+    sub->add_option("--arch", a->arch, "mixtral, qwen2_moe, qwen3_moe, olmoe or gpt_oss")->capture_default_str();
     sub->add_option("--dtype", a->dtype, "float32, bfloat16 or float16")->capture_default_str();
     sub->add_option("--layers", a->model.numLayers)->capture_default_str();
     sub->add_option("--hidden", a->model.hiddenSize)->capture_default_str();

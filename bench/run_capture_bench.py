@@ -46,6 +46,11 @@ FULL = dict(arch="qwen3_moe", layers=8, hidden=1024, heads=16, kv_heads=4, head_
             expert_width=512, vocab=32000, seed=0)
 QUICK = dict(arch="qwen3_moe", layers=2, hidden=256, heads=4, kv_heads=2, head_dim=64, experts=16, top_k=4,
              expert_width=128, vocab=4096, seed=0)
+# --model gpt-oss-20b: gpt-oss-20b's layer shape (hidden 2880, 64 q / 8 kv heads of 64, 32 experts top-4 of width
+# 2880, sinks, alternating sliding-window 128 / full layers, YaRN) with 2 of its 24 layers; vocabulary 32000
+# instead of 201088 (only the embedding gather sees it: neither engine runs the lm_head here).
+GPT_OSS_20B = dict(arch="gpt_oss", layers=2, hidden=2880, heads=64, kv_heads=8, head_dim=64, experts=32, top_k=4,
+                   expert_width=2880, vocab=32000, seed=0)
 
 
 def log(msg: str) -> None:
@@ -264,6 +269,9 @@ def run_block(args, block_bin: Path, p: dict, out_dir: Path, model: Path) -> dic
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small model, 4 sequences, 1 repeat: a sanity run")
+    ap.add_argument("--model", choices=("qwen3-bench", "gpt-oss-20b"), default="qwen3-bench",
+                    help="gpt-oss-20b: a 2-layer gpt-oss-20b-shaped model (eager attention only: transformers has "
+                         "no sdpa for gpt_oss' sinks)")
     ap.add_argument("--build-dir", default="build", help="CMake build directory holding app/moeatlas")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=None, help="runs per configuration, best kept (default 3)")
@@ -286,7 +294,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.quiet_wait = min(args.quiet_wait, 5.0)
     num_seqs = args.num_seqs or (4 if args.quick else 8)
-    p = QUICK if args.quick else FULL
+    p = GPT_OSS_20B if args.model == "gpt-oss-20b" else QUICK if args.quick else FULL
 
     build = (REPO / args.build_dir).resolve()
     moeatlas = build / "app" / "moeatlas"
@@ -308,7 +316,8 @@ def main(argv=None) -> int:
     for rnd in range(args.repeats):
         log(f"round {rnd + 1}/{args.repeats}")
         if not args.skip_hf:
-            hf_rounds.append(run_hf(args, model, calib, num_seqs, batches, "default", "both"))
+            hf_rounds.append(run_hf(args, model, calib, num_seqs, batches, "default",
+                                    "eager" if p["arch"] == "gpt_oss" else "both"))
             if not args.skip_eager_experts:
                 first = max(hf_rounds[0]["results"], key=lambda r: r["tokens_per_s"])
                 eager_rounds.append(run_hf(args, model, calib, num_seqs, [first["batch"]], "eager", first["attn"]))

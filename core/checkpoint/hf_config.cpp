@@ -124,9 +124,11 @@ Architecture architectureOf(const std::string& modelType, const std::string& sou
         return Architecture::Qwen3Moe;
     if (modelType == "olmoe")
         return Architecture::Olmoe;
+    if (modelType == "gpt_oss")
+        return Architecture::GptOss;
     throw InputError(source + ": field 'model_type' is '" + modelType
         + "', which MoE Atlas does not support (supported: mixtral, qwen2_moe, "
-          "qwen3_moe, olmoe)");
+          "qwen3_moe, olmoe, gpt_oss)");
 }
 
 // The supported architectures rotate the whole head (their attention, like transformers', multiplies
@@ -233,6 +235,65 @@ void parseRaggedExperts(const ConfigReader& cfg, ModelSpec& s)
     }
 }
 
+// gpt_oss (transformers' GptOssConfig): every layer MoE; router Linear with bias, top-k on the logits
+// then softmax over the k; experts with biases and the clamped SwiGLU; attention biases and sinks; norm
+// weights in float32; YaRN RoPE by default (rope_theta 150000).
+void parseGptOss(const ConfigReader& cfg, ModelSpec& s)
+{
+    s.router.numExperts = static_cast<int>(cfg.positiveAnyOf({ "num_local_experts", "num_experts" }));
+    s.moeIntermediate = cfg.positive("intermediate_size");
+    s.router.normTopkProb = true;
+    s.router.bias = true;
+    s.router.softmaxAfterTopk = true;
+    s.qkvBias = s.oBias = cfg.boolean("attention_bias", true);
+    s.attentionSinks = true;
+    s.expertBias = true;
+    s.clampedSwiglu = true;
+    s.swigluLimit = cfg.number("swiglu_limit", 7.0);
+    s.swigluAlpha = cfg.number("swiglu_alpha", 1.702);
+    if (!(s.swigluLimit > 0.0))
+        cfg.fail("swiglu_limit", "must be > 0");
+    s.normWeightsFloat32 = true;
+    s.rmsNormEps = cfg.number("rms_norm_eps", 1e-5);
+    if (cfg.has("sliding_window"))
+        s.slidingWindow = cfg.positive("sliding_window");
+    if (cfg.has("moeatlas_expert_widths"))
+        cfg.fail("moeatlas_expert_widths", "is not supported for gpt_oss (no ragged gpt_oss checkpoints)");
+    // GptOssConfig's defaults where config.json has no RoPE entries or no theta.
+    const bool params = cfg.has("rope_parameters") || cfg.has("rope_scaling");
+    const bool theta = cfg.has("rope_theta")
+        || (cfg.has("rope_parameters") && cfg.raw().at("rope_parameters").is_object()
+            && cfg.raw().at("rope_parameters").contains("rope_theta"))
+        || (cfg.has("rope_scaling") && cfg.raw().at("rope_scaling").is_object()
+            && cfg.raw().at("rope_scaling").contains("rope_theta"));
+    if (!theta)
+        s.rope.theta = 150000.0;
+    if (!params) {
+        s.rope.type = "yarn";
+        s.rope.factor = 32.0;
+        s.rope.betaFast = 32.0;
+        s.rope.betaSlow = 1.0;
+        s.rope.truncate = false;
+        s.rope.originalMaxPositionEmbeddings = 4096;
+    }
+}
+
+// Whether gpt_oss layer i is a sliding-window layer: layer_types names each layer sliding_attention or
+// full_attention; without it, even layers slide (GptOssConfig's default).
+bool gptOssSliding(const ConfigReader& cfg, const std::vector<std::string>& layerTypes, int i)
+{
+    if (layerTypes.empty())
+        return i % 2 == 0;
+    const std::string& t = layerTypes[static_cast<std::size_t>(i)];
+    if (t == "sliding_attention")
+        return true;
+    if (t != "full_attention")
+        cfg.fail("layer_types",
+            "entry " + std::to_string(i) + " is " + cfg.raw().at("layer_types")[static_cast<std::size_t>(i)].dump()
+                + " (expected \"sliding_attention\" or \"full_attention\")");
+    return false;
+}
+
 } // namespace
 
 int ModelSpec::numMoeLayers() const
@@ -265,6 +326,8 @@ const char* architectureName(Architecture a)
         return "qwen3_moe";
     case Architecture::Olmoe:
         return "olmoe";
+    case Architecture::GptOss:
+        return "gpt_oss";
     }
     return "?";
 }
@@ -350,6 +413,9 @@ ModelSpec parseModelSpec(const json& config, const std::string& source)
         if (cfg.has("clip_qkv"))
             s.clipQkv = cfg.number("clip_qkv", 0.0);
         break;
+    case Architecture::GptOss:
+        parseGptOss(cfg, s);
+        break;
     }
     if (s.router.topK > s.router.numExperts)
         cfg.fail("num_experts_per_tok",
@@ -375,7 +441,9 @@ ModelSpec parseModelSpec(const json& config, const std::string& source)
         l.moe = std::find(mlpOnly.begin(), mlpOnly.end(), i) == mlpOnly.end() && (i + 1) % sparseStep == 0;
         if (!l.moe)
             l.denseIntermediate = cfg.positive("intermediate_size");
-        if (s.arch == Architecture::Qwen2Moe) {
+        if (s.arch == Architecture::GptOss) {
+            l.slidingWindow = gptOssSliding(cfg, layerTypes, i) && s.slidingWindow.has_value();
+        } else if (s.arch == Architecture::Qwen2Moe) {
             if (!layerTypes.empty())
                 l.slidingWindow = layerTypes[i] == "sliding_attention" && s.slidingWindow.has_value();
             else

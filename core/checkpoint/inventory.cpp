@@ -55,7 +55,7 @@ Component componentOf(const std::string& n)
     if (contains(n, ".experts."))
         return Component::RoutedExperts;
     if (endsWith(n, "mlp.gate.weight") || endsWith(n, "block_sparse_moe.gate.weight")
-        || contains(n, "e_score_correction_bias"))
+        || contains(n, "e_score_correction_bias") || contains(n, ".mlp.router.")) // gpt_oss: mlp.router.{weight,bias}
         return Component::Router;
     if (contains(n, ".mlp."))
         return Component::DenseMlp;

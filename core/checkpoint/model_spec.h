@@ -10,7 +10,7 @@
 
 namespace moeatlas {
 
-enum class Architecture { Mixtral, Qwen2Moe, Qwen3Moe, Olmoe };
+enum class Architecture { Mixtral, Qwen2Moe, Qwen3Moe, Olmoe, GptOss };
 
 // How q/k are normalised before RoPE.
 enum class QkNorm {
@@ -25,6 +25,11 @@ struct RouterSpec {
     int numExperts = 0;
     int topK = 0;
     bool normTopkProb = false;
+    // gpt_oss: the router Linear has a bias, and the top-k runs on the logits with the softmax over
+    // the k chosen only (in the logits' dtype). The same weights as softmax over all, top-k,
+    // renormalise (normTopkProb is set too), up to rounding.
+    bool bias = false;
+    bool softmaxAfterTopk = false;
 };
 
 // Rotary position embedding, as transformers' rope_parameters / rope_scaling describe it.
@@ -83,6 +88,18 @@ struct ModelSpec {
     int64_t moeIntermediate = 0; // width of every routed expert
     int64_t sharedIntermediate = 0; // Qwen2-MoE shared expert width; 0 = no shared expert
     bool sharedExpertGate = false; // Qwen2-MoE: sigmoid(Linear(H, 1)) scales the shared expert
+
+    // gpt_oss: learned per-head attention sinks (one logit per head joins each softmax and is dropped
+    // after), expert biases, gate/up interleaved on the checkpoint's last dimension (even = gate), the
+    // clamped SwiGLU (gate clamped above at swigluLimit, up to [-limit, limit],
+    // (up + 1) * gate * sigmoid(alpha * gate)), and norm weights kept in float32 (transformers'
+    // _keep_in_fp32_modules).
+    bool attentionSinks = false;
+    bool expertBias = false;
+    bool clampedSwiglu = false;
+    double swigluLimit = 7.0;
+    double swigluAlpha = 1.702;
+    bool normWeightsFloat32 = false;
 
     std::vector<LayerSpec> layers;
     std::string torchDtype; // config "torch_dtype"/"dtype", informational

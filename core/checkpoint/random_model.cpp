@@ -107,12 +107,26 @@ std::vector<Entry> tensorList(const RandomModelOptions& o)
         t.push_back({ p + "self_attn.q_proj.weight", { qOut, H }, 0.0, s });
         t.push_back({ p + "self_attn.k_proj.weight", { kvOut, H }, 0.0, s });
         t.push_back({ p + "self_attn.v_proj.weight", { kvOut, H }, 0.0, s });
-        if (o.arch == Architecture::Qwen2Moe) {
+        if (o.arch == Architecture::Qwen2Moe || o.arch == Architecture::GptOss) {
             t.push_back({ p + "self_attn.q_proj.bias", { qOut }, 0.0, s });
             t.push_back({ p + "self_attn.k_proj.bias", { kvOut }, 0.0, s });
             t.push_back({ p + "self_attn.v_proj.bias", { kvOut }, 0.0, s });
         }
         t.push_back({ p + "self_attn.o_proj.weight", { H, qOut }, 0.0, s });
+        if (o.arch == Architecture::GptOss) {
+            // gpt_oss: o_proj bias, attention sinks, router with bias, fused experts as x @ W with gate and up
+            // interleaved on the last dimension, expert biases (transformers' GptOss layout).
+            t.push_back({ p + "self_attn.o_proj.bias", { H }, 0.0, s });
+            t.push_back({ p + "self_attn.sinks", { o.numHeads }, 0.0, 1.0 });
+            const std::string m = p + "mlp.";
+            t.push_back({ m + "router.weight", { E, H }, 0.0, o.routerStd / std::sqrt(static_cast<double>(H)) });
+            t.push_back({ m + "router.bias", { E }, 0.0, o.routerStd });
+            t.push_back({ m + "experts.gate_up_proj", { E, H, 2 * I }, 0.0, s });
+            t.push_back({ m + "experts.gate_up_proj_bias", { E, 2 * I }, 0.0, s });
+            t.push_back({ m + "experts.down_proj", { E, I, H }, 0.0, s });
+            t.push_back({ m + "experts.down_proj_bias", { E, H }, 0.0, s });
+            continue;
+        }
         if (o.arch == Architecture::Qwen3Moe) {
             t.push_back({ p + "self_attn.q_norm.weight", { hd }, 1.0, 0.0 });
             t.push_back({ p + "self_attn.k_norm.weight", { hd }, 1.0, 0.0 });
@@ -201,6 +215,26 @@ std::string randomModelConfig(const RandomModelOptions& o)
         c["intermediate_size"] = o.moeIntermediate;
         c["norm_topk_prob"] = o.normTopkProb;
         break;
+    case Architecture::GptOss: {
+        // gpt-oss' own settings: alternating sliding (128) and full layers, YaRN, the clamped SwiGLU.
+        c["architectures"] = { "GptOssForCausalLM" };
+        c["num_local_experts"] = o.numExperts;
+        c["intermediate_size"] = o.moeIntermediate;
+        c["attention_bias"] = true;
+        c["sliding_window"] = 128;
+        c["swiglu_limit"] = 7.0;
+        c["rms_norm_eps"] = 1e-5;
+        c["max_position_embeddings"] = 131072;
+        nlohmann::json types = nlohmann::json::array();
+        for (int l = 0; l < o.numLayers; ++l)
+            types.push_back(l % 2 == 0 ? "sliding_attention" : "full_attention");
+        c["layer_types"] = types;
+        c.erase("rope_theta");
+        c["rope_parameters"] = { { "rope_type", "yarn" }, { "rope_theta", 150000.0 }, { "factor", 32.0 },
+            { "beta_fast", 32.0 }, { "beta_slow", 1.0 }, { "truncate", false },
+            { "original_max_position_embeddings", 4096 } };
+        break;
+    }
     }
     return c.dump(2) + "\n";
 }
@@ -209,6 +243,8 @@ void writeRandomModel(const RandomModelOptions& o, const std::filesystem::path& 
 {
     if (o.arch == Architecture::Olmoe && !o.mlpOnlyLayers.empty())
         throw InputError("olmoe has no dense layers (mlp_only_layers must be empty)");
+    if (o.arch == Architecture::GptOss && !o.mlpOnlyLayers.empty())
+        throw InputError("gpt_oss has no dense layers (mlp_only_layers must be empty)");
     if (o.dtype != DType::F32 && o.dtype != DType::BF16 && o.dtype != DType::F16)
         throw InputError("random models are written in F32, BF16 or F16");
     CheckpointWriterOptions wo;

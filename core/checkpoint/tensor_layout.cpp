@@ -19,6 +19,18 @@ TensorLayout::TensorLayout(const Checkpoint& checkpoint, const ModelSpec& spec)
     if (moeLayers.empty())
         return;
     const std::string p = layerPrefix(moeLayers.front());
+    if (spec.arch == Architecture::GptOss) {
+        // One expert layout, fused; MXFP4 when the hub's packed blocks are present.
+        m_layout = ExpertLayout::Fused;
+        m_mxfp4 = checkpoint.contains(p + "mlp.experts.gate_up_proj_blocks");
+        if (m_mxfp4 && spec.hiddenSize % 32 != 0)
+            throw InputError("config.json: field 'hidden_size' is " + std::to_string(spec.hiddenSize)
+                + " (expected a multiple of 32: the checkpoint's experts are MXFP4, 32 values per scale)");
+        if (m_mxfp4 && spec.moeIntermediate % 32 != 0)
+            throw InputError("config.json: field 'intermediate_size' is " + std::to_string(spec.moeIntermediate)
+                + " (expected a multiple of 32: the checkpoint's experts are MXFP4, 32 values per scale)");
+        return;
+    }
     if (checkpoint.contains(p + "mlp.experts.gate_up_proj"))
         m_layout = ExpertLayout::Fused;
     else if (spec.arch == Architecture::Mixtral && checkpoint.contains(p + "block_sparse_moe.gate.weight"))
@@ -37,7 +49,12 @@ std::string TensorLayout::moePrefix(int layer) const
 
 std::string TensorLayout::routerName(int layer) const
 {
-    return moePrefix(layer) + "gate.weight";
+    return moePrefix(layer) + (m_spec.arch == Architecture::GptOss ? "router.weight" : "gate.weight");
+}
+
+std::string TensorLayout::routerBiasName(int layer) const
+{
+    return moePrefix(layer) + "router.bias";
 }
 
 std::string TensorLayout::expertName(int layer, int expert, ExpertProj proj) const
@@ -82,6 +99,8 @@ std::vector<ExpectedTensor> TensorLayout::layerTensors(int layer) const
     }
     if (s.oBias)
         t.push_back({ p + "self_attn.o_proj.bias", { H } });
+    if (s.attentionSinks)
+        t.push_back({ p + "self_attn.sinks", { s.numHeads } });
     if (s.qkNorm == QkNorm::PerHead) {
         t.push_back({ p + "self_attn.q_norm.weight", { hd } });
         t.push_back({ p + "self_attn.k_norm.weight", { hd } });
@@ -99,6 +118,23 @@ std::vector<ExpectedTensor> TensorLayout::layerTensors(int layer) const
     }
     const int64_t E = s.router.numExperts, I = s.moeIntermediate;
     t.push_back({ routerName(layer), { E, H } });
+    if (s.router.bias)
+        t.push_back({ routerBiasName(layer), { E } });
+    if (s.arch == Architecture::GptOss) {
+        const std::string gu = fusedGateUpName(layer), dn = fusedDownName(layer);
+        if (m_mxfp4) {
+            t.push_back({ gu + "_blocks", { E, 2 * I, H / 32, 16 } });
+            t.push_back({ gu + "_scales", { E, 2 * I, H / 32 } });
+            t.push_back({ dn + "_blocks", { E, H, I / 32, 16 } });
+            t.push_back({ dn + "_scales", { E, H, I / 32 } });
+        } else {
+            t.push_back({ gu, { E, H, 2 * I } });
+            t.push_back({ dn, { E, I, H } });
+        }
+        t.push_back({ gu + "_bias", { E, 2 * I } });
+        t.push_back({ dn + "_bias", { E, H } });
+        return t;
+    }
     if (!ls.expertWidths.empty()) {
         // One tensor per expert at its own width; a zero-width expert's are empty ([0, H], [H, 0]).
         for (int e = 0; e < E; ++e) {
@@ -145,7 +181,11 @@ void TensorLayout::validate(const Checkpoint& checkpoint) const
         if (info.shape != e.shape)
             throw InputError(file + ": tensor '" + e.name + "' has shape " + formatShape(info.shape) + ", expected "
                 + formatShape(e.shape) + " from config.json");
-        if (!isFloatingPoint(info.dtype))
+        const bool packed = m_mxfp4 && (e.name.ends_with("_blocks") || e.name.ends_with("_scales"));
+        if (packed && info.dtype != DType::U8)
+            throw InputError(file + ": tensor '" + e.name + "' has dtype " + std::string(dtypeName(info.dtype))
+                + ", expected U8 (MXFP4 " + (e.name.ends_with("_blocks") ? "blocks" : "scales") + ")");
+        if (!packed && !isFloatingPoint(info.dtype))
             throw InputError(file + ": tensor '" + e.name + "' has dtype " + std::string(dtypeName(info.dtype))
                 + ", expected a floating-point type");
     };

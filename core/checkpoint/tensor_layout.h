@@ -29,6 +29,9 @@ public:
     TensorLayout(const Checkpoint& checkpoint, const ModelSpec& spec);
 
     ExpertLayout expertLayout() const { return m_layout; }
+    // gpt_oss hub checkpoints: experts stored as MXFP4 (`<name>_blocks` uint8 [E, rows, cols/32, 16],
+    // two E2M1 values per byte, low nibble first; `<name>_scales` uint8 E8M0 [E, rows, cols/32]).
+    bool mxfp4() const { return m_mxfp4; }
 
     std::string layerPrefix(int layer) const; // "model.layers.<l>."
     std::string moePrefix(int layer) const; // "...block_sparse_moe." or "...mlp."
@@ -39,6 +42,10 @@ public:
     // Fused layout: [E, 2I, H] (gate rows first) and [E, H, I].
     std::string fusedGateUpName(int layer) const;
     std::string fusedDownName(int layer) const;
+    // gpt_oss: "...mlp.router.bias" and the expert biases "...experts.gate_up_proj_bias" [E, 2I] (gate and up
+    // interleaved) and "...experts.down_proj_bias" [E, H]. Its fused tensors are stored transposed:
+    // gate_up_proj [E, H, 2I] (even columns gate, odd up), down_proj [E, I, H].
+    std::string routerBiasName(int layer) const;
 
     // Every tensor of one decoder layer / outside the layers, with the shape config.json implies.
     std::vector<ExpectedTensor> layerTensors(int layer) const;
@@ -53,6 +60,7 @@ public:
 private:
     const ModelSpec& m_spec;
     ExpertLayout m_layout = ExpertLayout::PerExpert;
+    bool m_mxfp4 = false;
     bool m_blockSparseMoe = false; // Mixtral hub layout names the MoE block "block_sparse_moe"
 };
 

@@ -61,6 +61,59 @@ Slab expertSlab(const TensorInfo& info, int expert, std::vector<std::optional<st
     return { static_cast<uint64_t>(expert) * bytes, inner, std::move(select) };
 }
 
+// gpt_oss: the gate/up columns (or rows, for MXFP4 blocks) of units u, interleaved as stored: 2u, 2u + 1.
+std::vector<int> interleavedPairs(const std::vector<int>& units)
+{
+    std::vector<int> out;
+    out.reserve(2 * units.size());
+    for (const int u : units) {
+        out.push_back(2 * u);
+        out.push_back(2 * u + 1);
+    }
+    return out;
+}
+
+// gpt_oss' fused expert tensors (dimension 0 = expert), plain or MXFP4, cut to the kept experts and, for a
+// uniform dimension plan, their kept units: gate_up_proj [E, H, 2I] columns and gate_up_proj_bias [E, 2I]
+// entries in (gate, up) pairs, gate_up_proj_blocks/_scales rows in pairs (one row = one output), down_proj
+// [E, I, H] rows, down_proj_bias [E, H] whole. MXFP4 down_proj packs 32 units per scale: not cut.
+OutTensor gptOssExpertTensor(const Checkpoint& ckpt, OutTensor t, const std::string& suffix, const LayerKeep& lk,
+    ExportKind kind)
+{
+    const TensorInfo& info = ckpt.info(t.source);
+    const std::vector<int>& k = lk.experts;
+    const auto fail = [&](const std::string& why) {
+        return InputError(ckpt.fileOf(t.source).path().string() + ": tensor '" + t.source + "' " + why);
+    };
+    if (kind == ExportKind::Ragged)
+        throw fail("cannot go into a ragged export: gpt_oss exports keep one expert width (uniform dimension plans)");
+    if (kind == ExportKind::Experts) {
+        std::vector<std::optional<std::vector<int>>> select(info.shape.size());
+        select[0] = k;
+        t.slabs = { Slab { 0, info.shape, select } };
+        t.shape[0] = static_cast<int64_t>(k.size());
+        return t;
+    }
+    t.slabs.clear();
+    for (std::size_t j = 0; j < k.size(); ++j) {
+        const std::vector<int>& u = lk.units[j];
+        std::vector<std::optional<std::vector<int>>> select(info.shape.size() - 1);
+        if (suffix == "gate_up_proj")
+            select[1] = interleavedPairs(u);
+        else if (suffix == "gate_up_proj_bias" || suffix == "gate_up_proj_blocks" || suffix == "gate_up_proj_scales")
+            select[0] = interleavedPairs(u);
+        else if (suffix == "down_proj")
+            select[0] = u;
+        else if (suffix != "down_proj_bias")
+            throw fail("cannot be cut to intermediate units (MXFP4 down_proj packs 32 units per scale): export "
+                       "expert pruning only, or a dequantized checkpoint");
+        t.slabs.push_back(expertSlab(info, k[j], std::move(select)));
+    }
+    t.shape = selectedShape(t.slabs.front());
+    t.shape.insert(t.shape.begin(), static_cast<int64_t>(k.size()));
+    return t;
+}
+
 std::vector<int> shifted(const std::vector<int>& ids, int by)
 {
     std::vector<int> out;
@@ -235,6 +288,8 @@ std::vector<OutTensor> mapTensors(const Checkpoint& ckpt, const ModelSpec& spec,
                 t.name = kind == ExportKind::Ragged ? raggedExpertName(l, j, *role)
                                                     : experts + std::to_string(j) + "." + suffix;
                 made.push_back(t);
+            } else if (spec.arch == Architecture::GptOss && startsWith(name, experts)) {
+                made.push_back(gptOssExpertTensor(ckpt, t, name.substr(experts.size()), lk, kind));
             } else if (name == layout.fusedGateUpName(l) || name == layout.fusedDownName(l)) {
                 const bool down = name == layout.fusedDownName(l);
                 if (kind == ExportKind::Experts) {
@@ -271,8 +326,10 @@ std::vector<OutTensor> mapTensors(const Checkpoint& ckpt, const ModelSpec& spec,
                     t.shape = { K, selectedShape(t.slabs.front())[0], selectedShape(t.slabs.front())[1] };
                     made.push_back(t);
                 }
-            } else if (startsWith(name, moe + "gate.") && !info.shape.empty() && info.shape[0] == E) {
-                // Router rows [E, H] and a correction bias [E]; the ragged format names the block "mlp.".
+            } else if ((startsWith(name, moe + "gate.") || startsWith(name, moe + "router.")) && !info.shape.empty()
+                && info.shape[0] == E) {
+                // Router rows [E, H] and a correction bias [E] (gpt_oss: mlp.router.weight and .bias); the ragged
+                // format names the block "mlp.".
                 std::vector<std::optional<std::vector<int>>> select(info.shape.size());
                 select[0] = k;
                 t.slabs = { Slab { 0, info.shape, select } };

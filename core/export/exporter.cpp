@@ -45,7 +45,9 @@ bool isInside(const fs::path& child, const fs::path& parent)
 // The config key of the routed experts' width (METHODS.md section 3).
 const char* expertWidthKey(Architecture arch)
 {
-    return arch == Architecture::Mixtral || arch == Architecture::Olmoe ? "intermediate_size" : "moe_intermediate_size";
+    return arch == Architecture::Mixtral || arch == Architecture::Olmoe || arch == Architecture::GptOss
+        ? "intermediate_size"
+        : "moe_intermediate_size";
 }
 
 // Checks the plan (and its dims) against the model and returns, per decoder layer, what it

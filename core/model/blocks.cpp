@@ -169,6 +169,27 @@ at::Tensor causalMask(int64_t seqLen, std::optional<int64_t> window, const at::T
     return at::zeros({ seqLen, seqLen }, options).masked_fill(visible.logical_not(), lowest);
 }
 
+// Attention probabilities with learned sinks (gpt_oss): each head's sink logit joins its rows as one more
+// column, the row's maximum is subtracted, the softmax runs in the scores' dtype and the sink's column is
+// dropped. scores [heads, S, S], sinks [heads].
+at::Tensor sinkSoftmax(const at::Tensor& scores, const at::Tensor& sinks)
+{
+    const int64_t heads = scores.size(0), S = scores.size(1);
+    at::Tensor combined
+        = at::cat({ scores, sinks.to(scores.scalar_type()).view({ heads, 1, 1 }).expand({ heads, S, 1 }) }, -1);
+    combined = combined - std::get<0>(combined.max(-1, /*keepdim=*/true));
+    return at::softmax(combined, -1, combined.scalar_type()).narrow(-1, 0, S);
+}
+
+// The clamped SwiGLU of gpt_oss' experts on gu = [gate | up] ([c, 2w]): gate clamped above at the limit,
+// up clamped to [-limit, limit], (up + 1) * gate * sigmoid(alpha * gate).
+at::Tensor clampedSwiglu(const ModelSpec& spec, const at::Tensor& gu, int64_t width)
+{
+    const at::Tensor gate = gu.narrow(1, 0, width).clamp_max(spec.swigluLimit);
+    const at::Tensor up = gu.narrow(1, width, width).clamp(-spec.swigluLimit, spec.swigluLimit);
+    return (up + 1) * (gate * at::sigmoid(gate * spec.swigluAlpha));
+}
+
 // Adds sum over rows of |h| ([tokens, I] activations of expert e) into row e of `sum` ([E, I] float64).
 void addUnitActivation(const at::Tensor& sum, int64_t e, const at::Tensor& h)
 {
@@ -190,7 +211,7 @@ void addExpertOutput(const MoeOptions& options, int64_t e, const at::Tensor& idx
 
 at::Tensor routerLogits(const LayerWeights& w, const at::Tensor& x)
 {
-    return linear(x, Linear { w.router, {} });
+    return linear(x, Linear { w.router, w.routerBias });
 }
 
 RotaryCache buildRotaryCache(const ModelSpec& spec, int64_t seqLen, const at::TensorOptions& options)
@@ -214,6 +235,9 @@ at::Tensor rmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps)
     at::Tensor h = x.to(at::kFloat);
     at::Tensor variance = h.pow(2).mean(-1, /*keepdim=*/true);
     h = h * at::rsqrt(variance + eps);
+    // Weights kept in float32 (gpt_oss): the product in float32, then the input's dtype.
+    if (weight.scalar_type() != x.scalar_type())
+        return (weight * h).to(x.scalar_type());
     return weight * h.to(x.scalar_type());
 }
 
@@ -257,7 +281,8 @@ at::Tensor attention(const ModelSpec& spec, const LayerWeights& w, const at::Ten
     if (!splitWork(x)) {
         for (int64_t b = 0; b < numSeqs; ++b) {
             at::Tensor scores = at::matmul(q[b], k[b].transpose(1, 2)) * scale + mask;
-            at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+            at::Tensor probs = w.sinks.defined() ? sinkSoftmax(scores, w.sinks).to(q.scalar_type())
+                                                 : at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
             out[b].copy_(at::matmul(probs, v[b]).transpose(0, 1).reshape({ S, nh * hd }));
         }
         return linear(out.view({ tokens, nh * hd }), w.o);
@@ -288,7 +313,9 @@ at::Tensor attention(const ModelSpec& spec, const LayerWeights& w, const at::Ten
         at::matmul_out(scores, qb, kb.transpose(1, 2));
         scores.mul_(scale).add_(mask);
         at::Tensor probs;
-        if (fp32) {
+        if (w.sinks.defined()) {
+            probs = sinkSoftmax(scores, w.sinks.narrow(0, h0, hn)).to(q.scalar_type());
+        } else if (fp32) {
             probs = buf.probs.narrow(0, 0, hn);
             at::softmax_out(probs, scores, -1, at::kFloat);
         } else {
@@ -363,10 +390,23 @@ at::Tensor moeForward(
     const auto widthOf = [&](int64_t e) { return ragged ? ragged->widths[static_cast<std::size_t>(e)] : I; };
     const auto gateUpOf = [&](int64_t e) { return ragged ? ragged->gateUp[static_cast<std::size_t>(e)] : w.gateUp[e]; };
     const auto downOf = [&](int64_t e) { return ragged ? ragged->down[static_cast<std::size_t>(e)] : w.down[e]; };
+    // gpt_oss expert biases (undefined for the other architectures).
+    const auto gateUpBiasOf = [&](int64_t e) {
+        if (ragged)
+            return ragged->gateUpBias.empty() ? at::Tensor() : ragged->gateUpBias[static_cast<std::size_t>(e)];
+        return w.gateUpBias.defined() ? w.gateUpBias[e] : at::Tensor();
+    };
+    const auto downBiasOf = [&](int64_t e) {
+        if (ragged)
+            return ragged->downBias.empty() ? at::Tensor() : ragged->downBias[static_cast<std::size_t>(e)];
+        return w.downBias.defined() ? w.downBias[e] : at::Tensor();
+    };
     const bool fp32 = x.scalar_type() == at::kFloat;
     // transformers computes the router in the hidden dtype; observers get an fp32 computation.
     at::Tensor logits = routerLogits(w, x);
-    at::Tensor logits32 = fp32 ? logits : at::linear(x.to(at::kFloat), w.router.to(at::kFloat));
+    at::Tensor logits32 = fp32 ? logits
+                               : at::linear(x.to(at::kFloat), w.router.to(at::kFloat),
+                                   w.routerBias.defined() ? w.routerBias.to(at::kFloat) : at::Tensor());
     const bool speculative = options.speculativeLogits.defined() || options.speculativeIds.defined();
     if (speculative && (rule || (options.speculativeLogits.defined() && options.speculativeIds.defined())))
         throw std::invalid_argument("moeForward: speculative execution takes predicted logits or ids, with the "
@@ -376,6 +416,11 @@ at::Tensor moeForward(
         routingLogits = routingLogits.masked_fill(options.keptExperts.logical_not(), -INFINITY);
     at::Tensor probs = at::softmax(routingLogits, -1, at::kFloat);
     auto [topVal, topIdx] = at::topk(probs, K, -1);
+    if (spec.router.softmaxAfterTopk) {
+        // gpt_oss: the top-k of the logits themselves (as transformers picks them, ties included).
+        topIdx = std::get<1>(at::topk(routingLogits, K, -1));
+        topVal = probs.gather(1, topIdx);
+    }
     if (options.speculativeIds.defined()) {
         topIdx = options.speculativeIds;
         topVal = probs.gather(1, topIdx);
@@ -387,8 +432,15 @@ at::Tensor moeForward(
         slotKept = at::arange(K, tokenK.options()).unsqueeze(0).lt(tokenK.unsqueeze(1));
         topVal = topVal.masked_fill(slotKept.logical_not(), 0.0f);
     }
-    if (spec.router.normTopkProb)
+    if (spec.router.softmaxAfterTopk) {
+        // Softmax over the chosen (kept) slots' logits, in the logits' dtype: transformers' GptOssTopKRouter.
+        at::Tensor chosen = routingLogits.gather(1, topIdx);
+        if (slotKept.defined())
+            chosen = chosen.masked_fill(slotKept.logical_not(), -INFINITY);
+        topVal = at::softmax(chosen, -1, chosen.scalar_type()).to(at::kFloat);
+    } else if (spec.router.normTopkProb) {
         topVal = topVal / topVal.sum(-1, /*keepdim=*/true);
+    }
     if (options.expertsUsed)
         *options.expertsUsed = (tokenK.defined() ? tokenK : at::full({ N }, K, at::kLong)).to(at::kCPU, at::kLong);
     // Mixtral multiplies expert outputs by fp32 weights; the others cast the weights to the
@@ -452,6 +504,16 @@ at::Tensor moeForward(
             if (c == 0)
                 return;
             at::Tensor dst = weighted.narrow(0, off, c);
+            const at::Tensor gub = gateUpBiasOf(e), db = downBiasOf(e);
+            if (we == 0 && db.defined()) {
+                // gpt_oss: an expert cut to no units still adds its down bias.
+                dst.copy_(db.unsqueeze(0).expand({ c, H }));
+                addExpertOutput(options, e, tokenOf.narrow(0, off, c), dst);
+                if (options.recordExpertNorms)
+                    sortedNorms.narrow(0, off, c).copy_(dst.to(at::kFloat).norm(2, { 1 }));
+                dst.mul_(sortedWeights.narrow(0, off, c).unsqueeze(1));
+                return;
+            }
             if (we == 0) {
                 // A zero-width expert adds exactly zero (the rows still go through the index_add_ below;
                 // x + 0 == x, so the sums equal the other path's, which skips the expert).
@@ -468,8 +530,14 @@ at::Tensor moeForward(
             at::Tensor h = buf.h.narrow(0, 0, c * we).view({ c, we });
             at::index_select_out(xe, x, 0, tokenOf.narrow(0, off, c));
             at::mm_out(gu, xe, gateUp.t());
-            at::silu_out(h, gu.narrow(1, 0, we));
-            h.mul_(gu.narrow(1, we, we));
+            if (gub.defined())
+                gu.add_(gub);
+            if (spec.clampedSwiglu) {
+                h.copy_(clampedSwiglu(spec, gu, we));
+            } else {
+                at::silu_out(h, gu.narrow(1, 0, we));
+                h.mul_(gu.narrow(1, we, we));
+            }
             if (options.unitActivationSum.defined())
                 addUnitActivation(options.unitActivationSum, e, h);
             if (options.unitMask.defined())
@@ -477,12 +545,14 @@ at::Tensor moeForward(
             const at::Tensor mix = sortedWeights.narrow(0, off, c).unsqueeze(1);
             if (sameType) {
                 at::mm_out(dst, h, down.t());
+                if (db.defined())
+                    dst.add_(db);
                 addExpertOutput(options, e, tokenOf.narrow(0, off, c), dst);
                 if (options.recordExpertNorms)
                     sortedNorms.narrow(0, off, c).copy_(dst.to(at::kFloat).norm(2, { 1 }));
                 dst.mul_(mix);
             } else {
-                const at::Tensor y = at::mm(h, down.t());
+                const at::Tensor y = db.defined() ? at::mm(h, down.t()) + db : at::mm(h, down.t());
                 addExpertOutput(options, e, tokenOf.narrow(0, off, c), y);
                 if (options.recordExpertNorms)
                     sortedNorms.narrow(0, off, c).copy_(y.to(at::kFloat).norm(2, { 1 }));
@@ -502,6 +572,19 @@ at::Tensor moeForward(
             const int64_t c = countPtr[e], we = widthOf(e);
             if (c == 0)
                 continue;
+            const at::Tensor gub = gateUpBiasOf(e), db = downBiasOf(e);
+            if (we == 0 && db.defined()) {
+                // gpt_oss: an expert cut to no units still adds its down bias.
+                at::Tensor idx = tokenOf.narrow(0, offset, c);
+                at::Tensor y = db.unsqueeze(0).expand({ c, x.size(1) });
+                addExpertOutput(options, e, idx, y);
+                if (options.recordExpertNorms)
+                    sortedNorms.narrow(0, offset, c).copy_(y.to(at::kFloat).norm(2, { 1 }));
+                y = y * sortedWeights.narrow(0, offset, c).unsqueeze(1);
+                out.index_add_(0, idx, y.to(x.scalar_type()));
+                offset += c;
+                continue;
+            }
             if (we == 0) {
                 if (options.recordExpertNorms)
                     sortedNorms.narrow(0, offset, c).zero_();
@@ -510,13 +593,15 @@ at::Tensor moeForward(
             }
             at::Tensor idx = tokenOf.narrow(0, offset, c);
             at::Tensor xe = x.index_select(0, idx);
-            at::Tensor gu = at::linear(xe, gateUpOf(e));
-            at::Tensor h = at::silu(gu.narrow(1, 0, we)) * gu.narrow(1, we, we);
+            // gpt_oss (biases): x @ W + b as transformers writes it, not a fused addmm.
+            at::Tensor gu = gub.defined() ? at::matmul(xe, gateUpOf(e).t()) + gub : at::linear(xe, gateUpOf(e));
+            at::Tensor h = spec.clampedSwiglu ? clampedSwiglu(spec, gu, we)
+                                              : at::silu(gu.narrow(1, 0, we)) * gu.narrow(1, we, we);
             if (options.unitActivationSum.defined())
                 addUnitActivation(options.unitActivationSum, e, h);
             if (options.unitMask.defined())
                 h = h * options.unitMask[e].to(h.scalar_type());
-            at::Tensor y = at::linear(h, downOf(e));
+            at::Tensor y = db.defined() ? at::matmul(h, downOf(e).t()) + db : at::linear(h, downOf(e));
             addExpertOutput(options, e, idx, y);
             if (options.recordExpertNorms)
                 sortedNorms.narrow(0, offset, c).copy_(y.to(at::kFloat).norm(2, { 1 }));

@@ -21,7 +21,8 @@ RotaryCache buildRotaryCache(const ModelSpec& spec, int64_t seqLen, const at::Te
 
 at::Tensor rmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
-// Self-attention over `numSeqs` sequences of equal length packed as [numSeqs * seqLen, H].
+// Self-attention over `numSeqs` sequences of equal length packed as [numSeqs * seqLen, H]. With w.sinks
+// (gpt_oss) each head's sink logit joins its softmax (in the scores' dtype) and is dropped after.
 at::Tensor attention(const ModelSpec& spec, const LayerWeights& w, const at::Tensor& x, int64_t numSeqs,
     const RotaryCache& rope, bool slidingWindow);
 
@@ -74,7 +75,9 @@ struct MoeOptions {
 // routes by (same dtype, same products): expert prefetching applies one layer's router to another's states.
 at::Tensor routerLogits(const LayerWeights& w, const at::Tensor& x);
 
-// The MoE block (router + routed experts + shared expert). Tokens are grouped by expert and each
+// The MoE block (router + routed experts + shared expert). gpt_oss (ModelSpec::router.softmaxAfterTopk,
+// expertBias, clampedSwiglu): the router adds its bias, picks the top k of the logits and weights them by
+// the softmax over those k; each expert computes x W + b, the clamped SwiGLU, then W_down + b_down. Tokens are grouped by expert and each
 // expert runs once on its tokens (at its own width with options.ragged; a zero-width expert is skipped). With autograd
 // recording (grad mode on, not inference mode) every block takes its plain path: the split paths write into buffers
 // with out= ops autograd cannot record.

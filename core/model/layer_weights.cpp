@@ -1,5 +1,6 @@
 #include "model/layer_weights.h"
 
+#include "checkpoint/mxfp4.h"
 #include "util/error.h"
 
 #include <ATen/ATen.h>
@@ -146,6 +147,18 @@ void WeightLoader::loadInto(const std::string& name, const at::Tensor& destinati
         m_ckpt.release(name);
 }
 
+at::Tensor WeightLoader::loadNorm(const std::string& name) const
+{
+    if (!m_spec.normWeightsFloat32)
+        return load(name, { m_spec.hiddenSize });
+    // transformers keeps these norms in float32 whatever the model dtype (gpt_oss' _keep_in_fp32_modules).
+    const TensorInfo& info = m_ckpt.info(name);
+    at::Tensor t = tensorFromBytes(m_ckpt.bytes(name).data(), info.dtype, { m_spec.hiddenSize }, at::kFloat, m_opt.device);
+    if (m_opt.releaseSourcePages)
+        m_ckpt.release(name);
+    return t;
+}
+
 Linear WeightLoader::loadLinear(const std::string& prefix, int64_t out, int64_t in, bool bias) const
 {
     Linear l;
@@ -160,6 +173,12 @@ void WeightLoader::loadExperts(int layer, LayerWeights& w) const
     const ModelSpec& s = m_spec;
     const int64_t E = s.router.numExperts, H = s.hiddenSize, I = s.moeIntermediate;
     w.router = load(m_layout.routerName(layer), { E, H });
+    if (s.router.bias)
+        w.routerBias = load(m_layout.routerBiasName(layer), { E });
+    if (s.arch == Architecture::GptOss) {
+        loadGptOssExperts(layer, w);
+        return;
+    }
     const auto options = at::TensorOptions().dtype(m_opt.dtype).device(m_opt.device);
     const std::vector<int64_t>& widths = s.layers[static_cast<std::size_t>(layer)].expertWidths;
     if (!widths.empty()) {
@@ -194,6 +213,56 @@ void WeightLoader::loadExperts(int layer, LayerWeights& w) const
     }
 }
 
+namespace {
+
+// Gate and up interleaved along `dim` (even = gate) -> gate first, then up, contiguous.
+at::Tensor deinterleave(const at::Tensor& t, int64_t dim)
+{
+    const int64_t n = t.size(dim);
+    return at::cat({ t.slice(dim, 0, n, 2), t.slice(dim, 1, n, 2) }, dim).contiguous();
+}
+
+} // namespace
+
+at::Tensor WeightLoader::loadMxfp4(const std::string& name, int64_t experts, int64_t rows, int64_t cols) const
+{
+    // Validated up front (TensorLayout::validate: shapes [E, rows, cols/32, 16] and [E, rows, cols/32], U8).
+    const std::string blocksName = name + "_blocks", scalesName = name + "_scales";
+    const auto* blocks = reinterpret_cast<const uint8_t*>(m_ckpt.bytes(blocksName).data());
+    const auto* scales = reinterpret_cast<const uint8_t*>(m_ckpt.bytes(scalesName).data());
+    at::Tensor out = at::empty({ experts, rows, cols }, at::TensorOptions().dtype(m_opt.dtype).device(m_opt.device));
+    // One expert at a time: a float32 buffer of one expert, converted into the compute dtype.
+    at::Tensor buffer = at::empty({ rows, cols }, at::kFloat);
+    const int64_t blockBytes = rows * (cols / 32) * 16, scaleBytes = rows * (cols / 32);
+    for (int64_t e = 0; e < experts; ++e) {
+        decodeMxfp4(blocks + e * blockBytes, scales + e * scaleBytes, rows, cols, buffer.data_ptr<float>());
+        out[e].copy_(buffer);
+    }
+    if (m_opt.releaseSourcePages) {
+        m_ckpt.release(blocksName);
+        m_ckpt.release(scalesName);
+    }
+    return out;
+}
+
+void WeightLoader::loadGptOssExperts(int layer, LayerWeights& w) const
+{
+    const ModelSpec& s = m_spec;
+    const int64_t E = s.router.numExperts, H = s.hiddenSize, I = s.moeIntermediate;
+    const std::string gu = m_layout.fusedGateUpName(layer), dn = m_layout.fusedDownName(layer);
+    if (m_layout.mxfp4()) {
+        // MXFP4 rows are the output dimension: gate_up [E, 2I, H] (rows interleaved), down [E, H, I].
+        w.gateUp = deinterleave(loadMxfp4(gu, E, 2 * I, H), 1);
+        w.down = loadMxfp4(dn, E, H, I);
+    } else {
+        // Stored as x @ W: gate_up_proj [E, H, 2I], down_proj [E, I, H].
+        w.gateUp = deinterleave(load(gu, { E, H, 2 * I }), 2).transpose(1, 2).contiguous();
+        w.down = load(dn, { E, I, H }).transpose(1, 2).contiguous();
+    }
+    w.gateUpBias = deinterleave(load(gu + "_bias", { E, 2 * I }), 1);
+    w.downBias = load(dn + "_bias", { E, H });
+}
+
 int64_t RaggedExperts::maxWidth() const
 {
     return widths.empty() ? 0 : *std::max_element(widths.begin(), widths.end());
@@ -221,6 +290,12 @@ RaggedExperts sliceExperts(const LayerWeights& w, const std::vector<std::vector<
     r.widths.resize(static_cast<std::size_t>(E));
     r.gateUp.resize(static_cast<std::size_t>(E));
     r.down.resize(static_cast<std::size_t>(E));
+    if (w.gateUpBias.defined()) {
+        // gpt_oss: the kept units' gate and up biases; the down bias whole (a zero-width expert still adds it).
+        r.gateUpBias.resize(static_cast<std::size_t>(E));
+        for (int64_t e = 0; e < E; ++e)
+            r.downBias.push_back(w.downBias[e]);
+    }
     for (int64_t e = 0; e < E; ++e) {
         const std::vector<int>& u = units[static_cast<std::size_t>(e)];
         const auto width = static_cast<int64_t>(u.size());
@@ -236,6 +311,8 @@ RaggedExperts sliceExperts(const LayerWeights& w, const std::vector<std::vector<
         const at::Tensor index = at::tensor(at::ArrayRef<int64_t>(rows), at::kLong).to(w.gateUp.device());
         r.gateUp[static_cast<std::size_t>(e)] = w.gateUp[e].index_select(0, index);
         r.down[static_cast<std::size_t>(e)] = w.down[e].index_select(1, index.narrow(0, 0, width));
+        if (w.gateUpBias.defined())
+            r.gateUpBias[static_cast<std::size_t>(e)] = w.gateUpBias[e].index_select(0, index);
     }
     return r;
 }
@@ -248,12 +325,14 @@ LayerWeights WeightLoader::loadLayer(int layer) const
     LayerWeights w;
     w.layer = layer;
     w.sourceBytes = layerBytes(layer);
-    w.inputNorm = load(p + "input_layernorm.weight", { H });
-    w.postAttentionNorm = load(p + "post_attention_layernorm.weight", { H });
+    w.inputNorm = loadNorm(p + "input_layernorm.weight");
+    w.postAttentionNorm = loadNorm(p + "post_attention_layernorm.weight");
     w.q = loadLinear(p + "self_attn.q_proj", s.numHeads * hd, H, s.qkvBias);
     w.k = loadLinear(p + "self_attn.k_proj", s.numKvHeads * hd, H, s.qkvBias);
     w.v = loadLinear(p + "self_attn.v_proj", s.numKvHeads * hd, H, s.qkvBias);
     w.o = loadLinear(p + "self_attn.o_proj", H, s.numHeads * hd, s.oBias);
+    if (s.attentionSinks)
+        w.sinks = load(p + "self_attn.sinks", { s.numHeads });
     if (s.qkNorm == QkNorm::PerHead) {
         w.qNorm = load(p + "self_attn.q_norm.weight", { hd });
         w.kNorm = load(p + "self_attn.k_norm.weight", { hd });
@@ -304,7 +383,7 @@ at::Tensor WeightLoader::embed(const std::vector<int32_t>& ids) const
 
 at::Tensor WeightLoader::finalNorm() const
 {
-    return load("model.norm.weight", { m_spec.hiddenSize });
+    return loadNorm("model.norm.weight");
 }
 
 at::Tensor WeightLoader::lmHead() const

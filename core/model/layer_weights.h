@@ -30,6 +30,9 @@ struct RaggedExperts {
     std::vector<int64_t> widths; // [E]
     std::vector<at::Tensor> gateUp; // per expert [2 * widths[e], H], gate rows first
     std::vector<at::Tensor> down; // per expert [H, widths[e]]
+    // gpt_oss expert biases (empty for the others): per expert [2 * widths[e]] (gate first) and [H].
+    std::vector<at::Tensor> gateUpBias;
+    std::vector<at::Tensor> downBias;
 
     bool empty() const { return widths.empty(); }
     int64_t numExperts() const { return static_cast<int64_t>(widths.size()); }
@@ -39,13 +42,18 @@ struct RaggedExperts {
 
 struct LayerWeights {
     int layer = 0;
-    at::Tensor inputNorm; // [H]
+    at::Tensor inputNorm; // [H] (float32 where ModelSpec::normWeightsFloat32)
     at::Tensor postAttentionNorm; // [H]
     Linear q, k, v, o;
     at::Tensor qNorm, kNorm; // undefined when the architecture has none
 
     bool moe = false;
     at::Tensor router; // [E, H]
+    at::Tensor routerBias; // [E] (gpt_oss) or undefined
+    at::Tensor sinks; // [numHeads] attention sink logits (gpt_oss) or undefined
+    // gpt_oss expert biases, de-interleaved like gateUp: [E, 2I] gate first, and [E, H]; else undefined.
+    at::Tensor gateUpBias;
+    at::Tensor downBias;
     at::Tensor gateUp; // [E, 2I, H], gate rows first; undefined for a ragged layer
     at::Tensor down; // [E, H, I]; undefined for a ragged layer
     RaggedExperts ragged; // a layer of a ragged checkpoint (LayerSpec::expertWidths), else empty
@@ -88,6 +96,11 @@ private:
     void loadInto(const std::string& name, const at::Tensor& destination) const;
     Linear loadLinear(const std::string& prefix, int64_t out, int64_t in, bool bias) const;
     void loadExperts(int layer, LayerWeights& w) const;
+    // An RMSNorm weight [H]: in the compute dtype, or float32 where the spec keeps norms so.
+    at::Tensor loadNorm(const std::string& name) const;
+    // gpt_oss: the fused (transposed, interleaved) or MXFP4 experts into the [gate; up] form.
+    void loadGptOssExperts(int layer, LayerWeights& w) const;
+    at::Tensor loadMxfp4(const std::string& name, int64_t experts, int64_t rows, int64_t cols) const;
 
     const Checkpoint& m_ckpt;
     const ModelSpec& m_spec;

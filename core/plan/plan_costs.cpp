@@ -39,11 +39,25 @@ PlanContext planContextFor(const Checkpoint& checkpoint)
             bytes += checkpoint.info(bias).byteSize() / E;
             params += checkpoint.info(bias).numel() / static_cast<int64_t>(E);
         }
+        // gpt_oss: the router's bias (one entry per expert), and each expert's down bias, which stays whole
+        // whatever units it keeps (so it is part of the expert, not of its units).
+        uint64_t wholeBytes = 0;
+        int64_t wholeParams = 0;
+        if (spec.router.bias) {
+            const TensorInfo& rb = checkpoint.info(layout.routerBiasName(l));
+            bytes += rb.byteSize() / E;
+            params += rb.numel() / static_cast<int64_t>(E);
+        }
+        if (spec.expertBias) {
+            const TensorInfo& db = checkpoint.info(layout.fusedDownName(l) + "_bias");
+            wholeBytes = db.byteSize();
+            wholeParams = db.numel();
+        }
         c.expertBytes.push_back(bytes);
         c.expertParams.push_back(params);
         const auto units = static_cast<uint64_t>(spec.moeIntermediate) * E;
-        c.unitBytes.push_back(experts.bytes / units);
-        c.unitParams.push_back(experts.params / static_cast<int64_t>(units));
+        c.unitBytes.push_back((experts.bytes - wholeBytes) / units);
+        c.unitParams.push_back((experts.params - wholeParams) / static_cast<int64_t>(units));
         c.fixedBytes -= bytes * E;
         c.fixedParams -= params * static_cast<int64_t>(E);
     }

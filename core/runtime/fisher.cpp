@@ -66,6 +66,10 @@ RaggedExperts expertLeaves(const LayerWeights& w)
         r.widths.push_back(w.down.size(2));
         r.gateUp.push_back(w.gateUp[e].detach().requires_grad_(true));
         r.down.push_back(w.down[e].detach().requires_grad_(true));
+        if (w.gateUpBias.defined()) { // gpt_oss: the biases go along (no gradient of their own)
+            r.gateUpBias.push_back(w.gateUpBias[e]);
+            r.downBias.push_back(w.downBias[e]);
+        }
     }
     return r;
 }

@@ -52,12 +52,22 @@ def load(path: str, trust: bool):
     return model.eval()
 
 
+def router_of(layer):
+    """The layer's TopKRouter: mlp.gate, or mlp.router (gpt_oss); None for a dense layer."""
+    return getattr(layer.mlp, "gate", None) or getattr(layer.mlp, "router", None)
+
+
+def gpt_oss(model) -> bool:
+    """gpt_oss stores experts as x @ W: down_proj [E, I, H] (units are rows), gate_up_proj [E, H, 2I]."""
+    return model.config.model_type == "gpt_oss"
+
+
 def mask_dropped_experts(model, plan) -> None:
     """Adds 0 / -inf to each router's logits: every router of these architectures computes its
     logits with F.linear(hidden, self.weight), so that call is wrapped while the router runs."""
     num_experts = plan["source"]["num_experts"]
     for entry in plan["layers"]:
-        router = model.model.layers[entry["layer"]].mlp.gate
+        router = router_of(model.model.layers[entry["layer"]])
         mask = torch.full((num_experts,), float("-inf"))
         mask[entry["keep"]] = 0.0
         original_forward = router.forward
@@ -104,11 +114,16 @@ def zero_dropped_units(model, plan, units) -> None:
             down = model.model.layers[entry["layer"]].mlp.experts.down_proj
             for expert, kept in zip(entry["keep"], units[entry["layer"]]):
                 dropped = sorted(set(range(size)) - set(kept))
-                down[expert][:, dropped] = 0.0
+                if gpt_oss(model):
+                    down[expert][dropped, :] = 0.0
+                else:
+                    down[expert][:, dropped] = 0.0
 
 
 def loaded_widths(model, layer: int):
     experts = model.model.layers[layer].mlp.experts
+    if hasattr(experts, "down_proj") and gpt_oss(model):  # [E, I, H]
+        return [int(experts.down_proj.shape[1])] * int(experts.down_proj.shape[0])
     if hasattr(experts, "down_proj"):  # stock fused module: one width for every expert
         return [int(experts.down_proj.shape[-1])] * int(experts.down_proj.shape[0])
     return [int(e.down_proj.weight.shape[1]) for e in experts]
@@ -121,7 +136,7 @@ def count_zero_width_hits(model, zero_width) -> list:
     for layer, experts in zero_width.items():
         def hook(_module, _inputs, output, _experts=torch.tensor(experts)):
             hits.append(int(torch.isin(output[2], _experts).sum()))
-        model.model.layers[layer].mlp.gate.register_forward_hook(hook)
+        router_of(model.model.layers[layer]).register_forward_hook(hook)
     return hits
 
 
@@ -144,7 +159,7 @@ def main(argv=None) -> int:
 
     counts = []
     for layer in pruned.model.layers:
-        gate = getattr(layer.mlp, "gate", None)
+        gate = router_of(layer)
         counts.append(int(gate.weight.shape[0]) if gate is not None and hasattr(gate, "top_k") else 0)
     expected = [0] * len(counts)
     for entry in plan["layers"]:

@@ -51,6 +51,18 @@ def experts_modules(model):
     return out
 
 
+def expert_views(gpt_oss: bool):
+    """A function giving (gate_up [E, 2I, H] gate rows first, down [E, H, I]) views of a fused experts
+    module's tensors (or of their gradients): gpt_oss stores x @ W, gate_up_proj [E, H, 2I] with gate and up interleaved on the last
+    dimension (even = gate) and down_proj [E, I, H]."""
+    def views(gu, d):
+        if not gpt_oss:
+            return gu, d
+        gu = torch.cat([gu[:, :, 0::2], gu[:, :, 1::2]], dim=2).transpose(1, 2)
+        return gu, d.transpose(1, 2)
+    return views
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", required=True, choices=make_reference.ARCHS)
@@ -81,7 +93,10 @@ def main(argv=None) -> int:
                         dtype=torch.int64)
     seqs = [ids[n % ids.shape[0], :length] for n, length in enumerate(LENGTHS)]
 
-    acc = {key: {i: torch.zeros(ex.down_proj.shape[0], ex.down_proj.shape[2], dtype=torch.float64)
+    gpt_oss = args.arch == "gpt_oss"
+    view = expert_views(gpt_oss)
+    acc = {key: {i: torch.zeros(ex.down_proj.shape[0], view(ex.gate_up_proj, ex.down_proj)[1].shape[2],
+                                dtype=torch.float64)
                  for i, ex in layers} for key in ("mask", "weight", "gradabs")}
     losses = []
     for seq in seqs:
@@ -95,12 +110,12 @@ def main(argv=None) -> int:
         out.loss.backward()
         losses.append(float(out.loss.detach()))
         for i, ex in layers:
-            inter = ex.down_proj.shape[2]
-            hidden = ex.down_proj.shape[1]
-            g_gu = ex.gate_up_proj.grad.double()  # [E, 2I, H]
-            g_d = ex.down_proj.grad.double()  # [E, H, I]
+            g_gu, g_d = view(ex.gate_up_proj.grad.double(), ex.down_proj.grad.double())  # [E, 2I, H], [E, H, I]
+            inter = g_d.shape[2]
+            hidden = g_d.shape[1]
             g_gate, g_up = g_gu[:, :inter], g_gu[:, inter:]
-            g_mask = (ex.down_proj.detach().double() * g_d).sum(1)  # [E, I]
+            down = view(ex.gate_up_proj.detach(), ex.down_proj.detach())[1].double()
+            g_mask = (down * g_d).sum(1)  # [E, I]
             acc["mask"][i] += g_mask.square()
             acc["weight"][i] += g_gate.square().sum(-1) + g_up.square().sum(-1) + g_d.square().sum(1)
             acc["gradabs"][i] += (g_gate.abs().sum(-1) + g_up.abs().sum(-1) + g_d.abs().sum(1)) / (3 * hidden)

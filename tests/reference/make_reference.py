@@ -66,6 +66,14 @@ Fused layout (--layout fused, also accepted by from_pretrained for all four arch
   model.layers.{i}.mlp.gate.weight [E,H]  (Mixtral too: `.mlp.`, not `.block_sparse_moe.`)
   model.layers.{i}.mlp.experts.gate_up_proj [E,2I,H] = cat([gate_j], [up_j]) along dim 1 (gate rows first)
   model.layers.{i}.mlp.experts.down_proj [E,H,I]
+gpt_oss (GptOssForCausalLM): ONE layout only, fused and transposed (save_pretrained writes it as in memory):
+  self_attn.{q,k,v,o}_proj.{weight,bias} (bias iff attention_bias, default true), self_attn.sinks [nH]
+  mlp.router.weight [E,H], mlp.router.bias [E]
+  mlp.experts.gate_up_proj [E,H,2I] (x @ W; columns interleaved: even = gate, odd = up), gate_up_proj_bias [E,2I]
+  mlp.experts.down_proj [E,I,H], down_proj_bias [E,H]; every layer MoE; layer_types sliding/full.
+  router: topk(logits) -> softmax over the k values in the logits' dtype. Experts: gate clamped above at
+  swiglu_limit, up to [-limit, limit], (up + 1) * gate * sigmoid(swiglu_alpha * gate). Norms stay float32
+  under a bf16 load (_keep_in_fp32_modules). --layout per-expert does not exist for it (saved = fused).
 RoPE: config.json stores "rope_parameters": {"rope_type", "rope_theta", ...} (v5 name; v4 had rope_theta
   + rope_scaling). Sliding window (Mixtral): key j visible from query i iff i-W < j <= i.
 """
@@ -86,16 +94,18 @@ import torch
 import transformers
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM, MixtralConfig, OlmoeConfig, Qwen2MoeConfig, Qwen3MoeConfig
+from transformers import (AutoModelForCausalLM, GptOssConfig, MixtralConfig, OlmoeConfig, Qwen2MoeConfig,
+                          Qwen3MoeConfig)
 
 import routing_reference
 
-ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss")
 CONFIG_CLASSES = {
     "mixtral": MixtralConfig,
     "qwen2_moe": Qwen2MoeConfig,
     "qwen3_moe": Qwen3MoeConfig,
     "olmoe": OlmoeConfig,
+    "gpt_oss": GptOssConfig,
 }
 
 BATCH = 3
@@ -189,6 +199,25 @@ VARIANTS: dict[str, dict[str, dict]] = {
             intermediate_size=32, num_experts=8, clip_qkv=None, norm_topk_prob=True,
         ),
     },
+    "gpt_oss": {
+        # layer_types sliding/full/sliding with window 8 < seq len 24, sinks, attention biases, GQA, GptOssConfig's
+        # default YaRN (factor 32, truncate false, theta 150000); swiglu_limit 1.5 so the clamps bite.
+        "swa_sinks_yarn": dict(
+            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            intermediate_size=32, num_local_experts=8, sliding_window=8, swiglu_limit=1.5,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        ),
+        # full then sliding (explicit layer_types), MQA, no attention biases, tied embeddings, YaRN with
+        # truncation and its own theta, the default limit 7.
+        "full_first_tied_yarn_truncate": dict(
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+            intermediate_size=32, num_local_experts=8, sliding_window=6, attention_bias=False,
+            tie_word_embeddings=True, layer_types=["full_attention", "sliding_attention"],
+            max_position_embeddings=256,
+            rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "beta_fast": 32.0,
+                             "beta_slow": 1.0, "truncate": True, "original_max_position_embeddings": 64},
+        ),
+    },
 }
 
 transformers.utils.logging.disable_progress_bar()
@@ -227,10 +256,14 @@ def init_weights(model: torch.nn.Module, seed: int) -> None:
 def router_modules(model) -> list[tuple[int, torch.nn.Module]]:
     out = []
     for i, layer in enumerate(model.model.layers):
-        gate = getattr(layer.mlp, "gate", None)
+        gate = getattr(layer.mlp, "gate", None) or getattr(layer.mlp, "router", None)  # gpt_oss: mlp.router
         if gate is not None and type(gate).__name__.endswith("TopKRouter"):
             out.append((i, gate))
     return out
+
+
+def renormalises(arch: str, cfg) -> bool:
+    return True if arch in ("mixtral", "gpt_oss") else bool(cfg.norm_topk_prob)
 
 
 def route(arch: str, logits: torch.Tensor, top_k: int, norm_topk_prob: bool):
@@ -239,6 +272,9 @@ def route(arch: str, logits: torch.Tensor, top_k: int, norm_topk_prob: bool):
         probs = torch.nn.functional.softmax(logits.float(), dim=-1)
         weights, ids = torch.topk(probs, top_k, dim=-1)
         weights = weights / weights.sum(dim=-1, keepdim=True)
+    elif arch == "gpt_oss":
+        top, ids = torch.topk(logits, top_k, dim=-1)
+        weights = torch.nn.functional.softmax(top, dim=1, dtype=top.dtype)
     else:
         probs = torch.nn.functional.softmax(logits, dtype=torch.float, dim=-1)
         weights, ids = torch.topk(probs, top_k, dim=-1)
@@ -433,7 +469,7 @@ def run_reference(arch, model, input_ids):
     n_layers = cfg.num_hidden_layers
     moe_layers = [i for i, _ in router_modules(model)]
     top_k = cfg.num_experts_per_tok
-    norm_topk = True if arch == "mixtral" else bool(cfg.norm_topk_prob)
+    norm_topk = renormalises(arch, cfg)
 
     assert len(hidden) == n_layers
     assert out.router_logits is not None and len(out.router_logits) == len(moe_layers), \
@@ -513,6 +549,8 @@ def main(argv=None) -> int:
         return 0
     if not (args.arch and args.variant and args.out):
         ap.error("--arch, --variant and --out are required")
+    if args.arch == "gpt_oss" and args.layout == "per-expert":
+        ap.error("gpt_oss checkpoints have no per-expert layout (saved = fused)")
     if args.variant not in VARIANTS[args.arch]:
         ap.error(f"unknown variant {args.variant!r} for {args.arch}; known: {', '.join(VARIANTS[args.arch])}")
 
@@ -574,6 +612,8 @@ def main(argv=None) -> int:
     # 3. every layout must load and give bit-identical weights and logits (exact: one process, the same
     #    in-memory parameters, the same kernels and threads).
     layouts = [args.layout] if args.skip_layout_check else list(LAYOUTS)
+    if args.arch == "gpt_oss":  # one expert layout (fused, as saved)
+        layouts = [layout for layout in layouts if layout != "per-expert"]
     for layout in layouts:
         with tempfile.TemporaryDirectory(prefix=f"moeref_{layout}_") as tmp:
             for name in os.listdir(out_dir):
@@ -613,7 +653,7 @@ def main(argv=None) -> int:
         num_layers=n_layers,
         num_experts=cfg.num_experts,
         top_k=cfg.num_experts_per_tok,
-        norm_topk_prob=True if args.arch == "mixtral" else bool(cfg.norm_topk_prob),
+        norm_topk_prob=renormalises(args.arch, cfg),
         batch=BATCH,
         seq_len=SEQ_LEN,
         hidden_size=cfg.hidden_size,

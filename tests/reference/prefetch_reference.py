@@ -42,6 +42,11 @@ class Mismatch(Exception):
     pass
 
 
+
+def router_of(layer):
+    """The layer's TopKRouter: mlp.gate, or mlp.router (gpt_oss)."""
+    return getattr(layer.mlp, "gate", None) or getattr(layer.mlp, "router", None)
+
 def load_atlas(path):
     with h5py.File(path, "r") as f:
         g = f["prefetch"]
@@ -90,7 +95,7 @@ def reference(model, info):
     for i in info["moe_layers"]:
         def gate_hook(_mod, _args, out, i=i):
             routed[i] = tuple(t.detach().clone() for t in out)  # logits, weights, ids
-        handles.append(layers[i].mlp.gate.register_forward_hook(gate_hook))
+        handles.append(router_of(layers[i]).register_forward_hook(gate_hook))
     try:
         model(input_ids=input_ids, use_cache=False)
     finally:
@@ -107,7 +112,7 @@ def reference(model, info):
         states["next-router"][l] = h
         _, weights, ids = routed[l]
         x = layers[l].post_attention_layernorm(h)
-        E = layers[l].mlp.gate.weight.shape[0]
+        E = router_of(layers[l]).weight.shape[0]
         sums = torch.zeros(E, h.shape[1], dtype=torch.float64)
         counts = np.zeros(E, dtype=np.int64)
         for e in range(E):
@@ -148,7 +153,7 @@ def reference(model, info):
                     break
                 j = moe[a + d]
                 xj = layers[j].post_attention_layernorm(states[p][l])
-                logits = layers[j].mlp.gate(xj)[0]
+                logits = router_of(layers[j])(xj)[0]
                 probs = torch.softmax(logits, dim=-1, dtype=torch.float)
                 E = probs.shape[1]
                 top = torch.topk(probs, min(B + 1, E), dim=-1)

@@ -62,6 +62,12 @@ def token_k(r: dict, logits: torch.Tensor, threshold: float | None = None):
 def routed(arch: str, r: dict, logits: torch.Tensor, norm_topk_prob: bool, threshold: float | None):
     """(scores [T, kmax], ids [T, kmax], k [T], margin) as the stock router would give them under rule r."""
     k, margin = token_k(r, logits, threshold)
+    if arch == "gpt_oss":
+        # top-kmax of the logits; the softmax over the kept slots' logits only, in the logits' dtype.
+        top, ids = torch.topk(logits, r["k_max"], dim=-1)
+        keep = torch.arange(r["k_max"]).unsqueeze(0) < k.unsqueeze(1)
+        top = top.masked_fill(~keep, float("-inf"))
+        return F.softmax(top, dim=-1, dtype=top.dtype), ids, k, margin
     probs = F.softmax(logits.float(), dim=-1)
     weights, ids = torch.topk(probs, r["k_max"], dim=-1)
     keep = torch.arange(r["k_max"]).unsqueeze(0) < k.unsqueeze(1)
@@ -79,17 +85,17 @@ def apply_rule(model, arch: str, rule: str, thresholds: dict[int, float] | None 
     per decoder layer, the tokens' k ("k") and the smallest decision margin seen ("margin")."""
     cfg = model.config
     r = parse(rule, cfg.num_experts_per_tok)
-    norm = True if arch == "mixtral" else bool(cfg.norm_topk_prob)
+    norm = True if arch in ("mixtral", "gpt_oss") else bool(cfg.norm_topk_prob)
     seen: dict = {"k": {}, "margin": float("inf")}
     patched = []
     for i, layer in enumerate(model.model.layers):
-        gate = getattr(layer.mlp, "gate", None)
+        gate = getattr(layer.mlp, "gate", None) or getattr(layer.mlp, "router", None)  # gpt_oss: mlp.router
         if gate is None or not type(gate).__name__.endswith("TopKRouter"):
             continue
 
         def forward(hidden_states, gate=gate, i=i):
             hidden_states = hidden_states.reshape(-1, gate.hidden_dim)
-            logits = F.linear(hidden_states, gate.weight)
+            logits = F.linear(hidden_states, gate.weight, getattr(gate, "bias", None))
             weights, ids, k, margin = routed(arch, r, logits, norm, (thresholds or {}).get(i))
             seen["k"][i] = k
             seen["margin"] = min(seen["margin"], margin)

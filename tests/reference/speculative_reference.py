@@ -46,7 +46,7 @@ TRAIN = [1, 1, 0]  # per sequence of the reference batch
 
 
 def renorm(arch, cfg):
-    return True if arch == "mixtral" else bool(cfg.norm_topk_prob)
+    return True if arch in ("mixtral", "gpt_oss") else bool(cfg.norm_topk_prob)
 
 
 def moe_layers(model):
@@ -54,7 +54,11 @@ def moe_layers(model):
 
 
 def expert_output(experts, e: int, x: torch.Tensor) -> torch.Tensor:
-    """E_e(x) of the fused v5 experts: down(act(gate x) * up x)."""
+    """E_e(x) of the fused v5 experts: down(act(gate x) * up x); gpt_oss: its own x @ W + b with the clamped
+    SwiGLU of its modeling file (_apply_gate)."""
+    if hasattr(experts, "gate_up_proj_bias"):
+        gu = x @ experts.gate_up_proj[e] + experts.gate_up_proj_bias[e]
+        return experts._apply_gate(gu) @ experts.down_proj[e] + experts.down_proj_bias[e]
     gate_up = experts.gate_up_proj[e]
     inter = gate_up.shape[0] // 2
     gu = F.linear(x, gate_up)
@@ -125,7 +129,7 @@ def speculate(model, arch, input_ids, predictor, d, data):
     for pos, (j, gate) in enumerate(make_reference.router_modules(model)):
         def forward(hidden_states, gate=gate, j=j, pos=pos):
             x = hidden_states.reshape(-1, gate.hidden_dim)
-            logits = F.linear(x, gate.weight)
+            logits = F.linear(x, gate.weight, getattr(gate, "bias", None))
             probs = F.softmax(logits.float(), dim=-1)
             w_own, ids_own = torch.topk(probs, k, dim=-1)
             if norm:
@@ -144,7 +148,8 @@ def speculate(model, arch, input_ids, predictor, d, data):
                     dv = data["dv"][l]
                     state = (state.float() + (w_l.unsqueeze(-1) * dv[ids_l]).sum(1)).to(state.dtype)
                 # .forward: calling the module would fire the pre-hook that records layer j's own h_j.
-                pred_probs = F.softmax(F.linear(norm2.forward(state), gate.weight).float(), dim=-1)
+                pred = F.linear(norm2.forward(state), gate.weight, getattr(gate, "bias", None))
+                pred_probs = F.softmax(pred.float(), dim=-1)
                 weights, ids = torch.topk(pred_probs, k, dim=-1)
                 seen["margin"] = min(seen["margin"], top_margin(pred_probs, k))
                 if norm:

@@ -179,7 +179,8 @@ private Q_SLOTS:
             QTest::addRow("%s/%s", qPrintable(parts.value(0)), qPrintable(parts.value(1)))
                 << parts.value(0) << parts.value(1);
         }
-        QCOMPARE(done.size(), 4);
+        QVERIFY(done.contains(QStringLiteral("gpt_oss"))); // every architecture of make_reference.py
+        QCOMPARE(done.size(), 5);
     }
 
     void reference()
