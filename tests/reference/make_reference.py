@@ -87,16 +87,23 @@ import transformers
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, MixtralConfig, OlmoeConfig, Qwen2MoeConfig, Qwen3MoeConfig
+from transformers import Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration, Qwen3_5MoeTextConfig
 
 import routing_reference
 
-ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "qwen3_5_moe")
 CONFIG_CLASSES = {
     "mixtral": MixtralConfig,
     "qwen2_moe": Qwen2MoeConfig,
     "qwen3_moe": Qwen3MoeConfig,
     "olmoe": OlmoeConfig,
+    "qwen3_5_moe": Qwen3_5MoeTextConfig,
 }
+# Routers that always renormalise their top-k weights (no norm_topk_prob in the config).
+ALWAYS_RENORMALISE = ("mixtral", "qwen3_5_moe")
+# Variant keys that are not config fields: "_seq_len" (default SEQ_LEN) and "_multimodal" (build
+# Qwen3_5MoeForConditionalGeneration with a tiny vision tower: tensors under model.language_model.).
+TINY_VISION = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64)
 
 BATCH = 3
 SEQ_LEN = 24
@@ -177,6 +184,26 @@ VARIANTS: dict[str, dict[str, dict]] = {
             mlp_only_layers=[], attention_bias=True,
         ),
     },
+    "qwen3_5_moe": {
+        # Gated DeltaNet (linear_attention) and gated full attention layers, GQA 4/2, partial RoPE 0.25,
+        # 2 key / 4 value heads in the DeltaNet, sequences of 100 tokens (> one 64-token chunk, not a multiple).
+        "hybrid_chunks": dict(
+            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            moe_intermediate_size=32, shared_expert_intermediate_size=48, num_experts=8,
+            layer_types=["linear_attention", "full_attention", "linear_attention"],
+            linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=8,
+            linear_conv_kernel_dim=4, _seq_len=100,
+        ),
+        # The multimodal checkpoint (Qwen3_5MoeForConditionalGeneration): tensors under model.language_model.,
+        # a vision tower the engine ignores; MHA in the DeltaNet (equal key and value heads).
+        "multimodal": dict(
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, head_dim=16,
+            moe_intermediate_size=32, shared_expert_intermediate_size=48, num_experts=8,
+            layer_types=["full_attention", "linear_attention"],
+            linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=16, linear_value_head_dim=16,
+            linear_conv_kernel_dim=4, _seq_len=70, _multimodal=True,
+        ),
+    },
     "olmoe": {
         # Full-width q/k RMSNorm + clip_qkv (clips a good fraction of q, k, v), norm_topk_prob false, MHA.
         "clip_qk_norm": dict(
@@ -202,9 +229,20 @@ LAYOUTS = ("saved", "per-expert", "fused")
 # model construction
 # ----------------------------------------------------------------------------------------------
 
+def variant_seq_len(arch: str, variant: str) -> int:
+    return VARIANTS[arch][variant].get("_seq_len", SEQ_LEN)
+
+
+def is_multimodal(arch: str, variant: str) -> bool:
+    return bool(VARIANTS[arch][variant].get("_multimodal", False))
+
+
 def make_config(arch: str, variant: str):
     params = dict(COMMON)
-    params.update(copy.deepcopy(VARIANTS[arch][variant]))
+    params.update({k: v for k, v in copy.deepcopy(VARIANTS[arch][variant]).items() if not k.startswith("_")})
+    if is_multimodal(arch, variant):
+        tie = params.pop("tie_word_embeddings", False)
+        return Qwen3_5MoeConfig(text_config=params, vision_config=dict(TINY_VISION), tie_word_embeddings=tie)
     return CONFIG_CLASSES[arch](**params)
 
 
@@ -283,10 +321,10 @@ def expert_names(arch: str):
 
 
 PER_EXPERT_RE = re.compile(
-    r"^(?P<layer>model\.layers\.\d+)\.(?P<block>mlp|block_sparse_moe)\.experts\.(?P<j>\d+)\."
+    r"^(?P<layer>model\.(?:language_model\.)?layers\.\d+)\.(?P<block>mlp|block_sparse_moe)\.experts\.(?P<j>\d+)\."
     r"(?P<proj>w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
-FUSED_RE = re.compile(r"^(?P<layer>model\.layers\.\d+)\.mlp\.experts\.(?P<proj>gate_up_proj|down_proj)$")
-GATE_RE = re.compile(r"^(?P<layer>model\.layers\.\d+)\.(?P<block>mlp|block_sparse_moe)\.gate\.weight$")
+FUSED_RE = re.compile(r"^(?P<layer>model\.(?:language_model\.)?layers\.\d+)\.mlp\.experts\.(?P<proj>gate_up_proj|down_proj)$")
+GATE_RE = re.compile(r"^(?P<layer>model\.(?:language_model\.)?layers\.\d+)\.(?P<block>mlp|block_sparse_moe)\.gate\.weight$")
 
 
 def to_fused(arch: str, tensors):
@@ -433,7 +471,7 @@ def run_reference(arch, model, input_ids):
     n_layers = cfg.num_hidden_layers
     moe_layers = [i for i, _ in router_modules(model)]
     top_k = cfg.num_experts_per_tok
-    norm_topk = True if arch == "mixtral" else bool(cfg.norm_topk_prob)
+    norm_topk = True if arch in ALWAYS_RENORMALISE else bool(cfg.norm_topk_prob)
 
     assert len(hidden) == n_layers
     assert out.router_logits is not None and len(out.router_logits) == len(moe_layers), \
@@ -524,8 +562,12 @@ def main(argv=None) -> int:
     # 1. build with transformers, deterministic big init, save sharded.
     config = make_config(args.arch, args.variant)
     torch.manual_seed(args.seed)
-    built = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager",
-                                             experts_implementation=args.experts_impl)
+    if is_multimodal(args.arch, args.variant):
+        built = Qwen3_5MoeForConditionalGeneration._from_config(
+            config, dtype=torch.float32, attn_implementation="eager", experts_implementation=args.experts_impl)
+    else:
+        built = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager",
+                                                 experts_implementation=args.experts_impl)
     init_weights(built, args.seed)
     built = built.to(dtype)
     built.config.dtype = dtype
@@ -539,9 +581,11 @@ def main(argv=None) -> int:
 
     # 2. reference outputs from the checkpoint as saved (re-loaded from disk).
     gen = torch.Generator().manual_seed(args.seed + 1)
-    input_ids = torch.randint(0, config.vocab_size, (BATCH, SEQ_LEN), generator=gen, dtype=torch.int64)
+    seq_len = variant_seq_len(args.arch, args.variant)
+    vocab = config.get_text_config().vocab_size
+    input_ids = torch.randint(0, vocab, (BATCH, seq_len), generator=gen, dtype=torch.int64)
     base = load(out_dir, dtype, args.experts_impl)
-    if dtype == torch.float32:
+    if dtype == torch.float32 and not is_multimodal(args.arch, args.variant):
         params_equal(built, base)
     ref, moe_layers, margins = run_reference(args.arch, base, input_ids)
     with torch.inference_mode():
@@ -613,9 +657,9 @@ def main(argv=None) -> int:
         num_layers=n_layers,
         num_experts=cfg.num_experts,
         top_k=cfg.num_experts_per_tok,
-        norm_topk_prob=True if args.arch == "mixtral" else bool(cfg.norm_topk_prob),
+        norm_topk_prob=True if args.arch in ALWAYS_RENORMALISE else bool(cfg.norm_topk_prob),
         batch=BATCH,
-        seq_len=SEQ_LEN,
+        seq_len=seq_len,
         hidden_size=cfg.hidden_size,
         vocab_size=cfg.vocab_size,
         tie_word_embeddings=bool(cfg.tie_word_embeddings),
