@@ -119,16 +119,18 @@ at::Tensor gatedDeltaNet(const ModelSpec& spec, const DeltaNetWeights& w, const 
     const at::Tensor b = at::linear(x, w.inProjB.weight).view({ numSeqs, S, nv });
     const at::Tensor a = at::linear(x, w.inProjA.weight).view({ numSeqs, S, nv });
     // Causal depthwise convolution over time (left padding kernel - 1, keep the first S outputs), then SiLU.
+    // Summed in fp32 and rounded once to the compute dtype, as torch's CPU kernels do for bf16 (LibTorch
+    // 1.13's depthwise bf16 convolution would round along the way).
     const int64_t K = la.convKernel;
-    at::Tensor conv = at::conv1d(mixed.transpose(1, 2).to(w.conv.scalar_type()), w.conv.unsqueeze(1), {},
+    at::Tensor conv = at::conv1d(mixed.transpose(1, 2).to(at::kFloat), w.conv.to(at::kFloat).unsqueeze(1), {},
         /*stride=*/1, /*padding=*/K - 1, /*dilation=*/1, /*groups=*/la.convDim());
-    conv = at::silu(conv.narrow(2, 0, S)).to(x.scalar_type()).transpose(1, 2); // [B, S, convDim]
+    conv = at::silu(conv.narrow(2, 0, S).to(x.scalar_type()).to(at::kFloat)).to(x.scalar_type()).transpose(1, 2);
     const at::Tensor q = conv.narrow(2, 0, la.keyDim()).reshape({ numSeqs, S, la.numKeyHeads, la.keyHeadDim });
     const at::Tensor k
         = conv.narrow(2, la.keyDim(), la.keyDim()).reshape({ numSeqs, S, la.numKeyHeads, la.keyHeadDim });
     const at::Tensor v = conv.narrow(2, 2 * la.keyDim(), la.valueDim()).reshape({ numSeqs, S, nv, dv });
     // beta = sigmoid(b); log decay g = -exp(A_log) * softplus(a + dt_bias), in fp32.
-    const at::Tensor beta = at::sigmoid(b);
+    const at::Tensor beta = at::sigmoid(b.to(at::kFloat)).to(x.scalar_type());
     const at::Tensor g = -w.aLog.to(at::kFloat).exp() * at::softplus(a.to(at::kFloat) + w.dtBias);
     const at::Tensor core = chunkGatedDeltaRule(q, k, v, g, beta).reshape({ -1, dv });
     // Gated RMSNorm per value head: w * norm(o) in the compute dtype, times SiLU(z) in fp32, rounded once.
