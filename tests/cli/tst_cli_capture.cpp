@@ -96,21 +96,31 @@ private Q_SLOTS:
     {
         QTest::addColumn<QString>("logitsDtype");
         QTest::addColumn<double>("storageRounding"); // relative rounding of the stored values
-        QTest::newRow("float32") << QStringLiteral("float32") << 0.0;
+        QTest::addColumn<QString>("arch");
+        QTest::addColumn<QString>("variant");
+        QTest::addColumn<QString>("modelType");
+        const QString qwen2 = QStringLiteral("qwen2_moe"), shared = QStringLiteral("shared_mlp_only");
+        QTest::newRow("float32") << QStringLiteral("float32") << 0.0 << qwen2 << shared << qwen2;
         // fp16 storage: relative rounding <= 2^-11 (half an ulp of a 10-bit mantissa).
-        QTest::newRow("float16") << QStringLiteral("float16") << 1.0 / 2048.0;
+        QTest::newRow("float16") << QStringLiteral("float16") << 1.0 / 2048.0 << qwen2 << shared << qwen2;
+        // Hybrid Gated DeltaNet / full-attention layers, sequences longer than one delta-rule chunk.
+        QTest::newRow("qwen3_5_moe/float32") << QStringLiteral("float32") << 0.0 << QStringLiteral("qwen3_5_moe")
+                                             << QStringLiteral("hybrid_chunks")
+                                             << QStringLiteral("qwen3_5_moe_text");
     }
 
     void atlasMatchesTransformers()
     {
         QFETCH(QString, logitsDtype);
         QFETCH(double, storageRounding);
+        QFETCH(QString, arch);
+        QFETCH(QString, variant);
+        QFETCH(QString, modelType);
         QTemporaryDir dir;
         const QString model = dir.filePath(QStringLiteral("model"));
         const auto made = test::runPython(QStringLiteral("tests/reference/make_reference.py"),
-            { QStringLiteral("--arch"), QStringLiteral("qwen2_moe"), QStringLiteral("--variant"),
-                QStringLiteral("shared_mlp_only"), QStringLiteral("--skip-layout-check"), QStringLiteral("--out"),
-                model });
+            { QStringLiteral("--arch"), arch, QStringLiteral("--variant"), variant,
+                QStringLiteral("--skip-layout-check"), QStringLiteral("--out"), model });
         QVERIFY2(made.exitCode == 0, qPrintable(made.stdErr));
         const SafetensorsFile ref(QString(model + QStringLiteral("/reference.safetensors")).toStdString());
         const std::vector<int64_t> ids = test::tensorValues<int64_t>(ref, "input_ids");
@@ -135,7 +145,7 @@ private Q_SLOTS:
 
         const AtlasFile atlas = AtlasFile::openReadOnly(atlasPath.toStdString());
         QVERIFY(atlas.isComplete());
-        QCOMPARE(atlas.model().modelType, std::string("qwen2_moe"));
+        QCOMPARE(atlas.model().modelType, modelType.toStdString());
         QCOMPARE(atlas.model().configSha256, sha256File(QString(model + QStringLiteral("/config.json")).toStdString()));
         QCOMPARE(atlas.calibration().domains.size(), std::size_t(2));
         QCOMPARE(atlas.calibration().domains[0].numSamples, int64_t(1));
