@@ -131,8 +131,9 @@ Architecture architectureOf(const std::string& modelType, const std::string& sou
           "qwen3_moe, olmoe, qwen3_5_moe)");
 }
 
-// The supported architectures rotate the whole head (their attention, like transformers', multiplies
-// q and k by tables of the full head width); a partial rotary factor would fail mid-run.
+// The architectures other than Qwen3.5-MoE rotate the whole head (their attention, like transformers',
+// multiplies q and k by tables of the full head width); a partial rotary factor would fail mid-run.
+// Qwen3.5-MoE turns the first head_dim * factor dimensions (`partialAllowed`).
 RopeSpec checkedRotaryFactor(
     const RopeSpec& rope, const std::string& source, const std::string& field, bool partialAllowed)
 {
