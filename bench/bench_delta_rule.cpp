@@ -6,13 +6,16 @@
 //   bench_delta_rule [--threads 2] [--lengths 512,2048,8192] [--key-heads 16] [--value-heads 32]
 //                    [--key-dim 128] [--value-dim 128] [--repeats 3]
 //
-// Best of --repeats per length; the machine may be shared. Prints one line per length: tokens, seconds,
+// As the executor does, OpenBLAS is made single-threaded when ATen has several threads (ATen's own
+// threads then run the element-wise and batched work). Best of --repeats per length; the machine may be shared. Prints one line per length: tokens, seconds,
 // microseconds per token.
 #include "model/gated_delta.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
+
+#include <dlfcn.h>
 
 #include <algorithm>
 #include <chrono>
@@ -71,12 +74,20 @@ Args parseArgs(int argc, char** argv)
     return a;
 }
 
+void singleThreadedOpenblas(bool enable)
+{
+    const auto set = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+    if (set && enable)
+        set(1);
+}
+
 } // namespace
 
 int main(int argc, char** argv)
 {
     const Args a = parseArgs(argc, argv);
     at::set_num_threads(a.threads);
+    singleThreadedOpenblas(a.threads > 1);
     const c10::InferenceMode inference;
     at::manual_seed(0);
     std::printf("delta rule: %lld q/k heads x %lld, %lld value heads x %lld, %d threads\n",
