@@ -263,7 +263,7 @@ const json* multimodalTextConfig(const json& config, const std::string& source)
 // Qwen3.5-MoE: every layer MoE with a sigmoid-gated shared expert; softmax top-k, always renormalised
 // (Qwen3_5MoeTopKRouter ignores norm_topk_prob); gated full attention with per-head q/k norms; the Gated
 // DeltaNet's dimensions (defaults as Qwen3_5MoeTextConfig's).
-void parseQwen3_5Moe(const ConfigReader& cfg, ModelSpec& s)
+void parseQwen35Moe(const ConfigReader& cfg, ModelSpec& s)
 {
     s.router.numExperts = static_cast<int>(cfg.positiveAnyOf({ "num_experts", "num_local_experts" }));
     s.moeIntermediate = cfg.positive("moe_intermediate_size");
@@ -294,7 +294,7 @@ void parseQwen3_5Moe(const ConfigReader& cfg, ModelSpec& s)
 
 // Qwen3.5-MoE's layer_types: "linear_attention" or "full_attention" per layer; without the key, every
 // full_attention_interval-th layer (default 4) is full attention, as Qwen3_5MoeTextConfig derives it.
-std::vector<std::string> qwen3_5LayerTypes(const ConfigReader& cfg, int numLayers)
+std::vector<std::string> qwen35LayerTypes(const ConfigReader& cfg, int numLayers)
 {
     std::vector<std::string> types;
     if (!cfg.has("layer_types")) {
@@ -444,7 +444,7 @@ ModelSpec parseModelSpec(const json& config, const std::string& source)
             s.slidingWindow = cfg.positive("sliding_window");
         break;
     case Architecture::Qwen3_5Moe:
-        parseQwen3_5Moe(cfg, s);
+        parseQwen35Moe(cfg, s);
         break;
     case Architecture::Olmoe:
         s.router.numExperts = static_cast<int>(cfg.positiveAnyOf({ "num_experts", "num_local_experts" }));
@@ -474,7 +474,7 @@ ModelSpec parseModelSpec(const json& config, const std::string& source)
             layerTypes.push_back(t.is_string() ? t.get<std::string>() : std::string());
     }
     if (s.arch == Architecture::Qwen3_5Moe)
-        layerTypes = qwen3_5LayerTypes(cfg, s.numLayers);
+        layerTypes = qwen35LayerTypes(cfg, s.numLayers);
     const int64_t maxWindowLayers = cfg.integer("max_window_layers", s.numLayers);
     s.layers.resize(s.numLayers);
     for (int i = 0; i < s.numLayers; ++i) {

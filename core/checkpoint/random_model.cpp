@@ -254,6 +254,7 @@ std::string randomModelConfig(const RandomModelOptions& o)
         c["linear_value_head_dim"] = o.linearValueHeadDim;
         c["linear_conv_kernel_dim"] = o.linearConvKernel;
         std::vector<std::string> types;
+        types.reserve(static_cast<std::size_t>(o.numLayers));
         for (int l = 0; l < o.numLayers; ++l)
             types.emplace_back(isLinearAttentionLayer(o, l) ? "linear_attention" : "full_attention");
         c["layer_types"] = types;
