@@ -62,6 +62,14 @@ olmoe (OlmoeForCausalLM):
   the head split), then clamp q,k,v to [-clip_qkv, clip_qkv] if clip_qkv is set, then RoPE.
   mlp.gate.weight [E,H]; mlp.experts.{j}.{gate_proj,up_proj,down_proj}.weight; every layer is MoE.
   router: as qwen2_moe (norm_topk_prob default false).
+qwen3_5_moe (Qwen3_5MoeForCausalLM, model_type "qwen3_5_moe_text"; variant "multimodal":
+  Qwen3_5MoeForConditionalGeneration, model_type "qwen3_5_moe" with text_config, every language-model tensor under
+  model.language_model. and a vision tower model.visual.*, re-loaded with AutoModelForCausalLM, which drops it):
+  layer_types "linear_attention" -> linear_attn.{in_proj_qkv [2*Kd+Vd,H], in_proj_z [Vd,H], in_proj_b/in_proj_a [nv,H],
+  conv1d.weight [2*Kd+Vd,1,kernel], dt_bias [nv], A_log [nv], norm.weight [dv], out_proj [H,Vd]};
+  "full_attention" -> self_attn with q_proj [2*nH*D,H] (query and output gate per head), q_norm/k_norm [D].
+  Every layer MoE with shared_expert + shared_expert_gate as qwen2_moe; router always renormalises its top-k.
+  RMSNorms (except linear_attn.norm) are zero-centred: x_hat * (1 + w); partial RoPE (factor 0.25 by default).
 Fused layout (--layout fused, also accepted by from_pretrained for all four archs):
   model.layers.{i}.mlp.gate.weight [E,H]  (Mixtral too: `.mlp.`, not `.block_sparse_moe.`)
   model.layers.{i}.mlp.experts.gate_up_proj [E,2I,H] = cat([gate_j], [up_j]) along dim 1 (gate rows first)
