@@ -33,11 +33,11 @@ int runGenerate(GenerateArgs a)
     static const std::map<std::string, Architecture> archs
         = { { "mixtral", Architecture::Mixtral }, { "qwen2_moe", Architecture::Qwen2Moe },
               { "qwen3_moe", Architecture::Qwen3Moe }, { "olmoe", Architecture::Olmoe },
-              { "gpt_oss", Architecture::GptOss } };
+              { "gpt_oss", Architecture::GptOss }, { "qwen3_5_moe", Architecture::Qwen3_5Moe } };
     static const std::map<std::string, DType> dtypes
         = { { "float32", DType::F32 }, { "bfloat16", DType::BF16 }, { "float16", DType::F16 } };
     if (!archs.count(a.arch))
-        throw InputError("--arch '" + a.arch + "' (expected mixtral, qwen2_moe, qwen3_moe, olmoe or gpt_oss)");
+        throw InputError("--arch '" + a.arch + "' (expected mixtral, qwen2_moe, qwen3_moe, olmoe, gpt_oss or qwen3_5_moe)");
     if (!dtypes.count(a.dtype))
         throw InputError("--dtype '" + a.dtype + "' (expected float32, bfloat16 or float16)");
     a.model.arch = archs.at(a.arch);
@@ -64,7 +64,7 @@ Command addGenerateCommand(CLI::App& app)
     auto a = std::make_shared<GenerateArgs>();
     CLI::App* sub = app.add_subcommand("generate", "Write a random-weight MoE checkpoint in Hugging Face layout");
     sub->add_option("--output,-o", a->output, "Checkpoint directory to create");
-    sub->add_option("--arch", a->arch, "mixtral, qwen2_moe, qwen3_moe, olmoe or gpt_oss")->capture_default_str();
+    sub->add_option("--arch", a->arch, "mixtral, qwen2_moe, qwen3_moe, olmoe, gpt_oss or qwen3_5_moe")->capture_default_str();
     sub->add_option("--dtype", a->dtype, "float32, bfloat16 or float16")->capture_default_str();
     sub->add_option("--layers", a->model.numLayers)->capture_default_str();
     sub->add_option("--hidden", a->model.hiddenSize)->capture_default_str();
@@ -74,11 +74,22 @@ Command addGenerateCommand(CLI::App& app)
     sub->add_option("--experts", a->model.numExperts)->capture_default_str();
     sub->add_option("--top-k", a->model.topK)->capture_default_str();
     sub->add_option("--expert-width", a->model.moeIntermediate, "moe_intermediate_size")->capture_default_str();
-    sub->add_option("--shared-width", a->model.sharedIntermediate, "qwen2_moe shared expert width")
+    sub->add_option("--shared-width", a->model.sharedIntermediate, "shared expert width (qwen2_moe; qwen3_5_moe: 0 = --expert-width)")
         ->capture_default_str();
     sub->add_option("--dense-width", a->model.denseIntermediate, "width of dense (mlp_only) layers")
         ->capture_default_str();
     sub->add_option("--mlp-only-layers", a->model.mlpOnlyLayers, "layers with a dense MLP (qwen2_moe, qwen3_moe)");
+    sub->add_option("--full-attention-interval", a->model.fullAttentionInterval,
+           "qwen3_5_moe: every n-th layer is full attention, the others Gated DeltaNet")
+        ->capture_default_str();
+    sub->add_option("--linear-key-heads", a->model.linearKeyHeads, "qwen3_5_moe: linear_num_key_heads")
+        ->capture_default_str();
+    sub->add_option("--linear-value-heads", a->model.linearValueHeads, "qwen3_5_moe: linear_num_value_heads")
+        ->capture_default_str();
+    sub->add_option("--linear-key-head-dim", a->model.linearKeyHeadDim, "qwen3_5_moe: linear_key_head_dim")
+        ->capture_default_str();
+    sub->add_option("--linear-value-head-dim", a->model.linearValueHeadDim, "qwen3_5_moe: linear_value_head_dim")
+        ->capture_default_str();
     sub->add_option("--vocab", a->model.vocabSize)->capture_default_str();
     sub->add_flag("--fused", a->model.fusedExperts, "Store experts fused per layer (transformers v5 layout)");
     sub->add_option("--seed", a->model.seed)->capture_default_str();

@@ -44,9 +44,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 FULL = dict(arch="qwen3_moe", layers=8, hidden=1024, heads=16, kv_heads=4, head_dim=64, experts=64, top_k=8,
             expert_width=512, vocab=32000, seed=0)
+# --preset qwen3_5_moe: a Qwen3.5-MoE-shaped model (Qwen3.5-35B-A3B's layer pattern and head shapes, fewer and
+# narrower layers): 3 Gated DeltaNet layers + 1 gated full-attention layer, 16/2 heads of 128 (partial RoPE),
+# DeltaNet 8 q/k heads and 16 value heads of 64, 64 experts top-8 of width 256 plus a shared expert of 256.
+QWEN35 = dict(arch="qwen3_5_moe", layers=4, hidden=1024, heads=16, kv_heads=2, head_dim=128, experts=64, top_k=8,
+              expert_width=256, vocab=32000, seed=0,
+              extra=dict(full_attention_interval=4, linear_key_heads=8, linear_value_heads=16,
+                         linear_key_head_dim=64, linear_value_head_dim=64, shared_width=256))
 QUICK = dict(arch="qwen3_moe", layers=2, hidden=256, heads=4, kv_heads=2, head_dim=64, experts=16, top_k=4,
              expert_width=128, vocab=4096, seed=0)
-# --model gpt-oss-20b: gpt-oss-20b's layer shape (hidden 2880, 64 q / 8 kv heads of 64, 32 experts top-4 of width
+# --preset gpt-oss-20b: gpt-oss-20b's layer shape (hidden 2880, 64 q / 8 kv heads of 64, 32 experts top-4 of width
 # 2880, sinks, alternating sliding-window 128 / full layers, YaRN) with 2 of its 24 layers; vocabulary 32000
 # instead of 201088 (only the embedding gather sees it: neither engine runs the lm_head here).
 GPT_OSS_20B = dict(arch="gpt_oss", layers=2, hidden=2880, heads=64, kv_heads=8, head_dim=64, experts=32, top_k=4,
@@ -105,7 +112,8 @@ def machine_info() -> dict:
 
 def model_key(p: dict) -> str:
     return (f"{p['arch']}-L{p['layers']}-H{p['hidden']}-h{p['heads']}-kv{p['kv_heads']}-d{p['head_dim']}"
-            f"-E{p['experts']}-k{p['top_k']}-I{p['expert_width']}-V{p['vocab']}-s{p['seed']}")
+            f"-E{p['experts']}-k{p['top_k']}-I{p['expert_width']}-V{p['vocab']}-s{p['seed']}"
+            + "".join(f"-{k}{v}" for k, v in sorted(p.get("extra", {}).items())))
 
 
 def run(cmd: list[str], env: dict | None = None, capture: bool = True) -> subprocess.CompletedProcess:
@@ -130,7 +138,7 @@ def ensure_model(moeatlas: Path, cache: Path, p: dict) -> Path:
          "--hidden", str(p["hidden"]), "--heads", str(p["heads"]), "--kv-heads", str(p["kv_heads"]),
          "--head-dim", str(p["head_dim"]), "--experts", str(p["experts"]), "--top-k", str(p["top_k"]),
          "--expert-width", str(p["expert_width"]), "--vocab", str(p["vocab"]), "--seed", str(p["seed"]),
-         "--force"])
+         "--force"] + [a for k, v in p.get("extra", {}).items() for a in ("--" + k.replace("_", "-"), str(v))])
     tmp.rename(d)
     return d
 
@@ -269,9 +277,10 @@ def run_block(args, block_bin: Path, p: dict, out_dir: Path, model: Path) -> dic
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small model, 4 sequences, 1 repeat: a sanity run")
-    ap.add_argument("--model", choices=("qwen3-bench", "gpt-oss-20b"), default="qwen3-bench",
-                    help="gpt-oss-20b: a 2-layer gpt-oss-20b-shaped model (eager attention only: transformers has "
-                         "no sdpa for gpt_oss' sinks)")
+    ap.add_argument("--preset", choices=("qwen3_moe", "gpt-oss-20b", "qwen3_5_moe"), default="qwen3_moe",
+                    help="the benchmark model: qwen3_moe (default; --quick: a smaller one), a 2-layer "
+                         "gpt-oss-20b-shaped model (eager attention only: transformers has no sdpa for gpt_oss' "
+                         "sinks) or a Qwen3.5-MoE-shaped hybrid model")
     ap.add_argument("--build-dir", default="build", help="CMake build directory holding app/moeatlas")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=None, help="runs per configuration, best kept (default 3)")
@@ -294,7 +303,8 @@ def main(argv=None) -> int:
     if args.quick:
         args.quiet_wait = min(args.quiet_wait, 5.0)
     num_seqs = args.num_seqs or (4 if args.quick else 8)
-    p = GPT_OSS_20B if args.model == "gpt-oss-20b" else QUICK if args.quick else FULL
+    p = (GPT_OSS_20B if args.preset == "gpt-oss-20b" else QWEN35 if args.preset == "qwen3_5_moe"
+         else QUICK if args.quick else FULL)
 
     build = (REPO / args.build_dir).resolve()
     moeatlas = build / "app" / "moeatlas"

@@ -126,35 +126,48 @@ Architecture architectureOf(const std::string& modelType, const std::string& sou
         return Architecture::Olmoe;
     if (modelType == "gpt_oss")
         return Architecture::GptOss;
+    if (modelType == "qwen3_5_moe" || modelType == "qwen3_5_moe_text")
+        return Architecture::Qwen3_5Moe;
     throw InputError(source + ": field 'model_type' is '" + modelType
         + "', which MoE Atlas does not support (supported: mixtral, qwen2_moe, "
-          "qwen3_moe, olmoe, gpt_oss)");
+          "qwen3_moe, olmoe, gpt_oss, qwen3_5_moe)");
 }
 
-// The supported architectures rotate the whole head (their attention, like transformers', multiplies
-// q and k by tables of the full head width); a partial rotary factor would fail mid-run.
-RopeSpec checkedRotaryFactor(const RopeSpec& rope, const std::string& source, const std::string& field)
+// The architectures other than Qwen3.5-MoE rotate the whole head (their attention, like transformers',
+// multiplies q and k by tables of the full head width); a partial rotary factor would fail mid-run.
+// Qwen3.5-MoE turns the first head_dim * factor dimensions (`partialAllowed`).
+RopeSpec checkedRotaryFactor(
+    const RopeSpec& rope, const std::string& source, const std::string& field, bool partialAllowed)
 {
+    if (partialAllowed) {
+        if (!(rope.partialRotaryFactor > 0.0 && rope.partialRotaryFactor <= 1.0))
+            throw InputError(source + ": field '" + field + "' is " + json(rope.partialRotaryFactor).dump()
+                + " (expected a value in (0, 1])");
+        return rope;
+    }
     if (rope.partialRotaryFactor != 1.0)
         throw InputError(source + ": field '" + field + "' is " + json(rope.partialRotaryFactor).dump()
             + " (expected 1.0: the supported architectures rotate the whole head)");
     return rope;
 }
 
-RopeSpec parseRope(const ConfigReader& cfg, const std::string& source)
+// `defaultRotaryFactor`: what transformers assumes when the config names none (Qwen3.5-MoE: 0.25);
+// `partialAllowed`: whether the architecture's attention rotates only part of the head.
+RopeSpec parseRope(const ConfigReader& cfg, const std::string& source, double defaultRotaryFactor = 1.0,
+    bool partialAllowed = false)
 {
     // v5 writes rope_parameters {rope_type, rope_theta, ...}; hub configs write rope_theta at the
     // top level and an optional rope_scaling {type|rope_type, factor, ...}.
     RopeSpec rope;
     rope.theta = cfg.number("rope_theta", 10000.0);
-    rope.partialRotaryFactor = cfg.number("partial_rotary_factor", 1.0);
+    rope.partialRotaryFactor = cfg.number("partial_rotary_factor", defaultRotaryFactor);
     const json* params = nullptr;
     if (cfg.has("rope_parameters"))
         params = &cfg.raw().at("rope_parameters");
     else if (cfg.has("rope_scaling"))
         params = &cfg.raw().at("rope_scaling");
     if (!params)
-        return checkedRotaryFactor(rope, source, "partial_rotary_factor");
+        return checkedRotaryFactor(rope, source, "partial_rotary_factor", partialAllowed);
     if (!params->is_object())
         throw InputError(source + ": field 'rope_parameters' must be an object, got " + params->dump());
     const std::string field = cfg.has("rope_parameters") ? "rope_parameters" : "rope_scaling";
@@ -182,7 +195,8 @@ RopeSpec parseRope(const ConfigReader& cfg, const std::string& source)
         throw InputError(source + ": field '" + field + ".original_max_position_embeddings' is required for rope_type '"
             + rope.type + "'");
     return checkedRotaryFactor(rope, source,
-        p.has("partial_rotary_factor") ? field + ".partial_rotary_factor" : std::string("partial_rotary_factor"));
+        p.has("partial_rotary_factor") ? field + ".partial_rotary_factor" : std::string("partial_rotary_factor"),
+        partialAllowed);
 }
 
 // The keys our exporter adds to a ragged export (docs/plans.md): moeatlas_expert_widths, one entry per
@@ -294,6 +308,77 @@ bool gptOssSliding(const ConfigReader& cfg, const std::vector<std::string>& laye
     return false;
 }
 
+// config.json of Qwen3_5MoeForConditionalGeneration ("model_type": "qwen3_5_moe" with a text_config
+// object): the text config; null for every other config (Qwen3_5MoeForCausalLM writes "qwen3_5_moe_text").
+const json* multimodalTextConfig(const json& config, const std::string& source)
+{
+    const auto type = config.find("model_type");
+    if (type == config.end() || *type != "qwen3_5_moe" || !config.contains("text_config"))
+        return nullptr;
+    const json& text = config.at("text_config");
+    if (!text.is_object())
+        throw InputError(source + ": field 'text_config' must be an object, got " + text.dump());
+    return &text;
+}
+
+// Qwen3.5-MoE: every layer MoE with a sigmoid-gated shared expert; softmax top-k, always renormalised
+// (Qwen3_5MoeTopKRouter ignores norm_topk_prob); gated full attention with per-head q/k norms; the Gated
+// DeltaNet's dimensions (defaults as Qwen3_5MoeTextConfig's).
+void parseQwen35Moe(const ConfigReader& cfg, ModelSpec& s)
+{
+    s.router.numExperts = static_cast<int>(cfg.positiveAnyOf({ "num_experts", "num_local_experts" }));
+    s.moeIntermediate = cfg.positive("moe_intermediate_size");
+    s.sharedIntermediate = cfg.positive("shared_expert_intermediate_size");
+    s.sharedExpertGate = true;
+    s.router.normTopkProb = true;
+    s.qkvBias = s.oBias = cfg.boolean("attention_bias", false);
+    s.qkNorm = QkNorm::PerHead;
+    s.attnOutputGate = true;
+    s.zeroCentredNorm = true;
+    LinearAttentionSpec& la = s.linearAttention;
+    const auto positiveOr = [&](const char* key, int64_t fallback) {
+        const int64_t v = cfg.integer(key, fallback);
+        if (v <= 0)
+            cfg.fail(key, "must be > 0, got " + std::to_string(v));
+        return v;
+    };
+    la.numKeyHeads = static_cast<int>(positiveOr("linear_num_key_heads", 16));
+    la.numValueHeads = static_cast<int>(positiveOr("linear_num_value_heads", 32));
+    la.keyHeadDim = positiveOr("linear_key_head_dim", 128);
+    la.valueHeadDim = positiveOr("linear_value_head_dim", 128);
+    la.convKernel = positiveOr("linear_conv_kernel_dim", 4);
+    if (la.numValueHeads % la.numKeyHeads != 0)
+        cfg.fail("linear_num_value_heads",
+            "(" + std::to_string(la.numValueHeads) + ") must be a multiple of linear_num_key_heads ("
+                + std::to_string(la.numKeyHeads) + ")");
+}
+
+// Qwen3.5-MoE's layer_types: "linear_attention" or "full_attention" per layer; without the key, every
+// full_attention_interval-th layer (default 4) is full attention, as Qwen3_5MoeTextConfig derives it.
+std::vector<std::string> qwen35LayerTypes(const ConfigReader& cfg, int numLayers)
+{
+    std::vector<std::string> types;
+    if (!cfg.has("layer_types")) {
+        const int64_t interval = cfg.integer("full_attention_interval", 4);
+        if (interval <= 0)
+            cfg.fail("full_attention_interval", "must be > 0, got " + std::to_string(interval));
+        for (int i = 0; i < numLayers; ++i)
+            types.emplace_back((i + 1) % interval != 0 ? "linear_attention" : "full_attention");
+        return types;
+    }
+    const json& lt = cfg.raw().at("layer_types");
+    if (!lt.is_array() || static_cast<int>(lt.size()) != numLayers)
+        cfg.fail("layer_types", "must be a list of num_hidden_layers (" + std::to_string(numLayers) + ") strings");
+    for (std::size_t i = 0; i < lt.size(); ++i) {
+        if (!lt[i].is_string() || (lt[i] != "linear_attention" && lt[i] != "full_attention"))
+            cfg.fail("layer_types",
+                "entry " + std::to_string(i) + " is " + lt[i].dump()
+                    + " (expected \"linear_attention\" or \"full_attention\")");
+        types.push_back(lt[i].get<std::string>());
+    }
+    return types;
+}
+
 } // namespace
 
 int ModelSpec::numMoeLayers() const
@@ -328,6 +413,8 @@ const char* architectureName(Architecture a)
         return "olmoe";
     case Architecture::GptOss:
         return "gpt_oss";
+    case Architecture::Qwen3_5Moe:
+        return "qwen3_5_moe";
     }
     return "?";
 }
@@ -336,6 +423,19 @@ ModelSpec parseModelSpec(const json& config, const std::string& source)
 {
     if (!config.is_object())
         throw InputError(source + ": expected a JSON object at the top level");
+    if (const json* text = multimodalTextConfig(config, source)) {
+        // Qwen3_5MoeForConditionalGeneration: the language model's keys live in text_config and its
+        // tensors under model.language_model.; the vision tower is not run (docs/decisions.md).
+        json merged = *text;
+        merged.erase("text_config");
+        merged["model_type"] = config.at("model_type");
+        for (const char* key : { "tie_word_embeddings", "dtype", "torch_dtype" })
+            if (config.contains(key) && !config.at(key).is_null())
+                merged[key] = config.at(key);
+        ModelSpec s = parseModelSpec(merged, source + " (text_config)");
+        s.tensorPrefix = "model.language_model.";
+        return s;
+    }
     ConfigReader cfg(config, source);
     ModelSpec s;
     s.modelType = cfg.string("model_type", "");
@@ -352,7 +452,8 @@ ModelSpec parseModelSpec(const json& config, const std::string& source)
         cfg.fail("num_key_value_heads",
             "must divide num_attention_heads (" + std::to_string(s.numHeads) + "), got "
                 + std::to_string(s.numKvHeads));
-    const int64_t headDim = cfg.integer("head_dim", 0);
+    // Qwen3.5-MoE's head_dim is its own (transformers' default 256), not hidden_size / heads.
+    const int64_t headDim = cfg.integer("head_dim", s.arch == Architecture::Qwen3_5Moe ? 256 : 0);
     if (headDim > 0) {
         s.headDim = headDim;
     } else {
@@ -367,7 +468,8 @@ ModelSpec parseModelSpec(const json& config, const std::string& source)
         cfg.fail("hidden_act", "is '" + s.hiddenAct + "' (only silu is supported)");
     s.tieWordEmbeddings = cfg.boolean("tie_word_embeddings", false);
     s.torchDtype = cfg.string("dtype", cfg.string("torch_dtype", ""));
-    s.rope = parseRope(cfg, source);
+    s.rope = s.arch == Architecture::Qwen3_5Moe ? parseRope(cfg, source, 0.25, /*partialAllowed=*/true)
+                                                : parseRope(cfg, source);
     s.router.topK = static_cast<int>(cfg.positive("num_experts_per_tok"));
 
     // Which decoder layers are MoE, and the widths.
@@ -404,6 +506,9 @@ ModelSpec parseModelSpec(const json& config, const std::string& source)
         if (cfg.boolean("use_sliding_window", false) && cfg.has("sliding_window"))
             s.slidingWindow = cfg.positive("sliding_window");
         break;
+    case Architecture::Qwen3_5Moe:
+        parseQwen35Moe(cfg, s);
+        break;
     case Architecture::Olmoe:
         s.router.numExperts = static_cast<int>(cfg.positiveAnyOf({ "num_experts", "num_local_experts" }));
         s.moeIntermediate = cfg.positive("intermediate_size");
@@ -434,6 +539,8 @@ ModelSpec parseModelSpec(const json& config, const std::string& source)
         for (const json& t : lt)
             layerTypes.push_back(t.is_string() ? t.get<std::string>() : std::string());
     }
+    if (s.arch == Architecture::Qwen3_5Moe)
+        layerTypes = qwen35LayerTypes(cfg, s.numLayers);
     const int64_t maxWindowLayers = cfg.integer("max_window_layers", s.numLayers);
     s.layers.resize(s.numLayers);
     for (int i = 0; i < s.numLayers; ++i) {
@@ -451,6 +558,8 @@ ModelSpec parseModelSpec(const json& config, const std::string& source)
         } else {
             l.slidingWindow = s.slidingWindow.has_value();
         }
+        if (s.arch == Architecture::Qwen3_5Moe)
+            l.linearAttention = layerTypes[static_cast<std::size_t>(i)] == "linear_attention";
     }
     parseRaggedExperts(cfg, s);
     return s;

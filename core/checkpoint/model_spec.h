@@ -10,7 +10,7 @@
 
 namespace moeatlas {
 
-enum class Architecture { Mixtral, Qwen2Moe, Qwen3Moe, Olmoe, GptOss };
+enum class Architecture { Mixtral, Qwen2Moe, Qwen3Moe, Olmoe, GptOss, Qwen3_5Moe };
 
 // How q/k are normalised before RoPE.
 enum class QkNorm {
@@ -51,8 +51,21 @@ struct RopeSpec {
     double highFreqFactor = 4.0;
 };
 
+// Gated DeltaNet linear attention (Qwen3.5-MoE's linear_attention layers): config.json's linear_* keys.
+struct LinearAttentionSpec {
+    int numKeyHeads = 0; // linear_num_key_heads (q and k heads)
+    int numValueHeads = 0; // linear_num_value_heads (a multiple of numKeyHeads)
+    int64_t keyHeadDim = 0; // linear_key_head_dim
+    int64_t valueHeadDim = 0; // linear_value_head_dim
+    int64_t convKernel = 0; // linear_conv_kernel_dim: the causal depthwise convolution's width
+    int64_t keyDim() const { return numKeyHeads * keyHeadDim; }
+    int64_t valueDim() const { return numValueHeads * valueHeadDim; }
+    int64_t convDim() const { return 2 * keyDim() + valueDim(); } // channels of [q; k; v]
+};
+
 struct LayerSpec {
     bool moe = true; // false: a dense MLP of denseIntermediate
+    bool linearAttention = false; // Qwen3.5-MoE "linear_attention": a Gated DeltaNet instead of self-attention
     bool slidingWindow = false; // attention restricted to the last `slidingWindow` keys
     int64_t denseIntermediate = 0;
     // A ragged checkpoint (config moeatlas_expert_widths, written by our exporter for dimension
@@ -100,6 +113,15 @@ struct ModelSpec {
     double swigluLimit = 7.0;
     double swigluAlpha = 1.702;
     bool normWeightsFloat32 = false;
+    // Qwen3.5-MoE: q_proj holds [query; gate] per head and the attention output is multiplied by
+    // sigmoid(gate) before o_proj; every RMSNorm except the DeltaNet's output norm is zero-centred,
+    // x_hat * (1 + w) computed in fp32 (blocks.h, rmsNorm); linear-attention layers (LayerSpec).
+    bool attnOutputGate = false;
+    bool zeroCentredNorm = false;
+    LinearAttentionSpec linearAttention;
+    // Prefix of every language-model tensor: "model." or, for a multimodal checkpoint (config.json with a
+    // text_config), "model.language_model." (tensor_layout.h).
+    std::string tensorPrefix = "model.";
 
     std::vector<LayerSpec> layers;
     std::string torchDtype; // config "torch_dtype"/"dtype", informational

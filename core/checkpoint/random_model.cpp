@@ -92,6 +92,37 @@ bool isMoeLayer(const RandomModelOptions& o, int layer)
     return true;
 }
 
+bool isLinearAttentionLayer(const RandomModelOptions& o, int layer)
+{
+    return o.arch == Architecture::Qwen3_5Moe && (layer + 1) % o.fullAttentionInterval != 0;
+}
+
+int64_t sharedWidth(const RandomModelOptions& o)
+{
+    return o.arch == Architecture::Qwen3_5Moe && o.sharedIntermediate == 0 ? o.moeIntermediate : o.sharedIntermediate;
+}
+
+// A Qwen3.5-MoE Gated DeltaNet: projections at initStd, a convolution of unit-scale output, decays
+// A = exp(A_log) around 1 and dt_bias 1 (as transformers initialises it), the output norm at 1.
+void addLinearAttention(const RandomModelOptions& o, const std::string& p, std::vector<Entry>& t)
+{
+    const int64_t H = o.hiddenSize, keyDim = o.linearKeyHeads * o.linearKeyHeadDim;
+    const int64_t valueDim = o.linearValueHeads * o.linearValueHeadDim, convDim = 2 * keyDim + valueDim;
+    const int64_t nv = o.linearValueHeads;
+    const double s = o.initStd;
+    const std::string a = p + "linear_attn.";
+    t.push_back({ a + "in_proj_qkv.weight", { convDim, H }, 0.0, s });
+    t.push_back({ a + "in_proj_z.weight", { valueDim, H }, 0.0, s });
+    t.push_back({ a + "in_proj_b.weight", { nv, H }, 0.0, s });
+    t.push_back({ a + "in_proj_a.weight", { nv, H }, 0.0, s });
+    t.push_back({ a + "conv1d.weight", { convDim, 1, o.linearConvKernel }, 0.0,
+        1.0 / std::sqrt(static_cast<double>(o.linearConvKernel)) });
+    t.push_back({ a + "dt_bias", { nv }, 1.0, 0.0 });
+    t.push_back({ a + "A_log", { nv }, 0.0, 0.5 });
+    t.push_back({ a + "norm.weight", { o.linearValueHeadDim }, 1.0, 0.0 });
+    t.push_back({ a + "out_proj.weight", { H, valueDim }, 0.0, s });
+}
+
 std::vector<Entry> tensorList(const RandomModelOptions& o)
 {
     const int64_t H = o.hiddenSize, hd = o.headDim, E = o.numExperts, I = o.moeIntermediate;
@@ -99,40 +130,48 @@ std::vector<Entry> tensorList(const RandomModelOptions& o)
     std::vector<Entry> t;
     t.push_back({ "model.embed_tokens.weight", { o.vocabSize, H }, 0.0, 1.0 });
     const bool mixtral = o.arch == Architecture::Mixtral;
+    // Qwen3.5-MoE's RMSNorms scale by (1 + w): w = 0 is the identity scale.
+    const double normMean = o.arch == Architecture::Qwen3_5Moe ? 0.0 : 1.0;
     for (int l = 0; l < o.numLayers; ++l) {
         const std::string p = "model.layers." + std::to_string(l) + ".";
-        t.push_back({ p + "input_layernorm.weight", { H }, 1.0, 0.0 });
-        t.push_back({ p + "post_attention_layernorm.weight", { H }, 1.0, 0.0 });
+        t.push_back({ p + "input_layernorm.weight", { H }, normMean, 0.0 });
+        t.push_back({ p + "post_attention_layernorm.weight", { H }, normMean, 0.0 });
         const int64_t qOut = static_cast<int64_t>(o.numHeads) * hd, kvOut = static_cast<int64_t>(o.numKvHeads) * hd;
-        t.push_back({ p + "self_attn.q_proj.weight", { qOut, H }, 0.0, s });
-        t.push_back({ p + "self_attn.k_proj.weight", { kvOut, H }, 0.0, s });
-        t.push_back({ p + "self_attn.v_proj.weight", { kvOut, H }, 0.0, s });
-        if (o.arch == Architecture::Qwen2Moe || o.arch == Architecture::GptOss) {
-            t.push_back({ p + "self_attn.q_proj.bias", { qOut }, 0.0, s });
-            t.push_back({ p + "self_attn.k_proj.bias", { kvOut }, 0.0, s });
-            t.push_back({ p + "self_attn.v_proj.bias", { kvOut }, 0.0, s });
-        }
-        t.push_back({ p + "self_attn.o_proj.weight", { H, qOut }, 0.0, s });
-        if (o.arch == Architecture::GptOss) {
-            // gpt_oss: o_proj bias, attention sinks, router with bias, fused experts as x @ W with gate and up
-            // interleaved on the last dimension, expert biases (transformers' GptOss layout).
-            t.push_back({ p + "self_attn.o_proj.bias", { H }, 0.0, s });
-            t.push_back({ p + "self_attn.sinks", { o.numHeads }, 0.0, 1.0 });
-            const std::string m = p + "mlp.";
-            t.push_back({ m + "router.weight", { E, H }, 0.0, o.routerStd / std::sqrt(static_cast<double>(H)) });
-            t.push_back({ m + "router.bias", { E }, 0.0, o.routerStd });
-            t.push_back({ m + "experts.gate_up_proj", { E, H, 2 * I }, 0.0, s });
-            t.push_back({ m + "experts.gate_up_proj_bias", { E, 2 * I }, 0.0, s });
-            t.push_back({ m + "experts.down_proj", { E, I, H }, 0.0, s });
-            t.push_back({ m + "experts.down_proj_bias", { E, H }, 0.0, s });
-            continue;
-        }
-        if (o.arch == Architecture::Qwen3Moe) {
-            t.push_back({ p + "self_attn.q_norm.weight", { hd }, 1.0, 0.0 });
-            t.push_back({ p + "self_attn.k_norm.weight", { hd }, 1.0, 0.0 });
-        } else if (o.arch == Architecture::Olmoe) {
-            t.push_back({ p + "self_attn.q_norm.weight", { qOut }, 1.0, 0.0 });
-            t.push_back({ p + "self_attn.k_norm.weight", { kvOut }, 1.0, 0.0 });
+        if (isLinearAttentionLayer(o, l)) {
+            addLinearAttention(o, p, t);
+        } else {
+            // Qwen3.5-MoE's q_proj also gives the attention output gate: [query_h; gate_h] per head.
+            t.push_back({ p + "self_attn.q_proj.weight", { o.arch == Architecture::Qwen3_5Moe ? 2 * qOut : qOut, H },
+                0.0, s });
+            t.push_back({ p + "self_attn.k_proj.weight", { kvOut, H }, 0.0, s });
+            t.push_back({ p + "self_attn.v_proj.weight", { kvOut, H }, 0.0, s });
+            if (o.arch == Architecture::Qwen2Moe || o.arch == Architecture::GptOss) {
+                t.push_back({ p + "self_attn.q_proj.bias", { qOut }, 0.0, s });
+                t.push_back({ p + "self_attn.k_proj.bias", { kvOut }, 0.0, s });
+                t.push_back({ p + "self_attn.v_proj.bias", { kvOut }, 0.0, s });
+            }
+            t.push_back({ p + "self_attn.o_proj.weight", { H, qOut }, 0.0, s });
+            if (o.arch == Architecture::GptOss) {
+                // gpt_oss: o_proj bias, attention sinks, router with bias, fused experts as x @ W with gate and up
+                // interleaved on the last dimension, expert biases (transformers' GptOss layout).
+                t.push_back({ p + "self_attn.o_proj.bias", { H }, 0.0, s });
+                t.push_back({ p + "self_attn.sinks", { o.numHeads }, 0.0, 1.0 });
+                const std::string m = p + "mlp.";
+                t.push_back({ m + "router.weight", { E, H }, 0.0, o.routerStd / std::sqrt(static_cast<double>(H)) });
+                t.push_back({ m + "router.bias", { E }, 0.0, o.routerStd });
+                t.push_back({ m + "experts.gate_up_proj", { E, H, 2 * I }, 0.0, s });
+                t.push_back({ m + "experts.gate_up_proj_bias", { E, 2 * I }, 0.0, s });
+                t.push_back({ m + "experts.down_proj", { E, I, H }, 0.0, s });
+                t.push_back({ m + "experts.down_proj_bias", { E, H }, 0.0, s });
+                continue;
+            }
+            if (o.arch == Architecture::Qwen3Moe || o.arch == Architecture::Qwen3_5Moe) {
+                t.push_back({ p + "self_attn.q_norm.weight", { hd }, normMean, 0.0 });
+                t.push_back({ p + "self_attn.k_norm.weight", { hd }, normMean, 0.0 });
+            } else if (o.arch == Architecture::Olmoe) {
+                t.push_back({ p + "self_attn.q_norm.weight", { qOut }, 1.0, 0.0 });
+                t.push_back({ p + "self_attn.k_norm.weight", { kvOut }, 1.0, 0.0 });
+            }
         }
         if (!isMoeLayer(o, l)) {
             t.push_back({ p + "mlp.gate_proj.weight", { o.denseIntermediate, H }, 0.0, s });
@@ -153,15 +192,15 @@ std::vector<Entry> tensorList(const RandomModelOptions& o)
                 t.push_back({ ep + (mixtral ? "w3" : "up_proj") + ".weight", { I, H }, 0.0, s });
             }
         }
-        if (o.arch == Architecture::Qwen2Moe && o.sharedIntermediate > 0) {
-            const int64_t SI = o.sharedIntermediate;
+        if ((o.arch == Architecture::Qwen2Moe || o.arch == Architecture::Qwen3_5Moe) && sharedWidth(o) > 0) {
+            const int64_t SI = sharedWidth(o);
             t.push_back({ m + "shared_expert.gate_proj.weight", { SI, H }, 0.0, s });
             t.push_back({ m + "shared_expert.up_proj.weight", { SI, H }, 0.0, s });
             t.push_back({ m + "shared_expert.down_proj.weight", { H, SI }, 0.0, s });
             t.push_back({ m + "shared_expert_gate.weight", { 1, H }, 0.0, s });
         }
     }
-    t.push_back({ "model.norm.weight", { H }, 1.0, 0.0 });
+    t.push_back({ "model.norm.weight", { H }, normMean, 0.0 });
     t.push_back({ "lm_head.weight", { o.vocabSize, H }, 0.0, s });
     return t;
 }
@@ -235,16 +274,39 @@ std::string randomModelConfig(const RandomModelOptions& o)
             { "original_max_position_embeddings", 4096 } };
         break;
     }
+    case Architecture::Qwen3_5Moe: {
+        c["model_type"] = "qwen3_5_moe_text"; // the text-only checkpoint Qwen3_5MoeForCausalLM saves
+        c["architectures"] = { "Qwen3_5MoeForCausalLM" };
+        c["num_experts"] = o.numExperts;
+        c["moe_intermediate_size"] = o.moeIntermediate;
+        c["shared_expert_intermediate_size"] = sharedWidth(o);
+        c.erase("rope_theta");
+        c["rope_parameters"] = { { "rope_type", "default" }, { "rope_theta", 10000.0 }, { "partial_rotary_factor", 0.25 } };
+        c["linear_num_key_heads"] = o.linearKeyHeads;
+        c["linear_num_value_heads"] = o.linearValueHeads;
+        c["linear_key_head_dim"] = o.linearKeyHeadDim;
+        c["linear_value_head_dim"] = o.linearValueHeadDim;
+        c["linear_conv_kernel_dim"] = o.linearConvKernel;
+        std::vector<std::string> types;
+        types.reserve(static_cast<std::size_t>(o.numLayers));
+        for (int l = 0; l < o.numLayers; ++l)
+            types.emplace_back(isLinearAttentionLayer(o, l) ? "linear_attention" : "full_attention");
+        c["layer_types"] = types;
+        break;
+    }
     }
     return c.dump(2) + "\n";
 }
 
 void writeRandomModel(const RandomModelOptions& o, const std::filesystem::path& dir, bool overwrite)
 {
-    if (o.arch == Architecture::Olmoe && !o.mlpOnlyLayers.empty())
-        throw InputError("olmoe has no dense layers (mlp_only_layers must be empty)");
-    if (o.arch == Architecture::GptOss && !o.mlpOnlyLayers.empty())
-        throw InputError("gpt_oss has no dense layers (mlp_only_layers must be empty)");
+    if ((o.arch == Architecture::Olmoe || o.arch == Architecture::GptOss || o.arch == Architecture::Qwen3_5Moe)
+        && !o.mlpOnlyLayers.empty())
+        throw InputError(std::string(architectureName(o.arch)) + " has no dense layers (mlp_only_layers must be empty)");
+    if (o.arch == Architecture::Qwen3_5Moe
+        && (o.fullAttentionInterval <= 0 || o.linearKeyHeads <= 0 || o.linearValueHeads % o.linearKeyHeads != 0))
+        throw InputError("qwen3_5_moe: full-attention interval must be > 0 and the linear value heads a multiple of the "
+                         "key heads");
     if (o.dtype != DType::F32 && o.dtype != DType::BF16 && o.dtype != DType::F16)
         throw InputError("random models are written in F32, BF16 or F16");
     CheckpointWriterOptions wo;

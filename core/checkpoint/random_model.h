@@ -25,6 +25,14 @@ struct RandomModelOptions {
     int64_t sharedIntermediate = 0; // qwen2_moe only
     int64_t denseIntermediate = 512; // for mlp_only_layers
     std::vector<int> mlpOnlyLayers; // qwen2_moe / qwen3_moe
+    // qwen3_5_moe: every fullAttentionInterval-th layer is full attention, the others Gated DeltaNet
+    // layers of these dimensions; sharedIntermediate 0 = moeIntermediate (it always has a shared expert).
+    int fullAttentionInterval = 4;
+    int linearKeyHeads = 2;
+    int linearValueHeads = 4;
+    int64_t linearKeyHeadDim = 64;
+    int64_t linearValueHeadDim = 64;
+    int64_t linearConvKernel = 4;
     int64_t vocabSize = 1024;
     DType dtype = DType::F32; // F32, BF16 or F16
     bool fusedExperts = false; // transformers v5 fused layout instead of the hub's per-expert one

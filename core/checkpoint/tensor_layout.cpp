@@ -39,7 +39,17 @@ TensorLayout::TensorLayout(const Checkpoint& checkpoint, const ModelSpec& spec)
 
 std::string TensorLayout::layerPrefix(int layer) const
 {
-    return "model.layers." + std::to_string(layer) + ".";
+    return m_spec.tensorPrefix + "layers." + std::to_string(layer) + ".";
+}
+
+std::string TensorLayout::embedName() const
+{
+    return m_spec.tensorPrefix + "embed_tokens.weight";
+}
+
+std::string TensorLayout::finalNormName() const
+{
+    return m_spec.tensorPrefix + "norm.weight";
 }
 
 std::string TensorLayout::moePrefix(int layer) const
@@ -80,20 +90,51 @@ std::string TensorLayout::fusedDownName(int layer) const
 
 std::vector<ExpectedTensor> TensorLayout::layerTensors(int layer) const
 {
-    const ModelSpec& s = m_spec;
-    const int64_t H = s.hiddenSize, hd = s.headDim;
-    const int64_t qOut = s.numHeads * hd, kvOut = s.numKvHeads * hd;
+    const int64_t H = m_spec.hiddenSize;
     const std::string p = layerPrefix(layer);
+    const LayerSpec& ls = m_spec.layers[static_cast<std::size_t>(layer)];
     std::vector<ExpectedTensor> t = {
         { p + "input_layernorm.weight", { H } },
         { p + "post_attention_layernorm.weight", { H } },
-        { p + "self_attn.q_proj.weight", { qOut, H } },
+    };
+    if (ls.linearAttention)
+        appendLinearAttention(t, p + "linear_attn.");
+    else
+        appendSelfAttention(t, p);
+    appendMlp(t, layer);
+    return t;
+}
+
+void TensorLayout::appendLinearAttention(std::vector<ExpectedTensor>& t, const std::string& a) const
+{
+    const LinearAttentionSpec& la = m_spec.linearAttention;
+    const int64_t H = m_spec.hiddenSize, nv = la.numValueHeads;
+    t.push_back({ a + "in_proj_qkv.weight", { la.convDim(), H } });
+    t.push_back({ a + "in_proj_z.weight", { la.valueDim(), H } });
+    t.push_back({ a + "in_proj_b.weight", { nv, H } });
+    t.push_back({ a + "in_proj_a.weight", { nv, H } });
+    t.push_back({ a + "conv1d.weight", { la.convDim(), 1, la.convKernel } });
+    t.push_back({ a + "dt_bias", { nv } });
+    t.push_back({ a + "A_log", { nv } });
+    t.push_back({ a + "norm.weight", { la.valueHeadDim } });
+    t.push_back({ a + "out_proj.weight", { H, la.valueDim() } });
+}
+
+void TensorLayout::appendSelfAttention(std::vector<ExpectedTensor>& t, const std::string& p) const
+{
+    const ModelSpec& s = m_spec;
+    const int64_t H = s.hiddenSize, hd = s.headDim;
+    const int64_t qOut = s.numHeads * hd, kvOut = s.numKvHeads * hd;
+    // A gated attention's q_proj holds the output gate too: [query_h; gate_h] per head.
+    const int64_t qRows = s.attnOutputGate ? 2 * qOut : qOut;
+    t.insert(t.end(), {
+        { p + "self_attn.q_proj.weight", { qRows, H } },
         { p + "self_attn.k_proj.weight", { kvOut, H } },
         { p + "self_attn.v_proj.weight", { kvOut, H } },
         { p + "self_attn.o_proj.weight", { H, qOut } },
-    };
+    });
     if (s.qkvBias) {
-        t.push_back({ p + "self_attn.q_proj.bias", { qOut } });
+        t.push_back({ p + "self_attn.q_proj.bias", { qRows } });
         t.push_back({ p + "self_attn.k_proj.bias", { kvOut } });
         t.push_back({ p + "self_attn.v_proj.bias", { kvOut } });
     }
@@ -108,13 +149,20 @@ std::vector<ExpectedTensor> TensorLayout::layerTensors(int layer) const
         t.push_back({ p + "self_attn.q_norm.weight", { qOut } });
         t.push_back({ p + "self_attn.k_norm.weight", { kvOut } });
     }
+}
+
+void TensorLayout::appendMlp(std::vector<ExpectedTensor>& t, int layer) const
+{
+    const ModelSpec& s = m_spec;
+    const int64_t H = s.hiddenSize;
+    const std::string p = layerPrefix(layer);
     const LayerSpec& ls = s.layers[static_cast<std::size_t>(layer)];
     if (!ls.moe) {
         const int64_t I = ls.denseIntermediate;
         t.push_back({ p + "mlp.gate_proj.weight", { I, H } });
         t.push_back({ p + "mlp.up_proj.weight", { I, H } });
         t.push_back({ p + "mlp.down_proj.weight", { H, I } });
-        return t;
+        return;
     }
     const int64_t E = s.router.numExperts, I = s.moeIntermediate;
     t.push_back({ routerName(layer), { E, H } });
@@ -161,13 +209,12 @@ std::vector<ExpectedTensor> TensorLayout::layerTensors(int layer) const
         t.push_back({ m + "shared_expert.down_proj.weight", { H, SI } });
         t.push_back({ m + "shared_expert_gate.weight", { 1, H } });
     }
-    return t;
 }
 
 std::vector<ExpectedTensor> TensorLayout::globalTensors() const
 {
-    std::vector<ExpectedTensor> t = { { "model.embed_tokens.weight", { m_spec.vocabSize, m_spec.hiddenSize } },
-        { "model.norm.weight", { m_spec.hiddenSize } } };
+    std::vector<ExpectedTensor> t = { { embedName(), { m_spec.vocabSize, m_spec.hiddenSize } },
+        { finalNormName(), { m_spec.hiddenSize } } };
     if (!m_spec.tieWordEmbeddings)
         t.push_back({ "lm_head.weight", { m_spec.vocabSize, m_spec.hiddenSize } });
     return t;

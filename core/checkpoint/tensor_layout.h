@@ -33,7 +33,9 @@ public:
     // two E2M1 values per byte, low nibble first; `<name>_scales` uint8 E8M0 [E, rows, cols/32]).
     bool mxfp4() const { return m_mxfp4; }
 
-    std::string layerPrefix(int layer) const; // "model.layers.<l>."
+    std::string layerPrefix(int layer) const; // "model.layers.<l>." (ModelSpec::tensorPrefix + "layers.<l>.")
+    std::string embedName() const; // "model.embed_tokens.weight"
+    std::string finalNormName() const; // "model.norm.weight"
     std::string moePrefix(int layer) const; // "...block_sparse_moe." or "...mlp."
     std::string routerName(int layer) const;
     // Per-expert layout: one expert's projection ("w1"/"w3"/"w2" for Mixtral; "gate_proj", "up_proj",
@@ -58,6 +60,10 @@ public:
     uint64_t layerBytes(const Checkpoint& checkpoint, int layer) const;
 
 private:
+    void appendSelfAttention(std::vector<ExpectedTensor>& t, const std::string& layerPrefix) const;
+    void appendLinearAttention(std::vector<ExpectedTensor>& t, const std::string& attnPrefix) const;
+    void appendMlp(std::vector<ExpectedTensor>& t, int layer) const;
+
     const ModelSpec& m_spec;
     ExpertLayout m_layout = ExpertLayout::PerExpert;
     bool m_mxfp4 = false;

@@ -231,24 +231,27 @@ ExportResult exportCheckpoint(
     // plus the per-layer lists when the model is not stock any more.
     const bool uniform = kind == ExportKind::StockDims || (kind == ExportKind::Experts && plan.uniform());
     nlohmann::json config = ckpt.config();
+    // A multimodal Qwen3.5-MoE config keeps the language model's keys in text_config.
+    nlohmann::json& textConfig
+        = spec.tensorPrefix != "model." && config.contains("text_config") ? config["text_config"] : config;
     std::size_t maxKept = 0;
     for (const auto& k : keep)
         maxKept = std::max(maxKept, k.experts.size());
     bool rewritten = false;
     for (const char* key : kExpertCountKeys)
-        if (config.contains(key)) {
-            config[key] = maxKept;
+        if (textConfig.contains(key)) {
+            textConfig[key] = maxKept;
             rewritten = true;
         }
     if (!rewritten)
         throw InputError(configName + ": no expert-count key (num_local_experts, num_experts, n_routed_experts)");
     if (kind == ExportKind::StockDims) {
         const char* key = expertWidthKey(spec.arch);
-        if (!config.contains(key))
+        if (!textConfig.contains(key))
             throw InputError(configName + ": no expert-width key '" + key + "'");
-        config[key] = plan.units.front().front().size();
+        textConfig[key] = plan.units.front().front().size();
     }
-    writeRoutingConfig(options.routing, spec, config);
+    writeRoutingConfig(options.routing, spec, textConfig);
     std::string modeling;
     if (!uniform || dynamicRouting) {
         const std::string cls = nonUniformClassName(spec.modelType);

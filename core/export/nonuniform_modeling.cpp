@@ -39,6 +39,7 @@ from transformers.models.mixtral import modeling_mixtral
 from transformers.models.olmoe import modeling_olmoe
 from transformers.models.qwen2_moe import modeling_qwen2_moe
 from transformers.models.qwen3_moe import modeling_qwen3_moe
+from transformers.models.qwen3_5_moe import modeling_qwen3_5_moe
 
 
 class MoeAtlasRaggedExpert(nn.Module):
@@ -134,7 +135,9 @@ def _install_routing(model, config, block_cls):
         gate.moeatlas_threshold = thresholds.get(str(i))
         if routing["kind"] == "threshold" and gate.moeatlas_threshold is None:
             raise ValueError(f"moeatlas_routing.thresholds has no threshold for MoE layer {i}")
-        gate.moeatlas_renormalize = mixtral or bool(getattr(gate, "norm_topk_prob", False))
+        # Qwen3.5-MoE's router always renormalises (it has no norm_topk_prob).
+        gate.moeatlas_renormalize = mixtral or config.model_type.startswith("qwen3_5_moe") or \
+            bool(getattr(gate, "norm_topk_prob", False))
         gate.moeatlas_cast = not mixtral
 
 
@@ -186,6 +189,8 @@ MoeAtlasQwen2MoeForCausalLM = _make(modeling_qwen2_moe.Qwen2MoeForCausalLM, mode
 MoeAtlasQwen3MoeForCausalLM = _make(modeling_qwen3_moe.Qwen3MoeForCausalLM, modeling_qwen3_moe.Qwen3MoeSparseMoeBlock,
                                     "num_experts")
 MoeAtlasOlmoeForCausalLM = _make(modeling_olmoe.OlmoeForCausalLM, modeling_olmoe.OlmoeSparseMoeBlock, "num_experts")
+MoeAtlasQwen3_5MoeForCausalLM = _make(modeling_qwen3_5_moe.Qwen3_5MoeForCausalLM,
+                                      modeling_qwen3_5_moe.Qwen3_5MoeSparseMoeBlock, "num_experts")
 )PY";
 
 } // namespace
@@ -200,7 +205,8 @@ std::string nonUniformClassName(const std::string& modelType)
 {
     static const std::map<std::string, std::string> names
         = { { "mixtral", "MoeAtlasMixtralForCausalLM" }, { "qwen2_moe", "MoeAtlasQwen2MoeForCausalLM" },
-              { "qwen3_moe", "MoeAtlasQwen3MoeForCausalLM" }, { "olmoe", "MoeAtlasOlmoeForCausalLM" } };
+              { "qwen3_moe", "MoeAtlasQwen3MoeForCausalLM" }, { "olmoe", "MoeAtlasOlmoeForCausalLM" },
+              { "qwen3_5_moe_text", "MoeAtlasQwen3_5MoeForCausalLM" } };
     const auto it = names.find(modelType);
     return it == names.end() ? std::string() : it->second;
 }

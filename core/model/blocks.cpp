@@ -1,5 +1,6 @@
 #include "model/blocks.h"
 
+#include "model/gated_delta.h"
 #include "runtime/thread_pools.h"
 
 #include <ATen/ATen.h>
@@ -235,18 +236,32 @@ at::Tensor rmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps)
     at::Tensor h = x.to(at::kFloat);
     at::Tensor variance = h.pow(2).mean(-1, /*keepdim=*/true);
     h = h * at::rsqrt(variance + eps);
-    // Weights kept in float32 (gpt_oss): the product in float32, then the input's dtype.
+    // Weights kept in float32 (gpt_oss' norms; a zero-centred norm's 1 + w, layer_weights.cpp): the product
+    // is taken in fp32 and rounded once to the input's dtype, as transformers does for both.
     if (weight.scalar_type() != x.scalar_type())
-        return (weight * h).to(x.scalar_type());
+        return (h * weight).to(x.scalar_type());
     return weight * h.to(x.scalar_type());
 }
 
 at::Tensor attention(const ModelSpec& spec, const LayerWeights& w, const at::Tensor& x, int64_t numSeqs,
     const RotaryCache& rope, bool slidingWindow)
 {
+    if (w.deltaNet.defined()) // a linear-attention layer of Qwen3.5-MoE
+        return gatedDeltaNet(spec, w.deltaNet, x, numSeqs);
     const int64_t tokens = x.size(0), S = tokens / numSeqs, hd = spec.headDim;
     const int64_t nh = spec.numHeads, nkv = spec.numKvHeads;
     at::Tensor q = linear(x, w.q), k = linear(x, w.k), v = linear(x, w.v);
+    // Gated attention (Qwen3.5-MoE): q_proj gives [query_h; gate_h] per head; the output is
+    // multiplied by sigmoid(gate) before o_proj.
+    at::Tensor gate;
+    if (spec.attnOutputGate) {
+        const at::Tensor qg = q.view({ tokens, nh, 2 * hd });
+        gate = qg.narrow(2, hd, hd).reshape({ tokens, nh * hd });
+        q = qg.narrow(2, 0, hd).reshape({ tokens, nh * hd });
+    }
+    const auto project = [&](const at::Tensor& context) {
+        return linear(gate.defined() ? context * at::sigmoid(gate) : context, w.o);
+    };
     if (spec.qkNorm == QkNorm::Full) {
         q = rmsNorm(q, w.qNorm, spec.rmsNormEps);
         k = rmsNorm(k, w.kNorm, spec.rmsNormEps);
@@ -267,8 +282,18 @@ at::Tensor attention(const ModelSpec& spec, const LayerWeights& w, const at::Ten
     k = k.transpose(1, 2);
     v = v.transpose(1, 2);
     const at::Tensor cos = rope.cos.narrow(0, 0, S), sin = rope.sin.narrow(0, 0, S);
-    q = q * cos + rotateHalf(q) * sin;
-    k = k * cos + rotateHalf(k) * sin;
+    const int64_t rotary = cos.size(-1);
+    if (rotary == hd) {
+        q = q * cos + rotateHalf(q) * sin;
+        k = k * cos + rotateHalf(k) * sin;
+    } else { // partial rotary: the first `rotary` dimensions turn, the rest pass through
+        const auto turn = [&](const at::Tensor& t) {
+            const at::Tensor r = t.narrow(-1, 0, rotary);
+            return at::cat({ r * cos + rotateHalf(r) * sin, t.narrow(-1, rotary, hd - rotary) }, -1);
+        };
+        q = turn(q);
+        k = turn(k);
+    }
     const int64_t groups = nh / nkv;
     if (groups > 1) {
         k = k.unsqueeze(2).expand({ numSeqs, nkv, groups, S, hd }).reshape({ numSeqs, nh, S, hd });
@@ -285,7 +310,7 @@ at::Tensor attention(const ModelSpec& spec, const LayerWeights& w, const at::Ten
                                                  : at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
             out[b].copy_(at::matmul(probs, v[b]).transpose(0, 1).reshape({ S, nh * hd }));
         }
-        return linear(out.view({ tokens, nh * hd }), w.o);
+        return project(out.view({ tokens, nh * hd }));
     }
     // Sequences (and, when there are fewer sequences than threads, groups of heads) in parallel;
     // heads are independent, so a group of heads gives the same numbers as all of them at once.
@@ -324,7 +349,7 @@ at::Tensor attention(const ModelSpec& spec, const LayerWeights& w, const at::Ten
         at::matmul_out(context, probs, vb);
         out[b].view({ S, nh, hd }).narrow(1, h0, hn).copy_(context.transpose(0, 1));
     });
-    return linear(out.view({ tokens, nh * hd }), w.o);
+    return project(out.view({ tokens, nh * hd }));
 }
 
 at::Tensor denseMlp(const LayerWeights& w, const at::Tensor& x)

@@ -147,18 +147,6 @@ void WeightLoader::loadInto(const std::string& name, const at::Tensor& destinati
         m_ckpt.release(name);
 }
 
-at::Tensor WeightLoader::loadNorm(const std::string& name) const
-{
-    if (!m_spec.normWeightsFloat32)
-        return load(name, { m_spec.hiddenSize });
-    // transformers keeps these norms in float32 whatever the model dtype (gpt_oss' _keep_in_fp32_modules).
-    const TensorInfo& info = m_ckpt.info(name);
-    at::Tensor t = tensorFromBytes(m_ckpt.bytes(name).data(), info.dtype, { m_spec.hiddenSize }, at::kFloat, m_opt.device);
-    if (m_opt.releaseSourcePages)
-        m_ckpt.release(name);
-    return t;
-}
-
 Linear WeightLoader::loadLinear(const std::string& prefix, int64_t out, int64_t in, bool bias) const
 {
     Linear l;
@@ -320,27 +308,18 @@ RaggedExperts sliceExperts(const LayerWeights& w, const std::vector<std::vector<
 LayerWeights WeightLoader::loadLayer(int layer) const
 {
     const ModelSpec& s = m_spec;
-    const int64_t H = s.hiddenSize, hd = s.headDim;
+    const int64_t H = s.hiddenSize;
     const std::string p = m_layout.layerPrefix(layer);
     LayerWeights w;
     w.layer = layer;
     w.sourceBytes = layerBytes(layer);
-    w.inputNorm = loadNorm(p + "input_layernorm.weight");
-    w.postAttentionNorm = loadNorm(p + "post_attention_layernorm.weight");
-    w.q = loadLinear(p + "self_attn.q_proj", s.numHeads * hd, H, s.qkvBias);
-    w.k = loadLinear(p + "self_attn.k_proj", s.numKvHeads * hd, H, s.qkvBias);
-    w.v = loadLinear(p + "self_attn.v_proj", s.numKvHeads * hd, H, s.qkvBias);
-    w.o = loadLinear(p + "self_attn.o_proj", H, s.numHeads * hd, s.oBias);
-    if (s.attentionSinks)
-        w.sinks = load(p + "self_attn.sinks", { s.numHeads });
-    if (s.qkNorm == QkNorm::PerHead) {
-        w.qNorm = load(p + "self_attn.q_norm.weight", { hd });
-        w.kNorm = load(p + "self_attn.k_norm.weight", { hd });
-    } else if (s.qkNorm == QkNorm::Full) {
-        w.qNorm = load(p + "self_attn.q_norm.weight", { s.numHeads * hd });
-        w.kNorm = load(p + "self_attn.k_norm.weight", { s.numKvHeads * hd });
-    }
+    w.inputNorm = loadNorm(p + "input_layernorm.weight", H);
+    w.postAttentionNorm = loadNorm(p + "post_attention_layernorm.weight", H);
     const LayerSpec& ls = s.layers[static_cast<std::size_t>(layer)];
+    if (ls.linearAttention)
+        w.deltaNet = loadDeltaNet(p + "linear_attn.");
+    else
+        loadSelfAttention(p, w);
     w.moe = ls.moe;
     if (!ls.moe) {
         const int64_t I = ls.denseIntermediate;
@@ -361,9 +340,64 @@ LayerWeights WeightLoader::loadLayer(int layer) const
     return w;
 }
 
+at::Tensor WeightLoader::loadNorm(const std::string& name, int64_t size) const
+{
+    if (m_spec.normWeightsFloat32) {
+        // transformers keeps these norms in float32 whatever the model dtype (gpt_oss' _keep_in_fp32_modules).
+        const TensorInfo& info = m_ckpt.info(name);
+        if (info.shape != std::vector<int64_t> { size })
+            throw InputError(m_ckpt.fileOf(name).path().string() + ": tensor '" + name + "' has shape "
+                + formatShape(info.shape) + ", expected " + formatShape({ size }));
+        at::Tensor t = tensorFromBytes(m_ckpt.bytes(name).data(), info.dtype, { size }, at::kFloat, m_opt.device);
+        if (m_opt.releaseSourcePages)
+            m_ckpt.release(name);
+        return t;
+    }
+    at::Tensor weight = load(name, { size });
+    // (1 + w) in fp32 from the weight in the compute dtype, as transformers computes 1.0 + weight.float().
+    return m_spec.zeroCentredNorm ? weight.to(at::kFloat) + 1.0 : weight;
+}
+
+DeltaNetWeights WeightLoader::loadDeltaNet(const std::string& a) const
+{
+    const LinearAttentionSpec& la = m_spec.linearAttention;
+    const int64_t H = m_spec.hiddenSize, nv = la.numValueHeads;
+    DeltaNetWeights d;
+    d.inProjQkv = loadLinear(a + "in_proj_qkv", la.convDim(), H, false);
+    d.inProjZ = loadLinear(a + "in_proj_z", la.valueDim(), H, false);
+    d.inProjB = loadLinear(a + "in_proj_b", nv, H, false);
+    d.inProjA = loadLinear(a + "in_proj_a", nv, H, false);
+    d.outProj = loadLinear(a + "out_proj", H, la.valueDim(), false);
+    d.conv = load(a + "conv1d.weight", { la.convDim(), 1, la.convKernel }).squeeze(1);
+    d.dtBias = load(a + "dt_bias", { nv });
+    d.aLog = load(a + "A_log", { nv });
+    d.norm = load(a + "norm.weight", { la.valueHeadDim });
+    return d;
+}
+
+void WeightLoader::loadSelfAttention(const std::string& p, LayerWeights& w) const
+{
+    const ModelSpec& s = m_spec;
+    const int64_t H = s.hiddenSize, hd = s.headDim;
+    const int64_t qRows = (s.attnOutputGate ? 2 : 1) * s.numHeads * hd;
+    w.q = loadLinear(p + "self_attn.q_proj", qRows, H, s.qkvBias);
+    w.k = loadLinear(p + "self_attn.k_proj", s.numKvHeads * hd, H, s.qkvBias);
+    w.v = loadLinear(p + "self_attn.v_proj", s.numKvHeads * hd, H, s.qkvBias);
+    w.o = loadLinear(p + "self_attn.o_proj", H, s.numHeads * hd, s.oBias);
+    if (s.attentionSinks)
+        w.sinks = load(p + "self_attn.sinks", { s.numHeads });
+    if (s.qkNorm == QkNorm::PerHead) {
+        w.qNorm = loadNorm(p + "self_attn.q_norm.weight", hd);
+        w.kNorm = loadNorm(p + "self_attn.k_norm.weight", hd);
+    } else if (s.qkNorm == QkNorm::Full) {
+        w.qNorm = loadNorm(p + "self_attn.q_norm.weight", s.numHeads * hd);
+        w.kNorm = loadNorm(p + "self_attn.k_norm.weight", s.numKvHeads * hd);
+    }
+}
+
 at::Tensor WeightLoader::embed(const std::vector<int32_t>& ids) const
 {
-    const std::string name = "model.embed_tokens.weight";
+    const std::string name = m_layout.embedName();
     const TensorInfo& info = m_ckpt.info(name);
     const int64_t H = m_spec.hiddenSize;
     const std::size_t rowBytes = static_cast<std::size_t>(H) * dtypeSize(info.dtype);
@@ -383,12 +417,12 @@ at::Tensor WeightLoader::embed(const std::vector<int32_t>& ids) const
 
 at::Tensor WeightLoader::finalNorm() const
 {
-    return loadNorm("model.norm.weight");
+    return loadNorm(m_layout.finalNormName(), m_spec.hiddenSize);
 }
 
 at::Tensor WeightLoader::lmHead() const
 {
-    const std::string name = m_spec.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+    const std::string name = m_spec.tieWordEmbeddings ? m_layout.embedName() : "lm_head.weight";
     return load(name, { m_spec.vocabSize, m_spec.hiddenSize });
 }
 

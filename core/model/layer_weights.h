@@ -40,8 +40,23 @@ struct RaggedExperts {
     uint64_t bytes() const; // of the sliced tensors
 };
 
+// A Gated DeltaNet (Qwen3.5-MoE linear_attention layer), as Qwen3_5MoeGatedDeltaNet holds it.
+struct DeltaNetWeights {
+    Linear inProjQkv; // [2 * keyDim + valueDim, H]: q, k, v before the convolution
+    Linear inProjZ; // [valueDim, H]: the output gate
+    Linear inProjB; // [nv, H]: beta = sigmoid(b)
+    Linear inProjA; // [nv, H]: the decay's input
+    Linear outProj; // [H, valueDim]
+    at::Tensor conv; // [convDim, kernel]: the depthwise conv1d weight without its singleton dimension
+    at::Tensor dtBias; // [nv]
+    at::Tensor aLog; // [nv]
+    at::Tensor norm; // [valueHeadDim]: the gated RMSNorm's weight (plain, not zero-centred)
+    bool defined() const { return outProj.weight.defined(); }
+};
+
 struct LayerWeights {
     int layer = 0;
+    DeltaNetWeights deltaNet; // a linear-attention layer: used instead of q, k, v, o
     at::Tensor inputNorm; // [H] (float32 where ModelSpec::normWeightsFloat32)
     at::Tensor postAttentionNorm; // [H]
     Linear q, k, v, o;
@@ -95,9 +110,12 @@ private:
     // Converts the tensor straight into `destination` (a slice of a fused buffer), no temporary.
     void loadInto(const std::string& name, const at::Tensor& destination) const;
     Linear loadLinear(const std::string& prefix, int64_t out, int64_t in, bool bias) const;
+    // An RMSNorm weight: as stored, 1 + w in fp32 for a zero-centred norm (ModelSpec::zeroCentredNorm), or
+    // float32 where the spec keeps norms so (ModelSpec::normWeightsFloat32).
+    at::Tensor loadNorm(const std::string& name, int64_t size) const;
+    void loadSelfAttention(const std::string& layerPrefix, LayerWeights& w) const;
+    DeltaNetWeights loadDeltaNet(const std::string& prefix) const;
     void loadExperts(int layer, LayerWeights& w) const;
-    // An RMSNorm weight [H]: in the compute dtype, or float32 where the spec keeps norms so.
-    at::Tensor loadNorm(const std::string& name) const;
     // gpt_oss: the fused (transposed, interleaved) or MXFP4 experts into the [gate; up] form.
     void loadGptOssExperts(int layer, LayerWeights& w) const;
     at::Tensor loadMxfp4(const std::string& name, int64_t experts, int64_t rows, int64_t cols) const;

@@ -309,7 +309,7 @@ uint64_t Executor::plannedForwardBytes(int64_t numTokens, int64_t longestSequenc
 {
     const ModelSpec& s = m_impl->spec;
     const uint64_t es = c10::elementSize(m_impl->dtype);
-    const DType src = m_impl->ckpt.info("model.norm.weight").dtype;
+    const DType src = m_impl->ckpt.info(m_impl->loader.layout().finalNormName()).dtype;
     uint64_t maxLayer = 0;
     for (int l = 0; l < s.numLayers; ++l)
         maxLayer = std::max(maxLayer, m_impl->computeBytes(m_impl->loader.layerBytes(l), src));

@@ -98,13 +98,18 @@ private Q_SLOTS:
         QTest::addColumn<double>("storageRounding"); // relative rounding of the stored values
         QTest::addColumn<QString>("arch");
         QTest::addColumn<QString>("variant");
-        const QString qwen = QStringLiteral("qwen2_moe"), qwenVariant = QStringLiteral("shared_mlp_only");
-        QTest::newRow("float32") << QStringLiteral("float32") << 0.0 << qwen << qwenVariant;
+        QTest::addColumn<QString>("modelType");
+        const QString qwen2 = QStringLiteral("qwen2_moe"), shared = QStringLiteral("shared_mlp_only");
+        QTest::newRow("float32") << QStringLiteral("float32") << 0.0 << qwen2 << shared << qwen2;
         // fp16 storage: relative rounding <= 2^-11 (half an ulp of a 10-bit mantissa).
-        QTest::newRow("float16") << QStringLiteral("float16") << 1.0 / 2048.0 << qwen << qwenVariant;
+        QTest::newRow("float16") << QStringLiteral("float16") << 1.0 / 2048.0 << qwen2 << shared << qwen2;
+        // Hybrid Gated DeltaNet / full-attention layers, sequences longer than one delta-rule chunk.
+        QTest::newRow("qwen3_5_moe/float32") << QStringLiteral("float32") << 0.0 << QStringLiteral("qwen3_5_moe")
+                                             << QStringLiteral("hybrid_chunks")
+                                             << QStringLiteral("qwen3_5_moe_text");
         // gpt_oss: router bias in the stored logits, sinks and sliding layers on the way there.
         QTest::newRow("gpt_oss/float32") << QStringLiteral("float32") << 0.0 << QStringLiteral("gpt_oss")
-                                         << QStringLiteral("swa_sinks_yarn");
+                                         << QStringLiteral("swa_sinks_yarn") << QStringLiteral("gpt_oss");
     }
 
     void atlasMatchesTransformers()
@@ -113,6 +118,7 @@ private Q_SLOTS:
         QFETCH(double, storageRounding);
         QFETCH(QString, arch);
         QFETCH(QString, variant);
+        QFETCH(QString, modelType);
         QTemporaryDir dir;
         const QString model = dir.filePath(QStringLiteral("model"));
         const auto made = test::runPython(QStringLiteral("tests/reference/make_reference.py"),
@@ -142,7 +148,7 @@ private Q_SLOTS:
 
         const AtlasFile atlas = AtlasFile::openReadOnly(atlasPath.toStdString());
         QVERIFY(atlas.isComplete());
-        QCOMPARE(atlas.model().modelType, arch.toStdString());
+        QCOMPARE(atlas.model().modelType, modelType.toStdString());
         QCOMPARE(atlas.model().configSha256, sha256File(QString(model + QStringLiteral("/config.json")).toStdString()));
         QCOMPARE(atlas.calibration().domains.size(), std::size_t(2));
         QCOMPARE(atlas.calibration().domains[0].numSamples, int64_t(1));

@@ -62,6 +62,14 @@ olmoe (OlmoeForCausalLM):
   the head split), then clamp q,k,v to [-clip_qkv, clip_qkv] if clip_qkv is set, then RoPE.
   mlp.gate.weight [E,H]; mlp.experts.{j}.{gate_proj,up_proj,down_proj}.weight; every layer is MoE.
   router: as qwen2_moe (norm_topk_prob default false).
+qwen3_5_moe (Qwen3_5MoeForCausalLM, model_type "qwen3_5_moe_text"; variant "multimodal":
+  Qwen3_5MoeForConditionalGeneration, model_type "qwen3_5_moe" with text_config, every language-model tensor under
+  model.language_model. and a vision tower model.visual.*, re-loaded with AutoModelForCausalLM, which drops it):
+  layer_types "linear_attention" -> linear_attn.{in_proj_qkv [2*Kd+Vd,H], in_proj_z [Vd,H], in_proj_b/in_proj_a [nv,H],
+  conv1d.weight [2*Kd+Vd,1,kernel], dt_bias [nv], A_log [nv], norm.weight [dv], out_proj [H,Vd]};
+  "full_attention" -> self_attn with q_proj [2*nH*D,H] (query and output gate per head), q_norm/k_norm [D].
+  Every layer MoE with shared_expert + shared_expert_gate as qwen2_moe; router always renormalises its top-k.
+  RMSNorms (except linear_attn.norm) are zero-centred: x_hat * (1 + w); partial RoPE (factor 0.25 by default).
 Fused layout (--layout fused, also accepted by from_pretrained for all four archs):
   model.layers.{i}.mlp.gate.weight [E,H]  (Mixtral too: `.mlp.`, not `.block_sparse_moe.`)
   model.layers.{i}.mlp.experts.gate_up_proj [E,2I,H] = cat([gate_j], [up_j]) along dim 1 (gate rows first)
@@ -83,6 +91,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import re
 import shutil
@@ -96,17 +105,24 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import (AutoModelForCausalLM, GptOssConfig, MixtralConfig, OlmoeConfig, Qwen2MoeConfig,
                           Qwen3MoeConfig)
+from transformers import Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration, Qwen3_5MoeTextConfig
 
 import routing_reference
 
-ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss")
+ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "qwen3_5_moe")
 CONFIG_CLASSES = {
     "mixtral": MixtralConfig,
     "qwen2_moe": Qwen2MoeConfig,
     "qwen3_moe": Qwen3MoeConfig,
     "olmoe": OlmoeConfig,
     "gpt_oss": GptOssConfig,
+    "qwen3_5_moe": Qwen3_5MoeTextConfig,
 }
+# Routers that always renormalise their top-k weights (no norm_topk_prob in the config).
+ALWAYS_RENORMALISE = ("mixtral", "gpt_oss", "qwen3_5_moe")
+# Variant keys that are not config fields: "_seq_len" (default SEQ_LEN) and "_multimodal" (build
+# Qwen3_5MoeForConditionalGeneration with a tiny vision tower: tensors under model.language_model.).
+TINY_VISION = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64)
 
 BATCH = 3
 SEQ_LEN = 24
@@ -187,6 +203,26 @@ VARIANTS: dict[str, dict[str, dict]] = {
             mlp_only_layers=[], attention_bias=True,
         ),
     },
+    "qwen3_5_moe": {
+        # Gated DeltaNet (linear_attention) and gated full attention layers, GQA 4/2, partial RoPE 0.25,
+        # 2 key / 4 value heads in the DeltaNet, sequences of 80 tokens (> one 64-token chunk, not a multiple).
+        "hybrid_chunks": dict(
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            moe_intermediate_size=32, shared_expert_intermediate_size=48, num_experts=8,
+            layer_types=["linear_attention", "full_attention"],
+            linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=8,
+            linear_conv_kernel_dim=4, _seq_len=80,
+        ),
+        # The multimodal checkpoint (Qwen3_5MoeForConditionalGeneration): tensors under model.language_model.,
+        # a vision tower the engine ignores; MHA in the DeltaNet (equal key and value heads).
+        "multimodal": dict(
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, head_dim=16,
+            moe_intermediate_size=32, shared_expert_intermediate_size=48, num_experts=8,
+            layer_types=["full_attention", "linear_attention"],
+            linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=16, linear_value_head_dim=16,
+            linear_conv_kernel_dim=4, _seq_len=70, _multimodal=True,
+        ),
+    },
     "olmoe": {
         # Full-width q/k RMSNorm + clip_qkv (clips a good fraction of q, k, v), norm_topk_prob false, MHA.
         "clip_qk_norm": dict(
@@ -231,9 +267,20 @@ LAYOUTS = ("saved", "per-expert", "fused")
 # model construction
 # ----------------------------------------------------------------------------------------------
 
+def variant_seq_len(arch: str, variant: str) -> int:
+    return VARIANTS[arch][variant].get("_seq_len", SEQ_LEN)
+
+
+def is_multimodal(arch: str, variant: str) -> bool:
+    return bool(VARIANTS[arch][variant].get("_multimodal", False))
+
+
 def make_config(arch: str, variant: str):
     params = dict(COMMON)
-    params.update(copy.deepcopy(VARIANTS[arch][variant]))
+    params.update({k: v for k, v in copy.deepcopy(VARIANTS[arch][variant]).items() if not k.startswith("_")})
+    if is_multimodal(arch, variant):
+        tie = params.pop("tie_word_embeddings", False)
+        return Qwen3_5MoeConfig(text_config=params, vision_config=dict(TINY_VISION), tie_word_embeddings=tie)
     return CONFIG_CLASSES[arch](**params)
 
 
@@ -249,6 +296,11 @@ def init_weights(model: torch.nn.Module, seed: int) -> None:
         noise = torch.randn(param.shape, generator=gen, dtype=torch.float32)
         if is_norm_weight(name):
             param.copy_(1.0 + NORM_STD * noise)
+        elif name.endswith("linear_attn.A_log"):
+            # Gated DeltaNet decay rates A = exp(A_log) around 0.1 (log decay per token ~ -0.1): with A ~ 1 the
+            # log decays summed over a 64-token chunk reach -100s, and exp(cum_i - cum_j) of such sums loses
+            # fp32 precision in transformers itself (its fp32 logits then differ from fp64 by 2.5e-5 relative).
+            param.copy_(math.log(0.1) + WEIGHT_STD * noise)
         else:
             param.copy_(WEIGHT_STD * noise)
 
@@ -263,7 +315,7 @@ def router_modules(model) -> list[tuple[int, torch.nn.Module]]:
 
 
 def renormalises(arch: str, cfg) -> bool:
-    return True if arch in ("mixtral", "gpt_oss") else bool(cfg.norm_topk_prob)
+    return True if arch in ALWAYS_RENORMALISE else bool(cfg.norm_topk_prob)
 
 
 def route(arch: str, logits: torch.Tensor, top_k: int, norm_topk_prob: bool):
@@ -319,10 +371,10 @@ def expert_names(arch: str):
 
 
 PER_EXPERT_RE = re.compile(
-    r"^(?P<layer>model\.layers\.\d+)\.(?P<block>mlp|block_sparse_moe)\.experts\.(?P<j>\d+)\."
+    r"^(?P<layer>model\.(?:language_model\.)?layers\.\d+)\.(?P<block>mlp|block_sparse_moe)\.experts\.(?P<j>\d+)\."
     r"(?P<proj>w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
-FUSED_RE = re.compile(r"^(?P<layer>model\.layers\.\d+)\.mlp\.experts\.(?P<proj>gate_up_proj|down_proj)$")
-GATE_RE = re.compile(r"^(?P<layer>model\.layers\.\d+)\.(?P<block>mlp|block_sparse_moe)\.gate\.weight$")
+FUSED_RE = re.compile(r"^(?P<layer>model\.(?:language_model\.)?layers\.\d+)\.mlp\.experts\.(?P<proj>gate_up_proj|down_proj)$")
+GATE_RE = re.compile(r"^(?P<layer>model\.(?:language_model\.)?layers\.\d+)\.(?P<block>mlp|block_sparse_moe)\.gate\.weight$")
 
 
 def to_fused(arch: str, tensors):
@@ -562,8 +614,12 @@ def main(argv=None) -> int:
     # 1. build with transformers, deterministic big init, save sharded.
     config = make_config(args.arch, args.variant)
     torch.manual_seed(args.seed)
-    built = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager",
-                                             experts_implementation=args.experts_impl)
+    if is_multimodal(args.arch, args.variant):
+        built = Qwen3_5MoeForConditionalGeneration._from_config(
+            config, dtype=torch.float32, attn_implementation="eager", experts_implementation=args.experts_impl)
+    else:
+        built = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager",
+                                                 experts_implementation=args.experts_impl)
     init_weights(built, args.seed)
     built = built.to(dtype)
     built.config.dtype = dtype
@@ -577,9 +633,11 @@ def main(argv=None) -> int:
 
     # 2. reference outputs from the checkpoint as saved (re-loaded from disk).
     gen = torch.Generator().manual_seed(args.seed + 1)
-    input_ids = torch.randint(0, config.vocab_size, (BATCH, SEQ_LEN), generator=gen, dtype=torch.int64)
+    seq_len = variant_seq_len(args.arch, args.variant)
+    vocab = config.get_text_config().vocab_size
+    input_ids = torch.randint(0, vocab, (BATCH, seq_len), generator=gen, dtype=torch.int64)
     base = load(out_dir, dtype, args.experts_impl)
-    if dtype == torch.float32:
+    if dtype == torch.float32 and not is_multimodal(args.arch, args.variant):
         params_equal(built, base)
     ref, moe_layers, margins = run_reference(args.arch, base, input_ids)
     with torch.inference_mode():
@@ -655,7 +713,7 @@ def main(argv=None) -> int:
         top_k=cfg.num_experts_per_tok,
         norm_topk_prob=renormalises(args.arch, cfg),
         batch=BATCH,
-        seq_len=SEQ_LEN,
+        seq_len=seq_len,
         hidden_size=cfg.hidden_size,
         vocab_size=cfg.vocab_size,
         tie_word_embeddings=bool(cfg.tie_word_embeddings),

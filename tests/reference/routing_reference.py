@@ -85,7 +85,7 @@ def apply_rule(model, arch: str, rule: str, thresholds: dict[int, float] | None 
     per decoder layer, the tokens' k ("k") and the smallest decision margin seen ("margin")."""
     cfg = model.config
     r = parse(rule, cfg.num_experts_per_tok)
-    norm = True if arch in ("mixtral", "gpt_oss") else bool(cfg.norm_topk_prob)
+    norm = True if arch in ("mixtral", "gpt_oss", "qwen3_5_moe") else bool(cfg.norm_topk_prob)
     seen: dict = {"k": {}, "margin": float("inf")}
     patched = []
     for i, layer in enumerate(model.model.layers):
