@@ -181,7 +181,7 @@ void TensorLayout::appendMlp(std::vector<ExpectedTensor>& t, int layer) const
         }
         t.push_back({ gu + "_bias", { E, 2 * I } });
         t.push_back({ dn + "_bias", { E, H } });
-        return t;
+        return;
     }
     if (!ls.expertWidths.empty()) {
         // One tensor per expert at its own width; a zero-width expert's are empty ([0, H], [H, 0]).
