@@ -12,6 +12,21 @@ namespace fs = std::filesystem;
 
 namespace moeatlas::h5 {
 
+namespace {
+
+// HDF5 registers H5_term_library with atexit(3) when it initialises; that pass closes the files still
+// open, and after a failed close (a write that hit a full disk: the final flush fails and the file
+// stays half-closed inside HDF5) it crashes in H5F__close_cb, turning a clean "File too large"
+// error (exit 1) into a segfault at exit. Every file here is closed by its handle's destructor, so
+// the library's own exit pass has nothing to do: switch it off before the first HDF5 call (this
+// runs during static initialisation; H5dont_atexit has no effect once the library is up).
+[[maybe_unused]] const bool g_noAtexit = [] {
+    H5dont_atexit();
+    return true;
+}();
+
+} // namespace
+
 std::recursive_mutex& libraryMutex()
 {
     static std::recursive_mutex mutex;
@@ -96,6 +111,8 @@ std::string takeErrorDetail()
     std::string detail;
     H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, innermostError, &detail);
     H5Eclear2(H5E_DEFAULT);
+    // The file driver's messages hold a ctime(3) string with its newline: keep the message one line.
+    std::replace(detail.begin(), detail.end(), '\n', ' ');
     return detail;
 }
 

@@ -24,6 +24,16 @@ ProcessResult runProcess(const QString& program, const QStringList& args, int ti
 // Runs the moeatlas CLI (cliExecutable()); a non-zero exit is logged with its stderr (qWarning), so
 // a failing QCOMPARE on the exit code shows why.
 ProcessResult runCli(const QStringList& args, int timeoutMs = 600000);
+// Runs the moeatlas CLI under faults (the writers' fault tests, tests/cli/tst_cli_faults.cpp):
+// - killAfterMs >= 0: SIGKILL after that many ms if it is still running (killed says whether it was);
+// - fileSizeLimit > 0: RLIMIT_FSIZE of the child (a full disk for its writes: write(2) fails with
+//   EFBIG, SIGXFSZ ignored), set between fork and exec.
+struct FaultResult {
+    bool killed = false;
+    ProcessResult result; // exitCode -1 when killed or crashed
+};
+FaultResult runCliFaulty(const QStringList& args, int killAfterMs, qint64 fileSizeLimit = 0, int timeoutMs = 600000);
+
 // Runs `python <script> args...` with the reference python; QFAILs (via the caller checking
 // exitCode) print stderr. Script paths are relative to the source tree.
 ProcessResult runPython(const QString& script, const QStringList& args, int timeoutMs = 600000);
