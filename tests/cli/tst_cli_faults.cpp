@@ -8,8 +8,9 @@
 //   temporary file behind.
 // - Full disk: exit 1, a message naming the file and "File too large", nothing under the final name,
 //   no partial output left, the source unchanged.
-// Kill points: kTrials per command, uniform in [0, 1.25 x the time of a clean run], mt19937 seeded
-// with kSeed (printed), so a failure can be replayed.
+// Kill points per command: kWholeRun uniform in [0, 1.25 x a clean run's time] from the start and
+// kWritePhase uniform in [0, 1.25 x how long the clean run's temporary output existed] from the moment it
+// appears; mt19937 seeded with kSeed (printed), so a failure can be replayed.
 #include "atlas/atlas_file.h"
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/checkpoint_manifest.h"
@@ -33,7 +34,8 @@ using namespace moeatlas;
 namespace {
 
 constexpr uint32_t kSeed = 21;
-constexpr int kTrials = 6;
+constexpr int kWholeRun = 3; // kill points per command over the whole run
+constexpr int kWritePhase = 4; // and over its write phase
 
 // sha256 of every regular file under `path` (a file or a directory), by relative name.
 std::map<std::string, std::string> hashes(const fs::path& path)
@@ -84,24 +86,46 @@ class TstCliFaults : public QObject {
         return path;
     }
 
-    // Kill points for a command whose clean run took `cleanMs`.
-    std::vector<int> killPoints(qint64 cleanMs)
+    struct CleanRun {
+        qint64 totalMs = 0; // start to exit
+        qint64 writeMs = -1; // how long its temporary output existed, until renamed (-1: never seen)
+    };
+    struct KillPoint {
+        int delayMs = 0;
+        bool fromWrite = false; // counted from the temporary output's appearance, not the start
+    };
+
+    // Runs `args` once cleanly (it must succeed), timing it and its write phase (`temporary` true).
+    CleanRun cleanRun(const QStringList& args, const std::function<bool()>& temporary)
     {
-        std::uniform_int_distribution<int> pick(0, static_cast<int>(cleanMs * 5 / 4) + 1);
-        std::vector<int> points;
-        for (int i = 0; i < kTrials; ++i)
-            points.push_back(pick(m_rng));
+        const test::FaultResult f = test::runCliFaulty(args, -1, 0, 600000, temporary);
+        [&] { QVERIFY2(f.result.exitCode == 0, qPrintable(f.result.stdErr)); }();
+        return { f.endedAtMs, f.armedAtMs >= 0 ? f.disarmedAtMs - f.armedAtMs : -1 };
+    }
+
+    // kWholeRun points uniform over [0, 1.25 x the whole run] and kWritePhase over [0, 1.25 x the write
+    // phase], counted from when the temporary output appears: start-up (loading LibTorch) takes most of
+    // a demo-sized run, and points over the whole run alone rarely land in the writing.
+    std::vector<KillPoint> killPoints(const CleanRun& clean)
+    {
+        std::vector<KillPoint> points;
+        std::uniform_int_distribution<int> whole(0, static_cast<int>(clean.totalMs * 5 / 4) + 1);
+        for (int i = 0; i < kWholeRun; ++i)
+            points.push_back({ whole(m_rng), false });
+        if (clean.writeMs < 0) {
+            qWarning("the clean run's temporary output was never seen: no write-phase kill points");
+            return points;
+        }
+        std::uniform_int_distribution<int> write(0, static_cast<int>(clean.writeMs * 5 / 4) + 1);
+        for (int i = 0; i < kWritePhase; ++i)
+            points.push_back({ write(m_rng), true });
         return points;
     }
 
-    // Runs `args` once cleanly (it must succeed; returns its time in ms), after `reset()`.
-    qint64 cleanRun(const QStringList& args)
+    static test::FaultResult killAt(
+        const QStringList& args, const KillPoint& point, const std::function<bool()>& temporary)
     {
-        QElapsedTimer t;
-        t.start();
-        const auto r = test::runCli(args);
-        [&] { QVERIFY2(r.exitCode == 0, qPrintable(r.stdErr)); }();
-        return t.elapsed();
+        return test::runCliFaulty(args, point.delayMs, 0, 600000, point.fromWrite ? temporary : nullptr);
     }
 
     // Update commands (score, eval --atlas, fisher): kill at random points, check the atlas, rerun.
@@ -110,14 +134,19 @@ class TstCliFaults : public QObject {
         const QString atlas = copyDemo(tag);
         QVERIFY(!atlas.isEmpty());
         const AtlasFile demo = AtlasFile::openReadOnly(m_demoAtlas.toStdString());
-        const qint64 cleanMs = cleanRun(argsFor(atlas));
+        const QString dir = QFileInfo(atlas).path();
+        const auto temporary = [dir] { return !filesIn(dir).filter(QStringLiteral(".update-")).isEmpty(); };
+        const CleanRun clean = cleanRun(argsFor(atlas), temporary);
         if (QTest::currentTestFailed())
             return;
-        int killed = 0;
-        for (int delay : killPoints(cleanMs)) {
-            const test::FaultResult f = test::runCliFaulty(argsFor(atlas), delay);
+        int killed = 0, midWrite = 0;
+        const std::vector<KillPoint> points = killPoints(clean);
+        for (const KillPoint& point : points) {
+            const test::FaultResult f = killAt(argsFor(atlas), point, temporary);
             killed += f.killed ? 1 : 0;
             QVERIFY2(f.killed || f.result.exitCode == 0, qPrintable(f.result.stdErr));
+            // An update file left behind: the kill hit after the update had started writing.
+            midWrite += temporary() ? 1 : 0;
             // Still a valid, complete atlas: the routing data are the demo's, the results group reads.
             const AtlasFile a = AtlasFile::openReadOnly(atlas.toStdString());
             QVERIFY(a.isComplete());
@@ -126,8 +155,9 @@ class TstCliFaults : public QObject {
             QCOMPARE(a.readLogits(layer), demo.readLogits(layer));
             QVERIFY2(a.readResults(group).has_value(), group); // the clean run's, or a finished rerun's
         }
-        qInfo("%s: %d of %d runs killed (clean run %lld ms)", qPrintable(tag), killed, kTrials,
-            static_cast<long long>(cleanMs));
+        qInfo("%s: %d of %zu runs killed, %d of them while writing (clean run %lld ms, writing %lld ms)",
+            qPrintable(tag), killed, points.size(), midWrite, static_cast<long long>(clean.totalMs),
+            static_cast<long long>(clean.writeMs));
         const auto rerun = test::runCli(argsFor(atlas));
         QVERIFY2(rerun.exitCode == 0, qPrintable(rerun.stdErr));
         // No update file of a killed run survives the rerun (the lock file may stay).
@@ -183,7 +213,8 @@ private Q_SLOTS:
             QStringLiteral("--criterion"), QStringLiteral("frequency"), QStringLiteral("--generalist"),
             QStringLiteral("--keep-fraction"), QStringLiteral("0.5"), QStringLiteral("-o"), m_plan });
         QVERIFY2(r.exitCode == 0, qPrintable(r.stdErr));
-        qInfo("kill points: mt19937 seed %u, %d per command", kSeed, kTrials);
+        qInfo("kill points: mt19937 seed %u, %d over the whole run and %d over the write phase per command", kSeed,
+            kWholeRun, kWritePhase);
     }
 
     void killExport()
@@ -191,20 +222,24 @@ private Q_SLOTS:
         const auto sourceBefore = hashes(m_model.toStdString());
         const QString dir = newDir(QStringLiteral("export"));
         const QString out = dir + QStringLiteral("/pruned");
-        const qint64 cleanMs = cleanRun(exportArgs(out));
+        const auto temporary = [out] { return QFileInfo::exists(out + QStringLiteral(".partial")); };
+        const CleanRun clean = cleanRun(exportArgs(out), temporary);
         QVERIFY(!QTest::currentTestFailed());
         checkExport(out);
-        int killed = 0;
-        for (int delay : killPoints(cleanMs)) {
+        int killed = 0, midWrite = 0;
+        const std::vector<KillPoint> points = killPoints(clean);
+        for (const KillPoint& point : points) {
             QDir(out).removeRecursively(); // the destination starts absent each time
-            const test::FaultResult f = test::runCliFaulty(exportArgs(out), delay);
+            const test::FaultResult f = killAt(exportArgs(out), point, temporary);
             killed += f.killed ? 1 : 0;
+            midWrite += temporary() ? 1 : 0;
             QVERIFY2(f.killed || f.result.exitCode == 0, qPrintable(f.result.stdErr));
             if (QFileInfo::exists(out))
                 checkExport(out); // a killed export never leaves a half-written destination
             QVERIFY(!QTest::currentTestFailed());
         }
-        qInfo("export: %d of %d runs killed (clean run %lld ms)", killed, kTrials, static_cast<long long>(cleanMs));
+        qInfo("export: %d of %zu runs killed, %d of them while writing (clean run %lld ms, writing %lld ms)", killed,
+            points.size(), midWrite, static_cast<long long>(clean.totalMs), static_cast<long long>(clean.writeMs));
         const auto rerun = test::runCli(exportArgs(out));
         QVERIFY2(rerun.exitCode == 0, qPrintable(rerun.stdErr));
         checkExport(out);
@@ -220,14 +255,17 @@ private Q_SLOTS:
         const auto before = hashes(a.toStdString()), beforeB = hashes(b.toStdString());
         const QString out = dir + QStringLiteral("/merged.atlas.h5");
         const QStringList args = { QStringLiteral("merge"), a, b, QStringLiteral("-o"), out };
-        const qint64 cleanMs = cleanRun(args);
+        const auto temporary = [out] { return QFileInfo::exists(out + QStringLiteral(".partial")); };
+        const CleanRun clean = cleanRun(args, temporary);
         QVERIFY(!QTest::currentTestFailed());
         const int64_t tokens = AtlasFile::openReadOnly(a.toStdString()).numTokens();
-        int killed = 0;
-        for (int delay : killPoints(cleanMs)) {
+        int killed = 0, midWrite = 0;
+        const std::vector<KillPoint> points = killPoints(clean);
+        for (const KillPoint& point : points) {
             QFile::remove(out);
-            const test::FaultResult f = test::runCliFaulty(args, delay);
+            const test::FaultResult f = killAt(args, point, temporary);
             killed += f.killed ? 1 : 0;
+            midWrite += temporary() ? 1 : 0;
             QVERIFY2(f.killed || f.result.exitCode == 0, qPrintable(f.result.stdErr));
             if (QFileInfo::exists(out)) {
                 const AtlasFile m = AtlasFile::openReadOnly(out.toStdString());
@@ -235,7 +273,8 @@ private Q_SLOTS:
                 QCOMPARE(m.numTokens(), 2 * tokens);
             }
         }
-        qInfo("merge: %d of %d runs killed (clean run %lld ms)", killed, kTrials, static_cast<long long>(cleanMs));
+        qInfo("merge: %d of %zu runs killed, %d of them while writing (clean run %lld ms, writing %lld ms)", killed,
+            points.size(), midWrite, static_cast<long long>(clean.totalMs), static_cast<long long>(clean.writeMs));
         QFile::remove(out);
         const auto rerun = test::runCli(args);
         QVERIFY2(rerun.exitCode == 0, qPrintable(rerun.stdErr));

@@ -60,7 +60,8 @@ ProcessResult runCli(const QStringList& args, int timeoutMs)
     return r;
 }
 
-FaultResult runCliFaulty(const QStringList& args, int killAfterMs, qint64 fileSizeLimit, int timeoutMs)
+FaultResult runCliFaulty(
+    const QStringList& args, int killAfterMs, qint64 fileSizeLimit, int timeoutMs, const std::function<bool()>& armed)
 {
     FaultResult out;
     QProcess proc;
@@ -76,7 +77,22 @@ FaultResult runCliFaulty(const QStringList& args, int killAfterMs, qint64 fileSi
         out.result.stdErr = QStringLiteral("could not start ") + cliExecutable();
         return out;
     }
-    if (killAfterMs >= 0 && !proc.waitForFinished(std::max(killAfterMs, 1))) {
+    QElapsedTimer clock;
+    clock.start();
+    if (armed) {
+        while (proc.state() != QProcess::NotRunning && !armed())
+            proc.waitForFinished(1);
+        if (proc.state() != QProcess::NotRunning)
+            out.armedAtMs = clock.elapsed();
+        // Without a kill: also time how long armed() stays true (a clean run measuring a write phase).
+        if (killAfterMs < 0 && out.armedAtMs >= 0) {
+            while (proc.state() != QProcess::NotRunning && armed())
+                proc.waitForFinished(1);
+            out.disarmedAtMs = clock.elapsed();
+        }
+    }
+    const bool wait = killAfterMs >= 0 && (!armed || out.armedAtMs >= 0);
+    if (wait && proc.state() != QProcess::NotRunning && !proc.waitForFinished(std::max(killAfterMs, 1))) {
         ::kill(static_cast<pid_t>(proc.processId()), SIGKILL);
         out.killed = true;
     }
@@ -87,6 +103,7 @@ FaultResult runCliFaulty(const QStringList& args, int killAfterMs, qint64 fileSi
         out.result.stdErr = QStringLiteral("timed out: moeatlas ") + args.join(QLatin1Char(' '));
         return out;
     }
+    out.endedAtMs = clock.elapsed();
     out.result.exitCode = proc.exitStatus() == QProcess::NormalExit ? proc.exitCode() : -1;
     out.result.stdOut = QString::fromUtf8(proc.readAllStandardOutput());
     out.result.stdErr = QString::fromUtf8(proc.readAllStandardError());
