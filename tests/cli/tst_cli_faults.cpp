@@ -320,6 +320,7 @@ private Q_SLOTS:
         QTest::newRow("merge") << QStringLiteral("merge");
         QTest::newRow("score") << QStringLiteral("score");
         QTest::newRow("fisher") << QStringLiteral("fisher");
+        QTest::newRow("eval --atlas") << QStringLiteral("eval");
     }
 
     void fullDisk()
@@ -340,6 +341,9 @@ private Q_SLOTS:
             out = dir + QStringLiteral("/merged.atlas.h5");
             args = { QStringLiteral("merge"), atlas, m_demoAtlas, QStringLiteral("-o"), out };
             named = out;
+        } else if (command == QStringLiteral("eval")) {
+            args = evalArgs(atlas, dir + QStringLiteral("/eval.csv"));
+            named = atlas;
         } else {
             // --force: the demo atlas's scores are up to date, and score would write nothing.
             args = command == QStringLiteral("score")
@@ -355,6 +359,13 @@ private Q_SLOTS:
             QVERIFY(!QFileInfo::exists(out));
         QStringList left = filesIn(dir); // no update file, no .partial (the lock file may stay)
         left.removeAll(QStringLiteral("demo.atlas.h5.lock"));
+        if (command == QStringLiteral("eval") && left.removeAll(QStringLiteral("eval.csv")) == 1) {
+            // eval writes its CSV (atomically) before it stores the table in the atlas: the evaluation
+            // itself succeeded, so a complete table may stay (a header and one row per variant and domain).
+            QFile csv(dir + QStringLiteral("/eval.csv"));
+            QVERIFY(csv.open(QIODevice::ReadOnly));
+            QVERIFY(csv.readAll().count('\n') >= 3);
+        }
         QCOMPARE(left, QStringList { QStringLiteral("demo.atlas.h5") });
         QCOMPARE(hashes(atlas.toStdString()), before);
         QCOMPARE(hashes(m_model.toStdString()), modelBefore);
