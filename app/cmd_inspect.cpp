@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -55,8 +56,8 @@ int runVerify(const InspectArgs& a)
             + (check.problems.size() > 1 ? " (and " + std::to_string(check.problems.size() - 1) + " more above)" : ""));
     }
     if (!a.json)
-        std::printf("ok: %lld files, %s, match the SHA-256 manifest of %s/README.md\n",
-            static_cast<long long>(check.files), formatBytes(check.bytes).c_str(), a.checkpoint.c_str());
+        std::printf("ok: %lld files, %s, match the SHA-256 manifest of %s\n", static_cast<long long>(check.files),
+            formatBytes(check.bytes).c_str(), (std::filesystem::path(a.checkpoint) / "README.md").c_str());
     return 0;
 }
 
