@@ -81,7 +81,7 @@ MergeReport mergeAtlases(const std::vector<std::filesystem::path>& inputs, const
 
     AtlasFile out = AtlasFile::create(output, model, calibration, tokens, domainIds, offsets, options);
     // A merge cannot be resumed: on any error (a full disk, a damaged input, Ctrl-C) its .partial
-    // file goes too, so nothing half-written stays behind (docs/decisions.md, decision 46).
+    // file goes too, so nothing half-written stays behind (docs/decisions.md, decision 50).
     struct RemovePartial {
         std::filesystem::path path;
         bool armed = true;
