@@ -2,15 +2,18 @@
 #include "commands.h"
 
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/checkpoint_manifest.h"
 #include "checkpoint/hf_config.h"
 #include "checkpoint/inventory.h"
 #include "checkpoint/tensor_layout.h"
+#include "util/error.h"
 #include "util/format.h"
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -21,6 +24,7 @@ namespace {
 struct InspectArgs {
     std::string checkpoint;
     bool json = false;
+    bool verify = false;
 };
 
 std::string layerPattern(const ModelSpec& s)
@@ -31,8 +35,36 @@ std::string layerPattern(const ModelSpec& s)
     return out;
 }
 
+// --verify: the export's files against the SHA-256 manifest of its model card; every problem is
+// listed, and any makes the command fail (exit 1) with the first one as the error.
+int runVerify(const InspectArgs& a)
+{
+    const ManifestCheck check = verifyManifest(a.checkpoint);
+    if (a.json) {
+        nlohmann::json j;
+        j["checkpoint"] = a.checkpoint;
+        j["files"] = check.files;
+        j["bytes"] = check.bytes;
+        j["ok"] = check.ok();
+        j["problems"] = check.problems;
+        std::printf("%s\n", j.dump(2).c_str());
+    }
+    if (!check.ok()) {
+        for (std::size_t i = 1; i < check.problems.size(); ++i)
+            std::fprintf(stderr, "%s\n", check.problems[i].c_str());
+        throw InputError(check.problems.front()
+            + (check.problems.size() > 1 ? " (and " + std::to_string(check.problems.size() - 1) + " more above)" : ""));
+    }
+    if (!a.json)
+        std::printf("ok: %lld files, %s, match the SHA-256 manifest of %s\n", static_cast<long long>(check.files),
+            formatBytes(check.bytes).c_str(), (std::filesystem::path(a.checkpoint) / "README.md").c_str());
+    return 0;
+}
+
 int runInspect(const InspectArgs& a)
 {
+    if (a.verify)
+        return runVerify(a);
     const Checkpoint ckpt(a.checkpoint);
     const ModelSpec spec = parseModelSpec(ckpt.config(), (ckpt.dir() / "config.json").string());
     TensorLayout(ckpt, spec).validate(ckpt); // the same checks capture makes before it runs
@@ -116,6 +148,9 @@ Command addInspectCommand(CLI::App& app)
     CLI::App* sub = app.add_subcommand("inspect", "Architecture, experts and memory by component of a checkpoint");
     sub->add_option("checkpoint", args->checkpoint, "Hugging Face checkpoint directory")->required();
     sub->add_flag("--json", args->json, "Print machine-readable JSON");
+    sub->add_flag("--verify", args->verify,
+        "Check an exported checkpoint's files against the SHA-256 manifest in its README.md (exit 1 on any "
+        "difference)");
     return [args] { return runInspect(*args); };
 }
 

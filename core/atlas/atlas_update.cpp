@@ -2,6 +2,10 @@
 // atlas: the lock, the unique update file, and the commit that compacts (docs/decisions.md, 25).
 #include "atlas/atlas_state.h"
 
+#include <cerrno>
+#include <cstring>
+#include <sys/resource.h>
+
 namespace fs = std::filesystem;
 
 namespace moeatlas {
@@ -32,6 +36,31 @@ fs::path AtlasFile::lockPathFor(const fs::path& atlas)
 }
 
 namespace {
+
+// HDF5 1.10's H5Ocopy crashes (a segfault in H5T_close_real) when a write into the destination fails
+// halfway, as on a full disk; so before the atlas is copied into the update file, check that the file
+// may grow by the atlas's size: against RLIMIT_FSIZE (ulimit -f) and the free space of its
+// filesystem. Space taken by someone else during the copy can still fail it (the update file is then
+// left as after a kill; the atlas itself is never written in place).
+void checkRoomForCopy(hid_t staging, const fs::path& stagingPath, const fs::path& atlas)
+{
+    h5::flushFile(staging, false);
+    std::error_code ec;
+    const uint64_t copy = fs::file_size(atlas, ec);
+    const uint64_t have = ec ? 0 : fs::file_size(stagingPath, ec);
+    if (ec)
+        return; // sizes unknown: let the copy try
+    const auto needs = [&](uint64_t bytes) { return "it needs about " + std::to_string(bytes) + " bytes"; };
+    rlimit limit {};
+    if (::getrlimit(RLIMIT_FSIZE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY && have + copy > limit.rlim_cur)
+        throw Error(stagingPath.string() + ": cannot write the updated atlas: " + needs(have + copy)
+            + ", the file size limit (ulimit -f) is " + std::to_string(limit.rlim_cur) + " bytes ("
+            + std::strerror(EFBIG) + ")");
+    const fs::space_info space = fs::space(stagingPath.parent_path(), ec);
+    if (!ec && space.available < copy)
+        throw Error(stagingPath.string() + ": cannot write the updated atlas: " + needs(copy) + " more, "
+            + std::to_string(space.available) + " are free (" + std::strerror(ENOSPC) + ")");
+}
 
 // Temporary files of updates of `target` that ended without commit or cleanup (killed, power
 // loss). Called with the update lock held: no live update of this atlas has a file then.
@@ -277,6 +306,7 @@ void AtlasFile::commitUpdate()
     impl.requireWritable();
     if (!impl.updating)
         throw Error(impl.path.string() + ": commitUpdate() needs an atlas from openForUpdate()");
+    checkRoomForCopy(impl.staging.id(), impl.stagingFile.path, impl.target);
     {
         const h5::Group from = h5::openGroup(impl.file.id(), "/");
         const h5::Group to = h5::openGroup(impl.staging.id(), "/");

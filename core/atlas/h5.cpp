@@ -12,6 +12,21 @@ namespace fs = std::filesystem;
 
 namespace moeatlas::h5 {
 
+namespace {
+
+// HDF5 registers H5_term_library with atexit(3) when it initialises; that pass closes the files still
+// open, and after a failed close (a write that hit a full disk: the final flush fails and the file
+// stays half-closed inside HDF5) it crashes in H5F__close_cb, turning a clean "File too large"
+// error (exit 1) into a segfault at exit. Every file here is closed by its handle's destructor, so
+// the library's own exit pass has nothing to do: switch it off before the first HDF5 call (this
+// runs during static initialisation; H5dont_atexit has no effect once the library is up).
+[[maybe_unused]] const bool g_noAtexit = [] {
+    H5dont_atexit();
+    return true;
+}();
+
+} // namespace
+
 std::recursive_mutex& libraryMutex()
 {
     static std::recursive_mutex mutex;
@@ -70,10 +85,14 @@ herr_t innermostError(unsigned n, const H5E_error2_t* error, void* data)
 
 std::string describe(hid_t location, const std::string& object, const std::string& what)
 {
-    std::string message = fileName(location) + ": " + childPath(location, object) + ": " + what;
+    // First: every HDF5 call (the name look-ups below too) starts by clearing the error stack.
     const std::string detail = takeErrorDetail();
+    std::string message = fileName(location) + ": " + childPath(location, object) + ": " + what;
     if (!detail.empty())
         message += " (HDF5: " + detail + ")";
+    // H5Z_filter_fletcher32: "data error detected by Fletcher32 checksum".
+    if (detail.find("Fletcher32") != std::string::npos || detail.find("checksum") != std::string::npos)
+        message += ": the stored data is damaged (its checksum does not match)";
     return message;
 }
 
@@ -92,6 +111,8 @@ std::string takeErrorDetail()
     std::string detail;
     H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, innermostError, &detail);
     H5Eclear2(H5E_DEFAULT);
+    // The file driver's messages hold a ctime(3) string with its newline: keep the message one line.
+    std::replace(detail.begin(), detail.end(), '\n', ' ');
     return detail;
 }
 
@@ -377,6 +398,23 @@ std::pair<Dataspace, Dataspace> rowSpaces(hid_t dataset, hsize_t begin, hsize_t 
     return { simpleSpace(dims), std::move(fileSpace) };
 }
 
+constexpr hsize_t kDefaultChunkBytes = 1 << 20;
+
+std::vector<hsize_t> defaultChunk(hid_t fileType, const std::vector<hsize_t>& dims)
+{
+    // Whole rows along dimension 0, as many as fit kDefaultChunkBytes (at least one); every other
+    // dimension whole. A zero extent gets chunk 1 (the dimension is made extendible, see below).
+    hsize_t rowBytes = std::max<hsize_t>(H5Tget_size(fileType), 1);
+    std::vector<hsize_t> chunk(dims.size(), 1);
+    for (std::size_t d = 1; d < dims.size(); ++d) {
+        chunk[d] = std::max<hsize_t>(dims[d], 1);
+        rowBytes *= chunk[d];
+    }
+    if (!dims.empty())
+        chunk[0] = std::clamp<hsize_t>(kDefaultChunkBytes / rowBytes, 1, std::max<hsize_t>(dims[0], 1));
+    return chunk;
+}
+
 } // namespace
 
 Dataset createDataset(
@@ -385,18 +423,35 @@ Dataset createDataset(
     PropList dcpl(H5Pcreate(H5P_DATASET_CREATE));
     if (!dcpl)
         failWrite(location, name, "cannot create dataset properties");
-    if (!layout.chunk.empty()) {
-        if (H5Pset_chunk(dcpl.id(), static_cast<int>(layout.chunk.size()), layout.chunk.data()) < 0)
-            failWrite(location, name, "cannot set chunking");
-        if (layout.gzipLevel > 0) {
-            // Shuffle groups the bytes of each float by significance, which deflate likes.
-            if (layout.shuffle && H5Pset_shuffle(dcpl.id()) < 0)
-                failWrite(location, name, "cannot enable the shuffle filter");
-            if (H5Pset_deflate(dcpl.id(), static_cast<unsigned>(layout.gzipLevel)) < 0)
-                failWrite(location, name, "cannot enable gzip compression");
-        }
+    // Every dataset of fixed-size elements is chunked so that it can carry the Fletcher-32 checksum
+    // (docs/atlas-format.md, "Integrity"); one asked for contiguous gets chunks of whole rows.
+    // Variable-length strings cannot: HDF5 refuses the filter there (their bytes sit in the global
+    // heap, the dataset holds references), so they keep the layout asked for.
+    const bool checksum = H5Tis_variable_str(fileType) <= 0 && H5Tget_class(fileType) != H5T_VLEN;
+    const std::vector<hsize_t> chunk
+        = !layout.chunk.empty() ? layout.chunk : checksum ? defaultChunk(fileType, dims) : std::vector<hsize_t> {};
+    if (!chunk.empty() && H5Pset_chunk(dcpl.id(), static_cast<int>(chunk.size()), chunk.data()) < 0)
+        failWrite(location, name, "cannot set chunking");
+    if (!layout.chunk.empty() && layout.gzipLevel > 0) {
+        // Shuffle groups the bytes of each float by significance, which deflate likes.
+        if (layout.shuffle && H5Pset_shuffle(dcpl.id()) < 0)
+            failWrite(location, name, "cannot enable the shuffle filter");
+        if (H5Pset_deflate(dcpl.id(), static_cast<unsigned>(layout.gzipLevel)) < 0)
+            failWrite(location, name, "cannot enable gzip compression");
     }
-    Dataspace space = simpleSpace(dims);
+    // Last in the pipeline: the checksum covers the bytes as stored (compressed), and a read checks
+    // it before anything is decompressed.
+    if (checksum && H5Pset_fletcher32(dcpl.id()) < 0)
+        failWrite(location, name, "cannot enable the Fletcher-32 checksum");
+    // A chunked dimension may not be smaller than its chunk unless it is extendible: zero extents
+    // (an empty dataset) get an unlimited maximum.
+    std::vector<hsize_t> maxDims = dims;
+    for (hsize_t& m : maxDims)
+        if (m == 0 && !chunk.empty())
+            m = H5S_UNLIMITED;
+    Dataspace space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), maxDims.data()));
+    if (!space)
+        failWrite(location, name, "cannot create the dataspace");
     Dataset dataset(H5Dcreate2(location, name.c_str(), fileType, space.id(), H5P_DEFAULT, dcpl.id(), H5P_DEFAULT));
     if (!dataset)
         failWrite(location, name, "cannot create dataset");

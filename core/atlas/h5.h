@@ -121,8 +121,11 @@ bool isHalfType(hid_t type);
 
 // ---- datasets ------------------------------------------------------------------------------
 
+// Every dataset createDataset makes is chunked and carries HDF5's Fletcher-32 checksum, after any
+// compression, except variable-length strings (HDF5 refuses the filter for them); a read whose
+// checksum fails throws InputError naming the file and the dataset.
 struct Layout {
-    std::vector<hsize_t> chunk; // empty: contiguous
+    std::vector<hsize_t> chunk; // empty: whole rows of dimension 0, up to 1 MiB a chunk
     int gzipLevel = 0; // 0: no compression; only with chunk
     bool shuffle = false; // only with gzip
 };

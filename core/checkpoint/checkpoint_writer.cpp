@@ -1,5 +1,6 @@
 #include "checkpoint/checkpoint_writer.h"
 
+#include "checkpoint/checkpoint_manifest.h"
 #include "checkpoint/safetensors_writer.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
@@ -57,11 +58,14 @@ void writeFile(const fs::path& path, const std::string& contents)
 {
     std::error_code ec;
     fs::create_directories(path.parent_path(), ec);
+    errno = 0;
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
     out.write(contents.data(), static_cast<std::streamsize>(contents.size()));
     out.flush();
-    if (!out)
-        throw Error(path.string() + ": write failed");
+    if (!out) {
+        const int err = errno; // ofstream sets no error of its own; write(2)'s errno is what is left
+        throw Error(path.string() + ": write failed" + (err != 0 ? std::string(" (") + std::strerror(err) + ")" : ""));
+    }
 }
 
 } // namespace
@@ -78,6 +82,7 @@ struct CheckpointWriter::Impl {
     fs::path dir;
     fs::path partial;
     CheckpointWriterOptions options;
+    std::string cardName, card; // setCard()
     std::vector<Tensor> tensors;
     std::map<std::string, std::size_t> indexOf;
     std::size_t shardCount = 0; // 0 until shards are assigned
@@ -224,6 +229,13 @@ void CheckpointWriter::addFile(const std::string& relativeName, std::string cont
     m_impl->files.emplace_back(relativeName, std::move(contents));
 }
 
+void CheckpointWriter::setCard(const std::string& relativeName, std::string contents)
+{
+    checkRelativeName(m_impl->dir, relativeName);
+    m_impl->cardName = relativeName;
+    m_impl->card = std::move(contents);
+}
+
 void CheckpointWriter::copyFile(const fs::path& source, const std::string& relativeName)
 {
     checkRelativeName(m_impl->dir, relativeName);
@@ -273,6 +285,8 @@ void CheckpointWriter::finish()
         if (!fs::copy_file(source, d.partial / name, fs::copy_options::overwrite_existing, ec))
             throw Error("cannot copy " + source.string() + " to " + (d.partial / name).string() + ": " + ec.message());
     }
+    if (!d.cardName.empty())
+        writeFile(d.partial / d.cardName, d.card + manifestSection(takeManifest(d.partial, d.cardName)));
 
     // rename(2) replaces a missing or empty directory atomically. A non-empty one (overwrite)
     // is swapped in with RENAME_EXCHANGE, so readers never see a half-replaced directory; the

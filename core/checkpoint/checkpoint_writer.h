@@ -39,6 +39,9 @@ public:
     // Extra file in the output (config.json, tokenizer.json, README.md ...), written at finish().
     void addFile(const std::string& relativeName, std::string contents);
     void copyFile(const std::filesystem::path& source, const std::string& relativeName);
+    // The model card (README.md), written last at finish() with the SHA-256 manifest of every other
+    // file appended (checkpoint_manifest.h).
+    void setCard(const std::string& relativeName, std::string contents);
     void setConfig(const nlohmann::json& config);
     // Writes the index (when sharded) and the extra files, renames the directory into place.
     void finish();

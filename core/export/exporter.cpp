@@ -301,7 +301,7 @@ ExportResult exportCheckpoint(
     for (const char* f : kCopiedFiles)
         if (fs::is_regular_file(sourceDir / f))
             writer.copyFile(sourceDir / f, f);
-    writer.addFile(
+    writer.setCard(
         "README.md", modelCard(plan, sourceDir, options, keep, kind, uniform, routingSection(options.routing, spec)));
 
     for (const OutTensor& t : out)

@@ -1,9 +1,11 @@
 #include "metrics/merge.h"
 
 #include "atlas/atlas_file.h"
+#include "util/atomic_file.h"
 #include "util/error.h"
 
 #include <algorithm>
+#include <filesystem>
 
 namespace moeatlas {
 
@@ -78,6 +80,18 @@ MergeReport mergeAtlases(const std::vector<std::filesystem::path>& inputs, const
         throw InputError("merged atlas would have more than 32767 domains");
 
     AtlasFile out = AtlasFile::create(output, model, calibration, tokens, domainIds, offsets, options);
+    // A merge cannot be resumed: on any error (a full disk, a damaged input, Ctrl-C) its .partial
+    // file goes too, so nothing half-written stays behind (docs/decisions.md, decision 50).
+    struct RemovePartial {
+        std::filesystem::path path;
+        bool armed = true;
+        ~RemovePartial()
+        {
+            std::error_code ec;
+            if (armed)
+                std::filesystem::remove(path, ec);
+        }
+    } cleanup { partialPathFor(output) };
     const int64_t total = static_cast<int64_t>(tokens.size()) * static_cast<int64_t>(model.moeLayers.size());
     int64_t done = 0;
     constexpr int64_t kBlock = 4096;
@@ -111,6 +125,7 @@ MergeReport mergeAtlases(const std::vector<std::filesystem::path>& inputs, const
         out.markLayerComplete(layer);
     }
     out.finalize();
+    cleanup.armed = false;
     return { static_cast<int64_t>(tokens.size()), static_cast<int>(calibration.domains.size()) };
 }
 

@@ -73,6 +73,7 @@ def check_vlen_str_dataset(d):
 
 def check_filters(d, chunks, gzip):
     check_eq(d.chunks, chunks, f"{d.name} chunks")
+    check_eq(d.fletcher32, True, f"{d.name} fletcher32")
     if gzip > 0:
         check_eq(d.compression, "gzip", f"{d.name} compression")
         check_eq(d.compression_opts, gzip, f"{d.name} gzip level")

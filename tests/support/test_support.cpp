@@ -10,7 +10,9 @@
 #include <QProcessEnvironment>
 
 #include <algorithm>
+#include <csignal>
 #include <memory>
+#include <sys/resource.h>
 
 namespace moeatlas::test {
 
@@ -56,6 +58,56 @@ ProcessResult runCli(const QStringList& args, int timeoutMs)
     if (r.exitCode != 0)
         qWarning("moeatlas %s: exit %d\n%s", qPrintable(args.join(QLatin1Char(' '))), r.exitCode, qPrintable(r.stdErr));
     return r;
+}
+
+FaultResult runCliFaulty(
+    const QStringList& args, int killAfterMs, qint64 fileSizeLimit, int timeoutMs, const std::function<bool()>& armed)
+{
+    FaultResult out;
+    QProcess proc;
+    if (fileSizeLimit > 0)
+        proc.setChildProcessModifier([fileSizeLimit] {
+            // Async-signal-safe calls only: this runs in the child between fork and exec.
+            ::signal(SIGXFSZ, SIG_IGN); // ignored signals stay ignored across exec
+            const rlimit limit { static_cast<rlim_t>(fileSizeLimit), static_cast<rlim_t>(fileSizeLimit) };
+            ::setrlimit(RLIMIT_FSIZE, &limit);
+        });
+    proc.start(cliExecutable(), args);
+    if (!proc.waitForStarted(30000)) {
+        out.result.stdErr = QStringLiteral("could not start ") + cliExecutable();
+        return out;
+    }
+    QElapsedTimer clock;
+    clock.start();
+    if (armed) {
+        while (proc.state() != QProcess::NotRunning && !armed())
+            proc.waitForFinished(1);
+        if (proc.state() != QProcess::NotRunning)
+            out.armedAtMs = clock.elapsed();
+        // Without a kill: also time how long armed() stays true (a clean run measuring a write phase).
+        if (killAfterMs < 0 && out.armedAtMs >= 0) {
+            while (proc.state() != QProcess::NotRunning && armed())
+                proc.waitForFinished(1);
+            out.disarmedAtMs = clock.elapsed();
+        }
+    }
+    const bool wait = killAfterMs >= 0 && (!armed || out.armedAtMs >= 0);
+    if (wait && proc.state() != QProcess::NotRunning && !proc.waitForFinished(std::max(killAfterMs, 1))) {
+        ::kill(static_cast<pid_t>(proc.processId()), SIGKILL);
+        out.killed = true;
+    }
+    // waitForFinished returns false on a process that has already finished: ask the state first.
+    if (proc.state() != QProcess::NotRunning && !proc.waitForFinished(timeoutMs)) {
+        proc.kill();
+        proc.waitForFinished();
+        out.result.stdErr = QStringLiteral("timed out: moeatlas ") + args.join(QLatin1Char(' '));
+        return out;
+    }
+    out.endedAtMs = clock.elapsed();
+    out.result.exitCode = proc.exitStatus() == QProcess::NormalExit ? proc.exitCode() : -1;
+    out.result.stdOut = QString::fromUtf8(proc.readAllStandardOutput());
+    out.result.stdErr = QString::fromUtf8(proc.readAllStandardError());
+    return out;
 }
 
 namespace {
