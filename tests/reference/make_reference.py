@@ -118,8 +118,7 @@ CONFIG_CLASSES = {
     "gpt_oss": GptOssConfig,
     "qwen3_5_moe": Qwen3_5MoeTextConfig,
 }
-# Routers that always renormalise their top-k weights (no norm_topk_prob in the config).
-ALWAYS_RENORMALISE = ("mixtral", "gpt_oss", "qwen3_5_moe")
+renormalises = routing_reference.renormalises
 # Variant keys that are not config fields: "_seq_len" (default SEQ_LEN) and "_multimodal" (build
 # Qwen3_5MoeForConditionalGeneration with a tiny vision tower: tensors under model.language_model.).
 TINY_VISION = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64)
@@ -312,10 +311,6 @@ def router_modules(model) -> list[tuple[int, torch.nn.Module]]:
         if gate is not None and type(gate).__name__.endswith("TopKRouter"):
             out.append((i, gate))
     return out
-
-
-def renormalises(arch: str, cfg) -> bool:
-    return True if arch in ALWAYS_RENORMALISE else bool(cfg.norm_topk_prob)
 
 
 def route(arch: str, logits: torch.Tensor, top_k: int, norm_topk_prob: bool):

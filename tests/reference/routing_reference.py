@@ -79,13 +79,22 @@ def routed(arch: str, r: dict, logits: torch.Tensor, norm_topk_prob: bool, thres
     return weights, ids, k, margin
 
 
+# Routers that always renormalise their top-k weights (no norm_topk_prob in the config).
+ALWAYS_RENORMALISE = ("mixtral", "gpt_oss", "qwen3_5_moe")
+
+
+def renormalises(arch: str, cfg) -> bool:
+    """Whether the arch's router renormalises its top-k weights (the one rule every reference script uses)."""
+    return True if arch in ALWAYS_RENORMALISE else bool(cfg.norm_topk_prob)
+
+
 @contextlib.contextmanager
 def apply_rule(model, arch: str, rule: str, thresholds: dict[int, float] | None = None):
     """Within the block, every TopKRouter of `model` routes with `rule`. Yields a dict that collects,
     per decoder layer, the tokens' k ("k") and the smallest decision margin seen ("margin")."""
     cfg = model.config
     r = parse(rule, cfg.num_experts_per_tok)
-    norm = True if arch in ("mixtral", "gpt_oss", "qwen3_5_moe") else bool(cfg.norm_topk_prob)
+    norm = renormalises(arch, cfg)
     seen: dict = {"k": {}, "margin": float("inf")}
     patched = []
     for i, layer in enumerate(model.model.layers):

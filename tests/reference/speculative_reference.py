@@ -45,10 +45,6 @@ import make_reference
 TRAIN = [1, 1, 0]  # per sequence of the reference batch
 
 
-def renorm(arch, cfg):
-    return True if arch in ("mixtral", "gpt_oss") else bool(cfg.norm_topk_prob)
-
-
 def moe_layers(model):
     return [i for i, _ in make_reference.router_modules(model)]
 
@@ -115,7 +111,7 @@ def top_margin(values: torch.Tensor, k: int) -> float:
 def speculate(model, arch, input_ids, predictor, d, data):
     cfg = model.config
     k = cfg.num_experts_per_tok
-    norm = renorm(arch, cfg)
+    norm = make_reference.renormalises(arch, cfg)
     layers = moe_layers(model)
     B, S = input_ids.shape
     h_state, own, feats, seen = {}, {}, {}, {"ids": {}, "margin": float("inf")}
