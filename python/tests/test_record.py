@@ -99,11 +99,37 @@ def test_record_equals_capture_on_reference_variants(cli: Path, repo: Path, tmp_
         run_cli(cli, "capture", d, "-d", f"math={cal['math']}", "-d", f"code={cal['code']}", "--seq-len", "32",
                 "--max-samples", "4", "--logits-dtype", "float32", "-o", cap, cwd=tmp_path)
         out = record_in_process(d, cap, tmp_path / f"{arch}-{variant}.py.atlas.h5")
+        run_cli(cli, "score", cap, "--criteria", "peu", cwd=tmp_path)
         with moeatlas.read(cap) as cpp, moeatlas.read(out) as py:
             try:
                 assert_same_routing(cpp, py)
+                assert_peu(cpp)
             except AssertionError as e:
                 raise AssertionError(f"{arch} {variant}: {e}") from None
+
+
+def assert_peu(atlas: moeatlas.Atlas) -> None:
+    """`moeatlas score`'s PEU per domain and MoE layer against METHODS.md section 1 computed here in float64
+    from the stored fp32 logits: top-k pool, local softmax, the domain's threshold r_l = mean top-1 pool
+    probability, f(s) = max(s, sigmoid(s)) where p >= r_l, mean over all the domain's tokens."""
+    k = atlas.model.top_k
+    table = atlas.scores["peu"].value
+    domain_of = np.asarray(atlas.tokens.domain)
+    for li, layer in enumerate(atlas.moe_layers):
+        s_all = np.asarray(atlas.layers[layer].router_logits[:], dtype=np.float64)
+        for d in range(len(atlas.calibration.domains)):
+            s = s_all[domain_of == d]
+            pool = np.argsort(-s, axis=1, kind="stable")[:, :k]
+            ps = np.take_along_axis(s, pool, axis=1)
+            p = np.exp(ps - ps.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            r = p.max(axis=1).mean()
+            kept = np.where(p >= r, np.maximum(ps, 1.0 / (1.0 + np.exp(-ps))), 0.0)
+            peu = np.zeros(s.shape[1])
+            np.add.at(peu, pool.ravel(), kept.ravel())
+            peu /= s.shape[0]
+            np.testing.assert_allclose(table[d, li], peu, rtol=0, atol=1e-6 * max(1.0, float(np.abs(peu).max())),
+                                       err_msg=f"layer {layer} domain {d} PEU")
 
 
 def test_record_with_accelerate_disk_offload(captured: Dict[str, Dict[str, Path]], tmp_path: Path) -> None:

@@ -377,6 +377,36 @@ void TstPrefetchView::computeJob()
 
 void TstPrefetchView::cancelLeavesAtlas()
 {
+    // Cancel while it runs. On a tiny atlas the job may finish before the click reaches it (seen about once in
+    // 25 runs on 2 loaded cores): then it must have stored a complete table. Each attempt checks whichever
+    // outcome it got, on its own copy, and the test needs one real cancel among them.
+    int cancelledRuns = 0;
+    for (int attempt = 0; attempt < 20 && cancelledRuns == 0; ++attempt) {
+        const QString copy = freshCopy(QStringLiteral("cancel-%1.atlas.h5").arg(attempt));
+        QVERIFY(!copy.isEmpty());
+        const QByteArray original = fileHash(copy);
+        JobRunner runner;
+        PrefetchView view;
+        view.setJobRunner(&runner);
+        view.setSnapshot(loadAtlasSnapshot(copy));
+        view.whatIf()->runner()->cancel();
+        QSignalSpy stored(&view, &PrefetchView::hitTableStored);
+        QSignalSpy cancelled(&runner, &JobRunner::cancelled);
+        QVERIFY(view.computeHitRates() > 0);
+        view.cancelButton()->click();
+        QTRY_VERIFY_WITH_TIMEOUT(!view.isComputing(), 60000);
+        QCOMPARE(cancelled.count() + stored.count(), 1);
+        if (cancelled.count() == 1) {
+            ++cancelledRuns;
+            QVERIFY(view.noteText().contains(QStringLiteral("Cancelled: the atlas is unchanged")));
+            QCOMPARE(fileHash(copy), original);
+            QVERIFY(!readHitTable(AtlasFile::openReadOnly(copy.toStdString())));
+        } else {
+            QVERIFY(readHitTable(AtlasFile::openReadOnly(copy.toStdString())));
+        }
+    }
+    QCOMPARE(cancelledRuns, 1);
+
     const QString atlas = freshCopy(QStringLiteral("cancel.atlas.h5"));
     QVERIFY(!atlas.isEmpty());
     const QByteArray before = fileHash(atlas);
@@ -386,14 +416,6 @@ void TstPrefetchView::cancelLeavesAtlas()
     view.setSnapshot(loadAtlasSnapshot(atlas));
     view.whatIf()->runner()->cancel();
     QSignalSpy stored(&view, &PrefetchView::hitTableStored);
-    QSignalSpy cancelled(&runner, &JobRunner::cancelled);
-
-    // Cancel while it runs (the stop reaches the job before its first prediction).
-    QVERIFY(view.computeHitRates() > 0);
-    view.cancelButton()->click();
-    QTRY_VERIFY_WITH_TIMEOUT(!view.isComputing(), 60000);
-    QCOMPARE(cancelled.count(), 1);
-    QVERIFY(view.noteText().contains(QStringLiteral("Cancelled: the atlas is unchanged")));
 
     // Cancel while it waits behind another job (dropped from the queue).
     std::atomic<bool> release { false };
