@@ -37,7 +37,8 @@ int runGenerate(GenerateArgs a)
     static const std::map<std::string, DType> dtypes
         = { { "float32", DType::F32 }, { "bfloat16", DType::BF16 }, { "float16", DType::F16 } };
     if (!archs.count(a.arch))
-        throw InputError("--arch '" + a.arch + "' (expected mixtral, qwen2_moe, qwen3_moe, olmoe, gpt_oss or qwen3_5_moe)");
+        throw InputError(
+            "--arch '" + a.arch + "' (expected mixtral, qwen2_moe, qwen3_moe, olmoe, gpt_oss or qwen3_5_moe)");
     if (!dtypes.count(a.dtype))
         throw InputError("--dtype '" + a.dtype + "' (expected float32, bfloat16 or float16)");
     a.model.arch = archs.at(a.arch);
@@ -64,7 +65,8 @@ Command addGenerateCommand(CLI::App& app)
     auto a = std::make_shared<GenerateArgs>();
     CLI::App* sub = app.add_subcommand("generate", "Write a random-weight MoE checkpoint in Hugging Face layout");
     sub->add_option("--output,-o", a->output, "Checkpoint directory to create");
-    sub->add_option("--arch", a->arch, "mixtral, qwen2_moe, qwen3_moe, olmoe, gpt_oss or qwen3_5_moe")->capture_default_str();
+    sub->add_option("--arch", a->arch, "mixtral, qwen2_moe, qwen3_moe, olmoe, gpt_oss or qwen3_5_moe")
+        ->capture_default_str();
     sub->add_option("--dtype", a->dtype, "float32, bfloat16 or float16")->capture_default_str();
     sub->add_option("--layers", a->model.numLayers)->capture_default_str();
     sub->add_option("--hidden", a->model.hiddenSize)->capture_default_str();
@@ -74,7 +76,8 @@ Command addGenerateCommand(CLI::App& app)
     sub->add_option("--experts", a->model.numExperts)->capture_default_str();
     sub->add_option("--top-k", a->model.topK)->capture_default_str();
     sub->add_option("--expert-width", a->model.moeIntermediate, "moe_intermediate_size")->capture_default_str();
-    sub->add_option("--shared-width", a->model.sharedIntermediate, "shared expert width (qwen2_moe; qwen3_5_moe: 0 = --expert-width)")
+    sub->add_option("--shared-width", a->model.sharedIntermediate,
+           "shared expert width (qwen2_moe; qwen3_5_moe: 0 = --expert-width)")
         ->capture_default_str();
     sub->add_option("--dense-width", a->model.denseIntermediate, "width of dense (mlp_only) layers")
         ->capture_default_str();

@@ -111,9 +111,9 @@ int runInspect(const InspectArgs& a)
     std::printf("architecture    %s\n", spec.modelType.c_str());
     std::printf("layers          %d (%d MoE): %s\n", spec.numLayers, spec.numMoeLayers(), layerPattern(spec).c_str());
     std::printf("experts         %d routed per MoE layer, top-%d, %s%s\n", spec.router.numExperts, spec.router.topK,
-        spec.router.softmaxAfterTopk ? "softmax over the top-k logits (router bias)"
-            : spec.router.normTopkProb   ? "top-k weights renormalised"
-                                         : "top-k weights not renormalised",
+        spec.router.softmaxAfterTopk   ? "softmax over the top-k logits (router bias)"
+            : spec.router.normTopkProb ? "top-k weights renormalised"
+                                       : "top-k weights not renormalised",
         spec.sharedIntermediate > 0 ? ", 1 shared expert (sigmoid gate)" : "");
     std::printf("hidden          %lld, heads %d (kv %d) x %lld, expert width %lld\n",
         static_cast<long long>(spec.hiddenSize), spec.numHeads, spec.numKvHeads, static_cast<long long>(spec.headDim),

@@ -7,8 +7,8 @@
 //                    [--key-dim 128] [--value-dim 128] [--repeats 3]
 //
 // As the executor does, OpenBLAS is made single-threaded when ATen has several threads (ATen's own
-// threads then run the element-wise and batched work). Best of --repeats per length; the machine may be shared. Prints one line per length: tokens, seconds,
-// microseconds per token.
+// threads then run the element-wise and batched work). Best of --repeats per length; the machine may be shared. Prints
+// one line per length: tokens, seconds, microseconds per token.
 #include "model/gated_delta.h"
 
 #include <ATen/ATen.h>

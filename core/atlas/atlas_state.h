@@ -148,8 +148,8 @@ struct AtlasState {
         handles.topkIds = h5::openDataset(g, "topk_ids");
         if (idsOnly) {
             if (h5::shape(handles.topkIds.id()) != std::vector<hsize_t> { rows, k })
-                h5::failRead(handles.topkIds.id(), "",
-                    "shape is not [" + std::to_string(rows) + ", " + std::to_string(k) + "]");
+                h5::failRead(
+                    handles.topkIds.id(), "", "shape is not [" + std::to_string(rows) + ", " + std::to_string(k) + "]");
             return layers.emplace(layer, std::move(handles)).first->second;
         }
         handles.logits = h5::openDataset(g, "router_logits", cacheBytes);

@@ -428,8 +428,9 @@ Dataset createDataset(
     // Variable-length strings cannot: HDF5 refuses the filter there (their bytes sit in the global
     // heap, the dataset holds references), so they keep the layout asked for.
     const bool checksum = H5Tis_variable_str(fileType) <= 0 && H5Tget_class(fileType) != H5T_VLEN;
-    const std::vector<hsize_t> chunk
-        = !layout.chunk.empty() ? layout.chunk : checksum ? defaultChunk(fileType, dims) : std::vector<hsize_t> {};
+    const std::vector<hsize_t> chunk = !layout.chunk.empty() ? layout.chunk
+        : checksum                                           ? defaultChunk(fileType, dims)
+                                                             : std::vector<hsize_t> {};
     if (!chunk.empty() && H5Pset_chunk(dcpl.id(), static_cast<int>(chunk.size()), chunk.data()) < 0)
         failWrite(location, name, "cannot set chunking");
     if (!layout.chunk.empty() && layout.gzipLevel > 0) {

@@ -153,8 +153,8 @@ RopeSpec checkedRotaryFactor(
 
 // `defaultRotaryFactor`: what transformers assumes when the config names none (Qwen3.5-MoE: 0.25);
 // `partialAllowed`: whether the architecture's attention rotates only part of the head.
-RopeSpec parseRope(const ConfigReader& cfg, const std::string& source, double defaultRotaryFactor = 1.0,
-    bool partialAllowed = false)
+RopeSpec parseRope(
+    const ConfigReader& cfg, const std::string& source, double defaultRotaryFactor = 1.0, bool partialAllowed = false)
 {
     // v5 writes rope_parameters {rope_type, rope_theta, ...}; hub configs write rope_theta at the
     // top level and an optional rope_scaling {type|rope_type, factor, ...}.

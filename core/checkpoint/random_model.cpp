@@ -141,8 +141,8 @@ std::vector<Entry> tensorList(const RandomModelOptions& o)
             addLinearAttention(o, p, t);
         } else {
             // Qwen3.5-MoE's q_proj also gives the attention output gate: [query_h; gate_h] per head.
-            t.push_back({ p + "self_attn.q_proj.weight", { o.arch == Architecture::Qwen3_5Moe ? 2 * qOut : qOut, H },
-                0.0, s });
+            t.push_back(
+                { p + "self_attn.q_proj.weight", { o.arch == Architecture::Qwen3_5Moe ? 2 * qOut : qOut, H }, 0.0, s });
             t.push_back({ p + "self_attn.k_proj.weight", { kvOut, H }, 0.0, s });
             t.push_back({ p + "self_attn.v_proj.weight", { kvOut, H }, 0.0, s });
             if (o.arch == Architecture::Qwen2Moe || o.arch == Architecture::GptOss) {
@@ -269,9 +269,9 @@ std::string randomModelConfig(const RandomModelOptions& o)
             types.push_back(l % 2 == 0 ? "sliding_attention" : "full_attention");
         c["layer_types"] = types;
         c.erase("rope_theta");
-        c["rope_parameters"] = { { "rope_type", "yarn" }, { "rope_theta", 150000.0 }, { "factor", 32.0 },
-            { "beta_fast", 32.0 }, { "beta_slow", 1.0 }, { "truncate", false },
-            { "original_max_position_embeddings", 4096 } };
+        c["rope_parameters"]
+            = { { "rope_type", "yarn" }, { "rope_theta", 150000.0 }, { "factor", 32.0 }, { "beta_fast", 32.0 },
+                  { "beta_slow", 1.0 }, { "truncate", false }, { "original_max_position_embeddings", 4096 } };
         break;
     }
     case Architecture::Qwen3_5Moe: {
@@ -281,7 +281,8 @@ std::string randomModelConfig(const RandomModelOptions& o)
         c["moe_intermediate_size"] = o.moeIntermediate;
         c["shared_expert_intermediate_size"] = sharedWidth(o);
         c.erase("rope_theta");
-        c["rope_parameters"] = { { "rope_type", "default" }, { "rope_theta", 10000.0 }, { "partial_rotary_factor", 0.25 } };
+        c["rope_parameters"]
+            = { { "rope_type", "default" }, { "rope_theta", 10000.0 }, { "partial_rotary_factor", 0.25 } };
         c["linear_num_key_heads"] = o.linearKeyHeads;
         c["linear_num_value_heads"] = o.linearValueHeads;
         c["linear_key_head_dim"] = o.linearKeyHeadDim;
@@ -302,11 +303,13 @@ void writeRandomModel(const RandomModelOptions& o, const std::filesystem::path& 
 {
     if ((o.arch == Architecture::Olmoe || o.arch == Architecture::GptOss || o.arch == Architecture::Qwen3_5Moe)
         && !o.mlpOnlyLayers.empty())
-        throw InputError(std::string(architectureName(o.arch)) + " has no dense layers (mlp_only_layers must be empty)");
+        throw InputError(
+            std::string(architectureName(o.arch)) + " has no dense layers (mlp_only_layers must be empty)");
     if (o.arch == Architecture::Qwen3_5Moe
         && (o.fullAttentionInterval <= 0 || o.linearKeyHeads <= 0 || o.linearValueHeads % o.linearKeyHeads != 0))
-        throw InputError("qwen3_5_moe: full-attention interval must be > 0 and the linear value heads a multiple of the "
-                         "key heads");
+        throw InputError(
+            "qwen3_5_moe: full-attention interval must be > 0 and the linear value heads a multiple of the "
+            "key heads");
     if (o.dtype != DType::F32 && o.dtype != DType::BF16 && o.dtype != DType::F16)
         throw InputError("random models are written in F32, BF16 or F16");
     CheckpointWriterOptions wo;

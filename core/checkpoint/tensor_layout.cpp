@@ -127,12 +127,13 @@ void TensorLayout::appendSelfAttention(std::vector<ExpectedTensor>& t, const std
     const int64_t qOut = s.numHeads * hd, kvOut = s.numKvHeads * hd;
     // A gated attention's q_proj holds the output gate too: [query_h; gate_h] per head.
     const int64_t qRows = s.attnOutputGate ? 2 * qOut : qOut;
-    t.insert(t.end(), {
-        { p + "self_attn.q_proj.weight", { qRows, H } },
-        { p + "self_attn.k_proj.weight", { kvOut, H } },
-        { p + "self_attn.v_proj.weight", { kvOut, H } },
-        { p + "self_attn.o_proj.weight", { H, qOut } },
-    });
+    t.insert(t.end(),
+        {
+            { p + "self_attn.q_proj.weight", { qRows, H } },
+            { p + "self_attn.k_proj.weight", { kvOut, H } },
+            { p + "self_attn.v_proj.weight", { kvOut, H } },
+            { p + "self_attn.o_proj.weight", { H, qOut } },
+        });
     if (s.qkvBias) {
         t.push_back({ p + "self_attn.q_proj.bias", { qRows } });
         t.push_back({ p + "self_attn.k_proj.bias", { kvOut } });
@@ -213,8 +214,8 @@ void TensorLayout::appendMlp(std::vector<ExpectedTensor>& t, int layer) const
 
 std::vector<ExpectedTensor> TensorLayout::globalTensors() const
 {
-    std::vector<ExpectedTensor> t = { { embedName(), { m_spec.vocabSize, m_spec.hiddenSize } },
-        { finalNormName(), { m_spec.hiddenSize } } };
+    std::vector<ExpectedTensor> t
+        = { { embedName(), { m_spec.vocabSize, m_spec.hiddenSize } }, { finalNormName(), { m_spec.hiddenSize } } };
     if (!m_spec.tieWordEmbeddings)
         t.push_back({ "lm_head.weight", { m_spec.vocabSize, m_spec.hiddenSize } });
     return t;

@@ -77,8 +77,8 @@ std::vector<int> interleavedPairs(const std::vector<int>& units)
 // uniform dimension plan, their kept units: gate_up_proj [E, H, 2I] columns and gate_up_proj_bias [E, 2I]
 // entries in (gate, up) pairs, gate_up_proj_blocks/_scales rows in pairs (one row = one output), down_proj
 // [E, I, H] rows, down_proj_bias [E, H] whole. MXFP4 down_proj packs 32 units per scale: not cut.
-OutTensor gptOssExpertTensor(const Checkpoint& ckpt, OutTensor t, const std::string& suffix, const LayerKeep& lk,
-    ExportKind kind)
+OutTensor gptOssExpertTensor(
+    const Checkpoint& ckpt, OutTensor t, const std::string& suffix, const LayerKeep& lk, ExportKind kind)
 {
     const TensorInfo& info = ckpt.info(t.source);
     const std::vector<int>& k = lk.experts;

@@ -203,10 +203,9 @@ const std::string& nonUniformModelingSource()
 
 std::string nonUniformClassName(const std::string& modelType)
 {
-    static const std::map<std::string, std::string> names
-        = { { "mixtral", "MoeAtlasMixtralForCausalLM" }, { "qwen2_moe", "MoeAtlasQwen2MoeForCausalLM" },
-              { "qwen3_moe", "MoeAtlasQwen3MoeForCausalLM" }, { "olmoe", "MoeAtlasOlmoeForCausalLM" },
-              { "qwen3_5_moe_text", "MoeAtlasQwen3_5MoeForCausalLM" } };
+    static const std::map<std::string, std::string> names = { { "mixtral", "MoeAtlasMixtralForCausalLM" },
+        { "qwen2_moe", "MoeAtlasQwen2MoeForCausalLM" }, { "qwen3_moe", "MoeAtlasQwen3MoeForCausalLM" },
+        { "olmoe", "MoeAtlasOlmoeForCausalLM" }, { "qwen3_5_moe_text", "MoeAtlasQwen3_5MoeForCausalLM" } };
     const auto it = names.find(modelType);
     return it == names.end() ? std::string() : it->second;
 }

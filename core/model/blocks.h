@@ -77,10 +77,10 @@ at::Tensor routerLogits(const LayerWeights& w, const at::Tensor& x);
 
 // The MoE block (router + routed experts + shared expert). gpt_oss (ModelSpec::router.softmaxAfterTopk,
 // expertBias, clampedSwiglu): the router adds its bias, picks the top k of the logits and weights them by
-// the softmax over those k; each expert computes x W + b, the clamped SwiGLU, then W_down + b_down. Tokens are grouped by expert and each
-// expert runs once on its tokens (at its own width with options.ragged; a zero-width expert is skipped). With autograd
-// recording (grad mode on, not inference mode) every block takes its plain path: the split paths write into buffers
-// with out= ops autograd cannot record.
+// the softmax over those k; each expert computes x W + b, the clamped SwiGLU, then W_down + b_down. Tokens are grouped
+// by expert and each expert runs once on its tokens (at its own width with options.ragged; a zero-width expert is
+// skipped). With autograd recording (grad mode on, not inference mode) every block takes its plain path: the split
+// paths write into buffers with out= ops autograd cannot record.
 at::Tensor moeForward(const ModelSpec& spec, const LayerWeights& w, const at::Tensor& x, const MoeOptions& options,
     RoutingRecord* record);
 

@@ -21,8 +21,8 @@ struct RuleInputs {
     at::Tensor q, k, v, g, beta; // [B, nv, S, d] and [B, nv, S]
 };
 
-RuleInputs prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
-    const at::Tensor& beta)
+RuleInputs prepare(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta)
 {
     if (q.dim() != 4 || k.sizes() != q.sizes() || v.dim() != 4 || g.dim() != 3 || beta.sizes() != g.sizes())
         throw std::invalid_argument("gated delta rule: expected q, k [B, S, nk, dk], v [B, S, nv, dv], g and beta "
@@ -84,8 +84,7 @@ at::Tensor chunkGatedDeltaRule(const at::Tensor& q, const at::Tensor& k, const a
     at::Tensor out = at::empty_like(values);
     for (int64_t i = 0; i < n; ++i) {
         const at::Tensor vNew = values.select(2, i) - at::matmul(keysFromState.select(2, i), state);
-        out.select(2, i).copy_(
-            at::matmul(qDecayed.select(2, i), state) + at::matmul(intra.select(2, i), vNew));
+        out.select(2, i).copy_(at::matmul(qDecayed.select(2, i), state) + at::matmul(intra.select(2, i), vNew));
         state = state * chunkDecay.select(2, i) + at::matmul(kToEnd.select(2, i).transpose(-1, -2), vNew);
     }
     return out.reshape({ B, nv, n * C, dv }).narrow(2, 0, S).transpose(1, 2).contiguous().to(q.scalar_type());

@@ -18,8 +18,8 @@ struct StoredChunk {
 };
 
 // Chunk `index` of dataset `dataset` (an HDF5 path) in `file`; nullopt when it has no such chunk.
-inline std::optional<StoredChunk> storedChunk(const std::filesystem::path& file, const std::string& dataset,
-    hsize_t index = 0)
+inline std::optional<StoredChunk> storedChunk(
+    const std::filesystem::path& file, const std::string& dataset, hsize_t index = 0)
 {
     std::optional<StoredChunk> result;
     const hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
@@ -41,8 +41,8 @@ inline std::optional<StoredChunk> storedChunk(const std::filesystem::path& file,
 }
 
 // XORs the byte in the middle of that chunk with `mask`; false when the chunk cannot be found.
-inline bool flipChunkByte(const std::filesystem::path& file, const std::string& dataset, hsize_t index = 0,
-    unsigned char mask = 0x10)
+inline bool flipChunkByte(
+    const std::filesystem::path& file, const std::string& dataset, hsize_t index = 0, unsigned char mask = 0x10)
 {
     const std::optional<StoredChunk> c = storedChunk(file, dataset, index);
     if (!c)

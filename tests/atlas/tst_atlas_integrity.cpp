@@ -37,8 +37,7 @@ fs::path writeFullAtlas(const fs::path& dir, const std::string& name, int compre
     options.compressionLevel = compressionLevel;
     const fs::path path = dir / name;
     {
-        AtlasFile atlas
-            = AtlasFile::create(path, d.model, d.calibration, d.tokens, d.domainIds, d.seqOffsets, options);
+        AtlasFile atlas = AtlasFile::create(path, d.model, d.calibration, d.tokens, d.domainIds, d.seqOffsets, options);
         AtlasPrefetchInfo info;
         info.predictors = { "next-router" };
         info.maxLookahead = 1;
@@ -215,8 +214,8 @@ private Q_SLOTS:
         QVERIFY(atlas.isComplete());
         QCOMPARE(atlas.seqOffsets().back(), atlas.numTokens());
         for (int layer : atlas.model().moeLayers)
-            QCOMPARE(atlas.readLogits(layer).size(),
-                static_cast<std::size_t>(atlas.numTokens() * atlas.model().numExperts));
+            QCOMPARE(
+                atlas.readLogits(layer).size(), static_cast<std::size_t>(atlas.numTokens() * atlas.model().numExperts));
     }
 
     // The CLI on a damaged real atlas (a merge of the demo atlas with itself, written by this
@@ -256,8 +255,8 @@ private Q_SLOTS:
         if (pythonExecutable().isEmpty() || qEnvironmentVariableIsSet("MOEATLAS_SKIP_H5PY"))
             QSKIP("reference Python not configured (the _h5py entry runs this)");
         const fs::path path = writeFullAtlas(root(), "h5py.h5", 4);
-        const auto r = runPython(QStringLiteral("tests/atlas/read_every_dataset.py"),
-            { QString::fromStdString(path.string()) });
+        const auto r
+            = runPython(QStringLiteral("tests/atlas/read_every_dataset.py"), { QString::fromStdString(path.string()) });
         QVERIFY2(r.exitCode == 0, qPrintable(r.stdErr));
         const AtlasFile atlas = AtlasFile::openReadOnly(path);
         int64_t tokenSum = 0;

@@ -78,8 +78,9 @@ private Q_SLOTS:
         QCOMPARE(s.modelType, std::string("qwen3_5_moe"));
         QCOMPARE(s.tensorPrefix, std::string("model.language_model."));
         QCOMPARE(s.router.numExperts, 16);
-        const QString err
-            = test::inputErrorOf([] { parseModelSpec(json { { "model_type", "qwen3_5_moe" }, { "text_config", 3 } }, "config.json"); });
+        const QString err = test::inputErrorOf([] {
+            parseModelSpec(json { { "model_type", "qwen3_5_moe" }, { "text_config", 3 } }, "config.json");
+        });
         QVERIFY2(err.contains(QStringLiteral("config.json")) && err.contains(QStringLiteral("text_config")),
             qPrintable(err));
     }
@@ -89,11 +90,18 @@ private Q_SLOTS:
         QTest::addColumn<QString>("value");
         QTest::addColumn<QString>("expected");
         QTest::newRow("unknown layer type")
-            << "layer_types" << R"(["linear_attention", "sliding_attention", "full_attention", "full_attention"])"
+            << "layer_types"
+            << R"(["linear_attention", "sliding_attention", "full_attention", "full_attention"])"
             << "entry 1 is \"sliding_attention\"";
-        QTest::newRow("layer types count") << "layer_types" << R"(["full_attention"])" << "num_hidden_layers";
-        QTest::newRow("value heads") << "linear_num_value_heads" << "3" << "multiple of linear_num_key_heads";
-        QTest::newRow("conv kernel") << "linear_conv_kernel_dim" << "0" << "must be > 0";
+        QTest::newRow("layer types count") << "layer_types"
+                                           << R"(["full_attention"])"
+                                           << "num_hidden_layers";
+        QTest::newRow("value heads") << "linear_num_value_heads"
+                                     << "3"
+                                     << "multiple of linear_num_key_heads";
+        QTest::newRow("conv kernel") << "linear_conv_kernel_dim"
+                                     << "0"
+                                     << "must be > 0";
         QTest::newRow("rotary factor") << "rope_parameters"
                                        << R"({"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 1.5})"
                                        << "partial_rotary_factor";

@@ -105,8 +105,7 @@ private Q_SLOTS:
         QTest::newRow("float16") << QStringLiteral("float16") << 1.0 / 2048.0 << qwen2 << shared << qwen2;
         // Hybrid Gated DeltaNet / full-attention layers, sequences longer than one delta-rule chunk.
         QTest::newRow("qwen3_5_moe/float32") << QStringLiteral("float32") << 0.0 << QStringLiteral("qwen3_5_moe")
-                                             << QStringLiteral("hybrid_chunks")
-                                             << QStringLiteral("qwen3_5_moe_text");
+                                             << QStringLiteral("hybrid_chunks") << QStringLiteral("qwen3_5_moe_text");
         // gpt_oss: router bias in the stored logits, sinks and sliding layers on the way there.
         QTest::newRow("gpt_oss/float32") << QStringLiteral("float32") << 0.0 << QStringLiteral("gpt_oss")
                                          << QStringLiteral("swa_sinks_yarn") << QStringLiteral("gpt_oss");

@@ -178,10 +178,10 @@ class TstCliFaults : public QObject {
         return { QStringLiteral("eval"), m_model, QStringLiteral("--atlas"), atlas, QStringLiteral("--sparsity"),
             QStringLiteral("0.5"), QStringLiteral("--criteria"), QStringLiteral("frequency"), QStringLiteral("-d"),
             QStringLiteral("arith=") + src(QStringLiteral("resources/demo/heldout/arith.txt")), QStringLiteral("-d"),
-            QStringLiteral("code=") + src(QStringLiteral("resources/demo/heldout/code.txt")), QStringLiteral("--seq-len"),
-            QStringLiteral("128"), QStringLiteral("--add-bos"), QStringLiteral("--max-samples"), QStringLiteral("2"),
-            QStringLiteral("--threads"), QStringLiteral("1"), QStringLiteral("--label"), QStringLiteral("faults"),
-            QStringLiteral("--csv"), csv };
+            QStringLiteral("code=") + src(QStringLiteral("resources/demo/heldout/code.txt")),
+            QStringLiteral("--seq-len"), QStringLiteral("128"), QStringLiteral("--add-bos"),
+            QStringLiteral("--max-samples"), QStringLiteral("2"), QStringLiteral("--threads"), QStringLiteral("1"),
+            QStringLiteral("--label"), QStringLiteral("faults"), QStringLiteral("--csv"), csv };
     }
 
     QStringList fisherArgs(const QString& atlas) const
@@ -280,7 +280,8 @@ private Q_SLOTS:
         QVERIFY2(rerun.exitCode == 0, qPrintable(rerun.stdErr));
         QCOMPARE(AtlasFile::openReadOnly(out.toStdString()).numTokens(), 2 * tokens);
         QCOMPARE(filesIn(dir),
-            (QStringList { QStringLiteral("a.atlas.h5"), QStringLiteral("b.atlas.h5"), QStringLiteral("merged.atlas.h5") }));
+            (QStringList {
+                QStringLiteral("a.atlas.h5"), QStringLiteral("b.atlas.h5"), QStringLiteral("merged.atlas.h5") }));
         QCOMPARE(hashes(a.toStdString()), before);
         QCOMPARE(hashes(b.toStdString()), beforeB);
     }
@@ -308,7 +309,8 @@ private Q_SLOTS:
 
     void killFisher()
     {
-        killUpdate(QStringLiteral("fisher"), [this](const QString& atlas) { return fisherArgs(atlas); }, "fisher");
+        killUpdate(
+            QStringLiteral("fisher"), [this](const QString& atlas) { return fisherArgs(atlas); }, "fisher");
     }
 
     // A full disk (RLIMIT_FSIZE of 512 KiB, below every output's size): exit 1, the message names the
@@ -352,7 +354,8 @@ private Q_SLOTS:
             named = atlas;
         }
         const test::FaultResult f = test::runCliFaulty(args, -1, kLimit);
-        QVERIFY2(f.result.exitCode == 1, qPrintable(QString::number(f.result.exitCode) + QLatin1Char(' ') + f.result.stdErr));
+        QVERIFY2(f.result.exitCode == 1,
+            qPrintable(QString::number(f.result.exitCode) + QLatin1Char(' ') + f.result.stdErr));
         QVERIFY2(f.result.stdErr.contains(named) && f.result.stdErr.contains(QStringLiteral("File too large")),
             qPrintable(f.result.stdErr));
         if (!out.isEmpty())

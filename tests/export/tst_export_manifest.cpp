@@ -69,10 +69,10 @@ class TstExportManifest : public QObject {
     QString exportDemo(const QStringList& extra = {})
     {
         const QString out = m_dir.filePath(QStringLiteral("export%1").arg(++m_count));
-        const auto r = test::runCli(QStringList { QStringLiteral("export"),
-                                        test::sourcePath(QStringLiteral("resources/demo/model")),
-                                        QStringLiteral("--plan"), m_plan, QStringLiteral("--max-shard-mib"),
-                                        QStringLiteral("1"), QStringLiteral("-o"), out }
+        const auto r = test::runCli(
+            QStringList { QStringLiteral("export"), test::sourcePath(QStringLiteral("resources/demo/model")),
+                QStringLiteral("--plan"), m_plan, QStringLiteral("--max-shard-mib"), QStringLiteral("1"),
+                QStringLiteral("-o"), out }
             + extra);
         return r.exitCode == 0 ? out : QString();
     }

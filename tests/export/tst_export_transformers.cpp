@@ -202,7 +202,7 @@ private Q_SLOTS:
             for (const QString& layout : { QStringLiteral("per-expert"), QStringLiteral("fused") })
                 if (parts.value(0) != QLatin1String("gpt_oss") || layout == QLatin1String("fused"))
                     QTest::addRow("%s/%s", qPrintable(parts.value(0)), qPrintable(layout))
-                    << parts.value(0) << parts.value(1) << layout;
+                        << parts.value(0) << parts.value(1) << layout;
         }
     }
     void dimsLoadWithParity()

@@ -31,8 +31,8 @@ namespace {
 std::string makeMxfp4(const QTemporaryDir& dir, const QString& name, const QStringList& extra = {})
 {
     const QString out = dir.filePath(name);
-    const auto made
-        = test::runPython(QStringLiteral("tests/reference/make_mxfp4.py"), QStringList { QStringLiteral("--out"), out } + extra);
+    const auto made = test::runPython(
+        QStringLiteral("tests/reference/make_mxfp4.py"), QStringList { QStringLiteral("--out"), out } + extra);
     if (made.exitCode != 0) {
         qWarning("%s", qPrintable(made.stdErr));
         return {};
@@ -256,8 +256,8 @@ private Q_SLOTS:
             QFAIL("no error");
         } catch (const InputError& e) {
             const QString what = QString::fromUtf8(e.what());
-            QVERIFY2(what.contains(QStringLiteral("model.safetensors")) && what.contains(tensor)
-                    && what.contains(expected),
+            QVERIFY2(
+                what.contains(QStringLiteral("model.safetensors")) && what.contains(tensor) && what.contains(expected),
                 qPrintable(what));
         }
     }
