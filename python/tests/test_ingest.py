@@ -79,3 +79,63 @@ def test_bad_dumps_refused(ids_atlas: Dict[str, Path], capsys: pytest.CaptureFix
         assert main(["vllm", str(d / name), "--tokens-from", full, "--model-from", full, "-o", str(out)]) == 1
         assert msg in capsys.readouterr().err, name
         assert not out.exists() and not Path(str(out) + ".partial").exists()
+
+
+def _sglang_dump(full: Path, path: Path, shuffle_passes: bool = True) -> None:
+    """The demo atlas's ids written as SGLang's per_token recorder writes them (sglang 0.5.23,
+    srt/eplb/expert_distribution.py): one record per forward pass with its input_ids and
+    topk_ids_of_layer [layers, tokens, 8] of physical ids padded with -1, plus the physical-to-logical map
+    (here 16 logical experts on 20 physical slots: four experts replicated, slots permuted)."""
+    import torch
+    with moeatlas.read(full) as a:
+        ids = np.asarray(a.tokens.ids, dtype=np.int64)
+        logical = np.stack([layer.topk_ids[:] for layer in a.layers.values()], axis=0).astype(np.int64)  # [L, T, k]
+        E = a.model.num_experts
+    rng = np.random.default_rng(7)
+    phys_of = rng.permutation(E + 4)  # physical slot of each of E + 4 replicas
+    replica_of = np.concatenate([np.arange(E), rng.choice(E, 4, replace=False)])  # logical expert of each replica
+    p2l = np.empty(E + 4, dtype=np.int64)
+    p2l[phys_of] = replica_of
+    slots = [np.flatnonzero(p2l == e) for e in range(E)]
+    physical = np.vectorize(lambda e: rng.choice(slots[e]))(logical)  # any replica of the routed expert
+    cuts = [0, 700, 5000, 5001, ids.shape[0]]
+    records = []
+    for n, (b, e) in enumerate(zip(cuts[:-1], cuts[1:])):
+        t = np.full((logical.shape[0], e - b, 8), -1, dtype=np.int32)
+        t[:, :, :logical.shape[2]] = physical[:, b:e]
+        records.append(dict(forward_pass_id=n, rank=0, gatherer_key="primary", input_ids=ids[b:e].tolist(),
+                            positions=list(range(e - b)), extend_seq_lens=[e - b], forward_mode=1,
+                            topk_ids_of_layer=torch.from_numpy(t), misc_objects=[]))
+    if shuffle_passes:
+        records = records[::-1]
+    p2l_layers = torch.from_numpy(np.tile(p2l, (logical.shape[0], 1)))
+    torch.save(dict(records=records, last_physical_to_logical_map=p2l_layers), path)
+
+
+def test_sglang_per_token_dump(ids_atlas: Dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """SGLang's own dump format: logical ids recovered through the physical map, passes in order; the
+    ids-only atlas equals the vLLM one (same ids) and so the full atlas's frequency scores."""
+    pytest.importorskip("torch")
+    import torch
+    d, full = ids_atlas["dir"], str(ids_atlas["full"])
+    dump = d / "expert_distribution_recorder_0.0_0.pt"
+    _sglang_dump(ids_atlas["full"], dump)
+    out = d / "sglang.atlas.h5"
+    assert main(["sglang", str(dump), "--tokens-from", full, "--model-from", full, "-o", str(out)]) == 0
+    with moeatlas.read(out) as a, moeatlas.read(ids_atlas["full"]) as f:
+        for i in f.moe_layers:
+            np.testing.assert_array_equal(a.layers[i].topk_ids[:], f.layers[i].topk_ids[:])
+        for k in ("value", "sums", "counts"):
+            np.testing.assert_array_equal(a.scores["frequency"][k], f.scores["frequency"][k], err_msg=k)
+    # Wrong prompts (one token changed) and a layer with a -1 the model must have routed: refused, no output.
+    data = torch.load(dump, weights_only=True)
+    data["records"][0]["input_ids"][0] += 1
+    torch.save(data, d / "wrong_ids.pt")
+    data = torch.load(dump, weights_only=True)
+    data["records"][0]["topk_ids_of_layer"][2, 3, 0] = -1
+    torch.save(data, d / "missing.pt")
+    for name, msg in (("wrong_ids.pt", "are not the token source's"), ("missing.pt", "-1: the layer recorded no")):
+        bad = d / (name + ".atlas.h5")
+        assert main(["sglang", str(d / name), "--tokens-from", full, "--model-from", full, "-o", str(bad)]) == 1
+        assert msg in capsys.readouterr().err, name
+        assert not bad.exists() and not Path(str(bad) + ".partial").exists()

@@ -1,7 +1,11 @@
 """``python -m moeatlas.ingest``: an ids-only atlas from an inference engine's routed-experts output.
 
-vLLM's routed-experts output (and SGLang's per-token expert dumps, once stacked) is an integer array
-``[tokens, moe_layers, top_k]`` of expert ids: no router logits, no weights. The ingest writes it as an
+vLLM's routed-experts output is an integer array ``[tokens, moe_layers, top_k]`` of expert ids: no router
+logits, no weights. SGLang's expert-distribution recorder in ``per_token`` mode writes a torch file per rank
+(``expert_distribution_recorder_<time>_<rank>.pt``: ``records``, one per forward pass, each with the pass's
+``input_ids`` and ``topk_ids_of_layer [layers, tokens, 8]`` of *physical* expert ids padded with -1, and
+``last_physical_to_logical_map [layers, physical]``); :func:`read_sglang_dump` turns it into the same array
+(logical ids, passes in order, the pass's input ids checked against the token source). The ingest writes it as an
 atlas whose ``/layers`` carries ``ids_only = 1`` and whose layers hold ``topk_ids`` only, on the tokens
 of ``--tokens-from`` (row ``t`` of the dump is token ``t`` of that atlas's token stream), and stores the
 scores that need nothing but ids: ``/scores/frequency`` and the id-based part of ``/statistics``
@@ -46,6 +50,56 @@ def read_routed_experts(path: "os.PathLike[str] | str") -> np.ndarray:
     if arr.ndim != 3 or arr.dtype.kind not in "iu":
         raise ValueError(f"{p}: expected integer expert ids [tokens, moe_layers, top_k], found {arr.dtype} {arr.shape}")
     return arr
+
+
+def read_sglang_dump(path: "os.PathLike[str] | str", token_ids: np.ndarray, moe_layers: Sequence[int],
+                     num_layers: int, top_k: int) -> np.ndarray:
+    """``[tokens, moe_layers, top_k]`` logical expert ids from SGLang's per-token recorder dump (sglang 0.5:
+    srt/eplb/expert_distribution.py, ``_DetailAccumulator.dump``). Forward passes are taken in
+    ``forward_pass_id`` order and their ``input_ids`` must spell ``token_ids`` (the atlas's token stream,
+    sent as prompts); the dump's layer axis is either every decoder layer or the MoE layers alone."""
+    import torch
+    p = Path(path)
+    data = torch.load(p, map_location="cpu", weights_only=True)
+    if not isinstance(data, dict) or "records" not in data or "last_physical_to_logical_map" not in data:
+        raise ValueError(f"{p}: not an SGLang per_token dump (expected a dict with 'records' and "
+                         "'last_physical_to_logical_map')")
+    phys_to_log = np.asarray(data["last_physical_to_logical_map"], dtype=np.int64)
+    records = sorted(data["records"], key=lambda r: r.get("forward_pass_id", 0))
+    if not records:
+        raise ValueError(f"{p}: 'records' is empty")
+    parts, ids = [], []
+    for r in records:
+        where = f"{p}: record forward_pass_id={r.get('forward_pass_id')}"
+        if "topk_ids_of_layer" not in r or "input_ids" not in r:
+            raise ValueError(f"{where}: expected 'topk_ids_of_layer' and 'input_ids'")
+        t = np.asarray(r["topk_ids_of_layer"], dtype=np.int64)
+        if t.ndim != 3 or t.shape[1] != len(r["input_ids"]) or t.shape[2] < top_k:
+            raise ValueError(f"{where}: topk_ids_of_layer has shape {t.shape}, expected [layers, "
+                             f"{len(r['input_ids'])} tokens, >= {top_k}]")
+        parts.append(t[:, :, :top_k])
+        ids.extend(r["input_ids"])
+    phys = np.concatenate(parts, axis=1)  # [layers, tokens, k]
+    if phys.shape[0] == num_layers:
+        rows = list(moe_layers)
+    elif phys.shape[0] == len(moe_layers):
+        rows = list(range(len(moe_layers)))
+    else:
+        raise ValueError(f"{p}: {phys.shape[0]} layers, expected {num_layers} (decoder) or {len(moe_layers)} (MoE)")
+    if phys_to_log.ndim != 2 or phys_to_log.shape[0] != phys.shape[0]:
+        raise ValueError(f"{p}: last_physical_to_logical_map has shape {phys_to_log.shape}, expected "
+                         f"[{phys.shape[0]}, physical experts]")
+    if not np.array_equal(np.asarray(ids, dtype=np.int64), np.asarray(token_ids, dtype=np.int64)):
+        raise ValueError(f"{p}: the records' input_ids ({len(ids)} tokens) are not the token source's "
+                         f"{len(token_ids)} tokens in order: send the atlas's sequences as the prompts")
+    out = np.empty((phys.shape[1], len(rows), top_k), dtype=np.int64)
+    for j, row in enumerate(rows):
+        layer = phys[row]
+        if layer.size and (layer.min() < 0 or layer.max() >= phys_to_log.shape[1]):
+            raise ValueError(f"{p}: layer {row}: physical expert ids outside [0, {phys_to_log.shape[1]}) "
+                             "(-1: the layer recorded no expert for a token)")
+        out[:, j, :] = phys_to_log[row][layer]
+    return out
 
 
 def ingest(routed: np.ndarray, tokens: TokenSet, model: ModelInfo, out: "os.PathLike[str] | str",
@@ -158,8 +212,9 @@ def _model_from_checkpoint(path: str, moe_layers: Optional[List[int]], num_exper
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m moeatlas.ingest", description=__doc__.split("\n\n")[0])
-    ap.add_argument("source", choices=["vllm", "sglang"], help="engine that wrote the ids (same array layout)")
-    ap.add_argument("dump", help=".npy/.npz/.pt integer array [tokens, moe_layers, top_k]")
+    ap.add_argument("source", choices=["vllm", "sglang"], help="engine that wrote the ids")
+    ap.add_argument("dump", help="vllm: .npy/.npz/.pt integer array [tokens, moe_layers, top_k]; sglang: the "
+                                 "per_token recorder's .pt file of one rank")
     ap.add_argument("--tokens-from", required=True, metavar="ATLAS", help="atlas whose token stream the dump's rows are")
     model = ap.add_mutually_exclusive_group(required=True)
     model.add_argument("--model-from", metavar="ATLAS", help="copy the model identity from this atlas")
@@ -172,8 +227,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if os.path.exists(args.output) and not args.force:
             raise ValueError(f"{args.output} exists (use --force to replace it)")
-        routed = read_routed_experts(args.dump)
         tokens = TokenSet.from_atlas(args.tokens_from)
+        if args.source == "sglang":
+            if not args.model_from:
+                raise ValueError("sglang dumps need --model-from (the layer axis and top-k come from the model)")
+            with Atlas(args.model_from) as a:
+                m = a.model
+                routed = read_sglang_dump(args.dump, tokens.ids, a.moe_layers, m.num_layers, m.top_k)
+        else:
+            routed = read_routed_experts(args.dump)
         if args.model_from:
             with Atlas(args.model_from) as a:
                 m = a.model
