@@ -2,11 +2,13 @@
 #include "text/chat_template.h"
 
 #include "util/error.h"
+#include "util/sha256.h"
 
 #include <minja/minja.hpp>
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <charconv>
 #include <chrono>
 #include <cmath>
@@ -16,6 +18,7 @@
 #include <iomanip>
 #include <optional>
 #include <sstream>
+#include <string_view>
 #include <utility>
 
 namespace fs = std::filesystem;
@@ -26,6 +29,7 @@ using ojson = nlohmann::ordered_json;
 
 struct NamedTemplate {
     std::string name;
+    std::string text;
     std::shared_ptr<minja::TemplateNode> root;
 };
 
@@ -76,12 +80,60 @@ std::map<std::string, std::string> specialTokensOf(const ojson& config)
     return tokens;
 }
 
+// Jinja statements the engine implements (minja's block keywords); the others (include, import,
+// extends, with, call, raw, do, autoescape, ...) are refused by name before parsing.
+bool isSupportedStatement(std::string_view keyword)
+{
+    static constexpr std::string_view kSupported[]
+        = { "if", "else", "elif", "endif", "for", "endfor", "generation", "endgeneration", "set", "endset", "block",
+              "endblock", "macro", "endmacro", "filter", "endfilter", "break", "continue" };
+    return std::find(std::begin(kSupported), std::end(kSupported), keyword) != std::end(kSupported);
+}
+
+// Throws InputError naming the first statement ("{% include %}") the engine does not implement,
+// with its line; comments ({# ... #}) are skipped.
+void refuseUnsupportedStatements(const std::string& text, const std::string& where)
+{
+    std::size_t line = 1;
+    for (std::size_t i = 0; i + 1 < text.size(); ++i) {
+        if (text[i] == '\n') {
+            ++line;
+            continue;
+        }
+        if (text[i] != '{')
+            continue;
+        if (text[i + 1] == '#') {
+            const std::size_t end = text.find("#}", i + 2);
+            const std::size_t stop = end == std::string::npos ? text.size() : end;
+            line += static_cast<std::size_t>(std::count(
+                text.begin() + static_cast<std::ptrdiff_t>(i), text.begin() + static_cast<std::ptrdiff_t>(stop), '\n'));
+            i = stop;
+            continue;
+        }
+        if (text[i + 1] != '%')
+            continue;
+        std::size_t k = i + 2;
+        if (k < text.size() && (text[k] == '-' || text[k] == '+'))
+            ++k;
+        while (k < text.size() && std::isspace(static_cast<unsigned char>(text[k])))
+            ++k;
+        std::size_t e = k;
+        while (e < text.size() && (std::isalnum(static_cast<unsigned char>(text[e])) || text[e] == '_'))
+            ++e;
+        const std::string keyword = text.substr(k, e - k);
+        if (!keyword.empty() && !isSupportedStatement(keyword))
+            throw InputError(where + ": the chat template uses the Jinja statement {% " + keyword + " %} (line "
+                + std::to_string(line) + "), which the template engine (minja) does not support");
+    }
+}
+
 std::shared_ptr<minja::TemplateNode> parseTemplate(const std::string& text, const std::string& where)
 {
+    refuseUnsupportedStatements(text, where);
     try {
         // transformers' environment: trim_blocks, lstrip_blocks, no trailing newline kept.
-        return minja::Parser::parse(text,
-            minja::Options { .trim_blocks = true, .lstrip_blocks = true, .keep_trailing_newline = false });
+        return minja::Parser::parse(
+            text, minja::Options { .trim_blocks = true, .lstrip_blocks = true, .keep_trailing_newline = false });
     } catch (const std::exception& e) {
         throw InputError(where + ": the chat template cannot be used (unsupported or invalid Jinja): " + e.what());
     }
@@ -179,14 +231,29 @@ void pythonJsonString(const std::string& s, bool ensureAscii, std::string& out)
     for (std::size_t i = 0; i < s.size(); ++i) {
         const auto c = static_cast<unsigned char>(s[i]);
         switch (c) {
-        case '"': out += "\\\""; continue;
-        case '\\': out += "\\\\"; continue;
-        case '\n': out += "\\n"; continue;
-        case '\r': out += "\\r"; continue;
-        case '\t': out += "\\t"; continue;
-        case '\b': out += "\\b"; continue;
-        case '\f': out += "\\f"; continue;
-        default: break;
+        case '"':
+            out += "\\\"";
+            continue;
+        case '\\':
+            out += "\\\\";
+            continue;
+        case '\n':
+            out += "\\n";
+            continue;
+        case '\r':
+            out += "\\r";
+            continue;
+        case '\t':
+            out += "\\t";
+            continue;
+        case '\b':
+            out += "\\b";
+            continue;
+        case '\f':
+            out += "\\f";
+            continue;
+        default:
+            break;
         }
         if (c < 0x20 || (ensureAscii && c == 0x7F)) {
             u16(c);
@@ -282,7 +349,8 @@ minja::Value pythonTojson()
 {
     return minja::Value::callable([](const std::shared_ptr<minja::Context>&, minja::ArgumentsValue& args) {
         if (args.args.empty() || args.args.size() > 5)
-            throw std::runtime_error("tojson: expected a value and at most indent, ensure_ascii, separators, sort_keys");
+            throw std::runtime_error(
+                "tojson: expected a value and at most indent, ensure_ascii, separators, sort_keys");
         PyJsonOptions o;
         std::vector<std::pair<std::string, minja::Value>> named;
         static const char* const kPositional[] = { "indent", "ensure_ascii", "separators", "sort_keys" };
@@ -310,8 +378,8 @@ minja::Value pythonTojson()
             }
         }
         // json.dumps: with an indent and no separators, items are separated by "," alone.
-        const bool separatorsGiven = std::any_of(
-            named.begin(), named.end(), [](const auto& kv) { return kv.first == "separators" && !kv.second.is_null(); });
+        const bool separatorsGiven = std::any_of(named.begin(), named.end(),
+            [](const auto& kv) { return kv.first == "separators" && !kv.second.is_null(); });
         if (o.indent && !separatorsGiven)
             o.itemSeparator = ",";
         std::string out;
@@ -351,7 +419,7 @@ ChatTemplate ChatTemplate::fromSource(
     auto impl = std::make_unique<ChatTemplateImpl>();
     impl->source = sourceName;
     impl->specialTokens = specialTokens;
-    impl->templates.push_back({ "default", parseTemplate(source, sourceName) });
+    impl->templates.push_back({ "default", source, parseTemplate(source, sourceName) });
     return ChatTemplate(std::move(impl));
 }
 
@@ -388,7 +456,9 @@ ChatTemplate ChatTemplate::fromModelFiles(const std::string& dirOrFile)
     }
     if (fs::exists(jinja, ec)) {
         impl->source = jinja.string();
-        impl->templates.push_back({ "default", parseTemplate(readFile(jinja), impl->source) });
+        std::string text = readFile(jinja);
+        auto root = parseTemplate(text, impl->source);
+        impl->templates.push_back({ "default", std::move(text), std::move(root) });
         return ChatTemplate(std::move(impl));
     }
     const auto it = cfg.find("chat_template");
@@ -399,7 +469,8 @@ ChatTemplate ChatTemplate::fromModelFiles(const std::string& dirOrFile)
               "(--chat-template none)");
     impl->source = config.string();
     if (it->is_string()) {
-        impl->templates.push_back({ "default", parseTemplate(it->get<std::string>(), impl->source) });
+        impl->templates.push_back(
+            { "default", it->get<std::string>(), parseTemplate(it->get<std::string>(), impl->source) });
     } else if (it->is_array()) {
         for (std::size_t i = 0; i < it->size(); ++i) {
             const ojson& t = (*it)[i];
@@ -408,16 +479,53 @@ ChatTemplate ChatTemplate::fromModelFiles(const std::string& dirOrFile)
                 throw InputError(impl->source + ": chat_template[" + std::to_string(i)
                     + "]: expected an object with string \"name\" and \"template\"");
             const std::string name = t.at("name").get<std::string>();
-            impl->templates.push_back(
-                { name, parseTemplate(t.at("template").get<std::string>(), impl->source + " (template " + name + ")") });
+            const std::string text = t.at("template").get<std::string>();
+            impl->templates.push_back({ name, text, parseTemplate(text, impl->source + " (template " + name + ")") });
         }
         if (impl->templates.empty())
             throw InputError(impl->source + ": \"chat_template\" is an empty list");
     } else {
-        throw InputError(impl->source + ": \"chat_template\" must be a string or a list of {\"name\", \"template\"}, got "
-            + it->type_name());
+        throw InputError(impl->source
+            + ": \"chat_template\" must be a string or a list of {\"name\", \"template\"}, got " + it->type_name());
     }
     return ChatTemplate(std::move(impl));
+}
+
+bool ChatTemplate::modelHasChatTemplate(const std::string& dirOrFile)
+{
+    fs::path dir(dirOrFile);
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec))
+        dir = dir.parent_path();
+    if (fs::exists(dir / "chat_template.jinja", ec))
+        return true;
+    const fs::path config = dir / "tokenizer_config.json";
+    if (!fs::exists(config, ec))
+        return false;
+    const ojson cfg = readJsonFile(config);
+    return cfg.is_object() && cfg.contains("chat_template") && !cfg.at("chat_template").is_null();
+}
+
+void ChatTemplate::select(const std::string& name)
+{
+    auto& all = m_impl->templates;
+    const auto it = std::find_if(all.begin(), all.end(), [&](const NamedTemplate& t) { return t.name == name; });
+    if (it == all.end()) {
+        std::string known;
+        for (const auto& t : all)
+            known += (known.empty() ? "" : ", ") + t.name;
+        throw InputError(m_impl->source + ": no chat template named '" + name + "' (it has: " + known + ")");
+    }
+    NamedTemplate kept = *it;
+    all.assign(1, std::move(kept));
+}
+
+std::string ChatTemplate::describe() const
+{
+    std::string out = m_impl->source;
+    for (const auto& t : m_impl->templates)
+        out += ", template " + t.name + " (sha256 " + sha256Hex(t.text).substr(0, 16) + ")";
+    return out;
 }
 
 std::vector<std::string> ChatTemplate::names() const

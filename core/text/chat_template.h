@@ -45,6 +45,9 @@ public:
     // tokenizer_config.json when that path is not empty.
     static ChatTemplate fromFile(const std::string& path, const std::string& specialTokensFrom = {});
 
+    // True when the model files in `dir` (or beside the file it names) hold a chat template.
+    static bool modelHasChatTemplate(const std::string& dir);
+
     ChatTemplate(ChatTemplate&&) noexcept;
     ChatTemplate& operator=(ChatTemplate&&) noexcept;
     ~ChatTemplate();
@@ -53,6 +56,11 @@ public:
     std::vector<std::string> names() const;
     // Where the templates were read from ("…/tokenizer_config.json", a .jinja path, ...).
     const std::string& source() const;
+    // Keeps only the template `name` (render() then always uses it); throws InputError naming
+    // the templates there are when it has none of that name.
+    void select(const std::string& name);
+    // "SOURCE, template NAME (sha256 PREFIX)" for provenance: where it came from and which text.
+    std::string describe() const;
     // Renders `input` with the template `name`; an empty name picks as transformers does:
     // "tool_use" when tools are given and such a template exists, else "default" (or the only
     // one). Throws InputError naming the source and the construct when rendering fails,

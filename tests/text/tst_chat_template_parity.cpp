@@ -63,8 +63,7 @@ void TstChatTemplateParity::initTestCase()
     if (moeatlas::test::pythonExecutable().isEmpty())
         QSKIP("MOEATLAS_PYTHON is not set: no transformers reference available");
     QVERIFY(m_dir.isValid());
-    const auto r
-        = moeatlas::test::runPython(QStringLiteral("tests/text/chat_template_reference.py"), { m_dir.path() });
+    const auto r = moeatlas::test::runPython(QStringLiteral("tests/text/chat_template_reference.py"), { m_dir.path() });
     if (r.exitCode != 0)
         QFAIL(qPrintable(QStringLiteral("chat_template_reference.py failed: ") + r.stdErr));
     m_manifest = readJson(m_dir.filePath(QStringLiteral("manifest.json")).toStdString());
