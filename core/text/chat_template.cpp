@@ -516,8 +516,9 @@ void ChatTemplate::select(const std::string& name)
             known += (known.empty() ? "" : ", ") + t.name;
         throw InputError(m_impl->source + ": no chat template named '" + name + "' (it has: " + known + ")");
     }
-    NamedTemplate kept = *it;
-    all.assign(1, std::move(kept));
+    NamedTemplate kept = std::move(*it);
+    all.clear();
+    all.push_back(std::move(kept));
 }
 
 std::string ChatTemplate::describe() const
