@@ -24,6 +24,9 @@ struct CalibrationArgs {
     std::string tokenizer;
     std::string textField = "text";
     bool wholeFile = false;
+    std::string chatTemplate = "auto";
+    bool addGenerationPrompt = false;
+    std::vector<std::string> chatArgs; // NAME=VALUE
 };
 
 // Registers the options; `domainHelp` describes what the domains are for in this command.
@@ -44,6 +47,15 @@ inline CLI::Option* addCalibrationOptions(CLI::App* sub, CalibrationArgs& a, con
     sub->add_option("--text-field", a.textField, "Field of JSONL records holding the text")->capture_default_str();
     sub->add_flag(
         "--whole-file", a.wholeFile, "A plain text file is one document (default: one per blank-line-separated block)");
+    sub->add_option("--chat-template", a.chatTemplate,
+           "How \"messages\" records are rendered: auto (the model's chat template when it has one, else "
+           "\"role: content\" lines), none (those lines), the NAME of one of the model's templates, or a .jinja FILE")
+        ->capture_default_str();
+    sub->add_flag("--add-generation-prompt", a.addGenerationPrompt,
+        "End every rendered conversation with the assistant's prompt (apply_chat_template's add_generation_prompt)");
+    sub->add_option("--chat-arg", a.chatArgs,
+        "NAME=VALUE: a variable for the chat template, as apply_chat_template's keyword arguments "
+        "(enable_thinking=false, reasoning_effort=high); VALUE is read as JSON, else as a string; repeatable");
     return domain;
 }
 
@@ -64,6 +76,14 @@ inline void applyCalibrationArgs(const CalibrationArgs& a, CalibrationInput& p)
         throw InputError("--text-field: the field name is empty");
     p.text.textField = a.textField;
     p.text.wholeFile = a.wholeFile;
+    p.text.chatTemplate = a.chatTemplate;
+    p.text.addGenerationPrompt = a.addGenerationPrompt;
+    for (const std::string& arg : a.chatArgs) {
+        const auto eq = arg.find('=');
+        if (eq == std::string::npos || eq == 0)
+            throw InputError("--chat-arg " + arg + ": expected NAME=VALUE (e.g. enable_thinking=false)");
+        p.text.chatKwargs.emplace_back(arg.substr(0, eq), arg.substr(eq + 1));
+    }
 }
 
 // The tokens a command runs on: the --domain sets when given, else the atlas's calibration tokens

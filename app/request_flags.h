@@ -47,7 +47,8 @@ inline const FieldFlags kExecutorFlags { { "device", "--device" }, { "computeDty
 // CalibrationInput (app/calibration_args.h): --domain, packing and text options.
 inline const FieldFlags kCalibrationFlags { { "domains", "--domain" }, { "seqLen", "--seq-len" },
     { "tokenizer", { "", "--tokenizer PATH" } }, { "addBos", { "", "--tokenizer PATH or --bos ID" } },
-    { "bosToken", { "", "--bos ID" } }, { "textField", "--text-field" } };
+    { "bosToken", { "", "--bos ID" } }, { "textField", "--text-field" }, { "chatTemplate", "--chat-template" },
+    { "chatKwargs", "--chat-arg" } };
 
 // An output that exists and is kept unless the command's --force says otherwise (CaptureParams::overwrite,
 // ExportOptions::force, trainDemoModel's overwrite).

@@ -1,5 +1,7 @@
 #include "text/calibration.h"
 
+#include "text/chat_template.h"
+#include "text/jsonl_records.h"
 #include "text/tokenizer.h"
 #include "util/error.h"
 
@@ -55,33 +57,6 @@ std::string readNormalizedText(const std::string& path)
     return out;
 }
 
-// Calls fn(json, "file:line") for every non-blank line of a JSONL file until fn returns false,
-// after checking that the line is a JSON object; `expected` describes a record for the errors.
-template <typename Fn> void forEachJsonlRecord(const std::string& path, const std::string& expected, Fn&& fn)
-{
-    std::ifstream in(path);
-    if (!in)
-        throw InputError(path + ": cannot open calibration file");
-    std::string line;
-    int64_t lineNo = 0;
-    while (std::getline(in, line)) {
-        ++lineNo;
-        if (isBlank(line))
-            continue;
-        const std::string where = path + ":" + std::to_string(lineNo);
-        nlohmann::json j;
-        try {
-            j = nlohmann::json::parse(line);
-        } catch (const nlohmann::json::parse_error& e) {
-            throw InputError(where + ": invalid JSON (" + e.what() + "); expected " + expected);
-        }
-        if (!j.is_object())
-            throw InputError(where + ": expected " + expected + ", got " + std::string(j.type_name()));
-        if (!fn(j, where))
-            return;
-    }
-}
-
 std::string describeTextSources(const CalibrationSet& set)
 {
     std::set<std::string> formats;
@@ -101,9 +76,18 @@ std::string describeTextSources(const CalibrationSet& set)
         parts.emplace_back("a directory has one document per .txt file");
     if (formats.count(kFormatTextJsonlPrefix + set.text.textField))
         parts.push_back("JSONL documents are the string field \"" + set.text.textField + "\"");
-    if (formats.count(kFormatMessagesJsonl))
-        parts.emplace_back("JSONL messages are rendered as \"<role>: <content>\" lines joined by \"\\n\" "
-                           "(no chat template applied)");
+    if (formats.count(kFormatMessagesJsonl)) {
+        if (set.chatTemplate.empty() || set.chatTemplate == "none") {
+            parts.emplace_back("JSONL messages are rendered as \"<role>: <content>\" lines joined by \"\\n\" "
+                               "(no chat template applied)");
+        } else {
+            std::string kwargs;
+            for (const auto& [name, value] : set.text.chatKwargs)
+                kwargs += ", " + name + "=" + value;
+            parts.push_back("JSONL messages are rendered by the chat template of " + set.chatTemplate
+                + " (add_generation_prompt=" + (set.text.addGenerationPrompt ? "true" : "false") + kwargs + ")");
+        }
+    }
     std::string out;
     for (const std::string& p : parts)
         out += "; " + p;
@@ -174,7 +158,7 @@ std::string detectFormat(const std::string& path, const TextOptions& options)
     std::string format;
     const std::string expected
         = "an object with \"input_ids\", \"messages\" or the text field \"" + options.textField + "\"";
-    forEachJsonlRecord(path, expected, [&](const nlohmann::json& j, const std::string& where) {
+    detail::forEachJsonlRecord(path, expected, [&](const nlohmann::json& j, const std::string& where) {
         if (j.contains("input_ids"))
             format = kFormatInputIdsJsonl;
         else if (j.contains(options.textField))
@@ -266,7 +250,7 @@ std::vector<TextDocument> readTextJsonl(const std::string& path, const std::stri
 {
     std::vector<TextDocument> docs;
     const std::string expected = "an object with a string field \"" + field + "\"";
-    forEachJsonlRecord(path, expected, [&](const nlohmann::json& j, const std::string& where) {
+    detail::forEachJsonlRecord(path, expected, [&](const nlohmann::json& j, const std::string& where) {
         const auto it = j.find(field);
         if (it == j.end() || !it->is_string())
             throw InputError(
@@ -280,43 +264,15 @@ std::vector<TextDocument> readTextJsonl(const std::string& path, const std::stri
     return docs;
 }
 
-std::vector<TextDocument> readMessagesJsonl(const std::string& path)
-{
-    std::vector<TextDocument> docs;
-    const std::string expected = "an object with a \"messages\" array of {\"role\", \"content\"}";
-    forEachJsonlRecord(path, expected, [&](const nlohmann::json& j, const std::string& where) {
-        const auto it = j.find("messages");
-        if (it == j.end() || !it->is_array())
-            throw InputError(where + ": expected " + expected);
-        std::string text;
-        for (std::size_t i = 0; i < it->size(); ++i) {
-            const nlohmann::json& m = (*it)[i];
-            if (!m.is_object() || !m.contains("role") || !m.at("role").is_string() || !m.contains("content")
-                || !m.at("content").is_string())
-                throw InputError(where + ": messages[" + std::to_string(i)
-                    + "]: expected an object with string \"role\" and \"content\", got " + m.dump());
-            if (i > 0)
-                text.push_back('\n');
-            text += m.at("role").get<std::string>() + ": " + m.at("content").get<std::string>();
-        }
-        if (!text.empty())
-            docs.push_back({ std::move(text), where });
-        return true;
-    });
-    if (docs.empty())
-        throw InputError(path + ": no documents (the file is empty or every \"messages\" list is empty)");
-    return docs;
-}
-
 std::vector<TextDocument> readTextDocuments(
-    const std::string& path, const std::string& format, const TextOptions& options)
+    const std::string& path, const std::string& format, const TextOptions& options, const ChatTemplate* chat)
 {
     if (format == kFormatText) {
         std::error_code ec;
         return fs::is_directory(path, ec) ? readTextDirectory(path) : readTextFile(path, options.wholeFile);
     }
     if (format == kFormatMessagesJsonl)
-        return readMessagesJsonl(path);
+        return readMessagesJsonl(path, chat, options);
     if (format.starts_with(kFormatTextJsonlPrefix))
         return readTextJsonl(path, format.substr(std::string_view(kFormatTextJsonlPrefix).size()));
     throw InputError(path + ": format " + format + " is not a text format");
@@ -326,7 +282,7 @@ std::vector<std::vector<int32_t>> readInputIdsJsonl(const std::string& path, int
 {
     std::vector<std::vector<int32_t>> docs;
     const std::string expected = "an object with an \"input_ids\" array of integers";
-    forEachJsonlRecord(path, expected, [&](const nlohmann::json& j, const std::string& where) {
+    detail::forEachJsonlRecord(path, expected, [&](const nlohmann::json& j, const std::string& where) {
         if (!j.contains("input_ids") || !j.at("input_ids").is_array())
             throw InputError(where + ": expected " + expected);
         std::vector<int32_t> ids;
@@ -420,6 +376,8 @@ CalibrationSet buildCalibrationSet(const std::vector<DomainSource>& domains, con
     set.packing = packing;
     set.text = text;
     std::set<std::string> names;
+    std::unique_ptr<ChatTemplate> chat;
+    bool chatResolved = false;
     for (const DomainSource& d : domains) {
         if (!names.insert(d.name).second)
             throw RequestError("domains", "domain '" + d.name + "': the domain name is given twice");
@@ -432,7 +390,12 @@ CalibrationSet buildCalibrationSet(const std::vector<DomainSource>& domains, con
             if (!tokenizer)
                 throw RequestError(
                     "tokenizer", "domain '" + d.name + "': " + d.path + " is " + pd.format + " and needs a tokenizer");
-            docs = tokenizeDocuments(readTextDocuments(d.path, pd.format, text), *tokenizer, vocabSize);
+            if (pd.format == kFormatMessagesJsonl && !chatResolved) {
+                chat = resolveChatTemplate(text, tokenizer->source());
+                chatResolved = true;
+                set.chatTemplate = chat ? chat->describe() : "none";
+            }
+            docs = tokenizeDocuments(readTextDocuments(d.path, pd.format, text, chat.get()), *tokenizer, vocabSize);
             if (docs.empty())
                 throw InputError(d.path + ": no documents (every document encodes to no token)");
             set.tokenizer = tokenizerDescription;

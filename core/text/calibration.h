@@ -4,13 +4,16 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace moeatlas {
 
 class Tokenizer;
+class ChatTemplate;
 
 // "--domain NAME=PATH[:N]" parsed: N caps the number of packed sequences of this domain.
 struct DomainSource {
@@ -34,6 +37,17 @@ struct PackingOptions {
 struct TextOptions {
     std::string textField = "text"; // field of a text JSONL record holding the document
     bool wholeFile = false; // a plain text file is one document, not blank-line blocks
+    // How "messages" records are rendered (docs/calibration.md, "Chat templates"):
+    //   "auto"  the model's chat template (chat_template.jinja or tokenizer_config.json beside the
+    //           tokenizer) when it has one, else the "<role>: <content>" lines;
+    //   "none"  the "<role>: <content>" lines;
+    //   a name  that template of the model's list ("default", "tool_use", ...), which must exist;
+    //   a path  a .jinja file (the special tokens still come from the model's tokenizer_config.json).
+    std::string chatTemplate = "auto";
+    bool addGenerationPrompt = false; // apply_chat_template's add_generation_prompt
+    // Extra template variables as NAME -> JSON value text (enable_thinking -> "false"), given to
+    // every record; apply_chat_template's **kwargs.
+    std::vector<std::pair<std::string, std::string>> chatKwargs;
 };
 
 // Format names, as recorded in the atlas (AtlasDomain.format).
@@ -56,6 +70,8 @@ struct CalibrationSet {
     TextOptions text;
     // The tokenizer that encoded the text domains ("path (sha256 ...)"); empty when none did.
     std::string tokenizer;
+    // How messages domains were rendered (ChatTemplate::describe(), or "none"); empty without one.
+    std::string chatTemplate;
     int64_t totalTokens() const;
     bool hasTextDomain() const;
     // Human-readable description of the packing choices, recorded in the atlas provenance.
@@ -84,12 +100,20 @@ std::vector<TextDocument> readTextFile(const std::string& path, bool wholeFile);
 std::vector<TextDocument> readTextDirectory(const std::string& path);
 // JSONL whose records hold the document as a string in `field`.
 std::vector<TextDocument> readTextJsonl(const std::string& path, const std::string& field);
-// JSONL whose records hold "messages": [{"role": R, "content": C}, ...], rendered as the lines
-// "R: C" joined by "\n" (no chat template; see docs/calibration.md).
-std::vector<TextDocument> readMessagesJsonl(const std::string& path);
-// The documents of a text format source (any format for which isTextFormat() is true).
+// JSONL whose records hold "messages": [{"role": R, "content": C}, ...]. Without a template they
+// are rendered as the lines "R: C" joined by "\n"; with one, each record (its "messages", and its
+// "tools" and "documents" when present) is rendered by the template as apply_chat_template does,
+// with options.addGenerationPrompt and options.chatKwargs. Throws InputError naming file:line.
+std::vector<TextDocument> readMessagesJsonl(
+    const std::string& path, const ChatTemplate* chat = nullptr, const TextOptions& options = {});
+// The chat template options.chatTemplate selects for the tokenizer at `tokenizerPath` (see
+// TextOptions::chatTemplate); null for "none" and for "auto" when the model has none. Throws
+// InputError for a missing named template or .jinja file, and for a template that does not parse.
+std::unique_ptr<ChatTemplate> resolveChatTemplate(const TextOptions& options, const std::string& tokenizerPath);
+// The documents of a text format source (any format for which isTextFormat() is true); `chat`
+// renders messages records (see readMessagesJsonl).
 std::vector<TextDocument> readTextDocuments(
-    const std::string& path, const std::string& format, const TextOptions& options);
+    const std::string& path, const std::string& format, const TextOptions& options, const ChatTemplate* chat = nullptr);
 
 // Documents of a JSONL file whose lines are objects with an "input_ids" array of integers.
 // Throws InputError naming file and line for: unreadable file, invalid JSON, missing or

@@ -58,6 +58,7 @@ CaptureDialog::CaptureDialog(JobRunner* runner, QWidget* parent)
     , m_seqLen(new QSpinBox(this))
     , m_maxSamples(new QSpinBox(this))
     , m_expertNorms(new QCheckBox(tr("Record expert output norms (needed for REAP and EAN)"), this))
+    , m_chatTemplate(new QCheckBox(tr("Render \"messages\" with the model's chat template"), this))
     , m_output(new QLineEdit(this))
     , m_browseOutput(new QPushButton(tr("Browse…"), this))
     , m_force(new QCheckBox(tr("Replace an existing atlas"), this))
@@ -72,6 +73,10 @@ CaptureDialog::CaptureDialog(JobRunner* runner, QWidget* parent)
     m_domains->horizontalHeader()->setStretchLastSection(true);
     m_domains->verticalHeader()->hide();
     m_domains->setSelectionBehavior(QAbstractItemView::SelectRows);
+    m_chatTemplate->setChecked(true);
+    m_chatTemplate->setToolTip(tr("Conversations of JSONL \"messages\" domains are rendered by the checkpoint's own "
+                                  "chat template, as transformers' apply_chat_template renders them; unchecked, as "
+                                  "\"role: content\" lines (docs/calibration.md, \"Chat templates\")"));
     m_domains->setToolTip(tr("One calibration domain per row: a text file, a directory of .txt files, or a JSONL "
                              "file with a text field, \"messages\" or \"input_ids\" (docs/calibration.md)"));
     m_seqLen->setRange(1, 1 << 20);
@@ -107,6 +112,7 @@ CaptureDialog::CaptureDialog(JobRunner* runner, QWidget* parent)
     form->addRow(tr("Sequence length"), m_seqLen);
     form->addRow(tr("Sequences per domain"), m_maxSamples);
     form->addRow(QString(), m_expertNorms);
+    form->addRow(QString(), m_chatTemplate);
     form->addRow(tr("Output atlas"), outputRow);
     form->addRow(QString(), m_force);
     auto* layout = new QVBoxLayout(this);
@@ -311,6 +317,8 @@ bool CaptureDialog::start()
     if (m_maxSamples->value() > 0)
         params.packing.maxSamplesPerDomain = m_maxSamples->value();
     params.executor.recordExpertNorms = m_expertNorms->isChecked();
+    // --chat-template auto (the model's template when it has one) or none ("role: content" lines).
+    params.text.chatTemplate = m_chatTemplate->isChecked() ? "auto" : "none";
     params.output = output().toStdString();
     params.overwrite = m_force->isChecked();
 
@@ -388,9 +396,9 @@ void CaptureDialog::onFinished(bool ok, const QString& message)
 void CaptureDialog::setRunning(bool running)
 {
     m_startButton->setEnabled(!running);
-    for (QWidget* w :
-        std::initializer_list<QWidget*> { m_checkpoint, m_browseCheckpoint, m_domains, m_addRow, m_addFiles,
-            m_addDirectory, m_removeRows, m_seqLen, m_maxSamples, m_expertNorms, m_output, m_browseOutput, m_force })
+    for (QWidget* w : std::initializer_list<QWidget*> { m_checkpoint, m_browseCheckpoint, m_domains, m_addRow,
+             m_addFiles, m_addDirectory, m_removeRows, m_seqLen, m_maxSamples, m_expertNorms, m_chatTemplate, m_output,
+             m_browseOutput, m_force })
         w->setEnabled(!running);
 }
 

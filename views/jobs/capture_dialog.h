@@ -91,6 +91,7 @@ private:
     QSpinBox* m_seqLen;
     QSpinBox* m_maxSamples;
     QCheckBox* m_expertNorms;
+    QCheckBox* m_chatTemplate;
     QLineEdit* m_output;
     QPushButton* m_browseOutput;
     QCheckBox* m_force;
