@@ -57,8 +57,8 @@ if [[ "$mode" == test ]]; then
     libblas3 liblapack3 libblis4-pthread)    # two other BLAS the split path is tested on (tst_ragged_*)
   # clang-tidy for the ci preset (MOEATLAS_CLANG_TIDY); libc++ headers for its LibTorch TUs (decision 28).
   apt_packages+=(clang-tidy-14 libc++-14-dev libc++abi-14-dev)
-  # The .deb packages: dpkg-shlibdeps (dpkg-dev), fakeroot for CPack, lintian to check them.
-  apt_packages+=(dpkg-dev fakeroot lintian)
+  # The .deb packages: dpkg-shlibdeps (dpkg-dev) for CPack, lintian, desktop-file-validate, appstreamcli.
+  apt_packages+=(dpkg-dev lintian desktop-file-utils appstream)
 fi
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -163,7 +163,7 @@ if [[ "$mode" == test ]]; then
   # The .deb packages from the build above (no second build), checked by lintian; on CI installed
   # for real, exercised and removed again (packaging/package-test.sh, docs/decisions.md 52).
   stage_begin "packages" "Debian packages from build/ (cpack, lintian)"
-  packaging/package-test.sh build build || status=$?
+  packaging/package-test.sh build || status=$?
   stage_end
   stage_summary
   exit "$status"
