@@ -109,8 +109,9 @@ fi
 
 # --- build ------------------------------------------------------------------------------------
 # test: every target of the dev (CI: ci) preset in build/. demo: only the two programs the demo runs,
-# Release, no tests or benchmarks (the release preset, build-release/); an up-to-date build/ that
-# already holds both programs (e.g. after `setup.sh test`) is used as it is.
+# Release, no tests or benchmarks (the release preset, build-release/); without a build-release/ but
+# with both programs in build/ (after `setup.sh test`), that build is brought up to date and used.
+configure=1
 if [[ "$mode" == test ]]; then
   preset=dev
   [[ "${CI:-}" == true ]] && preset=ci
@@ -120,21 +121,20 @@ else
   preset=release
   build_dir=build-release
   targets=(moeatlas moeatlas-gui)
-  if [[ -x build/app/moeatlas && -x build/app/moeatlas-gui && -f build/build.ninja &&
-        "$(ninja -C build -n moeatlas moeatlas-gui 2>/dev/null)" == *"no work to do"* ]]; then
+  if [[ ! -f build-release/build.ninja && -f build/build.ninja && -x build/app/moeatlas && -x build/app/moeatlas-gui ]]; then
     build_dir=build
-    preset=""
-    log "reusing the up-to-date build in build/ (no compilation needed)"
+    configure=0
+    log "reusing the existing build in build/ (its preset, brought up to date)"
   fi
 fi
-if [[ -n "$preset" ]]; then
+if ((configure)); then
   stage_begin "configure" "configuring (cmake preset '$preset')"
-  cmake --preset "$preset" >/dev/null
-  stage_end
-  stage_begin "build" "building ${targets[*]} in $build_dir/ (preset '$preset', $jobs jobs)"
-  cmake --build "$build_dir" -j "$jobs" --target "${targets[@]}"
+  cmake --preset "$preset" -Wno-dev >/dev/null
   stage_end
 fi
+stage_begin "build" "building ${targets[*]} in $build_dir/ ($jobs jobs)"
+cmake --build "$build_dir" -j "$jobs" --target "${targets[@]}"
+stage_end
 
 log "runtime: $("$build_dir/app/moeatlas" --version | tail -n 1)"
 
