@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # MoE Atlas set-up on a fresh Debian 12 machine: installs what is missing, builds, and runs.
 #
-#   packaging/setup.sh demo   install (apt), build, run the main job on the embedded default
-#   packaging/setup.sh test   install (apt + project venv), build, run every test
+#   packaging/setup.sh demo   install (apt), build the two programs (Release), run the main job on the
+#                             embedded default, open the workbench
+#   packaging/setup.sh test   install (apt + project venv), build, run every test, build the .deb
+#                             packages (lintian); with CI=true also install, exercise and remove them
 #
 # Safe to re-run: packages already installed, a venv already matching tests/requirements*.txt and
-# an up-to-date build are reused.
+# an up-to-date build are reused. Every stage prints how long it took, and a summary closes the run.
 set -euo pipefail
 
 mode="${1:-}"
@@ -20,6 +22,29 @@ jobs="$(nproc)"
 
 log() { printf '\n== %s\n' "$*"; }
 
+# Stages: stage_begin NAME MESSAGE ... stage_end; stage_summary prints every stage's time.
+stage_names=()
+stage_secs=()
+stage_name=""
+stage_t0=$SECONDS
+run_t0=$SECONDS
+fmt_secs() { printf '%d min %02d s' $(($1 / 60)) $(($1 % 60)); }
+stage_begin() { stage_name="$1"; stage_t0=$SECONDS; shift; log "$*"; }
+stage_end() {
+  local dt=$((SECONDS - stage_t0))
+  stage_names+=("$stage_name")
+  stage_secs+=("$dt")
+  printf -- '-- %s: %s\n' "$stage_name" "$(fmt_secs "$dt")"
+}
+stage_summary() {
+  local i
+  log "stage times ($(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg))"
+  for i in "${!stage_names[@]}"; do
+    printf '   %-22s %s\n' "${stage_names[$i]}" "$(fmt_secs "${stage_secs[$i]}")"
+  done
+  printf '   %-22s %s\n' "total" "$(fmt_secs $((SECONDS - run_t0)))"
+}
+
 # --- system packages (Debian) ---------------------------------------------------------------
 apt_packages=(
   build-essential cmake ninja-build ccache pkgconf git
@@ -32,17 +57,20 @@ if [[ "$mode" == test ]]; then
     libblas3 liblapack3 libblis4-pthread)    # two other BLAS the split path is tested on (tst_ragged_*)
   # clang-tidy for the ci preset (MOEATLAS_CLANG_TIDY); libc++ headers for its LibTorch TUs (decision 28).
   apt_packages+=(clang-tidy-14 libc++-14-dev libc++abi-14-dev)
+  # The .deb packages: dpkg-shlibdeps (dpkg-dev) for CPack, lintian, desktop-file-validate, appstreamcli.
+  apt_packages+=(dpkg-dev lintian desktop-file-utils appstream)
 fi
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+sudo_cmd=()
+[[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
 if ((${#missing[@]})); then
-  log "installing Debian packages: ${missing[*]}"
-  sudo_cmd=()
-  [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+  stage_begin "Debian packages" "installing Debian packages: ${missing[*]}"
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  stage_end
 fi
 
 # --- what this machine is: a red test run must say on which CPU and BLAS kernels it ran ----------
@@ -62,6 +90,7 @@ machine_report
 
 # --- project venv for the reference tests (transformers, tokenizers, h5py ...) ---------------
 if [[ "$mode" == test ]]; then
+  stage_begin "reference venv" "reference venv (.venv)"
   stamp=".venv/.moeatlas-requirements"
   want="$(cat tests/requirements.txt tests/requirements-data.txt python/pyproject.toml | sha256sum | cut -d' ' -f1)"
   if [[ ! -x .venv/bin/python || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
@@ -75,19 +104,42 @@ if [[ "$mode" == test ]]; then
     .venv/bin/python -m pip install -q -e ./python
     echo "$want" > "$stamp"
   fi
+  stage_end
 fi
 
 # --- build ------------------------------------------------------------------------------------
-preset=dev
-[[ "$mode" == test && "${CI:-}" == true ]] && preset=ci
-log "building (cmake preset '$preset')"
-cmake --preset "$preset" >/dev/null
-cmake --build --preset "$preset" -j "$jobs"
+# test: every target of the dev (CI: ci) preset in build/. demo: only the two programs the demo runs,
+# Release, no tests or benchmarks (the release preset, build-release/); without a build-release/ but
+# with both programs in build/ (after `setup.sh test`), that build is brought up to date and used.
+configure=1
+if [[ "$mode" == test ]]; then
+  preset=dev
+  [[ "${CI:-}" == true ]] && preset=ci
+  build_dir=build
+  targets=(all)
+else
+  preset=release
+  build_dir=build-release
+  targets=(moeatlas moeatlas-gui)
+  if [[ ! -f build-release/build.ninja && -f build/build.ninja && -x build/app/moeatlas && -x build/app/moeatlas-gui ]]; then
+    build_dir=build
+    configure=0
+    log "reusing the existing build in build/ (its preset, brought up to date)"
+  fi
+fi
+if ((configure)); then
+  stage_begin "configure" "configuring (cmake preset '$preset')"
+  cmake --preset "$preset" -Wno-dev >/dev/null
+  stage_end
+fi
+stage_begin "build" "building ${targets[*]} in $build_dir/ ($jobs jobs)"
+cmake --build "$build_dir" -j "$jobs" --target "${targets[@]}"
+stage_end
 
-log "runtime: $(build/app/moeatlas --version | tail -n 1)"
+log "runtime: $("$build_dir/app/moeatlas" --version | tail -n 1)"
 
 if [[ "$mode" == test ]]; then
-  log "running every test"
+  stage_begin "tests" "running every test"
   cd build
   status=0
   ctest --output-on-failure -j "$jobs" --timeout 1800 || status=$?
@@ -106,6 +158,14 @@ if [[ "$mode" == test ]]; then
         ctest --output-on-failure -j "$jobs" --timeout 1800 -L unit -LE blas || status=$?
     fi
   fi
+  stage_end
+  cd "$root"
+  # The .deb packages from the build above (no second build), checked by lintian; on CI installed
+  # for real, exercised and removed again (packaging/package-test.sh, docs/decisions.md 53).
+  stage_begin "packages" "Debian packages from build/ (cpack, lintian)"
+  packaging/package-test.sh build || status=$?
+  stage_end
+  stage_summary
   exit "$status"
 fi
 
@@ -115,58 +175,15 @@ fi
 # on the atlas when there is a display.
 out="$root/out/demo"
 demo="$root/resources/demo"
-mkdir -p "$out"
-cli="$root/build/app/moeatlas"
-gui="$root/build/app/moeatlas-gui"
-domains() { # $1 = calibration | heldout
-  for d in arith code json prose; do printf ' -d %s=%s/%s/%s.txt:32' "$d" "$demo" "$1" "$d"; done
-}
-log "moeatlas inspect (the demo MoE: 4 layers x 16 experts, top-2, trained on arith/code/json/prose)"
-"$cli" inspect "$demo/model"
-log "moeatlas capture: routing of every calibration token into $out/demo.atlas.h5, and each MoE layer's predictions of the next layers' experts"
-# shellcheck disable=SC2046
-"$cli" capture "$demo/model" $(domains calibration) --seq-len 128 --add-bos --seed 1 --force \
-  --prefetch next-router,quasi-hidden,linear,mlp -o "$out/demo.atlas.h5"
-log "moeatlas score: PEU, frequency, ... and routing statistics"
-"$cli" score "$out/demo.atlas.h5" --top 2
-log "moeatlas eval: held-out loss of PEU/frequency specialists, generalist and random plans per budget"
-# shellcheck disable=SC2046
-"$cli" eval --atlas "$out/demo.atlas.h5" --sparsity 0.25,0.5,0.75 --criteria peu,frequency --random-plans 2 \
-  $(domains heldout) --seq-len 128 --add-bos --csv "$out/tradeoff.csv"
-log "moeatlas eval --routing: dynamic k (ProbMoE, top-p, a calibrated threshold) against fixed top-k at the same mean experts per token"
-# shellcheck disable=SC2046
-"$cli" eval --atlas "$out/demo.atlas.h5" --routing probmoe:1:4 --routing top-p:0.7 --routing top-p:0.9:1:4 \
-  --routing threshold:1.5 $(domains heldout) --seq-len 128 --add-bos --label routing --csv "$out/routing.csv"
-log "moeatlas prefetch: how well each predictor names the next MoE layers' experts (hit rates per layer, lookahead, domain)"
-"$cli" prefetch "$out/demo.atlas.h5" --csv "$out/prefetch.csv"
-log "moeatlas simulate: time per output token with experts offloaded (A6000 + PCIe 4, 8 of 16 experts per layer cached), on demand vs prefetched vs speculated"
-for policy in on-demand prefetch speculative; do
-  "$cli" simulate "$out/demo.atlas.h5" --preset a6000-pcie4 --cache-slots 8 --policy "$policy" \
-    --predictor quasi-hidden --store --csv "$out/simulate-$policy.csv"
-done
-log "moeatlas eval --speculative: the loss of running the experts predicted one or two MoE layers earlier"
-# shellcheck disable=SC2046
-"$cli" eval --atlas "$out/demo.atlas.h5" --speculative next-router --speculative quasi-hidden \
-  --speculative linear --speculative mlp --speculative previous --speculative frequency --speculative oracle \
-  --speculative next-router:2 --speculative quasi-hidden:2 $(domains heldout) --seq-len 128 --add-bos \
-  --label speculative --csv "$out/speculative.csv"
-log "moeatlas fisher: Fisher importance of every expert unit per domain, its concentration, and the loss of removing the top units (held-out text)"
-# shellcheck disable=SC2046
-"$cli" fisher "$out/demo.atlas.h5" --max-samples 16 --seq-len 128 --add-bos --ablate 0,16,128 \
-  $(domains heldout | sed 's/ -d / --ablation-domain /g; s/:32/:16/g')
-log "moeatlas plan + export: the code specialist at 50% sparsity, as a checkpoint transformers loads"
-"$cli" plan --atlas "$out/demo.atlas.h5" --criterion peu --domain code --keep-fraction 0.5 -o "$out/code-50.plan.json"
-"$cli" export "$demo/model" --plan "$out/code-50.plan.json" -o "$out/code-50" --force
-log "moeatlas plan + export with dimension pruning: the code specialist's experts also drop half their units by Fisher (IntDim-E: a stock checkpoint with a smaller moe width)"
-"$cli" plan --atlas "$out/demo.atlas.h5" --criterion peu --domain code --keep-fraction 0.5 --dims IntDim-E \
-  --dim-sparsity 0.5 -o "$out/code-50-dims-50.plan.json"
-"$cli" export "$demo/model" --plan "$out/code-50-dims-50.plan.json" -o "$out/code-50-dims-50" --force
-# shellcheck disable=SC2046
-"$cli" eval --atlas "$out/demo.atlas.h5" --plan "$out/code-50.plan.json" --plan "$out/code-50-dims-50.plan.json" \
-  $(domains heldout) --seq-len 128 --add-bos --label dims
-log "done: atlas $out/demo.atlas.h5, trade-off table $out/tradeoff.csv, routing rules $out/routing.csv, prefetch hit rates $out/prefetch.csv, speculative execution $out/speculative.csv, plans $out/*.plan.json, pruned checkpoints $out/code-50 and $out/code-50-dims-50"
-if [[ -x "$gui" && ( -n "${DISPLAY:-}" || -n "${WAYLAND_DISPLAY:-}" ) ]]; then
-  log "opening the workbench: moeatlas-gui $out/demo.atlas.h5"
+cli="$root/$build_dir/app/moeatlas"
+gui="$root/$build_dir/app/moeatlas-gui"
+stage_begin "demo pipeline" "the demo pipeline (packaging/setup.sh demo)"
+"$root/packaging/demo-pipeline.sh" "$cli" "$demo" "$out"
+stage_end
+if [[ -x "$gui" && ( -n "${DISPLAY:-}" || -n "${WAYLAND_DISPLAY:-}" || -n "${QT_QPA_PLATFORM:-}" ) ]]; then
+  stage_summary
+  log "opening the workbench: $build_dir/app/moeatlas-gui $out/demo.atlas.h5"
   exec "$gui" "$out/demo.atlas.h5"
 fi
-log "no display: open the atlas later with build/app/moeatlas-gui $out/demo.atlas.h5"
+stage_summary
+log "no display: open the atlas later with $build_dir/app/moeatlas-gui $out/demo.atlas.h5"
