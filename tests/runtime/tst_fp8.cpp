@@ -180,17 +180,17 @@ private Q_SLOTS:
         QCOMPARE(encodeE4M3(NAN), uint8_t { 0x7f });
     }
 
-    // A 3 x 5 matrix at 2 x 2 blocks: a 2 x 3 grid, the last row and column blocks partial.
+    // A 3 x 5 matrix at 2 x 3 blocks (rows x columns): a 2 x 2 grid, the last row and column blocks partial.
     void blockDequantize()
     {
         const uint8_t q[15]
             = { 0x38, 0x40, 0x3c, 0xb8, 0x00, 0x40, 0x38, 0x38, 0x38, 0x7e, 0x39, 0xc0, 0x01, 0x38, 0x38 };
-        const float scale[6] = { 0.5f, 2.0f, 4.0f, 8.0f, 16.0f, 0.25f };
+        const float scale[4] = { 0.5f, 2.0f, 4.0f, 0.25f };
         float out[15];
-        dequantizeFp8(q, scale, 3, 5, 2, 2, out);
-        const float want[15] = { 0.5f, 1.0f, 3.0f, -2.0f, 0.0f, //
-            1.0f, 0.5f, 2.0f, 2.0f, 448.0f * 4.0f, //
-            9.0f, -16.0f, 0.001953125f * 16.0f, 16.0f, 0.25f };
+        dequantizeFp8(q, scale, 3, 5, 2, 3, out);
+        const float want[15] = { 0.5f, 1.0f, 0.75f, -2.0f, 0.0f, //
+            1.0f, 0.5f, 0.5f, 2.0f, 896.0f, //
+            4.5f, -8.0f, 0.0078125f, 0.25f, 0.25f };
         for (int i = 0; i < 15; ++i)
             QCOMPARE(out[i], want[i]);
         const Fp8Quantization q128 { true, 128, 128 };
@@ -201,9 +201,9 @@ private Q_SLOTS:
         for (int i = 0; i < 15; ++i)
             values[i] = static_cast<float>(std::sin(1.0 + i) * std::pow(10.0, i % 3));
         uint8_t bytes[15];
-        float scales[6];
-        quantizeFp8(values, 3, 5, 2, 2, bytes, scales);
-        dequantizeFp8(bytes, scales, 3, 5, 2, 2, out);
+        float scales[4];
+        quantizeFp8(values, 3, 5, 2, 3, bytes, scales);
+        dequantizeFp8(bytes, scales, 3, 5, 2, 3, out);
         for (int i = 0; i < 15; ++i)
             QVERIFY2(std::fabs(out[i] - values[i]) <= std::fabs(values[i]) / 16 + 1e-9, qPrintable(QString::number(i)));
     }
