@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <map>
 #include <memory>
+#include <vector>
 
 namespace moeatlas::cli {
 
@@ -25,6 +26,7 @@ struct GenerateArgs {
     int calibrationDocs = 16;
     int64_t calibrationDocTokens = 256;
     int64_t shardMiB = 1024;
+    std::vector<int64_t> fp8Block { 128, 128 };
     bool force = false;
 };
 
@@ -44,6 +46,8 @@ int runGenerate(GenerateArgs a)
     a.model.arch = archs.at(a.arch);
     a.model.dtype = dtypes.at(a.dtype);
     a.model.maxShardBytes = static_cast<uint64_t>(a.shardMiB) << 20;
+    a.model.fp8BlockRows = a.fp8Block.at(0);
+    a.model.fp8BlockCols = a.fp8Block.at(1);
     if (!a.output.empty()) {
         writeRandomModel(a.model, a.output, a.force);
         std::printf("%s\n", a.output.c_str());
@@ -95,6 +99,13 @@ Command addGenerateCommand(CLI::App& app)
         ->capture_default_str();
     sub->add_option("--vocab", a->model.vocabSize)->capture_default_str();
     sub->add_flag("--fused", a->model.fusedExperts, "Store experts fused per layer (transformers v5 layout)");
+    sub->add_flag("--fp8", a->model.fp8,
+        "Store the decoder layers' matrices (not the router) as FP8 E4M3 with float32 block scales "
+        "(weight_scale_inv), as DeepSeek-V3 ships them; the rest in --dtype");
+    sub->add_option("--fp8-block", a->fp8Block, "FP8 block size ROWS,COLS (weight_block_size)")
+        ->expected(2)
+        ->delimiter(',')
+        ->capture_default_str();
     sub->add_option("--seed", a->model.seed)->capture_default_str();
     sub->add_option("--shard-mib", a->shardMiB, "Largest shard in MiB")->capture_default_str();
     sub->add_option("--calibration", a->calibration, "Also write a random input_ids JSONL calibration file");

@@ -1,5 +1,6 @@
 #include "checkpoint/hf_config.h"
 
+#include "checkpoint/fp8.h"
 #include "util/error.h"
 
 #include <nlohmann/json.hpp>
@@ -429,7 +430,7 @@ ModelSpec parseModelSpec(const json& config, const std::string& source)
         json merged = *text;
         merged.erase("text_config");
         merged["model_type"] = config.at("model_type");
-        for (const char* key : { "tie_word_embeddings", "dtype", "torch_dtype" })
+        for (const char* key : { "tie_word_embeddings", "dtype", "torch_dtype", "quantization_config" })
             if (config.contains(key) && !config.at(key).is_null())
                 merged[key] = config.at(key);
         ModelSpec s = parseModelSpec(merged, source + " (text_config)");
@@ -562,6 +563,7 @@ ModelSpec parseModelSpec(const json& config, const std::string& source)
             l.linearAttention = layerTypes[static_cast<std::size_t>(i)] == "linear_attention";
     }
     parseRaggedExperts(cfg, s);
+    s.fp8 = parseQuantizationConfig(config, source);
     return s;
 }
 

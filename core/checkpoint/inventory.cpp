@@ -1,5 +1,7 @@
 #include "checkpoint/inventory.h"
 
+#include "checkpoint/fp8.h"
+
 #include <cmath>
 #include <regex>
 
@@ -73,15 +75,17 @@ Inventory takeInventory(const Checkpoint& checkpoint, const ModelSpec& spec)
         const TensorInfo& info = checkpoint.info(name);
         const Component c = componentOf(name);
         Amount& a = inv.byComponent[static_cast<std::size_t>(c)];
-        a.params += info.numel();
+        // FP8 block scales (`*_scale_inv`) are bytes of their weight's component, not parameters.
+        const int64_t params = isFp8ScaleName(name) ? 0 : info.numel();
+        a.params += params;
         a.bytes += info.byteSize();
-        inv.total.params += info.numel();
+        inv.total.params += params;
         inv.total.bytes += info.byteSize();
         std::smatch m;
         if (c == Component::RoutedExperts && std::regex_search(name, m, layerRe)) {
             const auto layer = static_cast<std::size_t>(std::stoi(m[1].str()));
             if (layer < inv.routedExpertsPerLayer.size()) {
-                inv.routedExpertsPerLayer[layer].params += info.numel();
+                inv.routedExpertsPerLayer[layer].params += params;
                 inv.routedExpertsPerLayer[layer].bytes += info.byteSize();
             }
         }

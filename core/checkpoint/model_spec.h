@@ -74,6 +74,14 @@ struct LayerSpec {
     std::vector<int64_t> expertWidths;
 };
 
+// FP8 block-scaled weights (config.json quantization_config with quant_method "fp8", checkpoint/fp8.h):
+// every F8_E4M3 weight has a float32 `<name>_scale_inv`, one value per blockRows x blockCols block.
+struct Fp8Quantization {
+    bool enabled = false;
+    int64_t blockRows = 128; // weight_block_size[0]: along the output (row) dimension
+    int64_t blockCols = 128; // weight_block_size[1]: along the input (column) dimension
+};
+
 struct ModelSpec {
     Architecture arch = Architecture::Mixtral;
     std::string modelType; // config.json "model_type"
@@ -122,6 +130,8 @@ struct ModelSpec {
     // Prefix of every language-model tensor: "model." or, for a multimodal checkpoint (config.json with a
     // text_config), "model.language_model." (tensor_layout.h).
     std::string tensorPrefix = "model.";
+    // FP8 block-scaled weights, dequantized into the compute dtype as they load (decision 55).
+    Fp8Quantization fp8;
 
     std::vector<LayerSpec> layers;
     std::string torchDtype; // config "torch_dtype"/"dtype", informational

@@ -1,14 +1,17 @@
 #include "checkpoint/random_model.h"
 
 #include "checkpoint/checkpoint_writer.h"
+#include "checkpoint/fp8.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 #include "util/half.h"
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <span>
 #include <sstream>
 
 namespace moeatlas {
@@ -36,6 +39,13 @@ uint16_t toBf16(float f)
     return static_cast<uint16_t>(bits >> 16);
 }
 
+struct Entry {
+    std::string name;
+    std::vector<int64_t> shape;
+    double mean;
+    double std;
+};
+
 class TensorFactory {
 public:
     TensorFactory(CheckpointWriter& w, DType dtype, uint64_t seed)
@@ -45,22 +55,39 @@ public:
     {
     }
 
-    void declare(const std::string& name, std::vector<int64_t> shape)
+    void declare(const Entry& e, const Fp8Quantization& fp8)
     {
-        m_writer.declare(name, m_dtype, std::move(shape));
+        if (!fp8.enabled) {
+            m_writer.declare(e.name, m_dtype, e.shape);
+            return;
+        }
+        m_writer.declare(e.name, DType::F8_E4M3, e.shape);
+        m_writer.declare(fp8ScaleName(e.name), DType::F32, fp8ScaleShape(e.shape, fp8));
     }
 
-    // Writes a tensor of `count` values, normal(mean, std) (std 0 gives a constant).
-    void write(const std::string& name, int64_t count, double mean, double std)
+    // Writes a tensor of normal(mean, std) values (std 0 gives a constant); FP8 block-quantized matrix by
+    // matrix (the last two dimensions) with its scales after it when fp8.enabled.
+    void write(const Entry& e, const Fp8Quantization& fp8)
     {
-        std::vector<std::byte> buf(static_cast<std::size_t>(count) * dtypeSize(m_dtype));
-        for (int64_t i = 0; i < count; ++i) {
-            float v = static_cast<float>(mean);
-            if (std > 0) {
+        int64_t count = 1;
+        for (const int64_t d : e.shape)
+            count *= d;
+        std::vector<float> values(static_cast<std::size_t>(count));
+        for (float& v : values) {
+            v = static_cast<float>(e.mean);
+            if (e.std > 0) {
                 const double u1 = m_rng.uniform(), u2 = m_rng.uniform();
-                v = static_cast<float>(mean + std * std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2));
+                v = static_cast<float>(e.mean + e.std * std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2));
             }
-            const auto at = static_cast<std::size_t>(i) * dtypeSize(m_dtype);
+        }
+        if (fp8.enabled) {
+            writeFp8(e, fp8, values);
+            return;
+        }
+        std::vector<std::byte> buf(static_cast<std::size_t>(count) * dtypeSize(m_dtype));
+        for (std::size_t i = 0; i < values.size(); ++i) {
+            const float v = values[i];
+            const std::size_t at = i * dtypeSize(m_dtype);
             if (m_dtype == DType::F32) {
                 std::memcpy(buf.data() + at, &v, 4);
             } else {
@@ -68,21 +95,43 @@ public:
                 std::memcpy(buf.data() + at, &h, 2);
             }
         }
-        m_writer.write(name, buf);
+        m_writer.write(e.name, buf);
     }
 
 private:
+    void writeFp8(const Entry& e, const Fp8Quantization& fp8, const std::vector<float>& values)
+    {
+        const std::size_t n = e.shape.size();
+        const int64_t rows = e.shape[n - 2], cols = e.shape[n - 1];
+        const std::vector<int64_t> grid = fp8ScaleShape(e.shape, fp8);
+        const int64_t perMatrix = grid[n - 2] * grid[n - 1];
+        const int64_t matrices = static_cast<int64_t>(values.size()) / std::max<int64_t>(1, rows * cols);
+        std::vector<std::byte> bytes(values.size());
+        std::vector<float> scales(static_cast<std::size_t>(matrices * perMatrix));
+        for (int64_t m = 0; m < matrices; ++m)
+            quantizeFp8(values.data() + m * rows * cols, rows, cols, fp8.blockRows, fp8.blockCols,
+                reinterpret_cast<uint8_t*>(bytes.data()) + m * rows * cols, scales.data() + m * perMatrix);
+        m_writer.write(e.name, bytes);
+        m_writer.write(fp8ScaleName(e.name), std::as_bytes(std::span<const float>(scales)));
+    }
+
     CheckpointWriter& m_writer;
     DType m_dtype;
     Rng m_rng;
 };
 
-struct Entry {
-    std::string name;
-    std::vector<int64_t> shape;
-    double mean;
-    double std;
-};
+// The FP8 block-scaled weights of a generated model: the decoder layers' matrices but the router, Qwen's
+// shared-expert gate ([1, H]) and Qwen3.5's linear attention (options.fp8).
+Fp8Quantization fp8Of(const RandomModelOptions& o, const Entry& e)
+{
+    Fp8Quantization q;
+    const auto has = [&](const char* part) { return e.name.find(part) != std::string::npos; };
+    q.enabled = o.fp8 && e.name.starts_with("model.layers.") && e.shape.size() >= 2 && !has("mlp.gate.weight")
+        && !has("block_sparse_moe.gate.weight") && !has("shared_expert_gate") && !has("linear_attn.");
+    q.blockRows = o.fp8BlockRows;
+    q.blockCols = o.fp8BlockCols;
+    return q;
+}
 
 bool isMoeLayer(const RandomModelOptions& o, int layer)
 {
@@ -224,6 +273,9 @@ std::string randomModelConfig(const RandomModelOptions& o)
     c["tie_word_embeddings"] = false;
     c["num_experts_per_tok"] = o.topK;
     c["torch_dtype"] = o.dtype == DType::F32 ? "float32" : o.dtype == DType::BF16 ? "bfloat16" : "float16";
+    if (o.fp8)
+        c["quantization_config"] = { { "quant_method", "fp8" }, { "fmt", "e4m3" }, { "activation_scheme", "dynamic" },
+            { "weight_block_size", { o.fp8BlockRows, o.fp8BlockCols } } };
     switch (o.arch) {
     case Architecture::Mixtral:
         c["architectures"] = { "MixtralForCausalLM" };
@@ -312,6 +364,11 @@ void writeRandomModel(const RandomModelOptions& o, const std::filesystem::path& 
             "key heads");
     if (o.dtype != DType::F32 && o.dtype != DType::BF16 && o.dtype != DType::F16)
         throw InputError("random models are written in F32, BF16 or F16");
+    if (o.fp8 && o.arch == Architecture::GptOss)
+        throw InputError("gpt_oss: FP8 block-scaled weights are not generated (its hub experts are MXFP4)");
+    if (o.fp8 && (o.fp8BlockRows <= 0 || o.fp8BlockCols <= 0))
+        throw InputError("FP8 block size " + std::to_string(o.fp8BlockRows) + " x " + std::to_string(o.fp8BlockCols)
+            + " (expected two positive integers)");
     CheckpointWriterOptions wo;
     wo.maxShardBytes = o.maxShardBytes;
     wo.overwrite = overwrite;
@@ -320,13 +377,9 @@ void writeRandomModel(const RandomModelOptions& o, const std::filesystem::path& 
     const std::vector<Entry> tensors = tensorList(o);
     TensorFactory factory(writer, o.dtype, o.seed);
     for (const Entry& e : tensors)
-        factory.declare(e.name, e.shape);
-    for (const Entry& e : tensors) {
-        int64_t n = 1;
-        for (int64_t d : e.shape)
-            n *= d;
-        factory.write(e.name, n, e.mean, e.std);
-    }
+        factory.declare(e, fp8Of(o, e));
+    for (const Entry& e : tensors)
+        factory.write(e, fp8Of(o, e));
     writer.finish();
 }
 

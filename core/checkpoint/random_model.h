@@ -35,6 +35,13 @@ struct RandomModelOptions {
     int64_t linearConvKernel = 4;
     int64_t vocabSize = 1024;
     DType dtype = DType::F32; // F32, BF16 or F16
+    // FP8 block-scaled weights (checkpoint/fp8.h, DeepSeek-V3's hub form): every matrix of the decoder layers but
+    // the router (and Qwen's shared-expert gate, and Qwen3.5's linear attention) stored F8_E4M3 with a float32
+    // `_scale_inv` per fp8BlockRows x fp8BlockCols block (partial blocks at the edges), and config.json's
+    // quantization_config; the rest in `dtype`. Not for gpt_oss (its hub experts are MXFP4).
+    bool fp8 = false;
+    int64_t fp8BlockRows = 128;
+    int64_t fp8BlockCols = 128;
     bool fusedExperts = false; // transformers v5 fused layout instead of the hub's per-expert one
     bool normTopkProb = true;
     double initStd = 0.02;

@@ -1,5 +1,6 @@
 #include "checkpoint/tensor_layout.h"
 
+#include "checkpoint/fp8.h"
 #include "util/error.h"
 
 namespace moeatlas {
@@ -242,13 +243,33 @@ void TensorLayout::validate(const Checkpoint& checkpoint) const
     for (int l = 0; l < m_spec.numLayers; ++l)
         for (const ExpectedTensor& e : layerTensors(l))
             check(e);
+    validateFp8Tensors(checkpoint, m_spec, embedName());
 }
 
 uint64_t TensorLayout::layerBytes(const Checkpoint& checkpoint, int layer) const
 {
     uint64_t total = 0;
-    for (const ExpectedTensor& e : layerTensors(layer))
+    for (const ExpectedTensor& e : layerTensors(layer)) {
         total += checkpoint.info(e.name).byteSize();
+        if (isFp8Scaled(checkpoint, m_spec, e.name) && checkpoint.contains(fp8ScaleName(e.name)))
+            total += checkpoint.info(fp8ScaleName(e.name)).byteSize();
+    }
+    return total;
+}
+
+uint64_t TensorLayout::layerValues(int layer) const
+{
+    uint64_t total = 0;
+    for (const ExpectedTensor& e : layerTensors(layer)) {
+        uint64_t n = 1;
+        for (const int64_t d : e.shape)
+            n *= static_cast<uint64_t>(d);
+        if (m_mxfp4 && e.name.ends_with("_blocks"))
+            n *= 2; // two E2M1 values per byte
+        else if (m_mxfp4 && e.name.ends_with("_scales"))
+            n = 0;
+        total += n;
+    }
     return total;
 }
 

@@ -54,10 +54,14 @@ public:
     std::vector<ExpectedTensor> globalTensors() const;
 
     // Checks that every expected tensor exists, has the expected shape and a floating-point
-    // dtype; throws InputError naming the shard file, the tensor, and both shapes.
+    // dtype, and that FP8 block-scaled weights have their scales (checkpoint/fp8.h); throws
+    // InputError naming the shard file, the tensor, and both shapes.
     void validate(const Checkpoint& checkpoint) const;
-    // Bytes of one layer's tensors in the checkpoint.
+    // Bytes of one layer's tensors in the checkpoint (FP8 block scales included).
     uint64_t layerBytes(const Checkpoint& checkpoint, int layer) const;
+    // Values of one layer's tensors once loaded (an FP8 or MXFP4 weight counts its decoded values,
+    // its scales none): times the compute dtype's size, the layer's memory in the engine.
+    uint64_t layerValues(int layer) const;
 
 private:
     void appendSelfAttention(std::vector<ExpectedTensor>& t, const std::string& layerPrefix) const;

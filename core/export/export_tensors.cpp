@@ -1,5 +1,6 @@
 #include "export/export_tensors.h"
 
+#include "checkpoint/fp8.h"
 #include "util/error.h"
 
 #include <algorithm>
@@ -266,6 +267,14 @@ std::vector<OutTensor> mapTensors(const Checkpoint& ckpt, const ModelSpec& spec,
                 return InputError(ckpt.fileOf(name).path().string() + ": tensor '" + name
                     + "' of the routed experts cannot be sliced to intermediate units");
             };
+            if (kind != ExportKind::Experts && startsWith(name, experts)
+                && (isFp8Scaled(ckpt, spec, name) || (spec.fp8.enabled && isFp8ScaleName(name))))
+                // Kept units rarely fill whole scale blocks, and re-quantizing would change the model (decision 55).
+                throw InputError(ckpt.fileOf(name).path().string() + ": tensor '" + name
+                    + "' is FP8 block-scaled (quantization_config.weight_block_size ["
+                    + std::to_string(spec.fp8.blockRows) + ", " + std::to_string(spec.fp8.blockCols)
+                    + "]): cutting experts to intermediate units would split its scale blocks; export expert "
+                      "pruning only, or dequantize the checkpoint first");
             if (perExpert) {
                 const std::size_t dot = name.find('.', experts.size());
                 const int e = std::stoi(name.substr(experts.size(), dot - experts.size()));

@@ -1,5 +1,6 @@
 #include "model/layer_weights.h"
 
+#include "checkpoint/fp8.h"
 #include "checkpoint/mxfp4.h"
 #include "util/error.h"
 
@@ -44,47 +45,6 @@ c10::ScalarType scalarTypeOf(DType t)
     return c10::kFloat;
 }
 
-// FP8 decoding tables (OCP formats as torch.float8_e4m3fn / float8_e5m2 define them);
-// LibTorch 1.13 has no float8 type, so these tensors are widened to float32 here.
-float decodeE4M3(uint8_t v)
-{
-    const int sign = v >> 7, exp = (v >> 3) & 0xF, man = v & 0x7;
-    float mag;
-    if (exp == 0xF && man == 0x7)
-        mag = NAN;
-    else if (exp == 0)
-        mag = std::ldexp(static_cast<float>(man) / 8.0f, -6);
-    else
-        mag = std::ldexp(1.0f + static_cast<float>(man) / 8.0f, exp - 7);
-    return sign ? -mag : mag;
-}
-
-float decodeE5M2(uint8_t v)
-{
-    const int sign = v >> 7, exp = (v >> 2) & 0x1F, man = v & 0x3;
-    float mag;
-    if (exp == 0x1F)
-        mag = man ? NAN : INFINITY;
-    else if (exp == 0)
-        mag = std::ldexp(static_cast<float>(man) / 4.0f, -14);
-    else
-        mag = std::ldexp(1.0f + static_cast<float>(man) / 4.0f, exp - 15);
-    return sign ? -mag : mag;
-}
-
-const std::array<float, 256>& fp8Table(DType t)
-{
-    static const auto build = [](float (*decode)(uint8_t)) {
-        std::array<float, 256> table {};
-        for (int i = 0; i < 256; ++i)
-            table[static_cast<std::size_t>(i)] = decode(static_cast<uint8_t>(i));
-        return table;
-    };
-    static const std::array<float, 256> e4m3 = build(decodeE4M3);
-    static const std::array<float, 256> e5m2 = build(decodeE5M2);
-    return t == DType::F8_E4M3 ? e4m3 : e5m2;
-}
-
 } // namespace
 
 at::Tensor tensorFromBytes(
@@ -95,7 +55,7 @@ at::Tensor tensorFromBytes(
         for (int64_t d : shape)
             n *= d;
         at::Tensor wide = at::empty(shape, at::TensorOptions().dtype(c10::kFloat));
-        const auto& table = fp8Table(dtype);
+        const auto& table = dtype == DType::F8_E4M3 ? e4m3Table() : e5m2Table();
         const auto* src = static_cast<const uint8_t*>(data);
         float* dst = wide.data_ptr<float>();
         for (int64_t i = 0; i < n; ++i)
@@ -124,6 +84,8 @@ at::Tensor WeightLoader::load(const std::string& name, const std::vector<int64_t
     if (info.shape != shape) // validated up front; this guards the loader's own bookkeeping
         throw InputError(m_ckpt.fileOf(name).path().string() + ": tensor '" + name + "' has shape "
             + formatShape(info.shape) + ", expected " + formatShape(shape));
+    if (isFp8Scaled(m_ckpt, m_spec, name))
+        return loadFp8(name, shape);
     at::Tensor t = tensorFromBytes(m_ckpt.bytes(name).data(), info.dtype, shape, m_opt.dtype, m_opt.device);
     if (m_opt.releaseSourcePages)
         m_ckpt.release(name);
@@ -229,6 +191,34 @@ at::Tensor WeightLoader::loadMxfp4(const std::string& name, int64_t experts, int
     if (m_opt.releaseSourcePages) {
         m_ckpt.release(blocksName);
         m_ckpt.release(scalesName);
+    }
+    return out;
+}
+
+at::Tensor WeightLoader::loadFp8(const std::string& name, const std::vector<int64_t>& shape) const
+{
+    // Validated up front (validateFp8Tensors: F32 scales of the block grid's shape).
+    const std::string scaleName = fp8ScaleName(name);
+    const auto* bytes = reinterpret_cast<const uint8_t*>(m_ckpt.bytes(name).data());
+    const auto* scales = reinterpret_cast<const float*>(m_ckpt.bytes(scaleName).data());
+    const int64_t rows = shape[shape.size() - 2], cols = shape.back();
+    const std::vector<int64_t> grid = fp8ScaleShape(shape, m_spec.fp8);
+    const int64_t matrixScales = grid[grid.size() - 2] * grid.back();
+    int64_t matrices = 1;
+    for (std::size_t d = 0; d + 2 < shape.size(); ++d)
+        matrices *= shape[d];
+    at::Tensor out = at::empty(shape, at::TensorOptions().dtype(m_opt.dtype).device(m_opt.device));
+    const at::Tensor flat = out.view({ matrices, rows, cols });
+    // One matrix (one expert of a fused tensor) at a time: a float32 buffer of one matrix.
+    at::Tensor buffer = at::empty({ rows, cols }, at::kFloat);
+    for (int64_t m = 0; m < matrices; ++m) {
+        dequantizeFp8(bytes + m * rows * cols, scales + m * matrixScales, rows, cols, m_spec.fp8.blockRows,
+            m_spec.fp8.blockCols, buffer.data_ptr<float>());
+        flat[m].copy_(buffer);
+    }
+    if (m_opt.releaseSourcePages) {
+        m_ckpt.release(name);
+        m_ckpt.release(scaleName);
     }
     return out;
 }
@@ -379,7 +369,7 @@ void WeightLoader::loadSelfAttention(const std::string& p, LayerWeights& w) cons
 {
     const ModelSpec& s = m_spec;
     const int64_t H = s.hiddenSize, hd = s.headDim;
-    const int64_t qRows = int64_t{ s.attnOutputGate ? 2 : 1 } * s.numHeads * hd;
+    const int64_t qRows = int64_t { s.attnOutputGate ? 2 : 1 } * s.numHeads * hd;
     w.q = loadLinear(p + "self_attn.q_proj", qRows, H, s.qkvBias);
     w.k = loadLinear(p + "self_attn.k_proj", s.numKvHeads * hd, H, s.qkvBias);
     w.v = loadLinear(p + "self_attn.v_proj", s.numKvHeads * hd, H, s.qkvBias);

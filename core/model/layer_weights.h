@@ -107,6 +107,8 @@ public:
 
 private:
     at::Tensor load(const std::string& name, const std::vector<int64_t>& shape) const;
+    // An FP8 block-scaled weight (checkpoint/fp8.h) dequantized matrix by matrix into the compute dtype.
+    at::Tensor loadFp8(const std::string& name, const std::vector<int64_t>& shape) const;
     // Converts the tensor straight into `destination` (a slice of a fused buffer), no temporary.
     void loadInto(const std::string& name, const at::Tensor& destination) const;
     Linear loadLinear(const std::string& prefix, int64_t out, int64_t in, bool bias) const;

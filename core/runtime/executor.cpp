@@ -227,11 +227,6 @@ struct Executor::Impl {
         });
     }
 
-    uint64_t computeBytes(uint64_t sourceBytes, DType sourceType) const
-    {
-        return sourceBytes / dtypeSize(sourceType) * c10::elementSize(dtype);
-    }
-
     // Refuses a run whose planned peak exceeds the memory budget, before any work.
     uint64_t memoryBudget() const
     {
@@ -309,10 +304,11 @@ uint64_t Executor::plannedForwardBytes(int64_t numTokens, int64_t longestSequenc
 {
     const ModelSpec& s = m_impl->spec;
     const uint64_t es = c10::elementSize(m_impl->dtype);
-    const DType src = m_impl->ckpt.info(m_impl->loader.layout().finalNormName()).dtype;
+    // A layer occupies its values in the compute dtype, whatever the checkpoint stores (FP8 and MXFP4 weights
+    // decode to more bytes than they map).
     uint64_t maxLayer = 0;
     for (int l = 0; l < s.numLayers; ++l)
-        maxLayer = std::max(maxLayer, m_impl->computeBytes(m_impl->loader.layerBytes(l), src));
+        maxLayer = std::max(maxLayer, m_impl->loader.layout().layerValues(l) * es);
     const uint64_t H = static_cast<uint64_t>(s.hiddenSize);
     const uint64_t T = static_cast<uint64_t>(numTokens);
     const uint64_t B = static_cast<uint64_t>(std::min<int64_t>(m_impl->options.batchTokens, numTokens));
