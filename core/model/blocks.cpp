@@ -687,6 +687,8 @@ at::Tensor moeForward(
     }
     if (w.sharedExpertGate.defined())
         out = out + at::sigmoid(at::linear(x, w.sharedExpertGate)) * denseMlp(w, x);
+    else if (w.mlpGate.weight.defined()) // glm4_moe: shared experts added ungated
+        out = out + denseMlp(w, x);
 
     if (record) {
         record->logits = logits32.to(at::kCPU).contiguous();
