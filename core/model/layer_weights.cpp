@@ -387,7 +387,7 @@ void WeightLoader::loadSelfAttention(const std::string& p, LayerWeights& w) cons
 {
     const ModelSpec& s = m_spec;
     const int64_t H = s.hiddenSize, hd = s.headDim;
-    const int64_t qRows = (s.attnOutputGate ? 2 : 1) * s.numHeads * hd;
+    const int64_t qRows = int64_t { s.attnOutputGate ? 2 : 1 } * s.numHeads * hd;
     w.q = loadLinear(p + "self_attn.q_proj", qRows, H, s.qkvBias);
     w.k = loadLinear(p + "self_attn.k_proj", s.numKvHeads * hd, H, s.qkvBias);
     w.v = loadLinear(p + "self_attn.v_proj", s.numKvHeads * hd, H, s.qkvBias);
