@@ -234,7 +234,12 @@ RoutingRule exportRoutingRule(const fs::path& sourceDir, const std::string& text
 {
     const Checkpoint ckpt(sourceDir);
     const ModelSpec spec = parseModelSpec(ckpt.config(), (sourceDir / "config.json").string());
-    return parseRoutingRule(text, spec.router.numExperts, spec.router.topK);
+    RoutingRule rule = parseRoutingRule(text, spec.router.numExperts, spec.router.topK);
+    if (spec.router.sigmoid() && !rule.fixed())
+        throw RequestError("routing",
+            "routing rule '" + text + "' gives each token its own k from softmax probabilities; " + spec.modelType
+                + "'s sigmoid router takes 'model' or 'top-k:K' (docs/decisions.md, 52)");
+    return rule;
 }
 
 ExportResult exportCheckpoint(
