@@ -85,6 +85,11 @@ int runInspect(const InspectArgs& a)
         j["num_experts"] = spec.router.numExperts;
         j["top_k"] = spec.router.topK;
         j["norm_topk_prob"] = spec.router.normTopkProb;
+        j["router"] = spec.router.sigmoid() ? "sigmoid" : "softmax";
+        if (spec.router.sigmoid())
+            j["router_groups"] = { { "n_group", spec.router.numGroups }, { "topk_group", spec.router.topkGroup },
+                { "routed_scaling_factor", spec.router.scalingFactor },
+                { "e_score_correction_bias", spec.router.correctionBias } };
         j["hidden_size"] = spec.hiddenSize;
         j["moe_intermediate_size"] = spec.moeIntermediate;
         j["shared_expert_intermediate_size"] = spec.sharedIntermediate;
@@ -110,11 +115,18 @@ int runInspect(const InspectArgs& a)
         ckpt.shardPaths().size() == 1 ? "" : "s");
     std::printf("architecture    %s\n", spec.modelType.c_str());
     std::printf("layers          %d (%d MoE): %s\n", spec.numLayers, spec.numMoeLayers(), layerPattern(spec).c_str());
-    std::printf("experts         %d routed per MoE layer, top-%d, %s%s\n", spec.router.numExperts, spec.router.topK,
-        spec.router.softmaxAfterTopk   ? "softmax over the top-k logits (router bias)"
-            : spec.router.normTopkProb ? "top-k weights renormalised"
-                                       : "top-k weights not renormalised",
-        spec.sharedIntermediate > 0 ? ", 1 shared expert (sigmoid gate)" : "");
+    const RouterSpec& r = spec.router;
+    const std::string sigmoidRouter = "sigmoid scores, selection bias, top-" + std::to_string(r.topkGroup) + " of "
+        + std::to_string(r.numGroups) + " groups, weights " + (r.normTopkProb ? "renormalised" : "not renormalised")
+        + " x " + std::to_string(r.scalingFactor);
+    std::printf("experts         %d routed per MoE layer, top-%d, %s%s\n", r.numExperts, r.topK,
+        r.sigmoid()              ? sigmoidRouter.c_str()
+            : r.softmaxAfterTopk ? "softmax over the top-k logits (router bias)"
+            : r.normTopkProb     ? "top-k weights renormalised"
+                                 : "top-k weights not renormalised",
+        spec.sharedIntermediate == 0 ? ""
+            : spec.sharedExpertGate  ? ", 1 shared expert (sigmoid gate)"
+                                     : ", shared experts (no gate)");
     std::printf("hidden          %lld, heads %d (kv %d) x %lld, expert width %lld\n",
         static_cast<long long>(spec.hiddenSize), spec.numHeads, spec.numKvHeads, static_cast<long long>(spec.headDim),
         static_cast<long long>(spec.moeIntermediate));

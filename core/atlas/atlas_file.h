@@ -27,6 +27,15 @@ struct AtlasModelInfo {
     int topK = 0;
     int64_t hiddenSize = 0;
     std::string configJson; // the whole config.json, verbatim
+    // How the router scores its logits: "softmax" or "sigmoid" (the DeepSeek-style router of glm4_moe); with
+    // "sigmoid", the group-limited selection's settings and every MoE layer's e_score_correction_bias
+    // ([moeLayers.size()][numExperts], empty when the router has none). Atlases without them are softmax.
+    std::string router = "softmax";
+    int routerGroups = 1; // n_group
+    int routerTopkGroup = 1; // topk_group
+    bool routerNormTopkProb = false;
+    double routerScalingFactor = 1.0; // routed_scaling_factor
+    std::vector<std::vector<float>> correctionBias;
 };
 
 struct AtlasDomain {

@@ -126,6 +126,21 @@ void writeModel(hid_t file, const AtlasModelInfo& model)
     writeVector(g, "moe_layers", H5T_STD_I32LE, moeLayers);
     // A dataset rather than an attribute: config.json may outgrow an object header.
     h5::writeScalarString(g, "config_json", model.configJson);
+    h5::writeAttribute(g, "router", model.router);
+    if (model.router == "sigmoid") {
+        h5::writeAttribute(g, "router_n_group", int64_t { model.routerGroups });
+        h5::writeAttribute(g, "router_topk_group", int64_t { model.routerTopkGroup });
+        h5::writeAttribute(g, "router_norm_topk_prob", int64_t { model.routerNormTopkProb ? 1 : 0 });
+        h5::writeAttribute(g, "router_scaling_factor", model.routerScalingFactor);
+    }
+    if (!model.correctionBias.empty()) {
+        std::vector<float> flat;
+        for (const std::vector<float>& row : model.correctionBias)
+            flat.insert(flat.end(), row.begin(), row.end());
+        h5::Dataset bias = h5::createDataset(g, "router_correction_bias", H5T_IEEE_F32LE,
+            { model.correctionBias.size(), static_cast<std::size_t>(model.numExperts) });
+        h5::writeAll(bias.id(), h5::nativeType<float>(), flat.data());
+    }
 }
 
 AtlasModelInfo readModel(hid_t file)
@@ -144,6 +159,28 @@ AtlasModelInfo readModel(hid_t file)
     for (int32_t layer : h5::readVector<int32_t>(moeLayers.id()))
         model.moeLayers.push_back(layer);
     model.configJson = h5::readScalarString(g, "config_json");
+    // Optional (atlases written before the sigmoid router): softmax.
+    if (h5::hasAttribute(g, "router"))
+        model.router = h5::readStringAttribute(g, "router");
+    if (model.router != "softmax" && model.router != "sigmoid")
+        h5::failRead(g, "router", "is '" + model.router + "' (expected softmax or sigmoid)");
+    if (model.router == "sigmoid") {
+        model.routerGroups = readIntAttribute(g, "router_n_group");
+        model.routerTopkGroup = readIntAttribute(g, "router_topk_group");
+        model.routerNormTopkProb = readIntAttribute(g, "router_norm_topk_prob") != 0;
+        model.routerScalingFactor = h5::readDoubleAttribute(g, "router_scaling_factor");
+    }
+    if (h5::exists(g, "router_correction_bias")) {
+        h5::Dataset bias = h5::openDataset(g, "router_correction_bias");
+        const std::vector<float> flat = h5::readVector<float>(bias.id());
+        const std::size_t E = model.numExperts > 0 ? static_cast<std::size_t>(model.numExperts) : 1;
+        if (flat.size() != model.moeLayers.size() * E)
+            h5::failRead(g, "router_correction_bias",
+                "holds " + std::to_string(flat.size()) + " values, expected moe_layers x num_experts");
+        for (std::size_t i = 0; i < model.moeLayers.size(); ++i)
+            model.correctionBias.emplace_back(flat.begin() + static_cast<std::ptrdiff_t>(i * E),
+                flat.begin() + static_cast<std::ptrdiff_t>((i + 1) * E));
+    }
     if (model.moeLayers.empty() || model.numExperts <= 0 || model.topK <= 0 || model.topK > model.numExperts)
         h5::failRead(g, "", "inconsistent model description (moe_layers, num_experts, top_k)");
     return model;

@@ -1,5 +1,6 @@
 #include "checkpoint/hf_config.h"
 
+#include "checkpoint/config_reader.h"
 #include "checkpoint/fp8.h"
 #include "util/error.h"
 
@@ -12,108 +13,6 @@ namespace moeatlas {
 namespace {
 
 using nlohmann::json;
-
-// Typed access to config fields with messages that name the file and the field.
-class ConfigReader {
-public:
-    ConfigReader(const json& j, std::string source)
-        : m_json(j)
-        , m_source(std::move(source))
-    {
-    }
-
-    bool has(const char* key) const { return m_json.contains(key) && !m_json.at(key).is_null(); }
-
-    int64_t integer(const char* key) const
-    {
-        if (!has(key))
-            fail(key, "is missing (expected an integer)");
-        return integerAt(m_json.at(key), key);
-    }
-    int64_t integer(const char* key, int64_t fallback) const { return has(key) ? integer(key) : fallback; }
-
-    // The first of several spellings that is present (hub configs and transformers v5 differ,
-    // e.g. num_experts vs num_local_experts); must be > 0.
-    int64_t positiveAnyOf(std::initializer_list<const char*> keys) const
-    {
-        for (const char* k : keys)
-            if (has(k))
-                return positive(k);
-        std::string names;
-        for (const char* k : keys)
-            names += (names.empty() ? "'" : " or '") + std::string(k) + "'";
-        throw InputError(m_source + ": field " + names + " is missing (expected an integer)");
-    }
-
-    int64_t positive(const char* key) const
-    {
-        const int64_t v = integer(key);
-        if (v <= 0)
-            fail(key, "must be > 0, got " + std::to_string(v));
-        return v;
-    }
-
-    double number(const char* key, double fallback) const
-    {
-        if (!has(key))
-            return fallback;
-        const json& v = m_json.at(key);
-        if (!v.is_number())
-            fail(key, "must be a number, got " + v.dump());
-        return v.get<double>();
-    }
-
-    bool boolean(const char* key, bool fallback) const
-    {
-        if (!has(key))
-            return fallback;
-        const json& v = m_json.at(key);
-        if (!v.is_boolean())
-            fail(key, "must be true or false, got " + v.dump());
-        return v.get<bool>();
-    }
-
-    std::string string(const char* key, const std::string& fallback) const
-    {
-        if (!has(key))
-            return fallback;
-        const json& v = m_json.at(key);
-        if (!v.is_string())
-            fail(key, "must be a string, got " + v.dump());
-        return v.get<std::string>();
-    }
-
-    std::vector<int64_t> integerList(const char* key) const
-    {
-        std::vector<int64_t> out;
-        if (!has(key))
-            return out;
-        const json& v = m_json.at(key);
-        if (!v.is_array())
-            fail(key, "must be a list of integers, got " + v.dump());
-        for (const json& e : v)
-            out.push_back(integerAt(e, key));
-        return out;
-    }
-
-    [[noreturn]] void fail(const std::string& key, const std::string& what) const
-    {
-        throw InputError(m_source + ": field '" + key + "' " + what);
-    }
-
-    const json& raw() const { return m_json; }
-
-private:
-    int64_t integerAt(const json& v, const char* key) const
-    {
-        if (!v.is_number_integer())
-            fail(key, "must be an integer, got " + v.dump());
-        return v.get<int64_t>();
-    }
-
-    const json& m_json;
-    std::string m_source;
-};
 
 Architecture architectureOf(const std::string& modelType, const std::string& source)
 {
@@ -129,9 +28,16 @@ Architecture architectureOf(const std::string& modelType, const std::string& sou
         return Architecture::GptOss;
     if (modelType == "qwen3_5_moe" || modelType == "qwen3_5_moe_text")
         return Architecture::Qwen3_5Moe;
+    if (modelType == "glm4_moe")
+        return Architecture::Glm4Moe;
+    if (modelType == "deepseek_v3" || modelType == "deepseek_v2")
+        throw InputError(source + ": field 'model_type' is '" + modelType
+            + "': its multi-head latent attention (MLA) is not implemented yet; the engine runs the same router "
+              "in glm4_moe checkpoints (supported: mixtral, qwen2_moe, qwen3_moe, olmoe, gpt_oss, qwen3_5_moe, "
+              "glm4_moe)");
     throw InputError(source + ": field 'model_type' is '" + modelType
         + "', which MoE Atlas does not support (supported: mixtral, qwen2_moe, "
-          "qwen3_moe, olmoe, gpt_oss, qwen3_5_moe)");
+          "qwen3_moe, olmoe, gpt_oss, qwen3_5_moe, glm4_moe)");
 }
 
 // The architectures other than Qwen3.5-MoE rotate the whole head (their attention, like transformers',
@@ -416,6 +322,8 @@ const char* architectureName(Architecture a)
         return "gpt_oss";
     case Architecture::Qwen3_5Moe:
         return "qwen3_5_moe";
+    case Architecture::Glm4Moe:
+        return "glm4_moe";
     }
     return "?";
 }
@@ -469,8 +377,13 @@ ModelSpec parseModelSpec(const json& config, const std::string& source)
         cfg.fail("hidden_act", "is '" + s.hiddenAct + "' (only silu is supported)");
     s.tieWordEmbeddings = cfg.boolean("tie_word_embeddings", false);
     s.torchDtype = cfg.string("dtype", cfg.string("torch_dtype", ""));
-    s.rope = s.arch == Architecture::Qwen3_5Moe ? parseRope(cfg, source, 0.25, /*partialAllowed=*/true)
-                                                : parseRope(cfg, source);
+    // Partial rotary: Qwen3.5-MoE (default 0.25) and glm4_moe (Glm4MoeConfig's default 0.5).
+    if (s.arch == Architecture::Qwen3_5Moe)
+        s.rope = parseRope(cfg, source, 0.25, /*partialAllowed=*/true);
+    else if (s.arch == Architecture::Glm4Moe)
+        s.rope = parseRope(cfg, source, 0.5, /*partialAllowed=*/true);
+    else
+        s.rope = parseRope(cfg, source);
     s.router.topK = static_cast<int>(cfg.positive("num_experts_per_tok"));
 
     // Which decoder layers are MoE, and the widths.
@@ -522,6 +435,9 @@ ModelSpec parseModelSpec(const json& config, const std::string& source)
     case Architecture::GptOss:
         parseGptOss(cfg, s);
         break;
+    case Architecture::Glm4Moe:
+        parseGlm4Moe(cfg, s); // also its layers: the first first_k_dense_replace are dense
+        break;
     }
     if (s.router.topK > s.router.numExperts)
         cfg.fail("num_experts_per_tok",
@@ -544,7 +460,7 @@ ModelSpec parseModelSpec(const json& config, const std::string& source)
         layerTypes = qwen35LayerTypes(cfg, s.numLayers);
     const int64_t maxWindowLayers = cfg.integer("max_window_layers", s.numLayers);
     s.layers.resize(s.numLayers);
-    for (int i = 0; i < s.numLayers; ++i) {
+    for (int i = 0; i < s.numLayers && s.arch != Architecture::Glm4Moe; ++i) {
         LayerSpec& l = s.layers[i];
         l.moe = std::find(mlpOnly.begin(), mlpOnly.end(), i) == mlpOnly.end() && (i + 1) % sparseStep == 0;
         if (!l.moe)

@@ -10,7 +10,7 @@
 
 namespace moeatlas {
 
-enum class Architecture { Mixtral, Qwen2Moe, Qwen3Moe, Olmoe, GptOss, Qwen3_5Moe };
+enum class Architecture { Mixtral, Qwen2Moe, Qwen3Moe, Olmoe, GptOss, Qwen3_5Moe, Glm4Moe };
 
 // How q/k are normalised before RoPE.
 enum class QkNorm {
@@ -19,8 +19,16 @@ enum class QkNorm {
     Full, // OLMoE: RMSNorm over the whole projection, weight [heads * head_dim]
 };
 
-// How the router turns logits into expert weights. All four current architectures use
-// softmax over all experts, then top-k, then optionally renormalise the k weights.
+// How a router turns its logits into scores: softmax over all experts (Mixtral, Qwen, OLMoE, gpt_oss) or
+// an independent sigmoid per expert (the DeepSeek family: glm4_moe, deepseek_v3).
+enum class RouterScore { Softmax, Sigmoid };
+
+// How the router turns logits into expert weights. The softmax routers: softmax over all experts, then
+// top-k, then optionally renormalise the k weights. The DeepSeek-style sigmoid router (score ==
+// Sigmoid; core/checkpoint/group_router.h is its plain reference): s = sigmoid(logits) in fp32, the
+// choice scores s + e_score_correction_bias pick the experts (group-limited: the topkGroup groups of
+// largest top-2 sums, the others masked), the weights are the UNBIASED s of the chosen experts,
+// renormalised when normTopkProb (sum + 1e-20), times scalingFactor.
 struct RouterSpec {
     int numExperts = 0;
     int topK = 0;
@@ -30,6 +38,15 @@ struct RouterSpec {
     // renormalise (normTopkProb is set too), up to rounding.
     bool bias = false;
     bool softmaxAfterTopk = false;
+    // The DeepSeek-style router (glm4_moe; deepseek_v3 reuses it): the logits are computed in fp32 from the
+    // fp32-cast weights whatever the compute dtype, and the weights stay fp32 until they scale the expert outputs.
+    RouterScore score = RouterScore::Softmax;
+    int numGroups = 1; // n_group: the experts split into equal consecutive groups
+    int topkGroup = 1; // topk_group: groups a token may route into
+    bool correctionBias = false; // "...gate.e_score_correction_bias" [E], added for selection only
+    double scalingFactor = 1.0; // routed_scaling_factor
+    bool sigmoid() const { return score == RouterScore::Sigmoid; }
+    int groupSize() const { return numGroups > 0 ? numExperts / numGroups : numExperts; }
 };
 
 // Rotary position embedding, as transformers' rope_parameters / rope_scaling describe it.
@@ -109,6 +126,9 @@ struct ModelSpec {
     int64_t moeIntermediate = 0; // width of every routed expert
     int64_t sharedIntermediate = 0; // Qwen2-MoE shared expert width; 0 = no shared expert
     bool sharedExpertGate = false; // Qwen2-MoE: sigmoid(Linear(H, 1)) scales the shared expert
+    // glm4_moe / deepseek_v3: the shared expert lives under "mlp.shared_experts." (Qwen: "mlp.shared_expert."),
+    // width moe_intermediate_size * n_shared_experts, no gate.
+    bool sharedExpertsPlural = false;
 
     // gpt_oss: learned per-head attention sinks (one logit per head joins each softmax and is dropped
     // after), expert biases, gate/up interleaved on the checkpoint's last dimension (even = gate), the

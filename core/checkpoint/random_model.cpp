@@ -135,6 +135,8 @@ Fp8Quantization fp8Of(const RandomModelOptions& o, const Entry& e)
 
 bool isMoeLayer(const RandomModelOptions& o, int layer)
 {
+    if (o.arch == Architecture::Glm4Moe)
+        return layer >= o.firstDenseLayers;
     for (int l : o.mlpOnlyLayers)
         if (l == layer)
             return false;
@@ -214,7 +216,8 @@ std::vector<Entry> tensorList(const RandomModelOptions& o)
                 t.push_back({ m + "experts.down_proj_bias", { E, H }, 0.0, s });
                 continue;
             }
-            if (o.arch == Architecture::Qwen3Moe || o.arch == Architecture::Qwen3_5Moe) {
+            if (o.arch == Architecture::Qwen3Moe || o.arch == Architecture::Qwen3_5Moe
+                || o.arch == Architecture::Glm4Moe) {
                 t.push_back({ p + "self_attn.q_norm.weight", { hd }, normMean, 0.0 });
                 t.push_back({ p + "self_attn.k_norm.weight", { hd }, normMean, 0.0 });
             } else if (o.arch == Architecture::Olmoe) {
@@ -230,6 +233,8 @@ std::vector<Entry> tensorList(const RandomModelOptions& o)
         }
         const std::string m = p + (mixtral && !o.fusedExperts ? "block_sparse_moe." : "mlp.");
         t.push_back({ m + "gate.weight", { E, H }, 0.0, o.routerStd / std::sqrt(static_cast<double>(H)) });
+        if (o.arch == Architecture::Glm4Moe)
+            t.push_back({ m + "gate.e_score_correction_bias", { E }, 0.0, o.correctionBiasStd });
         if (o.fusedExperts) {
             t.push_back({ m + "experts.gate_up_proj", { E, 2 * I, H }, 0.0, s });
             t.push_back({ m + "experts.down_proj", { E, H, I }, 0.0, s });
@@ -247,6 +252,11 @@ std::vector<Entry> tensorList(const RandomModelOptions& o)
             t.push_back({ m + "shared_expert.up_proj.weight", { SI, H }, 0.0, s });
             t.push_back({ m + "shared_expert.down_proj.weight", { H, SI }, 0.0, s });
             t.push_back({ m + "shared_expert_gate.weight", { 1, H }, 0.0, s });
+        }
+        if (o.arch == Architecture::Glm4Moe) { // one shared expert (n_shared_experts 1), no gate
+            t.push_back({ m + "shared_experts.gate_proj.weight", { I, H }, 0.0, s });
+            t.push_back({ m + "shared_experts.up_proj.weight", { I, H }, 0.0, s });
+            t.push_back({ m + "shared_experts.down_proj.weight", { H, I }, 0.0, s });
         }
     }
     t.push_back({ "model.norm.weight", { H }, normMean, 0.0 });
@@ -326,6 +336,24 @@ std::string randomModelConfig(const RandomModelOptions& o)
                   { "beta_slow", 1.0 }, { "truncate", false }, { "original_max_position_embeddings", 4096 } };
         break;
     }
+    case Architecture::Glm4Moe:
+        c["architectures"] = { "Glm4MoeForCausalLM" };
+        c["n_routed_experts"] = o.numExperts;
+        c["n_shared_experts"] = 1;
+        c["moe_intermediate_size"] = o.moeIntermediate;
+        c["intermediate_size"] = o.denseIntermediate;
+        c["first_k_dense_replace"] = o.firstDenseLayers;
+        c["n_group"] = o.numGroups;
+        c["topk_group"] = o.topkGroup;
+        c["routed_scaling_factor"] = o.routedScalingFactor;
+        c["norm_topk_prob"] = o.normTopkProb;
+        c["use_qk_norm"] = true;
+        c["attention_bias"] = false;
+        c["num_nextn_predict_layers"] = 0;
+        c.erase("rope_theta");
+        c["rope_parameters"]
+            = { { "rope_type", "default" }, { "rope_theta", 10000.0 }, { "partial_rotary_factor", 0.5 } };
+        break;
     case Architecture::Qwen3_5Moe: {
         c["model_type"] = "qwen3_5_moe_text"; // the text-only checkpoint Qwen3_5MoeForCausalLM saves
         c["architectures"] = { "Qwen3_5MoeForCausalLM" };
@@ -362,6 +390,11 @@ void writeRandomModel(const RandomModelOptions& o, const std::filesystem::path& 
         throw InputError(
             "qwen3_5_moe: full-attention interval must be > 0 and the linear value heads a multiple of the "
             "key heads");
+    if (o.arch == Architecture::Glm4Moe
+        && (o.numGroups <= 0 || o.numExperts % o.numGroups != 0 || o.topkGroup <= 0 || o.topkGroup > o.numGroups
+            || o.firstDenseLayers < 0 || o.firstDenseLayers > o.numLayers || !o.mlpOnlyLayers.empty()))
+        throw InputError("glm4_moe: --groups must divide --experts, --topk-groups lie in 1..groups, --dense-layers in "
+                         "0..layers (and no mlp_only_layers)");
     if (o.dtype != DType::F32 && o.dtype != DType::BF16 && o.dtype != DType::F16)
         throw InputError("random models are written in F32, BF16 or F16");
     if (o.fp8 && o.arch == Architecture::GptOss)

@@ -33,6 +33,14 @@ struct RandomModelOptions {
     int64_t linearKeyHeadDim = 64;
     int64_t linearValueHeadDim = 64;
     int64_t linearConvKernel = 4;
+    // glm4_moe: the first firstDenseLayers layers dense (first_k_dense_replace), the sigmoid router's groups
+    // (n_group, topk_group), its scaling, one shared expert of moeIntermediate units, q/k norms, partial RoPE 0.5;
+    // e_score_correction_bias drawn N(0, correctionBiasStd).
+    int firstDenseLayers = 1;
+    int numGroups = 1;
+    int topkGroup = 1;
+    double routedScalingFactor = 1.0;
+    double correctionBiasStd = 0.05;
     int64_t vocabSize = 1024;
     DType dtype = DType::F32; // F32, BF16 or F16
     // FP8 block-scaled weights (checkpoint/fp8.h, DeepSeek-V3's hub form): every matrix of the decoder layers but

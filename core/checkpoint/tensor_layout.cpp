@@ -68,6 +68,16 @@ std::string TensorLayout::routerBiasName(int layer) const
     return moePrefix(layer) + "router.bias";
 }
 
+std::string TensorLayout::correctionBiasName(int layer) const
+{
+    return moePrefix(layer) + "gate.e_score_correction_bias";
+}
+
+std::string TensorLayout::sharedExpertPrefix(int layer) const
+{
+    return moePrefix(layer) + (m_spec.sharedExpertsPlural ? "shared_experts." : "shared_expert.");
+}
+
 std::string TensorLayout::expertName(int layer, int expert, ExpertProj proj) const
 {
     static const char* const mixtral[] = { "w1", "w3", "w2" };
@@ -170,6 +180,8 @@ void TensorLayout::appendMlp(std::vector<ExpectedTensor>& t, int layer) const
     t.push_back({ routerName(layer), { E, H } });
     if (s.router.bias)
         t.push_back({ routerBiasName(layer), { E } });
+    if (s.router.correctionBias)
+        t.push_back({ correctionBiasName(layer), { E } });
     if (s.arch == Architecture::GptOss) {
         const std::string gu = fusedGateUpName(layer), dn = fusedDownName(layer);
         if (m_mxfp4) {
@@ -204,12 +216,13 @@ void TensorLayout::appendMlp(std::vector<ExpectedTensor>& t, int layer) const
         }
     }
     if (s.sharedIntermediate > 0) {
-        const std::string m = moePrefix(layer);
+        const std::string m = moePrefix(layer), se = sharedExpertPrefix(layer);
         const int64_t SI = s.sharedIntermediate;
-        t.push_back({ m + "shared_expert.gate_proj.weight", { SI, H } });
-        t.push_back({ m + "shared_expert.up_proj.weight", { SI, H } });
-        t.push_back({ m + "shared_expert.down_proj.weight", { H, SI } });
-        t.push_back({ m + "shared_expert_gate.weight", { 1, H } });
+        t.push_back({ se + "gate_proj.weight", { SI, H } });
+        t.push_back({ se + "up_proj.weight", { SI, H } });
+        t.push_back({ se + "down_proj.weight", { H, SI } });
+        if (s.sharedExpertGate)
+            t.push_back({ m + "shared_expert_gate.weight", { 1, H } });
     }
 }
 

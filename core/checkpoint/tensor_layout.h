@@ -48,6 +48,10 @@ public:
     // interleaved) and "...experts.down_proj_bias" [E, H]. Its fused tensors are stored transposed:
     // gate_up_proj [E, H, 2I] (even columns gate, odd up), down_proj [E, I, H].
     std::string routerBiasName(int layer) const;
+    // The sigmoid router's selection bias (glm4_moe): "...mlp.gate.e_score_correction_bias" [E].
+    std::string correctionBiasName(int layer) const;
+    // The shared expert's projections: "...mlp.shared_expert." (Qwen) or "...mlp.shared_experts." (glm4_moe).
+    std::string sharedExpertPrefix(int layer) const;
 
     // Every tensor of one decoder layer / outside the layers, with the shape config.json implies.
     std::vector<ExpectedTensor> layerTensors(int layer) const;

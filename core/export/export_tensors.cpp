@@ -237,6 +237,18 @@ void emitSlab(PieceWriter& out, std::span<const std::byte> src, const Slab& slab
     walk(0, slab.offset);
 }
 
+bool mtpLayerTensor(const ModelSpec& spec, const std::string& name)
+{
+    const std::string layers = spec.tensorPrefix + "layers.";
+    if (!startsWith(name, layers))
+        return false;
+    std::size_t end = layers.size();
+    while (end < name.size() && std::isdigit(static_cast<unsigned char>(name[end])))
+        ++end;
+    return end > layers.size() && end < name.size() && name[end] == '.'
+        && std::stoll(name.substr(layers.size(), end - layers.size())) >= spec.numLayers;
+}
+
 } // namespace
 
 std::vector<OutTensor> mapTensors(const Checkpoint& ckpt, const ModelSpec& spec, const TensorLayout& layout,
@@ -250,6 +262,10 @@ std::vector<OutTensor> mapTensors(const Checkpoint& ckpt, const ModelSpec& spec,
         OutTensor t { name, name, {}, info.shape, 0, info.begin };
         const auto shardIt = std::find(shards.begin(), shards.end(), ckpt.fileOf(name).path());
         t.shard = static_cast<std::size_t>(shardIt - shards.begin());
+        // A layer past num_hidden_layers (an MTP module, hub layer index 61 of DeepSeek-V3): never run, not
+        // exported, so that no layer with the source's expert count survives in the pruned checkpoint.
+        if (mtpLayerTensor(spec, name))
+            continue;
         std::vector<OutTensor> made;
         bool handled = false;
         for (const int l : spec.moeLayerIndices()) {

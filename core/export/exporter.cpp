@@ -89,6 +89,45 @@ std::vector<LayerKeep> keptPerLayer(
     return keep;
 }
 
+// A group-limited sigmoid router (glm4_moe with n_group > 1) splits its experts into n_group consecutive groups
+// and scores a group by its two largest scores: the exported router keeps n_group, so every group must keep the
+// same number of experts (at least 2), as llm-compressor does for DeepSeek. Dimension plans would change
+// moe_intermediate_size, from which transformers derives the shared experts' width: refused.
+void checkGroupBalance(
+    const ModelSpec& spec, const std::vector<LayerKeep>& keep, bool dims, const std::string& planName)
+{
+    const RouterSpec& r = spec.router;
+    if (!r.sigmoid())
+        return;
+    if (dims)
+        throw InputError(planName + ": dimension (width) exports are not supported for " + spec.modelType
+            + ": transformers derives the shared experts' width from moe_intermediate_size (times n_shared_experts)");
+    if (r.numGroups <= 1)
+        return;
+    const int size = r.groupSize();
+    for (std::size_t l = 0; l < keep.size(); ++l) {
+        if (keep[l].experts.empty())
+            continue;
+        std::vector<int> perGroup(static_cast<std::size_t>(r.numGroups), 0);
+        for (const int e : keep[l].experts)
+            ++perGroup[static_cast<std::size_t>(e / size)];
+        std::string counts;
+        for (const int c : perGroup)
+            counts += (counts.empty() ? "" : ", ") + std::to_string(c);
+        const int first = perGroup.front();
+        const bool balanced = std::all_of(perGroup.begin(), perGroup.end(), [&](int c) { return c == first; });
+        if (!balanced || first < 2)
+            throw InputError(planName + ", layer " + std::to_string(l) + ": keeps " + counts + " experts in its "
+                + std::to_string(r.numGroups)
+                + " router groups (n_group); a group-limited router needs the same "
+                  "number in every group, at least 2 (a group's score is the sum of its top 2)");
+        if (first * r.topkGroup < r.topK)
+            throw InputError(planName + ", layer " + std::to_string(l) + ": keeps " + std::to_string(first)
+                + " experts per group; topk_group (" + std::to_string(r.topkGroup) + ") groups then hold fewer than "
+                + "top-k = " + std::to_string(r.topK));
+    }
+}
+
 // Stock layout with a smaller width key when every kept expert of every layer keeps the same
 // (non-zero) number of units and every layer the same number of experts; ragged otherwise.
 ExportKind exportKindOf(const Plan& plan, const std::vector<LayerKeep>& keep)
@@ -195,7 +234,12 @@ RoutingRule exportRoutingRule(const fs::path& sourceDir, const std::string& text
 {
     const Checkpoint ckpt(sourceDir);
     const ModelSpec spec = parseModelSpec(ckpt.config(), (sourceDir / "config.json").string());
-    return parseRoutingRule(text, spec.router.numExperts, spec.router.topK);
+    RoutingRule rule = parseRoutingRule(text, spec.router.numExperts, spec.router.topK);
+    if (spec.router.sigmoid() && !rule.fixed())
+        throw RequestError("routing",
+            "routing rule '" + text + "' gives each token its own k from softmax probabilities; " + spec.modelType
+                + "'s sigmoid router takes 'model' or 'top-k:K' (docs/decisions.md, 56)");
+    return rule;
 }
 
 ExportResult exportCheckpoint(
@@ -223,6 +267,7 @@ ExportResult exportCheckpoint(
     const std::vector<LayerKeep> keep
         = keptPerLayer(plan, spec, sourceDir.string(), planName, options.routing.isModel());
     checkExportRouting(options.routing, spec, keep, planName);
+    checkGroupBalance(spec, keep, plan.hasDims(), planName);
     const bool dynamicRouting = !options.routing.fixed();
     const ExportKind kind = exportKindOf(plan, keep);
     const std::vector<OutTensor> out = mapTensors(ckpt, spec, layout, keep, kind);
@@ -245,6 +290,10 @@ ExportResult exportCheckpoint(
         }
     if (!rewritten)
         throw InputError(configName + ": no expert-count key (num_local_experts, num_experts, n_routed_experts)");
+    // MTP layers (decoder layers past num_hidden_layers, which transformers never runs) are not exported
+    // (mapTensors drops their tensors): the exported config says there are none (docs/decisions.md).
+    if (textConfig.contains("num_nextn_predict_layers"))
+        textConfig["num_nextn_predict_layers"] = 0;
     if (kind == ExportKind::StockDims) {
         const char* key = expertWidthKey(spec.arch);
         if (!textConfig.contains(key))

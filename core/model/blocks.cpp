@@ -212,8 +212,36 @@ void addExpertOutput(const MoeOptions& options, int64_t e, const at::Tensor& idx
 
 at::Tensor routerLogits(const LayerWeights& w, const at::Tensor& x)
 {
+    if (w.routerFloat32) // the sigmoid router: F.linear(x.float(), W.float()) whatever the hidden dtype
+        return at::linear(x.to(at::kFloat), w.router.to(at::kFloat));
     return linear(x, Linear { w.router, w.routerBias });
 }
+
+namespace {
+
+// The DeepSeek-style router on tensors (RouterSpec; group_router.h is the plain reference): `logits` [N, E]
+// fp32 (pruned experts and ungrouped choices are masked in the choice scores only), `K` slots. Returns the
+// chosen ids (by decreasing choice score) and the sigmoid scores [N, E] the weights are gathered from.
+std::pair<at::Tensor, at::Tensor> sigmoidTopk(
+    const RouterSpec& r, const at::Tensor& logits, const at::Tensor& bias, const at::Tensor& kept, int64_t K)
+{
+    at::Tensor scores = at::sigmoid(logits);
+    at::Tensor choice = bias.defined() ? scores + bias : scores;
+    if (kept.defined())
+        choice = choice.masked_fill(kept.logical_not(), -INFINITY);
+    if (r.numGroups > 1) {
+        const int64_t N = logits.size(0), G = r.numGroups, size = r.groupSize();
+        at::Tensor groupScores = std::get<0>(at::topk(choice.view({ N, G, size }), 2, -1)).sum(-1);
+        at::Tensor groupIdx = std::get<1>(at::topk(groupScores, r.topkGroup, -1));
+        at::Tensor groupKept = at::zeros({ N, G }, at::TensorOptions().dtype(at::kBool).device(logits.device()))
+                                   .scatter_(1, groupIdx, true);
+        choice = choice.masked_fill(
+            groupKept.unsqueeze(-1).expand({ N, G, size }).reshape({ N, -1 }).logical_not(), -INFINITY);
+    }
+    return { std::get<1>(at::topk(choice, K, -1)), scores };
+}
+
+} // namespace
 
 RotaryCache buildRotaryCache(const ModelSpec& spec, int64_t seqLen, const at::TensorOptions& options)
 {
@@ -429,18 +457,34 @@ at::Tensor moeForward(
     const bool fp32 = x.scalar_type() == at::kFloat;
     // transformers computes the router in the hidden dtype; observers get an fp32 computation.
     at::Tensor logits = routerLogits(w, x);
-    at::Tensor logits32 = fp32 ? logits
-                               : at::linear(x.to(at::kFloat), w.router.to(at::kFloat),
-                                   w.routerBias.defined() ? w.routerBias.to(at::kFloat) : at::Tensor());
+    at::Tensor logits32 = fp32 || w.routerFloat32
+        ? logits
+        : at::linear(x.to(at::kFloat), w.router.to(at::kFloat),
+            w.routerBias.defined() ? w.routerBias.to(at::kFloat) : at::Tensor());
     const bool speculative = options.speculativeLogits.defined() || options.speculativeIds.defined();
     if (speculative && (rule || (options.speculativeLogits.defined() && options.speculativeIds.defined())))
         throw std::invalid_argument("moeForward: speculative execution takes predicted logits or ids, with the "
                                     "model's own top-k");
     at::Tensor routingLogits = options.speculativeLogits.defined() ? options.speculativeLogits : logits;
-    if (options.keptExperts.defined())
+    const RouterSpec& router = spec.router;
+    if (router.sigmoid() && rule && !rule->fixed())
+        throw std::invalid_argument("moeForward: routing '" + rule->name()
+            + "' gives each token its own k from softmax probabilities; a sigmoid router (" + spec.modelType
+            + ") takes the model's top-k or top-k:K");
+    if (options.keptExperts.defined() && !router.sigmoid())
         routingLogits = routingLogits.masked_fill(options.keptExperts.logical_not(), -INFINITY);
-    at::Tensor probs = at::softmax(routingLogits, -1, at::kFloat);
-    auto [topVal, topIdx] = at::topk(probs, K, -1);
+    at::Tensor probs, topVal, topIdx;
+    if (router.sigmoid()) {
+        // Scores, selection and weights in fp32 (Glm4MoeTopkRouter); the bias picks, the raw scores weigh.
+        auto [ids, scores]
+            = sigmoidTopk(router, routingLogits.to(at::kFloat), w.correctionBias, options.keptExperts, K);
+        probs = scores;
+        topIdx = ids;
+        topVal = scores.gather(1, topIdx);
+    } else {
+        probs = at::softmax(routingLogits, -1, at::kFloat);
+        std::tie(topVal, topIdx) = at::topk(probs, K, -1);
+    }
     if (spec.router.softmaxAfterTopk) {
         // gpt_oss: the top-k of the logits themselves (as transformers picks them, ties included).
         topIdx = std::get<1>(at::topk(routingLogits, K, -1));
@@ -463,6 +507,10 @@ at::Tensor moeForward(
         if (slotKept.defined())
             chosen = chosen.masked_fill(slotKept.logical_not(), -INFINITY);
         topVal = at::softmax(chosen, -1, chosen.scalar_type()).to(at::kFloat);
+    } else if (router.sigmoid()) {
+        if (router.normTopkProb)
+            topVal = topVal / (topVal.sum(-1, /*keepdim=*/true) + 1e-20);
+        topVal = topVal * router.scalingFactor;
     } else if (spec.router.normTopkProb) {
         topVal = topVal / topVal.sum(-1, /*keepdim=*/true);
     }
@@ -470,7 +518,9 @@ at::Tensor moeForward(
         *options.expertsUsed = (tokenK.defined() ? tokenK : at::full({ N }, K, at::kLong)).to(at::kCPU, at::kLong);
     // Mixtral multiplies expert outputs by fp32 weights; the others cast the weights to the
     // hidden dtype first. Both then accumulate in the hidden dtype.
-    at::Tensor mixWeights = spec.arch == Architecture::Mixtral ? topVal : topVal.to(x.scalar_type());
+    // The sigmoid router's weights are fp32 too (Glm4MoeExperts multiplies them in, then casts).
+    at::Tensor mixWeights
+        = spec.arch == Architecture::Mixtral || router.sigmoid() ? topVal : topVal.to(x.scalar_type());
 
     // The routed (token, slot) pairs, flattened: all N * K, or the kept slots of a dynamic rule.
     at::Tensor slotOf; // position of each routed pair in [N * K]; undefined = the identity
@@ -637,6 +687,8 @@ at::Tensor moeForward(
     }
     if (w.sharedExpertGate.defined())
         out = out + at::sigmoid(at::linear(x, w.sharedExpertGate)) * denseMlp(w, x);
+    else if (w.mlpGate.weight.defined()) // glm4_moe: shared experts added ungated
+        out = out + denseMlp(w, x);
 
     if (record) {
         record->logits = logits32.to(at::kCPU).contiguous();

@@ -125,6 +125,13 @@ void WeightLoader::loadExperts(int layer, LayerWeights& w) const
     w.router = load(m_layout.routerName(layer), { E, H });
     if (s.router.bias)
         w.routerBias = load(m_layout.routerBiasName(layer), { E });
+    if (s.router.correctionBias) {
+        // transformers keeps the buffer float32 (a bf16 checkpoint's values convert exactly).
+        const std::string name = m_layout.correctionBiasName(layer);
+        const TensorInfo& info = m_ckpt.info(name);
+        w.correctionBias = tensorFromBytes(m_ckpt.bytes(name).data(), info.dtype, { E }, at::kFloat, m_opt.device);
+    }
+    w.routerFloat32 = s.router.sigmoid();
     if (s.arch == Architecture::GptOss) {
         loadGptOssExperts(layer, w);
         return;
@@ -320,12 +327,13 @@ LayerWeights WeightLoader::loadLayer(int layer) const
     }
     loadExperts(layer, w);
     if (s.sharedIntermediate > 0) {
-        const std::string m = m_layout.moePrefix(layer);
+        const std::string m = m_layout.moePrefix(layer), se = m_layout.sharedExpertPrefix(layer);
         const int64_t I = s.sharedIntermediate;
-        w.mlpGate = loadLinear(m + "shared_expert.gate_proj", I, H, false);
-        w.mlpUp = loadLinear(m + "shared_expert.up_proj", I, H, false);
-        w.mlpDown = loadLinear(m + "shared_expert.down_proj", H, I, false);
-        w.sharedExpertGate = load(m + "shared_expert_gate.weight", { 1, H });
+        w.mlpGate = loadLinear(se + "gate_proj", I, H, false);
+        w.mlpUp = loadLinear(se + "up_proj", I, H, false);
+        w.mlpDown = loadLinear(se + "down_proj", H, I, false);
+        if (s.sharedExpertGate)
+            w.sharedExpertGate = load(m + "shared_expert_gate.weight", { 1, H });
     }
     return w;
 }

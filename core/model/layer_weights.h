@@ -65,6 +65,10 @@ struct LayerWeights {
     bool moe = false;
     at::Tensor router; // [E, H]
     at::Tensor routerBias; // [E] (gpt_oss) or undefined
+    // The sigmoid router (RouterSpec::sigmoid()): e_score_correction_bias [E] float32 (selection only), and
+    // the logits computed in fp32 whatever the compute dtype.
+    at::Tensor correctionBias;
+    bool routerFloat32 = false;
     at::Tensor sinks; // [numHeads] attention sink logits (gpt_oss) or undefined
     // gpt_oss expert biases, de-interleaved like gateUp: [E, 2I] gate first, and [E, H]; else undefined.
     at::Tensor gateUpBias;
@@ -72,7 +76,7 @@ struct LayerWeights {
     at::Tensor gateUp; // [E, 2I, H], gate rows first; undefined for a ragged layer
     at::Tensor down; // [E, H, I]; undefined for a ragged layer
     RaggedExperts ragged; // a layer of a ragged checkpoint (LayerSpec::expertWidths), else empty
-    // Shared expert (Qwen2-MoE) or the dense MLP of a non-MoE layer.
+    // Shared expert (Qwen2-MoE, glm4_moe) or the dense MLP of a non-MoE layer.
     Linear mlpGate, mlpUp, mlpDown;
     at::Tensor sharedExpertGate; // [1, H] or undefined
     uint64_t sourceBytes = 0; // bytes read from the checkpoint

@@ -4,9 +4,11 @@
 #include "checkpoint/hf_config.h"
 #include "checkpoint/safetensors.h"
 #include "checkpoint/safetensors_writer.h"
+#include "checkpoint/tensor_layout.h"
 #include "text/tokenizer.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/half.h"
 #include "util/sha256.h"
 
 #include <algorithm>
@@ -22,6 +24,47 @@ namespace fs = std::filesystem;
 namespace moeatlas {
 
 namespace {
+
+// The router's kind and, for the sigmoid router, its group settings and every MoE layer's
+// e_score_correction_bias as the checkpoint stores it (F32, BF16 or F16), for /model (atlas-format.md).
+void recordRouter(const Checkpoint& ckpt, const ModelSpec& spec, AtlasModelInfo& model)
+{
+    const RouterSpec& r = spec.router;
+    if (!r.sigmoid())
+        return;
+    model.router = "sigmoid";
+    model.routerGroups = r.numGroups;
+    model.routerTopkGroup = r.topkGroup;
+    model.routerNormTopkProb = r.normTopkProb;
+    model.routerScalingFactor = r.scalingFactor;
+    if (!r.correctionBias)
+        return;
+    const TensorLayout layout(ckpt, spec);
+    for (const int l : spec.moeLayerIndices()) {
+        const std::string name = layout.correctionBiasName(l);
+        const TensorInfo& info = ckpt.info(name);
+        const std::span<const std::byte> bytes = ckpt.bytes(name);
+        std::vector<float> row(static_cast<std::size_t>(r.numExperts));
+        for (std::size_t e = 0; e < row.size(); ++e) {
+            if (info.dtype == DType::F32) {
+                std::memcpy(&row[e], bytes.data() + 4 * e, 4);
+            } else if (info.dtype == DType::BF16 || info.dtype == DType::F16) {
+                uint16_t h = 0;
+                std::memcpy(&h, bytes.data() + 2 * e, 2);
+                if (info.dtype == DType::F16) {
+                    row[e] = halfToFloat(h);
+                } else {
+                    const uint32_t bits = uint32_t { h } << 16;
+                    std::memcpy(&row[e], &bits, 4);
+                }
+            } else {
+                throw InputError(ckpt.fileOf(name).path().string() + ": tensor '" + name + "' has dtype "
+                    + std::string(dtypeName(info.dtype)) + ", expected F32, BF16 or F16");
+            }
+        }
+        model.correctionBias.push_back(std::move(row));
+    }
+}
 
 // Writes routing records into the atlas and, after each layer, the resume state.
 class AtlasObserver : public ExecutionObserver {
@@ -343,6 +386,7 @@ CaptureSummary runCapture(const CaptureParams& params, const ProgressFn& progres
     model.numExperts = spec.router.numExperts;
     model.topK = spec.router.topK;
     model.hiddenSize = spec.hiddenSize;
+    recordRouter(ckpt, spec, model);
 
     AtlasCalibration calibration;
     for (const PackedDomain& d : calib.domains)

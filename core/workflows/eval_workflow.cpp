@@ -53,6 +53,11 @@ PreparedEval prepareEval(const EvalRequest& request)
         std::vector<RoutingRule> rules;
         for (const std::string& text : request.routing) {
             RoutingRule rule = parseRoutingRule(text, model.spec.router.numExperts, model.spec.router.topK);
+            if (model.spec.router.sigmoid() && !rule.fixed())
+                throw RequestError("routing",
+                    "routing rule '" + text + "' gives each token its own k from softmax probabilities; "
+                        + model.spec.modelType
+                        + "'s sigmoid router takes 'model' or 'top-k:K' (docs/decisions.md, 56)");
             if (rule.kind == RoutingRule::Kind::Threshold) {
                 if (!atlas)
                     throw RequestError("routing",

@@ -64,12 +64,19 @@ def gpt_oss(model) -> bool:
 
 def mask_dropped_experts(model, plan) -> None:
     """Adds 0 / -inf to each router's logits: every router of these architectures computes its
-    logits with F.linear(hidden, self.weight), so that call is wrapped while the router runs."""
+    logits with F.linear(hidden, self.weight), so that call is wrapped while the router runs (and, for a
+    sigmoid router, to its e_score_correction_bias)."""
     num_experts = plan["source"]["num_experts"]
     for entry in plan["layers"]:
         router = router_of(model.model.layers[entry["layer"]])
         mask = torch.full((num_experts,), float("-inf"))
         mask[entry["keep"]] = 0.0
+        bias = getattr(router, "e_score_correction_bias", None)
+        if bias is not None:
+            # A sigmoid router (glm4_moe): sigmoid(-inf) = 0 would still be chosen by its bias; a dropped expert's
+            # choice score sigmoid(z) + bias must be -inf, so its bias is too (the weights use sigmoid(z) only).
+            with torch.no_grad():
+                bias.add_(mask.to(bias.dtype))
         original_forward = router.forward
 
         def forward(hidden, _orig=original_forward, _mask=mask):

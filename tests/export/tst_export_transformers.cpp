@@ -18,6 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <QFileInfo>
 #include <QTemporaryDir>
 #include <QTest>
 
@@ -31,15 +32,19 @@ using namespace moeatlas;
 namespace {
 
 // Uniform: 4 of 8 experts per MoE layer, a different set per layer. Non-uniform: 2..6 experts.
-nlohmann::json makePlan(const std::vector<int>& moeLayers, bool uniform)
+// `grouped`: a plan for a router of 2 groups of 4 experts (glm4_moe's first variant): 2 kept in each group.
+nlohmann::json makePlan(const std::vector<int>& moeLayers, bool uniform, bool grouped = false)
 {
     nlohmann::json layers = nlohmann::json::array();
     for (std::size_t i = 0; i < moeLayers.size(); ++i) {
         const int l = moeLayers[i];
         const int count = uniform ? 4 : 2 + static_cast<int>((i * 3 + 1) % 5);
         std::vector<int> keep;
-        for (int j = 0; j < count; ++j)
-            keep.push_back(uniform ? (l * 3 + j * 2) % 8 : (l * 5 + j * 3) % 8);
+        if (grouped)
+            keep = { l % 4, (l + 2) % 4, 4 + (l + 1) % 4, 4 + (l + 3) % 4 };
+        else
+            for (int j = 0; j < count; ++j)
+                keep.push_back(uniform ? (l * 3 + j * 2) % 8 : (l * 5 + j * 3) % 8);
         std::sort(keep.begin(), keep.end());
         layers.push_back({ { "layer", l }, { "keep", keep } });
     }
@@ -137,7 +142,8 @@ private Q_SLOTS:
             }
             QTest::addRow("%s/per-expert", qPrintable(parts.value(0)))
                 << parts.value(0) << parts.value(1) << QStringLiteral("per-expert");
-            if (parts.value(0) == QLatin1String("qwen3_moe") || parts.value(0) == QLatin1String("mixtral"))
+            if (parts.value(0) == QLatin1String("qwen3_moe") || parts.value(0) == QLatin1String("mixtral")
+                || parts.value(0) == QLatin1String("glm4_moe"))
                 QTest::addRow("%s/fused", qPrintable(parts.value(0)))
                     << parts.value(0) << parts.value(1) << QStringLiteral("fused");
         }
@@ -155,14 +161,30 @@ private Q_SLOTS:
         const auto& ids = source.ids;
         const QString& idsPath = source.idsPath;
 
-        // gpt_oss has no modeling_moeatlas.py class: uniform plans only (docs/decisions.md).
-        const std::vector<bool> kinds
-            = arch == QLatin1String("gpt_oss") ? std::vector<bool> { true } : std::vector<bool> { true, false };
+        // gpt_oss and glm4_moe have no modeling_moeatlas.py class: uniform plans only (docs/decisions.md);
+        // glm4_moe's plans keep 2 experts in each of its 2 router groups.
+        const bool grouped = arch == QLatin1String("glm4_moe");
+        const std::vector<bool> kinds = arch == QLatin1String("gpt_oss") || grouped ? std::vector<bool> { true }
+                                                                                    : std::vector<bool> { true, false };
+        if (grouped) {
+            // A plan that breaks the group balance (3 + 1) is refused with the reason, nothing written.
+            nlohmann::json bad = makePlan(moeLayers, true);
+            for (auto& layer : bad["layers"])
+                layer["keep"] = { 0, 1, 2, 4 };
+            const QString badPath = dir.filePath(QStringLiteral("unbalanced.json"));
+            std::ofstream(badPath.toStdString()) << bad.dump(2);
+            const auto refused = test::runProcess(test::cliExecutable(),
+                { QStringLiteral("export"), src, QStringLiteral("--plan"), badPath, QStringLiteral("-o"),
+                    dir.filePath(QStringLiteral("unbalanced")) });
+            QVERIFY(refused.exitCode != 0);
+            QVERIFY2(refused.stdErr.contains(QStringLiteral("same number in every group")), qPrintable(refused.stdErr));
+            QVERIFY(!QFileInfo::exists(dir.filePath(QStringLiteral("unbalanced/config.json"))));
+        }
         for (const bool uniform : kinds) {
             const QString kind = uniform ? QStringLiteral("uniform") : QStringLiteral("nonuniform");
             const QString planPath = dir.filePath(kind + QStringLiteral(".json"));
             const QString out = dir.filePath(kind);
-            const nlohmann::json plan = makePlan(moeLayers, uniform);
+            const nlohmann::json plan = makePlan(moeLayers, uniform, grouped);
             std::ofstream(planPath.toStdString()) << plan.dump(2);
             const QString oursPath = dir.filePath(kind + QStringLiteral(".ours.f32"));
             writeOurLogits(src, plan, ids, oursPath);
@@ -199,6 +221,8 @@ private Q_SLOTS:
             if (seen.contains(parts.value(0)))
                 continue; // first variant of each architecture (qwen2_moe's has a dense layer)
             seen.append(parts.value(0));
+            if (parts.value(0) == QLatin1String("glm4_moe"))
+                continue; // dimension exports refused (the shared experts' width follows moe_intermediate_size)
             for (const QString& layout : { QStringLiteral("per-expert"), QStringLiteral("fused") })
                 if (parts.value(0) != QLatin1String("gpt_oss") || layout == QLatin1String("fused"))
                     QTest::addRow("%s/%s", qPrintable(parts.value(0)), qPrintable(layout))

@@ -103,13 +103,15 @@ import torch
 import transformers
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import (AutoModelForCausalLM, GptOssConfig, MixtralConfig, OlmoeConfig, Qwen2MoeConfig,
-                          Qwen3MoeConfig)
+from transformers import (AutoModelForCausalLM, Glm4MoeConfig, GptOssConfig, MixtralConfig, OlmoeConfig,
+                          Qwen2MoeConfig, Qwen3MoeConfig)
 from transformers import Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration, Qwen3_5MoeTextConfig
 
 import routing_reference
 
-ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "qwen3_5_moe")
+ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "qwen3_5_moe", "glm4_moe")
+# Sigmoid routers (Glm4MoeTopkRouter): no dynamic-k routing rules, their own route() and margins.
+SIGMOID_ARCHS = ("glm4_moe",)
 CONFIG_CLASSES = {
     "mixtral": MixtralConfig,
     "qwen2_moe": Qwen2MoeConfig,
@@ -117,6 +119,7 @@ CONFIG_CLASSES = {
     "olmoe": OlmoeConfig,
     "gpt_oss": GptOssConfig,
     "qwen3_5_moe": Qwen3_5MoeTextConfig,
+    "glm4_moe": Glm4MoeConfig,
 }
 renormalises = routing_reference.renormalises
 # Variant keys that are not config fields: "_seq_len" (default SEQ_LEN) and "_multimodal" (build
@@ -127,6 +130,7 @@ BATCH = 3
 SEQ_LEN = 24
 WEIGHT_STD = 0.2
 NORM_STD = 0.2
+CORRECTION_BIAS_STD = 0.1
 
 COMMON = dict(
     vocab_size=256,
@@ -222,6 +226,33 @@ VARIANTS: dict[str, dict[str, dict]] = {
             linear_conv_kernel_dim=4, _seq_len=70, _multimodal=True,
         ),
     },
+    "glm4_moe": {
+        # 2 groups of 4 with 1 kept (top-2 from one group), q/k norm, norm_topk_prob true, layer 0 dense, partial
+        # RoPE 0.25 given explicitly.
+        "groups2_top1": dict(
+            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            intermediate_size=96, moe_intermediate_size=32, n_routed_experts=8, n_shared_experts=1,
+            n_group=2, topk_group=1, norm_topk_prob=True, routed_scaling_factor=1.5, first_k_dense_replace=1,
+            use_qk_norm=True, attention_bias=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+        ),
+        # q/k norm, 4 groups of 2 experts with 2 kept, norm_topk_prob true, scaling 2.5, layer 0 dense
+        # (first_k_dense_replace 1), attention biases on q/k/v, partial RoPE 0.5, GQA 4/2.
+        "qk_norm_groups4": dict(
+            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            intermediate_size=96, moe_intermediate_size=32, n_routed_experts=8, n_shared_experts=1,
+            n_group=4, topk_group=2, norm_topk_prob=True, routed_scaling_factor=2.5, first_k_dense_replace=1,
+            use_qk_norm=True, attention_bias=True,
+        ),
+        # No q/k norm, one group (plain top-k of the biased scores), norm_topk_prob false, every layer MoE
+        # (first_k_dense_replace 0), two shared experts (width 2 * 32), MHA, tied embeddings.
+        "flat_no_norm": dict(
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, head_dim=16,
+            intermediate_size=96, moe_intermediate_size=32, n_routed_experts=8, n_shared_experts=2,
+            n_group=1, topk_group=1, norm_topk_prob=False, routed_scaling_factor=1.0, first_k_dense_replace=0,
+            use_qk_norm=False, attention_bias=False, tie_word_embeddings=True,
+        ),
+    },
     "olmoe": {
         # Full-width q/k RMSNorm + clip_qkv (clips a good fraction of q, k, v), norm_topk_prob false, MHA.
         "clip_qk_norm": dict(
@@ -302,15 +333,59 @@ def init_weights(model: torch.nn.Module, seed: int) -> None:
             param.copy_(math.log(0.1) + WEIGHT_STD * noise)
         else:
             param.copy_(WEIGHT_STD * noise)
+    for name, buf in model.named_buffers():
+        if name.endswith("e_score_correction_bias"):  # a buffer, zero by default: make the selection bias bite
+            buf.copy_(CORRECTION_BIAS_STD * torch.randn(buf.shape, generator=gen, dtype=torch.float32))
 
 
 def router_modules(model) -> list[tuple[int, torch.nn.Module]]:
     out = []
     for i, layer in enumerate(model.model.layers):
         gate = getattr(layer.mlp, "gate", None) or getattr(layer.mlp, "router", None)  # gpt_oss: mlp.router
-        if gate is not None and type(gate).__name__.endswith("TopKRouter"):
+        if gate is not None and type(gate).__name__.lower().endswith("topkrouter"):  # glm4_moe: TopkRouter
             out.append((i, gate))
     return out
+
+
+def num_experts(cfg) -> int:
+    return cfg.n_routed_experts if hasattr(cfg, "n_routed_experts") else cfg.num_experts
+
+
+def sigmoid_choice(gate, logits: torch.Tensor):
+    """The DeepSeek router's selection, written from its definition: sigmoid scores, choice = scores + bias,
+    groups scored by their top-2 choice sum, the topk_group best kept. Returns (scores, masked choice,
+    group scores) in float32."""
+    scores = logits.float().sigmoid()
+    choice = scores + gate.e_score_correction_bias.float()
+    n, e = choice.shape
+    g = gate.num_group
+    group_scores = choice.view(n, g, e // g).topk(2, dim=-1).values.sum(-1)
+    keep = torch.zeros(n, g, dtype=torch.bool)
+    keep.scatter_(1, group_scores.topk(gate.topk_group, dim=-1).indices, True)
+    choice = choice.masked_fill(~keep.repeat_interleave(e // g, dim=1), float("-inf"))
+    return scores, choice, group_scores
+
+
+def sigmoid_route(gate, logits: torch.Tensor):
+    """(ids by decreasing choice score, weights) of Glm4MoeTopkRouter."""
+    scores, choice, _ = sigmoid_choice(gate, logits)
+    ids = choice.topk(gate.top_k, dim=-1).indices
+    weights = scores.gather(1, ids)
+    if gate.norm_topk_prob:
+        weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+    return ids.to(torch.int64), (weights * gate.routed_scaling_factor).float()
+
+
+def sigmoid_margin(gate, logits: torch.Tensor) -> torch.Tensor:
+    """Per token: the smaller of the gap between the k-th and (k+1)-th choice scores of the kept groups and
+    the gap between the last kept and the first dropped group score (either near 0 = tie risk)."""
+    _, choice, group_scores = sigmoid_choice(gate, logits)
+    top = choice.topk(gate.top_k + 1, dim=-1).values
+    margin = torch.nan_to_num(top[:, gate.top_k - 1] - top[:, gate.top_k], posinf=1e9)
+    if gate.topk_group < gate.num_group:
+        g = group_scores.topk(gate.topk_group + 1, dim=-1).values
+        margin = torch.minimum(margin, g[:, gate.topk_group - 1] - g[:, gate.topk_group])
+    return margin.float().contiguous()
 
 
 def route(arch: str, logits: torch.Tensor, top_k: int, norm_topk_prob: bool):
@@ -539,14 +614,27 @@ def run_reference(arch, model, input_ids):
     for (i, logits), (j, (hook_logits, hook_w, hook_ids)) in zip(zip(moe_layers, out.router_logits),
                                                                  sorted(routers.items())):
         assert i == j and torch.equal(logits, hook_logits)
-        ids, weights = route(arch, logits, top_k, norm_topk)
-        assert torch.equal(ids, hook_ids.to(torch.int64)), f"topk ids recompute mismatch at layer {i}"
-        assert torch.equal(weights, hook_w.float()), f"topk weights recompute mismatch at layer {i}"
-        assert logits.shape == (input_ids.numel(), cfg.num_experts)
+        if arch in SIGMOID_ARCHS:
+            # Glm4MoeTopkRouter picks with topk(sorted=False): compare as sets, record by decreasing choice score.
+            gate = dict(router_modules(model))[i]
+            ids, weights = sigmoid_route(gate, logits)
+            order = hook_ids.to(torch.int64).argsort(-1)
+            mine = ids.argsort(-1)
+            assert torch.equal(ids.gather(1, mine), hook_ids.to(torch.int64).gather(1, order)), \
+                f"topk ids recompute mismatch at layer {i}"
+            assert torch.allclose(weights.gather(1, mine), hook_w.float().gather(1, order), rtol=1e-6, atol=0), \
+                f"topk weights recompute mismatch at layer {i}"
+            margin = sigmoid_margin(gate, logits)
+        else:
+            ids, weights = route(arch, logits, top_k, norm_topk)
+            assert torch.equal(ids, hook_ids.to(torch.int64)), f"topk ids recompute mismatch at layer {i}"
+            assert torch.equal(weights, hook_w.float()), f"topk weights recompute mismatch at layer {i}"
+            margin = topk_margin(logits, top_k)
+        assert logits.shape == (input_ids.numel(), num_experts(cfg))
         ref[f"router_logits.{i}"] = logits.float().contiguous()
         ref[f"topk_ids.{i}"] = ids.contiguous()
         ref[f"topk_weights.{i}"] = weights.contiguous()
-        ref[f"topk_margin.{i}"] = topk_margin(logits, top_k)
+        ref[f"topk_margin.{i}"] = margin
         margins[str(i)] = float(ref[f"topk_margin.{i}"].min())
     return ref, moe_layers, margins
 
@@ -598,6 +686,8 @@ def main(argv=None) -> int:
         ap.error("--arch, --variant and --out are required")
     if args.arch == "gpt_oss" and args.layout == "per-expert":
         ap.error("gpt_oss checkpoints have no per-expert layout (saved = fused)")
+    if args.arch in SIGMOID_ARCHS and args.routing:
+        ap.error(f"{args.arch}: dynamic-k routing rules are defined for softmax routers only")
     if args.variant not in VARIANTS[args.arch]:
         ap.error(f"unknown variant {args.variant!r} for {args.arch}; known: {', '.join(VARIANTS[args.arch])}")
 
@@ -704,7 +794,7 @@ def main(argv=None) -> int:
         moe_layers=moe_layers,
         dense_layers=[i for i in range(n_layers) if i not in moe_layers],
         num_layers=n_layers,
-        num_experts=cfg.num_experts,
+        num_experts=num_experts(cfg),
         top_k=cfg.num_experts_per_tok,
         norm_topk_prob=renormalises(args.arch, cfg),
         batch=BATCH,

@@ -59,6 +59,13 @@ class Recorder:
                 raise RuntimeError(f"router of layer {layer} ({type(module).__name__}) returned "
                                    f"{type(output).__name__}, expected (router_logits, weights, indices)")
             logits, weights, indices = output[0], output[1], output[2]
+            bias = getattr(module, "e_score_correction_bias", None)
+            if bias is not None:
+                # The sigmoid router (Glm4MoeTopkRouter) picks with topk(sorted=False): slots in the order
+                # `moeatlas capture` records them, by decreasing choice score sigmoid(logit) + bias.
+                choice = (logits.detach().float().sigmoid() + bias.detach().float()).gather(1, indices)
+                order = choice.argsort(dim=-1, descending=True, stable=True)
+                indices, weights = indices.gather(1, order), weights.gather(1, order)
             self._records[layer].append((logits.detach().float().cpu(), weights.detach().float().cpu(),
                                          indices.detach().cpu()))
         return hook
