@@ -2,7 +2,8 @@
 # MoE Atlas set-up on a fresh Debian 12 machine: installs what is missing, builds, and runs.
 #
 #   packaging/setup.sh demo   install (apt), build, run the main job on the embedded default
-#   packaging/setup.sh test   install (apt + project venv), build, run every test
+#   packaging/setup.sh test   install (apt + project venv), build, run every test, then the fuzz
+#                             targets (MOEATLAS_FUZZ=0 skips) and the sanitizer run (MOEATLAS_ASAN=0 skips)
 #
 # Safe to re-run: packages already installed, a venv already matching tests/requirements*.txt and
 # an up-to-date build are reused.
@@ -32,6 +33,8 @@ if [[ "$mode" == test ]]; then
     libblas3 liblapack3 libblis4-pthread)    # two other BLAS the split path is tested on (tst_ragged_*)
   # clang-tidy for the ci preset (MOEATLAS_CLANG_TIDY); libc++ headers for its LibTorch TUs (decision 28).
   apt_packages+=(clang-tidy-14 libc++-14-dev libc++abi-14-dev)
+  # The fuzz stage: clang 14 and its libFuzzer/sanitizer runtimes (tests/fuzz/README.md).
+  apt_packages+=(clang-14 libclang-rt-14-dev)
 fi
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -105,6 +108,26 @@ if [[ "$mode" == test ]]; then
       OPENBLAS_CORETYPE="${second[0]}" ATEN_CPU_CAPABILITY="${second[1]}" \
         ctest --output-on-failure -j "$jobs" --timeout 1800 -L unit -LE blas || status=$?
     fi
+  fi
+  cd "$root"
+  # Fuzzing: every reader of outside input for MOEATLAS_FUZZ_SECONDS (20) s each, from the committed
+  # seeds, in build-fuzz (clang 14, libFuzzer + ASan + UBSan, torch-free libraries only).
+  if [[ "${MOEATLAS_FUZZ:-1}" != 0 ]]; then
+    started=$SECONDS
+    log "fuzzing: build the targets of tests/fuzz and run each ${MOEATLAS_FUZZ_SECONDS:-20} s (cmake --workflow --preset fuzz)"
+    cmake --workflow --preset fuzz || status=$?
+    log "fuzz stage: $((SECONDS - started)) s"
+  fi
+  # Sanitizers: the torch-free unit suites (label asan, decision 52) built and run under the asan
+  # preset (ASan + UBSan, Debug); every unit suite is `cmake --preset asan && cmake --build --preset asan
+  # && ctest --preset asan` (docs/testing.md).
+  if [[ "${MOEATLAS_ASAN:-1}" != 0 ]]; then
+    started=$SECONDS
+    log "sanitizers: the torch-free unit suites under ASan + UBSan (build-asan)"
+    cmake --preset asan >/dev/null
+    { cmake --build --preset asan -j "$jobs" --target moeatlas_asan_suites &&
+      ctest --preset asan-ci -j "$jobs"; } || status=$?
+    log "sanitizer stage: $((SECONDS - started)) s"
   fi
   exit "$status"
 fi
