@@ -72,7 +72,7 @@ template <typename Fn> void forEachJsonlRecord(const std::string& path, const st
         nlohmann::json j;
         try {
             j = nlohmann::json::parse(line);
-        } catch (const nlohmann::json::parse_error& e) {
+        } catch (const nlohmann::json::exception& e) { // parse_error, or out_of_range for a number overflow
             throw InputError(where + ": invalid JSON (" + e.what() + "); expected " + expected);
         }
         if (!j.is_object())

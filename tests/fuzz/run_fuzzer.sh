@@ -10,6 +10,8 @@ mkdir -p "$work/corpus"
 # allocator_may_return_null: a C library (libhdf5 on a damaged size field) gets NULL for an absurd malloc,
 # as it would without ASan, and reports its error; C++ new still throws, so our own code's are findings.
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:allocator_may_return_null=1}"
+# Targets write each input to a scratch file (fuzz_support.h): in memory where there is a tmpfs.
+[[ -z "${TMPDIR:-}" && -d /dev/shm && -w /dev/shm ]] && export TMPDIR=/dev/shm
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 if [[ "$mode" == replay && "${MOEATLAS_FUZZ_ALL:-0}" != 1 ]]; then
   exec "$fuzzer" -runs=0 -timeout=10 -rss_limit_mb=2048 "$seeds"
