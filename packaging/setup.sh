@@ -4,7 +4,9 @@
 #   packaging/setup.sh demo   install (apt), build the two programs (Release), run the main job on the
 #                             embedded default, open the workbench
 #   packaging/setup.sh test   install (apt + project venv), build, run every test, build the .deb
-#                             packages (lintian); with CI=true also install, exercise and remove them
+#                             packages (lintian; with CI=true also install, exercise and remove them),
+#                             then the fuzz targets (MOEATLAS_FUZZ=0 skips) and the sanitizer run
+#                             (MOEATLAS_ASAN=0 skips)
 #
 # Safe to re-run: packages already installed, a venv already matching tests/requirements*.txt and
 # an up-to-date build are reused. Every stage prints how long it took, and a summary closes the run.
@@ -59,6 +61,8 @@ if [[ "$mode" == test ]]; then
   apt_packages+=(clang-tidy-14 libc++-14-dev libc++abi-14-dev)
   # The .deb packages: dpkg-shlibdeps (dpkg-dev) for CPack, lintian, desktop-file-validate, appstreamcli.
   apt_packages+=(dpkg-dev lintian desktop-file-utils appstream)
+  # The fuzz stage: clang 14 and its libFuzzer/sanitizer runtimes (tests/fuzz/README.md).
+  apt_packages+=(clang-14 libclang-rt-14-dev)
 fi
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -165,6 +169,23 @@ if [[ "$mode" == test ]]; then
   stage_begin "packages" "Debian packages from build/ (cpack, lintian)"
   packaging/package-test.sh build || status=$?
   stage_end
+  # Fuzzing: every reader of outside input for MOEATLAS_FUZZ_SECONDS (20) s each, from the committed
+  # seeds, in build-fuzz (clang 14, libFuzzer + ASan + UBSan, torch-free libraries only).
+  if [[ "${MOEATLAS_FUZZ:-1}" != 0 ]]; then
+    stage_begin "fuzz" "fuzzing: build the targets of tests/fuzz and run each ${MOEATLAS_FUZZ_SECONDS:-20} s (cmake --workflow --preset fuzz)"
+    cmake --workflow --preset fuzz || status=$?
+    stage_end
+  fi
+  # Sanitizers: the torch-free unit suites (label asan, decision 57) built and run under the asan
+  # preset (ASan + UBSan, Debug); every unit suite is `cmake --preset asan && cmake --build --preset asan
+  # && ctest --preset asan` (docs/testing.md).
+  if [[ "${MOEATLAS_ASAN:-1}" != 0 ]]; then
+    stage_begin "sanitizers" "sanitizers: the torch-free unit suites under ASan + UBSan (build-asan)"
+    cmake --preset asan >/dev/null
+    { cmake --build --preset asan -j "$jobs" --target moeatlas_asan_suites &&
+      ctest --preset asan-ci -j "$jobs"; } || status=$?
+    stage_end
+  fi
   stage_summary
   exit "$status"
 fi

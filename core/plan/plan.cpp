@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <numeric>
 #include <set>
 
@@ -178,7 +179,31 @@ std::vector<ScoreTable> parseScores(const nlohmann::json& doc, const std::string
 {
     if (!doc.is_object() || !doc.contains("domains") || !doc["domains"].is_object() || doc["domains"].empty())
         throw InputError(source + ": expected an object with a non-empty \"domains\" object");
-    const std::string criterion = doc.value("criterion", std::string("unknown"));
+    std::string criterion = "unknown";
+    if (const auto it = doc.find("criterion"); it != doc.end()) {
+        if (!it->is_string())
+            throw InputError(source + ": \"criterion\" must be a string, got " + it->dump());
+        criterion = it->get<std::string>();
+    }
+    std::vector<int> layers;
+    if (const auto it = doc.find("layers"); it != doc.end()) {
+        if (!it->is_array())
+            throw InputError(source + ": \"layers\" must be an array of decoder-layer indices");
+        std::set<int64_t> seen;
+        for (const auto& x : *it) {
+            if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() > std::numeric_limits<int>::max()
+                || !seen.insert(x.get<int64_t>()).second)
+                throw InputError(
+                    source + ": \"layers\" must list distinct decoder-layer indices >= 0, got " + x.dump());
+            layers.push_back(static_cast<int>(x.get<int64_t>()));
+        }
+    }
+    const nlohmann::json* counts = nullptr;
+    if (const auto it = doc.find("token_counts"); it != doc.end()) {
+        if (!it->is_object())
+            throw InputError(source + ": \"token_counts\" must be an object {domain: tokens}");
+        counts = &*it;
+    }
     std::vector<ScoreTable> out;
     for (const auto& [name, rows] : doc["domains"].items()) {
         ScoreTable t;
@@ -202,7 +227,7 @@ std::vector<ScoreTable> parseScores(const nlohmann::json& doc, const std::string
             t.values.push_back(std::move(v));
         }
         if (doc.contains("layers")) {
-            t.layers = doc["layers"].get<std::vector<int>>();
+            t.layers = layers;
             if (t.layers.size() != t.values.size())
                 throw InputError(source + ": \"layers\" lists " + std::to_string(t.layers.size())
                     + " layers but domains." + name + " has " + std::to_string(t.values.size()));
@@ -210,8 +235,13 @@ std::vector<ScoreTable> parseScores(const nlohmann::json& doc, const std::string
             t.layers.resize(t.values.size());
             std::iota(t.layers.begin(), t.layers.end(), 0);
         }
-        if (doc.contains("token_counts") && doc["token_counts"].contains(name))
-            t.tokenCount = doc["token_counts"][name].get<double>();
+        if (counts != nullptr && counts->contains(name)) {
+            const nlohmann::json& n = counts->at(name);
+            if (!n.is_number() || !std::isfinite(n.get<double>()) || n.get<double>() < 0)
+                throw InputError(
+                    source + ": token_counts." + name + " must be a number of tokens >= 0, got " + n.dump());
+            t.tokenCount = n.get<double>();
+        }
         if (!out.empty() && (out.front().numExperts != t.numExperts || out.front().layers != t.layers))
             throw InputError(
                 source + ": domains." + name + " has a different shape than domains." + out.front().domain);
@@ -504,6 +534,17 @@ Plan planFromJson(const nlohmann::json& doc, const std::string& source)
     } catch (const nlohmann::json::exception& e) {
         throw InputError(source + ": malformed plan: " + e.what());
     }
+}
+
+std::vector<ScoreTable> readScores(const std::string& path)
+{
+    std::ifstream in(path);
+    if (!in)
+        throw InputError(path + ": cannot open scores file");
+    const nlohmann::json doc = nlohmann::json::parse(in, nullptr, false);
+    if (doc.is_discarded())
+        throw InputError(path + ": not valid JSON");
+    return parseScores(doc, path);
 }
 
 Plan readPlan(const std::string& path)

@@ -24,6 +24,8 @@ struct ScoreTable {
 // The --scores file: {"criterion", "layers", "domains": {name: [[...]]}, "token_counts": {name: N}}.
 // `source` names the file in errors. Throws InputError on a malformed or inconsistent document.
 std::vector<ScoreTable> parseScores(const nlohmann::json& doc, const std::string& source);
+// The --scores file at `path` read by parseScores; InputError also when it is unreadable or not JSON.
+std::vector<ScoreTable> readScores(const std::string& path);
 
 enum class BudgetScope { Uniform, Global };
 enum class BudgetUnit { Experts, Fraction, Bytes, Params };

@@ -29,7 +29,7 @@ void forEachJsonlRecord(const std::string& path, const std::string& expected, Fn
         Json j;
         try {
             j = Json::parse(line);
-        } catch (const typename Json::parse_error& e) {
+        } catch (const typename Json::exception& e) { // parse_error, or out_of_range for a number overflow
             throw InputError(where + ": invalid JSON (" + e.what() + "); expected " + expected);
         }
         if (!j.is_object())

@@ -9,8 +9,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include <fstream>
-
 namespace moeatlas {
 
 namespace {
@@ -18,17 +16,6 @@ namespace {
 // Dimension criteria -> the /fisher/<form> they read (docs/plans.md, "Dimension pruning").
 const std::pair<const char*, const char*> kDimCriteria[] = { { "fisher_mask", "mask" }, { "fisher_weight", "weight" },
     { "fisher_grad_abs", "grad_abs" }, { "activation", "activation" }, { "magnitude", "magnitude" } };
-
-std::vector<ScoreTable> readScoresFile(const std::filesystem::path& path)
-{
-    std::ifstream in(path);
-    if (!in)
-        throw InputError(path.string() + ": cannot open scores file");
-    const nlohmann::json doc = nlohmann::json::parse(in, nullptr, false);
-    if (doc.is_discarded())
-        throw InputError(path.string() + ": not valid JSON");
-    return parseScores(doc, path.string());
-}
 
 // The unit scores a dimension plan ranks: the specialist's domain row, the pooled row otherwise.
 UnitScoreTable unitScoresOf(
@@ -126,7 +113,7 @@ Plan makePlan(const PlanRequest& r)
             atlasScores = readAtlasScores(*atlas, r.criterion);
             domains = atlasScores->domains;
         } else {
-            domains = readScoresFile(r.scoresFile);
+            domains = readScores(r.scoresFile.string());
         }
     }
     if (!atlas && r.checkpoint.empty())

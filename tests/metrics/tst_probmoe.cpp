@@ -18,6 +18,7 @@
 #include <fstream>
 #include <iterator>
 #include <numeric>
+#include <optional>
 
 namespace fs = std::filesystem;
 using namespace moeatlas;
@@ -186,7 +187,10 @@ private Q_SLOTS:
         QCOMPARE(back.criterion, std::string("probmoe_marginal"));
         QCOMPARE(back.keep, plan.keep);
         const AtlasFile atlas = AtlasFile::openReadOnly(path);
-        const std::vector<double>& v = array(*atlas.readResults("scores/probmoe_marginal"), "value").values;
+        // Kept in a local: a reference into the temporary optional would dangle (found by the asan run).
+        const std::optional<AtlasResults> stored = atlas.readResults("scores/probmoe_marginal");
+        QVERIFY(stored.has_value());
+        const std::vector<double>& v = array(*stored, "value").values;
         for (size_t l = 0; l < 2; ++l) {
             const double* row = v.data() + (size_t { 2 } + l) * 8; // domain1 (row 1 of 2 layers), layer l
             std::vector<int> order(8);

@@ -254,6 +254,28 @@ private Q_SLOTS:
         bad["domains"]["code"] = { { 0, 1 }, { 1, 0 } };
         QVERIFY(inputErrorOf([&] { parseScores(bad, "s.json"); }).contains(QStringLiteral("s.json")));
     }
+    // Fields of the wrong type or range are InputError naming the field, not a JSON library exception
+    // (found by fuzz_scores: tests/fuzz/corpus/scores/bad-count.json).
+    void scoresFileBadFields()
+    {
+        const nlohmann::json doc = { { "criterion", "peu" }, { "layers", { 1, 3 } },
+            { "domains", { { "math", { { 1, 2, 3 }, { 3, 2, 1 } } } } }, { "token_counts", { { "math", 10 } } } };
+        const auto refused = [&](const char* field, const nlohmann::json& value) {
+            nlohmann::json bad = doc;
+            bad[field] = value;
+            return inputErrorOf([&] { parseScores(bad, "s.json"); });
+        };
+        QVERIFY(refused("token_counts", { { "math", "x" } }).contains(QStringLiteral("token_counts.math")));
+        QVERIFY(refused("token_counts", { { "math", -1 } }).contains(QStringLiteral("token_counts.math")));
+        QVERIFY(refused("token_counts", 7).contains(QStringLiteral("token_counts")));
+        QVERIFY(refused("criterion", 3).contains(QStringLiteral("criterion")));
+        QVERIFY(refused("layers", { 1, "3" }).contains(QStringLiteral("layers")));
+        QVERIFY(refused("layers", { 1, 1e20 }).contains(QStringLiteral("layers")));
+        QVERIFY(refused("layers", { -1, 3 }).contains(QStringLiteral("layers")));
+        QVERIFY(refused("layers", { 3, 3 }).contains(QStringLiteral("layers")));
+        QVERIFY(refused("layers", "0,1").contains(QStringLiteral("layers")));
+        QCOMPARE(parseScores(doc, "s.json").front().tokenCount, 10.0);
+    }
     void jsonRoundTrip()
     {
         Plan p = compileSpecialist(

@@ -252,6 +252,19 @@ private Q_SLOTS:
         EXPECT_ERROR(readMessagesJsonl(p), p + ":1: expected an object with a \"messages\" array");
     }
 
+    // A number JSON cannot hold (out of double range) is invalid JSON naming file:line, in every JSONL
+    // reader; nlohmann reports it as out_of_range, not parse_error (found by fuzz_calibration:
+    // tests/fuzz/corpus/calibration/regression-number-overflow.bin).
+    void jsonlNumberOverflow()
+    {
+        const std::string p = path("overflow.jsonl");
+        writeFile(p, "{\"messages\": [], \"n\": 1e999}\n");
+        EXPECT_ERROR(readMessagesJsonl(p), p + ":1: invalid JSON");
+        EXPECT_ERROR(readTextJsonl(p, "text"), p + ":1: invalid JSON");
+        EXPECT_ERROR(readInputIdsJsonl(p, 0), p + ":1: invalid JSON");
+        EXPECT_ERROR(detectFormat(p, TextOptions {}), p + ":1: invalid JSON");
+    }
+
     void inputIdsJsonl()
     {
         const std::string p = path("ids.jsonl");
