@@ -5,8 +5,8 @@
 #                             embedded default, open the workbench
 #   packaging/setup.sh test   install (apt + project venv), build, run every test, build the .deb
 #                             packages (lintian; with CI=true also install, exercise and remove them),
-#                             then the fuzz targets (MOEATLAS_FUZZ=0 skips) and the sanitizer run
-#                             (MOEATLAS_ASAN=0 skips)
+#                             then the torch-free unit suites under ASan + UBSan and the fuzz targets
+#                             (MOEATLAS_FUZZ=0 skips both)
 #
 # Safe to re-run: packages already installed, a venv already matching tests/requirements*.txt and
 # an up-to-date build are reused. Every stage prints how long it took, and a summary closes the run.
@@ -169,21 +169,14 @@ if [[ "$mode" == test ]]; then
   stage_begin "packages" "Debian packages from build/ (cpack, lintian)"
   packaging/package-test.sh build || status=$?
   stage_end
-  # Fuzzing: every reader of outside input for MOEATLAS_FUZZ_SECONDS (20) s each, from the committed
-  # seeds, in build-fuzz (clang 14, libFuzzer + ASan + UBSan, torch-free libraries only).
+  # Fuzzing and sanitizers, one clang 14 build (build-fuzz: ASan + UBSan, the torch-free libraries
+  # instrumented once for both, decision 57): the torch-free unit suites (label asan), then every reader of
+  # outside input fuzzed MOEATLAS_FUZZ_SECONDS (20) s from the committed seeds. The whole unit set under
+  # the sanitizers is `cmake --preset asan && cmake --build --preset asan && ctest --preset asan`.
   if [[ "${MOEATLAS_FUZZ:-1}" != 0 ]]; then
-    stage_begin "fuzz" "fuzzing: build the targets of tests/fuzz and run each ${MOEATLAS_FUZZ_SECONDS:-20} s (cmake --workflow --preset fuzz)"
-    cmake --workflow --preset fuzz || status=$?
-    stage_end
-  fi
-  # Sanitizers: the torch-free unit suites (label asan, decision 57) built and run under the asan
-  # preset (ASan + UBSan, Debug); every unit suite is `cmake --preset asan && cmake --build --preset asan
-  # && ctest --preset asan` (docs/testing.md).
-  if [[ "${MOEATLAS_ASAN:-1}" != 0 ]]; then
-    stage_begin "sanitizers" "sanitizers: the torch-free unit suites under ASan + UBSan (build-asan)"
-    cmake --preset asan >/dev/null
-    { cmake --build --preset asan -j "$jobs" --target moeatlas_asan_suites &&
-      ctest --preset asan-ci -j "$jobs"; } || status=$?
+    stage_begin "fuzz + sanitizers" "fuzz targets and torch-free unit suites under ASan + UBSan (build-fuzz)"
+    { cmake --preset fuzz >/dev/null && cmake --build --preset fuzz -j "$jobs" &&
+      ctest --preset fuzz-asan -j "$jobs" && ctest --preset fuzz; } || status=$?
     stage_end
   fi
   stage_summary
