@@ -28,6 +28,13 @@ SpeculativeExecution parseSpeculative(const std::string& text, const ModelSpec& 
 {
     const std::string field = "speculative";
     const std::string what = "speculative '" + text + "'";
+    // Speculative execution swaps the experts and re-weights them with the softmax of their logits; a
+    // sigmoid router's bias and groups have no such swap yet (issue 15), so it is refused rather than wrong.
+    if (spec.router.sigmoid())
+        throw RequestError(field,
+            what + ": " + spec.modelType
+                + "'s sigmoid router (bias and group-limited selection) is not supported by speculative "
+                  "execution; it runs on softmax routers");
     const std::size_t colon = text.find(':');
     SpeculativeExecution s;
     try {
