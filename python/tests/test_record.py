@@ -210,8 +210,14 @@ def test_cli_record_scored_by_cpp_and_torchrun_merge(cli: Path, captured: Dict[s
     run_cli(cli, "score", merged, cwd=d)
     want, got = _scores(single), _scores(merged)
     assert set(got) == set(want) and len(want) > 20
+    # The shards ran other batches than the single process (other GEMM shapes, so other fp32 rounding of
+    # the logits on some CPUs: scores 2.5e-9 relative apart on an AVX-512 EPYC, 0 elsewhere): counts exactly,
+    # logit-based scores within fp32 noise (a dropped, repeated or misordered sequence fails
+    # assert_same_routing above, which compares every token's ids).
     for k in want:
-        np.testing.assert_allclose(got[k], want[k], rtol=1e-12, atol=1e-12, err_msg=k)
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-9, err_msg=k)
+    np.testing.assert_array_equal(got["scores/frequency/value"], want["scores/frequency/value"])
+    np.testing.assert_array_equal(got["statistics/load_counts"], want["statistics/load_counts"])
     # ... and the capture's own scores: frequency exactly (same ids), logit-based ones within fp32 noise
     cap = d / "capture.atlas.h5"
     shutil.copyfile(c["atlas"], cap)
