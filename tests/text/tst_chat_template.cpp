@@ -179,6 +179,17 @@ private Q_SLOTS:
             std::string("(user): |||hi;"));
     }
 
+    void subscriptsByCodePoint()
+    {
+        // Patch 5: a str is indexed and sliced by code point with Python's clamped bounds (minja indexed
+        // bytes, gave "" for "xy"[1] and read past the end of an over-long slice). Expected: Jinja2's.
+        QCOMPARE(render("{{ \"xy\"[1] }}|{{ \"z\u00fcri\"[1] }}|{{ \"z\u00fcri\"[-1] }}|{{ \"z\u00fcri\"[1:3] }}|"
+                        "{{ \"z\u00fcri\"[::-1] }}|{{ \"xy\"[5] }}|{{ [1,2,3][1:10] }}|{{ \"abc\"[-10:2] }}|"
+                        "{{ \"abcdef\"[5:1:-2] }}|{{ [1,2,3][::-1] }}",
+                     conversation(false)),
+            std::string("y|\u00fc|i|\u00fcr|ir\u00fcz||[2, 3]|ab|fd|[3, 2, 1]"));
+    }
+
     void markupConcatenationEscapes()
     {
         // Patch 4: |safe and |escape make a markupsafe.Markup; + escapes the other string operand

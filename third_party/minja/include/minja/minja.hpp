@@ -6,7 +6,7 @@
     https://opensource.org/licenses/MIT.
 */
 // SPDX-License-Identifier: MIT
-// Patched for MoE Atlas (four small changes): see third_party/minja/README.md, "Patches".
+// Patched for MoE Atlas (five small changes): see third_party/minja/README.md, "Patches".
 #pragma once
 
 #include <algorithm>
@@ -46,6 +46,18 @@ struct Options {
 
 struct ArgumentsValue;
 static std::string html_escape(const std::string & s);
+
+// The code points of a UTF-8 string, each as its bytes (MoE Atlas patch 5: Python indexes str by code point).
+inline std::vector<std::string> utf8_code_points(const std::string & s) {
+  std::vector<std::string> out;
+  for (size_t i = 0; i < s.size();) {
+    size_t n = 1;
+    while (i + n < s.size() && (static_cast<unsigned char>(s[i + n]) & 0xC0) == 0x80) n++;
+    out.push_back(s.substr(i, n));
+    i += n;
+  }
+  return out;
+}
 
 inline std::string normalize_newlines(const std::string & s) {
 #ifdef _WIN32
@@ -1240,41 +1252,34 @@ public:
         auto target_value = base->evaluate(context);
         target_value.refuse_markup("Subscripting");
         if (auto slice = dynamic_cast<SliceExpr*>(index.get())) {
-          auto len = target_value.size();
-          auto wrap = [len](int64_t i) -> int64_t {
-            if (i < 0) {
-              return i + len;
-            }
-            return i;
-          };
+          // Python's slice semantics (MoE Atlas patch 5): bounds clamp, strings slice by code point.
+          std::vector<std::string> chars;
+          if (target_value.is_string()) chars = utf8_code_points(target_value.get<std::string>());
+          else if (!target_value.is_array())
+            throw std::runtime_error(target_value.is_null() ? "Cannot subscript null" : "Subscripting only supported on arrays and strings");
+          int64_t len = target_value.is_string() ? (int64_t) chars.size() : (int64_t) target_value.size();
           int64_t step = slice->step ? slice->step->evaluate(context).get<int64_t>() : 1;
           if (!step) {
             throw std::runtime_error("slice step cannot be zero");
           }
-          int64_t start = slice->start ? wrap(slice->start->evaluate(context).get<int64_t>()) : (step < 0 ? len - 1 : 0);
-          int64_t end = slice->end ? wrap(slice->end->evaluate(context).get<int64_t>()) : (step < 0 ? -1 : len);
+          auto bound = [&](const std::shared_ptr<Expression> & e, int64_t dflt) -> int64_t {
+            if (!e) return dflt;
+            int64_t i = e->evaluate(context).get<int64_t>();
+            if (i < 0) i += len;
+            return step > 0 ? std::clamp<int64_t>(i, 0, len) : std::clamp<int64_t>(i, -1, len - 1);
+          };
+          int64_t start = bound(slice->start, step < 0 ? len - 1 : 0);
+          int64_t end = bound(slice->end, step < 0 ? -1 : len);
           if (target_value.is_string()) {
-            std::string s = target_value.get<std::string>();
-
             std::string result;
-            if (start < end && step == 1) {
-              result = s.substr(start, end - start);
-            } else {
-              for (int64_t i = start; step > 0 ? i < end : i > end; i += step) {
-                result += s[i];
-              }
-            }
+            for (int64_t i = start; step > 0 ? i < end : i > end; i += step) result += chars[i];
             return result;
-
-          } else if (target_value.is_array()) {
-            auto result = Value::array();
-            for (int64_t i = start; step > 0 ? i < end : i > end; i += step) {
-              result.push_back(target_value.at(i));
-            }
-            return result;
-          } else {
-            throw std::runtime_error(target_value.is_null() ? "Cannot subscript null" : "Subscripting only supported on arrays and strings");
           }
+          auto result = Value::array();
+          for (int64_t i = start; step > 0 ? i < end : i > end; i += step) {
+            result.push_back(target_value.at(i));
+          }
+          return result;
         } else {
           auto index_value = index->evaluate(context);
           if (target_value.is_null()) {
@@ -1282,6 +1287,13 @@ public:
               throw std::runtime_error("'" + t->get_name() + "' is " + (context->contains(t->get_name()) ? "null" : "not defined"));
             }
             throw std::runtime_error("Trying to access property '" +  index_value.dump() + "' on null!");
+          }
+          if (target_value.is_string() && index_value.is_number_integer()) {
+            // One code point, as Python indexes a str (MoE Atlas patch 5); out of range is undefined.
+            auto chars = utf8_code_points(target_value.get<std::string>());
+            int64_t i = index_value.get<int64_t>();
+            if (i < 0) i += (int64_t) chars.size();
+            return i >= 0 && i < (int64_t) chars.size() ? Value(chars[i]) : Value();
           }
           return target_value.get(index_value);
         }
