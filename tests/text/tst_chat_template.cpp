@@ -137,6 +137,78 @@ private Q_SLOTS:
         QVERIFY2(e.contains(QStringLiteral("only user roles")), qPrintable(e));
     }
 
+    // Engine patches (third_party/minja/README.md); each expected string is what Jinja2 renders
+    // with transformers' environment (trim_blocks, lstrip_blocks), written out by hand.
+    void lstripBlocksOnlyBeforeBlockTags()
+    {
+        // Patch 1: the indentation before {{ }} stays; before {% %} and {# #} it goes.
+        QCOMPARE(render("a\n  {{ 'x' }}\n  {% if true %}y{% endif %}\n  {# c #}z\n\t{%- if true %}\n    {{ 'w' }}{% "
+                        "endif %}",
+                     conversation(false)),
+            std::string("a\n  x\nyz    w"));
+        // ByteDance-Seed-OSS's tool docstring: the description keeps its four spaces.
+        ChatInput in;
+        in.tools = ojson::parse(R"([{"name": "f", "params": ["a", "b"], "description": " Does f. "}])");
+        const std::string docstring = "{% for t in tools %}\ndef {{ t.name }}(\n{%- for p in t.params %}\n"
+                                      "        {{- p }}{% if not loop.last %},{% endif %}\n{%- endfor %}):\n"
+                                      "    \"\"\"\n    {{ t.description | trim }}\n{% endfor %}";
+        QCOMPARE(render(docstring, in), std::string("def f(a,b):\n    \"\"\"\n    Does f.\n"));
+    }
+
+    void callOnAnyPostfixExpression()
+    {
+        // Patch 2: a call's result can be called, subscripted or have its methods called (GLM-4.6,
+        // StepFun-3.5-Flash: `not visible_text(m.content).endswith("/nothink")`).
+        QCOMPARE(
+            render("{% macro f(x) %}{{ x }}{% endmacro %}{{ f('ab').endswith('b') }}|{{ 'yes' if (true and not "
+                   "f('x/nothink').endswith('/nothink')) else 'no' }}|{{ f('a b').split(' ')[1] }}|{{ f ('c').upper() "
+                   "}}",
+                conversation(false)),
+            std::string("True|no|b|C"));
+    }
+
+    void undefinedInStringFiltersIsEmpty()
+    {
+        // Patch 3: Jinja's Undefined is "" through trim, upper and lower (Hermes-2-Pro / Hermes-3
+        // tool_use: `"): " + param_fields.description|trim` for a parameter without a description).
+        ChatInput in;
+        in.messages = ojson::parse(R"([{"role": "user", "content": "  hi "}])");
+        QCOMPARE(render("{% for m in messages %}{{ '(' + m.role + '): ' + m.missing|trim }}|{{ m.missing|upper }}|{{ "
+                        "m.missing|lower }}|{{ m.content|trim }};{% endfor %}",
+                     in),
+            std::string("(user): |||hi;"));
+    }
+
+    void subscriptsByCodePoint()
+    {
+        // Patch 5: a str is indexed and sliced by code point with Python's clamped bounds (minja indexed
+        // bytes, gave "" for "xy"[1] and read past the end of an over-long slice). Expected: Jinja2's.
+        QCOMPARE(render("{{ \"xy\"[1] }}|{{ \"z\u00fcri\"[1] }}|{{ \"z\u00fcri\"[-1] }}|{{ \"z\u00fcri\"[1:3] }}|"
+                        "{{ \"z\u00fcri\"[::-1] }}|{{ \"xy\"[5] }}|{{ [1,2,3][1:10] }}|{{ \"abc\"[-10:2] }}|"
+                        "{{ \"abcdef\"[5:1:-2] }}|{{ [1,2,3][::-1] }}",
+                     conversation(false)),
+            std::string("y|\u00fc|i|\u00fcr|ir\u00fcz||[2, 3]|ab|fd|[3, 2, 1]"));
+    }
+
+    void markupConcatenationEscapes()
+    {
+        // Patch 4: |safe and |escape make a markupsafe.Markup; + escapes the other string operand
+        // (meetkai functionary-v3.1's tool list); ~ and printing do not.
+        ChatInput in;
+        in.tools = ojson::array({ { { "name", "f<'x'>" }, { "description", "A & \"B\"" } } });
+        const std::string tpl = "{% for t in tools %}{{ \"Use '\"|safe + t.name + \"' to '\"|safe + t.description + "
+                                "\"'\\n\"|safe + t | tojson }}{% endfor %}|{{ tools[0].name|tojson|safe }}|"
+                                "{{ '<' ~ ('&'|safe) }}|{{ \"'<\"|e }}|{{ (\"<\"|e)|e + '>' }}|"
+                                "{{ ('<'|safe|trim|upper) + '>' }}|{{ 'a<' + ('b'|safe) }}";
+        QCOMPARE(render(tpl, in),
+            std::string("Use 'f&lt;&#39;x&#39;&gt;' to 'A &amp; &#34;B&#34;'\n{&#34;name&#34;: "
+                        "&#34;f&lt;&#39;x&#39;&gt;&#34;, &#34;description&#34;: &#34;A &amp; \\&#34;B\\&#34;&#34;}"
+                        "|\"f<'x'>\"|<&|&#39;&lt;|&lt;&gt;|<&gt;|a&lt;b"));
+        // Where Markup would keep its type and the engine does not track it, rendering refuses.
+        const QString e = inputErrorOf([] { (void)render("{{ ('<'|safe).strip() + '<' }}", conversation(false)); });
+        QVERIFY2(e.contains(QStringLiteral("strip() of a markupsafe.Markup value")), qPrintable(e));
+    }
+
     void modelFilesAndTemplateChoice()
     {
         QTemporaryDir dir;

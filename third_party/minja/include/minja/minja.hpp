@@ -6,6 +6,7 @@
     https://opensource.org/licenses/MIT.
 */
 // SPDX-License-Identifier: MIT
+// Patched for MoE Atlas (five small changes): see third_party/minja/README.md, "Patches".
 #pragma once
 
 #include <algorithm>
@@ -44,6 +45,19 @@ struct Options {
 };
 
 struct ArgumentsValue;
+static std::string html_escape(const std::string & s);
+
+// The code points of a UTF-8 string, each as its bytes (MoE Atlas patch 5: Python indexes str by code point).
+inline std::vector<std::string> utf8_code_points(const std::string & s) {
+  std::vector<std::string> out;
+  for (size_t i = 0; i < s.size();) {
+    size_t n = 1;
+    while (i + n < s.size() && (static_cast<unsigned char>(s[i + n]) & 0xC0) == 0x80) n++;
+    out.push_back(s.substr(i, n));
+    i += n;
+  }
+  return out;
+}
 
 inline std::string normalize_newlines(const std::string & s) {
 #ifdef _WIN32
@@ -68,6 +82,7 @@ private:
   std::shared_ptr<ObjectType> object_;
   std::shared_ptr<CallableType> callable_;
   json primitive_;
+  bool markup_ = false;  // a string that is a markupsafe.Markup (from |safe or |escape)
 
   Value(const std::shared_ptr<ArrayType> & array) : array_(array) {}
   Value(const std::shared_ptr<ObjectType> & object) : object_(object) {}
@@ -279,6 +294,17 @@ public:
   bool is_number_float() const { return primitive_.is_number_float(); }
   bool is_number() const { return primitive_.is_number(); }
   bool is_string() const { return primitive_.is_string(); }
+  bool is_markup() const { return markup_ && is_string(); }
+  static Value markup_if(bool markup, const std::string & s) {
+    Value v(s);
+    v.markup_ = markup;
+    return v;
+  }
+  // Markup keeps its type through str methods, slicing and *, which the engine does not track.
+  void refuse_markup(const std::string & operation) const {
+    if (is_markup())
+      throw std::runtime_error(operation + " of a markupsafe.Markup value (from |safe or |escape) is not supported");
+  }
   bool is_iterable() const { return is_array() || is_object() || is_string(); }
 
   bool is_primitive() const { return !array_ && !object_ && !callable_; }
@@ -466,7 +492,11 @@ public:
     return dump();
   }
   Value operator+(const Value& rhs) const {
-      if (is_string() || rhs.is_string()) {
+      if (is_string() && rhs.is_string() && (is_markup() || rhs.is_markup())) {
+        auto l = is_markup() ? get<std::string>() : html_escape(get<std::string>());
+        auto r = rhs.is_markup() ? rhs.get<std::string>() : html_escape(rhs.get<std::string>());
+        return markup_if(true, l + r);
+      } else if (is_string() || rhs.is_string()) {
         return to_str() + rhs.to_str();
       } else if (is_number_integer() && rhs.is_number_integer()) {
         return get<int64_t>() + rhs.get<int64_t>();
@@ -486,6 +516,7 @@ public:
         return get<double>() - rhs.get<double>();
   }
   Value operator*(const Value& rhs) const {
+      refuse_markup("*");
       if (is_string() && rhs.is_number_integer()) {
         std::ostringstream out;
         for (int64_t i = 0, n = rhs.get<int64_t>(); i < n; ++i) {
@@ -1219,42 +1250,36 @@ public:
         if (!base) throw std::runtime_error("SubscriptExpr.base is null");
         if (!index) throw std::runtime_error("SubscriptExpr.index is null");
         auto target_value = base->evaluate(context);
+        target_value.refuse_markup("Subscripting");
         if (auto slice = dynamic_cast<SliceExpr*>(index.get())) {
-          auto len = target_value.size();
-          auto wrap = [len](int64_t i) -> int64_t {
-            if (i < 0) {
-              return i + len;
-            }
-            return i;
-          };
+          // Python's slice semantics (MoE Atlas patch 5): bounds clamp, strings slice by code point.
+          std::vector<std::string> chars;
+          if (target_value.is_string()) chars = utf8_code_points(target_value.get<std::string>());
+          else if (!target_value.is_array())
+            throw std::runtime_error(target_value.is_null() ? "Cannot subscript null" : "Subscripting only supported on arrays and strings");
+          int64_t len = target_value.is_string() ? (int64_t) chars.size() : (int64_t) target_value.size();
           int64_t step = slice->step ? slice->step->evaluate(context).get<int64_t>() : 1;
           if (!step) {
             throw std::runtime_error("slice step cannot be zero");
           }
-          int64_t start = slice->start ? wrap(slice->start->evaluate(context).get<int64_t>()) : (step < 0 ? len - 1 : 0);
-          int64_t end = slice->end ? wrap(slice->end->evaluate(context).get<int64_t>()) : (step < 0 ? -1 : len);
+          auto bound = [&](const std::shared_ptr<Expression> & e, int64_t dflt) -> int64_t {
+            if (!e) return dflt;
+            int64_t i = e->evaluate(context).get<int64_t>();
+            if (i < 0) i += len;
+            return step > 0 ? std::clamp<int64_t>(i, 0, len) : std::clamp<int64_t>(i, -1, len - 1);
+          };
+          int64_t start = bound(slice->start, step < 0 ? len - 1 : 0);
+          int64_t end = bound(slice->end, step < 0 ? -1 : len);
           if (target_value.is_string()) {
-            std::string s = target_value.get<std::string>();
-
             std::string result;
-            if (start < end && step == 1) {
-              result = s.substr(start, end - start);
-            } else {
-              for (int64_t i = start; step > 0 ? i < end : i > end; i += step) {
-                result += s[i];
-              }
-            }
+            for (int64_t i = start; step > 0 ? i < end : i > end; i += step) result += chars[i];
             return result;
-
-          } else if (target_value.is_array()) {
-            auto result = Value::array();
-            for (int64_t i = start; step > 0 ? i < end : i > end; i += step) {
-              result.push_back(target_value.at(i));
-            }
-            return result;
-          } else {
-            throw std::runtime_error(target_value.is_null() ? "Cannot subscript null" : "Subscripting only supported on arrays and strings");
           }
+          auto result = Value::array();
+          for (int64_t i = start; step > 0 ? i < end : i > end; i += step) {
+            result.push_back(target_value.at(i));
+          }
+          return result;
         } else {
           auto index_value = index->evaluate(context);
           if (target_value.is_null()) {
@@ -1262,6 +1287,13 @@ public:
               throw std::runtime_error("'" + t->get_name() + "' is " + (context->contains(t->get_name()) ? "null" : "not defined"));
             }
             throw std::runtime_error("Trying to access property '" +  index_value.dump() + "' on null!");
+          }
+          if (target_value.is_string() && index_value.is_number_integer()) {
+            // One code point, as Python indexes a str (MoE Atlas patch 5); out of range is undefined.
+            auto chars = utf8_code_points(target_value.get<std::string>());
+            int64_t i = index_value.get<int64_t>();
+            if (i < 0) i += (int64_t) chars.size();
+            return i >= 0 && i < (int64_t) chars.size() ? Value(chars[i]) : Value();
           }
           return target_value.get(index_value);
         }
@@ -1453,7 +1485,7 @@ static std::string html_escape(const std::string & s) {
       case '<': result += "&lt;"; break;
       case '>': result += "&gt;"; break;
       case '"': result += "&#34;"; break;
-      case '\'': result += "&apos;"; break;
+      case '\'': result += "&#39;"; break;
       default: result += c; break;
     }
   }
@@ -1525,6 +1557,8 @@ public:
           }
         } else if (obj.is_string()) {
           auto str = obj.get<std::string>();
+          if (method->get_name() != "startswith" && method->get_name() != "endswith")
+            obj.refuse_markup("The str method " + method->get_name() + "()");
           if (method->get_name() == "strip") {
             vargs.expectArgs("strip method", {0, 1}, {0, 0});
             auto chars = vargs.args.empty() ? "" : vargs.args[0].get<std::string>();
@@ -2140,8 +2174,12 @@ private:
 
       auto value = parseValue();
 
-      while (it != end && consumeSpaces() && peekSymbols({ "[", "." })) {
-        if (!consumeToken("[").empty()) {
+      while (it != end && consumeSpaces() && peekSymbols({ "[", ".", "(" })) {
+        if (peekSymbols({ "(" })) {
+          auto location = get_location();
+          auto callParams = parseCallArgs();
+          value = std::make_shared<CallExpr>(location, std::move(value), std::move(callParams));
+        } else if (!consumeToken("[").empty()) {
           std::shared_ptr<Expression> index;
           auto slice_loc = get_location();
           std::shared_ptr<Expression> start, end, step;
@@ -2187,12 +2225,6 @@ private:
             }
         }
         consumeSpaces();
-      }
-
-      if (peekSymbols({ "(" })) {
-        auto location = get_location();
-        auto callParams = parseCallArgs();
-        value = std::make_shared<CallExpr>(location, std::move(value), std::move(callParams));
       }
       return value;
     }
@@ -2530,7 +2562,7 @@ private:
               if (post_space == SpaceHandling::Strip) {
                 static std::regex trailing_space_regex(R"(\s+$)");
                 text = std::regex_replace(text, trailing_space_regex, "");
-              } else if (options.lstrip_blocks && it != end) {
+              } else if (options.lstrip_blocks && it != end && !dynamic_cast<ExpressionTemplateToken*>((*it).get())) {
                 auto i = text.size();
                 while (i > 0 && (text[i - 1] == ' ' || text[i - 1] == '\t')) i--;
                 if ((i == 0 && (it - 1) == begin) || (i > 0 && text[i - 1] == '\n')) {
@@ -2681,16 +2713,17 @@ inline std::shared_ptr<Context> Context::builtins() {
   }));
   globals.set("trim", simple_function("trim", { "text" }, [](const std::shared_ptr<Context> &, Value & args) {
     auto & text = args.at("text");
-    return text.is_null() ? text : Value(strip(text.get<std::string>()));
+    if (text.is_null()) return Value("");
+    return Value::markup_if(text.is_markup(), strip(text.get<std::string>()));
   }));
   auto char_transform_function = [](const std::string & name, const std::function<char(char)> & fn) {
     return simple_function(name, { "text" }, [=](const std::shared_ptr<Context> &, Value & args) {
       auto text = args.at("text");
-      if (text.is_null()) return text;
+      if (text.is_null()) return Value("");
       std::string res;
       auto str = text.get<std::string>();
       std::transform(str.begin(), str.end(), std::back_inserter(res), fn);
-      return Value(res);
+      return Value::markup_if(text.is_markup(), res);
     });
   };
   globals.set("lower", char_transform_function("lower", ::tolower));
@@ -2711,7 +2744,8 @@ inline std::shared_ptr<Context> Context::builtins() {
     return boolean ? (value.to_bool() ? value : default_value) : value.is_null() ? default_value : value;
   }));
   auto escape = simple_function("escape", { "text" }, [](const std::shared_ptr<Context> &, Value & args) {
-    return Value(html_escape(args.at("text").get<std::string>()));
+    if (args.at("text").is_markup()) return args.at("text");
+    return Value::markup_if(true, html_escape(args.at("text").get<std::string>()));
   });
   globals.set("e", escape);
   globals.set("escape", escape);
@@ -2783,10 +2817,10 @@ inline std::shared_ptr<Context> Context::builtins() {
       return (int64_t) items.size();
   }));
   globals.set("safe", simple_function("safe", { "value" }, [](const std::shared_ptr<Context> &, Value & args) -> Value {
-      return args.at("value").to_str();
+      return Value::markup_if(true, args.at("value").to_str());
   }));
   globals.set("string", simple_function("string", { "value" }, [](const std::shared_ptr<Context> &, Value & args) -> Value {
-      return args.at("value").to_str();
+      return Value::markup_if(args.at("value").is_markup(), args.at("value").to_str());
   }));
   globals.set("int", simple_function("int", { "value" }, [](const std::shared_ptr<Context> &, Value & args) -> Value {
       return args.at("value").to_int();
@@ -2905,7 +2939,7 @@ inline std::shared_ptr<Context> Context::builtins() {
       out += line;
     }
     if (!text.empty() && text.back() == '\n') out += "\n";
-    return out;
+    return Value::markup_if(args.at("text").is_markup(), out);
   }));
   auto select_or_reject_attr = [](bool is_select) {
     return Value::callable([=](const std::shared_ptr<Context> & context, ArgumentsValue & args) {
