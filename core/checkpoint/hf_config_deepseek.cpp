@@ -122,8 +122,6 @@ void parseMla(const ConfigReader& cfg, ModelSpec& s)
         const nlohmann::json& p = cfg.raw().at(field);
         if (!p.contains("factor") || !p.at("factor").is_number())
             cfg.fail(std::string(field) + ".factor", "is required for rope_type 'yarn' (expected a number >= 1)");
-        if (s.rope.factor < 1.0)
-            cfg.fail(std::string(field) + ".factor", "is " + std::to_string(s.rope.factor) + " (expected >= 1)");
     }
 }
 
