@@ -32,15 +32,16 @@ struct GenerateArgs {
 
 int runGenerate(GenerateArgs a)
 {
-    static const std::map<std::string, Architecture> archs = { { "mixtral", Architecture::Mixtral },
-        { "qwen2_moe", Architecture::Qwen2Moe }, { "qwen3_moe", Architecture::Qwen3Moe },
-        { "olmoe", Architecture::Olmoe }, { "gpt_oss", Architecture::GptOss },
-        { "qwen3_5_moe", Architecture::Qwen3_5Moe }, { "glm4_moe", Architecture::Glm4Moe } };
+    static const std::map<std::string, Architecture> archs
+        = { { "mixtral", Architecture::Mixtral }, { "qwen2_moe", Architecture::Qwen2Moe },
+              { "qwen3_moe", Architecture::Qwen3Moe }, { "olmoe", Architecture::Olmoe },
+              { "gpt_oss", Architecture::GptOss }, { "qwen3_5_moe", Architecture::Qwen3_5Moe },
+              { "glm4_moe", Architecture::Glm4Moe }, { "deepseek_v3", Architecture::DeepseekV3 } };
     static const std::map<std::string, DType> dtypes
         = { { "float32", DType::F32 }, { "bfloat16", DType::BF16 }, { "float16", DType::F16 } };
     if (!archs.count(a.arch))
         throw InputError("--arch '" + a.arch
-            + "' (expected mixtral, qwen2_moe, qwen3_moe, olmoe, gpt_oss, qwen3_5_moe or glm4_moe)");
+            + "' (expected mixtral, qwen2_moe, qwen3_moe, olmoe, gpt_oss, qwen3_5_moe, glm4_moe or deepseek_v3)");
     if (!dtypes.count(a.dtype))
         throw InputError("--dtype '" + a.dtype + "' (expected float32, bfloat16 or float16)");
     a.model.arch = archs.at(a.arch);
@@ -69,7 +70,8 @@ Command addGenerateCommand(CLI::App& app)
     auto a = std::make_shared<GenerateArgs>();
     CLI::App* sub = app.add_subcommand("generate", "Write a random-weight MoE checkpoint in Hugging Face layout");
     sub->add_option("--output,-o", a->output, "Checkpoint directory to create");
-    sub->add_option("--arch", a->arch, "mixtral, qwen2_moe, qwen3_moe, olmoe, gpt_oss, qwen3_5_moe or glm4_moe")
+    sub->add_option(
+           "--arch", a->arch, "mixtral, qwen2_moe, qwen3_moe, olmoe, gpt_oss, qwen3_5_moe, glm4_moe or deepseek_v3")
         ->capture_default_str();
     sub->add_option("--dtype", a->dtype, "float32, bfloat16 or float16")->capture_default_str();
     sub->add_option("--layers", a->model.numLayers)->capture_default_str();
@@ -97,14 +99,20 @@ Command addGenerateCommand(CLI::App& app)
         ->capture_default_str();
     sub->add_option("--linear-value-head-dim", a->model.linearValueHeadDim, "qwen3_5_moe: linear_value_head_dim")
         ->capture_default_str();
-    sub->add_option("--dense-layers", a->model.firstDenseLayers, "glm4_moe: first_k_dense_replace")
+    sub->add_option("--dense-layers", a->model.firstDenseLayers, "glm4_moe, deepseek_v3: first_k_dense_replace")
         ->capture_default_str();
-    sub->add_option("--groups", a->model.numGroups, "glm4_moe: n_group (expert groups of the router)")
+    sub->add_option("--groups", a->model.numGroups, "glm4_moe, deepseek_v3: n_group (expert groups of the router)")
         ->capture_default_str();
-    sub->add_option("--topk-groups", a->model.topkGroup, "glm4_moe: topk_group (groups a token may use)")
+    sub->add_option("--topk-groups", a->model.topkGroup, "glm4_moe, deepseek_v3: topk_group (groups a token may use)")
         ->capture_default_str();
-    sub->add_option("--routed-scaling", a->model.routedScalingFactor, "glm4_moe: routed_scaling_factor")
+    sub->add_option("--routed-scaling", a->model.routedScalingFactor, "glm4_moe, deepseek_v3: routed_scaling_factor")
         ->capture_default_str();
+    sub->add_option("--q-lora-rank", a->model.qLoraRank, "deepseek_v3: q_lora_rank (0 = null: a plain q_proj)")
+        ->capture_default_str();
+    sub->add_option("--kv-lora-rank", a->model.kvLoraRank, "deepseek_v3: kv_lora_rank")->capture_default_str();
+    sub->add_option("--qk-nope-dim", a->model.qkNopeHeadDim, "deepseek_v3: qk_nope_head_dim")->capture_default_str();
+    sub->add_option("--qk-rope-dim", a->model.qkRopeHeadDim, "deepseek_v3: qk_rope_head_dim")->capture_default_str();
+    sub->add_option("--v-head-dim", a->model.vHeadDim, "deepseek_v3: v_head_dim")->capture_default_str();
     sub->add_option("--vocab", a->model.vocabSize)->capture_default_str();
     sub->add_flag("--fused", a->model.fusedExperts, "Store experts fused per layer (transformers v5 layout)");
     sub->add_flag("--fp8", a->model.fp8,

@@ -91,6 +91,14 @@ int runInspect(const InspectArgs& a)
                 { "routed_scaling_factor", spec.router.scalingFactor },
                 { "e_score_correction_bias", spec.router.correctionBias } };
         j["hidden_size"] = spec.hiddenSize;
+        if (spec.mla.enabled()) {
+            const MlaSpec& m = spec.mla;
+            j["attention"]
+                = { { "kind", "mla" }, { "q_lora_rank", m.qLoraRank > 0 ? nlohmann::json(m.qLoraRank) : nullptr },
+                      { "kv_lora_rank", m.kvLoraRank }, { "qk_nope_head_dim", m.qkNopeHeadDim },
+                      { "qk_rope_head_dim", m.qkRopeHeadDim }, { "v_head_dim", m.vHeadDim },
+                      { "rope_interleave", m.ropeInterleave } };
+        }
         j["moe_intermediate_size"] = spec.moeIntermediate;
         j["shared_expert_intermediate_size"] = spec.sharedIntermediate;
         j["expert_dtype"] = dtype;
@@ -127,9 +135,20 @@ int runInspect(const InspectArgs& a)
         spec.sharedIntermediate == 0 ? ""
             : spec.sharedExpertGate  ? ", 1 shared expert (sigmoid gate)"
                                      : ", shared experts (no gate)");
-    std::printf("hidden          %lld, heads %d (kv %d) x %lld, expert width %lld\n",
-        static_cast<long long>(spec.hiddenSize), spec.numHeads, spec.numKvHeads, static_cast<long long>(spec.headDim),
-        static_cast<long long>(spec.moeIntermediate));
+    if (spec.mla.enabled()) {
+        const MlaSpec& m = spec.mla;
+        std::printf("hidden          %lld, %d heads, expert width %lld\n", static_cast<long long>(spec.hiddenSize),
+            spec.numHeads, static_cast<long long>(spec.moeIntermediate));
+        const std::string queries = m.qLoraRank > 0 ? "LoRA " + std::to_string(m.qLoraRank) : "q_proj";
+        std::printf("attention       multi-head latent: q %s, kv latent %lld, qk %lld + rope %lld%s, v %lld\n",
+            queries.c_str(), static_cast<long long>(m.kvLoraRank), static_cast<long long>(m.qkNopeHeadDim),
+            static_cast<long long>(m.qkRopeHeadDim), m.ropeInterleave ? " (interleaved)" : "",
+            static_cast<long long>(m.vHeadDim));
+    } else {
+        std::printf("hidden          %lld, heads %d (kv %d) x %lld, expert width %lld\n",
+            static_cast<long long>(spec.hiddenSize), spec.numHeads, spec.numKvHeads,
+            static_cast<long long>(spec.headDim), static_cast<long long>(spec.moeIntermediate));
+    }
     std::printf("expert dtype    %s\n\n", dtype.c_str());
     std::printf("%-16s %12s %12s %7s\n", "component", "params", "bytes", "share");
     for (int c = 0; c < kComponentCount; ++c) {

@@ -117,8 +117,10 @@ private:
     std::string m_source;
 };
 
-// The DeepSeek family's keys (glm4_moe): router, shared experts, dense prefix, attention (hf_config_deepseek.cpp).
+// The DeepSeek family's keys (glm4_moe, deepseek_v3): router, shared experts, dense prefix, attention
+// (hf_config_deepseek.cpp). parseDeepseekV3 runs after parseRope (it checks the YaRN factor).
 struct ModelSpec;
 void parseGlm4Moe(const ConfigReader& cfg, ModelSpec& s);
+void parseDeepseekV3(const ConfigReader& cfg, ModelSpec& s);
 
 } // namespace moeatlas

@@ -30,14 +30,16 @@ Architecture architectureOf(const std::string& modelType, const std::string& sou
         return Architecture::Qwen3_5Moe;
     if (modelType == "glm4_moe")
         return Architecture::Glm4Moe;
-    if (modelType == "deepseek_v3" || modelType == "deepseek_v2")
-        throw InputError(source + ": field 'model_type' is '" + modelType
-            + "': its multi-head latent attention (MLA) is not implemented yet; the engine runs the same router "
-              "in glm4_moe checkpoints (supported: mixtral, qwen2_moe, qwen3_moe, olmoe, gpt_oss, qwen3_5_moe, "
-              "glm4_moe)");
+    if (modelType == "deepseek_v3")
+        return Architecture::DeepseekV3;
+    if (modelType == "deepseek_v2")
+        throw InputError(source
+            + ": field 'model_type' is 'deepseek_v2': its softmax router with group-limited "
+              "greedy selection is not implemented (supported: mixtral, qwen2_moe, qwen3_moe, olmoe, "
+              "gpt_oss, qwen3_5_moe, glm4_moe, deepseek_v3)");
     throw InputError(source + ": field 'model_type' is '" + modelType
         + "', which MoE Atlas does not support (supported: mixtral, qwen2_moe, "
-          "qwen3_moe, olmoe, gpt_oss, qwen3_5_moe, glm4_moe)");
+          "qwen3_moe, olmoe, gpt_oss, qwen3_5_moe, glm4_moe, deepseek_v3)");
 }
 
 // The architectures other than Qwen3.5-MoE rotate the whole head (their attention, like transformers',
@@ -324,6 +326,8 @@ const char* architectureName(Architecture a)
         return "qwen3_5_moe";
     case Architecture::Glm4Moe:
         return "glm4_moe";
+    case Architecture::DeepseekV3:
+        return "deepseek_v3";
     }
     return "?";
 }
@@ -361,9 +365,12 @@ ModelSpec parseModelSpec(const json& config, const std::string& source)
         cfg.fail("num_key_value_heads",
             "must divide num_attention_heads (" + std::to_string(s.numHeads) + "), got "
                 + std::to_string(s.numKvHeads));
-    // Qwen3.5-MoE's head_dim is its own (transformers' default 256), not hidden_size / heads.
+    // Qwen3.5-MoE's head_dim is its own (transformers' default 256), not hidden_size / heads; deepseek_v3's is
+    // qk_rope_head_dim whatever config.json says (DeepseekV3Config overwrites it; parseDeepseekV3).
     const int64_t headDim = cfg.integer("head_dim", s.arch == Architecture::Qwen3_5Moe ? 256 : 0);
-    if (headDim > 0) {
+    if (s.arch == Architecture::DeepseekV3) {
+        s.headDim = 0;
+    } else if (headDim > 0) {
         s.headDim = headDim;
     } else {
         if (s.hiddenSize % s.numHeads != 0)
@@ -438,6 +445,9 @@ ModelSpec parseModelSpec(const json& config, const std::string& source)
     case Architecture::Glm4Moe:
         parseGlm4Moe(cfg, s); // also its layers: the first first_k_dense_replace are dense
         break;
+    case Architecture::DeepseekV3:
+        parseDeepseekV3(cfg, s); // also its layers, head_dim (= qk_rope_head_dim) and the MLA dimensions
+        break;
     }
     if (s.router.topK > s.router.numExperts)
         cfg.fail("num_experts_per_tok",
@@ -460,7 +470,8 @@ ModelSpec parseModelSpec(const json& config, const std::string& source)
         layerTypes = qwen35LayerTypes(cfg, s.numLayers);
     const int64_t maxWindowLayers = cfg.integer("max_window_layers", s.numLayers);
     s.layers.resize(s.numLayers);
-    for (int i = 0; i < s.numLayers && s.arch != Architecture::Glm4Moe; ++i) {
+    const bool layersParsed = s.arch == Architecture::Glm4Moe || s.arch == Architecture::DeepseekV3;
+    for (int i = 0; i < s.numLayers && !layersParsed; ++i) {
         LayerSpec& l = s.layers[i];
         l.moe = std::find(mlpOnly.begin(), mlpOnly.end(), i) == mlpOnly.end() && (i + 1) % sparseStep == 0;
         if (!l.moe)

@@ -50,7 +50,8 @@ Component componentOf(const std::string& n)
     if (n.rfind("lm_head", 0) == 0)
         return Component::LmHead;
     if (contains(n, ".self_attn.")) {
-        return contains(n, "_norm.") ? Component::Norms : Component::Attention;
+        // q_norm / k_norm, and MLA's q_a_layernorm / kv_a_layernorm (deepseek_v3).
+        return contains(n, "_norm.") || contains(n, "layernorm.") ? Component::Norms : Component::Attention;
     }
     if (contains(n, "shared_expert"))
         return Component::SharedExperts;

@@ -10,7 +10,7 @@
 
 namespace moeatlas {
 
-enum class Architecture { Mixtral, Qwen2Moe, Qwen3Moe, Olmoe, GptOss, Qwen3_5Moe, Glm4Moe };
+enum class Architecture { Mixtral, Qwen2Moe, Qwen3Moe, Olmoe, GptOss, Qwen3_5Moe, Glm4Moe, DeepseekV3 };
 
 // How q/k are normalised before RoPE.
 enum class QkNorm {
@@ -80,6 +80,26 @@ struct LinearAttentionSpec {
     int64_t convDim() const { return 2 * keyDim() + valueDim(); } // channels of [q; k; v]
 };
 
+// Multi-head latent attention (deepseek_v3, DeepseekV3Attention): config.json's MLA keys. Queries come from
+// q_proj, or from the low-rank q_a_proj -> q_a_layernorm -> q_b_proj when qLoraRank > 0; keys and values from
+// one latent: kv_a_proj_with_mqa gives [latent (kvLoraRank); shared rotary key (qkRopeHeadDim)], kv_a_layernorm
+// normalises the latent and kv_b_proj expands it per head into [key without RoPE (qkNopeHeadDim); value
+// (vHeadDim)]. Each head's query and key are [nope; rope]; RoPE turns the rope parts only (ModelSpec::headDim is
+// qkRopeHeadDim, as transformers sets head_dim). The two latent norms use eps 1e-6 whatever rms_norm_eps.
+struct MlaSpec {
+    int64_t qLoraRank = 0; // q_lora_rank; 0 = null (a plain q_proj)
+    int64_t kvLoraRank = 0; // kv_lora_rank; 0 = not an MLA model
+    int64_t qkNopeHeadDim = 0;
+    int64_t qkRopeHeadDim = 0;
+    int64_t vHeadDim = 0;
+    // rope_interleave: the rotary dimensions are stored as pairs (x0, x1), (x2, x3), ...; transformers rotates
+    // them as [even; odd] halves, and both q and k come out in that order (a dot product does not mind).
+    bool ropeInterleave = true;
+    bool attentionBias = false; // attention_bias: q_a_proj, kv_a_proj_with_mqa and o_proj have biases
+    bool enabled() const { return kvLoraRank > 0; }
+    int64_t qkHeadDim() const { return qkNopeHeadDim + qkRopeHeadDim; }
+};
+
 struct LayerSpec {
     bool moe = true; // false: a dense MLP of denseIntermediate
     bool linearAttention = false; // Qwen3.5-MoE "linear_attention": a Gated DeltaNet instead of self-attention
@@ -147,6 +167,8 @@ struct ModelSpec {
     bool attnOutputGate = false;
     bool zeroCentredNorm = false;
     LinearAttentionSpec linearAttention;
+    // deepseek_v3: multi-head latent attention instead of q/k/v projections (MlaSpec::enabled()).
+    MlaSpec mla;
     // Prefix of every language-model tensor: "model." or, for a multimodal checkpoint (config.json with a
     // text_config), "model.language_model." (tensor_layout.h).
     std::string tensorPrefix = "model.";

@@ -133,9 +133,15 @@ Fp8Quantization fp8Of(const RandomModelOptions& o, const Entry& e)
     return q;
 }
 
+// The DeepSeek family: the sigmoid router with its correction bias, one ungated shared expert, a dense prefix.
+bool deepseekFamily(const RandomModelOptions& o)
+{
+    return o.arch == Architecture::Glm4Moe || o.arch == Architecture::DeepseekV3;
+}
+
 bool isMoeLayer(const RandomModelOptions& o, int layer)
 {
-    if (o.arch == Architecture::Glm4Moe)
+    if (deepseekFamily(o))
         return layer >= o.firstDenseLayers;
     for (int l : o.mlpOnlyLayers)
         if (l == layer)
@@ -174,6 +180,25 @@ void addLinearAttention(const RandomModelOptions& o, const std::string& p, std::
     t.push_back({ a + "out_proj.weight", { H, valueDim }, 0.0, s });
 }
 
+// deepseek_v3's multi-head latent attention (DeepseekV3Attention's tensors, no biases).
+void addMlaAttention(const RandomModelOptions& o, const std::string& p, std::vector<Entry>& t)
+{
+    const int64_t H = o.hiddenSize, nh = o.numHeads, qk = o.qkNopeHeadDim + o.qkRopeHeadDim;
+    const double s = o.initStd;
+    const std::string a = p + "self_attn.";
+    if (o.qLoraRank > 0) {
+        t.push_back({ a + "q_a_proj.weight", { o.qLoraRank, H }, 0.0, s });
+        t.push_back({ a + "q_a_layernorm.weight", { o.qLoraRank }, 1.0, 0.0 });
+        t.push_back({ a + "q_b_proj.weight", { nh * qk, o.qLoraRank }, 0.0, s });
+    } else {
+        t.push_back({ a + "q_proj.weight", { nh * qk, H }, 0.0, s });
+    }
+    t.push_back({ a + "kv_a_proj_with_mqa.weight", { o.kvLoraRank + o.qkRopeHeadDim, H }, 0.0, s });
+    t.push_back({ a + "kv_a_layernorm.weight", { o.kvLoraRank }, 1.0, 0.0 });
+    t.push_back({ a + "kv_b_proj.weight", { nh * (o.qkNopeHeadDim + o.vHeadDim), o.kvLoraRank }, 0.0, s });
+    t.push_back({ a + "o_proj.weight", { H, nh * o.vHeadDim }, 0.0, s });
+}
+
 std::vector<Entry> tensorList(const RandomModelOptions& o)
 {
     const int64_t H = o.hiddenSize, hd = o.headDim, E = o.numExperts, I = o.moeIntermediate;
@@ -190,6 +215,8 @@ std::vector<Entry> tensorList(const RandomModelOptions& o)
         const int64_t qOut = static_cast<int64_t>(o.numHeads) * hd, kvOut = static_cast<int64_t>(o.numKvHeads) * hd;
         if (isLinearAttentionLayer(o, l)) {
             addLinearAttention(o, p, t);
+        } else if (o.arch == Architecture::DeepseekV3) {
+            addMlaAttention(o, p, t);
         } else {
             // Qwen3.5-MoE's q_proj also gives the attention output gate: [query_h; gate_h] per head.
             t.push_back(
@@ -233,7 +260,7 @@ std::vector<Entry> tensorList(const RandomModelOptions& o)
         }
         const std::string m = p + (mixtral && !o.fusedExperts ? "block_sparse_moe." : "mlp.");
         t.push_back({ m + "gate.weight", { E, H }, 0.0, o.routerStd / std::sqrt(static_cast<double>(H)) });
-        if (o.arch == Architecture::Glm4Moe)
+        if (deepseekFamily(o))
             t.push_back({ m + "gate.e_score_correction_bias", { E }, 0.0, o.correctionBiasStd });
         if (o.fusedExperts) {
             t.push_back({ m + "experts.gate_up_proj", { E, 2 * I, H }, 0.0, s });
@@ -253,7 +280,7 @@ std::vector<Entry> tensorList(const RandomModelOptions& o)
             t.push_back({ m + "shared_expert.down_proj.weight", { H, SI }, 0.0, s });
             t.push_back({ m + "shared_expert_gate.weight", { 1, H }, 0.0, s });
         }
-        if (o.arch == Architecture::Glm4Moe) { // one shared expert (n_shared_experts 1), no gate
+        if (deepseekFamily(o)) { // one shared expert (n_shared_experts 1), no gate
             t.push_back({ m + "shared_experts.gate_proj.weight", { I, H }, 0.0, s });
             t.push_back({ m + "shared_experts.up_proj.weight", { I, H }, 0.0, s });
             t.push_back({ m + "shared_experts.down_proj.weight", { H, I }, 0.0, s });
@@ -354,6 +381,32 @@ std::string randomModelConfig(const RandomModelOptions& o)
         c["rope_parameters"]
             = { { "rope_type", "default" }, { "rope_theta", 10000.0 }, { "partial_rotary_factor", 0.5 } };
         break;
+    case Architecture::DeepseekV3:
+        // DeepSeek-V3's hub config.json (rope_scaling as the hub writes it), at these sizes.
+        c["architectures"] = { "DeepseekV3ForCausalLM" };
+        c.erase("head_dim");
+        c["num_key_value_heads"] = o.numHeads;
+        c["n_routed_experts"] = o.numExperts;
+        c["n_shared_experts"] = 1;
+        c["moe_intermediate_size"] = o.moeIntermediate;
+        c["intermediate_size"] = o.denseIntermediate;
+        c["first_k_dense_replace"] = o.firstDenseLayers;
+        c["n_group"] = o.numGroups;
+        c["topk_group"] = o.topkGroup;
+        c["routed_scaling_factor"] = o.routedScalingFactor;
+        c["norm_topk_prob"] = o.normTopkProb;
+        c["q_lora_rank"] = o.qLoraRank > 0 ? nlohmann::json(o.qLoraRank) : nlohmann::json(nullptr);
+        c["kv_lora_rank"] = o.kvLoraRank;
+        c["qk_nope_head_dim"] = o.qkNopeHeadDim;
+        c["qk_rope_head_dim"] = o.qkRopeHeadDim;
+        c["v_head_dim"] = o.vHeadDim;
+        c["rope_interleave"] = true;
+        c["attention_bias"] = false;
+        c["num_nextn_predict_layers"] = 0;
+        c["max_position_embeddings"] = 163840;
+        c["rope_scaling"] = { { "type", "yarn" }, { "factor", 40.0 }, { "original_max_position_embeddings", 4096 },
+            { "beta_fast", 32 }, { "beta_slow", 1 }, { "mscale", 1.0 }, { "mscale_all_dim", 1.0 } };
+        break;
     case Architecture::Qwen3_5Moe: {
         c["model_type"] = "qwen3_5_moe_text"; // the text-only checkpoint Qwen3_5MoeForCausalLM saves
         c["architectures"] = { "Qwen3_5MoeForCausalLM" };
@@ -390,11 +443,17 @@ void writeRandomModel(const RandomModelOptions& o, const std::filesystem::path& 
         throw InputError(
             "qwen3_5_moe: full-attention interval must be > 0 and the linear value heads a multiple of the "
             "key heads");
-    if (o.arch == Architecture::Glm4Moe
+    if (deepseekFamily(o)
         && (o.numGroups <= 0 || o.numExperts % o.numGroups != 0 || o.topkGroup <= 0 || o.topkGroup > o.numGroups
             || o.firstDenseLayers < 0 || o.firstDenseLayers > o.numLayers || !o.mlpOnlyLayers.empty()))
-        throw InputError("glm4_moe: --groups must divide --experts, --topk-groups lie in 1..groups, --dense-layers in "
-                         "0..layers (and no mlp_only_layers)");
+        throw InputError(std::string(architectureName(o.arch))
+            + ": --groups must divide --experts, --topk-groups lie in 1..groups, --dense-layers in "
+              "0..layers (and no mlp_only_layers)");
+    if (o.arch == Architecture::DeepseekV3
+        && (o.qLoraRank < 0 || o.kvLoraRank <= 0 || o.qkNopeHeadDim <= 0 || o.qkRopeHeadDim <= 0
+            || o.qkRopeHeadDim % 2 != 0 || o.vHeadDim <= 0))
+        throw InputError("deepseek_v3: --q-lora-rank must be >= 0 (0 = none), --kv-lora-rank, --qk-nope-dim and "
+                         "--v-head-dim > 0, --qk-rope-dim even and > 0");
     if (o.dtype != DType::F32 && o.dtype != DType::BF16 && o.dtype != DType::F16)
         throw InputError("random models are written in F32, BF16 or F16");
     if (o.fp8 && o.arch == Architecture::GptOss)

@@ -36,6 +36,14 @@ struct RandomModelOptions {
     // glm4_moe: the first firstDenseLayers layers dense (first_k_dense_replace), the sigmoid router's groups
     // (n_group, topk_group), its scaling, one shared expert of moeIntermediate units, q/k norms, partial RoPE 0.5;
     // e_score_correction_bias drawn N(0, correctionBiasStd).
+    // deepseek_v3 uses the same options (one shared expert, no q/k norm, full RoPE of the rope part) and these
+    // MLA dimensions (qLoraRank 0 = q_lora_rank null: a plain q_proj); headDim is not used. Its config is
+    // DeepSeek-V3's hub form: interleaved RoPE, YaRN factor 40 with mscale = mscale_all_dim = 1.
+    int64_t qLoraRank = 96;
+    int64_t kvLoraRank = 64;
+    int64_t qkNopeHeadDim = 32;
+    int64_t qkRopeHeadDim = 16;
+    int64_t vHeadDim = 32;
     int firstDenseLayers = 1;
     int numGroups = 1;
     int topkGroup = 1;

@@ -131,9 +131,37 @@ void TensorLayout::appendLinearAttention(std::vector<ExpectedTensor>& t, const s
     t.push_back({ a + "out_proj.weight", { H, la.valueDim() } });
 }
 
+void TensorLayout::appendMlaAttention(std::vector<ExpectedTensor>& t, const std::string& p) const
+{
+    const MlaSpec& m = m_spec.mla;
+    const int64_t H = m_spec.hiddenSize, nh = m_spec.numHeads;
+    const std::string a = p + "self_attn.";
+    if (m.qLoraRank > 0) {
+        t.push_back({ a + "q_a_proj.weight", { m.qLoraRank, H } });
+        if (m.attentionBias)
+            t.push_back({ a + "q_a_proj.bias", { m.qLoraRank } });
+        t.push_back({ a + "q_a_layernorm.weight", { m.qLoraRank } });
+        t.push_back({ a + "q_b_proj.weight", { nh * m.qkHeadDim(), m.qLoraRank } });
+    } else {
+        t.push_back({ a + "q_proj.weight", { nh * m.qkHeadDim(), H } });
+    }
+    t.push_back({ a + "kv_a_proj_with_mqa.weight", { m.kvLoraRank + m.qkRopeHeadDim, H } });
+    if (m.attentionBias)
+        t.push_back({ a + "kv_a_proj_with_mqa.bias", { m.kvLoraRank + m.qkRopeHeadDim } });
+    t.push_back({ a + "kv_a_layernorm.weight", { m.kvLoraRank } });
+    t.push_back({ a + "kv_b_proj.weight", { nh * (m.qkNopeHeadDim + m.vHeadDim), m.kvLoraRank } });
+    t.push_back({ a + "o_proj.weight", { H, nh * m.vHeadDim } });
+    if (m.attentionBias)
+        t.push_back({ a + "o_proj.bias", { H } });
+}
+
 void TensorLayout::appendSelfAttention(std::vector<ExpectedTensor>& t, const std::string& p) const
 {
     const ModelSpec& s = m_spec;
+    if (s.mla.enabled()) {
+        appendMlaAttention(t, p);
+        return;
+    }
     const int64_t H = s.hiddenSize, hd = s.headDim;
     const int64_t qOut = s.numHeads * hd, kvOut = s.numKvHeads * hd;
     // A gated attention's q_proj holds the output gate too: [query_h; gate_h] per head.

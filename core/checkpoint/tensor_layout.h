@@ -69,6 +69,9 @@ public:
 
 private:
     void appendSelfAttention(std::vector<ExpectedTensor>& t, const std::string& layerPrefix) const;
+    // deepseek_v3's multi-head latent attention (ModelSpec::mla): q_proj or q_a_proj/q_a_layernorm/q_b_proj,
+    // kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj, o_proj (biases on q_a, kv_a and o with attention_bias).
+    void appendMlaAttention(std::vector<ExpectedTensor>& t, const std::string& layerPrefix) const;
     void appendLinearAttention(std::vector<ExpectedTensor>& t, const std::string& attnPrefix) const;
     void appendMlp(std::vector<ExpectedTensor>& t, int layer) const;
 

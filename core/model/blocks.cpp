@@ -1,5 +1,6 @@
 #include "model/blocks.h"
 
+#include "model/attention_core.h"
 #include "model/block_threads.h"
 #include "model/gated_delta.h"
 
@@ -44,17 +45,14 @@ using detail::linear;
 using detail::parallelTasks;
 using detail::splitWork;
 
-namespace {
-
-at::Tensor rotateHalf(const at::Tensor& x)
+at::Tensor detail::rotateHalf(const at::Tensor& x)
 {
     const int64_t half = x.size(-1) / 2;
     return at::cat({ -x.narrow(-1, half, half), x.narrow(-1, 0, half) }, -1);
 }
 
-// Additive mask [S, S]: 0 where key j is visible from query i, the dtype's lowest value elsewhere
-// (transformers uses finfo.min rather than -inf, so fully masked rows cannot produce NaN).
-at::Tensor causalMask(int64_t seqLen, std::optional<int64_t> window, const at::TensorOptions& options)
+// transformers uses finfo.min rather than -inf, so fully masked rows cannot produce NaN.
+at::Tensor detail::causalMask(int64_t seqLen, std::optional<int64_t> window, const at::TensorOptions& options)
 {
     at::Tensor i = at::arange(seqLen, options.dtype(at::kLong)).unsqueeze(1);
     at::Tensor j = at::arange(seqLen, options.dtype(at::kLong)).unsqueeze(0);
@@ -66,6 +64,11 @@ at::Tensor causalMask(int64_t seqLen, std::optional<int64_t> window, const at::T
                                            : static_cast<double>(std::numeric_limits<c10::Half>::lowest());
     return at::zeros({ seqLen, seqLen }, options).masked_fill(visible.logical_not(), lowest);
 }
+
+using detail::causalMask;
+using detail::rotateHalf;
+
+namespace {
 
 // Attention probabilities with learned sinks (gpt_oss): each head's sink logit joins its rows as one more
 // column, the row's maximum is subtracted, the softmax runs in the scores' dtype and the sink's column is
@@ -114,6 +117,8 @@ at::Tensor attention(const ModelSpec& spec, const LayerWeights& w, const at::Ten
 {
     if (w.deltaNet.defined()) // a linear-attention layer of Qwen3.5-MoE
         return gatedDeltaNet(spec, w.deltaNet, x, numSeqs);
+    if (w.mla.defined()) // deepseek_v3
+        return detail::mlaAttention(spec, w, x, numSeqs, rope);
     const int64_t tokens = x.size(0), S = tokens / numSeqs, hd = spec.headDim;
     const int64_t nh = spec.numHeads, nkv = spec.numKvHeads;
     at::Tensor q = linear(x, w.q), k = linear(x, w.k), v = linear(x, w.v);
@@ -167,16 +172,23 @@ at::Tensor attention(const ModelSpec& spec, const LayerWeights& w, const at::Ten
     }
     const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
     const at::Tensor mask = causalMask(S, slidingWindow ? spec.slidingWindow : std::nullopt, q.options());
+    return project(detail::attendHeads(q, k, v, scale, mask, w.sinks));
+}
+
+at::Tensor detail::attendHeads(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+    const at::Tensor& mask, const at::Tensor& sinks)
+{
+    const int64_t numSeqs = q.size(0), nh = q.size(1), S = q.size(2), dv = v.size(3);
     // One sequence at a time bounds the score matrix to [nh, S, S].
-    at::Tensor out = at::empty({ numSeqs, S, nh * hd }, x.options());
-    if (!splitWork(x)) {
+    at::Tensor out = at::empty({ numSeqs, S, nh * dv }, q.options());
+    if (!splitWork(q)) {
         for (int64_t b = 0; b < numSeqs; ++b) {
             at::Tensor scores = at::matmul(q[b], k[b].transpose(1, 2)) * scale + mask;
-            at::Tensor probs = w.sinks.defined() ? sinkSoftmax(scores, w.sinks).to(q.scalar_type())
-                                                 : at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
-            out[b].copy_(at::matmul(probs, v[b]).transpose(0, 1).reshape({ S, nh * hd }));
+            at::Tensor probs = sinks.defined() ? sinkSoftmax(scores, sinks).to(q.scalar_type())
+                                               : at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+            out[b].copy_(at::matmul(probs, v[b]).transpose(0, 1).reshape({ S, nh * dv }));
         }
-        return project(out.view({ tokens, nh * hd }));
+        return out.view({ numSeqs * S, nh * dv });
     }
     // Sequences (and, when there are fewer sequences than threads, groups of heads) in parallel;
     // heads are independent, so a group of heads gives the same numbers as all of them at once.
@@ -185,14 +197,14 @@ at::Tensor attention(const ModelSpec& spec, const LayerWeights& w, const at::Ten
     const int64_t headsPerPart = (nh + parts - 1) / parts;
     // Per-thread buffers for the scores, probabilities and context of one task, written with the
     // out= and in-place forms of the same ops (fresh [heads, S, S] temporaries cost page faults).
-    const bool fp32 = x.scalar_type() == at::kFloat;
+    const bool fp32 = q.scalar_type() == at::kFloat;
     struct Scratch {
         at::Tensor scores, probs, context;
     };
     auto setup = [&] {
         return Scratch { at::empty({ headsPerPart, S, S }, q.options()),
             fp32 ? at::empty({ headsPerPart, S, S }, q.options()) : at::Tensor(),
-            at::empty({ headsPerPart, S, hd }, q.options()) };
+            at::empty({ headsPerPart, S, dv }, q.options()) };
     };
     parallelTasks(numSeqs * parts, setup, [&](int64_t item, Scratch& buf) {
         const int64_t b = item / parts, h0 = (item % parts) * headsPerPart;
@@ -204,8 +216,8 @@ at::Tensor attention(const ModelSpec& spec, const LayerWeights& w, const at::Ten
         at::matmul_out(scores, qb, kb.transpose(1, 2));
         scores.mul_(scale).add_(mask);
         at::Tensor probs;
-        if (w.sinks.defined()) {
-            probs = sinkSoftmax(scores, w.sinks.narrow(0, h0, hn)).to(q.scalar_type());
+        if (sinks.defined()) {
+            probs = sinkSoftmax(scores, sinks.narrow(0, h0, hn)).to(q.scalar_type());
         } else if (fp32) {
             probs = buf.probs.narrow(0, 0, hn);
             at::softmax_out(probs, scores, -1, at::kFloat);
@@ -213,9 +225,9 @@ at::Tensor attention(const ModelSpec& spec, const LayerWeights& w, const at::Ten
             probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
         }
         at::matmul_out(context, probs, vb);
-        out[b].view({ S, nh, hd }).narrow(1, h0, hn).copy_(context.transpose(0, 1));
+        out[b].view({ S, nh, dv }).narrow(1, h0, hn).copy_(context.transpose(0, 1));
     });
-    return project(out.view({ tokens, nh * hd }));
+    return out.view({ numSeqs * S, nh * dv });
 }
 
 at::Tensor denseMlp(const LayerWeights& w, const at::Tensor& x)

@@ -373,9 +373,31 @@ DeltaNetWeights WeightLoader::loadDeltaNet(const std::string& a) const
     return d;
 }
 
+void WeightLoader::loadMlaAttention(const std::string& p, LayerWeights& w) const
+{
+    const MlaSpec& m = m_spec.mla;
+    const int64_t H = m_spec.hiddenSize, nh = m_spec.numHeads;
+    const std::string a = p + "self_attn.";
+    if (m.qLoraRank > 0) {
+        w.mla.qA = loadLinear(a + "q_a_proj", m.qLoraRank, H, m.attentionBias);
+        w.mla.qANorm = loadNorm(a + "q_a_layernorm.weight", m.qLoraRank);
+        w.mla.qB = loadLinear(a + "q_b_proj", nh * m.qkHeadDim(), m.qLoraRank, false);
+    } else {
+        w.q = loadLinear(a + "q_proj", nh * m.qkHeadDim(), H, false);
+    }
+    w.mla.kvA = loadLinear(a + "kv_a_proj_with_mqa", m.kvLoraRank + m.qkRopeHeadDim, H, m.attentionBias);
+    w.mla.kvANorm = loadNorm(a + "kv_a_layernorm.weight", m.kvLoraRank);
+    w.mla.kvB = loadLinear(a + "kv_b_proj", nh * (m.qkNopeHeadDim + m.vHeadDim), m.kvLoraRank, false);
+    w.o = loadLinear(a + "o_proj", H, nh * m.vHeadDim, m.attentionBias);
+}
+
 void WeightLoader::loadSelfAttention(const std::string& p, LayerWeights& w) const
 {
     const ModelSpec& s = m_spec;
+    if (s.mla.enabled()) {
+        loadMlaAttention(p, w);
+        return;
+    }
     const int64_t H = s.hiddenSize, hd = s.headDim;
     const int64_t qRows = int64_t { s.attnOutputGate ? 2 : 1 } * s.numHeads * hd;
     w.q = loadLinear(p + "self_attn.q_proj", qRows, H, s.qkvBias);

@@ -54,9 +54,22 @@ struct DeltaNetWeights {
     bool defined() const { return outProj.weight.defined(); }
 };
 
+// Multi-head latent attention (deepseek_v3, ModelSpec::mla): the query path (LayerWeights::q when q_lora_rank is
+// null, else qA -> qANorm -> qB), the latent path and LayerWeights::o.
+struct MlaWeights {
+    Linear qA; // [qLoraRank, H]
+    at::Tensor qANorm; // [qLoraRank]
+    Linear qB; // [heads * qkHeadDim, qLoraRank]
+    Linear kvA; // kv_a_proj_with_mqa [kvLoraRank + qkRopeHeadDim, H]
+    at::Tensor kvANorm; // [kvLoraRank]
+    Linear kvB; // [heads * (qkNopeHeadDim + vHeadDim), kvLoraRank]
+    bool defined() const { return kvA.weight.defined(); }
+};
+
 struct LayerWeights {
     int layer = 0;
     DeltaNetWeights deltaNet; // a linear-attention layer: used instead of q, k, v, o
+    MlaWeights mla; // a deepseek_v3 layer: used with q (no q-LoRA) and o instead of q, k, v
     at::Tensor inputNorm; // [H] (float32 where ModelSpec::normWeightsFloat32)
     at::Tensor postAttentionNorm; // [H]
     Linear q, k, v, o;
@@ -120,6 +133,7 @@ private:
     // float32 where the spec keeps norms so (ModelSpec::normWeightsFloat32).
     at::Tensor loadNorm(const std::string& name, int64_t size) const;
     void loadSelfAttention(const std::string& layerPrefix, LayerWeights& w) const;
+    void loadMlaAttention(const std::string& layerPrefix, LayerWeights& w) const;
     DeltaNetWeights loadDeltaNet(const std::string& prefix) const;
     void loadExperts(int layer, LayerWeights& w) const;
     // gpt_oss: the fused (transposed, interleaved) or MXFP4 experts into the [gate; up] form.

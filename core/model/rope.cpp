@@ -80,6 +80,13 @@ void applyLlama3(const RopeSpec& r, RopeTables& t)
 
 } // namespace
 
+double mlaSoftmaxMscale(const RopeSpec& rope)
+{
+    if (rope.type == "default" || rope.mscaleAllDim == 0.0)
+        return 1.0;
+    return yarnMscale(rope.factor, rope.mscaleAllDim);
+}
+
 RopeTables computeRopeTables(const ModelSpec& spec, int64_t seqLen)
 {
     const RopeSpec& r = spec.rope;

@@ -18,4 +18,9 @@ struct RopeTables {
 // longer than max_position_embeddings.
 RopeTables computeRopeTables(const ModelSpec& spec, int64_t seqLen);
 
+// deepseek_v3's softmax correction (DeepseekV3Attention, yarn_apply_mscale): for any rope type but "default"
+// with a non-zero mscale_all_dim, 0.1 * mscale_all_dim * ln(factor) + 1 (1 when factor <= 1); else 1. The
+// attention multiplies 1/sqrt(qk_head_dim) by it twice.
+double mlaSoftmaxMscale(const RopeSpec& rope);
+
 } // namespace moeatlas

@@ -129,7 +129,10 @@ PlanInputs planInputs(
     const uint64_t H = static_cast<uint64_t>(spec.hiddenSize), V = static_cast<uint64_t>(spec.vocabSize);
     const uint64_t E = static_cast<uint64_t>(spec.router.numExperts), I = static_cast<uint64_t>(spec.moeIntermediate);
     const uint64_t K = static_cast<uint64_t>(spec.router.topK), S = static_cast<uint64_t>(longest);
-    const uint64_t nh = static_cast<uint64_t>(spec.numHeads), hd = static_cast<uint64_t>(spec.headDim);
+    // MLA (deepseek_v3): the widest of a head's query/key and value.
+    const uint64_t nh = static_cast<uint64_t>(spec.numHeads);
+    const uint64_t hd
+        = static_cast<uint64_t>(spec.mla.enabled() ? std::max(spec.mla.qkHeadDim(), spec.mla.vHeadDim) : spec.headDim);
     in.headBytes = (V + 1) * H * kF32;
     if (options.weightForm || options.gradAbs) {
         in.expertGradBytes = E * 3 * I * H * kF32;

@@ -32,10 +32,19 @@ std::optional<DType> parseAnyDtype(const std::string& text)
     return std::nullopt;
 }
 
-// Attention projections of one decoder layer: q, k, v, o.
+// Attention projections of one decoder layer: q, k, v, o (MLA: the q path, kv_a, kv_b, o).
 double attentionParams(const ModelSpec& s)
 {
     const double h = static_cast<double>(s.hiddenSize);
+    if (s.mla.enabled()) {
+        const MlaSpec& m = s.mla;
+        const double nh = static_cast<double>(s.numHeads), qk = static_cast<double>(m.qkHeadDim());
+        const double qr = static_cast<double>(m.qLoraRank), kvr = static_cast<double>(m.kvLoraRank);
+        const double q = m.qLoraRank > 0 ? h * qr + qr * nh * qk : h * nh * qk;
+        const double kv = h * (kvr + static_cast<double>(m.qkRopeHeadDim))
+            + kvr * nh * static_cast<double>(m.qkNopeHeadDim + m.vHeadDim);
+        return q + kv + nh * static_cast<double>(m.vHeadDim) * h;
+    }
     const double q = static_cast<double>(s.numHeads) * static_cast<double>(s.headDim);
     const double kv = static_cast<double>(s.numKvHeads) * static_cast<double>(s.headDim);
     return h * q + 2.0 * h * kv + q * h;
@@ -95,6 +104,11 @@ ModelCosts modelCosts(const ModelSpec& s, DType dtype)
     c.topK = s.router.topK;
     c.attentionFlopsPerKey = 4.0 * static_cast<double>(s.numHeads) * static_cast<double>(s.headDim);
     c.kvBytesPerKey = 2.0 * static_cast<double>(s.numKvHeads) * static_cast<double>(s.headDim) * b;
+    if (s.mla.enabled()) { // scores over qk_head_dim, context over v_head_dim; the cache holds the latent
+        c.attentionFlopsPerKey
+            = 2.0 * static_cast<double>(s.numHeads) * static_cast<double>(s.mla.qkHeadDim() + s.mla.vHeadDim);
+        c.kvBytesPerKey = static_cast<double>(s.mla.kvLoraRank + s.mla.qkRopeHeadDim) * b;
+    }
     PhaseShape pending; // dense layers since the last MoE layer
     for (int i = 0; i < static_cast<int>(s.layers.size()); ++i) {
         const LayerSpec& layer = s.layers[static_cast<std::size_t>(i)];

@@ -37,8 +37,11 @@ struct ModelCosts {
     std::vector<PhaseShape> pre;
     std::vector<PhaseShape> shared; // [L_moe]: shared expert and its gate (Qwen2-MoE), else empty
     PhaseShape tail; // dense decoder layers after the last MoE layer and the LM head
-    double attentionFlopsPerKey = 0; // per token, attention block and key: 4 * heads * headDim
-    double kvBytesPerKey = 0; // per attention block and key: 2 * kvHeads * headDim * dtype bytes
+    // per token, attention block and key: 4 * heads * headDim (MLA: 2 * heads * (qk_head_dim + v_head_dim))
+    double attentionFlopsPerKey = 0;
+    // per attention block and key: 2 * kvHeads * headDim * dtype bytes (MLA: the latent, kv_lora_rank +
+    // qk_rope_head_dim values, as transformers caches it)
+    double kvBytesPerKey = 0;
 
     int numMoeLayers() const { return static_cast<int>(moeLayers.size()); }
     double bytesOf(int layer, int expert) const

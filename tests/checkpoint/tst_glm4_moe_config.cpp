@@ -1,5 +1,5 @@
 // glm4_moe's config.json into a ModelSpec (sigmoid router, groups, dense prefix, shared experts, partial RoPE,
-// q/k norm), the clear errors, deepseek_v3 refused by name, and the plain sigmoid router
+// q/k norm), the clear errors, deepseek_v2 refused by name, and the plain sigmoid router
 // (checkpoint/group_router.h) on hand-computed tokens.
 #include "checkpoint/group_router.h"
 #include "checkpoint/hf_config.h"
@@ -104,8 +104,8 @@ private Q_SLOTS:
         c["first_k_dense_replace"] = 4;
         expectFailure(c, "'first_k_dense_replace'");
         c = glmConfig();
-        c["model_type"] = "deepseek_v3";
-        expectFailure(c, "MLA");
+        c["model_type"] = "deepseek_v2";
+        expectFailure(c, "deepseek_v2");
     }
     void routeByHand()
     {

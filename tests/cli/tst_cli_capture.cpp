@@ -109,6 +109,9 @@ private Q_SLOTS:
         // gpt_oss: router bias in the stored logits, sinks and sliding layers on the way there.
         QTest::newRow("gpt_oss/float32") << QStringLiteral("float32") << 0.0 << QStringLiteral("gpt_oss")
                                          << QStringLiteral("swa_sinks_yarn") << QStringLiteral("gpt_oss");
+        // deepseek_v3: MLA with q-LoRA and YaRN, the group-limited sigmoid router (raw pre-sigmoid logits stored).
+        QTest::newRow("deepseek_v3/float32") << QStringLiteral("float32") << 0.0 << QStringLiteral("deepseek_v3")
+                                             << QStringLiteral("qlora_yarn_groups2") << QStringLiteral("deepseek_v3");
     }
 
     void atlasMatchesTransformers()

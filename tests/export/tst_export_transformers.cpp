@@ -32,7 +32,8 @@ using namespace moeatlas;
 namespace {
 
 // Uniform: 4 of 8 experts per MoE layer, a different set per layer. Non-uniform: 2..6 experts.
-// `grouped`: a plan for a router of 2 groups of 4 experts (glm4_moe's first variant): 2 kept in each group.
+// `grouped`: a plan for a router of 2 groups of 4 experts (the first variant of glm4_moe and of deepseek_v3): 2 kept
+// in each group.
 nlohmann::json makePlan(const std::vector<int>& moeLayers, bool uniform, bool grouped = false)
 {
     nlohmann::json layers = nlohmann::json::array();
@@ -143,7 +144,7 @@ private Q_SLOTS:
             QTest::addRow("%s/per-expert", qPrintable(parts.value(0)))
                 << parts.value(0) << parts.value(1) << QStringLiteral("per-expert");
             if (parts.value(0) == QLatin1String("qwen3_moe") || parts.value(0) == QLatin1String("mixtral")
-                || parts.value(0) == QLatin1String("glm4_moe"))
+                || parts.value(0) == QLatin1String("glm4_moe") || parts.value(0) == QLatin1String("deepseek_v3"))
                 QTest::addRow("%s/fused", qPrintable(parts.value(0)))
                     << parts.value(0) << parts.value(1) << QStringLiteral("fused");
         }
@@ -161,9 +162,9 @@ private Q_SLOTS:
         const auto& ids = source.ids;
         const QString& idsPath = source.idsPath;
 
-        // gpt_oss and glm4_moe have no modeling_moeatlas.py class: uniform plans only (docs/decisions.md);
-        // glm4_moe's plans keep 2 experts in each of its 2 router groups.
-        const bool grouped = arch == QLatin1String("glm4_moe");
+        // gpt_oss, glm4_moe and deepseek_v3 have no modeling_moeatlas.py class: uniform plans only
+        // (docs/decisions.md); the sigmoid routers' plans keep 2 experts in each of their 2 router groups.
+        const bool grouped = arch == QLatin1String("glm4_moe") || arch == QLatin1String("deepseek_v3");
         const std::vector<bool> kinds = arch == QLatin1String("gpt_oss") || grouped ? std::vector<bool> { true }
                                                                                     : std::vector<bool> { true, false };
         if (grouped) {
@@ -221,7 +222,7 @@ private Q_SLOTS:
             if (seen.contains(parts.value(0)))
                 continue; // first variant of each architecture (qwen2_moe's has a dense layer)
             seen.append(parts.value(0));
-            if (parts.value(0) == QLatin1String("glm4_moe"))
+            if (parts.value(0) == QLatin1String("glm4_moe") || parts.value(0) == QLatin1String("deepseek_v3"))
                 continue; // dimension exports refused (the shared experts' width follows moe_intermediate_size)
             for (const QString& layout : { QStringLiteral("per-expert"), QStringLiteral("fused") })
                 if (parts.value(0) != QLatin1String("gpt_oss") || layout == QLatin1String("fused"))

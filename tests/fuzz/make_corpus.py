@@ -56,7 +56,7 @@ try:
     small = ["--layers", "2", "--hidden", "16", "--heads", "2", "--kv-heads", "1", "--head-dim", "8", "--experts", "4",
              "--top-k", "2", "--expert-width", "8", "--dense-width", "16", "--vocab", "64", "--linear-key-head-dim", "8",
              "--linear-value-head-dim", "8", "--full-attention-interval", "2"]
-    for arch in ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "qwen3_5_moe"]:
+    for arch in ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "qwen3_5_moe", "deepseek_v3"]:
         d = os.path.join(work, arch)
         run("generate", "-o", d, "--arch", arch, *small, "--force")
         put("config", arch + ".json", open(os.path.join(d, "config.json"), "rb").read())

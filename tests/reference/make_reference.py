@@ -103,15 +103,16 @@ import torch
 import transformers
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import (AutoModelForCausalLM, Glm4MoeConfig, GptOssConfig, MixtralConfig, OlmoeConfig,
-                          Qwen2MoeConfig, Qwen3MoeConfig)
+from transformers import (AutoModelForCausalLM, DeepseekV3Config, Glm4MoeConfig, GptOssConfig, MixtralConfig,
+                          OlmoeConfig, Qwen2MoeConfig, Qwen3MoeConfig)
 from transformers import Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration, Qwen3_5MoeTextConfig
 
 import routing_reference
 
-ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "qwen3_5_moe", "glm4_moe")
-# Sigmoid routers (Glm4MoeTopkRouter): no dynamic-k routing rules, their own route() and margins.
-SIGMOID_ARCHS = ("glm4_moe",)
+ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "qwen3_5_moe", "glm4_moe", "deepseek_v3")
+# Sigmoid routers (Glm4MoeTopkRouter, DeepseekV3TopkRouter): no dynamic-k routing rules, their own route() and
+# margins.
+SIGMOID_ARCHS = ("glm4_moe", "deepseek_v3")
 CONFIG_CLASSES = {
     "mixtral": MixtralConfig,
     "qwen2_moe": Qwen2MoeConfig,
@@ -120,6 +121,7 @@ CONFIG_CLASSES = {
     "gpt_oss": GptOssConfig,
     "qwen3_5_moe": Qwen3_5MoeTextConfig,
     "glm4_moe": Glm4MoeConfig,
+    "deepseek_v3": DeepseekV3Config,
 }
 renormalises = routing_reference.renormalises
 # Variant keys that are not config fields: "_seq_len" (default SEQ_LEN) and "_multimodal" (build
@@ -251,6 +253,43 @@ VARIANTS: dict[str, dict[str, dict]] = {
             intermediate_size=96, moe_intermediate_size=32, n_routed_experts=8, n_shared_experts=2,
             n_group=1, topk_group=1, norm_topk_prob=False, routed_scaling_factor=1.0, first_k_dense_replace=0,
             use_qk_norm=False, attention_bias=False, tie_word_embeddings=True,
+        ),
+    },
+    "deepseek_v3": {
+        # MLA with q-LoRA (q_a_proj/q_a_layernorm/q_b_proj), v_head_dim 12 != qk_nope_head_dim 16, interleaved RoPE
+        # of 8 dims, YaRN factor 4 with mscale 1 != mscale_all_dim 0.8 (cos/sin scaled by 1.02, the softmax scale
+        # by mscale(4, 0.8)^2 = 1.23); 2 groups of 4 with 1 kept, norm_topk_prob true, scaling 2.5, layer 0 dense.
+        "qlora_yarn_groups2": dict(
+            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=32, kv_lora_rank=24,
+            qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=12, intermediate_size=96, moe_intermediate_size=32,
+            n_routed_experts=8, n_shared_experts=1, n_group=2, topk_group=1, norm_topk_prob=True,
+            routed_scaling_factor=2.5, first_k_dense_replace=1, rope_interleave=True, attention_bias=False,
+            max_position_embeddings=128,
+            rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                             "original_max_position_embeddings": 32, "beta_fast": 32.0, "beta_slow": 1.0,
+                             "mscale": 1.0, "mscale_all_dim": 0.8},
+        ),
+        # No q-LoRA (q_lora_rank null: q_proj), plain RoPE not interleaved, attention biases (q_a/kv_a/o), one group
+        # (plain top-k of the biased scores), norm_topk_prob false, every layer MoE (first_k_dense_replace 0), two
+        # shared experts, tied embeddings.
+        "no_qlora_flat_bias": dict(
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=None, kv_lora_rank=16,
+            qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=16, intermediate_size=96, moe_intermediate_size=32,
+            n_routed_experts=8, n_shared_experts=2, n_group=1, topk_group=1, norm_topk_prob=False,
+            routed_scaling_factor=1.0, first_k_dense_replace=0, rope_interleave=False, attention_bias=True,
+            tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        ),
+        # DeepSeek-V3's own YaRN form (mscale = mscale_all_dim = 1: cos/sin unscaled, the softmax scale corrected),
+        # factor 8; 4 groups of 2 with 2 kept, scaling 1.5, layer 0 dense, q-LoRA, 4 rope dims.
+        "qlora_groups4_yarn_hub": dict(
+            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=24, kv_lora_rank=32,
+            qk_nope_head_dim=16, qk_rope_head_dim=4, v_head_dim=16, intermediate_size=96, moe_intermediate_size=32,
+            n_routed_experts=8, n_shared_experts=1, n_group=4, topk_group=2, norm_topk_prob=True,
+            routed_scaling_factor=1.5, first_k_dense_replace=1, rope_interleave=True, attention_bias=False,
+            max_position_embeddings=256,
+            rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 8.0,
+                             "original_max_position_embeddings": 32, "beta_fast": 32, "beta_slow": 1,
+                             "mscale": 1.0, "mscale_all_dim": 1.0},
         ),
     },
     "olmoe": {
@@ -552,6 +591,12 @@ def load(ckpt_dir: str, dtype, experts_impl: str):
         output_loading_info=True)
     problems = {k: v for k, v in info.items() if v}
     assert not problems, f"loading {ckpt_dir}: {problems}"
+    # from_pretrained may leave a parameter in the mapped shard at any 8-byte offset, and the CPU GEMM kernels
+    # sum unaligned operands in another order (a fused gate_up_proj at offset 40 mod 64 changed a deepseek_v3
+    # model's logits by 2e-6): copies at the allocator's alignment run every layout through the same kernels.
+    with torch.no_grad():
+        for param in model.parameters():
+            param.data = param.data.clone()
     model.eval()
     return model
 

@@ -48,6 +48,12 @@ RandomModelOptions tinyFp8(Architecture arch, bool fused)
     o.denseIntermediate = 36;
     if (arch == Architecture::Qwen3Moe && !fused)
         o.mlpOnlyLayers = { 0 };
+    // deepseek_v3: MLA whose q_a_proj [20, 40] has partial blocks too (16 + 4 rows); layer 0 dense.
+    o.qLoraRank = 20;
+    o.kvLoraRank = 16;
+    o.qkNopeHeadDim = 8;
+    o.qkRopeHeadDim = 4;
+    o.vHeadDim = 8;
     o.vocabSize = 96;
     o.fusedExperts = fused;
     o.initStd = 0.1;
@@ -268,11 +274,14 @@ private Q_SLOTS:
         {
             // The generator wrote what the test means: FP8 experts and attention, a plain router.
             const Checkpoint c(model);
-            const std::string moe = fused || arch == static_cast<int>(Architecture::Qwen3Moe)
+            const std::string moe = fused || arch != static_cast<int>(Architecture::Mixtral)
                 ? "model.layers.1.mlp."
                 : "model.layers.1.block_sparse_moe.";
-            QCOMPARE(c.info("model.layers.1.self_attn.q_proj.weight").dtype, DType::F8_E4M3);
-            QCOMPARE(c.info("model.layers.1.self_attn.q_proj.weight_scale_inv").shape, (std::vector<int64_t> { 2, 4 }));
+            const std::string q = arch == static_cast<int>(Architecture::DeepseekV3)
+                ? "model.layers.1.self_attn.q_a_proj.weight"
+                : "model.layers.1.self_attn.q_proj.weight";
+            QCOMPARE(c.info(q).dtype, DType::F8_E4M3);
+            QCOMPARE(c.info(q + "_scale_inv").shape, (std::vector<int64_t> { 2, 4 }));
             QCOMPARE(c.info(moe + "gate.weight").dtype, DType::F32);
             QVERIFY(!c.contains(moe + "gate.weight_scale_inv"));
         }
@@ -311,6 +320,7 @@ private Q_SLOTS:
         QTest::addRow("qwen3_moe per-expert, dense layer") << static_cast<int>(Architecture::Qwen3Moe) << false;
         QTest::addRow("qwen3_moe fused") << static_cast<int>(Architecture::Qwen3Moe) << true;
         QTest::addRow("mixtral") << static_cast<int>(Architecture::Mixtral) << false;
+        QTest::addRow("deepseek_v3 (MLA, YaRN, sigmoid router)") << static_cast<int>(Architecture::DeepseekV3) << false;
     }
 
     // Expert pruning keeps the kept experts' FP8 bytes and scales bit for bit; the export runs and equals the

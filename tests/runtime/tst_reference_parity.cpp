@@ -301,9 +301,9 @@ private Q_SLOTS:
             QStringLiteral("eager"), QStringLiteral("--skip-layout-check"), QStringLiteral("--out"),
             dir.filePath(QStringLiteral("model")) };
         // Routing rules: once per model (float32, as saved).
-        // Not for sigmoid routers (glm4_moe): the dynamic-k rules are defined on softmax probabilities.
+        // Not for sigmoid routers (glm4_moe, deepseek_v3): the dynamic-k rules are defined on softmax probabilities.
         const bool rules = dtype == QLatin1String("float32") && layout == QLatin1String("saved")
-            && arch != QLatin1String("glm4_moe");
+            && arch != QLatin1String("glm4_moe") && arch != QLatin1String("deepseek_v3");
         if (rules)
             for (const char* rule : kRules)
                 args << QStringLiteral("--routing") << QString::fromLatin1(rule);
