@@ -58,7 +58,7 @@ bool ProgressBar::update(const Progress& p)
     // Logs (not a terminal) get a line every 5 s unless MOEATLAS_PROGRESS_INTERVAL_MS says otherwise.
     static const long logInterval = [] {
         const char* v = std::getenv("MOEATLAS_PROGRESS_INTERVAL_MS");
-        return v ? std::max(1L, std::atol(v)) : 5000L;
+        return v ? std::max(1L, std::strtol(v, nullptr, 10)) : 5000L;
     }();
     const auto interval = m_tty ? std::chrono::milliseconds(100) : std::chrono::milliseconds(logInterval);
     if (now - m_lastDraw >= interval || p.done == p.total) {

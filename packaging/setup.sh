@@ -57,8 +57,9 @@ apt_packages=(
 if [[ "$mode" == test ]]; then
   apt_packages+=(python3 python3-venv python3-pip
     libblas3 liblapack3 libblis4-pthread)    # two other BLAS the split path is tested on (tst_ragged_*)
-  # clang-tidy for the ci preset (MOEATLAS_CLANG_TIDY); libc++ headers for its LibTorch TUs (decision 28).
-  apt_packages+=(clang-tidy-14 libc++-14-dev libc++abi-14-dev)
+  # clang-tidy for the ci preset (MOEATLAS_CLANG_TIDY): 22 for the TUs without LibTorch, 14 with libc++ 14
+  # headers for those with it (decisions 28, 59); lld links the ci build.
+  apt_packages+=(clang-tidy-22 clang-tidy-14 libc++-14-dev libc++abi-14-dev lld)
   # The .deb packages: dpkg-shlibdeps (dpkg-dev) for CPack, lintian, desktop-file-validate, appstreamcli.
   apt_packages+=(dpkg-dev lintian desktop-file-utils appstream)
   # The fuzz stage: clang 14 and its libFuzzer/sanitizer runtimes (tests/fuzz/README.md).

@@ -201,7 +201,6 @@ void AtlasFile::writePrefetchBlock(
     if (tokenBegin < 0 || numTokens < 0 || tokenBegin > impl.numTokens || numTokens > impl.numTokens - tokenBegin)
         throw Error(where + "tokens [" + std::to_string(tokenBegin) + ", " + std::to_string(tokenBegin + numTokens)
             + ") are outside [0, " + std::to_string(impl.numTokens) + ")");
-    const std::string path = std::string(kPrefetchGroup) + "/" + predictor + "/" + schema::layerGroupName(layer);
     if (!h5::exists(impl.file.id(), kPrefetchGroup))
         throw Error(where + "createPrefetch() was not called");
     h5::Group g = h5::openGroup(impl.file.id(), kPrefetchGroup);

@@ -183,6 +183,7 @@ EvalTable evalTableFromResults(const AtlasResults& results, const std::string& s
                     throw InputError(source + ": dataset '" + name + "' [" + std::to_string(V) + ", "
                         + std::to_string(D) + "] is missing or of another shape");
                 std::vector<std::vector<double>> out;
+                out.reserve(V);
                 for (std::size_t v = 0; v < V; ++v)
                     out.emplace_back(a->values.begin() + static_cast<std::ptrdiff_t>(v * D),
                         a->values.begin() + static_cast<std::ptrdiff_t>((v + 1) * D));

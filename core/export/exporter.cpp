@@ -327,6 +327,7 @@ ExportResult exportCheckpoint(
                     continue;
                 }
                 std::vector<int> w;
+                w.reserve(k.units.size());
                 for (const auto& u : k.units)
                     w.push_back(static_cast<int>(u.size()));
                 widths.push_back(w);

@@ -271,6 +271,7 @@ std::vector<std::vector<int>> selectExperts(const ScoreTable& s, const Budget& b
                 + " experts per layer cannot keep the same count in every group; use a multiple of "
                 + std::to_string(G));
         std::vector<std::vector<int>> keep;
+        keep.reserve(L);
         for (std::size_t i = 0; i < L; ++i)
             keep.push_back(topOfLayer(s, i, m, G));
         return keep;

@@ -111,6 +111,7 @@ AtlasResults hitTableResults(const PrefetchHitTable& table, const TraceSplit& sp
     const uint64_t P = table.predictors.size(), D = table.domains.size(), S = table.layers.size(),
                    A = table.lookaheads.size();
     std::vector<std::string> names;
+    names.reserve(table.predictors.size());
     for (const Predictor p : table.predictors)
         names.push_back(predictorName(p));
     std::vector<std::string> domains = table.domains;

@@ -94,6 +94,7 @@ HardwareSpec parseHardware(const nlohmann::json& doc, const std::string& source)
 std::vector<std::string> hardwarePresetNames()
 {
     std::vector<std::string> names;
+    names.reserve(detail::kSimPresetCount);
     for (std::size_t i = 0; i < detail::kSimPresetCount; ++i)
         names.emplace_back(detail::kSimPresets[i].name);
     std::sort(names.begin(), names.end());

@@ -357,6 +357,7 @@ void PrefetchWhatIf::show(const WhatIfOutcome& o)
     double top = 0;
     const auto perStep = [&](const SimResult& res) {
         std::vector<double> v;
+        v.reserve(res.layers.size());
         for (const SimLayerStats& l : res.layers)
             v.push_back(res.steps > 0 ? l.stall / static_cast<double>(res.steps) : 0.0);
         for (const double x : v)

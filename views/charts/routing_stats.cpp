@@ -232,6 +232,7 @@ void RoutingStatsView::rebuild()
         tr("share of routed slots"));
 
     std::vector<std::pair<QString, std::vector<double>>> spec;
+    spec.reserve(m_stats.domains.size());
     for (std::size_t d = 0; d < m_stats.domains.size(); ++d)
         spec.emplace_back(
             QString::fromStdString(m_stats.domains[d]), m_stats.specialisationOf(static_cast<int>(d), m_layer));
