@@ -11,9 +11,9 @@
 #   headers; clang 22 rejects them with libc++ 22 as well. GCC, which builds the code, is unaffected.
 # Neither can read GCC's precompiled header (clang reads cmake_pch.hxx.gch beside the forced include and
 # stops: "not a PCH file"), so core/CMakeLists.txt skips the PCH when this is on.
-find_program(MOEATLAS_CLANG_TIDY_EXE NAMES clang-tidy-22)
-find_program(MOEATLAS_CLANG_TIDY_TORCH_EXE NAMES clang-tidy-14)
-if(NOT MOEATLAS_CLANG_TIDY_EXE OR NOT MOEATLAS_CLANG_TIDY_TORCH_EXE)
+find_program(MOEATLAS_CLANG_TIDY22_EXE NAMES clang-tidy-22)
+find_program(MOEATLAS_CLANG_TIDY14_EXE NAMES clang-tidy-14)
+if(NOT MOEATLAS_CLANG_TIDY22_EXE OR NOT MOEATLAS_CLANG_TIDY14_EXE)
   message(FATAL_ERROR "MOEATLAS_CLANG_TIDY is ON but clang-tidy-22 or clang-tidy-14 is not installed "
                       "(Debian: apt-get install clang-tidy-22 clang-tidy-14 libc++-14-dev libc++abi-14-dev, "
                       "as packaging/setup.sh test does)")
@@ -39,9 +39,9 @@ function(moeatlas_enable_clang_tidy)
     # Compiler warnings are GCC's to judge (MOEATLAS_WARNINGS_AS_ERRORS); clang's own, which clang-tidy
     # would turn into errors under -Werror, are not what this check is for.
     if(target IN_LIST MOEATLAS_CLANG_TIDY_LIBCXX_TARGETS)
-      set(tidy ${MOEATLAS_CLANG_TIDY_TORCH_EXE} --quiet --extra-arg=-Wno-error --extra-arg=-stdlib=libc++)
+      set(tidy ${MOEATLAS_CLANG_TIDY14_EXE} --quiet --extra-arg=-Wno-error --extra-arg=-stdlib=libc++)
     else()
-      set(tidy ${MOEATLAS_CLANG_TIDY_EXE} --quiet --extra-arg=-Wno-error)
+      set(tidy ${MOEATLAS_CLANG_TIDY22_EXE} --quiet --extra-arg=-Wno-error)
     endif()
     set_target_properties(${target} PROPERTIES CXX_CLANG_TIDY "${tidy}")
   endforeach()

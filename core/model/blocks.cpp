@@ -42,8 +42,6 @@ at::Tensor detail::linear(const at::Tensor& x, const Linear& l)
 }
 
 using detail::linear;
-using detail::parallelTasks;
-using detail::splitWork;
 
 at::Tensor detail::rotateHalf(const at::Tensor& x)
 {
