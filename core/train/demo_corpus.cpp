@@ -85,7 +85,7 @@ void codeStatements(
         } else if (kind == 2 || kind == 3) {
             line("print " + codeExpr(rng, defined) + ";");
         } else {
-            const std::string v = defined[rng.below(defined.size())];
+            const std::string& v = defined[rng.below(defined.size())];
             const bool loop = kind == 5;
             line(std::string(loop ? "while " : "if ") + v + " " + pick(rng, kCmp) + " "
                 + std::to_string(rng.range(0, 50)) + " {");
