@@ -199,6 +199,20 @@ void addMlaAttention(const RandomModelOptions& o, const std::string& p, std::vec
     t.push_back({ a + "o_proj.weight", { H, nh * o.vHeadDim }, 0.0, s });
 }
 
+// The MoE and router keys glm4_moe and deepseek_v3 share (DeepSeek's sigmoid group-limited router).
+void writeDeepseekMoeKeys(const RandomModelOptions& o, nlohmann::json& c)
+{
+    c["n_routed_experts"] = o.numExperts;
+    c["n_shared_experts"] = 1;
+    c["moe_intermediate_size"] = o.moeIntermediate;
+    c["intermediate_size"] = o.denseIntermediate;
+    c["first_k_dense_replace"] = o.firstDenseLayers;
+    c["n_group"] = o.numGroups;
+    c["topk_group"] = o.topkGroup;
+    c["routed_scaling_factor"] = o.routedScalingFactor;
+    c["norm_topk_prob"] = o.normTopkProb;
+}
+
 std::vector<Entry> tensorList(const RandomModelOptions& o)
 {
     const int64_t H = o.hiddenSize, hd = o.headDim, E = o.numExperts, I = o.moeIntermediate;
@@ -365,15 +379,7 @@ std::string randomModelConfig(const RandomModelOptions& o)
     }
     case Architecture::Glm4Moe:
         c["architectures"] = { "Glm4MoeForCausalLM" };
-        c["n_routed_experts"] = o.numExperts;
-        c["n_shared_experts"] = 1;
-        c["moe_intermediate_size"] = o.moeIntermediate;
-        c["intermediate_size"] = o.denseIntermediate;
-        c["first_k_dense_replace"] = o.firstDenseLayers;
-        c["n_group"] = o.numGroups;
-        c["topk_group"] = o.topkGroup;
-        c["routed_scaling_factor"] = o.routedScalingFactor;
-        c["norm_topk_prob"] = o.normTopkProb;
+        writeDeepseekMoeKeys(o, c);
         c["use_qk_norm"] = true;
         c["attention_bias"] = false;
         c["num_nextn_predict_layers"] = 0;
@@ -386,15 +392,7 @@ std::string randomModelConfig(const RandomModelOptions& o)
         c["architectures"] = { "DeepseekV3ForCausalLM" };
         c.erase("head_dim");
         c["num_key_value_heads"] = o.numHeads;
-        c["n_routed_experts"] = o.numExperts;
-        c["n_shared_experts"] = 1;
-        c["moe_intermediate_size"] = o.moeIntermediate;
-        c["intermediate_size"] = o.denseIntermediate;
-        c["first_k_dense_replace"] = o.firstDenseLayers;
-        c["n_group"] = o.numGroups;
-        c["topk_group"] = o.topkGroup;
-        c["routed_scaling_factor"] = o.routedScalingFactor;
-        c["norm_topk_prob"] = o.normTopkProb;
+        writeDeepseekMoeKeys(o, c);
         c["q_lora_rank"] = o.qLoraRank > 0 ? nlohmann::json(o.qLoraRank) : nlohmann::json(nullptr);
         c["kv_lora_rank"] = o.kvLoraRank;
         c["qk_nope_head_dim"] = o.qkNopeHeadDim;
