@@ -361,35 +361,29 @@ at::Tensor moeForward(
             if (c == 0)
                 continue;
             const at::Tensor gub = gateUpBiasOf(e), db = downBiasOf(e);
-            if (we == 0 && db.defined()) {
-                // gpt_oss: an expert cut to no units still adds its down bias.
-                at::Tensor idx = tokenOf.narrow(0, offset, c);
-                at::Tensor y = db.unsqueeze(0).expand({ c, x.size(1) });
-                addExpertOutput(options, e, idx, y);
-                if (options.recordExpertNorms)
-                    sortedNorms.narrow(0, offset, c).copy_(y.to(at::kFloat).norm(2, { 1 }));
-                y = y * sortedWeights.narrow(0, offset, c).unsqueeze(1);
-                out.index_add_(0, idx, y.to(x.scalar_type()));
-                offset += c;
-                continue;
-            }
-            if (we == 0) {
+            if (we == 0 && !db.defined()) {
                 if (options.recordExpertNorms)
                     sortedNorms.narrow(0, offset, c).zero_();
                 offset += c;
                 continue;
             }
             at::Tensor idx = tokenOf.narrow(0, offset, c);
-            at::Tensor xe = x.index_select(0, idx);
-            // gpt_oss (biases): x @ W + b as transformers writes it, not a fused addmm.
-            at::Tensor gu = gub.defined() ? at::matmul(xe, gateUpOf(e).t()) + gub : at::linear(xe, gateUpOf(e));
-            at::Tensor h = spec.clampedSwiglu ? clampedSwiglu(spec, gu, we)
-                                              : at::silu(gu.narrow(1, 0, we)) * gu.narrow(1, we, we);
-            if (options.unitActivationSum.defined())
-                addUnitActivation(options.unitActivationSum, e, h);
-            if (options.unitMask.defined())
-                h = h * options.unitMask[e].to(h.scalar_type());
-            at::Tensor y = db.defined() ? at::matmul(h, downOf(e).t()) + db : at::linear(h, downOf(e));
+            at::Tensor y;
+            if (we == 0) {
+                // gpt_oss: an expert cut to no units still adds its down bias.
+                y = db.unsqueeze(0).expand({ c, x.size(1) });
+            } else {
+                at::Tensor xe = x.index_select(0, idx);
+                // gpt_oss (biases): x @ W + b as transformers writes it, not a fused addmm.
+                at::Tensor gu = gub.defined() ? at::matmul(xe, gateUpOf(e).t()) + gub : at::linear(xe, gateUpOf(e));
+                at::Tensor h = spec.clampedSwiglu ? clampedSwiglu(spec, gu, we)
+                                                  : at::silu(gu.narrow(1, 0, we)) * gu.narrow(1, we, we);
+                if (options.unitActivationSum.defined())
+                    addUnitActivation(options.unitActivationSum, e, h);
+                if (options.unitMask.defined())
+                    h = h * options.unitMask[e].to(h.scalar_type());
+                y = db.defined() ? at::matmul(h, downOf(e).t()) + db : at::linear(h, downOf(e));
+            }
             addExpertOutput(options, e, idx, y);
             if (options.recordExpertNorms)
                 sortedNorms.narrow(0, offset, c).copy_(y.to(at::kFloat).norm(2, { 1 }));
